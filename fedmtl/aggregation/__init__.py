@@ -1,0 +1,23 @@
+"""Aggregation methods as pure tensor code: one file per method, one registry here.
+
+Every method maps a ``[K, P]`` matrix of rows in gradient direction to one mean-scaled
+direction; the server uses it on client updates, a client on its task gradients.
+"""
+
+from __future__ import annotations
+
+from fedmtl.aggregation.base import AggregationInput, AggregationResult, Aggregator, GramianAggregator
+from fedmtl.aggregation.fedavg import FedAvg
+from fedmtl.typed import register_component_base
+
+AGGREGATORS: dict[str, type[Aggregator]] = {cls.name: cls for cls in (FedAvg,)}
+register_component_base(Aggregator, AGGREGATORS)
+
+__all__ = [
+    "AGGREGATORS",
+    "AggregationInput",
+    "AggregationResult",
+    "Aggregator",
+    "FedAvg",
+    "GramianAggregator",
+]
