@@ -119,7 +119,8 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = parse(hints[name], data[name], join(path, name))
+            value = _with_default_component_name(hints[name], field, data[name])
+            kwargs[name] = parse(hints[name], value, join(path, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(join(path, name), "required key is missing")
     try:
@@ -128,6 +129,19 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
         raise
     except ValueError as err:
         raise ConfigError(path, str(err)) from None
+
+
+def _with_default_component_name(tp: Any, field: dataclasses.Field, value: Any) -> Any:
+    """``{c: 0.5}`` for a component field keeps the default component's name."""
+    if not (isinstance(tp, type) and tp in _COMPONENT_REGISTRIES and isinstance(value, Mapping)) or "name" in value:
+        return value
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    else:
+        return value
+    return {"name": type(default).name, **value}
 
 
 def parse_component(base: type, data: Any, path: str) -> Any:

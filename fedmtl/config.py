@@ -1,0 +1,246 @@
+"""The experiment configuration: typed, frozen, validated once at the edge, then passed down.
+
+Every field's default lives here, next to a comment saying what it means; ``python simulate.py
+--print-config`` prints the resolved configuration with all defaults filled in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fedmtl.aggregation import Aggregator, FedAvg
+from fedmtl.errors import ConfigError
+from fedmtl.suites import SyntheticSuite, TaskSuite
+from fedmtl.typed import parse_dataclass, to_plain
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    count: int = 8  # number of simulated clients
+    # Explicit task lists, one per client. When empty, client i holds ``tasks_per_client`` tasks
+    # starting at task (i mod T), wrapping around: neighbouring clients overlap in one task.
+    tasks: tuple[tuple[str, ...], ...] = ()
+    tasks_per_client: int = 2
+    samples_per_task: int = 128  # mean training samples per (client, task)
+    # Log-normal sigma of a per-client factor on sample counts (0 = every client equal).
+    sample_imbalance: float = 0.5
+    # Per-task multiplier on training samples, e.g. {aligned: 0.25} makes a data-poor task.
+    task_sample_scale: Mapping[str, float] = field(default_factory=lambda: {"aligned": 0.25})
+    eval_samples_per_task: int = 256  # held-out samples per (client, task) for evaluation
+    min_samples: int = 8  # floor on training samples per (client, task)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"count must be >= 1, got {self.count}")
+        if self.tasks_per_client < 1:
+            raise ValueError(f"tasks_per_client must be >= 1, got {self.tasks_per_client}")
+        if min(self.samples_per_task, self.eval_samples_per_task, self.min_samples) < 1:
+            raise ValueError("samples_per_task, eval_samples_per_task and min_samples must be >= 1")
+        if self.sample_imbalance < 0:
+            raise ValueError(f"sample_imbalance must be >= 0, got {self.sample_imbalance}")
+        if any(scale <= 0 for scale in self.task_sample_scale.values()):
+            raise ValueError("task_sample_scale values must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder_hidden: tuple[int, ...] = (64,)  # hidden widths of the shared MLP encoder
+    representation_dim: int = 16  # width of the encoder output fed to every head
+    head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+    def __post_init__(self) -> None:
+        if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden):
+            raise ValueError("layer widths must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training on each client, per round."""
+
+    local_steps: int = 20  # optimizer steps per round; each step sees one batch of every task held
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    task_weights: Mapping[str, float] = field(default_factory=dict)  # static loss weights (default 1)
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1 or self.batch_size < 1:
+            raise ValueError("local_steps and batch_size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
+        if any(w < 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """Step applied to the aggregated direction: ``sgd`` with lr 1 and no momentum is FedAvg."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0  # sgd only (FedAvgM when > 0)
+    betas: tuple[float, float] = (0.9, 0.99)  # adam only (FedAdam)
+    eps: float = 1e-3  # adam only; FedAdam's tau
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.eps <= 0:
+            raise ValueError("need lr > 0, 0 <= momentum < 1, eps > 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    aggregator: Aggregator = field(default_factory=FedAvg)  # {name: fedavg | ...}
+    optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    fraction_fit: float = 1.0  # fraction of clients trained each round
+    round_timeout_s: float = 600.0  # how long the server waits for replies in a round
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction_fit <= 1:
+            raise ValueError(f"fraction_fit must be in (0, 1], got {self.fraction_fit}")
+        if self.round_timeout_s <= 0:
+            raise ValueError("round_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray backend of Flower's simulation engine."""
+
+    client_cpus: float = 1.0  # CPUs reserved per simulated client (Ray actor)
+    client_gpus: float = 0.0  # GPUs (fraction allowed) per simulated client
+    num_cpus: int | None = None  # CPUs Ray may use; default: all of this machine's
+    num_gpus: int | None = None  # GPUs Ray may use; default: those torch sees
+    torch_threads: int = 1  # intra-op threads per client process
+
+    def __post_init__(self) -> None:
+        if self.client_cpus <= 0 or self.client_gpus < 0 or self.torch_threads < 1:
+            raise ValueError("need client_cpus > 0, client_gpus >= 0, torch_threads >= 1")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"  # parent folder of run directories
+    run_dir: str | None = None  # exact run directory; default <dir>/<timestamp>-<name>
+    metrics_format: Literal["jsonl", "csv"] = "jsonl"
+    progress: bool = True  # one line per round on the terminal
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    rounds: int = 15
+    eval_every: int = 1  # evaluate the global encoder with private heads every k rounds (and at round 0)
+    data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.eval_every < 1:
+            raise ValueError("rounds and eval_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config (used to key per-process caches)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_consistency(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that no single section can check on its own."""
+    task_names = cfg.data.task_names()
+    known = set(task_names)
+    if cfg.clients.tasks:
+        if len(cfg.clients.tasks) != cfg.clients.count:
+            raise ConfigError(
+                "clients.tasks", f"has {len(cfg.clients.tasks)} entries but clients.count is {cfg.clients.count}"
+            )
+        for i, held in enumerate(cfg.clients.tasks):
+            if not held:
+                raise ConfigError(f"clients.tasks[{i}]", "a client must hold at least one task")
+            for j, task in enumerate(held):
+                if task not in known:
+                    raise ConfigError(f"clients.tasks[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+            if len(set(held)) != len(held):
+                raise ConfigError(f"clients.tasks[{i}]", "lists a task twice")
+    elif cfg.clients.tasks_per_client > len(task_names):
+        raise ConfigError(
+            "clients.tasks_per_client", f"is {cfg.clients.tasks_per_client} but the suite has {len(task_names)} tasks"
+        )
+    for section, mapping in (("clients.task_sample_scale", cfg.clients.task_sample_scale), ("training.task_weights", cfg.training.task_weights)):
+        for task in mapping:
+            if task not in known:
+                raise ConfigError(f"{section}.{task}", f"unknown task; tasks: {', '.join(task_names)}")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to the raw config mapping in place."""
+    if "=" not in assignment:
+        raise ConfigError("--set", f"expected key.path=value, got {assignment!r}")
+    path, text = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError("--set", f"bad key path {path!r}")
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if isinstance(child, str):  # a component given by bare name, e.g. aggregator: cagrad
+            child = node[key] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(keys[: depth + 1]), f"is not a mapping, cannot set {path}")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"value {text!r} is not valid YAML ({err.problem})") from None
+
+
+def load_raw(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("--config", f"file not found: {file}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("--config", f"{file} is not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("--config", f"{file} must hold a mapping at the top level")
+    return raw
+
+
+def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    cfg = parse_dataclass(ExperimentConfig, raw, "")
+    check_consistency(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """YAML file (optional) + ``key.path=value`` overrides -> validated :class:`ExperimentConfig`."""
+    raw = load_raw(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return build_config(raw)
+
+
+def with_overrides(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return replace(cfg, **changes)

@@ -1,0 +1,32 @@
+"""Which tasks and how many samples each client holds: a pure function of the config."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmtl.config import ExperimentConfig
+from fedmtl.suites import ClientPlan
+
+_SIZE_STREAM = 11
+
+
+def tasks_of_client(cfg: ExperimentConfig, client_id: int) -> tuple[str, ...]:
+    if cfg.clients.tasks:
+        return cfg.clients.tasks[client_id]
+    names = cfg.data.task_names()
+    return tuple(names[(client_id + j) % len(names)] for j in range(cfg.clients.tasks_per_client))
+
+
+def client_plan(cfg: ExperimentConfig, client_id: int) -> ClientPlan:
+    """Client ``client_id``'s tasks and sample counts; lazily computable for any one client."""
+    clients = cfg.clients
+    if not 0 <= client_id < clients.count:
+        raise ValueError(f"client id {client_id} outside [0, {clients.count})")
+    tasks = tasks_of_client(cfg, client_id)
+    sigma = clients.sample_imbalance
+    size_factor = float(np.exp(sigma * np.random.default_rng([cfg.seed, _SIZE_STREAM, client_id]).standard_normal() - sigma**2 / 2))
+    train = tuple(
+        max(clients.min_samples, round(clients.samples_per_task * clients.task_sample_scale.get(t, 1.0) * size_factor))
+        for t in tasks
+    )
+    return ClientPlan(client_id, clients.count, tasks, train, tuple(clients.eval_samples_per_task for _ in tasks))

@@ -1,0 +1,77 @@
+"""The wire format between server and clients, defined once.
+
+Record keys, metric names, and the privacy rule: a message carries *only* shared
+(encoder) parameters. :func:`outgoing_shared` is the single exit for client arrays and
+refuses anything else; :func:`check_update` is the server's gate before aggregation.
+Pure Python/torch: the Flower adapters wrap these dicts in ``ArrayRecord``/``MetricRecord``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+ARRAYS = "arrays"  # RecordDict key of the shared encoder (both directions)
+CONFIG = "config"  # RecordDict key of the server's per-round settings
+METRICS = "metrics"  # RecordDict key of a reply's metrics
+PRIVATE_STATE = "fedmtl.private"  # context.state key of the client's private parameters (never sent)
+
+SERVER_ROUND = "server-round"
+NUM_EXAMPLES = "num-examples"
+CLIENT_ID = "partition-id"
+TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clients by it)
+ON_GPU = "on-gpu"
+
+TRAIN, EVAL = "train", "eval"
+
+
+class PrivacyViolation(RuntimeError):
+    """A client tried to send a parameter that is not shared."""
+
+
+def outgoing_shared(state: Mapping[str, torch.Tensor], shared_keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The arrays a client may send: exactly the shared keys, nothing private."""
+    shared = list(shared_keys)
+    leaked = sorted(set(state) - set(shared))
+    if leaked:
+        raise PrivacyViolation(f"refusing to send non-shared parameters: {', '.join(leaked[:5])}")
+    missing = sorted(set(shared) - set(state))
+    if missing:
+        raise KeyError(f"shared parameters missing from the update: {', '.join(missing[:5])}")
+    return {key: state[key].detach().cpu() for key in shared}
+
+
+def check_update(update: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> str | None:
+    """Why the server must reject this update, or ``None`` if it is well-formed."""
+    extra = sorted(set(update) - set(expected))
+    if extra:
+        return f"unexpected keys {extra[:3]}"
+    missing = sorted(set(expected) - set(update))
+    if missing:
+        return f"missing keys {missing[:3]}"
+    for key, shape in expected.items():
+        tensor = update[key]
+        if tuple(tensor.shape) != tuple(shape):
+            return f"{key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+        if not torch.isfinite(tensor).all():
+            return f"{key} has non-finite values"
+    return None
+
+
+def metric_key(split: str, task: str, metric: str) -> str:
+    return f"{split}/{task}/{metric}"
+
+
+def flatten_task_metrics(split: str, per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {metric_key(split, task, name): value for task, metrics in per_task.items() for name, value in metrics.items()}
+
+
+def unflatten_task_metrics(flat: Mapping[str, object], split: str) -> dict[str, dict[str, float]]:
+    """Inverse of :func:`flatten_task_metrics` for one split; other keys are ignored."""
+    per_task: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == split:
+            per_task.setdefault(parts[1], {})[parts[2]] = float(value)  # type: ignore[arg-type]
+    return per_task
