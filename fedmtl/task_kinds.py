@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 class TaskKind(ABC):
     name: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]
     headline_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
 
@@ -33,6 +34,7 @@ class Regression(TaskKind):
     """Scalar regression, squared error; headline metric MSE (lower is better), plus R^2."""
 
     name = "regression"
+    metric_names = ("mse", "r2")
     headline_metric = "mse"
     higher_is_better = False
 
@@ -52,6 +54,7 @@ class Classification(TaskKind):
     """Multi-class classification, cross-entropy; headline metric accuracy."""
 
     name = "classification"
+    metric_names = ("accuracy",)
     headline_metric = "accuracy"
     higher_is_better = True
 

@@ -1,0 +1,1 @@
+"""Flower ClientApp: a thin adapter over ``fedmtl.client``."""

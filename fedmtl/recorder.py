@@ -1,0 +1,67 @@
+"""Turns per-client reports into tidy metric rows and per-round server diagnostics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fedmtl import protocol
+from fedmtl.rundir import SERVER_FILE, RowWriter, RunDirectory
+from fedmtl.server_update import RoundDiagnostics
+from fedmtl.task_kinds import TASK_KINDS
+
+BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss")
+METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
+SERVER_COLUMNS = (
+    "round", "seconds", "replies", "failures", "rejected", "clients", "weights",
+    "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper",
+)  # fmt: skip
+
+
+def task_rows(server_round: int, split: str, client_metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per task in one client's flat metrics (``split/task/metric`` keys)."""
+    client = int(client_metrics[protocol.CLIENT_ID])
+    return [
+        {"round": server_round, "split": split, "client": client, "task": task, **metrics}
+        for task, metrics in sorted(protocol.unflatten_task_metrics(client_metrics, split).items())
+    ]
+
+
+class Recorder:
+    def __init__(self, run: RunDirectory) -> None:
+        self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
+        self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
+        self.eval_rows: list[dict[str, Any]] = []
+        self._round_start = time.perf_counter()
+
+    def start_round(self) -> None:
+        self._round_start = time.perf_counter()
+
+    def record_clients(self, server_round: int, split: str, reports: Sequence[Mapping[str, Any]]) -> list[dict]:
+        rows = [row for report in reports for row in task_rows(server_round, split, report)]
+        rows.sort(key=lambda r: (r["client"], r["task"]))
+        self.metrics.write(rows)
+        if split == protocol.EVAL:
+            self.eval_rows.extend(rows)
+        return rows
+
+    def record_server(
+        self,
+        server_round: int,
+        replies: int,
+        failures: int,
+        rejected: Sequence[tuple[int | None, str]],
+        diagnostics: RoundDiagnostics | None,
+    ) -> None:
+        row: dict[str, Any] = {
+            "round": server_round,
+            "seconds": round(time.perf_counter() - self._round_start, 4),
+            "replies": replies,
+            "failures": failures,
+            "rejected": [{"client": c, "reason": r} for c, r in rejected],
+        }
+        if diagnostics is not None:
+            row.update(asdict(diagnostics))
+        self.server.write([row])

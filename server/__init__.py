@@ -1,0 +1,1 @@
+"""Flower ServerApp and strategy: thin adapters over ``fedmtl.server_update``."""

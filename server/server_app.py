@@ -1,0 +1,29 @@
+"""The Flower ServerApp. ``app`` reads its config from the run config (``flwr run``, deployment);
+``simulate.py`` builds one with :func:`make_server_app` around an already validated config."""
+
+from __future__ import annotations
+
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmtl.app_config import config_from_run_config
+from fedmtl.config import ExperimentConfig
+from fedmtl.rundir import RunDirectory
+from server.loop import run_federation
+
+
+def make_server_app(cfg: ExperimentConfig | None = None, run: RunDirectory | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = cfg or config_from_run_config(context.run_config)
+        run_federation(grid, config, run or RunDirectory.create(config))
+
+    return app
+
+
+
+
+app = make_server_app()
