@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 

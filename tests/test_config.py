@@ -1,0 +1,85 @@
+"""Config validation: every bad input is a ConfigError naming its key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedmtl.aggregation import FedAvg
+from fedmtl.config import ExperimentConfig, apply_override, build_config, load_config
+from fedmtl.errors import ConfigError
+
+
+def error_for(overrides: list[str]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    return info.value
+
+
+def test_defaults_are_valid_and_round_trip_through_plain_data():
+    cfg = load_config()
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.clients.count >= 8 and len(cfg.data.task_names()) >= 3
+    assert build_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "fragment"),
+    [
+        (["clients.cnt=3"], "clients.cnt", "unknown key"),
+        (["rounds=three"], "rounds", "must be an integer"),
+        (["rounds=0"], "<root>", "rounds"),
+        (["server.fraction_fit=1.5"], "server", "fraction_fit"),
+        (["training.lr=-1"], "training", "lr > 0"),
+        (["model.activation=swish"], "model.activation", "must be one of"),
+        (["server.aggregator.name=nope"], "server.aggregator.name", "valid: "),
+        (["server.aggregator.bogus=1"], "server.aggregator.bogus", "unknown key"),
+        (["data.task_cosine=1.5"], "data", "[-1, 1]"),
+        (["data.task_cosine=-0.9"], "data", "positive semi-definite"),
+        (["data.latent_dim=2"], "data", "latent_dim"),
+        (["clients.tasks=[[anchor]]"], "clients.tasks", "clients.count is 8"),
+        (["clients.count=2", "clients.tasks=[[anchor], [nope]]"], "clients.tasks[1][0]", "unknown task 'nope'"),
+        (["clients.count=1", "clients.tasks=[[anchor, anchor]]"], "clients.tasks[0]", "twice"),
+        (["clients.tasks_per_client=9"], "clients.tasks_per_client", "4 tasks"),
+        (["clients.task_sample_scale={nope: 2}"], "clients.task_sample_scale.nope", "unknown task"),
+        (["training.task_weights={anchor: -1}"], "training", "task_weights"),
+        (["resources.client_cpus=0"], "resources", "client_cpus"),
+        (["output.metrics_format=xml"], "output.metrics_format", "jsonl"),
+    ],
+)
+def test_bad_values_name_their_key_path(overrides, path, fragment):
+    err = error_for(overrides)
+    assert err.path == path
+    assert fragment in err.message
+
+
+def test_component_by_bare_name_and_partial_mapping_keep_defaults():
+    cfg = load_config(None, ["server.aggregator=fedavg", "data.client_shift=1.0"])
+    assert cfg.server.aggregator == FedAvg()
+    assert cfg.data.client_shift == 1.0 and cfg.data.name == "synthetic"
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_override({}, "rounds")
+    with pytest.raises(ConfigError, match="is not a mapping"):
+        apply_override({"rounds": 3}, "rounds.x=1")
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rounds: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(listing)
+
+
+def test_file_plus_overrides(tmp_path):
+    file = tmp_path / "exp.yaml"
+    file.write_text("name: exp\nrounds: 4\nclients: {count: 3}\n")
+    cfg = load_config(file, ["rounds=5"])
+    assert (cfg.name, cfg.rounds, cfg.clients.count) == ("exp", 5, 3)

@@ -1,0 +1,109 @@
+"""simulate.py as a user runs it: error paths (fast) and end-to-end runs (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fedmtl.rundir import read_rows
+from tests.conftest import ROOT, TINY_OVERRIDES
+
+
+def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "simulate.py"), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+    )
+
+
+def ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if any(tag in line for tag in ("raylet", "gcs_server", "ray::", "flower-superlink"))]
+
+
+def assert_no_leftover_processes(grace_s: float = 20.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while (left := ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes outlived simulate.py: {left}"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--set", "rounds=zero"], "rounds: must be an integer"),
+        (["--set", "clients.count=2", "--set", "clients.tasks=[[anchor],[nope]]"], "clients.tasks[1][0]"),
+        (["--config", "does/not/exist.yaml"], "file not found"),
+        (["--no-such-flag"], "unrecognized arguments"),
+        (["--set", "resources.client_gpus=1", "--set", "resources.num_gpus=0"], "resources.client_gpus"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragment, simulate_env):
+    result = simulate(*args, env=simulate_env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path, simulate_env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "precious.txt").write_text("keep me")
+    result = simulate("--set", f"output.run_dir={run_dir}", env=simulate_env)
+    assert result.returncode == 2 and "output.run_dir" in result.stderr
+    assert (run_dir / "precious.txt").read_text() == "keep me"
+
+
+def test_print_config_shows_every_default(simulate_env):
+    result = simulate("--print-config", "--set", "rounds=7", env=simulate_env)
+    assert result.returncode == 0
+    printed = yaml.safe_load(result.stdout)
+    assert printed["rounds"] == 7 and printed["server"]["aggregator"] == {"name": "fedavg", "weighted": True}
+
+
+def tiny_run(tmp_path, name: str, env: dict, *extra: str) -> tuple[subprocess.CompletedProcess, object]:
+    run_dir = tmp_path / name
+    overrides = [*TINY_OVERRIDES, "rounds=2", f"output.run_dir={run_dir}", *extra]
+    result = simulate(*[arg for o in overrides for arg in ("--set", o)], env=env)
+    return result, run_dir
+
+
+@pytest.mark.slow
+def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, simulate_env):
+    first, run_dir = tiny_run(tmp_path, "first", simulate_env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for name in ("config.yaml", "metrics.jsonl", "server.jsonl", "encoder.pt", "summary.json", "summary.md"):
+        assert (run_dir / name).is_file(), name
+    assert "| task" in first.stdout and "run directory:" in first.stdout
+
+    rows = read_rows(run_dir / "metrics.jsonl")
+    assert {(r["split"], r["round"]) for r in rows} == {("eval", 0), ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)}
+    # client c holds tasks c and c+1 (mod 4): every (round, split) has one row per held task per client
+    eval_final = {(r["client"], r["task"]) for r in rows if r["split"] == "eval" and r["round"] == 2}
+    assert eval_final == {(0, "anchor"), (0, "aligned"), (1, "aligned"), (1, "orthogonal"), (2, "orthogonal"), (2, "opposed")}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {t["task"] for t in summary["tasks"]} == {"anchor", "aligned", "orthogonal", "opposed"}
+    server_rows = read_rows(run_dir / "server.jsonl")
+    assert [r["round"] for r in server_rows] == [1, 2] and all(r["replies"] == 3 for r in server_rows)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["rounds"] == 2
+    assert_no_leftover_processes()
+
+    second, run_dir2 = tiny_run(tmp_path, "second", simulate_env)
+    assert second.returncode == 0
+    assert (run_dir / "metrics.jsonl").read_bytes() == (run_dir2 / "metrics.jsonl").read_bytes()
+    assert_no_leftover_processes()
+
+
+@pytest.mark.slow
+def test_csv_metrics_format(tmp_path, simulate_env):
+    result, run_dir = tiny_run(tmp_path, "csv", simulate_env, "output.metrics_format=csv", "rounds=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_rows(run_dir / "metrics.csv")
+    assert rows and {"round", "split", "client", "task", "loss"} <= set(rows[0])
+    assert_no_leftover_processes()
