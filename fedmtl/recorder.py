@@ -15,7 +15,7 @@ from fedmtl.task_kinds import TASK_KINDS
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss")
 METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
 SERVER_COLUMNS = (
-    "round", "seconds", "replies", "failures", "rejected", "clients", "weights",
+    "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",
     "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper",
 )  # fmt: skip
 
@@ -35,9 +35,12 @@ class Recorder:
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.eval_rows: list[dict[str, Any]] = []
         self._round_start = time.perf_counter()
+        self._round_started_at = time.time()
 
     def start_round(self) -> None:
+        """Mark the start of a round; its server row covers training, aggregation and evaluation."""
         self._round_start = time.perf_counter()
+        self._round_started_at = time.time()
 
     def record_clients(self, server_round: int, split: str, reports: Sequence[Mapping[str, Any]]) -> list[dict]:
         rows = [row for report in reports for row in task_rows(server_round, split, report)]
@@ -54,10 +57,13 @@ class Recorder:
         failures: int,
         rejected: Sequence[tuple[int | None, str]],
         diagnostics: RoundDiagnostics | None,
-    ) -> None:
+    ) -> float:
+        """Write the round's server row; return the round's wall seconds."""
+        seconds = time.perf_counter() - self._round_start
         row: dict[str, Any] = {
             "round": server_round,
-            "seconds": round(time.perf_counter() - self._round_start, 4),
+            "started_at": round(self._round_started_at, 4),
+            "seconds": round(seconds, 4),
             "replies": replies,
             "failures": failures,
             "rejected": [{"client": c, "reason": r} for c, r in rejected],
@@ -65,3 +71,4 @@ class Recorder:
         if diagnostics is not None:
             row.update(asdict(diagnostics))
         self.server.write([row])
+        return seconds

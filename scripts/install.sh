@@ -17,8 +17,14 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   "${PIP[@]}" install "torch==$TORCH_VERSION"
 else
   echo "no NVIDIA GPU: installing the CPU build of torch $TORCH_VERSION"
-  "${PIP[@]}" install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-    || "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+  # A CPU wheel that pip can already see (a wheel cache configured with find-links) installs
+  # without its dependencies first; PyPI then supplies those. Otherwise PyTorch's CPU index.
+  if "${PIP[@]}" install --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null \
+     && .venv/bin/python -c "import torch, sys; sys.exit(torch.version.cuda is not None)" 2>/dev/null; then
+    "${PIP[@]}" install "torch==$TORCH_VERSION"
+  else
+    "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 
 extra=""

@@ -80,12 +80,13 @@ def run_federation(
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        report = strategy.last_train
-        recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics)
-        if server_round % cfg.eval_every == 0 or server_round == cfg.rounds:
+        evaluated = server_round % cfg.eval_every == 0 or server_round == cfg.rounds
+        if evaluated:
             summary = evaluate(server_round)
-            if echo and cfg.output.progress:
-                echo(_progress_line(server_round, cfg.rounds, time.perf_counter() - recorder._round_start, summary))
+        report = strategy.last_train
+        seconds = recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics)
+        if evaluated and echo and cfg.output.progress:
+            echo(_progress_line(server_round, cfg.rounds, seconds, summary))
     run.save_encoder(updater.global_state())
     run.write_json(SUMMARY_JSON, {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary})
     run.write_text(SUMMARY_MD, f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n")
