@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
-if .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+if .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('torch').split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "torch $TORCH_VERSION already installed"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "NVIDIA GPU found: installing the CUDA build of torch $TORCH_VERSION"
@@ -20,7 +20,7 @@ else
   # A CPU wheel that pip can already see (a wheel cache configured with find-links) installs
   # without its dependencies first; PyPI then supplies those. Otherwise PyTorch's CPU index.
   if "${PIP[@]}" install --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null \
-     && .venv/bin/python -c "import torch, sys; sys.exit(torch.version.cuda is not None)" 2>/dev/null; then
+     && .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit('+cpu' not in m.version('torch'))"; then
     "${PIP[@]}" install "torch==$TORCH_VERSION"
   else
     "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
