@@ -83,3 +83,16 @@ def test_file_plus_overrides(tmp_path):
     file.write_text("name: exp\nrounds: 4\nclients: {count: 3}\n")
     cfg = load_config(file, ["rounds=5"])
     assert (cfg.name, cfg.rounds, cfg.clients.count) == ("exp", 5, 3)
+
+
+def test_shipped_configs_are_valid():
+    from tests.conftest import ROOT
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_default_yaml_equals_builtin_defaults():
+    from tests.conftest import ROOT
+
+    assert load_config(ROOT / "configs" / "default.yaml") == load_config()
