@@ -5,6 +5,7 @@ The Flower ClientApp (``clients/client_app.py``) only converts records to these 
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,6 +22,12 @@ from fedmtl.training import evaluate, train_local
 _DATA_CACHE_SIZE = 64
 _data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
 _HEAD_INIT_STREAM = 101
+
+
+def assigned_gpu() -> float:
+    """The first GPU id Ray assigned to this worker (``CUDA_VISIBLE_DEVICES``), or -1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return float(visible) if visible.isdigit() else -1.0
 
 
 def derive_seed(*parts: int) -> int:
@@ -88,6 +95,7 @@ class LocalClient:
             protocol.NUM_EXAMPLES: float(stats.num_examples),
             protocol.TRAIN_LOSS: float(np.mean(list(stats.task_loss.values()))),
             protocol.ON_GPU: float(self.device.type == "cuda"),
+            protocol.ASSIGNED_GPU: assigned_gpu(),
             **protocol.flatten_task_metrics(
                 protocol.TRAIN,
                 {task: {"loss": loss, "num_examples": float(len(data.train[task]))} for task, loss in stats.task_loss.items()},

@@ -21,7 +21,8 @@ SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"
 CLIENT_ID = "partition-id"
 TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clients by it)
-ON_GPU = "on-gpu"
+ON_GPU = "on-gpu"  # 1.0 when the client trained on a CUDA device
+ASSIGNED_GPU = "assigned-gpu"  # first id in CUDA_VISIBLE_DEVICES as Ray set it, -1 when none
 
 TRAIN, EVAL = "train", "eval"
 
