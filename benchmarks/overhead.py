@@ -88,7 +88,7 @@ def main() -> None:
     sim_startup, sim_rounds = time_simulation(cfg)
     plain_round, sim_round = steady(plain_rounds), steady(sim_rounds)
     lines = [
-        f"Default config ({cfg.clients.count} clients, {cfg.training.local_steps} local steps, {cfg.rounds} rounds, "
+        f"Default config ({cfg.clients.count} clients, {cfg.client.local_steps} local steps, {cfg.rounds} rounds, "
         f"evaluation every round), measured in one run on: {machine_info()}.",
         "",
         "| | start-up (s) | steady-state s/round | total (s) |",

@@ -1,6 +1,9 @@
 """One client's round, as pure functions of (config, client id, shared state, private state).
 
-The Flower ClientApp (``clients/client_app.py``) only converts records to these dicts and back.
+Private state is one flat dict of tensors, kept by the Flower adapter in ``context.state``:
+``model.*`` (heads, adapters, encoder blocks that are not shared), ``balancer.*`` (learned task
+weights and their history), ``personal.*`` (the personalised copy under soft sharing). None of
+it is ever sent; the reply's arrays come only from ``protocol.outgoing_shared``.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import numpy as np
 import torch
 
 from fedmtl import protocol
+from fedmtl.balancing import Static
 from fedmtl.config import ExperimentConfig
-from fedmtl.models import ENCODER_PREFIX, MultiTaskModel
+from fedmtl.models import MultiTaskModel
 from fedmtl.partition import client_plan
-from fedmtl.suites import ClientData
-from fedmtl.training import evaluate, train_local
+from fedmtl.suites import ClientData, TaskData
+from fedmtl.training import Proximal, TrainStats, evaluate, train_local
 
 _DATA_CACHE_SIZE = 64
 _data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
-_HEAD_INIT_STREAM = 101
+_HEAD_INIT_STREAM, _PERSONAL_STREAM = 101, 103
+MODEL, BALANCER, PERSONAL = "model.", "balancer.", "personal."
 
 
 def assigned_gpu() -> float:
@@ -48,6 +53,14 @@ def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
     return data
 
 
+def with_prefix(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def strip_prefix(prefix: str, state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     shared: dict[str, torch.Tensor]  # what goes back to the server
@@ -64,60 +77,97 @@ class LocalClient:
         self.plan = client_plan(cfg, client_id)
         all_specs = {spec.name: spec for spec in cfg.data.task_specs()}
         self.specs = {task: all_specs[task] for task in self.plan.tasks}
+        self.sharing = cfg.model.sharing
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def build_model(self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None) -> MultiTaskModel:
-        """Fresh heads are initialised from (seed, client) the first time, so eval and train agree."""
-        torch.manual_seed(derive_seed(self.cfg.seed, _HEAD_INIT_STREAM, self.client_id))
-        model = MultiTaskModel(self.cfg.model, self.cfg.data.feature_dim(), self.specs.values())
+    def build_model(self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM) -> MultiTaskModel:
+        """Private parts are initialised from (seed, client) the first time, so eval and train agree."""
+        torch.manual_seed(derive_seed(self.cfg.seed, stream, self.client_id))
+        model = MultiTaskModel(self.cfg.model, self.cfg.data.feature_dim(), self.specs.values(), self.sharing.adapter_rank)
         state = model.state_dict()
-        unknown = sorted(set(shared) - {k for k in state if k.startswith(ENCODER_PREFIX)})
-        if unknown:
-            raise KeyError(f"server sent unknown shared parameters: {unknown[:3]}")
+        unexpected = sorted(k for k in shared if k not in state or not self.sharing.is_shared(k))
+        if unexpected:
+            raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")
         state.update(shared)
-        state.update(private or {})
+        state.update(private_model)
         model.load_state_dict(state)
         return model.to(self.device)
 
-    def _on_device(self, split: dict) -> dict:
-        return {task: type(d)(d.x.to(self.device), d.y.to(self.device)) for task, d in split.items()}
+    def _private_part(self, model: MultiTaskModel) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in model.state_dict().items() if not self.sharing.is_shared(k)}
+
+    def _on_device(self, split: dict[str, TaskData]) -> dict[str, TaskData]:
+        return {task: TaskData(d.x.to(self.device), d.y.to(self.device)) for task, d in split.items()}
 
     def train(
         self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None, server_round: int
     ) -> TrainOutcome:
         torch.set_num_threads(self.cfg.resources.torch_threads)
-        model = self.build_model(shared, private)
+        data = self._on_device(client_data(self.cfg, self.client_id).train)
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, server_round, self.client_id))
-        data = client_data(self.cfg, self.client_id)
-        stats = train_local(model, self._on_device(data.train), self.specs, self.cfg.training, generator)
-        metrics = {
+        model = self.build_model(shared, strip_prefix(MODEL, private))
+        global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
+        balancer = self.cfg.client.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
+        stats = train_local(model, data, self.specs, self.cfg.client, generator, balancer)
+        new_private = {**with_prefix(MODEL, self._private_part(model)), **with_prefix(BALANCER, balancer.state())}
+        if self.sharing.personal_mu is not None:
+            new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
+        outcome = TrainOutcome(
+            shared=protocol.outgoing_shared({k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()),
+            private=new_private,
+            metrics=self._train_metrics(stats, data),
+        )
+        self._release_device_memory()
+        return outcome
+
+    def _train_personal(
+        self,
+        shared: dict[str, torch.Tensor],
+        private: dict[str, torch.Tensor] | None,
+        data: dict[str, TaskData],
+        generator: torch.Generator,
+        global_encoder: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Ditto's personalised copy: starts as the first global model it sees, then only ever
+        trains locally with the proximal pull towards the current global encoder."""
+        personal_state = strip_prefix(PERSONAL, private)
+        personal = self.build_model(shared, {}, _PERSONAL_STREAM) if not personal_state else self.build_model({}, personal_state, _PERSONAL_STREAM)
+        balancer = Static().start(list(self.specs), {})
+        train_local(personal, data, self.specs, self.cfg.client, generator, balancer, Proximal(global_encoder, self.sharing.personal_mu or 0.0))
+        return with_prefix(PERSONAL, personal.state_dict())
+
+    def _train_metrics(self, stats: TrainStats, data: dict[str, TaskData]) -> dict[str, float]:
+        per_task = {
+            task: {"loss": loss, "num_examples": float(len(data[task])), "weight": stats.task_weights.get(task, 1.0)}
+            for task, loss in stats.task_loss.items()
+        }
+        angles = stats.subspace_angles
+        return {
             protocol.CLIENT_ID: float(self.client_id),
             protocol.NUM_EXAMPLES: float(stats.num_examples),
             protocol.TRAIN_LOSS: float(np.mean(list(stats.task_loss.values()))),
             protocol.ON_GPU: float(self.device.type == "cuda"),
             protocol.ASSIGNED_GPU: assigned_gpu(),
-            **protocol.flatten_task_metrics(
-                protocol.TRAIN,
-                {task: {"loss": loss, "num_examples": float(len(data.train[task]))} for task, loss in stats.task_loss.items()},
-            ),
+            **protocol.flatten_task_metrics(protocol.TRAIN, per_task),
+            **protocol.pair_metrics(protocol.TASK_COSINE, stats.task_cosines),
+            **protocol.pair_metrics(protocol.TASK_ANGLE_MIN, {pair: a[0] for pair, a in angles.items() if a}),
+            **protocol.pair_metrics(protocol.TASK_ANGLE_MEAN, {pair: float(np.mean(a)) for pair, a in angles.items() if a}),
         }
-        outcome = TrainOutcome(
-            shared=protocol.outgoing_shared(model.shared_state(), shared.keys()),
-            private={k: v.cpu() for k, v in model.private_state().items()},
-            metrics=metrics,
-        )
-        self._release_device_memory()
-        return outcome
 
     def evaluate(self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None) -> dict[str, float]:
         torch.set_num_threads(self.cfg.resources.torch_threads)
-        model = self.build_model(shared, private)
-        results = evaluate(model, self._on_device(client_data(self.cfg, self.client_id).eval), self.specs)
+        data = self._on_device(client_data(self.cfg, self.client_id).eval)
+        results = evaluate(self.build_model(shared, strip_prefix(MODEL, private)), data, self.specs)
+        metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
+        personal_state = strip_prefix(PERSONAL, private)
+        if personal_state:
+            personal = self.build_model({}, personal_state, _PERSONAL_STREAM)
+            metrics.update(protocol.flatten_task_metrics(protocol.PERSONAL, evaluate(personal, data, self.specs)))
         self._release_device_memory()
         return {
             protocol.CLIENT_ID: float(self.client_id),
             protocol.NUM_EXAMPLES: float(sum(r["num_examples"] for r in results.values())),
-            **protocol.flatten_task_metrics(protocol.EVAL, results),
+            **metrics,
         }
 
     def _release_device_memory(self) -> None:

@@ -16,7 +16,10 @@ from typing import Any, Literal
 import yaml
 
 from fedmtl.aggregation import Aggregator, FedAvg
+from fedmtl.balancing import Balancer, Static
 from fedmtl.errors import ConfigError
+from fedmtl.sharing import Hard, Sharing
+from fedmtl.task_sampling import AllTasks, TaskSampler
 from fedmtl.suites import SyntheticSuite, TaskSuite
 from fedmtl.typed import parse_dataclass, to_plain
 
@@ -55,6 +58,7 @@ class ModelConfig:
     representation_dim: int = 16  # width of the encoder output fed to every head
     head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
     activation: Literal["relu", "tanh", "gelu"] = "relu"
+    sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
 
     def __post_init__(self) -> None:
         if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden):
@@ -62,24 +66,31 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """Local training on each client, per round."""
+class ClientConfig:
+    """What each client does locally, per round (``clients:`` says who the clients are)."""
 
-    local_steps: int = 20  # optimizer steps per round; each step sees one batch of every task held
+    local_steps: int = 20  # optimizer steps per round
     batch_size: int = 32
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
-    task_weights: Mapping[str, float] = field(default_factory=dict)  # static loss weights (default 1)
+    balancing: Balancer = field(default_factory=Static)  # {name: static | uncertainty | gradnorm | dwa}
+    # Gradient surgery on the per-task gradients of the encoder, with the server's aggregators
+    # (e.g. {name: pcgrad}); none by default.
+    surgery: Aggregator | None = None
+    task_sampling: TaskSampler = field(default_factory=AllTasks)  # {name: all | proportional | uniform | temperature}
+    # Measure per-task encoder gradients every k steps for the conflict diagnostics (0 = never).
+    gradient_diagnostics_every: int = 5
+    subspace_steps: int = 4  # measurements per task spanning its gradient subspace (principal angles)
 
     def __post_init__(self) -> None:
         if self.local_steps < 1 or self.batch_size < 1:
             raise ValueError("local_steps and batch_size must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
-        if any(w < 0 for w in self.task_weights.values()):
-            raise ValueError("task_weights must be >= 0")
+        if self.gradient_diagnostics_every < 0 or self.subspace_steps < 1:
+            raise ValueError("need gradient_diagnostics_every >= 0 and subspace_steps >= 1")
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,7 @@ class ExperimentConfig:
     data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -158,6 +169,9 @@ class ExperimentConfig:
     def fingerprint(self) -> str:
         """Stable hash of the resolved config (used to key per-process caches)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+TASK_KEYED_FIELDS = ("weights",)  # component fields keyed by task name, checked against the suite
 
 
 def check_consistency(cfg: ExperimentConfig) -> None:
@@ -181,10 +195,15 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "clients.tasks_per_client", f"is {cfg.clients.tasks_per_client} but the suite has {len(task_names)} tasks"
         )
-    for section, mapping in (("clients.task_sample_scale", cfg.clients.task_sample_scale), ("training.task_weights", cfg.training.task_weights)):
+    task_keyed = [("clients.task_sample_scale", cfg.clients.task_sample_scale)]
+    task_keyed += [(f"client.balancing.{name}", getattr(cfg.client.balancing, name)) for name in TASK_KEYED_FIELDS if hasattr(cfg.client.balancing, name)]
+    for section, mapping in task_keyed:
         for task in mapping:
             if task not in known:
                 raise ConfigError(f"{section}.{task}", f"unknown task; tasks: {', '.join(task_names)}")
+    problem = cfg.model.sharing.check(len(cfg.model.encoder_hidden) + 1)
+    if problem:
+        raise ConfigError("model.sharing", problem)
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

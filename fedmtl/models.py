@@ -1,7 +1,7 @@
-"""Shared encoder + one private head per task.
+"""Shared encoder + one private head per task (+ optional private per-task adapters).
 
-Parameter names are the contract with the wire format: everything under ``encoder.`` is
-shared with the server, everything under ``heads.`` stays on the client.
+Parameter names are the contract with the wire format: ``encoder.<block>.*`` may be shared
+(``model.sharing`` decides which blocks), ``heads.*`` and ``adapters.*`` always stay on the client.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from fedmtl.config import ModelConfig
+from fedmtl.sharing import ENCODER_PREFIX
 from fedmtl.task_kinds import TaskSpec
 
-ENCODER_PREFIX = "encoder."
 HEADS_PREFIX = "heads."
+ADAPTERS_PREFIX = "adapters."
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -29,34 +30,76 @@ def mlp(widths: Sequence[int], activation: str, final_activation: bool) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def build_encoder(cfg: ModelConfig, input_dim: int) -> nn.Sequential:
-    return mlp([input_dim, *cfg.encoder_hidden, cfg.representation_dim], cfg.activation, final_activation=True)
+def encoder_widths(cfg: ModelConfig, input_dim: int) -> list[int]:
+    return [input_dim, *cfg.encoder_hidden, cfg.representation_dim]
+
+
+def build_encoder(cfg: ModelConfig, input_dim: int) -> nn.ModuleList:
+    """Blocks ``Linear -> activation``; block i's parameters are ``encoder.<i>.0.*``."""
+    widths = encoder_widths(cfg, input_dim)
+    return nn.ModuleList(mlp([a, b], cfg.activation, final_activation=True) for a, b in zip(widths[:-1], widths[1:]))
 
 
 def build_head(cfg: ModelConfig, spec: TaskSpec) -> nn.Sequential:
     return mlp([cfg.representation_dim, *cfg.head_hidden, spec.output_dim], cfg.activation, final_activation=False)
 
 
-class MultiTaskModel(nn.Module):
-    """``heads[task](encoder(x))`` for the tasks one client holds."""
+class Adapter(nn.Module):
+    """Residual bottleneck ``h + up(act(down(h)))`` with ``up`` zero-initialised (identity at start)."""
 
-    def __init__(self, cfg: ModelConfig, input_dim: int, tasks: Iterable[TaskSpec]) -> None:
+    def __init__(self, width: int, rank: int, activation: str) -> None:
         super().__init__()
+        self.down = nn.Linear(width, rank)
+        self.act = _ACTIVATIONS[activation]()
+        self.up = nn.Linear(rank, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(self.act(self.down(h)))
+
+
+class MultiTaskModel(nn.Module):
+    """``heads[task](encoder(x; adapters[task]))`` for the tasks one client holds."""
+
+    def __init__(self, cfg: ModelConfig, input_dim: int, tasks: Iterable[TaskSpec], adapter_rank: int = 0) -> None:
+        super().__init__()
+        specs = list(tasks)
         self.encoder = build_encoder(cfg, input_dim)
-        self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec) for spec in tasks})
+        self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec) for spec in specs})
+        widths = encoder_widths(cfg, input_dim)[1:]
+        self.adapters = nn.ModuleDict(
+            {
+                spec.name: nn.ModuleList(Adapter(w, adapter_rank, cfg.activation) for w in widths)
+                for spec in (specs if adapter_rank > 0 else [])
+            }
+        )
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        return self.heads[task](self.encoder(x))
+        adapters = self.adapters[task] if task in self.adapters else None
+        h = x
+        for i, block in enumerate(self.encoder):
+            h = block(h)
+            if adapters is not None:
+                h = adapters[i](h)
+        return self.heads[task](h)
 
-    def shared_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIX)}
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters every held task shares (the target of in-client gradient surgery)."""
+        return list(self.encoder.parameters())
 
-    def private_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
+    def last_shared_layer_weight(self) -> nn.Parameter:
+        """GradNorm's ``W``: the weight of the encoder's last linear layer."""
+        return self.encoder[-1][0].weight
+
+
+def initial_shared_state(cfg: ModelConfig, input_dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """The part of the round-0 encoder that ``cfg.sharing`` federates."""
+    return {k: v for k, v in initial_encoder_state(cfg, input_dim, seed).items() if cfg.sharing.is_shared(k)}
 
 
 def initial_encoder_state(cfg: ModelConfig, input_dim: int, seed: int) -> dict[str, torch.Tensor]:
-    """The round-0 global encoder, identical for every client (the server sends it)."""
+    """The round-0 encoder, identical for every client (the server sends its shared part)."""
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, input_dim)
     return {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}

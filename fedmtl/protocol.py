@@ -24,7 +24,10 @@ TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clie
 ON_GPU = "on-gpu"  # 1.0 when the client trained on a CUDA device
 ASSIGNED_GPU = "assigned-gpu"  # first id in CUDA_VISIBLE_DEVICES as Ray set it, -1 when none
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, EVAL, PERSONAL = "train", "eval", "personal"  # splits; PERSONAL = a client's personalised copy
+TASK_COSINE = "task-cosine"  # pairwise cosine of task gradients on the encoder, mean over a round
+TASK_ANGLE_MIN = "task-angle-min"  # smallest principal angle (degrees) between task-gradient subspaces
+TASK_ANGLE_MEAN = "task-angle-mean"  # mean principal angle (degrees)
 
 
 class PrivacyViolation(RuntimeError):
@@ -76,3 +79,16 @@ def unflatten_task_metrics(flat: Mapping[str, object], split: str) -> dict[str, 
         if len(parts) == 3 and parts[0] == split:
             per_task.setdefault(parts[1], {})[parts[2]] = float(value)  # type: ignore[arg-type]
     return per_task
+
+
+def pair_metrics(kind: str, values: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    return {f"{kind}/{a}/{b}": float(v) for (a, b), v in values.items()}
+
+
+def unflatten_pair_metrics(flat: Mapping[str, object], kind: str) -> dict[tuple[str, str], float]:
+    pairs = {}
+    for key, value in flat.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == kind:
+            pairs[(parts[1], parts[2])] = float(value)  # type: ignore[arg-type]
+    return pairs

@@ -23,6 +23,7 @@ from fedmtl.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 SERVER_FILE = "server.jsonl"
+CLIENTS_FILE = "clients.jsonl"
 ENCODER_FILE = "encoder.pt"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"

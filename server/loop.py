@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 
 from fedmtl import protocol
 from fedmtl.config import ExperimentConfig
-from fedmtl.models import initial_encoder_state
+from fedmtl.models import initial_shared_state
 from fedmtl.recorder import Recorder
 from fedmtl.rundir import SUMMARY_JSON, SUMMARY_MD, RunDirectory
 from fedmtl.server_update import ServerUpdater
@@ -56,7 +56,7 @@ def run_federation(
     wait_for_nodes(grid, cfg.clients.count)
     specs = cfg.data.task_specs()
     updater = ServerUpdater(
-        initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed),
+        initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed),
         cfg.server.aggregator,
         cfg.server.optimizer,
         seed=cfg.seed,
@@ -68,7 +68,9 @@ def run_federation(
 
     def evaluate(server_round: int) -> list[dict]:
         replies = list(grid.send_and_receive(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid), timeout=timeout))
-        recorder.record_clients(server_round, protocol.EVAL, _reports(replies))
+        reports = _reports(replies)
+        recorder.record_clients(server_round, protocol.EVAL, reports)
+        recorder.record_clients(server_round, protocol.PERSONAL, reports)
         return task_summary(recorder.eval_rows, specs)
 
     summary = evaluate(0)
@@ -76,7 +78,9 @@ def run_federation(
         recorder.start_round()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        recorder.record_clients(server_round, protocol.TRAIN, _reports(replies))
+        train_reports = _reports(replies)
+        recorder.record_clients(server_round, protocol.TRAIN, train_reports)
+        recorder.record_client_diagnostics(server_round, train_reports)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays

@@ -41,8 +41,8 @@ def test_client_round_trip_keeps_heads_private_and_sends_only_encoder(tiny_confi
     assert not any("heads" in key for key in reply.content[protocol.METRICS])
 
     heads_after_round_1 = context.state[protocol.PRIVATE_STATE].to_torch_state_dict()
-    assert heads_after_round_1 and all(key.startswith("heads.") for key in heads_after_round_1)
-    held = {key.split(".")[1] for key in heads_after_round_1}
+    assert heads_after_round_1 and all(key.startswith("model.heads.") for key in heads_after_round_1)
+    held = {key.split(".")[2] for key in heads_after_round_1}
     assert held == set(tiny_config.data.task_names()[1:3]), "client 1 holds tasks 1 and 2"
 
     reply2 = app(_train_message(reply.content[protocol.ARRAYS].to_torch_state_dict(), 2), context)
