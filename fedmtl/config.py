@@ -19,8 +19,8 @@ from fedmtl.aggregation import Aggregator, FedAvg
 from fedmtl.balancing import Balancer, Static
 from fedmtl.errors import ConfigError
 from fedmtl.sharing import Hard, Sharing
-from fedmtl.task_sampling import AllTasks, TaskSampler
 from fedmtl.suites import SyntheticSuite, TaskSuite
+from fedmtl.task_sampling import AllTasks, TaskSampler
 from fedmtl.typed import parse_dataclass, to_plain
 
 

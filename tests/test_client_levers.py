@@ -1,0 +1,95 @@
+"""Task sampling, in-client gradient surgery, proximal term, and task-gradient diagnostics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.aggregation import FedAvg, PCGrad
+from fedmtl.balancing import Static
+from fedmtl.client import client_data
+from fedmtl.config import ClientConfig
+from fedmtl.models import MultiTaskModel
+from fedmtl.task_gradients import TaskGradientTracker, principal_angles
+from fedmtl.task_sampling import AllTasks, Proportional, Temperature, Uniform
+from fedmtl.training import Proximal, train_local
+
+SIZES = {"a": 100, "b": 25}
+
+
+def test_sampling_probabilities():
+    assert Proportional().probabilities(SIZES) == pytest.approx({"a": 0.8, "b": 0.2})
+    assert Uniform().probabilities(SIZES) == pytest.approx({"a": 0.5, "b": 0.5})
+    assert Temperature(temperature=2.0).probabilities(SIZES) == pytest.approx({"a": 10 / 15, "b": 5 / 15})
+    assert AllTasks().choose(SIZES, torch.Generator()) == ["a", "b"]
+
+
+def test_sampled_frequencies_follow_the_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    draws = [Proportional().choose(SIZES, generator)[0] for _ in range(4000)]
+    assert draws.count("a") / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+def _setup(tiny_config, client_id=0):
+    cfg = tiny_config
+    data = client_data(cfg, client_id).train
+    specs = {s.name: s for s in cfg.data.task_specs() if s.name in data}
+    torch.manual_seed(0)
+    model = MultiTaskModel(cfg.model, cfg.data.feature_dim(), specs.values())
+    return cfg, data, specs, model
+
+
+def _train(model, data, specs, cfg: ClientConfig, proximal=None):
+    generator = torch.Generator().manual_seed(1)
+    stats = train_local(model, data, specs, cfg, generator, Static().start(list(data), {}), proximal)
+    return stats, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _fresh(tiny_config):
+    return _setup(tiny_config)
+
+
+def test_surgery_with_the_plain_mean_equals_no_surgery(tiny_config):
+    cfg, data, specs, model = _fresh(tiny_config)
+    _, plain = _train(model, data, specs, cfg.client)
+    cfg, data, specs, model = _fresh(tiny_config)
+    _, mean_surgery = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": FedAvg(weighted=False)}))
+    assert torch.allclose(plain, mean_surgery, atol=1e-5)
+    cfg, data, specs, model = _fresh(tiny_config)
+    _, pcgrad = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": PCGrad(), "local_steps": 20}))
+    assert not torch.allclose(plain, pcgrad, atol=1e-5)
+
+
+def test_proximal_with_mu_zero_equals_plain_local_training(tiny_config):
+    cfg, data, specs, model = _fresh(tiny_config)
+    _, plain = _train(model, data, specs, cfg.client)
+    cfg, data, specs, model = _fresh(tiny_config)
+    reference = [torch.randn_like(p) for p in model.encoder_parameters()]
+    _, prox_zero = _train(model, data, specs, cfg.client, Proximal(reference, 0.0))
+    assert torch.equal(plain, prox_zero)
+    cfg, data, specs, model = _fresh(tiny_config)
+    _, prox = _train(model, data, specs, cfg.client, Proximal(reference, 1.0))
+    assert not torch.allclose(plain, prox)
+
+
+def test_diagnostics_record_every_pair_of_held_tasks(tiny_config):
+    cfg, data, specs, model = _fresh(tiny_config)
+    stats, _ = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "local_steps": 6, "gradient_diagnostics_every": 2}))
+    pair = tuple(sorted(data))
+    assert set(stats.task_cosines) == {pair} and -1 <= stats.task_cosines[pair] <= 1
+    assert len(stats.subspace_angles[pair]) >= 1 and all(0 <= a <= 90 for a in stats.subspace_angles[pair])
+
+
+def test_principal_angles_oracles():
+    basis = torch.eye(6)
+    assert principal_angles(basis[:2], basis[:2] * 3).tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert principal_angles(basis[:2], basis[2:4]).tolist() == pytest.approx([90.0, 90.0])
+    tilted = torch.stack([basis[0], torch.cos(torch.tensor(0.5)) * basis[1] + torch.sin(torch.tensor(0.5)) * basis[2]])
+    assert principal_angles(basis[:2], tilted).tolist() == pytest.approx([0.0, float(torch.rad2deg(torch.tensor(0.5)))], abs=1e-4)
+
+
+def test_tracker_mean_cosine():
+    tracker = TaskGradientTracker(subspace_steps=2)
+    tracker.add(["a", "b"], torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    tracker.add(["a", "b"], torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    assert tracker.mean_cosines()[("a", "b")] == pytest.approx((2**-0.5 - 1) / 2)
