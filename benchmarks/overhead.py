@@ -29,7 +29,7 @@ set_offline_env()
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.client import LocalClient  # noqa: E402
 from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
-from fedmtl.models import initial_encoder_state  # noqa: E402
+from fedmtl.models import initial_shared_state  # noqa: E402
 from fedmtl.rundir import SERVER_FILE, read_rows  # noqa: E402
 from fedmtl.server_update import ServerUpdater  # noqa: E402
 
@@ -37,7 +37,7 @@ from fedmtl.server_update import ServerUpdater  # noqa: E402
 def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
     t0 = time.perf_counter()
-    updater = ServerUpdater(initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed), cfg.server.aggregator, cfg.server.optimizer, cfg.seed)
+    updater = ServerUpdater(initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()), cfg.server.aggregator, cfg.server.optimizer, cfg.seed)
     clients = [LocalClient(cfg, c) for c in range(cfg.clients.count)]
     private: dict[int, dict | None] = dict.fromkeys(range(cfg.clients.count))
     for client in clients:

@@ -83,7 +83,9 @@ class LocalClient:
     def build_model(self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM) -> MultiTaskModel:
         """Private parts are initialised from (seed, client) the first time, so eval and train agree."""
         torch.manual_seed(derive_seed(self.cfg.seed, stream, self.client_id))
-        model = MultiTaskModel(self.cfg.model, self.cfg.data.feature_dim(), self.specs.values(), self.sharing.adapter_rank)
+        model = MultiTaskModel(
+            self.cfg.model, self.cfg.data.feature_dim(), self.specs.values(), self.sharing.adapter_rank, self.cfg.data.image_shape()
+        )
         state = model.state_dict()
         unexpected = sorted(k for k in shared if k not in state or not self.sharing.is_shared(k))
         if unexpected:

@@ -34,8 +34,9 @@ class ClientsConfig:
     samples_per_task: int = 128  # mean training samples per (client, task)
     # Log-normal sigma of a per-client factor on sample counts (0 = every client equal).
     sample_imbalance: float = 0.5
-    # Per-task multiplier on training samples, e.g. {aligned: 0.25} makes a data-poor task.
-    task_sample_scale: Mapping[str, float] = field(default_factory=lambda: {"aligned": 0.25})
+    # Per-task multiplier on training samples, e.g. {aligned: 0.25} makes a data-poor task
+    # (overrides the suite's own default, e.g. the synthetic tasks' sample_scale).
+    task_sample_scale: Mapping[str, float] = field(default_factory=dict)
     eval_samples_per_task: int = 256  # held-out samples per (client, task) for evaluation
     min_samples: int = 8  # floor on training samples per (client, task)
 
@@ -58,10 +59,14 @@ class ModelConfig:
     representation_dim: int = 16  # width of the encoder output fed to every head
     head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
     activation: Literal["relu", "tanh", "gelu"] = "relu"
+    # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
+    # per conv_channels entry, then a Linear block to representation_dim (image suites only).
+    encoder: Literal["mlp", "cnn"] = "mlp"
+    conv_channels: tuple[int, ...] = (16, 32)
     sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
 
     def __post_init__(self) -> None:
-        if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden):
+        if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden + self.conv_channels):
             raise ValueError("layer widths must be >= 1")
 
 
@@ -171,6 +176,10 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def num_encoder_blocks(model: ModelConfig) -> int:
+    return (len(model.conv_channels) if model.encoder == "cnn" else len(model.encoder_hidden)) + 1
+
+
 TASK_KEYED_FIELDS = ("weights",)  # component fields keyed by task name, checked against the suite
 
 
@@ -201,7 +210,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         for task in mapping:
             if task not in known:
                 raise ConfigError(f"{section}.{task}", f"unknown task; tasks: {', '.join(task_names)}")
-    problem = cfg.model.sharing.check(len(cfg.model.encoder_hidden) + 1)
+    if cfg.model.encoder == "cnn" and cfg.data.image_shape() is None:
+        raise ConfigError("model.encoder", f"cnn needs an image suite; data suite {cfg.data.name!r} has flat inputs")
+    if cfg.model.encoder == "cnn" and cfg.model.sharing.adapter_rank > 0:
+        raise ConfigError("model.sharing", "adapters are defined for the mlp encoder only")
+    problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
     if problem:
         raise ConfigError("model.sharing", problem)
 

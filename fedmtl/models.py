@@ -34,10 +34,30 @@ def encoder_widths(cfg: ModelConfig, input_dim: int) -> list[int]:
     return [input_dim, *cfg.encoder_hidden, cfg.representation_dim]
 
 
-def build_encoder(cfg: ModelConfig, input_dim: int) -> nn.ModuleList:
-    """Blocks ``Linear -> activation``; block i's parameters are ``encoder.<i>.0.*``."""
+def build_encoder(cfg: ModelConfig, input_dim: int, image_shape: tuple[int, int, int] | None = None) -> nn.ModuleList:
+    """A list of blocks; block i's parameters are ``encoder.<i>.*`` (the unit of partial sharing)."""
+    if cfg.encoder == "cnn":
+        if image_shape is None:
+            raise ValueError("a cnn encoder needs the image shape")
+        return build_cnn_encoder(cfg, image_shape)
     widths = encoder_widths(cfg, input_dim)
     return nn.ModuleList(mlp([a, b], cfg.activation, final_activation=True) for a, b in zip(widths[:-1], widths[1:]))
+
+
+def build_cnn_encoder(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> nn.ModuleList:
+    """Blocks ``conv3x3 -> activation (-> maxpool2)`` on the unflattened image, then ``Linear -> activation``."""
+    channels, height, width = image_shape
+    blocks: list[nn.Module] = []
+    for i, out_channels in enumerate(cfg.conv_channels):
+        layers: list[nn.Module] = [nn.Unflatten(1, image_shape)] if i == 0 else []
+        layers += [nn.Conv2d(channels, out_channels, 3, padding=1), _ACTIVATIONS[cfg.activation]()]
+        if min(height, width) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        blocks.append(nn.Sequential(*layers))
+        channels = out_channels
+    blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, cfg.representation_dim), _ACTIVATIONS[cfg.activation]()))
+    return nn.ModuleList(blocks)
 
 
 def build_head(cfg: ModelConfig, spec: TaskSpec) -> nn.Sequential:
@@ -62,10 +82,17 @@ class Adapter(nn.Module):
 class MultiTaskModel(nn.Module):
     """``heads[task](encoder(x; adapters[task]))`` for the tasks one client holds."""
 
-    def __init__(self, cfg: ModelConfig, input_dim: int, tasks: Iterable[TaskSpec], adapter_rank: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        input_dim: int,
+        tasks: Iterable[TaskSpec],
+        adapter_rank: int = 0,
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         specs = list(tasks)
-        self.encoder = build_encoder(cfg, input_dim)
+        self.encoder = build_encoder(cfg, input_dim, image_shape)
         self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec) for spec in specs})
         widths = encoder_widths(cfg, input_dim)[1:]
         self.adapters = nn.ModuleDict(
@@ -90,16 +117,21 @@ class MultiTaskModel(nn.Module):
 
     def last_shared_layer_weight(self) -> nn.Parameter:
         """GradNorm's ``W``: the weight of the encoder's last linear layer."""
-        return self.encoder[-1][0].weight
+        return next(m for m in reversed(list(self.encoder[-1].modules())) if isinstance(m, nn.Linear)).weight
 
 
-def initial_shared_state(cfg: ModelConfig, input_dim: int, seed: int) -> dict[str, torch.Tensor]:
+def initial_shared_state(
+    cfg: ModelConfig, input_dim: int, seed: int, image_shape: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """The part of the round-0 encoder that ``cfg.sharing`` federates."""
-    return {k: v for k, v in initial_encoder_state(cfg, input_dim, seed).items() if cfg.sharing.is_shared(k)}
+    state = initial_encoder_state(cfg, input_dim, seed, image_shape)
+    return {k: v for k, v in state.items() if cfg.sharing.is_shared(k)}
 
 
-def initial_encoder_state(cfg: ModelConfig, input_dim: int, seed: int) -> dict[str, torch.Tensor]:
+def initial_encoder_state(
+    cfg: ModelConfig, input_dim: int, seed: int, image_shape: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """The round-0 encoder, identical for every client (the server sends its shared part)."""
     torch.manual_seed(seed)
-    encoder = build_encoder(cfg, input_dim)
+    encoder = build_encoder(cfg, input_dim, image_shape)
     return {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}

@@ -42,6 +42,8 @@ class TrainStats:
 
 def batch_indices(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless stream of batches: a fresh permutation per pass, so every sample is seen once per epoch."""
+    if size < 1:
+        raise ValueError("cannot draw batches from an empty task")
     while True:
         order = torch.randperm(size, generator=generator)
         for start in range(0, size, batch_size):
@@ -63,6 +65,7 @@ def train_local(
     balancer: BalancerRound,
     proximal: Proximal | None = None,
 ) -> TrainStats:
+    data = {task: d for task, d in data.items() if len(d) > 0}  # a real split can leave a task empty
     encoder_params = model.encoder_parameters()
     optimizer = make_optimizer(cfg, [*model.parameters(), *balancer.parameters()])
     batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
@@ -126,6 +129,8 @@ def evaluate(
     model.eval()
     results = {}
     for task, task_data in data.items():
+        if len(task_data) == 0:
+            continue
         kind = specs[task].kind_impl
         prediction = model(task_data.x, task)
         results[task] = {

@@ -56,7 +56,7 @@ def run_federation(
     wait_for_nodes(grid, cfg.clients.count)
     specs = cfg.data.task_specs()
     updater = ServerUpdater(
-        initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed),
+        initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
         cfg.server.aggregator,
         cfg.server.optimizer,
         seed=cfg.seed,

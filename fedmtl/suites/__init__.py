@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fedmtl.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
+from fedmtl.suites.digits import DigitsSuite
 from fedmtl.suites.synthetic import SyntheticSuite, SyntheticTask
 from fedmtl.typed import register_component_base
 
-SUITES: dict[str, type[TaskSuite]] = {cls.name: cls for cls in (SyntheticSuite,)}
+SUITES: dict[str, type[TaskSuite]] = {cls.name: cls for cls in (SyntheticSuite, DigitsSuite)}
 register_component_base(TaskSuite, SUITES)
 
-__all__ = ["SUITES", "ClientData", "ClientPlan", "SyntheticSuite", "SyntheticTask", "TaskData", "TaskSuite"]
+__all__ = ["SUITES", "ClientData", "ClientPlan", "DigitsSuite", "SyntheticSuite", "SyntheticTask", "TaskData", "TaskSuite"]

@@ -35,6 +35,7 @@ class ClientPlan:
     tasks: tuple[str, ...]
     train_samples: tuple[int, ...]
     eval_samples: tuple[int, ...]
+    task_scale: tuple[float, ...] = ()  # clients.task_sample_scale per held task (1.0 when not set)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class TaskSuite(ABC):
     @abstractmethod
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
         """Build one client's data, deterministically from ``seed`` and the plan."""
+
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """``(channels, height, width)`` when inputs are flattened images (a CNN encoder needs it)."""
+        return None
+
+    def default_sample_scale(self, task: str) -> float:
+        """Multiplier on a task's training samples when ``clients.task_sample_scale`` does not set one."""
+        return 1.0
 
     def task_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.task_specs())

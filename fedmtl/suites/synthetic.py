@@ -39,17 +39,20 @@ class SyntheticTask:
     kind: Literal["regression", "classification"] = "regression"
     noise: float = 0.1  # std of the target noise (before binning, for classification)
     num_classes: int = 2  # classification only
+    sample_scale: float = 1.0  # multiplier on this task's training samples (< 1: a data-poor task)
 
     def __post_init__(self) -> None:
         if self.noise < 0:
             raise ValueError(f"task {self.name!r}: noise must be >= 0, got {self.noise}")
+        if self.sample_scale <= 0:
+            raise ValueError(f"task {self.name!r}: sample_scale must be > 0, got {self.sample_scale}")
         if self.kind == "classification" and self.num_classes < 2:
             raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
 
 
 DEFAULT_TASKS = (
     SyntheticTask("anchor", "regression", 0.1),
-    SyntheticTask("aligned", "regression", 0.1),
+    SyntheticTask("aligned", "regression", 0.1, sample_scale=0.25),  # data-poor
     SyntheticTask("orthogonal", "classification", 0.1, 2),
     SyntheticTask("opposed", "regression", 0.1),
 )
@@ -119,6 +122,9 @@ class SyntheticSuite(TaskSuite):
         return tuple(
             TaskSpec(t.name, t.kind, t.num_classes if t.kind == "classification" else 1) for t in self.tasks
         )
+
+    def default_sample_scale(self, task: str) -> float:
+        return next(t.sample_scale for t in self.tasks if t.name == task)
 
     def feature_dim(self) -> int:
         return self.input_dim
