@@ -23,8 +23,11 @@ def gramian(matrix: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
 
 
 def combine_rows(weights: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """``weights @ matrix`` (``[K] x [K, P] -> [P]``)."""
-    return weights.to(matrix.dtype) @ matrix
+    """``weights @ matrix`` (``[K] x [K, P] -> [P]``), on the matrix's device and dtype.
+
+    Weights may come from CPU-side metadata (``num_examples``) while the rows sit on an accelerator.
+    """
+    return weights.to(device=matrix.device, dtype=matrix.dtype) @ matrix
 
 
 def cosine_matrix(gram: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -1,0 +1,171 @@
+"""The torchjd-backed aggregators against torchjd itself and against independent solutions."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+import torch
+import torchjd.aggregation as tjd
+from scipy.optimize import minimize
+
+from fedmtl.aggregation import IMTLG, AggregationInput, AlignedMTL, NashMTL, UPGrad, torchjd_methods
+
+from ._inputs import CONFLICTING, NON_CONFLICTING, RANDOM, Case, for_each_case
+
+HAS_QUADPROG = find_spec("quadprog") is not None and find_spec("qpsolvers") is not None
+HAS_CVXPY = find_spec("cvxpy") is not None and find_spec("ecos") is not None
+
+
+def inputs(rows: torch.Tensor) -> AggregationInput:
+    return AggregationInput(rows, torch.ones(rows.shape[0]))
+
+
+def random_rows(k: int, p: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(k, p, generator=generator, dtype=torch.float64)
+    return rows * torch.exp(torch.randn(k, 1, generator=generator, dtype=torch.float64))
+
+
+def dual_cone_projection(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``argmin_x ||x - vector||^2`` s.t. ``rows @ x >= 0``, solved in parameter space."""
+    result = minimize(
+        lambda x: float((x - vector) @ (x - vector)),
+        vector,
+        jac=lambda x: 2 * (x - vector),
+        constraints=[{"type": "ineq", "fun": lambda x: rows @ x, "jac": lambda x: rows}],
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    return result.x
+
+
+@pytest.mark.parametrize(("k", "p", "seed"), [(2, 5, 0), (3, 6, 1), (5, 8, 2), (4, 10, 3)])
+def test_upgrad_is_the_mean_of_the_projections_onto_the_dual_cone(k: int, p: int, seed: int) -> None:
+    rows = random_rows(k, p, seed)
+    array = rows.numpy()
+    expected = np.mean([dual_cone_projection(array, row) for row in array], axis=0)
+    result = UPGrad(solver="nnls", reg_eps=0.0)(inputs(rows))
+    scale = float(rows.norm(dim=1).max())
+    np.testing.assert_allclose(result.direction.numpy(), expected, rtol=0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("case", CONFLICTING, ids=lambda c: c.id)
+def test_upgrad_does_not_conflict_with_any_row(case: Case) -> None:
+    result = UPGrad(solver="nnls", reg_eps=0.0)(case.inputs())
+    inner = case.matrix.double() @ result.direction.double()
+    assert float(inner.min()) >= -1e-5 * float(case.matrix.double().norm(dim=1).max()) ** 2
+
+
+def test_upgrad_nnls_solver_matches_torchjd_with_the_same_qp() -> None:
+    # torchjd's UPGrad with its own weighting code, only the QP solver swapped for the NNLS one.
+    for case in RANDOM[:10]:
+        rows = case.matrix.double()
+        expected = tjd.UPGrad(projector=torchjd_methods.NNLSDualConeProjector(reg_eps=1e-4))(rows)
+        torch.testing.assert_close(UPGrad(solver="nnls")(case.inputs()).direction.double(), expected)
+
+
+@pytest.mark.skipif(not HAS_QUADPROG, reason="torchjd's UPGrad needs qpsolvers and quadprog")
+def test_upgrad_equals_torchjds_own_upgrad() -> None:
+    def check(case: Case) -> None:
+        rows = case.matrix.double()
+        expected = tjd.UPGrad()(rows)  # trace >= 1e-4 on these inputs, where the trace normalisation is a no-op
+        scale = float(rows.norm(dim=1).max())
+        for solver in ("quadprog", "nnls"):
+            result = UPGrad(solver=solver)(inputs(rows))
+            torch.testing.assert_close(result.direction, expected, rtol=0, atol=1e-6 * scale)
+
+    for_each_case(RANDOM + CONFLICTING, check)
+
+
+def test_upgrad_is_scale_equivariant_even_for_tiny_updates() -> None:
+    # torchjd treats a Gramian of trace < 1e-4 as zero (and returns the mean); the wrapper normalises first.
+    rows = random_rows(4, 6, seed=9)
+    small = 1e-4 * rows
+    assert float((small**2).sum()) < 1e-4
+    large = UPGrad(solver="nnls")(inputs(rows)).direction
+    torch.testing.assert_close(UPGrad(solver="nnls")(inputs(small)).direction, 1e-4 * large)
+    assert not torch.allclose(large, rows.mean(dim=0))
+
+
+def test_upgrad_quadprog_needs_its_packages_or_says_which() -> None:
+    if HAS_QUADPROG:
+        pytest.skip("qpsolvers and quadprog are installed")
+    with pytest.raises(ImportError, match="qpsolvers, quadprog"):
+        UPGrad()
+
+
+@pytest.mark.parametrize("case", RANDOM + CONFLICTING, ids=lambda c: c.id)
+def test_imtl_g_equals_torchjd_and_projects_equally_on_unit_rows(case: Case) -> None:
+    rows = case.matrix.double()
+    result = IMTLG()(inputs(rows))
+    scale = float(rows.norm(dim=1).max())
+    torch.testing.assert_close(result.direction, tjd.IMTLG()(rows), rtol=1e-6, atol=1e-9 * scale)
+    if case.full_rank and case.num_rows > 1:
+        projections = rows @ result.direction / rows.norm(dim=1)
+        assert float(projections.max() - projections.min()) < 1e-8 * float(result.direction.norm())
+        assert abs(float(result.weights.sum()) - 1) < 1e-9
+
+
+def test_imtl_g_can_point_against_every_row() -> None:
+    # Pairwise non-conflicting rows, yet the weights (normalised to sum 1) flip the equal projections
+    # negative: the paper's closed form, and torchjd's, both do this.
+    case = next(c for c in NON_CONFLICTING if c.id == "nonconflicting-K5-P7-float64")
+    rows = case.matrix
+    direction = IMTLG()(inputs(rows)).direction
+    torch.testing.assert_close(direction, tjd.IMTLG()(rows))
+    assert float((rows @ direction).max()) < 0
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_aligned_mtl_equals_torchjd(scale_mode: str) -> None:
+    for case in RANDOM + CONFLICTING:
+        rows = case.matrix.double()
+        expected = tjd.AlignedMTL(scale_mode=scale_mode)(rows)
+        result = AlignedMTL(scale_mode=scale_mode)(inputs(rows)).direction
+        torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9 * float(rows.norm(dim=1).max()))
+
+
+def test_nash_mtl_needs_its_packages_or_says_which() -> None:
+    if HAS_CVXPY:
+        pytest.skip("cvxpy and ecos are installed")
+    with pytest.raises(ImportError, match="cvxpy, ecos"):
+        NashMTL()
+
+
+@pytest.mark.skipif(not HAS_CVXPY, reason="torchjd's NashMTL needs cvxpy and ecos")
+def test_nash_mtl_equals_torchjds_weights_normalised() -> None:
+    def check(case: Case) -> None:
+        rows = case.matrix.double()
+        alpha = tjd.NashMTL(n_tasks=case.num_rows, max_norm=0.0).weighting(rows)
+        expected = (alpha / alpha.sum()) @ rows
+        result = NashMTL()(inputs(rows)).direction
+        torch.testing.assert_close(result, expected, rtol=0, atol=1e-3 * float(rows.norm(dim=1).max()))
+
+    for_each_case([c for c in RANDOM + CONFLICTING if c.num_rows > 1], check)
+
+
+class FakeNashMTL:
+    """Stands in for torchjd's NashMTL: records what it is given, returns weights depending on R R^T."""
+
+    seen: list[torch.Tensor] = []
+
+    def __init__(self, n_tasks: int, max_norm: float, update_weights_every: int, optim_niter: int) -> None:
+        assert max_norm == 0.0 and update_weights_every == 1
+
+    def weighting(self, matrix: torch.Tensor) -> torch.Tensor:
+        FakeNashMTL.seen.append(matrix)
+        return 1.0 / torch.diagonal(matrix @ matrix.T)
+
+
+def test_nash_mtl_wrapper_passes_a_gramian_square_root_and_normalises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torchjd_methods, "require_packages", lambda *args: None)
+    monkeypatch.setattr(torchjd_methods, "TorchjdNashMTL", FakeNashMTL)
+    rows = random_rows(4, 9, seed=5)
+    result = NashMTL()(inputs(rows))
+    gram = rows @ rows.T
+    root = FakeNashMTL.seen[-1]
+    torch.testing.assert_close(root @ root.T, gram / gram.trace())
+    expected_weights = 1 / gram.diagonal() / (1 / gram.diagonal()).sum()
+    torch.testing.assert_close(result.weights, expected_weights)
