@@ -11,8 +11,9 @@ from fedmtl.aggregation.cagrad import CAGrad
 from fedmtl.aggregation.fedavg import FedAvg
 from fedmtl.aggregation.fedfv import FedFV
 from fedmtl.aggregation.mgda import MGDA
+from fedmtl.aggregation.nash_mtl import NashMTL
 from fedmtl.aggregation.pcgrad import PCGrad
-from fedmtl.aggregation.torchjd_methods import IMTLG, AlignedMTL, NashMTL, UPGrad
+from fedmtl.aggregation.torchjd_methods import IMTLG, AlignedMTL, UPGrad
 from fedmtl.typed import register_component_base
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

@@ -91,6 +91,9 @@ class GramianAggregator(Aggregator):
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
         from fedmtl.aggregation.gramian import combine_rows, gramian
 
+        if inputs.num_rows == 1:  # one row is its own aggregate, whatever the method's solver makes of it
+            weights = torch.ones(1, dtype=inputs.matrix.dtype, device=inputs.matrix.device)
+            return AggregationResult(direction=inputs.matrix[0].clone(), weights=weights)
         gram = gramian(inputs.matrix)
         weights = self.weights_from_gramian(gram, inputs).to(inputs.matrix.dtype)
         return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights)

@@ -1,4 +1,4 @@
-"""Thin wrappers over torchjd 0.18.0 Gramian weightings: UPGrad, IMTL-G, Aligned-MTL and Nash-MTL.
+"""Thin wrappers over torchjd 0.18.0 Gramian weightings: UPGrad, IMTL-G and Aligned-MTL.
 
 Every weighting here is invariant to scaling the Gramian by a positive constant, so each wrapper
 passes ``G G^T / trace(G G^T)``. That changes nothing for inputs of ordinary size and removes
@@ -19,7 +19,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from torchjd.aggregation import AlignedMTLWeighting, IMTLGWeighting, UPGradWeighting
-from torchjd.aggregation import NashMTL as TorchjdNashMTL
 from torchjd.linalg import DualConeProjector, QuadprogProjector
 
 from fedmtl.aggregation._solvers import nonneg_shift_qp, psd_sqrt, to_numpy
@@ -155,49 +154,3 @@ class AlignedMTL(GramianAggregator):
 
     def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
         return AlignedMTLWeighting(scale_mode=self.scale_mode)(trace_normalized(gram))
-
-
-def gramian_square_root(gram: torch.Tensor) -> torch.Tensor:
-    """A ``K x K`` matrix ``R`` with ``R R^T = gram``: stands in for the ``K x P`` rows where a
-    torchjd weighting only looks at ``rows @ rows.T`` and ``||w @ rows||``."""
-    return torch.as_tensor(psd_sqrt(to_numpy(gram)), dtype=torch.float64, device=gram.device)
-
-
-@dataclass(frozen=True)
-class NashMTL(GramianAggregator):
-    """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya; "Multi-Task Learning
-    as a Bargaining Game", ICML 2022).
-
-    Variant implemented: torchjd 0.18.0 ``NashMTL`` (adapted from the official code): ``alpha``
-    approximately solving ``G G^T alpha = 1 / alpha`` by at most ``optim_niter`` sequential convex
-    programs (cvxpy + ECOS), started from ``alpha = 1``. torchjd's ``NashMTL`` is stateful and takes
-    the ``K x P`` matrix; here a fresh instance is used per call (stateless: no warm start across
-    rounds, ``update_weights_every = 1``) and it is given the ``K x K`` square root ``R`` of the
-    Gramian instead of the rows, which yields identical weights because it only uses
-    ``R R^T = G G^T``. Approximate: the SCP stops when ``||G G^T alpha - 1/alpha|| < 1e-3``.
-
-    Scale: the raw ``alpha`` scales like ``1 / ||g||`` and the official code clips the aggregate to
-    norm 1 (``max_norm``); instead the weights are divided by ``sum(alpha)`` (positive, as
-    ``alpha > 0``), so the aggregate is a convex combination of the rows and ``K`` identical rows
-    give that row. ``max_norm`` is therefore not exposed.
-    """
-
-    name: ClassVar[str] = "nash_mtl"
-    optim_niter: int = 20
-
-    def __post_init__(self) -> None:
-        if self.optim_niter < 1:
-            raise ValueError(f"optim_niter must be >= 1, got {self.optim_niter}")
-        require_packages(
-            "nash_mtl",
-            ("cvxpy", "ecos"),
-            'install them with pip install "torchjd[nash_mtl]==0.18.0"',
-        )
-
-    def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
-        solver = TorchjdNashMTL(
-            n_tasks=gram.shape[0], max_norm=0.0, update_weights_every=1, optim_niter=self.optim_niter
-        )
-        alpha = solver.weighting(gramian_square_root(trace_normalized(gram))).to(torch.float64)
-        total = alpha.sum()
-        return alpha / total if total > 0 else alpha

@@ -59,7 +59,7 @@ DEFAULTS = {
     # IMTL-G's weights are normalised to sum 1, which can flip the equal projections negative even
     # without conflicts (see test_torchjd_methods.test_imtl_g_can_point_against_every_row).
     "imtl_g": Spec({"name": "imtl_g"}, agrees_without_conflict=False),
-    "nash_mtl": Spec({"name": "nash_mtl"}, conflict_free=True, extra_tolerance=1e-3),
+    "nash_mtl": Spec({"name": "nash_mtl"}, conflict_free=True),
     "aligned_mtl": Spec({"name": "aligned_mtl"}),
 }
 VARIANTS = [
@@ -83,7 +83,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "cagrad": {"c": -1},
     "upgrad": {"reg_eps": -1.0, "solver": "nnls"},
     "imtl_g": {"eps": 1e-3},
-    "nash_mtl": {"optim_niter": 0},
+    "nash_mtl": {"ridge": -1.0},
     "aligned_mtl": {"scale_mode": "max"},
 }
 

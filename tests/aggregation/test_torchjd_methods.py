@@ -10,7 +10,7 @@ import torch
 import torchjd.aggregation as tjd
 from scipy.optimize import minimize
 
-from fedmtl.aggregation import IMTLG, AggregationInput, AlignedMTL, NashMTL, UPGrad, torchjd_methods
+from fedmtl.aggregation import IMTLG, AggregationInput, AlignedMTL, UPGrad, torchjd_methods
 
 from ._inputs import CONFLICTING, NON_CONFLICTING, RANDOM, Case, for_each_case
 
@@ -127,45 +127,3 @@ def test_aligned_mtl_equals_torchjd(scale_mode: str) -> None:
         torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9 * float(rows.norm(dim=1).max()))
 
 
-def test_nash_mtl_needs_its_packages_or_says_which() -> None:
-    if HAS_CVXPY:
-        pytest.skip("cvxpy and ecos are installed")
-    with pytest.raises(ImportError, match="cvxpy, ecos"):
-        NashMTL()
-
-
-@pytest.mark.skipif(not HAS_CVXPY, reason="torchjd's NashMTL needs cvxpy and ecos")
-def test_nash_mtl_equals_torchjds_weights_normalised() -> None:
-    def check(case: Case) -> None:
-        rows = case.matrix.double()
-        alpha = tjd.NashMTL(n_tasks=case.num_rows, max_norm=0.0).weighting(rows)
-        expected = (alpha / alpha.sum()) @ rows
-        result = NashMTL()(inputs(rows)).direction
-        torch.testing.assert_close(result, expected, rtol=0, atol=1e-3 * float(rows.norm(dim=1).max()))
-
-    for_each_case([c for c in RANDOM + CONFLICTING if c.num_rows > 1], check)
-
-
-class FakeNashMTL:
-    """Stands in for torchjd's NashMTL: records what it is given, returns weights depending on R R^T."""
-
-    seen: list[torch.Tensor] = []
-
-    def __init__(self, n_tasks: int, max_norm: float, update_weights_every: int, optim_niter: int) -> None:
-        assert max_norm == 0.0 and update_weights_every == 1
-
-    def weighting(self, matrix: torch.Tensor) -> torch.Tensor:
-        FakeNashMTL.seen.append(matrix)
-        return 1.0 / torch.diagonal(matrix @ matrix.T)
-
-
-def test_nash_mtl_wrapper_passes_a_gramian_square_root_and_normalises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torchjd_methods, "require_packages", lambda *args: None)
-    monkeypatch.setattr(torchjd_methods, "TorchjdNashMTL", FakeNashMTL)
-    rows = random_rows(4, 9, seed=5)
-    result = NashMTL()(inputs(rows))
-    gram = rows @ rows.T
-    root = FakeNashMTL.seen[-1]
-    torch.testing.assert_close(root @ root.T, gram / gram.trace())
-    expected_weights = 1 / gram.diagonal() / (1 / gram.diagonal()).sum()
-    torch.testing.assert_close(result.weights, expected_weights)
