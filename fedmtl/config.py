@@ -118,6 +118,8 @@ class ServerConfig:
     aggregator: Aggregator = field(default_factory=FedAvg)  # {name: fedavg | ...}
     optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     fraction_fit: float = 1.0  # fraction of clients trained each round
+    # Where the K x P update matrix is aggregated: auto = CUDA when the server process sees a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     round_timeout_s: float = 600.0  # how long the server waits for replies in a round
 
     def __post_init__(self) -> None:

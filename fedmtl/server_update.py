@@ -17,6 +17,7 @@ import torch
 from fedmtl.aggregation import AggregationInput, Aggregator
 from fedmtl.aggregation.gramian import cosine_matrix, gramian
 from fedmtl.config import ServerOptimizerConfig
+from fedmtl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class RoundDiagnostics:
     mean_norm: float
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when this process sees a GPU, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("server.device", "is cuda but the server process sees no GPU")
+    return torch.device(device)
+
+
 def make_server_optimizer(cfg: ServerOptimizerConfig, param: torch.nn.Parameter) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam([param], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
@@ -69,13 +79,19 @@ class ServerUpdater:
     """Global encoder + aggregator + server optimizer; checkpointable through ``state_dict``."""
 
     def __init__(
-        self, initial: Mapping[str, torch.Tensor], aggregator: Aggregator, optimizer: ServerOptimizerConfig, seed: int
+        self,
+        initial: Mapping[str, torch.Tensor],
+        aggregator: Aggregator,
+        optimizer: ServerOptimizerConfig,
+        seed: int,
+        device: str = "cpu",
     ) -> None:
         self.layout = FlatLayout.of(initial)
         self.aggregator = aggregator
         self.param = torch.nn.Parameter(self.layout.flatten(initial))
         self.optimizer = make_server_optimizer(optimizer, self.param)
         self.generator = torch.Generator().manual_seed(seed)
+        self.device = resolve_device(device)
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.layout.unflatten(self.param)
@@ -88,17 +104,17 @@ class ServerUpdater:
         losses: Sequence[float] | None = None,
     ) -> RoundDiagnostics:
         """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one."""
-        current = self.param.detach()
-        matrix = torch.stack([current - self.layout.flatten(state) for state in client_states])
+        current = self.param.detach().to(self.device)
+        matrix = torch.stack([current - self.layout.flatten(state).to(self.device) for state in client_states])
         inputs = AggregationInput(
             matrix=matrix,
-            num_examples=torch.tensor(num_examples, dtype=torch.float64),
-            losses=None if losses is None else torch.tensor(losses, dtype=torch.float64),
+            num_examples=torch.tensor(num_examples, dtype=torch.float64, device=self.device),
+            losses=None if losses is None else torch.tensor(losses, dtype=torch.float64, device=self.device),
             generator=self.generator,
         )
         result = self.aggregator(inputs)
         self.optimizer.zero_grad(set_to_none=True)
-        self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape)
+        self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape).cpu()
         self.optimizer.step()
         return diagnose(client_ids, matrix, result.direction, result.weights)
 

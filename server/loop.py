@@ -60,6 +60,7 @@ def run_federation(
         cfg.server.aggregator,
         cfg.server.optimizer,
         seed=cfg.seed,
+        device=cfg.server.device,
     )
     strategy = EncoderStrategy(updater, cfg.server.fraction_fit, seed=cfg.seed)
     recorder = Recorder(run)
