@@ -1,24 +1,61 @@
 """The Flower ClientApp: converts records to plain dicts and calls ``fedmtl.client.LocalClient``.
 
-Private parameters (task heads) live in ``context.state`` under ``protocol.PRIVATE_STATE``;
-the reply's arrays come only from ``protocol.outgoing_shared`` (inside ``LocalClient``).
+Private parameters (task heads, ...) live in ``context.state`` under ``protocol.PRIVATE_STATE``;
+the reply's arrays come only from ``protocol.outgoing_shared`` (inside ``LocalClient``). When a
+state directory is known (``--node-config state-dir=...`` on a SuperNode, or the server's in
+simulation), the private state is also written there after every round, so a restarted node or
+a resumed run continues with it. Injected faults (``faults:``) act here, around the client.
 """
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs torch imported in the worker)
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmtl import protocol
 from fedmtl.app_config import config_from_run_config
+from fedmtl.checkpoint import ClientStateStore
 from fedmtl.client import LocalClient
 from fedmtl.config import ExperimentConfig
+from fedmtl.faults import InjectedFault, draw_faults
+
+log = logging.getLogger(__name__)
+CLIENT_ERROR_CODE = 1000  # a client-side exception, replied as an error message (Flower's own codes are < 1000)
 
 
-def _private_state(context: Context) -> dict[str, torch.Tensor] | None:
+def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Turn an exception in ``handler`` into an error reply: the worker stays alive and the server
+    learns the reason in one line (instead of Flower logging a Ray traceback)."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:  # noqa: BLE001 - every failure becomes the reply's reason
+            log.debug("client handler failed", exc_info=True)
+            return Message(Error(CLIENT_ERROR_CODE, f"{type(err).__name__}: {err}"), reply_to=msg)
+
+    return wrapped
+
+
+def _store(context: Context, config: ConfigRecord, client_id: int) -> ClientStateStore | None:
+    directory = context.node_config.get(protocol.STATE_DIR) or config.get(protocol.STATE_DIR)
+    return ClientStateStore(str(directory), client_id) if directory else None
+
+
+def _private_state(context: Context, store: ClientStateStore | None, config: ConfigRecord) -> dict[str, torch.Tensor] | None:
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
-    return None if record is None else dict(record.to_torch_state_dict())
+    if record is not None:
+        return dict(record.to_torch_state_dict())
+    resume_round = int(config.get(protocol.RESUME_ROUND, 0))
+    return store.load(resume_round) if store is not None and resume_round > 0 else None
 
 
 def _client(cfg: ExperimentConfig | None, context: Context) -> LocalClient:
@@ -30,21 +67,43 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     app = ClientApp()
 
     @app.train()
+    @replies_errors
     def train(msg: Message, context: Context) -> Message:
         client = _client(cfg, context)
+        config = msg.content[protocol.CONFIG]
+        server_round = int(config[protocol.SERVER_ROUND])
+        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, int(config.get(protocol.ATTEMPT, 0)))
+        if faults.kill_worker:
+            os._exit(1)  # simulates an OOM-killed worker process
+        time.sleep(faults.delay_s)
+        if faults.error:
+            raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
+        store = _store(context, config, client.client_id)
         shared = dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-        server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
-        outcome = client.train(shared, _private_state(context), server_round)
+        outcome = client.train(shared, _private_state(context, store, config), server_round)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
-        reply = RecordDict({protocol.ARRAYS: ArrayRecord(outcome.shared), protocol.METRICS: MetricRecord(outcome.metrics)})
+        if store is not None:
+            store.save(server_round, outcome.private, int(config.get(protocol.DURABLE_ROUND, 0)))
+        sent = {k: torch.full_like(v, float("nan")) for k, v in outcome.shared.items()} if faults.nan else outcome.shared
+        reply = RecordDict({protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord(outcome.metrics)})
         return Message(reply, reply_to=msg)
 
     @app.evaluate()
+    @replies_errors
     def evaluate(msg: Message, context: Context) -> Message:
         client = _client(cfg, context)
+        config = msg.content[protocol.CONFIG]
+        store = _store(context, config, client.client_id)
         shared = dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-        metrics = client.evaluate(shared, _private_state(context))
+        metrics = client.evaluate(shared, _private_state(context, store, config))
         return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    @app.query()
+    @replies_errors
+    def query(msg: Message, context: Context) -> Message:
+        """Which client this node is (the server samples by client id, not by random node id)."""
+        client_id = int(context.node_config["partition-id"])
+        return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)
 
     return app
 

@@ -118,13 +118,25 @@ class ServerConfig:
     aggregator: Aggregator = field(default_factory=FedAvg)  # {name: fedavg | ...}
     optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     fraction_fit: float = 1.0  # fraction of clients trained each round
+    # fraction of clients evaluated at each evaluation (large federations: a seeded sample per round)
+    fraction_evaluate: float = 1.0
     # Where the K x P update matrix is aggregated: auto = CUDA when the server process sees a GPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     round_timeout_s: float = 600.0  # how long the server waits for replies in a round
+    # A round aggregates only if at least this fraction of the sampled clients sent a valid update;
+    # otherwise the run stops with a clear message (everything written so far stays valid).
+    min_fit_fraction: float = 0.5
+    max_update_norm: float | None = None  # reject client updates whose L2 norm exceeds this
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_fit <= 1:
             raise ValueError(f"fraction_fit must be in (0, 1], got {self.fraction_fit}")
+        if not 0 < self.fraction_evaluate <= 1:
+            raise ValueError(f"fraction_evaluate must be in (0, 1], got {self.fraction_evaluate}")
+        if not 0 <= self.min_fit_fraction <= 1:
+            raise ValueError(f"min_fit_fraction must be in [0, 1], got {self.min_fit_fraction}")
+        if self.max_update_norm is not None and self.max_update_norm <= 0:
+            raise ValueError("max_update_norm must be > 0")
         if self.round_timeout_s <= 0:
             raise ValueError("round_timeout_s must be > 0")
 
@@ -138,10 +150,42 @@ class ResourcesConfig:
     num_cpus: int | None = None  # CPUs Ray may use; default: all of this machine's
     num_gpus: int | None = None  # GPUs Ray may use; default: those torch sees
     torch_threads: int = 1  # intra-op threads per client process
+    # An existing Ray cluster (`ray start --head` on the head node; "auto", "host:port" or
+    # "ray://host:port"): clients run on its nodes; num_cpus/num_gpus must then stay unset.
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.client_cpus <= 0 or self.client_gpus < 0 or self.torch_threads < 1:
             raise ValueError("need client_cpus > 0, client_gpus >= 0, torch_threads >= 1")
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection for robustness studies and tests; every draw derives from (seed, round, client)."""
+
+    client_error_rate: float = 0.0  # probability that a client's training call raises
+    client_nan_rate: float = 0.0  # probability that a client's update is corrupted with NaN
+    client_delay_s: float = 0.0  # seconds every training call sleeps (slow clients, timeouts)
+    worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies (first attempt only)
+    worker_kill_client: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.client_error_rate <= 1 and 0 <= self.client_nan_rate <= 1):
+            raise ValueError("client_error_rate and client_nan_rate must be in [0, 1]")
+        if self.client_delay_s < 0 or self.worker_kill_round < 0 or self.worker_kill_client < 0:
+            raise ValueError("client_delay_s, worker_kill_round and worker_kill_client must be >= 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Server state (encoder, aggregator and optimizer state, RNGs, round) is written atomically every
+    # `every` rounds; clients persist their private state after each round they train. 0 = never.
+    every: int = 1
+    restarts: int = 2  # automatic restarts from the last checkpoint when the Ray worker pool dies
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.restarts < 0:
+            raise ValueError("every and restarts must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -165,6 +209,8 @@ class ExperimentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.eval_every < 1:

@@ -18,6 +18,10 @@ METRICS = "metrics"  # RecordDict key of a reply's metrics
 PRIVATE_STATE = "fedmtl.private"  # context.state key of the client's private parameters (never sent)
 
 SERVER_ROUND = "server-round"
+STATE_DIR = "state-dir"  # where a client persists its private state (simulation: inside the run directory)
+RESUME_ROUND = "resume-round"  # > 0: a client without state loads its newest saved state at or before this round
+DURABLE_ROUND = "durable-round"  # the server's last checkpoint round (older client states can be pruned)
+ATTEMPT = "attempt"  # 0 for the first start, +1 for every automatic restart
 NUM_EXAMPLES = "num-examples"
 CLIENT_ID = "partition-id"
 TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clients by it)

@@ -2,6 +2,10 @@
 
 Asking Ray for more per-client CPUs/GPUs than the cluster has ends in Flower's
 ``ActorPool is empty`` with a hung process, so it is a config error here, before Ray starts.
+
+With ``resources.ray_address`` (an existing Ray cluster, ``host:port`` or ``ray://host:port``)
+the cluster's own totals count: ``num_cpus``/``num_gpus`` must be left unset (Ray refuses them
+when connecting), and the per-client request is checked against what the cluster reports.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 from fedmtl.config import ResourcesConfig
 from fedmtl.errors import ConfigError
 
+_QUIET_RAY = {"logging_level": "error", "log_to_driver": False}
+
 
 def visible_gpu_count() -> int:
     import torch
@@ -19,16 +25,62 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count()
 
 
+def ray_address(resources: ResourcesConfig) -> str | None:
+    """The Ray cluster to connect to (``resources.ray_address``), or None to start a local one."""
+    return resources.ray_address or None
+
+
+def cluster_totals(address: str) -> tuple[int, int]:
+    """(CPUs, GPUs) of the running Ray cluster at ``address``; connects briefly, then disconnects."""
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialised in this process; cannot query another cluster")
+    try:
+        ray.init(address=address, **_QUIET_RAY)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise ConfigError("resources.ray_address", f"cannot connect to the Ray cluster at {address}: {err}") from None
+    try:
+        totals = ray.cluster_resources()
+    finally:
+        ray.shutdown()  # a driver attached to an existing cluster only disconnects
+    return int(totals.get("CPU", 0)), int(totals.get("GPU", 0))
+
+
+def _check_client_request(resources: ResourcesConfig, cpus: float, gpus: float, where: str) -> None:
+    if resources.client_cpus > cpus:
+        raise ConfigError("resources.client_cpus", f"is {resources.client_cpus} but {where} only {cpus} CPUs")
+    if resources.client_gpus > 0 and gpus == 0:
+        raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but no GPU is available ({where} none)")
+    if resources.client_gpus > gpus:
+        raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but {where} only {gpus} GPUs")
+
+
 def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None, detected_gpus: int | None = None) -> dict[str, Any]:
+    """Flower's ``backend_config`` for ``run_simulation``.
+
+    ``detected_cpus``/``detected_gpus`` stand in for what this machine (or, with
+    ``ray_address``, the cluster) has; by default they are looked up.
+    """
+    client_resources = {"num_cpus": resources.client_cpus, "num_gpus": resources.client_gpus}
+    address = ray_address(resources)
+    if address is not None:
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(resources, key) is not None:
+                raise ConfigError(f"resources.{key}", "must be left unset with resources.ray_address (the cluster's own resources count)")
+        if detected_cpus is None or detected_gpus is None:
+            cluster_cpus, cluster_gpus = cluster_totals(address)
+            detected_cpus = cluster_cpus if detected_cpus is None else detected_cpus
+            detected_gpus = cluster_gpus if detected_gpus is None else detected_gpus
+        _check_client_request(resources, detected_cpus, detected_gpus, f"the Ray cluster at {address} has")
+        return {"init_args": {"address": address, **_QUIET_RAY}, "client_resources": client_resources}
+
     cpus = resources.num_cpus if resources.num_cpus is not None else (detected_cpus or os.cpu_count() or 1)
     gpus = resources.num_gpus if resources.num_gpus is not None else (visible_gpu_count() if detected_gpus is None else detected_gpus)
-    if resources.client_cpus > cpus:
-        raise ConfigError("resources.client_cpus", f"is {resources.client_cpus} but Ray has only {cpus} CPUs (resources.num_cpus)")
     if resources.client_gpus > 0 and gpus == 0:
         raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but no GPU is available (set resources.num_gpus to declare some)")
-    if resources.client_gpus > gpus:
-        raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but Ray has only {gpus} GPUs")
+    _check_client_request(resources, cpus, gpus, "Ray has")
     return {
-        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, "logging_level": "error", "log_to_driver": False},
-        "client_resources": {"num_cpus": resources.client_cpus, "num_gpus": resources.client_gpus},
+        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, **_QUIET_RAY},
+        "client_resources": client_resources,
     }

@@ -66,6 +66,18 @@ class RunDirectory:
         atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return run
 
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunDirectory, ExperimentConfig]:
+        """An existing run directory and its resolved config (for --resume)."""
+        from fedmtl.config import build_config
+
+        directory = Path(path)
+        config_file = directory / CONFIG_FILE
+        if not config_file.is_file():
+            raise ConfigError("--resume", f"{directory} is not a run directory (no {CONFIG_FILE})")
+        cfg = build_config(yaml.safe_load(config_file.read_text()))
+        return cls(directory, cfg.output.metrics_format), cfg
+
     @property
     def metrics_path(self) -> Path:
         return self.path / f"metrics.{self.metrics_format}"
@@ -104,6 +116,23 @@ class RowWriter:
                     handle.write(json.dumps({c: row.get(c) for c in self.columns}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Replace a metrics table atomically with ``rows`` (same format as :class:`RowWriter`)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if path.suffix == ".csv":
+        with path.open(newline="") as handle:
+            columns = next(csv.reader(handle))
+        writer = RowWriter(tmp.with_suffix(".csv"), columns)
+        writer.write(rows)
+        os.replace(writer.path, path)
+        return
+    with tmp.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(dict(row)) + "\n")
+    os.replace(tmp, path)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

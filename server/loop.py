@@ -7,17 +7,19 @@ round 0 is evaluated with the clients' private heads and every reply is recorded
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmtl import protocol
+from fedmtl.checkpoint import ServerCheckpoint, load_server_checkpoint, save_server_checkpoint, truncate_rows_after
 from fedmtl.config import ExperimentConfig
 from fedmtl.models import initial_shared_state
 from fedmtl.recorder import Recorder
-from fedmtl.rundir import SUMMARY_JSON, SUMMARY_MD, RunDirectory
+from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, read_rows
 from fedmtl.server_update import ServerUpdater
 from fedmtl.summary import format_table, task_summary
 from server.strategy import EncoderStrategy
@@ -28,7 +30,18 @@ NODE_WAIT_S = 120.0
 
 
 class FederationError(RuntimeError):
-    """The federation could not run (no clients connected, ...)."""
+    """The federation could not go on (no clients connected, too few valid updates, ...)."""
+
+
+class WorkerPoolDied(RuntimeError):
+    """Ray workers died; Flower 1.41 would keep routing clients to them, so the run must restart."""
+
+
+DEAD_WORKER_MARKERS = ("ActorDiedError", "RayActorError", "actor died", "ActorUnavailableError", "WorkerCrashedError")
+
+
+def worker_died(replies: list[Message]) -> bool:
+    return any(m.has_error() and any(mark in m.error.reason for mark in DEAD_WORKER_MARKERS) for m in replies)
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
@@ -38,6 +51,19 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S) -> li
             raise FederationError(f"only {len(nodes)} of {count} clients connected within {timeout_s:.0f} s")
         time.sleep(0.05)
     return nodes
+
+
+def identify_clients(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
+    """Ask every node which client (partition) it is: node ids are random per run, client ids are not."""
+    content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 0})})
+    messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout_s))
+    if worker_died(replies):
+        raise WorkerPoolDied("a Ray worker died while the clients were being identified")
+    answered = {m.metadata.src_node_id: int(m.content[protocol.METRICS][protocol.CLIENT_ID]) for m in replies if not m.has_error()}
+    if len(answered) < len(nodes):
+        raise FederationError(f"only {len(answered)} of {len(nodes)} clients answered when asked for their client id")
+    return answered
 
 
 def _reports(replies: list[Message]) -> list[dict]:
@@ -50,10 +76,16 @@ def _progress_line(server_round: int, rounds: int, seconds: float, summary: list
 
 
 def run_federation(
-    grid: Grid, cfg: ExperimentConfig, run: RunDirectory, echo: Callable[[str], None] | None = print
+    grid: Grid,
+    cfg: ExperimentConfig,
+    run: RunDirectory,
+    echo: Callable[[str], None] | None = print,
+    resume: bool = False,
+    attempt: int = 0,
+    client_state_dir: str | None = None,
 ) -> list[dict]:
-    """Run ``cfg.rounds`` rounds; write metrics, encoder and summary into ``run``; return the summary."""
-    wait_for_nodes(grid, cfg.clients.count)
+    """Run the rounds of ``cfg`` (from the last checkpoint when ``resume``); write everything into ``run``."""
+    nodes = wait_for_nodes(grid, cfg.clients.count)
     specs = cfg.data.task_specs()
     updater = ServerUpdater(
         initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
@@ -62,34 +94,71 @@ def run_federation(
         seed=cfg.seed,
         device=cfg.server.device,
     )
-    strategy = EncoderStrategy(updater, cfg.server.fraction_fit, seed=cfg.seed)
+    strategy = EncoderStrategy(
+        updater, cfg.server.fraction_fit, seed=cfg.seed, max_update_norm=cfg.server.max_update_norm,
+        fraction_evaluate=cfg.server.fraction_evaluate,
+    )  # fmt: skip
+    if cfg.server.fraction_fit < 1 or cfg.server.fraction_evaluate < 1:
+        strategy.client_ids = identify_clients(grid, nodes, cfg.server.round_timeout_s)
+    checkpoint = load_server_checkpoint(run) if resume else None
+    if resume and checkpoint is None and attempt == 0:
+        raise FederationError(f"no checkpoint in {run.path} to resume from")
+    done = checkpoint.server_round if checkpoint else 0
+    if checkpoint is not None:
+        updater.load_state_dict(checkpoint.updater)
+        strategy.rng.setstate(checkpoint.sampler)
+        for table in (run.metrics_path, run.path / SERVER_FILE, run.path / CLIENTS_FILE):
+            truncate_rows_after(table, done)
+    elif resume:  # restarted before the first checkpoint: start over in the same directory
+        for table in (run.metrics_path, run.path / SERVER_FILE, run.path / CLIENTS_FILE):
+            truncate_rows_after(table, -1)
     recorder = Recorder(run)
+    if done:
+        recorder.eval_rows.extend(r for r in read_rows(run.metrics_path) if r["split"] in (protocol.EVAL, protocol.PERSONAL))
     arrays = ArrayRecord(updater.global_state())
     timeout = cfg.server.round_timeout_s
+    durable = done
+
+    def round_config() -> ConfigRecord:
+        record = ConfigRecord({protocol.RESUME_ROUND: done, protocol.DURABLE_ROUND: durable, protocol.ATTEMPT: attempt})
+        if client_state_dir:
+            record[protocol.STATE_DIR] = client_state_dir
+        return record
 
     def evaluate(server_round: int) -> list[dict]:
-        replies = list(grid.send_and_receive(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid), timeout=timeout))
-        reports = _reports(replies)
+        messages = strategy.configure_evaluate(server_round, arrays, round_config(), grid)
+        reports = _reports(list(grid.send_and_receive(messages, timeout=timeout)))
         recorder.record_clients(server_round, protocol.EVAL, reports)
         recorder.record_clients(server_round, protocol.PERSONAL, reports)
         return task_summary(recorder.eval_rows, specs)
 
-    summary = evaluate(0)
-    for server_round in range(1, cfg.rounds + 1):
+    summary = evaluate(0) if done == 0 else task_summary(recorder.eval_rows, specs)
+    for server_round in range(done + 1, cfg.rounds + 1):
         recorder.start_round()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        messages = list(strategy.configure_train(server_round, arrays, round_config(), grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        if worker_died(replies):
+            raise WorkerPoolDied(f"round {server_round}: a Ray worker died")
         train_reports = _reports(replies)
         recorder.record_clients(server_round, protocol.TRAIN, train_reports)
         recorder.record_client_diagnostics(server_round, train_reports)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
+        report = strategy.last_train
+        needed = math.ceil(cfg.server.min_fit_fraction * len(messages))
+        if len(report.accepted) < max(needed, 1):
+            recorder.record_server(server_round, len(replies), report.failures, report.rejected, None)
+            raise FederationError(
+                f"round {server_round}: only {len(report.accepted)} of {len(messages)} sampled clients sent a valid update "
+                f"(server.min_fit_fraction = {cfg.server.min_fit_fraction}); stopping. Files up to round {server_round - 1} are complete."
+            )
+        arrays = new_arrays
         evaluated = server_round % cfg.eval_every == 0 or server_round == cfg.rounds
         if evaluated:
             summary = evaluate(server_round)
-        report = strategy.last_train
         seconds = recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics)
+        if cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0:
+            save_server_checkpoint(run, ServerCheckpoint(server_round, updater.state_dict(), strategy.rng.getstate()))
+            durable = server_round
         if evaluated and echo and cfg.output.progress:
             echo(_progress_line(server_round, cfg.rounds, seconds, summary))
     run.save_encoder(updater.global_state())

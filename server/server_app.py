@@ -12,13 +12,21 @@ from fedmtl.rundir import RunDirectory
 from server.loop import run_federation
 
 
-def make_server_app(cfg: ExperimentConfig | None = None, run: RunDirectory | None = None) -> ServerApp:
+def make_server_app(
+    cfg: ExperimentConfig | None = None,
+    run: RunDirectory | None = None,
+    resume: bool = False,
+    attempt: int = 0,
+    client_state_dir: str | None = None,
+) -> ServerApp:
+    """``client_state_dir``: where simulated clients persist private state (a deployed SuperNode
+    names its own with ``--node-config state-dir=...``)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = cfg or config_from_run_config(context.run_config)
-        run_federation(grid, config, run or RunDirectory.create(config))
+        run_federation(grid, config, run or RunDirectory.create(config), resume=resume, attempt=attempt, client_state_dir=client_state_dir)
 
     return app
 

@@ -51,11 +51,35 @@ def screen_reply(message: Message, expected_shapes: dict) -> str | None:
     return protocol.check_update(content[protocol.ARRAYS].to_torch_state_dict(), expected_shapes)
 
 
+def sample_nodes(nodes: Iterable[int], fraction: float, rng: random.Random, order: dict[int, int] | None = None) -> list[int]:
+    """``round(fraction * n)`` nodes (at least one), drawn in the stable order of their client ids.
+
+    Flower's node ids are random per run; ordering by client id first keeps the sample, and so the
+    run, reproducible from the seed.
+    """
+    ordered = sorted(nodes, key=lambda node: (order or {}).get(node, node))
+    count = max(1, round(len(ordered) * fraction))
+    if count >= len(ordered):
+        return ordered
+    return sorted(rng.sample(ordered, count), key=ordered.index)
+
+
 class EncoderStrategy(Strategy):
-    def __init__(self, updater: ServerUpdater, fraction_train: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        updater: ServerUpdater,
+        fraction_train: float = 1.0,
+        seed: int = 0,
+        max_update_norm: float | None = None,
+        fraction_evaluate: float = 1.0,
+    ) -> None:
         self.updater = updater
         self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.max_update_norm = max_update_norm
+        self.seed = seed
         self.rng = random.Random(seed)
+        self.client_ids: dict[int, int] = {}  # node id -> client (partition) id, when the loop has asked
         self.last_train = TrainRoundReport()
 
     def summary(self) -> None:
@@ -69,9 +93,7 @@ class EncoderStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = sorted(grid.get_node_ids())
-        count = max(1, round(len(nodes) * self.fraction_train))
-        sampled = sorted(self.rng.sample(nodes, count)) if count < len(nodes) else nodes
+        sampled = sample_nodes(grid.get_node_ids(), self.fraction_train, self.rng, self.client_ids)
         config[protocol.SERVER_ROUND] = server_round
         return self._messages(arrays, config, sampled, MessageType.TRAIN)
 
@@ -86,7 +108,7 @@ class EncoderStrategy(Strategy):
                 report.failures += 1
                 log.warning("round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200])
                 continue
-            reason = screen_reply(message, expected)
+            reason = screen_reply(message, expected) or self._norm_violation(message)
             if reason is not None:
                 report.rejected.append((_client_id(message), reason))
                 log.warning("round %d: rejected update from client %s: %s", server_round, _client_id(message), reason)
@@ -113,11 +135,21 @@ class EncoderStrategy(Strategy):
         )
         return ArrayRecord(self.updater.global_state()), summary
 
+    def _norm_violation(self, message: Message) -> str | None:
+        if self.max_update_norm is None:
+            return None
+        update = self.updater.layout.flatten(message.content[protocol.ARRAYS].to_torch_state_dict())
+        norm = float((update - self.updater.param.detach()).norm())
+        return f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}" if norm > self.max_update_norm else None
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config[protocol.SERVER_ROUND] = server_round
-        return self._messages(arrays, config, sorted(grid.get_node_ids()), MessageType.EVALUATE)
+        # a fresh generator per round: evaluation samples need no checkpointed state
+        rng = random.Random(f"{self.seed}/evaluate/{server_round}")
+        sampled = sample_nodes(grid.get_node_ids(), self.fraction_evaluate, rng, self.client_ids)
+        return self._messages(arrays, config, sampled, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted mean of each task's eval loss over the clients that hold it."""

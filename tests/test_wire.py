@@ -113,3 +113,18 @@ def test_bad_replies_are_rejected_with_a_reason_and_the_round_goes_on(flower_ide
     [(client, why)] = strategy.last_train.rejected
     assert client == 1 and reason in why
     assert torch.equal(arrays.to_torch_state_dict()["encoder.b"], good["encoder.b"])
+
+
+def test_updates_beyond_max_update_norm_are_rejected(flower_identity):
+    initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
+    small = {k: v + 0.1 for k, v in initial.items()}  # norm 0.1 * 3 = 0.3
+    large = {k: v + 10.0 for k, v in initial.items()}  # norm 30
+    strategy = EncoderStrategy(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), max_update_norm=1.0)
+    request = _train_message(initial, 1)
+
+    arrays, _ = strategy.aggregate_train(1, [_reply(request, small, 0, 5.0), _reply(request, large, 1, 5.0)])
+
+    assert strategy.last_train.accepted == [0]
+    [(client, why)] = strategy.last_train.rejected
+    assert client == 1 and "server.max_update_norm" in why and "30" in why
+    assert torch.allclose(arrays.to_torch_state_dict()["encoder.b"], small["encoder.b"])

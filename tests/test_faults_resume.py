@@ -1,0 +1,181 @@
+"""Faults, checkpoints and resume: a run survives failing clients and dead workers, and a killed
+``simulate.py`` resumed from its run directory ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fedmtl.checkpoint import ClientStateStore, truncate_rows_after
+from fedmtl.config import FaultsConfig
+from fedmtl.faults import draw_faults
+from fedmtl.offline import OFFLINE_ENV
+from fedmtl.rundir import RowWriter, read_rows
+from server.strategy import sample_nodes
+from tests.conftest import ROOT, TINY_OVERRIDES
+from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+
+# fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
+SMALL = (*(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")), "clients.count=4", "rounds=5", "server.fraction_fit=0.75")
+
+
+def _args(*overrides: str) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _rows_by_key(path) -> dict[tuple, dict]:
+    return {(r["round"], r["split"], r["client"], r["task"]): r for r in read_rows(path)}
+
+
+# ----------------------------------------------------------------------------- fast: the pieces
+
+
+def test_fault_draws_are_deterministic_and_follow_the_rates():
+    faults = FaultsConfig(client_error_rate=0.3, client_nan_rate=0.1)
+    draws = [draw_faults(faults, 7, r, c) for r in range(1, 51) for c in range(20)]
+    assert draws == [draw_faults(faults, 7, r, c) for r in range(1, 51) for c in range(20)]
+    assert 0.25 < sum(d.error for d in draws) / len(draws) < 0.35
+    assert 0.06 < sum(d.nan for d in draws) / len(draws) < 0.14
+    assert not any(draw_faults(FaultsConfig(), 7, r, 0).error for r in range(1, 100))
+
+
+def test_worker_kill_fires_once_in_its_round_and_not_after_a_restart():
+    faults = FaultsConfig(worker_kill_round=3, worker_kill_client=1)
+    assert draw_faults(faults, 0, 3, 1).kill_worker
+    assert not draw_faults(faults, 0, 3, 1, attempt=1).kill_worker
+    assert not draw_faults(faults, 0, 2, 1).kill_worker and not draw_faults(faults, 0, 3, 0).kill_worker
+
+
+def test_client_state_store_returns_the_state_a_checkpoint_saw(tmp_path):
+    store = ClientStateStore(tmp_path, client_id=3)
+
+    def save(server_round: int) -> None:  # the last checkpoint is always after the previous round
+        store.save(server_round, {"heads.t.w": torch.full((2,), float(server_round))}, durable_round=server_round - 1)
+
+    for server_round in (1, 2, 4):  # the client was not sampled in round 3
+        save(server_round)
+    assert store.load(3)["heads.t.w"].tolist() == [2.0, 2.0]  # a checkpoint after round 3 saw round 2's state
+    assert store.load(0) is None
+    save(5)
+    assert store.load(5)["heads.t.w"].tolist() == [5.0, 5.0]
+    # versions older than the newest one at or before the durable round (4) are pruned
+    assert store.versions() == [4, 5]
+
+
+def test_client_sampling_depends_on_client_ids_not_on_random_node_ids():
+    clients = range(10)
+    first = dict(zip(random.Random(1).sample(range(10**9), 10), clients, strict=True))
+    second = dict(zip(random.Random(2).sample(range(10**9), 10), clients, strict=True))
+    picks = [[order[n] for n in sample_nodes(order, 0.3, random.Random(5), order)] for order in (first, second)]
+    assert picks[0] == picks[1] and len(picks[0]) == 3 and picks[0] == sorted(picks[0])
+
+
+def test_truncate_rows_after_keeps_earlier_rounds_in_both_formats(tmp_path):
+    for suffix in ("jsonl", "csv"):
+        path = tmp_path / f"metrics.{suffix}"
+        writer = RowWriter(path, ("round", "client", "loss"))
+        writer.write([{"round": r, "client": 0, "loss": 1.0 / (r + 1)} for r in range(5)])
+        truncate_rows_after(path, 2)
+        assert [r["round"] for r in read_rows(path)] == [0, 1, 2]
+        writer.write([{"round": 3, "client": 0, "loss": 0.5}])
+        assert [r["round"] for r in read_rows(path)] == [0, 1, 2, 3]
+
+
+def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
+    result = simulate("--resume", str(tmp_path), env=simulate_env)
+    assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr
+    result = simulate("--resume", str(tmp_path), "--set", "rounds=3", env=simulate_env)
+    assert result.returncode == 2 and "do not combine" in result.stderr
+
+
+# ----------------------------------------------------------------------------- slow: real runs
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("flwr-home")
+    return dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(home), PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, module_env):
+    run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    result = simulate(*_args(*SMALL, f"output.run_dir={run_dir}"), env=module_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, simulate_env):
+    run_dir = tmp_path / "faulty"
+    overrides = (*SMALL, "server.fraction_fit=1.0", "faults.client_error_rate=0.25", "faults.client_nan_rate=0.25", "server.min_fit_fraction=0.25")
+    result = simulate(*_args(*overrides, f"output.run_dir={run_dir}"), env=simulate_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    faults = FaultsConfig(client_error_rate=0.25, client_nan_rate=0.25)
+    for row in read_rows(run_dir / "server.jsonl"):
+        draws = {c: draw_faults(faults, 0, row["round"], c) for c in range(4)}
+        assert row["failures"] == sum(d.error for d in draws.values())
+        assert sorted(r["client"] for r in row["rejected"]) == sorted(c for c, d in draws.items() if d.nan and not d.error)
+        assert all("non-finite" in r["reason"] for r in row["rejected"])
+        assert sorted(row["clients"]) == sorted(c for c, d in draws.items() if not (d.nan or d.error))
+    assert "Traceback" not in result.stdout + result.stderr  # a failing client is one line, not a Ray traceback
+    assert_no_leftover_processes()
+
+
+@pytest.mark.slow
+def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_env):
+    run_dir = tmp_path / "starved"
+    result = simulate(*_args(*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}"), env=simulate_env)
+    assert result.returncode == 1
+    assert "round 1: only 0 of 4 sampled clients sent a valid update" in result.stderr
+    rows = read_rows(run_dir / "metrics.jsonl")
+    assert {r["round"] for r in rows if r["split"] == "eval"} == {0}  # round-0 evaluation stays; no update was applied
+    assert {r["round"] for r in rows if r["split"] == "train"} == {1}  # the clients did train: their losses are kept
+    [row] = read_rows(run_dir / "server.jsonl")
+    assert row["round"] == 1 and len(row["rejected"]) == 4
+    assert_no_leftover_processes()
+
+
+@pytest.mark.slow
+def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted):
+    run_dir = tmp_path / "killed-worker"
+    result = simulate(*_args(*SMALL, "faults.worker_kill_round=3", "faults.worker_kill_client=2", f"output.run_dir={run_dir}"), env=module_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round 3: a Ray worker died; restarting from the last checkpoint" in result.stdout
+    assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
+    assert_no_leftover_processes()
+
+
+@pytest.mark.slow
+def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env, uninterrupted):
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "simulate.py"), *_args(*SMALL, "faults.client_delay_s=0.3", f"output.run_dir={run_dir}")],
+        cwd=ROOT, env=module_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "server.jsonl").exists() or len(read_rows(run_dir / "server.jsonl")) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # simulate.py, its Ray head and workers: an abrupt crash
+        process.wait()
+    assert_no_leftover_processes()
+    assert not (run_dir / "summary.json").exists()
+
+    result = simulate("--resume", str(run_dir), env=module_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stdout
+    assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
+    assert (run_dir / "summary.json").read_text() == (uninterrupted / "summary.json").read_text()
+    assert_no_leftover_processes()
