@@ -3,7 +3,8 @@
     python simulate.py                                  # the default experiment, embedded data
     python simulate.py --config configs/<name>.yaml [--set key.path=value ...]
     python simulate.py --print-config                   # the resolved config with every default
-    python simulate.py --resume runs/<run>              # continue an interrupted run from its last checkpoint
+    python simulate.py --resume runs/<run>              # continue an interrupted run (or study) where it stopped
+    python simulate.py --config configs/study_digits.yaml   # a study: arms x seeds -> report.md/.html
 
 Bad input ends with one line naming the problem and exit status 2.
 """
@@ -11,9 +12,12 @@ Bad input ends with one line naming the problem and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 from fedmtl.offline import set_offline_env
 
@@ -50,16 +54,11 @@ def quiet_frameworks(verbose: bool) -> None:
 
 
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
-    from flwr.simulation import run_simulation
-
-    from clients.client_app import make_client_app
-    from fedmtl.checkpoint import CLIENT_STATE_DIR, load_server_checkpoint
-    from fedmtl.resources import backend_config
+    from fedmtl.checkpoint import load_server_checkpoint
     from fedmtl.rundir import SUMMARY_MD, RunDirectory
-    from server.loop import FederationError, WorkerPoolDied
-    from server.server_app import make_server_app
+    from server.loop import FederationError
+    from server.simulation import federate
 
-    backend = backend_config(cfg.resources)
     if resume_dir:
         run_dir, _ = RunDirectory.open(resume_dir)
         checkpoint = load_server_checkpoint(run_dir)
@@ -71,30 +70,11 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
         print(f"fedmtl: {cfg.name}: {cfg.clients.count} clients, {cfg.rounds} rounds, "
               f"aggregator {cfg.server.aggregator!r} -> {run_dir.path}", flush=True)  # fmt: skip
     quiet_frameworks(verbose)
-    client_state_dir = str((run_dir.path / CLIENT_STATE_DIR).resolve())
-    attempt = 0
-    while True:
-        try:
-            run_simulation(
-                server_app=make_server_app(cfg, run_dir, bool(resume_dir) or attempt > 0, attempt, client_state_dir),
-                client_app=make_client_app(cfg),
-                num_supernodes=cfg.clients.count,
-                backend_config=backend,
-                verbose_logging=verbose,
-            )
-            break
-        except WorkerPoolDied as died:
-            shutdown_ray()
-            if attempt >= cfg.checkpoint.restarts:
-                print(f"error: {died}; gave up after {attempt} restarts (checkpoint.restarts); resume with --resume {run_dir.path}", file=sys.stderr)
-                return EXIT_FAILED
-            attempt += 1
-            print(f"fedmtl: {died}; restarting from the last checkpoint (restart {attempt} of {cfg.checkpoint.restarts})", flush=True)
-        except FederationError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_FAILED
-        finally:
-            shutdown_ray()
+    try:
+        federate(cfg, run_dir, resume=bool(resume_dir), verbose=verbose, echo=lambda line: print(line, flush=True))
+    except FederationError as err:
+        print(f"error: {err}; files written so far are kept (resume with --resume {run_dir.path})", file=sys.stderr)
+        return EXIT_FAILED
     summary = run_dir.path / SUMMARY_MD
     if not summary.exists():
         print(f"error: the simulation ended without a summary; see {run_dir.path}", file=sys.stderr)
@@ -104,11 +84,41 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
     return EXIT_OK
 
 
-def shutdown_ray() -> None:
-    import ray
+def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
+    """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
+    from fedmtl.resources import private_ray_cluster
+    from fedmtl.rundir import RunDirectory
+    from fedmtl.study import runner
+    from fedmtl.study.arms import ARMS
+    from server.loop import FederationError
+    from server.simulation import federate
 
-    if ray.is_initialized():
-        ray.shutdown()
+    run_dir = RunDirectory.open(resume_dir)[0] if resume_dir else RunDirectory.create(cfg)
+    kind = "sweep" if cfg.sweep.grid else "study"
+    print(f"fedmtl: {kind} {cfg.name} -> {run_dir.path}", flush=True)
+    quiet_frameworks(verbose)
+
+    study = cfg.study
+    needs_ray = any(ARMS[arm].federated for arm in study.arms) and not cfg.resources.ray_address
+    with private_ray_cluster(cfg.resources) if needs_ray else contextlib.nullcontext(cfg.resources.ray_address) as address:
+
+        def federate_attached(arm_cfg: ExperimentConfig, path: Path) -> None:
+            attached = replace(arm_cfg.resources, ray_address=address, num_cpus=None, num_gpus=None)
+            arm_cfg = replace(arm_cfg, resources=attached)
+            federate(arm_cfg, RunDirectory.create(arm_cfg), verbose=verbose, echo=lambda line: print(line, flush=True))
+
+        try:
+            if cfg.sweep.grid:
+                runner.run_sweep(cfg, run_dir.path, federate_attached)
+                report = run_dir.path / "sweep.md"
+            else:
+                runner.run_study(cfg, run_dir.path, federate_attached)
+                report = run_dir.path / "report.md"
+        except FederationError as err:
+            print(f"error: {err}; finished runs are kept (continue with --resume {run_dir.path})", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"report: {report}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             from fedmtl.rundir import RunDirectory
 
             _, cfg = RunDirectory.open(args.resume)
-            return run(cfg, args.verbose, resume_dir=args.resume)
+            runner = run_study if cfg.study.arms else run
+            return runner(cfg, args.verbose, resume_dir=args.resume)
         cfg = load_config(args.config, args.set)
         if args.print_config:
             import yaml
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return EXIT_OK
-        return run(cfg, args.verbose)
+        return (run_study if cfg.study.arms else run)(cfg, args.verbose)
     except ConfigError as err:
         print(f"error: config {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

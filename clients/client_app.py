@@ -58,9 +58,15 @@ def _private_state(context: Context, store: ClientStateStore | None, config: Con
     return store.load(resume_round) if store is not None and resume_round > 0 else None
 
 
+def client_id_of(cfg: ExperimentConfig, context: Context) -> int:
+    """The client this node plays: its partition id, mapped through ``clients.members`` when set."""
+    partition = int(context.node_config["partition-id"])
+    return cfg.clients.participants()[partition]
+
+
 def _client(cfg: ExperimentConfig | None, context: Context) -> LocalClient:
     config = cfg or config_from_run_config(context.run_config)
-    return LocalClient(config, int(context.node_config["partition-id"]))
+    return LocalClient(config, client_id_of(config, context))
 
 
 def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
@@ -102,7 +108,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     @replies_errors
     def query(msg: Message, context: Context) -> Message:
         """Which client this node is (the server samples by client id, not by random node id)."""
-        client_id = int(context.node_config["partition-id"])
+        client_id = client_id_of(cfg or config_from_run_config(context.run_config), context)
         return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)
 
     return app

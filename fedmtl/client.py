@@ -19,7 +19,7 @@ from fedmtl import protocol
 from fedmtl.balancing import Static
 from fedmtl.config import ExperimentConfig
 from fedmtl.models import MultiTaskModel
-from fedmtl.partition import client_plan
+from fedmtl.partition import client_plan, tasks_of_client
 from fedmtl.suites import ClientData, TaskData
 from fedmtl.training import Proximal, TrainStats, evaluate, train_local
 
@@ -41,12 +41,17 @@ def derive_seed(*parts: int) -> int:
 
 
 def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
-    """Generated (or loaded) on first use in this process; a bounded cache keeps memory flat at scale."""
+    """Generated (or loaded) on first use in this process; a bounded cache keeps memory flat at scale.
+
+    Holds only the tasks the client trains (``clients.only_tasks``), cut from the data of all it holds.
+    """
     key = (cfg.fingerprint(), client_id)
     if key in _data_cache:
         _data_cache.move_to_end(key)
         return _data_cache[key]
-    data = cfg.data.client_data(cfg.seed, client_plan(cfg, client_id))
+    full = cfg.data.client_data(cfg.seed, client_plan(cfg, client_id))
+    tasks = tasks_of_client(cfg, client_id)
+    data = ClientData({t: full.train[t] for t in tasks}, {t: full.eval[t] for t in tasks})
     _data_cache[key] = data
     if len(_data_cache) > _DATA_CACHE_SIZE:
         _data_cache.popitem(last=False)
@@ -74,9 +79,9 @@ class LocalClient:
     def __init__(self, cfg: ExperimentConfig, client_id: int) -> None:
         self.cfg = cfg
         self.client_id = client_id
-        self.plan = client_plan(cfg, client_id)
+        self.plan = client_plan(cfg, client_id)  # every task the client holds (specs: those it trains)
         all_specs = {spec.name: spec for spec in cfg.data.task_specs()}
-        self.specs = {task: all_specs[task] for task in self.plan.tasks}
+        self.specs = {task: all_specs[task] for task in tasks_of_client(cfg, client_id)}
         self.sharing = cfg.model.sharing
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

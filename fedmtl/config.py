@@ -6,6 +6,7 @@ Every field's default lives here, next to a comment saying what it means; ``pyth
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,12 @@ class ClientsConfig:
     task_sample_scale: Mapping[str, float] = field(default_factory=dict)
     eval_samples_per_task: int = 256  # held-out samples per (client, task) for evaluation
     min_samples: int = 8  # floor on training samples per (client, task)
+    # Restrict every client to these tasks (data and sample counts unchanged); used by the
+    # single-task study arms. Empty = every task a client holds.
+    only_tasks: tuple[str, ...] = ()
+    # Which client ids take part (simulated client i plays client members[i]; data unchanged).
+    # Empty = all of 0..count-1.
+    members: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -51,6 +58,12 @@ class ClientsConfig:
             raise ValueError(f"sample_imbalance must be >= 0, got {self.sample_imbalance}")
         if any(scale <= 0 for scale in self.task_sample_scale.values()):
             raise ValueError("task_sample_scale values must be > 0")
+        if any(not 0 <= m < self.count for m in self.members) or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct client ids in [0, {self.count})")
+
+    def participants(self) -> tuple[int, ...]:
+        """The client ids that take part, in the order of simulated clients."""
+        return self.members or tuple(range(self.count))
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,40 @@ class CheckpointConfig:
             raise ValueError("every and restarts must be >= 0")
 
 
+ARM_NAMES = ("local_stl", "fed_stl", "fed_mtl", "central_mtl")  # implemented in fedmtl/study/arms.py
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Arms x seeds run one after another by one command (empty arms: a single run)."""
+
+    arms: tuple[str, ...] = ()  # from ARM_NAMES; fed_mtl is this config as it stands
+    seeds: tuple[int, ...] = ()  # default: the top-level seed only
+    reference_arm: str = "fed_mtl"  # deltas are computed for this arm against every other arm
+
+    def __post_init__(self) -> None:
+        for arm in self.arms:
+            if arm not in ARM_NAMES:
+                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(ARM_NAMES)}")
+        if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("arms and seeds must not repeat")
+        if self.arms and self.reference_arm not in self.arms:
+            raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid over config keys (``key.path: [values]``); every point runs the study."""
+
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def points(self) -> list[dict[str, Any]]:
+        import itertools
+
+        keys = list(self.grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # parent folder of run directories
@@ -211,6 +258,8 @@ class ExperimentConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.eval_every < 1:
@@ -252,6 +301,13 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "clients.tasks_per_client", f"is {cfg.clients.tasks_per_client} but the suite has {len(task_names)} tasks"
         )
+    for i, task in enumerate(cfg.clients.only_tasks):
+        if task not in known:
+            raise ConfigError(f"clients.only_tasks[{i}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+    if cfg.clients.only_tasks:
+        idle = [c for c in cfg.clients.participants() if not set(tasks_held(cfg, c)) & set(cfg.clients.only_tasks)]
+        if idle:
+            raise ConfigError("clients.only_tasks", f"client {idle[0]} holds none of these tasks (restrict clients.members)")
     task_keyed = [("clients.task_sample_scale", cfg.clients.task_sample_scale)]
     task_keyed += [(f"client.balancing.{name}", getattr(cfg.client.balancing, name)) for name in TASK_KEYED_FIELDS if hasattr(cfg.client.balancing, name)]
     for section, mapping in task_keyed:
@@ -265,6 +321,19 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
     if problem:
         raise ConfigError("model.sharing", problem)
+    if cfg.sweep.grid and len(cfg.study.arms) < 2:
+        raise ConfigError("sweep", "needs study.arms: the reference arm and at least one arm to compare it with")
+    problem = cfg.data.check_clients(cfg.clients.count)
+    if problem:
+        raise ConfigError("clients.count", problem)
+
+
+def tasks_held(cfg: ExperimentConfig, client_id: int) -> tuple[str, ...]:
+    """The tasks client ``client_id`` holds before ``clients.only_tasks`` (fedmtl.partition uses it too)."""
+    if cfg.clients.tasks:
+        return cfg.clients.tasks[client_id]
+    names = cfg.data.task_names()
+    return tuple(names[(client_id + j) % len(names)] for j in range(cfg.clients.tasks_per_client))
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -272,9 +341,18 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError("--set", f"expected key.path=value, got {assignment!r}")
     path, text = assignment.split("=", 1)
-    keys = path.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"value {text!r} is not valid YAML ({err.problem})") from None
+    set_path(raw, path.strip(), value, "--set")
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+    """Set ``raw[k1][k2]...`` for ``path = "k1.k2..."`` in place (creating mappings on the way)."""
+    keys = path.split(".")
     if not all(keys):
-        raise ConfigError("--set", f"bad key path {path!r}")
+        raise ConfigError(source, f"bad key path {path!r}")
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
@@ -283,10 +361,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(".".join(keys[: depth + 1]), f"is not a mapping, cannot set {path}")
         node = child
-    try:
-        node[keys[-1]] = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"value {text!r} is not valid YAML ({err.problem})") from None
+    node[keys[-1]] = value
 
 
 def load_raw(path: str | Path | None) -> dict[str, Any]:
@@ -311,7 +386,23 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
 def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     cfg = parse_dataclass(ExperimentConfig, raw, "")
     check_consistency(cfg)
+    for key, values in cfg.sweep.grid.items():  # every point must be a valid config on its own
+        for i, value in enumerate(values):
+            try:
+                point_config(raw, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"sweep.grid.{key}[{i}]", f"gives an invalid config: {err}") from None
     return cfg
+
+
+def point_config(raw: Mapping[str, Any], values: Mapping[str, Any]) -> ExperimentConfig:
+    """The config of one sweep point: ``raw`` without its sweep, with ``values`` set by key path."""
+    point = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
+    for key, value in values.items():
+        if key.split(".")[0] in ("sweep", "study", "output"):
+            raise ConfigError(f"sweep.grid.{key}", "cannot sweep study, sweep or output settings")
+        set_path(point, key, value, f"sweep.grid.{key}")
+    return build_config(point)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

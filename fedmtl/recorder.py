@@ -16,7 +16,7 @@ BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "wei
 METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
 SERVER_COLUMNS = (
     "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",
-    "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper",
+    "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper", "bytes_up", "bytes_down",
 )  # fmt: skip
 
 
@@ -90,8 +90,9 @@ class Recorder:
         failures: int,
         rejected: Sequence[tuple[int | None, str]],
         diagnostics: RoundDiagnostics | None,
+        traffic: Mapping[str, int] | None = None,
     ) -> float:
-        """Write the round's server row; return the round's wall seconds."""
+        """Write the round's server row (``traffic``: bytes_up/bytes_down of parameter payloads); return its wall seconds."""
         seconds = time.perf_counter() - self._round_start
         row: dict[str, Any] = {
             "round": server_round,
@@ -103,5 +104,6 @@ class Recorder:
         }
         if diagnostics is not None:
             row.update(asdict(diagnostics))
+        row.update(traffic or {})
         self.server.write([row])
         return seconds

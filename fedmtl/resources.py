@@ -10,7 +10,14 @@ when connecting), and the per-client request is checked against what the cluster
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from fedmtl.config import ResourcesConfig
@@ -84,3 +91,47 @@ def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None,
         "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, **_QUIET_RAY},
         "client_resources": client_resources,
     }
+
+
+@contextlib.contextmanager
+def private_ray_cluster(resources: ResourcesConfig, start_timeout_s: float = 120.0) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 for the duration of the block; yields its address.
+
+    Flower's Ray backend shuts Ray down after every simulation, which costs a full Ray start-up
+    per run. A study runs many federations: attached to one head started here, each run only
+    connects (a driver attached to an existing cluster merely disconnects at shutdown). The head
+    runs in its own process group and is stopped, with everything it started, when the block ends.
+    """
+    init = backend_config(resources)["init_args"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+        "--node-ip-address=127.0.0.1", f"--num-cpus={init['num_cpus']}", f"--num-gpus={init['num_gpus']}",
+        "--include-dashboard=false", "--disable-usage-stats",
+    ]  # fmt: skip
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not _accepts(port):
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"could not start a Ray head on {address}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -64,6 +64,8 @@ def parse(tp: Any, value: Any, path: str) -> Any:
             except ConfigError as err:
                 errors.append(err.message)
         raise ConfigError(path, " or ".join(dict.fromkeys(errors)))
+    if tp is Any:  # raw YAML (e.g. sweep values, validated by building the configs they make)
+        return value
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):

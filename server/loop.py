@@ -66,6 +66,11 @@ def identify_clients(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int
     return answered
 
 
+def payload_bytes(messages: list[Message]) -> int:
+    """Bytes of parameter arrays in ``messages`` (what the federation's communication cost is made of)."""
+    return sum(len(array.data) for m in messages if not m.has_error() for record in m.content.array_records.values() for array in record.values())
+
+
 def _reports(replies: list[Message]) -> list[dict]:
     return [dict(m.content[protocol.METRICS]) for m in replies if not m.has_error() and protocol.METRICS in m.content]
 
@@ -85,7 +90,7 @@ def run_federation(
     client_state_dir: str | None = None,
 ) -> list[dict]:
     """Run the rounds of ``cfg`` (from the last checkpoint when ``resume``); write everything into ``run``."""
-    nodes = wait_for_nodes(grid, cfg.clients.count)
+    nodes = wait_for_nodes(grid, len(cfg.clients.participants()))
     specs = cfg.data.task_specs()
     updater = ServerUpdater(
         initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
@@ -125,8 +130,11 @@ def run_federation(
             record[protocol.STATE_DIR] = client_state_dir
         return record
 
+    traffic = {"bytes_up": 0, "bytes_down": 0}
+
     def evaluate(server_round: int) -> list[dict]:
-        messages = strategy.configure_evaluate(server_round, arrays, round_config(), grid)
+        messages = list(strategy.configure_evaluate(server_round, arrays, round_config(), grid))
+        traffic["bytes_down"] += payload_bytes(messages)
         reports = _reports(list(grid.send_and_receive(messages, timeout=timeout)))
         recorder.record_clients(server_round, protocol.EVAL, reports)
         recorder.record_clients(server_round, protocol.PERSONAL, reports)
@@ -135,8 +143,11 @@ def run_federation(
     summary = evaluate(0) if done == 0 else task_summary(recorder.eval_rows, specs)
     for server_round in range(done + 1, cfg.rounds + 1):
         recorder.start_round()
+        traffic.update(bytes_up=0, bytes_down=0)
         messages = list(strategy.configure_train(server_round, arrays, round_config(), grid))
+        traffic["bytes_down"] += payload_bytes(messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        traffic["bytes_up"] += payload_bytes(replies)
         if worker_died(replies):
             raise WorkerPoolDied(f"round {server_round}: a Ray worker died")
         train_reports = _reports(replies)
@@ -146,7 +157,7 @@ def run_federation(
         report = strategy.last_train
         needed = math.ceil(cfg.server.min_fit_fraction * len(messages))
         if len(report.accepted) < max(needed, 1):
-            recorder.record_server(server_round, len(replies), report.failures, report.rejected, None)
+            recorder.record_server(server_round, len(replies), report.failures, report.rejected, None, traffic)
             raise FederationError(
                 f"round {server_round}: only {len(report.accepted)} of {len(messages)} sampled clients sent a valid update "
                 f"(server.min_fit_fraction = {cfg.server.min_fit_fraction}); stopping. Files up to round {server_round - 1} are complete."
@@ -155,7 +166,7 @@ def run_federation(
         evaluated = server_round % cfg.eval_every == 0 or server_round == cfg.rounds
         if evaluated:
             summary = evaluate(server_round)
-        seconds = recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics)
+        seconds = recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics, traffic)
         if cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0:
             save_server_checkpoint(run, ServerCheckpoint(server_round, updater.state_dict(), strategy.rng.getstate()))
             durable = server_round

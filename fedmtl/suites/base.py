@@ -67,5 +67,9 @@ class TaskSuite(ABC):
         """Multiplier on a task's training samples when ``clients.task_sample_scale`` does not set one."""
         return 1.0
 
+    def check_clients(self, count: int) -> str | None:
+        """Why this suite cannot serve ``count`` clients (e.g. too few natural partitions), or None."""
+        return None
+
     def task_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.task_specs())

@@ -1,0 +1,273 @@
+"""The study's figures as PNG files, drawn on matplotlib's Agg canvas (no display, no pyplot state).
+
+Each function returns the path it wrote, or None when the study holds no data for that figure.
+Curves show the mean over seeds with a shaded band of one sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedmtl.study.analysis import Comparison
+from fedmtl.study.collect import StudyData
+from fedmtl.study.deltas import mean_std
+
+DPI = 110
+FLAG_COLOR = "#c0392b"
+
+
+def _figure(panels: int, width: float = 5.0, height: float = 3.4, columns: int = 3) -> tuple[Figure, list[Axes]]:
+    cols = min(columns, panels)
+    rows = math.ceil(panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)  # explicit Agg canvas: rendering never touches a display backend
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
+    return fig, axes
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _band(series: Sequence[Mapping[int, float]]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Rounds present in any series; mean and std over the series that have each round (NaN values skipped)."""
+    rounds = sorted({r for s in series for r in s})
+    spreads = [mean_std(s[r] for s in series if r in s and s[r] is not None and not math.isnan(s[r])) for r in rounds]
+    return rounds, np.array([s.mean for s in spreads]), np.array([s.std for s in spreads])
+
+
+def _line(ax: Axes, series: Sequence[Mapping[int, float]], label: str) -> None:
+    rounds, mean, std = _band(series)
+    (line,) = ax.plot(rounds, mean, marker="o", markersize=3, label=label)
+    ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds
+
+
+def plot_learning_curves(data: StudyData, path: Path) -> Path | None:
+    """One panel per task: the eval headline metric per round, one line per arm."""
+    tasks = [t for t in data.study.tasks if any(data.curves(arm, t.name) for arm in data.study.arms)]
+    if not tasks:
+        return None
+    fig, axes = _figure(len(tasks))
+    for ax, task in zip(axes, tasks):
+        for arm in data.study.arms:
+            curves = data.curves(arm, task.name)
+            if curves:
+                _line(ax, list(curves.values()), arm)
+        ax.set_title(f"{task.name} ({'higher' if task.higher_is_better else 'lower'} is better)")
+        ax.set_xlabel("round")
+        ax.set_ylabel(task.metric)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_deltas(comparisons: Sequence[Comparison], tasks: Sequence[str], path: Path) -> Path | None:
+    """Grouped bars of the reference arm's relative delta (%) per task and Delta_m, one bar per baseline arm.
+
+    Error bars: one std over seeds. Tasks flagged as negative transfer get a red hatched bar and "NT".
+    """
+    if not comparisons or not any(c.tasks[t].spread.n for c in comparisons for t in tasks):
+        return None
+    groups = [*tasks, "Δm"]
+    fig, (ax,) = _figure(1, width=max(5.0, 1.2 * len(groups) * len(comparisons)), height=3.8)
+    width = 0.8 / len(comparisons)
+    x = np.arange(len(groups))
+    for index, comparison in enumerate(comparisons):
+        spreads = [comparison.tasks[t].spread for t in tasks] + [comparison.delta_m]
+        flags = [comparison.tasks[t].negative_transfer for t in tasks] + [False]
+        means = np.array([100 * s.mean for s in spreads])
+        stds = np.array([100 * s.std for s in spreads])
+        positions = x - 0.4 + width * (index + 0.5)
+        bars = ax.bar(positions, means, width, yerr=stds, capsize=3, label=f"vs {comparison.baseline}")
+        for bar, flagged, mean, std in zip(bars, flags, means, stds):
+            if flagged:
+                bar.set_edgecolor(FLAG_COLOR)
+                bar.set_hatch("//")
+                bar.set_linewidth(1.5)
+                below = mean < 0
+                ax.annotate(
+                    "NT",
+                    (bar.get_x() + bar.get_width() / 2, mean - std if below else mean + std),
+                    xytext=(0, -4 if below else 4),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top" if below else "bottom",
+                    color=FLAG_COLOR,
+                    fontweight="bold",
+                )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("relative delta (%)")
+    ax.set_title(f"{comparisons[0].reference}: relative delta (NT: negative transfer)")
+    ax.margins(y=0.15)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class _PairGrid:
+    pairs: list[tuple[int, int]]
+    rounds: list[int]
+    values: np.ndarray  # [pairs, rounds], mean over seeds, NaN where the pair did not meet
+
+
+def _pair_grid(data: StudyData, arm: str) -> _PairGrid | None:
+    """Mean over seeds of each client pair's update cosine, per round."""
+    samples: dict[tuple[tuple[int, int], int], list[float]] = {}
+    for result in data.arm_results(arm):
+        for row in result.server:
+            if row.cosines is None:
+                continue
+            clients = row.clients or tuple(range(row.cosines.shape[0]))
+            for (i, a), (j, b) in combinations(enumerate(clients), 2):
+                value = row.cosines[i, j]
+                if not math.isnan(value):
+                    samples.setdefault(((min(a, b), max(a, b)), row.round), []).append(float(value))
+    if not samples:
+        return None
+    pairs = sorted({pair for pair, _ in samples})
+    rounds = sorted({r for _, r in samples})
+    values = np.full((len(pairs), len(rounds)), np.nan)
+    for (pair, r), found in samples.items():
+        values[pairs.index(pair), rounds.index(r)] = sum(found) / len(found)
+    return _PairGrid(pairs, rounds, values)
+
+
+def plot_client_cosines(data: StudyData, path: Path) -> Path | None:
+    """Heatmap per federated arm: cosine between two clients' updates (rows: client pairs) per round."""
+    grids = {arm: grid for arm in data.study.arms if (grid := _pair_grid(data, arm)) is not None}
+    if not grids:
+        return None
+    fig, axes = _figure(
+        len(grids), width=6.0, height=max(2.5, 0.25 * max(len(g.pairs) for g in grids.values())), columns=1
+    )
+    image = None
+    for ax, (arm, grid) in zip(axes, grids.items()):
+        image = ax.imshow(grid.values, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"{arm}: client-update cosine per pair (mean over seeds)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("client pair")
+        step = max(1, len(grid.rounds) // 12)
+        ax.set_xticks(range(0, len(grid.rounds), step), [str(r) for r in grid.rounds[::step]])
+        if len(grid.pairs) <= 40:
+            ax.set_yticks(range(len(grid.pairs)), [f"{a}-{b}" for a, b in grid.pairs], fontsize="x-small")
+        else:
+            ax.set_yticks([])
+    fig.colorbar(image, ax=axes, label="cosine", shrink=0.8)
+    return _save(fig, path)
+
+
+def plot_conflict_fraction(data: StudyData, path: Path) -> Path | None:
+    """Fraction of conflicting client-update pairs per round, one line per arm."""
+    series = {
+        arm: [
+            {row.round: float(row.conflict_fraction) for row in result.server if row.conflict_fraction is not None}
+            for result in data.arm_results(arm)
+        ]
+        for arm in data.study.arms
+    }
+    series = {arm: [s for s in seeds if s] for arm, seeds in series.items()}
+    series = {arm: seeds for arm, seeds in series.items() if seeds}
+    if not series:
+        return None
+    fig, (ax,) = _figure(1, width=6.0)
+    for arm, seeds in series.items():
+        _line(ax, seeds, arm)
+    ax.set_xlabel("round")
+    ax.set_ylabel("conflict fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Client-update pairs with negative cosine")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _task_cosine_series(data: StudyData, arm: str, pair: tuple[str, str]) -> list[dict[int, float]]:
+    """Per seed: round -> mean over clients of the task-gradient cosine of ``pair``."""
+    series = []
+    for result in data.arm_results(arm):
+        by_round: dict[int, list[float]] = {}
+        for row in result.task_cosines:
+            if tuple(sorted(row.tasks)) == pair and row.cosine is not None:
+                by_round.setdefault(row.round, []).append(float(row.cosine))
+        if by_round:
+            series.append({r: sum(v) / len(v) for r, v in by_round.items()})
+    return series
+
+
+def plot_task_cosines(data: StudyData, path: Path) -> Path | None:
+    """One panel per task pair: cosine of the two tasks' gradients inside clients per round, one line per arm."""
+    pairs = sorted({tuple(sorted(row.tasks)) for r in data.results.values() for row in r.task_cosines})
+    panels = {}
+    for pair in pairs:
+        lines = {arm: s for arm in data.study.arms if (s := _task_cosine_series(data, arm, pair))}  # type: ignore[arg-type]
+        if lines:
+            panels[pair] = lines
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels))
+    for ax, (pair, lines) in zip(axes, panels.items()):
+        for arm, series in lines.items():
+            _line(ax, series, arm)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{pair[0]} vs {pair[1]}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("task-gradient cosine (client mean)")
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class SweepSeries:
+    """One line of the sweep plot: Delta_m and worst-task delta (mean, std over seeds) per x value."""
+
+    label: str
+    x: list[object]
+    delta_m: list[tuple[float, float]]
+    worst: list[tuple[float, float]]
+
+
+def plot_sweep(series: Sequence[SweepSeries], x_label: str, path: Path) -> Path | None:
+    """Delta_m and worst-task delta (%) against the swept value; numeric x when every value is a number."""
+    if not series:
+        return None
+    values = [v for s in series for v in s.x]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    categories = list(dict.fromkeys(str(v) for v in values))
+    fig, axes = _figure(2, width=5.5, columns=2)
+    for ax, attribute, title in zip(axes, ("delta_m", "worst"), ("Δm", "worst-task delta")):
+        for line in series:
+            points = (
+                sorted(zip(line.x, getattr(line, attribute)), key=lambda p: p[0])
+                if numeric
+                else list(zip(line.x, getattr(line, attribute)))
+            )
+            xs = [p[0] if numeric else categories.index(str(p[0])) for p in points]
+            ax.errorbar(
+                xs,
+                [100 * m for _, (m, _) in points],
+                yerr=[100 * s for _, (_, s) in points],
+                marker="o",
+                capsize=3,
+                label=line.label,
+            )
+        ax.axhline(0, color="black", linewidth=0.8)
+        if not numeric:
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(f"{title} (%, mean ± std over seeds)")
+        ax.set_title(f"{title} vs {x_label}")
+        ax.margins(x=0.1)
+        ax.legend(fontsize="small")
+    return _save(fig, path)

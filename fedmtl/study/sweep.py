@@ -1,0 +1,189 @@
+"""``write_sweep_report(sweep_dir)``: one table and one figure over the points of a config sweep.
+
+Layout::
+
+    <sweep>/sweep.json   {"name", "keys": [config key paths], "points": [{"values": {key: value}, "label", "study_dir"}]}
+    <sweep>/points/<i>/  a study directory (see :mod:`fedmtl.study.collect`)
+
+Per point and per baseline arm (the single-task arms, or every other arm when the study has
+none) the table holds each task's relative delta, Delta_m and the worst task (Maninis et al.,
+CVPR 2019), mean ± std over seeds, and the negative-transfer flag.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmtl.study.analysis import Comparison, comparisons, headline
+from fedmtl.study.collect import StudyError, collect_study, read_json
+from fedmtl.study.plots import SweepSeries, plot_sweep
+from fedmtl.study.render import Heading, Image, Paragraph, Table, to_markdown
+from fedmtl.study.report import NOT_AVAILABLE, format_delta, format_flag
+
+SWEEP_FILE = "sweep.json"
+SWEEP_MD = "sweep.md"
+SWEEP_CSV = "sweep.csv"
+SWEEP_PNG = "sweep.png"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    index: int
+    values: dict[str, Any]
+    label: str
+    study_dir: Path
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    name: str
+    keys: tuple[str, ...]
+    points: tuple[SweepPoint, ...]
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    root = Path(sweep_dir)
+    path = root / SWEEP_FILE
+    payload = read_json(path)
+    if not isinstance(payload, dict) or not isinstance(payload.get("keys"), list) or not payload["keys"]:
+        raise StudyError(path, "expected an object with a non-empty 'keys' list")
+    if not isinstance(payload.get("points"), list):
+        raise StudyError(path, "expected a 'points' list")
+    keys = tuple(str(k) for k in payload["keys"])
+    points = []
+    for index, entry in enumerate(payload["points"]):
+        if not isinstance(entry, dict) or "study_dir" not in entry or not isinstance(entry.get("values"), dict):
+            raise StudyError(path, f"points[{index}] needs 'values' (an object) and 'study_dir'")
+        missing = [key for key in keys if key not in entry["values"]]
+        if missing:
+            raise StudyError(path, f"points[{index}] has no value for {', '.join(missing)}")
+        label = str(entry.get("label") or ", ".join(f"{k}={entry['values'][k]}" for k in keys))
+        points.append(SweepPoint(index, dict(entry["values"]), label, root / entry["study_dir"]))
+    return Sweep(root, str(payload.get("name", root.name)), keys, tuple(points))
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def sweep_rows(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> list[dict[str, Any]]:
+    """The combined table: one row per point, baseline arm and task (Delta_m and worst task repeated per row)."""
+    rows = []
+    for point in sweep.points:
+        for comparison in results[point.index]:
+            worst = comparison.worst_task
+            worst_spread = comparison.tasks[worst].spread if worst is not None else None
+            for task, delta in comparison.tasks.items():
+                rows.append(
+                    {
+                        "point": point.index,
+                        "label": point.label,
+                        **{key: point.values[key] for key in sweep.keys},
+                        "reference": comparison.reference,
+                        "baseline": comparison.baseline,
+                        "task": task,
+                        "delta_mean": delta.spread.mean,
+                        "delta_std": delta.spread.std,
+                        "seeds": delta.spread.n,
+                        "negative_transfer": delta.negative_transfer,
+                        "p_value": delta.test.p_value,
+                        "p_unit": delta.test.unit,
+                        "delta_m_mean": comparison.delta_m.mean,
+                        "delta_m_std": comparison.delta_m.std,
+                        "worst_task": worst,
+                        "worst_delta_mean": None if worst_spread is None else worst_spread.mean,
+                        "worst_delta_std": None if worst_spread is None else worst_spread.std,
+                    }
+                )
+    return rows
+
+
+def sweep_table(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> Table:
+    """The markdown form of :func:`sweep_rows`."""
+    rows = []
+    for point in sweep.points:
+        for comparison in results[point.index]:
+            worst = comparison.worst_task
+            worst_text = NOT_AVAILABLE if worst is None else f"{worst}: {format_delta(comparison.tasks[worst].spread)}"
+            for task, delta in comparison.tasks.items():
+                rows.append(
+                    [
+                        point.label,
+                        *(_cell(point.values[key]) for key in sweep.keys),
+                        comparison.baseline,
+                        task,
+                        format_delta(delta.spread),
+                        format_flag(comparison, delta.negative_transfer, delta.test, delta.spread.n),
+                        format_delta(comparison.delta_m),
+                        worst_text,
+                    ]
+                )
+    return Table(["point", *sweep.keys, "baseline", "task", "Δ", "flag (p)", "Δm", "worst task"], rows)
+
+
+def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> list[SweepSeries]:
+    """x = the first key's value; one line per combination of the other keys' values and baseline arm."""
+    first, rest = sweep.keys[0], sweep.keys[1:]
+    lines: dict[str, SweepSeries] = {}
+    for point in sweep.points:
+        for comparison in results[point.index]:
+            if comparison.worst_task is None:
+                continue
+            others = ", ".join(f"{key}={_cell(point.values[key])}" for key in rest)
+            label = f"{others} · vs {comparison.baseline}" if others else f"vs {comparison.baseline}"
+            line = lines.setdefault(label, SweepSeries(label, [], [], []))
+            worst = comparison.tasks[comparison.worst_task].spread
+            line.x.append(point.values[first])
+            line.delta_m.append((comparison.delta_m.mean, comparison.delta_m.std))
+            line.worst.append((worst.mean, worst.std))
+    return list(lines.values())
+
+
+def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write sweep.md, sweep.csv and sweep.png into ``sweep_dir``; return the table's rows."""
+    sweep = load_sweep(sweep_dir)
+    results = {point.index: headline(comparisons(collect_study(point.study_dir))) for point in sweep.points}
+    rows = sweep_rows(sweep, results)
+    columns = [
+        "point",
+        "label",
+        *sweep.keys,
+        "reference",
+        "baseline",
+        "task",
+        "delta_mean",
+        "delta_std",
+        "seeds",
+        "negative_transfer",
+        "p_value",
+        "p_unit",
+        "delta_m_mean",
+        "delta_m_std",
+        "worst_task",
+        "worst_delta_mean",
+        "worst_delta_std",
+    ]
+    with (sweep.path / SWEEP_CSV).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(
+            {k: "" if v is None else (v if isinstance(v, str | int | float) else _cell(v)) for k, v in row.items()}
+            for row in rows
+        )
+    figure = plot_sweep(sweep_series(sweep, results), sweep.keys[0], sweep.path / SWEEP_PNG)
+
+    blocks = [
+        Heading(f"Sweep report: {sweep.name}", level=1),
+        Paragraph(f"Swept keys: {', '.join(f'`{k}`' for k in sweep.keys)}; {len(sweep.points)} point(s)."),
+        sweep_table(sweep, results),
+    ]
+    if figure is not None:
+        blocks.append(Image(figure, f"Δm and worst-task delta against {sweep.keys[0]} (mean ± std over seeds)."))
+    (sweep.path / SWEEP_MD).write_text(to_markdown(blocks, sweep.path))
+    return rows
