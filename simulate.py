@@ -55,6 +55,7 @@ def quiet_frameworks(verbose: bool) -> None:
 
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     from fedmtl.checkpoint import load_server_checkpoint
+    from fedmtl.resources import backend_config
     from fedmtl.rundir import SUMMARY_MD, RunDirectory
     from server.loop import FederationError
     from server.simulation import federate
@@ -66,6 +67,7 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
             raise ConfigError("--resume", f"{run_dir.path} has no checkpoint (checkpoint.every was 0, or no round finished)")
         print(f"fedmtl: resuming {run_dir.path} after round {checkpoint.server_round}", flush=True)
     else:
+        backend_config(cfg.resources)  # resource errors before anything is written
         run_dir = RunDirectory.create(cfg)
         print(f"fedmtl: {cfg.name}: {cfg.clients.count} clients, {cfg.rounds} rounds, "
               f"aggregator {cfg.server.aggregator!r} -> {run_dir.path}", flush=True)  # fmt: skip
@@ -86,13 +88,14 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
 
 def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
-    from fedmtl.resources import private_ray_cluster
+    from fedmtl.resources import backend_config, private_ray_cluster
     from fedmtl.rundir import RunDirectory
     from fedmtl.study import runner
     from fedmtl.study.arms import ARMS
     from server.loop import FederationError
     from server.simulation import federate
 
+    backend_config(cfg.resources)  # resource errors before anything is written
     run_dir = RunDirectory.open(resume_dir)[0] if resume_dir else RunDirectory.create(cfg)
     kind = "sweep" if cfg.sweep.grid else "study"
     print(f"fedmtl: {kind} {cfg.name} -> {run_dir.path}", flush=True)

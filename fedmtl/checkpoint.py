@@ -28,11 +28,13 @@ class ServerCheckpoint:
     server_round: int
     updater: dict[str, Any]
     sampler: tuple
+    heads: dict[str, Any] | None = None  # federated heads (fed_full design only)
 
 
 def save_server_checkpoint(run: RunDirectory, checkpoint: ServerCheckpoint) -> None:
     tmp = run.path / f".{CHECKPOINT_FILE}.tmp"
-    torch.save({"round": checkpoint.server_round, "updater": checkpoint.updater, "sampler": checkpoint.sampler}, tmp)
+    payload = {"round": checkpoint.server_round, "updater": checkpoint.updater, "sampler": checkpoint.sampler, "heads": checkpoint.heads}
+    torch.save(payload, tmp)
     os.replace(tmp, run.path / CHECKPOINT_FILE)
 
 
@@ -41,7 +43,7 @@ def load_server_checkpoint(run: RunDirectory) -> ServerCheckpoint | None:
     if not path.exists():
         return None
     raw = torch.load(path, weights_only=False)
-    return ServerCheckpoint(raw["round"], raw["updater"], raw["sampler"])
+    return ServerCheckpoint(raw["round"], raw["updater"], raw["sampler"], raw.get("heads"))
 
 
 def truncate_rows_after(path: Path, server_round: int) -> list[dict[str, Any]]:

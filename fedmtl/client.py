@@ -18,6 +18,7 @@ import torch
 from fedmtl import protocol
 from fedmtl.balancing import Static
 from fedmtl.config import ExperimentConfig
+from fedmtl.head_averaging import is_head, task_of
 from fedmtl.models import MultiTaskModel
 from fedmtl.partition import client_plan, tasks_of_client
 from fedmtl.suites import ClientData, TaskData
@@ -83,6 +84,7 @@ class LocalClient:
         all_specs = {spec.name: spec for spec in cfg.data.task_specs()}
         self.specs = {task: all_specs[task] for task in tasks_of_client(cfg, client_id)}
         self.sharing = cfg.model.sharing
+        self.federated_heads = cfg.server.federate_heads
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def build_model(self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM) -> MultiTaskModel:
@@ -92,7 +94,7 @@ class LocalClient:
             self.cfg.model, self.cfg.data.feature_dim(), self.specs.values(), self.sharing.adapter_rank, self.cfg.data.image_shape()
         )
         state = model.state_dict()
-        unexpected = sorted(k for k in shared if k not in state or not self.sharing.is_shared(k))
+        unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
         if unexpected:
             raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")
         state.update(shared)
@@ -100,8 +102,16 @@ class LocalClient:
         model.load_state_dict(state)
         return model.to(self.device)
 
+    def is_shared(self, key: str) -> bool:
+        """Federated: what the sharing mode shares, plus the heads when ``server.federate_heads``."""
+        return self.sharing.is_shared(key) or (self.federated_heads and is_head(key))
+
+    def own(self, shared: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Of federated heads, keep those of this client's tasks (the server sends every task's)."""
+        return {k: v for k, v in shared.items() if not is_head(k) or task_of(k) in self.specs}
+
     def _private_part(self, model: MultiTaskModel) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in model.state_dict().items() if not self.sharing.is_shared(k)}
+        return {k: v for k, v in model.state_dict().items() if not self.is_shared(k)}
 
     def _on_device(self, split: dict[str, TaskData]) -> dict[str, TaskData]:
         return {task: TaskData(d.x.to(self.device), d.y.to(self.device)) for task, d in split.items()}
@@ -110,6 +120,7 @@ class LocalClient:
         self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None, server_round: int
     ) -> TrainOutcome:
         torch.set_num_threads(self.cfg.resources.torch_threads)
+        shared = self.own(shared)
         data = self._on_device(client_data(self.cfg, self.client_id).train)
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, server_round, self.client_id))
         model = self.build_model(shared, strip_prefix(MODEL, private))
@@ -163,6 +174,7 @@ class LocalClient:
 
     def evaluate(self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None) -> dict[str, float]:
         torch.set_num_threads(self.cfg.resources.torch_threads)
+        shared = self.own(shared)
         data = self._on_device(client_data(self.cfg, self.client_id).eval)
         results = evaluate(self.build_model(shared, strip_prefix(MODEL, private)), data, self.specs)
         metrics = protocol.flatten_task_metrics(protocol.EVAL, results)

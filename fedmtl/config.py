@@ -140,6 +140,9 @@ class ServerConfig:
     # otherwise the run stops with a clear message (everything written so far stays valid).
     min_fit_fraction: float = 0.5
     max_update_norm: float | None = None  # reject client updates whose L2 norm exceeds this
+    # Also federate the task heads (averaged among the clients holding each task): the naive design
+    # that the study's fed_full arm measures. Default false: heads never leave the clients.
+    federate_heads: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_fit <= 1:
@@ -201,7 +204,7 @@ class CheckpointConfig:
             raise ValueError("every and restarts must be >= 0")
 
 
-ARM_NAMES = ("local_stl", "fed_stl", "fed_mtl", "central_mtl")  # implemented in fedmtl/study/arms.py
+ARM_NAMES = ("local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl")  # implemented in fedmtl/study/arms.py
 
 
 @dataclass(frozen=True)

@@ -135,3 +135,12 @@ def initial_encoder_state(
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, input_dim, image_shape)
     return {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def initial_head_state(
+    cfg: ModelConfig, input_dim: int, specs: Iterable[TaskSpec], seed: int, image_shape: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Round-0 heads of every task, identical for all clients (only when heads are federated)."""
+    torch.manual_seed(seed)
+    model = MultiTaskModel(cfg, input_dim, list(specs), 0, image_shape)
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("heads.")}

@@ -50,15 +50,22 @@ def outgoing_shared(state: Mapping[str, torch.Tensor], shared_keys: Iterable[str
     return {key: state[key].detach().cpu() for key in shared}
 
 
-def check_update(update: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> str | None:
-    """Why the server must reject this update, or ``None`` if it is well-formed."""
-    extra = sorted(set(update) - set(expected))
+def check_update(
+    update: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], optional: Mapping[str, torch.Size] | None = None
+) -> str | None:
+    """Why the server must reject this update, or ``None`` if it is well-formed.
+
+    Every ``expected`` key must be present; ``optional`` keys (federated heads: a client sends
+    those of its own tasks) may be.
+    """
+    optional = optional or {}
+    extra = sorted(set(update) - set(expected) - set(optional))
     if extra:
         return f"unexpected keys {extra[:3]}"
     missing = sorted(set(expected) - set(update))
     if missing:
         return f"missing keys {missing[:3]}"
-    for key, shape in expected.items():
+    for key, shape in {**expected, **{k: s for k, s in optional.items() if k in update}}.items():
         tensor = update[key]
         if tuple(tensor.shape) != tuple(shape):
             return f"{key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}"

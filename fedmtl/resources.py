@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from fedmtl.config import ResourcesConfig
 from fedmtl.errors import ConfigError
+from fedmtl.offline import OFFLINE_ENV
 
 _QUIET_RAY = {"logging_level": "error", "log_to_driver": False}
 
@@ -88,7 +91,9 @@ def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None,
         raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but no GPU is available (set resources.num_gpus to declare some)")
     _check_client_request(resources, cpus, gpus, "Ray has")
     return {
-        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, **_QUIET_RAY},
+        # address="local": always a fresh Ray instance of our own, never a cluster that happens to
+        # run on this machine (ray.init() would otherwise attach to the newest one it finds)
+        "init_args": {"address": "local", "num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, **_QUIET_RAY},
         "client_resources": client_resources,
     }
 
@@ -103,15 +108,18 @@ def private_ray_cluster(resources: ResourcesConfig, start_timeout_s: float = 120
     runs in its own process group and is stopped, with everything it started, when the block ends.
     """
     init = backend_config(resources)["init_args"]
+    # its own temp dir: Ray's machine-wide "current cluster" file must not point other runs at this head
+    temp_dir = tempfile.mkdtemp(prefix="fedmtl-ray-")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
         "--node-ip-address=127.0.0.1", f"--num-cpus={init['num_cpus']}", f"--num-gpus={init['num_gpus']}",
-        "--include-dashboard=false", "--disable-usage-stats",
+        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]  # fmt: skip
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, **OFFLINE_ENV}  # offline, and listening on loopback only
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout_s
@@ -129,6 +137,7 @@ def private_ray_cluster(resources: ResourcesConfig, start_timeout_s: float = 120
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _accepts(port: int) -> bool:

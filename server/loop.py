@@ -17,7 +17,8 @@ from flwr.serverapp import Grid
 from fedmtl import protocol
 from fedmtl.checkpoint import ServerCheckpoint, load_server_checkpoint, save_server_checkpoint, truncate_rows_after
 from fedmtl.config import ExperimentConfig
-from fedmtl.models import initial_shared_state
+from fedmtl.head_averaging import HeadAverager
+from fedmtl.models import initial_head_state, initial_shared_state
 from fedmtl.recorder import Recorder
 from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, read_rows
 from fedmtl.server_update import ServerUpdater
@@ -102,6 +103,8 @@ def run_federation(
     strategy = EncoderStrategy(
         updater, cfg.server.fraction_fit, seed=cfg.seed, max_update_norm=cfg.server.max_update_norm,
         fraction_evaluate=cfg.server.fraction_evaluate,
+        head_averager=HeadAverager(initial_head_state(cfg.model, cfg.data.feature_dim(), specs, cfg.seed, cfg.data.image_shape()))
+        if cfg.server.federate_heads else None,
     )  # fmt: skip
     if cfg.server.fraction_fit < 1 or cfg.server.fraction_evaluate < 1:
         strategy.client_ids = identify_clients(grid, nodes, cfg.server.round_timeout_s)
@@ -111,6 +114,8 @@ def run_federation(
     done = checkpoint.server_round if checkpoint else 0
     if checkpoint is not None:
         updater.load_state_dict(checkpoint.updater)
+        if strategy.head_averager is not None and checkpoint.heads is not None:
+            strategy.head_averager.load_state_dict(checkpoint.heads)
         strategy.rng.setstate(checkpoint.sampler)
         for table in (run.metrics_path, run.path / SERVER_FILE, run.path / CLIENTS_FILE):
             truncate_rows_after(table, done)
@@ -120,7 +125,7 @@ def run_federation(
     recorder = Recorder(run)
     if done:
         recorder.eval_rows.extend(r for r in read_rows(run.metrics_path) if r["split"] in (protocol.EVAL, protocol.PERSONAL))
-    arrays = ArrayRecord(updater.global_state())
+    arrays = ArrayRecord(strategy.global_state())
     timeout = cfg.server.round_timeout_s
     durable = done
 
@@ -168,7 +173,8 @@ def run_federation(
             summary = evaluate(server_round)
         seconds = recorder.record_server(server_round, len(replies), report.failures, report.rejected, report.diagnostics, traffic)
         if cfg.checkpoint.every and server_round % cfg.checkpoint.every == 0:
-            save_server_checkpoint(run, ServerCheckpoint(server_round, updater.state_dict(), strategy.rng.getstate()))
+            heads = strategy.head_averager.state_dict() if strategy.head_averager else None
+            save_server_checkpoint(run, ServerCheckpoint(server_round, updater.state_dict(), strategy.rng.getstate(), heads))
             durable = server_round
         if evaluated and echo and cfg.output.progress:
             echo(_progress_line(server_round, cfg.rounds, seconds, summary))

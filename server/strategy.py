@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmtl import protocol
+from fedmtl.head_averaging import HeadAverager, split_heads
 from fedmtl.server_update import RoundDiagnostics, ServerUpdater
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _client_id(message: Message) -> int | None:
     return int(metrics[protocol.CLIENT_ID])
 
 
-def screen_reply(message: Message, expected_shapes: dict) -> str | None:
+def screen_reply(message: Message, expected_shapes: dict, optional_shapes: dict | None = None) -> str | None:
     """Why a training reply cannot be aggregated, or ``None``."""
     content = message.content
     if set(content.array_records) != {protocol.ARRAYS}:
@@ -48,7 +49,7 @@ def screen_reply(message: Message, expected_shapes: dict) -> str | None:
         return f"metrics must carry '{protocol.NUM_EXAMPLES}' and '{protocol.CLIENT_ID}'"
     if not float(metrics[protocol.NUM_EXAMPLES]) > 0:
         return f"'{protocol.NUM_EXAMPLES}' must be positive"
-    return protocol.check_update(content[protocol.ARRAYS].to_torch_state_dict(), expected_shapes)
+    return protocol.check_update(content[protocol.ARRAYS].to_torch_state_dict(), expected_shapes, optional_shapes)
 
 
 def sample_nodes(nodes: Iterable[int], fraction: float, rng: random.Random, order: dict[int, int] | None = None) -> list[int]:
@@ -72,8 +73,10 @@ class EncoderStrategy(Strategy):
         seed: int = 0,
         max_update_norm: float | None = None,
         fraction_evaluate: float = 1.0,
+        head_averager: HeadAverager | None = None,
     ) -> None:
         self.updater = updater
+        self.head_averager = head_averager  # only when heads are federated (the fed_full design)
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.max_update_norm = max_update_norm
@@ -108,7 +111,8 @@ class EncoderStrategy(Strategy):
                 report.failures += 1
                 log.warning("round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200])
                 continue
-            reason = screen_reply(message, expected) or self._norm_violation(message)
+            optional = self.head_averager.expected_shapes if self.head_averager else None
+            reason = screen_reply(message, expected, optional) or self._norm_violation(message)
             if reason is not None:
                 report.rejected.append((_client_id(message), reason))
                 log.warning("round %d: rejected update from client %s: %s", server_round, _client_id(message), reason)
@@ -120,9 +124,13 @@ class EncoderStrategy(Strategy):
         accepted.sort(key=lambda pair: pair[0])  # row order independent of arrival order: reproducible sums
         metrics = [message.content[protocol.METRICS] for _, message in accepted]
         report.accepted = [client for client, _ in accepted]
+        states = [split_heads(message.content[protocol.ARRAYS].to_torch_state_dict()) for _, message in accepted]
+        if self.head_averager is not None:
+            examples = [{t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(m, protocol.TRAIN).items()} for m in metrics]
+            self.head_averager.step([heads for _, heads in states], examples)
         report.diagnostics = self.updater.step(
             client_ids=report.accepted,
-            client_states=[message.content[protocol.ARRAYS].to_torch_state_dict() for _, message in accepted],
+            client_states=[encoder for encoder, _ in states],
             num_examples=[float(m[protocol.NUM_EXAMPLES]) for m in metrics],
             losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics] if all(protocol.TRAIN_LOSS in m for m in metrics) else None,
         )
@@ -133,12 +141,17 @@ class EncoderStrategy(Strategy):
                 "num-accepted": len(accepted),
             }
         )
-        return ArrayRecord(self.updater.global_state()), summary
+        return ArrayRecord(self.global_state()), summary
+
+    def global_state(self) -> dict:
+        """What the clients receive: the shared encoder (and the heads, when they are federated)."""
+        heads = self.head_averager.state_dict() if self.head_averager else {}
+        return {**self.updater.global_state(), **heads}
 
     def _norm_violation(self, message: Message) -> str | None:
         if self.max_update_norm is None:
             return None
-        update = self.updater.layout.flatten(message.content[protocol.ARRAYS].to_torch_state_dict())
+        update = self.updater.layout.flatten(split_heads(message.content[protocol.ARRAYS].to_torch_state_dict())[0])
         norm = float((update - self.updater.param.detach()).norm())
         return f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}" if norm > self.max_update_norm else None
 

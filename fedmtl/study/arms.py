@@ -7,6 +7,8 @@ evaluates each (client, task) on that client's held-out data, so their metrics c
 * ``fed_mtl``: the configured federated multi-task run (Flower + Ray).
 * ``fed_stl``: one federation per task among the clients that hold it (``clients.only_tasks`` +
   ``clients.members``), merged into one run directory.
+* ``fed_full``: ``fed_mtl`` with the heads federated too (``server.federate_heads``), averaged
+  among the clients that hold each task: what keeping heads private buys.
 * ``local_stl``: each client trains each of its tasks alone, no federation: the same client code,
   fed back its own encoder every round. In process, no Ray.
 * ``central_mtl``: all clients' training data pooled, one multi-task model (the upper bound),
@@ -99,6 +101,15 @@ def merge_task_runs(run: RunDirectory, task_dirs: list[Path]) -> None:
     )
 
 
+class FedFull(Arm):
+    name = "fed_full"
+    federated = True
+
+    def run(self, cfg: ExperimentConfig, run_dir: Path, federate: Federate) -> None:
+        full = at(cfg, run_dir)
+        federate(replace(full, server=replace(full.server, federate_heads=True)), run_dir)
+
+
 class LocalSTL(Arm):
     name = "local_stl"
     federated = False
@@ -169,4 +180,4 @@ def pool(per_client: Mapping[int, Mapping[str, TaskData]]) -> dict[str, TaskData
     return {t: TaskData(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts])) for t, parts in tasks.items()}
 
 
-ARMS: dict[str, type[Arm]] = {cls.name: cls for cls in (LocalSTL, FedSTL, FedMTL, CentralMTL)}
+ARMS: dict[str, type[Arm]] = {cls.name: cls for cls in (LocalSTL, FedSTL, FedMTL, FedFull, CentralMTL)}
