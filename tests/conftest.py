@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,26 @@ def flower_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
+TAG_VAR = "FEDMTL_TEST_TAG"  # every process a test starts inherits it: leftovers are found by tag
+
+
+def tagged_processes(tag: str) -> set[int]:
+    """Live processes whose environment carries ``TAG_VAR=tag`` (zombies have none)."""
+    marker = f"{TAG_VAR}={tag}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.add(int(entry))
+    return found
+
+
+def tagged_env(flwr_home) -> dict[str, str]:
+    """Environment for simulate.py subprocesses: offline, its own Flower home, a unique tag."""
+    return dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **{TAG_VAR: uuid.uuid4().hex})
+
+
 @pytest.fixture
 def simulate_env(tmp_path):
-    """Environment for simulate.py subprocesses: offline, Flower home inside the test's tmp dir."""
-    env = dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(tmp_path / "flwr-home"), PYTHONUNBUFFERED="1")
-    return env
+    return tagged_env(tmp_path / "flwr-home")

@@ -44,7 +44,7 @@ from fedmtl.config import load_config
 from fedmtl.offline import OFFLINE_ENV
 from fedmtl.partition import tasks_of_client
 from fedmtl.rundir import read_rows
-from tests.conftest import ROOT, TINY_OVERRIDES
+from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, tagged_processes  # noqa: F401
 
 VENV_BIN = Path(sys.executable).parent
 MAKE_CERTS = ROOT / "deploy" / "make_certs.sh"
@@ -58,7 +58,6 @@ TINY_2 = (
 )
 RUN_TIMEOUT_S = 400  # from launch; one deployment run takes 70-160 s on a busy 2-core machine
 START_TIMEOUT_S = 90
-TAG_VAR = "FEDMTL_TEST_TAG"
 # A private Ray instance on loopback: without RAY_ADDRESS=local, ray.init() joins the cluster that the
 # last `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (even a dead one: it then
 # hangs or fails); Ray binds its servers to loopback only when it may not form a multi-node cluster.
@@ -71,18 +70,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def tagged_processes(tag: str) -> set[int]:
-    """Live processes whose environment carries ``TAG_VAR=tag`` (zombies have none)."""
-    marker = f"{TAG_VAR}={tag}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.add(int(entry))
-    return found
 
 
 def cmdline(pid: int) -> str:

@@ -16,10 +16,9 @@ import torch
 from fedmtl.checkpoint import ClientStateStore, truncate_rows_after
 from fedmtl.config import FaultsConfig
 from fedmtl.faults import draw_faults
-from fedmtl.offline import OFFLINE_ENV
 from fedmtl.rundir import RowWriter, read_rows
 from server.strategy import sample_nodes
-from tests.conftest import ROOT, TINY_OVERRIDES
+from tests.conftest import ROOT, TINY_OVERRIDES, tagged_env
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate
 
 # fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
@@ -100,8 +99,7 @@ def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
 
 @pytest.fixture(scope="module")
 def module_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("flwr-home")
-    return dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(home), PYTHONUNBUFFERED="1")
+    return tagged_env(tmp_path_factory.mktemp("flwr-home"))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +124,7 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
         assert all("non-finite" in r["reason"] for r in row["rejected"])
         assert sorted(row["clients"]) == sorted(c for c, d in draws.items() if not (d.nan or d.error))
     assert "Traceback" not in result.stdout + result.stderr  # a failing client is one line, not a Ray traceback
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(simulate_env)
 
 
 @pytest.mark.slow
@@ -140,7 +138,7 @@ def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_
     assert {r["round"] for r in rows if r["split"] == "train"} == {1}  # the clients did train: their losses are kept
     [row] = read_rows(run_dir / "server.jsonl")
     assert row["round"] == 1 and len(row["rejected"]) == 4
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(simulate_env)
 
 
 @pytest.mark.slow
@@ -151,7 +149,7 @@ def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path
     assert "round 3: a Ray worker died; restarting from the last checkpoint" in result.stdout
     assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
     assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(module_env)
 
 
 @pytest.mark.slow
@@ -169,7 +167,7 @@ def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env,
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # simulate.py, its Ray head and workers: an abrupt crash
         process.wait()
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(module_env)
     assert not (run_dir / "summary.json").exists()
 
     result = simulate("--resume", str(run_dir), env=module_env)
@@ -178,4 +176,4 @@ def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env,
     assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
     assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
     assert (run_dir / "summary.json").read_text() == (uninterrupted / "summary.json").read_text()
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(module_env)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fedmtl.rundir import read_rows
-from tests.conftest import ROOT, TINY_OVERRIDES
+from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, tagged_processes
 
 
 def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -20,16 +20,12 @@ def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.Complete
     )
 
 
-def ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if any(tag in line for tag in ("raylet", "gcs_server", "ray::", "flower-superlink"))]
-
-
-def assert_no_leftover_processes(grace_s: float = 20.0) -> None:
+def assert_no_leftover_processes(env: dict, grace_s: float = 20.0) -> None:
+    """No process started with ``env`` (found by its tag: Ray and Flower pass it on) is alive."""
     deadline = time.monotonic() + grace_s
-    while (left := ray_processes()) and time.monotonic() < deadline:
+    while (left := tagged_processes(env[TAG_VAR])) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not left, f"processes outlived simulate.py: {left}"
+    assert not left, f"processes outlived simulate.py: {sorted(left)}"
 
 
 @pytest.mark.parametrize(
@@ -92,12 +88,12 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     server_rows = read_rows(run_dir / "server.jsonl")
     assert [r["round"] for r in server_rows] == [1, 2] and all(r["replies"] == 3 for r in server_rows)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["rounds"] == 2
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(simulate_env)
 
     second, run_dir2 = tiny_run(tmp_path, "second", simulate_env)
     assert second.returncode == 0
     assert (run_dir / "metrics.jsonl").read_bytes() == (run_dir2 / "metrics.jsonl").read_bytes()
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(simulate_env)
 
 
 @pytest.mark.slow
@@ -106,4 +102,4 @@ def test_csv_metrics_format(tmp_path, simulate_env):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_rows(run_dir / "metrics.csv")
     assert rows and {"round", "split", "client", "task", "loss"} <= set(rows[0])
-    assert_no_leftover_processes()
+    assert_no_leftover_processes(simulate_env)

@@ -1,0 +1,120 @@
+"""Study arms and the study/sweep runner: same data in every arm, every report file, resumable."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from fedmtl.client import client_data
+from fedmtl.config import load_config
+from fedmtl.errors import ConfigError
+from fedmtl.rundir import read_rows
+from fedmtl.study.runner import run_study, run_sweep
+from tests.conftest import TINY_OVERRIDES
+from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+
+
+def no_federation(cfg, path):
+    raise AssertionError("an in-process arm must not federate")
+
+
+@pytest.mark.parametrize("suite", [[], ["data.name=digits", "clients.tasks_per_client=3"]], ids=["synthetic", "digits"])
+def test_a_task_has_the_same_data_whichever_other_tasks_an_arm_trains(suite):
+    full = load_config(None, [*TINY_OVERRIDES, *suite])
+    task = full.data.task_names()[1]
+    only = load_config(None, [*TINY_OVERRIDES, *suite, f"clients.only_tasks=[{task}]", "clients.members=[0, 1]"])
+    for client in (0, 1):
+        assert list(client_data(only, client).train) == [task]
+        for split in ("train", "eval"):
+            a, b = getattr(client_data(full, client), split)[task], getattr(client_data(only, client), split)[task]
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+@pytest.mark.parametrize(
+    ("override", "path"),
+    [
+        ("study.arms=[fed_mtl, nope]", "study"),
+        ("study.arms=[local_stl]", "study"),  # the reference arm fed_mtl is missing
+        ("sweep.grid={rounds: [1, 2]}", "sweep"),  # a sweep needs arms to compare
+        ("clients.only_tasks=[nope]", "clients.only_tasks[0]"),
+        ("clients.members=[0, 7]", "clients"),
+    ],
+)
+def test_bad_study_settings_name_their_key(override, path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [*TINY_OVERRIDES, override])
+    assert caught.value.path == path
+
+
+def test_an_invalid_sweep_value_names_the_grid_entry():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [*TINY_OVERRIDES, "study.arms=[local_stl, fed_mtl]", "sweep.grid={rounds: [2, 0]}"])
+    assert caught.value.path == "sweep.grid.rounds[1]"
+
+
+def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
+    overrides = [*TINY_OVERRIDES, "rounds=2", "study.arms=[local_stl, central_mtl]", "study.reference_arm=central_mtl",
+                 "study.seeds=[0, 1]", "sweep.grid={data.task_cosine: [0.8, 0.2]}"]  # fmt: skip
+    cfg = load_config(None, overrides)
+    lines: list[str] = []
+    rows = run_sweep(cfg, tmp_path, no_federation, lines.append)
+    for name in ("sweep.json", "sweep.md", "sweep.csv", "sweep.png"):
+        assert (tmp_path / name).is_file(), name
+    assert rows  # the combined table
+    for point in ("points/0", "points/1"):
+        for name in ("report.md", "report.html", "summary.json", "study.json", "config.yaml"):
+            assert (tmp_path / point / name).is_file(), (point, name)
+        metrics = read_rows(tmp_path / point / "arms/local_stl/seed-0/metrics.jsonl")
+        final = {(r["client"], r["task"]) for r in metrics if r["split"] == "eval" and r["round"] == 2}
+        assert final == {(0, "anchor"), (0, "aligned"), (1, "aligned"), (1, "orthogonal"), (2, "orthogonal"), (2, "opposed")}
+    assert "task_cosine: 0.2" in (tmp_path / "points/1/config.yaml").read_text()
+    assert sum("done in" in line for line in lines) == 2 * 2 * 2
+
+    # everything finished: running again does no work and rewrites the same report
+    again: list[str] = []
+    run_sweep(cfg, tmp_path, no_federation, again.append)
+    assert not any("done in" in line for line in again)
+
+
+def test_an_interrupted_study_redoes_only_unfinished_runs(tmp_path):
+    cfg = load_config(None, [*TINY_OVERRIDES, "rounds=1", "study.arms=[local_stl, central_mtl]", "study.reference_arm=central_mtl"])
+    run_study(cfg, tmp_path, no_federation, lambda line: None)
+    manifest = json.loads((tmp_path / "study.json").read_text())
+    manifest["runs"][1]["status"] = "pending"  # as if killed while central_mtl ran
+    (tmp_path / "study.json").write_text(json.dumps(manifest))
+    (tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl").write_text("{broken")
+    lines: list[str] = []
+    run_study(cfg, tmp_path, no_federation, lines.append)
+    assert [line.split("] ")[1].split(" done")[0] for line in lines] == ["central_mtl seed 0"]
+    assert read_rows(tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_every_arm_through_simulate_py(tmp_path, simulate_env):
+    study_dir = tmp_path / "study"
+    overrides = [*TINY_OVERRIDES, "rounds=2", "study.arms=[local_stl, fed_stl, fed_mtl, fed_full, central_mtl]",
+                 "study.seeds=[0, 1]", f"output.run_dir={study_dir}"]  # fmt: skip
+    result = simulate(*[arg for o in overrides for arg in ("--set", o)], env=simulate_env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(re.findall(r"\[\d+/10\] \w+ seed \d done", result.stdout)) == 10
+    for name in ("report.md", "report.html", "summary.json", "plots/learning_curves.png", "plots/deltas.png", "plots/conflict_fraction.png"):
+        assert (study_dir / name).is_file(), name
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert json.dumps(summary)  # machine-readable
+
+    def final(arm: str, seed: int) -> dict:
+        rows = read_rows(study_dir / f"arms/{arm}/seed-{seed}/metrics.jsonl")
+        return {(r["client"], r["task"]): r["mse"] for r in rows if r["split"] == "eval" and r["round"] == 2 and r["mse"] is not None}
+
+    # anchor is held by client 0 alone: its single-task federation is local training
+    for seed in (0, 1):
+        assert final("fed_stl", seed)[(0, "anchor")] == pytest.approx(final("local_stl", seed)[(0, "anchor")], rel=1e-4)
+
+    def bytes_up(arm: str) -> int:
+        return sum(r["bytes_up"] for r in read_rows(study_dir / f"arms/{arm}/seed-0/server.jsonl"))
+
+    assert bytes_up("fed_full") > bytes_up("fed_mtl") > 0  # heads on the wire cost bytes
+    assert_no_leftover_processes(simulate_env)
