@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -147,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; files written so far are kept", file=sys.stderr)
-        return 130
+        # Flower's server thread may still wait for replies that will never come: end the process
+        # now (files are appended with fsync or replaced atomically, so nothing is half-written)
+        from server.simulation import shutdown_ray
+
+        shutdown_ray()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ tasks need different nonlinear features of the same projection.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -144,7 +145,13 @@ class SyntheticSuite(TaskSuite):
         return ClientData(train=splits[_TRAIN], eval=splits[_EVAL])
 
     def world(self, seed: int) -> SyntheticWorld:
-        return SyntheticWorld.build(self, seed)
+        return _world(self, seed)
+
+
+@lru_cache(maxsize=4)
+def _world(suite: SyntheticSuite, seed: int) -> SyntheticWorld:
+    """Built once per (suite, seed) and process: every client of a run shares it."""
+    return SyntheticWorld.build(suite, seed)
 
 
 @dataclass(frozen=True)
