@@ -61,7 +61,7 @@ START_TIMEOUT_S = 90
 # A private Ray instance on loopback: without RAY_ADDRESS=local, ray.init() joins the cluster that the
 # last `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (even a dead one: it then
 # hangs or fails); Ray binds its servers to loopback only when it may not form a multi-node cluster.
-RAY_PRIVATE_ENV = {"RAY_ADDRESS": "local", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_PRIVATE_ENV = {"RAY_ADDRESS": "local"}  # OFFLINE_ENV already keeps Ray on loopback
 
 # ----------------------------------------------------------------------------- processes
 
