@@ -14,6 +14,7 @@ from typing import Any
 
 from fedmtl.study import deltas as d
 from fedmtl.study.collect import StudyData
+from fedmtl.study.conflict import summarize_conflict
 
 ENCODER_ONLY_ARM = "fed_mtl"
 FULL_MODEL_ARM = "fed_full"
@@ -242,6 +243,7 @@ def summarize(data: StudyData, all_comparisons: Sequence[Comparison] | None = No
         "comparisons": [comparison_dict(c) for c in all_comparisons],
         "communication": communication,
         "communication_saving": communication_saving(data),
+        "conflict": {arm: summarize_conflict(data, arm).to_dict() for arm in study.arms},
     }
 
 

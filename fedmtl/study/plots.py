@@ -238,36 +238,78 @@ class SweepSeries:
     worst: list[tuple[float, float]]
 
 
+def _is_numeric(values: Sequence[object]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _errorbar_line(
+    ax: Axes,
+    x: Sequence[object],
+    values: Sequence[tuple[float, float]],
+    label: str,
+    categories: list[str] | None,
+    scale: float,
+) -> None:
+    """One mean ± std line against the swept value (numeric x sorted; else category positions)."""
+    points = list(zip(x, values)) if categories is not None else sorted(zip(x, values), key=lambda p: p[0])  # type: ignore[arg-type,return-value]
+    xs = [categories.index(str(p[0])) if categories is not None else p[0] for p in points]
+    ax.errorbar(
+        xs,  # type: ignore[arg-type]
+        [scale * m for _, (m, _) in points],
+        yerr=[scale * s for _, (_, s) in points],
+        marker="o",
+        capsize=3,
+        label=label,
+    )
+
+
+def _swept_axis(ax: Axes, x_label: str, y_label: str, title: str, categories: list[str] | None) -> None:
+    ax.axhline(0, color="black", linewidth=0.8)
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.margins(x=0.1)
+    ax.legend(fontsize="small")
+
+
+def _categories(values: Sequence[object]) -> list[str] | None:
+    """None when every swept value is a number (a numeric x axis), else the values in order."""
+    return None if _is_numeric(values) else list(dict.fromkeys(str(v) for v in values))
+
+
 def plot_sweep(series: Sequence[SweepSeries], x_label: str, path: Path) -> Path | None:
     """Delta_m and worst-task delta (%) against the swept value; numeric x when every value is a number."""
     if not series:
         return None
-    values = [v for s in series for v in s.x]
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-    categories = list(dict.fromkeys(str(v) for v in values))
+    categories = _categories([v for s in series for v in s.x])
     fig, axes = _figure(2, width=5.5, columns=2)
     for ax, attribute, title in zip(axes, ("delta_m", "worst"), ("Δm", "worst-task delta")):
         for line in series:
-            points = (
-                sorted(zip(line.x, getattr(line, attribute)), key=lambda p: p[0])
-                if numeric
-                else list(zip(line.x, getattr(line, attribute)))
-            )
-            xs = [p[0] if numeric else categories.index(str(p[0])) for p in points]
-            ax.errorbar(
-                xs,
-                [100 * m for _, (m, _) in points],
-                yerr=[100 * s for _, (_, s) in points],
-                marker="o",
-                capsize=3,
-                label=line.label,
-            )
-        ax.axhline(0, color="black", linewidth=0.8)
-        if not numeric:
-            ax.set_xticks(range(len(categories)), categories)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(f"{title} (%, mean ± std over seeds)")
-        ax.set_title(f"{title} vs {x_label}")
-        ax.margins(x=0.1)
-        ax.legend(fontsize="small")
+            _errorbar_line(ax, line.x, getattr(line, attribute), line.label, categories, 100.0)
+        _swept_axis(ax, x_label, f"{title} (%, mean ± std over seeds)", f"{title} vs {x_label}", categories)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class ConflictSeries:
+    """One line of the sweep's conflict figure: a diagnostic (mean, std over seeds) per swept value."""
+
+    label: str
+    x: list[object]
+    values: list[tuple[float, float]]
+
+
+def plot_sweep_conflict(series: Sequence[ConflictSeries], x_label: str, arm: str, path: Path) -> Path | None:
+    """In-client task-gradient cosines and the client-update cosine against the swept value."""
+    if not series:
+        return None
+    categories = _categories([v for s in series for v in s.x])
+    fig, axes = _figure(1, width=6.0, columns=1)
+    for line in series:
+        _errorbar_line(axes[0], line.x, line.values, line.label, categories, 1.0)
+    _swept_axis(
+        axes[0], x_label, "cosine (mean ± std over seeds)", f"{arm}: gradient conflict vs {x_label}", categories
+    )
     return _save(fig, path)

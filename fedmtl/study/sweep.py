@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.study.analysis import Comparison, comparisons, headline
-from fedmtl.study.collect import StudyError, collect_study, read_json
-from fedmtl.study.plots import SweepSeries, plot_sweep
+from fedmtl.study.collect import StudyData, StudyError, collect_study, read_json
+from fedmtl.study.conflict import ConflictSummary, summarize_conflict
+from fedmtl.study.deltas import Spread
+from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
 from fedmtl.study.render import Heading, Image, Paragraph, Table, to_markdown
 from fedmtl.study.report import NOT_AVAILABLE, format_delta, format_flag
 
@@ -29,6 +31,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_MD = "sweep.md"
 SWEEP_CSV = "sweep.csv"
 SWEEP_PNG = "sweep.png"
+SWEEP_CONFLICT_PNG = "sweep_conflict.png"
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,52 @@ def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> l
     return list(lines.values())
 
 
+def _format_cosine(spread: Spread | None) -> str:
+    return NOT_AVAILABLE if spread is None else f"{spread.mean:+.3f} ± {spread.std:.3f}"
+
+
+def conflict_table(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> Table:
+    """Per point: the reference arm's in-client task-gradient cosines, client-update cosine, conflict fraction."""
+    pairs = sorted({pair for summary in conflicts.values() for pair in summary.task_cosine})
+    rows = [
+        [
+            point.label,
+            *(_cell(point.values[key]) for key in sweep.keys),
+            *(_format_cosine(conflicts[point.index].task_cosine.get(pair)) for pair in pairs),
+            _format_cosine(conflicts[point.index].client_cosine),
+            _format_cosine(conflicts[point.index].conflict_fraction),
+        ]
+        for point in sweep.points
+    ]
+    header = [f"task-gradient cosine {s} vs {t}" for s, t in pairs]
+    return Table(["point", *sweep.keys, *header, "client-update cosine", "conflict fraction"], rows)
+
+
+def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> list[ConflictSeries]:
+    """x = the first key's value; one line per diagnostic and combination of the other keys' values."""
+    first, rest = sweep.keys[0], sweep.keys[1:]
+    lines: dict[str, ConflictSeries] = {}
+    for point in sweep.points:
+        summary = conflicts[point.index]
+        others = ", ".join(f"{key}={_cell(point.values[key])}" for key in rest)
+        named = {f"task gradients {s} vs {t}": spread for (s, t), spread in summary.task_cosine.items()}
+        named["client updates"] = summary.client_cosine
+        for name, spread in named.items():
+            if spread is None:
+                continue
+            label = f"{name} · {others}" if others else name
+            line = lines.setdefault(label, ConflictSeries(label, [], []))
+            line.x.append(point.values[first])
+            line.values.append((spread.mean, spread.std))
+    return list(lines.values())
+
+
 def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write sweep.md, sweep.csv and sweep.png into ``sweep_dir``; return the table's rows."""
     sweep = load_sweep(sweep_dir)
-    results = {point.index: headline(comparisons(collect_study(point.study_dir))) for point in sweep.points}
+    studies: dict[int, StudyData] = {point.index: collect_study(point.study_dir) for point in sweep.points}
+    results = {index: headline(comparisons(data)) for index, data in studies.items()}
+    conflicts = {index: summarize_conflict(data, data.study.reference_arm) for index, data in studies.items()}
     rows = sweep_rows(sweep, results)
     columns = [
         "point",
@@ -185,5 +230,23 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     ]
     if figure is not None:
         blocks.append(Image(figure, f"Δm and worst-task delta against {sweep.keys[0]} (mean ± std over seeds)."))
+    reference = next(iter(conflicts.values())).arm if conflicts else None
+    blocks += [
+        Heading(f"Conflict diagnostics ({reference})", level=2),
+        Paragraph(
+            "Per seed: the mean over rounds (and clients, or client pairs) of the cosine between two tasks' "
+            "gradients on the shared encoder inside clients, of the cosine between two clients' encoder "
+            "updates at the server, and the share of client pairs whose updates conflict (negative cosine); "
+            "then mean ± std over seeds."
+        ),
+        conflict_table(sweep, conflicts),
+    ]
+    conflict_figure = plot_sweep_conflict(
+        conflict_series(sweep, conflicts), sweep.keys[0], str(reference), sweep.path / SWEEP_CONFLICT_PNG
+    )
+    if conflict_figure is not None:
+        blocks.append(
+            Image(conflict_figure, f"Gradient-conflict diagnostics against {sweep.keys[0]} (mean ± std over seeds).")
+        )
     (sweep.path / SWEEP_MD).write_text(to_markdown(blocks, sweep.path))
     return rows

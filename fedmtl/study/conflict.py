@@ -1,0 +1,87 @@
+"""Conflict diagnostics of one arm summarised over rounds, then over seeds.
+
+Per seed, each figure is a plain mean over every round (and client, or client pair) that
+reported it; the seed values then give a mean ± std (:func:`fedmtl.study.deltas.mean_std`).
+
+* ``task_cosine[(s, t)]``: cosine between the gradients of tasks ``s`` and ``t`` on the shared
+  encoder inside the clients that hold both (the in-client conflict);
+* ``client_cosine``: cosine between two clients' encoder updates, over all pairs that met at
+  the server (the between-client conflict, Yu et al., NeurIPS 2020 / FedFV, IJCAI 2021);
+* ``conflict_fraction``: share of those client pairs with a negative cosine.
+
+A sweep puts these beside the deltas so a reader sees whether the conflict follows the knob.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmtl.study.collect import RunResult, StudyData
+from fedmtl.study.deltas import Spread, mean_std
+
+
+@dataclass(frozen=True)
+class ConflictSummary:
+    arm: str
+    task_cosine: dict[tuple[str, str], Spread]
+    client_cosine: Spread | None
+    conflict_fraction: Spread | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "arm": self.arm,
+            "task_cosine": {f"{s}|{t}": spread.to_dict() for (s, t), spread in self.task_cosine.items()},
+            "client_cosine": None if self.client_cosine is None else self.client_cosine.to_dict(),
+            "conflict_fraction": None if self.conflict_fraction is None else self.conflict_fraction.to_dict(),
+        }
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _over_seeds(per_seed: Iterable[float | None]) -> Spread | None:
+    values = [v for v in per_seed if v is not None]
+    return mean_std(values) if values else None
+
+
+def task_cosine_per_seed(result: RunResult) -> dict[tuple[str, str], float]:
+    """Task pair (sorted names) -> mean task-gradient cosine over rounds and clients of one run."""
+    by_pair: dict[tuple[str, str], list[float]] = {}
+    for row in result.task_cosines:
+        if row.cosine is not None:
+            first, second = sorted(row.tasks)
+            by_pair.setdefault((first, second), []).append(float(row.cosine))
+    return {pair: mean for pair, values in by_pair.items() if (mean := _mean(values)) is not None}
+
+
+def client_cosine_per_seed(result: RunResult) -> float | None:
+    """Mean off-diagonal client-update cosine over every round of one run."""
+    values: list[float] = []
+    for row in result.server:
+        if row.cosines is not None and row.cosines.shape[0] > 1:
+            upper = row.cosines[np.triu_indices(row.cosines.shape[0], k=1)]
+            values.extend(float(v) for v in upper)
+    return _mean(values)
+
+
+def conflict_fraction_per_seed(result: RunResult) -> float | None:
+    return _mean(float(row.conflict_fraction) for row in result.server if row.conflict_fraction is not None)
+
+
+def summarize_conflict(data: StudyData, arm: str) -> ConflictSummary:
+    results = data.arm_results(arm)
+    per_seed = [task_cosine_per_seed(result) for result in results]
+    pairs = sorted({pair for seed in per_seed for pair in seed})
+    task_cosine = {pair: spread for pair in pairs if (spread := _over_seeds(s.get(pair) for s in per_seed)) is not None}
+    return ConflictSummary(
+        arm=arm,
+        task_cosine=task_cosine,
+        client_cosine=_over_seeds(client_cosine_per_seed(result) for result in results),
+        conflict_fraction=_over_seeds(conflict_fraction_per_seed(result) for result in results),
+    )

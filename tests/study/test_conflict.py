@@ -1,0 +1,56 @@
+"""Conflict diagnostics summarised over rounds then seeds, and their place in the sweep report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmtl.study.collect import collect_study
+from fedmtl.study.conflict import summarize_conflict
+from fedmtl.study.sweep import write_sweep_report
+
+from ._study import default_final, write_study
+
+
+def test_summary_is_the_mean_over_rounds_and_clients_then_over_seeds(tmp_path: Path) -> None:
+    # _study writes task cosines 0.1 r - 0.1 c (rounds 1..3, clients 0, 1) -> mean 0.15 on every seed,
+    # client-update cosines -0.6 + 0.5 r -> -0.1, 0.4, 0.9 -> mean 0.4, conflict fraction 1, 0, 0 -> 1/3.
+    data = collect_study(write_study(tmp_path / "study"))
+    summary = summarize_conflict(data, "fed_mtl")
+    assert list(summary.task_cosine) == [("cls", "reg")]
+    assert summary.task_cosine["cls", "reg"].mean == pytest.approx(0.15)
+    assert summary.task_cosine["cls", "reg"].std == pytest.approx(0.0)
+    assert summary.task_cosine["cls", "reg"].n == 3
+    assert summary.client_cosine is not None and summary.client_cosine.mean == pytest.approx(0.4)
+    assert summary.conflict_fraction is not None and summary.conflict_fraction.mean == pytest.approx(1 / 3)
+
+
+def test_an_arm_without_diagnostics_has_none(tmp_path: Path) -> None:
+    data = collect_study(write_study(tmp_path / "study"))
+    summary = summarize_conflict(data, "local_stl")  # no task cosines, no server rows
+    assert summary.task_cosine == {}
+    assert summary.client_cosine is None and summary.conflict_fraction is None
+
+
+def test_the_sweep_report_puts_the_diagnostics_beside_the_swept_value(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    points = []
+    for index, value in enumerate((0.9, 0.0)):
+        write_study(root / "points" / str(index), final=default_final)
+        points.append({"values": {"data.task_cosine": value}, "label": f"p{index}", "study_dir": f"points/{index}"})
+    (root / "sweep.json").write_text(json.dumps({"name": "sweep", "keys": ["data.task_cosine"], "points": points}))
+    write_sweep_report(root)
+    report = (root / "sweep.md").read_text()
+    assert "## Conflict diagnostics (fed_mtl)" in report
+    assert "| p0 | 0.9 | +0.150 ± 0.000 | +0.400 ± 0.000 | +0.333 ± 0.000 |" in report
+    assert (root / "sweep_conflict.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_json_holds_every_arms_diagnostics(tmp_path: Path) -> None:
+    from fedmtl.study.analysis import summarize
+
+    summary = summarize(collect_study(write_study(tmp_path / "study")))
+    assert summary["conflict"]["fed_mtl"]["task_cosine"]["cls|reg"]["mean"] == pytest.approx(0.15)
+    assert summary["conflict"]["local_stl"]["client_cosine"] is None
