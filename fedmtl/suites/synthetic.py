@@ -13,8 +13,10 @@ Generative model (documented in README, "The synthetic suite"), all drawn from t
 * regression target ``y = f_t + noise_t * eps``; a classification task with ``K`` classes bins
   ``f_t + noise_t * eps`` at the population ``k/K`` quantiles of ``f_t``.
 
-Because of the shared phases, ``theta_s = -theta_t`` is *not* a sign flip of the task: opposed
-tasks need different nonlinear features of the same projection.
+Because of the shared phases, ``theta_s = -theta_t`` is not an exact sign flip of the task: opposed
+tasks need other linear combinations of the same features of ``u``. A private linear head absorbs
+the sign of ``u``, so for encoder sharing the magnitude of the cosine is what relates two tasks
+(configs/study_relatedness.yaml measures it).
 """
 
 from __future__ import annotations
