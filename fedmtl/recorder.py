@@ -48,7 +48,6 @@ class Recorder:
         self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.clients = RowWriter(run.path / CLIENTS_FILE, CLIENT_COLUMNS)
-        self.eval_rows: list[dict[str, Any]] = []
         self._round_start = time.perf_counter()
         self._round_started_at = time.time()
 
@@ -61,8 +60,6 @@ class Recorder:
         rows = [row for report in reports for row in task_rows(server_round, split, report)]
         rows.sort(key=lambda r: (r["client"], r["task"]))
         self.metrics.write(rows)
-        if split in (protocol.EVAL, protocol.PERSONAL):
-            self.eval_rows.extend(rows)
         return rows
 
     def record_client_diagnostics(self, server_round: int, reports: Sequence[Mapping[str, Any]]) -> None:

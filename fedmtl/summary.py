@@ -9,22 +9,44 @@ from typing import Any
 from fedmtl.task_kinds import TaskSpec
 
 
-def weighted_by_round(rows: Iterable[Mapping[str, Any]], task: str, metric: str) -> dict[int, float]:
-    """Example-weighted mean of ``metric`` over clients, per round, for one task's eval rows."""
-    sums: dict[int, float] = defaultdict(float)
-    weights: dict[int, float] = defaultdict(float)
-    for row in rows:
-        if row["task"] == task and row.get(metric) is not None:
-            sums[row["round"]] += row[metric] * row["num_examples"]
-            weights[row["round"]] += row["num_examples"]
-    return {r: sums[r] / weights[r] for r in sorted(sums) if weights[r] > 0}
+class EvalCurves:
+    """Running example-weighted sums of each task's headline metric per (split, round).
+
+    What the run summary needs, kept in O(splits x tasks x rounds) numbers plus the set of
+    clients per task, instead of every evaluation row (evaluated clients x tasks x evaluations).
+    """
+
+    def __init__(self, specs: Sequence[TaskSpec]) -> None:
+        self._headline = {spec.name: spec.kind_impl.headline_metric for spec in specs}
+        self._sums: dict[tuple[str, str, int], float] = defaultdict(float)
+        self._weights: dict[tuple[str, str, int], float] = defaultdict(float)
+        self._clients: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            metric = self._headline.get(row["task"])
+            if metric is None or row.get(metric) is None:
+                continue
+            key = (row["split"], row["task"], int(row["round"]))
+            self._sums[key] += row[metric] * row["num_examples"]
+            self._weights[key] += row["num_examples"]
+            self._clients[row["split"], row["task"]].add(int(row["client"]))
+
+    def curve(self, split: str, task: str) -> dict[int, float]:
+        """Round -> example-weighted mean of the task's headline metric over the clients evaluated."""
+        rounds = sorted(r for (s, t, r) in self._sums if s == split and t == task)
+        return {r: self._sums[split, task, r] / self._weights[split, task, r] for r in rounds if self._weights[split, task, r] > 0}
+
+    def clients(self, split: str, task: str) -> int:
+        return len(self._clients.get((split, task), ()))
 
 
-def task_summary(eval_rows: Sequence[Mapping[str, Any]], specs: Sequence[TaskSpec]) -> list[dict[str, Any]]:
+def task_summary(curves: EvalCurves, specs: Sequence[TaskSpec], split: str) -> list[dict[str, Any]]:
+    """Per task: the headline metric at the first and last evaluation of ``split`` and its best round."""
     summary = []
     for spec in specs:
         kind = spec.kind_impl
-        curve = weighted_by_round(eval_rows, spec.name, kind.headline_metric)
+        curve = curves.curve(split, spec.name)
         if not curve:
             continue
         first_round, last_round = min(curve), max(curve)
@@ -36,7 +58,7 @@ def task_summary(eval_rows: Sequence[Mapping[str, Any]], specs: Sequence[TaskSpe
                 "kind": spec.kind,
                 "metric": kind.headline_metric,
                 "higher_is_better": kind.higher_is_better,
-                "clients": len({row["client"] for row in eval_rows if row["task"] == spec.name}),
+                "clients": curves.clients(split, spec.name),
                 "round_first": first_round,
                 "value_first": start,
                 "round_final": last_round,

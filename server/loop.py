@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -22,7 +23,7 @@ from fedmtl.models import initial_head_state, initial_shared_state
 from fedmtl.recorder import Recorder
 from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, read_rows
 from fedmtl.server_update import ServerUpdater
-from fedmtl.summary import format_table, task_summary
+from fedmtl.summary import EvalCurves, format_table, task_summary
 from server.strategy import EncoderStrategy
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,9 @@ def run_federation(
         for table in (run.metrics_path, run.path / SERVER_FILE, run.path / CLIENTS_FILE):
             truncate_rows_after(table, -1)
     recorder = Recorder(run)
+    curves = EvalCurves(specs)
     if done:
-        recorder.eval_rows.extend(r for r in read_rows(run.metrics_path) if r["split"] in (protocol.EVAL, protocol.PERSONAL))
+        curves.add(r for r in read_rows(run.metrics_path) if r["split"] in (protocol.EVAL, protocol.PERSONAL))
     arrays = ArrayRecord(strategy.global_state())
     timeout = cfg.server.round_timeout_s
     durable = done
@@ -141,11 +143,11 @@ def run_federation(
         messages = list(strategy.configure_evaluate(server_round, arrays, round_config(), grid))
         traffic["bytes_down"] += payload_bytes(messages)
         reports = _reports(list(grid.send_and_receive(messages, timeout=timeout)))
-        recorder.record_clients(server_round, protocol.EVAL, reports)
-        recorder.record_clients(server_round, protocol.PERSONAL, reports)
-        return task_summary(recorder.eval_rows, specs)
+        curves.add(recorder.record_clients(server_round, protocol.EVAL, reports))
+        curves.add(recorder.record_clients(server_round, protocol.PERSONAL, reports))
+        return task_summary(curves, specs, protocol.EVAL)
 
-    summary = evaluate(0) if done == 0 else task_summary(recorder.eval_rows, specs)
+    summary = evaluate(0) if done == 0 else task_summary(curves, specs, protocol.EVAL)
     for server_round in range(done + 1, cfg.rounds + 1):
         recorder.start_round()
         traffic.update(bytes_up=0, bytes_down=0)
@@ -179,6 +181,12 @@ def run_federation(
         if evaluated and echo and cfg.output.progress:
             echo(_progress_line(server_round, cfg.rounds, seconds, summary))
     run.save_encoder(updater.global_state())
-    run.write_json(SUMMARY_JSON, {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary})
-    run.write_text(SUMMARY_MD, f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n")
+    personal = task_summary(curves, specs, protocol.PERSONAL)
+    overview: dict[str, Any] = {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary}
+    text = f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n"
+    if personal:  # soft sharing: each client's personalised copy, evaluated on the same data
+        overview["personal"] = personal
+        text += f"\n## Personalised copies (model.sharing soft)\n\n{format_table(personal)}\n"
+    run.write_json(SUMMARY_JSON, overview)
+    run.write_text(SUMMARY_MD, text)
     return summary

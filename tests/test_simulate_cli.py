@@ -90,9 +90,30 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["rounds"] == 2
     assert_no_leftover_processes(simulate_env)
 
+    eval_rows = [r for r in rows if r["split"] == "eval" and r["round"] == 2 and r["task"] == "aligned"]
+    expected = sum(r["mse"] * r["num_examples"] for r in eval_rows) / sum(r["num_examples"] for r in eval_rows)
+    aligned = next(t for t in summary["tasks"] if t["task"] == "aligned")
+    assert aligned["value_final"] == pytest.approx(expected) and aligned["clients"] == 2
+    assert "personal" not in summary  # only soft sharing evaluates personalised copies
+
     second, run_dir2 = tiny_run(tmp_path, "second", simulate_env)
     assert second.returncode == 0
     assert (run_dir / "metrics.jsonl").read_bytes() == (run_dir2 / "metrics.jsonl").read_bytes()
+    assert_no_leftover_processes(simulate_env)
+
+
+@pytest.mark.slow
+def test_soft_sharing_summarises_the_personalised_copies_apart(tmp_path, simulate_env):
+    result, run_dir = tiny_run(tmp_path, "soft", simulate_env, "model.sharing={name: soft, mu: 0.1}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [r for r in read_rows(run_dir / "metrics.jsonl") if r["round"] == 2 and r["task"] == "anchor"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key, split in (("tasks", "eval"), ("personal", "personal")):
+        chosen = [r for r in rows if r["split"] == split]
+        expected = sum(r["mse"] * r["num_examples"] for r in chosen) / sum(r["num_examples"] for r in chosen)
+        anchor = next(t for t in summary[key] if t["task"] == "anchor")
+        assert anchor["value_final"] == pytest.approx(expected), key
+    assert "## Personalised copies" in (run_dir / "summary.md").read_text()
     assert_no_leftover_processes(simulate_env)
 
 
