@@ -141,7 +141,6 @@ class Sampled:
     peak_by_pid: dict[int, tuple[int, str]] = field(default_factory=dict)  # pid -> (peak RSS, label)
     cpu_by_pid: dict[int, tuple[float, str]] = field(default_factory=dict)  # pid -> (CPU seconds at last look, group)
     max_actors: int = 0
-    max_processes: int = 0
     min_mem_available: int = 0
     events: dict[str, float] = field(default_factory=dict)  # seconds since launch
     seen: dict[int, int] = field(default_factory=dict)  # pid -> start ticks, for the clean-up
@@ -221,7 +220,6 @@ def sample_once(root: int, sampled: Sampled, launched: float) -> None:
         if "raylet" not in sampled.events:  # Python, torch and Flower imported, config parsed
             sampled.driver_rss_at["before Ray"] = table[root].rss_bytes
     sampled.max_actors = max(sampled.max_actors, actors)
-    sampled.max_processes = max(sampled.max_processes, len(tree))
     available = mem_available()
     sampled.min_mem_available = min(sampled.min_mem_available or available, available)
     sampled.sampling_cpu += time.process_time() - cpu
@@ -386,7 +384,7 @@ def shared_params(args: argparse.Namespace) -> int:
 
     cfg = load_config(None, settings(max(args.clients), 1.0, args))
     state = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
-    return sum(t.numel() for k, t in state.items() if cfg.model.sharing.is_shared(k))
+    return sum(t.numel() for t in state.values())  # already only what the sharing mode federates
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -569,8 +567,9 @@ def memory_model(results: list[RunResult], p: int) -> str:
         "(2) *Parameters P and sampled clients K*: per round the server holds the K replies, their state dicts and the "
         "K x P float32 update matrix (`fedmtl/server_update.py`, `ServerUpdater.step`), plus the O(K^2) Gramian and "
         f"cosines of the diagnostics (`diagnose`); here P = {p:,} and K = {k}, {k * p * 4 / MIB:.1f} MiB per copy, "
-        "invisible next to the interpreters. At P = 1e6 and K = 50 one copy is 200 MiB and a round holds about four "
-        "(reply bytes, state dicts, flattened rows, the stacked matrix), in the driver. "
+        f"invisible next to the interpreters. At P = 1e6 and K = 50 one copy is {50 * 10**6 * 4 / MIB:.0f} MiB and a round "
+        "holds up to four (reply bytes, state dicts, flattened rows, the stacked matrix; counted from the code, not "
+        "measured), in the driver. "
         f"(3) *Fixed*: {large.sampled.max_actors} Ray worker actors (`resources.num_cpus / resources.client_cpus`), each "
         f"a Python process with torch imported, about {mib(workers)} MiB RSS each, plus Ray's gcs_server, raylet and "
         f"agents ({mib(large.sampled.peak_group_rss.get(RAY_SYSTEM, 0))} MiB together). RSS counts shared library pages "

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-HEAD_PREFIX = "heads."
+from fedmtl.models import HEADS_PREFIX
 
 
 def is_head(key: str) -> bool:
-    return key.startswith(HEAD_PREFIX)
+    return key.startswith(HEADS_PREFIX)
 
 
 def task_of(key: str) -> str:

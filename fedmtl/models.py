@@ -143,4 +143,4 @@ def initial_head_state(
     """Round-0 heads of every task, identical for all clients (only when heads are federated)."""
     torch.manual_seed(seed)
     model = MultiTaskModel(cfg, input_dim, list(specs), 0, image_shape)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("heads.")}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(HEADS_PREFIX)}

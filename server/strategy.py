@@ -39,8 +39,8 @@ def _client_id(message: Message) -> int | None:
     return int(metrics[protocol.CLIENT_ID])
 
 
-def screen_reply(message: Message, expected_shapes: dict, optional_shapes: dict | None = None) -> str | None:
-    """Why a training reply cannot be aggregated, or ``None``."""
+def screen_envelope(message: Message) -> str | None:
+    """Why a training reply's records (one ArrayRecord, the metrics it needs) are unusable, or ``None``."""
     content = message.content
     if set(content.array_records) != {protocol.ARRAYS}:
         return f"expected exactly one ArrayRecord '{protocol.ARRAYS}', got {sorted(content.array_records)}"
@@ -49,7 +49,7 @@ def screen_reply(message: Message, expected_shapes: dict, optional_shapes: dict 
         return f"metrics must carry '{protocol.NUM_EXAMPLES}' and '{protocol.CLIENT_ID}'"
     if not float(metrics[protocol.NUM_EXAMPLES]) > 0:
         return f"'{protocol.NUM_EXAMPLES}' must be positive"
-    return protocol.check_update(content[protocol.ARRAYS].to_torch_state_dict(), expected_shapes, optional_shapes)
+    return None
 
 
 def sample_nodes(nodes: Iterable[int], fraction: float, rng: random.Random, order: dict[int, int] | None = None) -> list[int]:
@@ -104,33 +104,36 @@ class EncoderStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         report = TrainRoundReport()
-        accepted: list[tuple[int, Message]] = []
+        accepted: list[tuple[int, Message, dict, dict]] = []  # (client id, reply, encoder state, head state)
         expected = self.updater.layout.expected_shapes
+        optional = self.head_averager.expected_shapes if self.head_averager else None
         for message in replies:
             if message.has_error():
                 report.failures += 1
                 log.warning("round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200])
                 continue
-            optional = self.head_averager.expected_shapes if self.head_averager else None
-            reason = screen_reply(message, expected, optional) or self._norm_violation(message)
+            reason = screen_envelope(message)
+            if reason is None:
+                state = message.content[protocol.ARRAYS].to_torch_state_dict()
+                encoder, heads = split_heads(state)
+                reason = protocol.check_update(state, expected, optional) or self._norm_violation(encoder)
             if reason is not None:
                 report.rejected.append((_client_id(message), reason))
                 log.warning("round %d: rejected update from client %s: %s", server_round, _client_id(message), reason)
                 continue
-            accepted.append((_client_id(message), message))  # type: ignore[arg-type]
+            accepted.append((_client_id(message), message, encoder, heads))  # type: ignore[arg-type]
         self.last_train = report
         if not accepted:
             return None, None
-        accepted.sort(key=lambda pair: pair[0])  # row order independent of arrival order: reproducible sums
-        metrics = [message.content[protocol.METRICS] for _, message in accepted]
-        report.accepted = [client for client, _ in accepted]
-        states = [split_heads(message.content[protocol.ARRAYS].to_torch_state_dict()) for _, message in accepted]
+        accepted.sort(key=lambda entry: entry[0])  # row order independent of arrival order: reproducible sums
+        metrics = [message.content[protocol.METRICS] for _, message, _, _ in accepted]
+        report.accepted = [client for client, *_ in accepted]
         if self.head_averager is not None:
             examples = [{t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(m, protocol.TRAIN).items()} for m in metrics]
-            self.head_averager.step([heads for _, heads in states], examples)
+            self.head_averager.step([heads for *_, heads in accepted], examples)
         report.diagnostics = self.updater.step(
             client_ids=report.accepted,
-            client_states=[encoder for encoder, _ in states],
+            client_states=[encoder for _, _, encoder, _ in accepted],
             num_examples=[float(m[protocol.NUM_EXAMPLES]) for m in metrics],
             losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics] if all(protocol.TRAIN_LOSS in m for m in metrics) else None,
         )
@@ -148,10 +151,10 @@ class EncoderStrategy(Strategy):
         heads = self.head_averager.state_dict() if self.head_averager else {}
         return {**self.updater.global_state(), **heads}
 
-    def _norm_violation(self, message: Message) -> str | None:
+    def _norm_violation(self, encoder: dict) -> str | None:
         if self.max_update_norm is None:
             return None
-        update = self.updater.layout.flatten(split_heads(message.content[protocol.ARRAYS].to_torch_state_dict())[0])
+        update = self.updater.layout.flatten(encoder)
         norm = float((update - self.updater.param.detach()).norm())
         return f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}" if norm > self.max_update_norm else None
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,40 @@ def tagged_env(flwr_home) -> dict[str, str]:
     return dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **{TAG_VAR: uuid.uuid4().hex})
 
 
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return ""
+
+
+def stop_tagged(tag: str, grace_s: float = 20.0, reap: Callable[[], None] = lambda: None) -> list[str]:
+    """SIGTERM every process carrying ``tag`` (also those that appear meanwhile); SIGKILL what is
+    left after ``grace_s``. Returns the processes that needed SIGKILL; raises if any survive it."""
+    deadline, signalled, forced = time.monotonic() + grace_s, set(), []
+    while (alive := tagged_processes(tag)) and time.monotonic() < deadline:
+        for pid in alive - signalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        signalled |= alive
+        reap()
+        time.sleep(0.2)
+    if alive:
+        forced = [f"{pid}: {cmdline(pid)[:160]}" for pid in alive]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (alive := tagged_processes(tag)) and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.2)
+    reap()
+    assert not alive, f"processes survived SIGKILL: {[cmdline(pid)[:160] for pid in alive]}"
+    return forced
+
+
 @pytest.fixture
 def simulate_env(tmp_path):
-    return tagged_env(tmp_path / "flwr-home")
+    """Tagged environment; whatever carries the tag is stopped after the test, also when it failed."""
+    env = tagged_env(tmp_path / "flwr-home")
+    yield env
+    stop_tagged(env[TAG_VAR])

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from fedmtl.config import load_config
 from fedmtl.offline import OFFLINE_ENV
 from fedmtl.partition import tasks_of_client
 from fedmtl.rundir import read_rows
-from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, tagged_processes  # noqa: F401
+from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, cmdline, stop_tagged, tagged_processes
 
 VENV_BIN = Path(sys.executable).parent
 MAKE_CERTS = ROOT / "deploy" / "make_certs.sh"
@@ -70,37 +69,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def cmdline(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    return ""
-
-
-def stop_tagged(tag: str, grace_s: float = 20.0, reap: Callable[[], None] = lambda: None) -> list[str]:
-    """SIGTERM every process carrying ``tag`` (also those that appear meanwhile); SIGKILL what is
-    left after ``grace_s``. Returns the processes that needed SIGKILL; raises if any survive it."""
-    deadline, signalled, forced = time.monotonic() + grace_s, set(), []
-    while (alive := tagged_processes(tag)) and time.monotonic() < deadline:
-        for pid in alive - signalled:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        signalled |= alive
-        reap()
-        time.sleep(0.2)
-    if alive:
-        forced = [f"{pid}: {cmdline(pid)[:160]}" for pid in alive]
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while (alive := tagged_processes(tag)) and time.monotonic() < deadline:
-            reap()
-            time.sleep(0.2)
-    reap()
-    assert not alive, f"processes survived SIGKILL: {[cmdline(pid)[:160] for pid in alive]}"
-    return forced
 
 
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -18,7 +18,7 @@ from fedmtl.config import FaultsConfig
 from fedmtl.faults import draw_faults
 from fedmtl.rundir import RowWriter, read_rows
 from server.strategy import sample_nodes
-from tests.conftest import ROOT, TINY_OVERRIDES, tagged_env
+from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, stop_tagged, tagged_env
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate
 
 # fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
@@ -99,7 +99,9 @@ def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
 
 @pytest.fixture(scope="module")
 def module_env(tmp_path_factory):
-    return tagged_env(tmp_path_factory.mktemp("flwr-home"))
+    env = tagged_env(tmp_path_factory.mktemp("flwr-home"))
+    yield env
+    stop_tagged(env[TAG_VAR])
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from fedmtl.rundir import read_rows
-from tests.conftest import TINY_OVERRIDES
-from tests.test_deployment import RAY_PRIVATE_ENV, TAG_VAR, stop_tagged, tagged_processes
+from tests.conftest import TAG_VAR, TINY_OVERRIDES, stop_tagged, tagged_processes
+from tests.test_deployment import RAY_PRIVATE_ENV
 from tests.test_simulate_cli import simulate
 
 

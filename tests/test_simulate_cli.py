@@ -63,6 +63,11 @@ def test_print_config_shows_every_default(simulate_env):
     assert printed["rounds"] == 7 and printed["server"]["aggregator"] == {"name": "fedavg", "weighted": True}
 
 
+def weighted_mse(rows: list[dict]) -> float:
+    """The example-weighted mean MSE over clients: what the run summary reports."""
+    return sum(r["mse"] * r["num_examples"] for r in rows) / sum(r["num_examples"] for r in rows)
+
+
 def tiny_run(tmp_path, name: str, env: dict, *extra: str) -> tuple[subprocess.CompletedProcess, object]:
     run_dir = tmp_path / name
     overrides = [*TINY_OVERRIDES, "rounds=2", f"output.run_dir={run_dir}", *extra]
@@ -91,7 +96,7 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     assert_no_leftover_processes(simulate_env)
 
     eval_rows = [r for r in rows if r["split"] == "eval" and r["round"] == 2 and r["task"] == "aligned"]
-    expected = sum(r["mse"] * r["num_examples"] for r in eval_rows) / sum(r["num_examples"] for r in eval_rows)
+    expected = weighted_mse(eval_rows)
     aligned = next(t for t in summary["tasks"] if t["task"] == "aligned")
     assert aligned["value_final"] == pytest.approx(expected) and aligned["clients"] == 2
     assert "personal" not in summary  # only soft sharing evaluates personalised copies
@@ -109,8 +114,7 @@ def test_soft_sharing_summarises_the_personalised_copies_apart(tmp_path, simulat
     rows = [r for r in read_rows(run_dir / "metrics.jsonl") if r["round"] == 2 and r["task"] == "anchor"]
     summary = json.loads((run_dir / "summary.json").read_text())
     for key, split in (("tasks", "eval"), ("personal", "personal")):
-        chosen = [r for r in rows if r["split"] == split]
-        expected = sum(r["mse"] * r["num_examples"] for r in chosen) / sum(r["num_examples"] for r in chosen)
+        expected = weighted_mse([r for r in rows if r["split"] == split])
         anchor = next(t for t in summary[key] if t["task"] == "anchor")
         assert anchor["value_final"] == pytest.approx(expected), key
     assert "## Personalised copies" in (run_dir / "summary.md").read_text()

@@ -74,9 +74,11 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
     assert sum("done in" in line for line in lines) == 2 * 2 * 2
 
     # everything finished: running again does no work and rewrites the same report
+    report = (tmp_path / "sweep.md").read_text()
     again: list[str] = []
     run_sweep(cfg, tmp_path, no_federation, again.append)
     assert not any("done in" in line for line in again)
+    assert (tmp_path / "sweep.md").read_text() == report
 
 
 def test_an_interrupted_study_redoes_only_unfinished_runs(tmp_path):
@@ -103,7 +105,8 @@ def test_every_arm_through_simulate_py(tmp_path, simulate_env):
     for name in ("report.md", "report.html", "summary.json", "plots/learning_curves.png", "plots/deltas.png", "plots/conflict_fraction.png"):
         assert (study_dir / name).is_file(), name
     summary = json.loads((study_dir / "summary.json").read_text())
-    assert json.dumps(summary)  # machine-readable
+    assert summary["arms"] == ["local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl"]
+    assert set(summary["conflict"]) == set(summary["arms"])  # every arm's conflict diagnostics, machine-readable
 
     def final(arm: str, seed: int) -> dict:
         rows = read_rows(study_dir / f"arms/{arm}/seed-{seed}/metrics.jsonl")

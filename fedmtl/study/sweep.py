@@ -130,6 +130,11 @@ def sweep_table(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> Ta
     return Table(["point", *sweep.keys, "baseline", "task", "Δ", "flag (p)", "Δm", "worst task"], rows)
 
 
+def _other_values(point: SweepPoint, keys: Sequence[str]) -> str:
+    """``key=value, ...`` of the swept keys that are not on the x axis (one plot line per combination)."""
+    return ", ".join(f"{key}={_cell(point.values[key])}" for key in keys)
+
+
 def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> list[SweepSeries]:
     """x = the first key's value; one line per combination of the other keys' values and baseline arm."""
     first, rest = sweep.keys[0], sweep.keys[1:]
@@ -138,7 +143,7 @@ def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> l
         for comparison in results[point.index]:
             if comparison.worst_task is None:
                 continue
-            others = ", ".join(f"{key}={_cell(point.values[key])}" for key in rest)
+            others = _other_values(point, rest)
             label = f"{others} · vs {comparison.baseline}" if others else f"vs {comparison.baseline}"
             line = lines.setdefault(label, SweepSeries(label, [], [], []))
             worst = comparison.tasks[comparison.worst_task].spread
@@ -175,7 +180,7 @@ def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> l
     lines: dict[str, ConflictSeries] = {}
     for point in sweep.points:
         summary = conflicts[point.index]
-        others = ", ".join(f"{key}={_cell(point.values[key])}" for key in rest)
+        others = _other_values(point, rest)
         named = {f"task gradients {s} vs {t}": spread for (s, t), spread in summary.task_cosine.items()}
         named["client updates"] = summary.client_cosine
         for name, spread in named.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,8 @@ from fedmtl.study.collect import collect_study
 from fedmtl.study.conflict import summarize_conflict
 from fedmtl.study.sweep import write_sweep_report
 
-from ._study import default_final, write_study
+from ._study import write_study
+from .test_sweep import write_sweep
 
 
 def test_summary_is_the_mean_over_rounds_and_clients_then_over_seeds(tmp_path: Path) -> None:
@@ -35,12 +35,7 @@ def test_an_arm_without_diagnostics_has_none(tmp_path: Path) -> None:
 
 
 def test_the_sweep_report_puts_the_diagnostics_beside_the_swept_value(tmp_path: Path) -> None:
-    root = tmp_path / "sweep"
-    points = []
-    for index, value in enumerate((0.9, 0.0)):
-        write_study(root / "points" / str(index), final=default_final)
-        points.append({"values": {"data.task_cosine": value}, "label": f"p{index}", "study_dir": f"points/{index}"})
-    (root / "sweep.json").write_text(json.dumps({"name": "sweep", "keys": ["data.task_cosine"], "points": points}))
+    root = write_sweep(tmp_path / "sweep", ["data.task_cosine"], [{"data.task_cosine": 0.9}, {"data.task_cosine": 0.0}])
     write_sweep_report(root)
     report = (root / "sweep.md").read_text()
     assert "## Conflict diagnostics (fed_mtl)" in report
