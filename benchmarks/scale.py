@@ -21,7 +21,6 @@ Ctrl-C or error. Nothing here is asserted in tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -38,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
+from fedmtl.client import _DATA_CACHE_SIZE  # noqa: E402
+from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, read_rows  # noqa: E402
 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 GIB, MIB = 2**30, 2**20
@@ -89,8 +90,13 @@ def descendants(root: int, table: dict[int, ProcStat]) -> list[int]:
 
 def status_kib(pid: int, key: str, file: str = "status") -> int | None:
     """A ``key: N kB`` line of /proc/<pid>/status (or smaps_rollup), in bytes."""
+    return status_kib_in(Path(f"/proc/{pid}/{file}"), key)
+
+
+def status_kib_in(path: Path, key: str) -> int | None:
+    """A ``key: N kB`` line of a /proc file, in bytes; None when the file or the key is missing."""
     try:
-        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        for line in path.read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
@@ -119,11 +125,19 @@ def group_of(label: str, is_root: bool) -> str:
     return WORKERS if worker else RAY_SYSTEM  # gcs_server, raylet, dashboard, monitors, ray::*Agent
 
 
+def meminfo(key: str) -> int:
+    """A ``key: N kB`` line of /proc/meminfo, in bytes (0 when absent)."""
+    return status_kib_in(Path("/proc/meminfo"), key) or 0
+
+
+def flwr_version() -> str:
+    from importlib.metadata import version
+
+    return ".".join(version("flwr").split(".")[:2])
+
+
 def mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return meminfo("MemAvailable")
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -314,7 +328,7 @@ def run_one(clients: int, fraction_evaluate: float, args: argparse.Namespace) ->
         print(f"scale: {clients} clients, fraction_evaluate {fraction_evaluate:g} (load {load:.1f}) ...", flush=True)
         start, start_epoch = time.monotonic(), time.time()
         with launched(command, log) as (proc, sampled):
-            metrics, clients_file = run_dir / "metrics.jsonl", run_dir / "clients.jsonl"
+            metrics, clients_file = run_dir / "metrics.jsonl", run_dir / CLIENTS_FILE  # jsonl: settings() keeps the default format
             client_rows_seen: list[tuple[float, int]] = []  # (seconds since launch, size) when clients.jsonl grew
             while proc.poll() is None:
                 tick = time.monotonic()
@@ -332,8 +346,7 @@ def run_one(clients: int, fraction_evaluate: float, args: argparse.Namespace) ->
         if proc.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-30:])
             raise SystemExit(f"simulate.py exited with {proc.returncode} at {clients} clients:\n{tail}")
-        server = [json.loads(line) for line in (run_dir / "server.jsonl").read_text().splitlines() if line.strip()]
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        server, rows = read_rows(run_dir / SERVER_FILE), read_rows(metrics)
         eval_rows = [row for row in rows if row["split"] == "eval"]
         last_eval = max(row["round"] for row in eval_rows)
         states = sorted((run_dir / "client_state").rglob("*.pt"))
@@ -516,13 +529,13 @@ def time_model(results: list[RunResult], polling: dict[tuple[int, int], float]) 
         )
     passes = "; ".join(f"N={n} with {m} messages: {seconds:.3f} s" for (n, m), seconds in sorted(polling.items()))
     text += (
-        " What grows with N in any case is the driver's work: Flower 1.41's simulation engine polls every node every 0.1 s "
+        f" What grows with N in any case is the driver's work: Flower {flwr_version()}'s simulation engine polls every node every 0.1 s "
         "(`add_messages_to_queue`, `flwr/server/superlink/fleet/vce/vce_api.py`) and each poll scans every stored "
         "message, delivered or not (`InMemoryLinkState.get_message_ins`), O(N x messages in flight) per pass. One "
         f"pass, timed here on Flower's own classes: {passes} (a pass longer than the 0.1 s interval means the "
         f"poller never rests). The driver used {small.sampled.cpu(DRIVER):.0f} CPU s in {small.wall:.0f} s at N={small.clients} and "
-        f"{large.sampled.cpu(DRIVER):.0f} CPU s in {large.wall:.0f} s at N={large.clients}, on a machine whose 2 "
-        "cores the workers need. Start-up grows with N as well: with sampling, `server/loop.py` "
+        f"{large.sampled.cpu(DRIVER):.0f} CPU s in {large.wall:.0f} s at N={large.clients}, on a machine whose "
+        f"{os.cpu_count()} cores the workers need. Start-up grows with N as well: with sampling, `server/loop.py` "
         "(`identify_clients`) sends a query to all N clients before round 0, one Ray call each."
     )
     if variant is not None and variant.evaluated == small.evaluated:
@@ -562,7 +575,7 @@ def memory_model(results: list[RunResult], p: int) -> str:
         f"client that has trained keeps its private state file (`client_state/`, {large.client_state_bytes / MIB:.1f} "
         f"MiB at N={large.clients} after {len(large.round_seconds)} rounds). Client data is never held by the "
         "driver: a Ray worker generates a client's data when that client is called (`fedmtl/client.py`, "
-        "`client_data` -> `SyntheticSuite.client_data`) and keeps the last 64 clients' data in an LRU cache per "
+        f"`client_data` -> `SyntheticSuite.client_data`) and keeps the last {_DATA_CACHE_SIZE} clients' data in an LRU cache per "
         "worker (`_DATA_CACHE_SIZE`), so worker memory is bounded and does not grow with N. "
         "(2) *Parameters P and sampled clients K*: per round the server holds the K replies, their state dicts and the "
         "K x P float32 update matrix (`fedmtl/server_update.py`, `ServerUpdater.step`), plus the O(K^2) Gramian and "
@@ -594,7 +607,8 @@ def report(
             f"encoder, private heads), `server.fraction_fit={args.fraction_fit:g}`, {args.rounds} rounds, evaluation "
             f"at round 0 and round {args.rounds} only (`eval_every={args.rounds}`), checkpoints every round (default); "
             f"plus one run at the largest N with `server.fraction_evaluate={args.variant_fraction_evaluate:g}`. "
-            f"Machine: {machine_info()}, {os.sysconf('SC_PHYS_PAGES') * PAGE_BYTES / GIB:.0f} GiB RAM, no swap. "
+            f"Machine: {machine_info()}, {os.sysconf('SC_PHYS_PAGES') * PAGE_BYTES / GIB:.0f} GiB RAM, "
+            f"{meminfo('SwapTotal') / GIB:.0f} GiB swap. "
             f"The machine is shared with other work: 1-minute load average {load:.1f} at the start (each run waits up to "
             f"{args.max_wait:g} s for it to fall below {args.max_load:g}; the load it started at is in the table); "
             "timings are inflated and scattered by that, memory figures much less.",

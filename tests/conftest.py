@@ -32,6 +32,16 @@ TINY_OVERRIDES = (
 )
 
 
+def tiny_overrides(clients: int) -> tuple[str, ...]:
+    """The tiny config with another client count."""
+    return (*(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")), f"clients.count={clients}")
+
+
+def set_args(overrides) -> list[str]:
+    """``["--set", o1, "--set", o2, ...]``: overrides as simulate.py arguments."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 @pytest.fixture
 def tiny_config():
     from fedmtl.config import load_config

@@ -40,18 +40,16 @@ from fedmtl.app_config import config_from_run_config, resolve_config_file
 from fedmtl.checkpoint import ClientStateStore
 from fedmtl.client import MODEL, LocalClient, strip_prefix
 from fedmtl.config import load_config
-from fedmtl.offline import OFFLINE_ENV
 from fedmtl.partition import tasks_of_client
 from fedmtl.rundir import read_rows
-from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, cmdline, stop_tagged, tagged_processes
+from tests.conftest import ROOT, TAG_VAR, cmdline, stop_tagged, tagged_env, tagged_processes, tiny_overrides
 
 VENV_BIN = Path(sys.executable).parent
 MAKE_CERTS = ROOT / "deploy" / "make_certs.sh"
 # 2 clients, 2 rounds, the tiny model: client c holds tasks c and c+1 of the default suite. Evaluated at
 # rounds 0 and 2 only: every message exchange costs a deployment tens of seconds.
 TINY_2 = (
-    *(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")),
-    "clients.count=2",
+    *tiny_overrides(2),
     "rounds=2",
     "eval_every=2",
 )
@@ -110,10 +108,7 @@ class Processes:
         self.exposed: set[str] = set()  # non-loopback listeners seen while the setup ran
 
     def env(self, flwr_home: Path, **extra: str) -> dict[str, str]:
-        env = dict(
-            os.environ, **OFFLINE_ENV, **RAY_PRIVATE_ENV, FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **extra
-        )
-        env[TAG_VAR] = self.tag
+        env = {**tagged_env(flwr_home), **RAY_PRIVATE_ENV, **extra, TAG_VAR: self.tag}
         # flwr starts flower-superlink / flower-superexec / flwr-serverapp by name: they must be on PATH
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env.pop("CUDA_VISIBLE_DEVICES", None)

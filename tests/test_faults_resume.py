@@ -18,15 +18,11 @@ from fedmtl.config import FaultsConfig
 from fedmtl.faults import draw_faults
 from fedmtl.rundir import RowWriter, read_rows
 from server.strategy import sample_nodes
-from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, stop_tagged, tagged_env
+from tests.conftest import ROOT, TAG_VAR, set_args, stop_tagged, tagged_env, tiny_overrides
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate
 
 # fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
-SMALL = (*(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")), "clients.count=4", "rounds=5", "server.fraction_fit=0.75")
-
-
-def _args(*overrides: str) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
+SMALL = (*tiny_overrides(4), "rounds=5", "server.fraction_fit=0.75")
 
 
 def _rows_by_key(path) -> dict[tuple, dict]:
@@ -107,7 +103,7 @@ def module_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, module_env):
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    result = simulate(*_args(*SMALL, f"output.run_dir={run_dir}"), env=module_env)
+    result = simulate(*set_args((*SMALL, f"output.run_dir={run_dir}")), env=module_env)
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -116,7 +112,7 @@ def uninterrupted(tmp_path_factory, module_env):
 def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, simulate_env):
     run_dir = tmp_path / "faulty"
     overrides = (*SMALL, "server.fraction_fit=1.0", "faults.client_error_rate=0.25", "faults.client_nan_rate=0.25", "server.min_fit_fraction=0.25")
-    result = simulate(*_args(*overrides, f"output.run_dir={run_dir}"), env=simulate_env)
+    result = simulate(*set_args((*overrides, f"output.run_dir={run_dir}")), env=simulate_env)
     assert result.returncode == 0, result.stderr[-2000:]
     faults = FaultsConfig(client_error_rate=0.25, client_nan_rate=0.25)
     for row in read_rows(run_dir / "server.jsonl"):
@@ -132,7 +128,7 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
 @pytest.mark.slow
 def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_env):
     run_dir = tmp_path / "starved"
-    result = simulate(*_args(*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}"), env=simulate_env)
+    result = simulate(*set_args((*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")), env=simulate_env)
     assert result.returncode == 1
     assert "round 1: only 0 of 4 sampled clients sent a valid update" in result.stderr
     rows = read_rows(run_dir / "metrics.jsonl")
@@ -146,7 +142,7 @@ def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_
 @pytest.mark.slow
 def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted):
     run_dir = tmp_path / "killed-worker"
-    result = simulate(*_args(*SMALL, "faults.worker_kill_round=3", "faults.worker_kill_client=2", f"output.run_dir={run_dir}"), env=module_env)
+    result = simulate(*set_args((*SMALL, "faults.worker_kill_round=3", "faults.worker_kill_client=2", f"output.run_dir={run_dir}")), env=module_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 3: a Ray worker died; restarting from the last checkpoint" in result.stdout
     assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
@@ -158,7 +154,7 @@ def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path
 def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env, uninterrupted):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "simulate.py"), *_args(*SMALL, "faults.client_delay_s=0.3", f"output.run_dir={run_dir}")],
+        [sys.executable, str(ROOT / "simulate.py"), *set_args((*SMALL, "faults.client_delay_s=0.3", f"output.run_dir={run_dir}"))],
         cwd=ROOT, env=module_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

@@ -6,12 +6,11 @@ as ``assigned_gpu`` in ``clients.jsonl``."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from fedmtl.rundir import read_rows
-from tests.conftest import TAG_VAR, TINY_OVERRIDES, stop_tagged, tagged_processes
+from tests.conftest import TAG_VAR, set_args, stop_tagged, tagged_processes, tiny_overrides
 from tests.test_deployment import RAY_PRIVATE_ENV
 from tests.test_simulate_cli import simulate
 
@@ -28,8 +27,7 @@ def test_asking_for_more_gpus_than_declared_is_one_line_and_exit_2(simulate_env)
 def test_half_gpu_clients_are_spread_over_both_declared_gpus(tmp_path, simulate_env):
     run_dir = tmp_path / "run"
     overrides = [
-        *(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")),
-        "clients.count=4",
+        *tiny_overrides(4),
         "rounds=1",
         # a busy client holds its worker, so the others have to go to the other workers (and GPUs)
         "faults.client_delay_s=1.0",
@@ -39,11 +37,11 @@ def test_half_gpu_clients_are_spread_over_both_declared_gpus(tmp_path, simulate_
         "resources.client_gpus=0.5",
         f"output.run_dir={run_dir}",
     ]
-    # the tag marks simulate.py and everything it starts (Ray), to check that none of it outlives it
-    tag = uuid.uuid4().hex
-    env = {**simulate_env, **RAY_PRIVATE_ENV, TAG_VAR: tag}
+    # simulate_env's tag marks simulate.py and everything it starts (Ray): none of it may outlive it
+    tag = simulate_env[TAG_VAR]
+    env = {**simulate_env, **RAY_PRIVATE_ENV}
     try:
-        result = simulate(*[arg for o in overrides for arg in ("--set", o)], env=env)
+        result = simulate(*set_args(overrides), env=env)
         deadline = time.monotonic() + 20
         while (left := tagged_processes(tag)) and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fedmtl.rundir import read_rows
-from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, tagged_processes
+from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, set_args, tagged_processes
 
 
 def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -71,7 +71,7 @@ def weighted_mse(rows: list[dict]) -> float:
 def tiny_run(tmp_path, name: str, env: dict, *extra: str) -> tuple[subprocess.CompletedProcess, object]:
     run_dir = tmp_path / name
     overrides = [*TINY_OVERRIDES, "rounds=2", f"output.run_dir={run_dir}", *extra]
-    result = simulate(*[arg for o in overrides for arg in ("--set", o)], env=env)
+    result = simulate(*set_args(overrides), env=env)
     return result, run_dir
 
 

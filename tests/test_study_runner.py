@@ -13,7 +13,7 @@ from fedmtl.config import load_config
 from fedmtl.errors import ConfigError
 from fedmtl.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, set_args
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate
 
 
@@ -99,7 +99,7 @@ def test_every_arm_through_simulate_py(tmp_path, simulate_env):
     study_dir = tmp_path / "study"
     overrides = [*TINY_OVERRIDES, "rounds=2", "study.arms=[local_stl, fed_stl, fed_mtl, fed_full, central_mtl]",
                  "study.seeds=[0, 1]", f"output.run_dir={study_dir}"]  # fmt: skip
-    result = simulate(*[arg for o in overrides for arg in ("--set", o)], env=simulate_env, timeout=900)
+    result = simulate(*set_args(overrides), env=simulate_env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(re.findall(r"\[\d+/10\] \w+ seed \d done", result.stdout)) == 10
     for name in ("report.md", "report.html", "summary.json", "plots/learning_curves.png", "plots/deltas.png", "plots/conflict_fraction.png"):
