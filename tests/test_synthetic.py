@@ -35,6 +35,27 @@ def test_targets_correlate_as_configured_without_nonlinearity(rho):
     assert correlation == pytest.approx(rho, abs=0.01)
 
 
+@pytest.mark.parametrize("rho", [-1.0, -0.6, 0.0, 0.5, 0.9])
+def test_relu_link_targets_correlate_as_the_arc_cosine_kernel(rho):
+    """y_t = max(theta_t . z, 0): corr = (sin phi + (pi - phi) cos phi - 1) / (pi - 1), phi = arccos rho."""
+    world = SyntheticSuite(tasks=TWO_TASKS, task_cosine=rho, nonlinearity=0.0, link="relu").world(seed=1)
+    latent = np.random.default_rng(0).standard_normal((200_000, world.suite.latent_dim))
+    phi = np.arccos(rho)
+    expected = (np.sin(phi) + (np.pi - phi) * np.cos(phi) - 1) / (np.pi - 1)
+    correlation = np.corrcoef(world.signal(0, latent), world.signal(1, latent))[0, 1]
+    assert correlation == pytest.approx(expected, abs=0.01)
+
+
+def test_relu_link_opposed_task_is_not_linear_in_its_partner():
+    """A linear head on max(u, 0) explains under a quarter of max(-u, 0)'s variance: the sign stays."""
+    world = SyntheticSuite(tasks=TWO_TASKS, task_cosine=-1.0, nonlinearity=0.0, link="relu").world(seed=1)
+    latent = np.random.default_rng(0).standard_normal((100_000, world.suite.latent_dim))
+    features = np.stack([world.signal(0, latent), np.ones(len(latent))], axis=1)
+    target = world.signal(1, latent)
+    residual = target - features @ np.linalg.lstsq(features, target, rcond=None)[0]
+    assert 1 - residual.var() / target.var() < 0.25
+
+
 def test_opposed_tasks_are_not_a_sign_flip_when_nonlinear():
     world = SyntheticSuite(tasks=TWO_TASKS, task_cosine=-1.0, nonlinearity=0.5).world(seed=1)
     latent = np.random.default_rng(0).standard_normal((10_000, world.suite.latent_dim))

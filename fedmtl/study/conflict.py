@@ -7,6 +7,10 @@ reported it; the seed values then give a mean ± std (:func:`fedmtl.study.deltas
   encoder inside the clients that hold both (the in-client conflict);
 * ``client_cosine``: cosine between two clients' encoder updates, over all pairs that met at
   the server (the between-client conflict, Yu et al., NeurIPS 2020 / FedFV, IJCAI 2021);
+* ``cross_task_cosine[(s, t)]``: the same cosine restricted to pairs in which one client holds
+  ``s`` but not ``t`` and the other ``t`` but not ``s``: the between-client counterpart of the
+  in-client task-gradient cosine, where the tasks meet only at the server (which tasks a client
+  holds is read from its evaluation rows);
 * ``conflict_fraction``: share of those client pairs with a negative cosine.
 
 A sweep puts these beside the deltas so a reader sees whether the conflict follows the knob.
@@ -30,6 +34,7 @@ class ConflictSummary:
     task_cosine: dict[tuple[str, str], Spread]
     client_cosine: Spread | None
     conflict_fraction: Spread | None
+    cross_task_cosine: dict[tuple[str, str], Spread]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -37,6 +42,7 @@ class ConflictSummary:
             "task_cosine": {f"{s}|{t}": spread.to_dict() for (s, t), spread in self.task_cosine.items()},
             "client_cosine": None if self.client_cosine is None else self.client_cosine.to_dict(),
             "conflict_fraction": None if self.conflict_fraction is None else self.conflict_fraction.to_dict(),
+            "cross_task_cosine": {f"{s}|{t}": spread.to_dict() for (s, t), spread in self.cross_task_cosine.items()},
         }
 
 
@@ -70,18 +76,45 @@ def client_cosine_per_seed(result: RunResult) -> float | None:
     return _mean(values)
 
 
+def tasks_held(result: RunResult) -> dict[int, frozenset[str]]:
+    """Client -> the tasks it was evaluated on in this run."""
+    held: dict[int, set[str]] = {}
+    for task, by_client in result.final_by_client.items():
+        for client in by_client:
+            held.setdefault(client, set()).add(task)
+    return {client: frozenset(tasks) for client, tasks in held.items()}
+
+
+def cross_task_cosine_per_seed(result: RunResult) -> dict[tuple[str, str], float]:
+    """Task pair (sorted) -> mean client-update cosine over pairs where each client holds one task only."""
+    held = tasks_held(result)
+    by_pair: dict[tuple[str, str], list[float]] = {}
+    for row in result.server:
+        if row.cosines is None:
+            continue
+        for i, j in zip(*np.triu_indices(row.cosines.shape[0], k=1)):
+            first, second = held.get(row.clients[i], frozenset()), held.get(row.clients[j], frozenset())
+            for s in first - second:
+                for t in second - first:
+                    by_pair.setdefault(tuple(sorted((s, t))), []).append(float(row.cosines[i, j]))
+    return {pair: mean for pair, values in by_pair.items() if (mean := _mean(values)) is not None}
+
+
+def _pairs_over_seeds(per_seed: list[dict[tuple[str, str], float]]) -> dict[tuple[str, str], Spread]:
+    pairs = sorted({pair for seed in per_seed for pair in seed})
+    return {pair: spread for pair in pairs if (spread := _over_seeds(s.get(pair) for s in per_seed)) is not None}
+
+
 def conflict_fraction_per_seed(result: RunResult) -> float | None:
     return _mean(float(row.conflict_fraction) for row in result.server if row.conflict_fraction is not None)
 
 
 def summarize_conflict(data: StudyData, arm: str) -> ConflictSummary:
     results = data.arm_results(arm)
-    per_seed = [task_cosine_per_seed(result) for result in results]
-    pairs = sorted({pair for seed in per_seed for pair in seed})
-    task_cosine = {pair: spread for pair in pairs if (spread := _over_seeds(s.get(pair) for s in per_seed)) is not None}
     return ConflictSummary(
         arm=arm,
-        task_cosine=task_cosine,
+        task_cosine=_pairs_over_seeds([task_cosine_per_seed(result) for result in results]),
         client_cosine=_over_seeds(client_cosine_per_seed(result) for result in results),
         conflict_fraction=_over_seeds(conflict_fraction_per_seed(result) for result in results),
+        cross_task_cosine=_pairs_over_seeds([cross_task_cosine_per_seed(result) for result in results]),
     )

@@ -158,20 +158,27 @@ def _format_cosine(spread: Spread | None) -> str:
 
 
 def conflict_table(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> Table:
-    """Per point: the reference arm's in-client task-gradient cosines, client-update cosine, conflict fraction."""
+    """Per point: the reference arm's in-client task-gradient cosines, client-update cosines (all pairs and
+    cross-task pairs), conflict fraction."""
     pairs = sorted({pair for summary in conflicts.values() for pair in summary.task_cosine})
+    cross = sorted({pair for summary in conflicts.values() for pair in summary.cross_task_cosine})
     rows = [
         [
             point.label,
             *(_cell(point.values[key]) for key in sweep.keys),
             *(_format_cosine(conflicts[point.index].task_cosine.get(pair)) for pair in pairs),
             _format_cosine(conflicts[point.index].client_cosine),
+            *(_format_cosine(conflicts[point.index].cross_task_cosine.get(pair)) for pair in cross),
             _format_cosine(conflicts[point.index].conflict_fraction),
         ]
         for point in sweep.points
     ]
-    header = [f"task-gradient cosine {s} vs {t}" for s, t in pairs]
-    return Table(["point", *sweep.keys, *header, "client-update cosine", "conflict fraction"], rows)
+    header = [
+        *(f"task-gradient cosine {s} vs {t}" for s, t in pairs),
+        "client-update cosine",
+        *(f"client-update cosine {s}-only vs {t}-only" for s, t in cross),
+    ]
+    return Table(["point", *sweep.keys, *header, "conflict fraction"], rows)
 
 
 def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> list[ConflictSeries]:
@@ -183,6 +190,7 @@ def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> l
         others = _other_values(point, rest)
         named = {f"task gradients {s} vs {t}": spread for (s, t), spread in summary.task_cosine.items()}
         named["client updates"] = summary.client_cosine
+        named |= {f"client updates {s}-only vs {t}-only": spread for (s, t), spread in summary.cross_task_cosine.items()}
         for name, spread in named.items():
             if spread is None:
                 continue
@@ -241,8 +249,9 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
         Paragraph(
             "Per seed: the mean over rounds (and clients, or client pairs) of the cosine between two tasks' "
             "gradients on the shared encoder inside clients, of the cosine between two clients' encoder "
-            "updates at the server, and the share of client pairs whose updates conflict (negative cosine); "
-            "then mean ± std over seeds."
+            "updates at the server (over all pairs, and over the pairs in which one client holds the first "
+            "task but not the second and the other the second but not the first: `s-only vs t-only`), and "
+            "the share of client pairs whose updates conflict (negative cosine); then mean ± std over seeds."
         ),
         conflict_table(sweep, conflicts),
     ]

@@ -8,15 +8,22 @@ Generative model (documented in README, "The synthetic suite"), all drawn from t
   ``N(0, 1/latent_dim)`` entries, shared by every client and task (the shared structure);
 * task vectors ``theta_t`` (unit norm) with ``theta_s . theta_t = C[s, t]``, ``C`` the configured
   cosine matrix (built as ``V sqrt(Lambda) Q`` from ``C = V Lambda V^T`` and orthonormal ``Q``);
-* ``f_t(z) = u + nonlinearity * sum_m sin(alpha_m u + beta_m)`` with ``u = theta_t . z``, the
-  frequencies/phases shared by all tasks (the construction of Ma et al., KDD 2018, "MMoE");
+* ``f_t(z) = g(u) + nonlinearity * sum_m sin(alpha_m u + beta_m)`` with ``u = theta_t . z``, the
+  frequencies/phases shared by all tasks (the construction of Ma et al., KDD 2018, "MMoE"), and
+  the link ``g`` the identity (``link: identity``, MMoE's choice) or the rectifier
+  ``g(u) = max(u, 0)`` (``link: relu``);
 * regression target ``y = f_t + noise_t * eps``; a classification task with ``K`` classes bins
   ``f_t + noise_t * eps`` at the population ``k/K`` quantiles of ``f_t``.
 
 Because of the shared phases, ``theta_s = -theta_t`` is not an exact sign flip of the task: opposed
-tasks need other linear combinations of the same features of ``u``. A private linear head absorbs
-the sign of ``u``, so for encoder sharing the magnitude of the cosine is what relates two tasks
-(configs/study_relatedness.yaml measures it).
+tasks need other linear combinations of the same features of ``u``. Under the identity link a
+private linear head absorbs the sign of ``u``, so for encoder sharing the magnitude of the cosine
+is what relates two tasks. Under the rectifier link it cannot: ``max(-u, 0)`` is not a linear
+function of ``max(u, 0)`` (the two are never both positive), so opposed tasks need different
+features (configs/study_relatedness.yaml measures the rectifier, study_relatedness_identity_link.yaml
+the identity). With ``nonlinearity: 0`` the targets' correlation is ``rho`` (identity) or the
+normalised first-order arc-cosine kernel ``(sin phi + (pi - phi) cos phi - 1) / (pi - 1)``,
+``phi = arccos rho`` (relu; Cho & Saul, NeurIPS 2009), which is -0.47 at ``rho = -1``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from fedmtl.task_kinds import TaskSpec
 _NUM_SINUSOIDS = 2
 _QUANTILE_SAMPLES = 20_000
 _TRAIN, _EVAL, _CLIENT = 0, 1, 2
+_LINKS = {"identity": lambda u: u, "relu": lambda u: np.maximum(u, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class SyntheticSuite(TaskSuite):
     input_noise: float = 0.1
     nonlinearity: float = 0.5
     client_shift: float = 0.5
+    link: Literal["identity", "relu"] = "identity"
 
     def __post_init__(self) -> None:
         names = [task.name for task in self.tasks]
@@ -106,6 +115,8 @@ class SyntheticSuite(TaskSuite):
             raise ValueError("input_dim and latent_dim must be >= 1")
         if min(self.input_noise, self.nonlinearity, self.client_shift) < 0:
             raise ValueError("input_noise, nonlinearity and client_shift must be >= 0")
+        if self.link not in _LINKS:
+            raise ValueError(f"link must be one of {sorted(_LINKS)}, got {self.link!r}")
         self._check_cosines(cosine_matrix_from(self.task_cosine, len(names)), len(names))
 
     @staticmethod
@@ -187,7 +198,7 @@ class SyntheticWorld:
     def signal(self, task_index: int, latent: np.ndarray) -> np.ndarray:
         u = latent @ self.theta[task_index]
         waves = np.sin(np.outer(u, self.frequencies) + self.phases).sum(axis=1)
-        return u + self.suite.nonlinearity * waves
+        return _LINKS[self.suite.link](u) + self.suite.nonlinearity * waves
 
     def sample(self, task_index: int, count: int, shift: np.ndarray, rng: np.random.Generator) -> TaskData:
         task = self.suite.tasks[task_index]

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.study.collect import collect_study
-from fedmtl.study.conflict import summarize_conflict
+import numpy as np
+
+from fedmtl.study.collect import Run, RunResult, ServerRound, collect_study
+from fedmtl.study.conflict import cross_task_cosine_per_seed, summarize_conflict
 from fedmtl.study.sweep import write_sweep_report
 
 from ._study import write_study
@@ -27,11 +29,33 @@ def test_summary_is_the_mean_over_rounds_and_clients_then_over_seeds(tmp_path: P
     assert summary.conflict_fraction is not None and summary.conflict_fraction.mean == pytest.approx(1 / 3)
 
 
+def _round(number: int, clients: tuple[int, ...], cosines: list[list[float]]) -> ServerRound:
+    return ServerRound(number, None, clients, np.asarray(cosines), None, None)
+
+
+def test_cross_task_cosine_counts_only_pairs_that_hold_one_task_each() -> None:
+    # clients 0 and 3 hold a only, 1 holds b only, 2 holds both: the (a, b) pairs are (0, 1) and (1, 3);
+    # (0, 2), (1, 2), (2, 3) share a task and (0, 3) hold the same one.
+    held = {"a": {0: 1.0, 2: 1.0, 3: 1.0}, "b": {1: 1.0, 2: 1.0}}
+    first = [[1, 0.2, 9, 9], [0.2, 1, 9, 0.6], [9, 9, 1, 9], [9, 0.6, 9, 1]]
+    second = [[1, -0.4, 9], [-0.4, 1, 9], [9, 9, 1]]  # client 3 was not sampled in round 2
+    result = RunResult(
+        Run("fed_mtl", 0, Path("."), "done"),
+        final={},
+        final_by_client=held,
+        curves={},
+        server=(_round(1, (0, 1, 2, 3), first), _round(2, (0, 1, 2), second)),
+        task_cosines=(),
+    )
+    assert cross_task_cosine_per_seed(result) == {("a", "b"): pytest.approx((0.2 + 0.6 - 0.4) / 3)}
+
+
 def test_an_arm_without_diagnostics_has_none(tmp_path: Path) -> None:
     data = collect_study(write_study(tmp_path / "study"))
     summary = summarize_conflict(data, "local_stl")  # no task cosines, no server rows
     assert summary.task_cosine == {}
     assert summary.client_cosine is None and summary.conflict_fraction is None
+    assert summary.cross_task_cosine == {}
 
 
 def test_the_sweep_report_puts_the_diagnostics_beside_the_swept_value(tmp_path: Path) -> None:
