@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from fedmtl.study.collect import Run, RunResult, ServerRound, collect_study
 from fedmtl.study.conflict import cross_task_cosine_per_seed, summarize_conflict
