@@ -19,7 +19,7 @@ A sweep puts these beside the deltas so a reader sees whether the conflict follo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,10 @@ class ConflictSummary:
     client_cosine: Spread | None
     conflict_fraction: Spread | None
     cross_task_cosine: dict[tuple[str, str], Spread]
+
+    @property
+    def empty(self) -> bool:
+        return not self.task_cosine and self.client_cosine is None and not self.cross_task_cosine
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -118,3 +122,35 @@ def summarize_conflict(data: StudyData, arm: str) -> ConflictSummary:
         conflict_fraction=_over_seeds(conflict_fraction_per_seed(result) for result in results),
         cross_task_cosine=_pairs_over_seeds([cross_task_cosine_per_seed(result) for result in results]),
     )
+
+
+COLUMNS_EXPLAINED = (
+    "Per seed, the mean over rounds (and clients, or client pairs) of: the cosine between two tasks' gradients on "
+    "the shared encoder inside the clients that hold both; the cosine between two clients' encoder updates at the "
+    "server, over all pairs and over the pairs in which one client holds the first task but not the second and the "
+    "other the second but not the first (`s-only vs t-only`); the share of client pairs whose updates conflict "
+    "(negative cosine). Then mean ± std over seeds."
+)
+
+
+def conflict_columns(summaries: Sequence[ConflictSummary]) -> tuple[list[str], list[list[Spread | None]]]:
+    """Column headers and, per summary, its values: task-gradient cosines, client-update cosine (all
+    pairs, then cross-task pairs), conflict fraction; a pair absent from a summary is None."""
+    pairs = sorted({pair for summary in summaries for pair in summary.task_cosine})
+    cross = sorted({pair for summary in summaries for pair in summary.cross_task_cosine})
+    header = [
+        *(f"task-gradient cosine {s} vs {t}" for s, t in pairs),
+        "client-update cosine",
+        *(f"client-update cosine {s}-only vs {t}-only" for s, t in cross),
+        "conflict fraction",
+    ]
+    rows = [
+        [
+            *(summary.task_cosine.get(pair) for pair in pairs),
+            summary.client_cosine,
+            *(summary.cross_task_cosine.get(pair) for pair in cross),
+            summary.conflict_fraction,
+        ]
+        for summary in summaries
+    ]
+    return header, rows

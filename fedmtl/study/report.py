@@ -16,6 +16,7 @@ from typing import Any
 from fedmtl.study import plots
 from fedmtl.study.analysis import Comparison, comparisons, headline, json_ready, summarize
 from fedmtl.study.collect import StudyData, collect_study
+from fedmtl.study.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
 from fedmtl.study.deltas import MIN_WILCOXON_PAIRS, NEGATIVE_TRANSFER_CONFIDENCE, PairedTest, Spread, mean_std
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
@@ -34,6 +35,10 @@ def format_delta(spread: Spread) -> str:
     if spread.n == 0 or math.isnan(spread.mean):
         return NOT_AVAILABLE
     return f"{100 * spread.mean:+.2f} ± {100 * spread.std:.2f} %"
+
+
+def format_cosine(spread: Spread | None) -> str:
+    return NOT_AVAILABLE if spread is None else f"{spread.mean:+.3f} ± {spread.std:.3f}"
 
 
 def format_p(p_value: float | None) -> str:
@@ -151,6 +156,20 @@ def communication_blocks(summary: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def conflict_blocks(data: StudyData) -> list[Block]:
+    """Per arm with diagnostics: mean over rounds, then mean ± std over seeds (``fedmtl.study.conflict``)."""
+    summaries = [summary for arm in data.study.arms if not (summary := summarize_conflict(data, arm)).empty]
+    if not summaries:
+        return []
+    header, values = conflict_columns(summaries)
+    rows = [[f"`{summary.arm}`", *map(format_cosine, row)] for summary, row in zip(summaries, values)]
+    return [
+        Heading("Conflict diagnostics"),
+        Paragraph(COLUMNS_EXPLAINED),
+        Table(["arm", *header], rows),
+    ]
+
+
 def draw_plots(data: StudyData, shown: Sequence[Comparison], plot_dir: Path) -> dict[str, Path]:
     """Every figure that has data; name -> PNG path."""
     drawn = {
@@ -207,6 +226,7 @@ def build_blocks(
         Paragraph("Each client's own final metric (mean ± std over seeds); Δ, flag and p over paired seeds."),
         client_table(data, shown),
         *communication_blocks(summary),
+        *conflict_blocks(data),
     ]
     if plot_paths:
         blocks.append(Heading("Plots"))

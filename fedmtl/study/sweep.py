@@ -21,11 +21,10 @@ from typing import Any
 
 from fedmtl.study.analysis import Comparison, comparisons, headline
 from fedmtl.study.collect import StudyData, StudyError, collect_study, read_json
-from fedmtl.study.conflict import ConflictSummary, summarize_conflict
-from fedmtl.study.deltas import Spread
+from fedmtl.study.conflict import COLUMNS_EXPLAINED, ConflictSummary, conflict_columns, summarize_conflict
 from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
 from fedmtl.study.render import Heading, Image, Paragraph, Table, to_markdown
-from fedmtl.study.report import NOT_AVAILABLE, format_delta, format_flag
+from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_flag
 
 SWEEP_FILE = "sweep.json"
 SWEEP_MD = "sweep.md"
@@ -153,32 +152,14 @@ def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> l
     return list(lines.values())
 
 
-def _format_cosine(spread: Spread | None) -> str:
-    return NOT_AVAILABLE if spread is None else f"{spread.mean:+.3f} ± {spread.std:.3f}"
-
-
 def conflict_table(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> Table:
-    """Per point: the reference arm's in-client task-gradient cosines, client-update cosines (all pairs and
-    cross-task pairs), conflict fraction."""
-    pairs = sorted({pair for summary in conflicts.values() for pair in summary.task_cosine})
-    cross = sorted({pair for summary in conflicts.values() for pair in summary.cross_task_cosine})
+    """Per point: the reference arm's conflict diagnostics (:func:`fedmtl.study.conflict.conflict_columns`)."""
+    header, values = conflict_columns([conflicts[point.index] for point in sweep.points])
     rows = [
-        [
-            point.label,
-            *(_cell(point.values[key]) for key in sweep.keys),
-            *(_format_cosine(conflicts[point.index].task_cosine.get(pair)) for pair in pairs),
-            _format_cosine(conflicts[point.index].client_cosine),
-            *(_format_cosine(conflicts[point.index].cross_task_cosine.get(pair)) for pair in cross),
-            _format_cosine(conflicts[point.index].conflict_fraction),
-        ]
-        for point in sweep.points
+        [point.label, *(_cell(point.values[key]) for key in sweep.keys), *map(format_cosine, row)]
+        for point, row in zip(sweep.points, values)
     ]
-    header = [
-        *(f"task-gradient cosine {s} vs {t}" for s, t in pairs),
-        "client-update cosine",
-        *(f"client-update cosine {s}-only vs {t}-only" for s, t in cross),
-    ]
-    return Table(["point", *sweep.keys, *header, "conflict fraction"], rows)
+    return Table(["point", *sweep.keys, *header], rows)
 
 
 def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> list[ConflictSeries]:
@@ -246,13 +227,7 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     reference = next(iter(conflicts.values())).arm if conflicts else None
     blocks += [
         Heading(f"Conflict diagnostics ({reference})", level=2),
-        Paragraph(
-            "Per seed: the mean over rounds (and clients, or client pairs) of the cosine between two tasks' "
-            "gradients on the shared encoder inside clients, of the cosine between two clients' encoder "
-            "updates at the server (over all pairs, and over the pairs in which one client holds the first "
-            "task but not the second and the other the second but not the first: `s-only vs t-only`), and "
-            "the share of client pairs whose updates conflict (negative cosine); then mean ± std over seeds."
-        ),
+        Paragraph(COLUMNS_EXPLAINED),
         conflict_table(sweep, conflicts),
     ]
     conflict_figure = plot_sweep_conflict(

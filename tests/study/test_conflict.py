@@ -72,3 +72,14 @@ def test_summary_json_holds_every_arms_diagnostics(tmp_path: Path) -> None:
     summary = summarize(collect_study(write_study(tmp_path / "study")))
     assert summary["conflict"]["fed_mtl"]["task_cosine"]["cls|reg"]["mean"] == pytest.approx(0.15)
     assert summary["conflict"]["local_stl"]["client_cosine"] is None
+
+
+def test_the_study_report_has_a_conflict_table_for_arms_with_diagnostics(tmp_path: Path) -> None:
+    from fedmtl.study.report import write_report
+
+    root = write_study(tmp_path / "study")
+    write_report(root)
+    report = (root / "report.md").read_text()
+    assert "## Conflict diagnostics" in report
+    assert "| `fed_mtl` | +0.150 ± 0.000 | +0.400 ± 0.000 | +0.333 ± 0.000 |" in report
+    assert "| `local_stl` |" not in report.split("## Conflict diagnostics")[1].split("##")[0]
