@@ -47,13 +47,13 @@ def test_relu_link_targets_correlate_as_the_arc_cosine_kernel(rho):
 
 
 def test_relu_link_opposed_task_is_not_linear_in_its_partner():
-    """A linear head on max(u, 0) explains under a quarter of max(-u, 0)'s variance: the sign stays."""
+    """A linear head on max(u, 0) explains corr^2 = 0.467^2 = 22 % of max(-u, 0)'s variance: the sign stays."""
     world = SyntheticSuite(tasks=TWO_TASKS, task_cosine=-1.0, nonlinearity=0.0, link="relu").world(seed=1)
     latent = np.random.default_rng(0).standard_normal((100_000, world.suite.latent_dim))
     features = np.stack([world.signal(0, latent), np.ones(len(latent))], axis=1)
     target = world.signal(1, latent)
     residual = target - features @ np.linalg.lstsq(features, target, rcond=None)[0]
-    assert 1 - residual.var() / target.var() < 0.25
+    assert 1 - residual.var() / target.var() == pytest.approx(0.218, abs=0.01)
 
 
 def test_opposed_tasks_are_not_a_sign_flip_when_nonlinear():

@@ -38,7 +38,7 @@ class ConflictSummary:
 
     @property
     def empty(self) -> bool:
-        return not self.task_cosine and self.client_cosine is None and not self.cross_task_cosine
+        return not self.task_cosine and not self.cross_task_cosine and self.client_cosine is None and self.conflict_fraction is None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -94,7 +94,7 @@ def cross_task_cosine_per_seed(result: RunResult) -> dict[tuple[str, str], float
     held = tasks_held(result)
     by_pair: dict[tuple[str, str], list[float]] = {}
     for row in result.server:
-        if row.cosines is None:
+        if row.cosines is None or len(row.clients) != row.cosines.shape[0]:  # no client ids: pairs unknown
             continue
         for i, j in zip(*np.triu_indices(row.cosines.shape[0], k=1)):
             first, second = held.get(row.clients[i], frozenset()), held.get(row.clients[j], frozenset())

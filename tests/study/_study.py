@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ TASKS = [
 EXAMPLES = {0: 10, 1: 30}  # client -> eval examples: client 1 weighs 3/4 of every mean
 ROUNDS = (1, 2, 3)
 BYTES_UP, BYTES_DOWN = 1000, 2000
+BOTH_TASKS = {client: ("cls", "reg") for client in EXAMPLES}
 
 FinalFn = Callable[[str, int, str, int], float]
 """(arm, seed, task, client) -> the client's final (last-round) headline metric."""
@@ -48,12 +49,14 @@ def metric_row(round_: int, split: str, client: int, task: str, value: float) ->
     return row
 
 
-def write_run(run_dir: Path, arm: str, seed: int, final: FinalFn, federated: bool) -> None:
+def write_run(
+    run_dir: Path, arm: str, seed: int, final: FinalFn, federated: bool, held: Mapping[int, Sequence[str]] = BOTH_TASKS
+) -> None:
     run_dir.mkdir(parents=True)
     rows = []
     for r in ROUNDS:
         for client in EXAMPLES:
-            for task in ("cls", "reg"):
+            for task in held[client]:
                 value = final(arm, seed, task, client) * r / ROUNDS[-1]  # the curve ends at the final value
                 rows.append(metric_row(r, "train", client, task, 99.0))  # train rows are never read
                 rows.append(metric_row(r, "eval", client, task, value))
@@ -66,7 +69,7 @@ def write_run(run_dir: Path, arm: str, seed: int, final: FinalFn, federated: boo
             "client": client,
             "task_cosines": (
                 [{"tasks": ["cls", "reg"], "cosine": 0.1 * r - 0.1 * client, "angle_min": 10.0, "angle_mean": 20.0}]
-                if arm.endswith("mtl")
+                if arm.endswith("mtl") and len(held[client]) == 2
                 else None
             ),
         }
@@ -100,12 +103,13 @@ def write_study(
     seeds: Sequence[int] = (0, 1, 2),
     final: FinalFn = default_final,
     federated: Sequence[str] = ("fed_mtl",),
+    held: Mapping[int, Sequence[str]] = BOTH_TASKS,
 ) -> Path:
     runs = []
     for arm in arms:
         for seed in seeds:
             rel = f"arms/{arm}/seed-{seed}"
-            write_run(root / rel, arm, seed, final, arm in federated)
+            write_run(root / rel, arm, seed, final, arm in federated, held)
             runs.append({"arm": arm, "seed": seed, "dir": rel, "status": "done"})
     study = {
         "name": root.name,

@@ -34,16 +34,17 @@ def _round(number: int, clients: tuple[int, ...], cosines: list[list[float]]) ->
 
 def test_cross_task_cosine_counts_only_pairs_that_hold_one_task_each() -> None:
     # clients 0 and 3 hold a only, 1 holds b only, 2 holds both: the (a, b) pairs are (0, 1) and (1, 3);
-    # (0, 2), (1, 2), (2, 3) share a task and (0, 3) hold the same one.
+    # (0, 2), (1, 2), (2, 3) share a task and (0, 3) hold the same one. Rows and columns follow the
+    # round's client order, which is not the client ids' order.
     held = {"a": {0: 1.0, 2: 1.0, 3: 1.0}, "b": {1: 1.0, 2: 1.0}}
-    first = [[1, 0.2, 9, 9], [0.2, 1, 9, 0.6], [9, 9, 1, 9], [9, 0.6, 9, 1]]
-    second = [[1, -0.4, 9], [-0.4, 1, 9], [9, 9, 1]]  # client 3 was not sampled in round 2
+    first = [[1, 0.2, 9, 9], [0.2, 1, 9, 0.6], [9, 9, 1, 9], [9, 0.6, 9, 1]]  # clients 0, 1, 2, 3
+    second = [[1, 9, -0.4], [9, 1, 9], [-0.4, 9, 1]]  # clients 3, 2, 1 (0 not sampled in round 2)
     result = RunResult(
         Run("fed_mtl", 0, Path("."), "done"),
         final={},
         final_by_client=held,
         curves={},
-        server=(_round(1, (0, 1, 2, 3), first), _round(2, (0, 1, 2), second)),
+        server=(_round(1, (0, 1, 2, 3), first), _round(2, (3, 2, 1), second)),
         task_cosines=(),
     )
     assert cross_task_cosine_per_seed(result) == {("a", "b"): pytest.approx((0.2 + 0.6 - 0.4) / 3)}
@@ -83,3 +84,18 @@ def test_the_study_report_has_a_conflict_table_for_arms_with_diagnostics(tmp_pat
     assert "## Conflict diagnostics" in report
     assert "| `fed_mtl` | +0.150 ± 0.000 | +0.400 ± 0.000 | +0.333 ± 0.000 |" in report
     assert "| `local_stl` |" not in report.split("## Conflict diagnostics")[1].split("##")[0]
+
+
+def test_clients_holding_one_task_each_give_a_cross_task_column_everywhere(tmp_path: Path) -> None:
+    from fedmtl.study.report import write_report
+
+    # client 0 holds cls only, client 1 reg only: their update cosine (-0.6 + 0.5 r, mean 0.4) is the
+    # cross-task cosine; no client holds both, so there is no in-client task-gradient cosine.
+    root = write_study(tmp_path / "study", held={0: ("cls",), 1: ("reg",)})
+    summary = write_report(root)
+    cross = summary["conflict"]["fed_mtl"]["cross_task_cosine"]
+    assert list(cross) == ["cls|reg"] and cross["cls|reg"]["mean"] == pytest.approx(0.4)
+    assert summary["conflict"]["fed_mtl"]["task_cosine"] == {}
+    report = (root / "report.md").read_text()
+    assert "| arm | client-update cosine | client-update cosine cls-only vs reg-only | conflict fraction |" in report
+    assert "| `fed_mtl` | +0.400 ± 0.000 | +0.400 ± 0.000 | +0.333 ± 0.000 |" in report
