@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.client import _DATA_CACHE_SIZE  # noqa: E402
-from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, read_rows  # noqa: E402
+from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RunDirectory, read_rows  # noqa: E402
 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 GIB, MIB = 2**30, 2**20
@@ -328,7 +328,7 @@ def run_one(clients: int, fraction_evaluate: float, args: argparse.Namespace) ->
         print(f"scale: {clients} clients, fraction_evaluate {fraction_evaluate:g} (load {load:.1f}) ...", flush=True)
         start, start_epoch = time.monotonic(), time.time()
         with launched(command, log) as (proc, sampled):
-            metrics, clients_file = run_dir / "metrics.jsonl", run_dir / CLIENTS_FILE  # jsonl: settings() keeps the default format
+            metrics, clients_file = RunDirectory(run_dir).metrics_path, run_dir / CLIENTS_FILE  # default metrics format
             client_rows_seen: list[tuple[float, int]] = []  # (seconds since launch, size) when clients.jsonl grew
             while proc.poll() is None:
                 tick = time.monotonic()

@@ -133,24 +133,28 @@ COLUMNS_EXPLAINED = (
 )
 
 
-def conflict_columns(summaries: Sequence[ConflictSummary]) -> tuple[list[str], list[list[Spread | None]]]:
-    """Column headers and, per summary, its values: task-gradient cosines, client-update cosine (all
-    pairs, then cross-task pairs), conflict fraction; a pair absent from a summary is None."""
+def cosine_columns(summaries: Sequence[ConflictSummary]) -> tuple[list[str], list[list[Spread | None]]]:
+    """Labels and, per summary, its values: task-gradient cosines, client-update cosine (all pairs,
+    then cross-task pairs); a pair absent from a summary is None."""
     pairs = sorted({pair for summary in summaries for pair in summary.task_cosine})
     cross = sorted({pair for summary in summaries for pair in summary.cross_task_cosine})
     header = [
         *(f"task-gradient cosine {s} vs {t}" for s, t in pairs),
         "client-update cosine",
         *(f"client-update cosine {s}-only vs {t}-only" for s, t in cross),
-        "conflict fraction",
     ]
     rows = [
         [
             *(summary.task_cosine.get(pair) for pair in pairs),
             summary.client_cosine,
             *(summary.cross_task_cosine.get(pair) for pair in cross),
-            summary.conflict_fraction,
         ]
         for summary in summaries
     ]
     return header, rows
+
+
+def conflict_columns(summaries: Sequence[ConflictSummary]) -> tuple[list[str], list[list[Spread | None]]]:
+    """The table's columns: :func:`cosine_columns`, then the conflict fraction."""
+    header, rows = cosine_columns(summaries)
+    return [*header, "conflict fraction"], [[*row, s.conflict_fraction] for row, s in zip(rows, summaries)]

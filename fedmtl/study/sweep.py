@@ -21,7 +21,13 @@ from typing import Any
 
 from fedmtl.study.analysis import Comparison, comparisons, headline
 from fedmtl.study.collect import StudyData, StudyError, collect_study, read_json
-from fedmtl.study.conflict import COLUMNS_EXPLAINED, ConflictSummary, conflict_columns, summarize_conflict
+from fedmtl.study.conflict import (
+    COLUMNS_EXPLAINED,
+    ConflictSummary,
+    conflict_columns,
+    cosine_columns,
+    summarize_conflict,
+)
 from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
 from fedmtl.study.render import Heading, Image, Paragraph, Table, to_markdown
 from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_flag
@@ -165,14 +171,11 @@ def conflict_table(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> Ta
 def conflict_series(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> list[ConflictSeries]:
     """x = the first key's value; one line per diagnostic and combination of the other keys' values."""
     first, rest = sweep.keys[0], sweep.keys[1:]
+    names, values = cosine_columns([conflicts[point.index] for point in sweep.points])
     lines: dict[str, ConflictSeries] = {}
-    for point in sweep.points:
-        summary = conflicts[point.index]
+    for point, row in zip(sweep.points, values):
         others = _other_values(point, rest)
-        named = {f"task gradients {s} vs {t}": spread for (s, t), spread in summary.task_cosine.items()}
-        named["client updates"] = summary.client_cosine
-        named |= {f"client updates {s}-only vs {t}-only": spread for (s, t), spread in summary.cross_task_cosine.items()}
-        for name, spread in named.items():
+        for name, spread in zip(names, row):
             if spread is None:
                 continue
             label = f"{name} · {others}" if others else name
