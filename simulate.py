@@ -12,7 +12,6 @@ Bad input ends with one line naming the problem and exit status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -57,8 +56,8 @@ def quiet_frameworks(verbose: bool) -> None:
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     from fedmtl.checkpoint import load_server_checkpoint
     from fedmtl.resources import backend_config
+    from fedmtl.rounds import FederationError
     from fedmtl.rundir import SUMMARY_MD, RunDirectory
-    from server.loop import FederationError
     from server.simulation import federate
 
     if resume_dir:
@@ -89,12 +88,11 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
 
 def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
-    from fedmtl.resources import backend_config, private_ray_cluster
+    from fedmtl.resources import backend_config
+    from fedmtl.rounds import FederationError
     from fedmtl.rundir import RunDirectory
     from fedmtl.study import runner
-    from fedmtl.study.arms import ARMS
-    from server.loop import FederationError
-    from server.simulation import federate
+    from server.simulation import engine_session, federate
 
     backend_config(cfg.resources)  # resource errors before anything is written
     run_dir = RunDirectory.open(resume_dir)[0] if resume_dir else RunDirectory.create(cfg)
@@ -102,13 +100,10 @@ def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | No
     print(f"fedmtl: {kind} {cfg.name} -> {run_dir.path}", flush=True)
     quiet_frameworks(verbose)
 
-    study = cfg.study
-    needs_ray = any(ARMS[arm].federated for arm in study.arms) and not cfg.resources.ray_address
-    with private_ray_cluster(cfg.resources) if needs_ray else contextlib.nullcontext(cfg.resources.ray_address) as address:
+    with engine_session(cfg) as resources:  # workers stay up across the study's runs
 
         def federate_attached(arm_cfg: ExperimentConfig, path: Path) -> None:
-            attached = replace(arm_cfg.resources, ray_address=address, num_cpus=None, num_gpus=None)
-            arm_cfg = replace(arm_cfg, resources=attached)
+            arm_cfg = replace(arm_cfg, resources=resources)
             federate(arm_cfg, RunDirectory.create(arm_cfg), verbose=verbose, echo=lambda line: print(line, flush=True))
 
         try:

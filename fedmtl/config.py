@@ -176,6 +176,14 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class SimulationConfig:
+    # direct: each message handed straight to a Ray actor, no polling (a round costs what its clients
+    # compute); flower: Flower's own run_simulation (an in-memory link state polled every 0.1 s).
+    # Both run the same ServerApp and ClientApp and give the same metrics.
+    engine: Literal["direct", "flower"] = "direct"
+
+
+@dataclass(frozen=True)
 class FaultsConfig:
     """Fault injection for robustness studies and tests; every draw derives from (seed, round, client)."""
 
@@ -258,6 +266,7 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -18,6 +20,7 @@ def make_server_app(
     resume: bool = False,
     attempt: int = 0,
     client_state_dir: str | None = None,
+    echo: Callable[[str], None] | None = print,
 ) -> ServerApp:
     """``client_state_dir``: where simulated clients persist private state (a deployed SuperNode
     names its own with ``--node-config state-dir=...``)."""
@@ -26,11 +29,10 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = cfg or config_from_run_config(context.run_config)
-        run_federation(grid, config, run or RunDirectory.create(config), resume=resume, attempt=attempt, client_state_dir=client_state_dir)
+        run_dir = run or RunDirectory.create(config)
+        run_federation(grid, config, run_dir, echo=echo, resume=resume, attempt=attempt, client_state_dir=client_state_dir)
 
     return app
-
-
 
 
 app = make_server_app()

@@ -1,35 +1,26 @@
 """A Flower strategy that aggregates only the shared encoder with a pluggable aggregator.
 
-It owns no algorithm: replies are screened with ``fedmtl.protocol.check_update`` and handed
-to ``fedmtl.server_update.ServerUpdater``. Usable with ``Strategy.start`` or fedmtl's own loop.
+It owns no algorithm and no state of its own: sampling, the encoder and its optimizer live in
+``fedmtl.rounds.ServerState``; replies are screened with ``fedmtl.protocol.check_update`` and
+aggregated by ``fedmtl.server_update.ServerUpdater``. :meth:`EncoderStrategy.aggregate` returns
+the round's :class:`fedmtl.rounds.TrainRound`; Flower's ``aggregate_train`` wraps it, so the
+strategy also works under ``Strategy.start``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmtl import protocol
-from fedmtl.head_averaging import HeadAverager, split_heads
-from fedmtl.server_update import RoundDiagnostics, ServerUpdater
+from fedmtl.head_averaging import split_heads
+from fedmtl.rounds import ServerState, TrainRound
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainRoundReport:
-    """What happened to each reply in the last training round."""
-
-    accepted: list[int] = field(default_factory=list)
-    rejected: list[tuple[int | None, str]] = field(default_factory=list)
-    failures: int = 0
-    diagnostics: RoundDiagnostics | None = None
 
 
 def _client_id(message: Message) -> int | None:
@@ -52,62 +43,49 @@ def screen_envelope(message: Message) -> str | None:
     return None
 
 
-def sample_nodes(nodes: Iterable[int], fraction: float, rng: random.Random, order: dict[int, int] | None = None) -> list[int]:
-    """``round(fraction * n)`` nodes (at least one), drawn in the stable order of their client ids.
-
-    Flower's node ids are random per run; ordering by client id first keeps the sample, and so the
-    run, reproducible from the seed.
-    """
-    ordered = sorted(nodes, key=lambda node: (order or {}).get(node, node))
-    count = max(1, round(len(ordered) * fraction))
-    if count >= len(ordered):
-        return ordered
-    return sorted(rng.sample(ordered, count), key=ordered.index)
-
-
 class EncoderStrategy(Strategy):
     def __init__(
         self,
-        updater: ServerUpdater,
-        fraction_train: float = 1.0,
-        seed: int = 0,
+        state: ServerState,
         max_update_norm: float | None = None,
-        fraction_evaluate: float = 1.0,
-        head_averager: HeadAverager | None = None,
+        client_nodes: Mapping[int, int] | None = None,
     ) -> None:
-        self.updater = updater
-        self.head_averager = head_averager  # only when heads are federated (the fed_full design)
-        self.fraction_train = fraction_train
-        self.fraction_evaluate = fraction_evaluate
+        """``client_nodes``: client (partition) id -> node id. Flower's node ids are random per run;
+        sampling by client id keeps the sample, and so the run, reproducible from the seed. Without
+        it the node ids stand in for client ids."""
+        self.state = state
         self.max_update_norm = max_update_norm
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.client_ids: dict[int, int] = {}  # node id -> client (partition) id, when the loop has asked
-        self.last_train = TrainRoundReport()
+        self.client_nodes = dict(client_nodes) if client_nodes else None
 
     def summary(self) -> None:
-        log.info("EncoderStrategy(aggregator=%r, optimizer=%r, fraction_train=%s)",
-                 self.updater.aggregator, self.updater.optimizer, self.fraction_train)  # fmt: skip
+        log.info("EncoderStrategy(aggregator=%r, optimizer=%r)", self.state.updater.aggregator, self.state.updater.optimizer)
+
+    def _nodes(self, grid: Grid) -> dict[int, int]:
+        return self.client_nodes or {node: node for node in grid.get_node_ids()}
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: Iterable[int], kind: str) -> list[Message]:
         content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
         return [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        sampled = sample_nodes(grid.get_node_ids(), self.fraction_train, self.rng, self.client_ids)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        nodes = self._nodes(grid)
         config[protocol.SERVER_ROUND] = server_round
-        return self._messages(arrays, config, sampled, MessageType.TRAIN)
+        return self._messages(arrays, config, (nodes[c] for c in self.state.sampler.train(nodes)), MessageType.TRAIN)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        report = TrainRoundReport()
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        nodes = self._nodes(grid)
+        config[protocol.SERVER_ROUND] = server_round
+        return self._messages(arrays, config, (nodes[c] for c in self.state.sampler.evaluate(nodes, server_round)), MessageType.EVALUATE)
+
+    def aggregate(self, server_round: int, replies: Iterable[Message]) -> TrainRound:
+        """Screen every reply, aggregate the accepted ones (stepping the server state); the round's report."""
+        report = TrainRound()
         accepted: list[tuple[int, Message, dict, dict]] = []  # (client id, reply, encoder state, head state)
-        expected = self.updater.layout.expected_shapes
-        optional = self.head_averager.expected_shapes if self.head_averager else None
+        updater, head_averager = self.state.updater, self.state.head_averager
+        expected = updater.layout.expected_shapes
+        optional = head_averager.expected_shapes if head_averager else None
         for message in replies:
+            report.replies += 1
             if message.has_error():
                 report.failures += 1
                 log.warning("round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200])
@@ -122,50 +100,36 @@ class EncoderStrategy(Strategy):
                 log.warning("round %d: rejected update from client %s: %s", server_round, _client_id(message), reason)
                 continue
             accepted.append((_client_id(message), message, encoder, heads))  # type: ignore[arg-type]
-        self.last_train = report
         if not accepted:
-            return None, None
+            return report
         accepted.sort(key=lambda entry: entry[0])  # row order independent of arrival order: reproducible sums
         metrics = [message.content[protocol.METRICS] for _, message, _, _ in accepted]
         report.accepted = [client for client, *_ in accepted]
-        if self.head_averager is not None:
+        if head_averager is not None:
             examples = [{t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(m, protocol.TRAIN).items()} for m in metrics]
-            self.head_averager.step([heads for *_, heads in accepted], examples)
-        report.diagnostics = self.updater.step(
+            head_averager.step([heads for *_, heads in accepted], examples)
+        report.diagnostics = updater.step(
             client_ids=report.accepted,
             client_states=[encoder for _, _, encoder, _ in accepted],
             num_examples=[float(m[protocol.NUM_EXAMPLES]) for m in metrics],
             losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics] if all(protocol.TRAIN_LOSS in m for m in metrics) else None,
         )
-        summary = MetricRecord(
-            {
-                "conflict-fraction": report.diagnostics.conflict_fraction,
-                "aggregate-norm": report.diagnostics.aggregate_norm,
-                "num-accepted": len(accepted),
-            }
-        )
-        return ArrayRecord(self.global_state()), summary
+        return report
 
-    def global_state(self) -> dict:
-        """What the clients receive: the shared encoder (and the heads, when they are federated)."""
-        heads = self.head_averager.state_dict() if self.head_averager else {}
-        return {**self.updater.global_state(), **heads}
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's hook: :meth:`aggregate`, as (new global arrays, summary metrics)."""
+        report = self.aggregate(server_round, replies)
+        if report.diagnostics is None:
+            return None, None
+        summary = {"conflict-fraction": report.diagnostics.conflict_fraction, "aggregate-norm": report.diagnostics.aggregate_norm}
+        return ArrayRecord(self.state.global_state()), MetricRecord({**summary, "num-accepted": len(report.accepted)})
 
     def _norm_violation(self, encoder: dict) -> str | None:
         if self.max_update_norm is None:
             return None
-        update = self.updater.layout.flatten(encoder)
-        norm = float((update - self.updater.param.detach()).norm())
+        updater = self.state.updater
+        norm = float((updater.layout.flatten(encoder) - updater.param.detach()).norm())
         return f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}" if norm > self.max_update_norm else None
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        config[protocol.SERVER_ROUND] = server_round
-        # a fresh generator per round: evaluation samples need no checkpointed state
-        rng = random.Random(f"{self.seed}/evaluate/{server_round}")
-        sampled = sample_nodes(grid.get_node_ids(), self.fraction_evaluate, rng, self.client_ids)
-        return self._messages(arrays, config, sampled, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted mean of each task's eval loss over the clients that hold it."""

@@ -33,6 +33,7 @@ from fedmtl.client import LocalClient, client_data, derive_seed
 from fedmtl.config import ExperimentConfig, tasks_held
 from fedmtl.models import MultiTaskModel, initial_shared_state
 from fedmtl.recorder import Recorder
+from fedmtl.rounds import evaluation_rounds
 from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory, read_rows
 from fedmtl.suites import TaskData
 from fedmtl.training import evaluate, train_local
@@ -45,11 +46,6 @@ def at(cfg: ExperimentConfig, run_dir: Path, **clients: Any) -> ExperimentConfig
     """``cfg`` writing into ``run_dir`` (quietly), with ``clients`` fields replaced."""
     output = replace(cfg.output, run_dir=str(run_dir), progress=False)
     return replace(cfg, output=output, clients=replace(cfg.clients, **clients))
-
-
-def eval_rounds(cfg: ExperimentConfig) -> list[int]:
-    """The rounds a federated run evaluates: 0, every ``eval_every``, and the last."""
-    return [r for r in range(cfg.rounds + 1) if r % cfg.eval_every == 0 or r == cfg.rounds]
 
 
 class Arm(ABC):
@@ -118,7 +114,7 @@ class LocalSTL(Arm):
         run = RunDirectory.create(at(cfg, run_dir))
         recorder = Recorder(run)
         initial = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
-        evaluated = set(eval_rounds(cfg))
+        evaluated = set(evaluation_rounds(cfg))
         for client_id in cfg.clients.participants():
             for task in tasks_held(cfg, client_id):
                 client = LocalClient(at(cfg, run_dir, only_tasks=(task,)), client_id)
@@ -148,7 +144,7 @@ class CentralMTL(Arm):
         sampled = max(1, round(len(participants) * cfg.server.fraction_fit))  # as the strategy samples
         train_cfg = replace(cfg.client, local_steps=cfg.client.local_steps * sampled)
         balancer_state: dict[str, torch.Tensor] = {}
-        evaluated = set(eval_rounds(cfg))
+        evaluated = set(evaluation_rounds(cfg))
 
         def record_eval(server_round: int) -> None:
             reports = []

@@ -1,0 +1,311 @@
+"""The direct simulation engine: a Flower ``Grid`` that hands each Message straight to a Ray actor.
+
+Flower 1.41's own simulation routes every message through an in-memory link state that two
+threads poll every 0.1 s (one scanning every node for new messages, the Grid pulling replies), so
+a round trip costs up to 0.2 s of sleep and each scan grows with the number of nodes. Here
+:meth:`DirectGrid.send_and_receive` submits each message to an idle actor of a
+:class:`WorkerPool` with the node's ``Context`` (as Flower's ``RayBackend.process_message`` does),
+and blocks in ``ray.wait`` until the next reply is in: no polling, and the cost of a round
+depends on the messages sent, not on the number of nodes.
+
+The same ``ServerApp`` and ``ClientApp`` run unchanged: node contexts persist per node across
+rounds, client errors come back as error replies, a dead worker is replaced and reported with
+an ``ActorDiedError`` reply (the round driver restarts from the checkpoint, as under Flower's
+engine), and actors take the configured CPUs and GPUs (Ray sets ``CUDA_VISIBLE_DEVICES``).
+
+The pool outlives a run: within :func:`warm_workers`, every run of a study or sweep reuses the
+same actors (torch imported, data caches filled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+APPS_KEPT_PER_WORKER = 4  # client apps an actor keeps loaded (one per run; a study has one at a time)
+
+
+@ray.remote
+class ClientWorker:
+    """One simulated-client process: runs any node's messages through the loaded ``ClientApp``."""
+
+    def __init__(self) -> None:
+        import torch  # noqa: F401 - paid once per worker, not per run
+
+        import fedmtl.client  # noqa: F401
+
+        self.apps: dict[str, ClientApp] = {}
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def load(self, key: str, app: ClientApp) -> None:
+        self.apps[key] = app
+        while len(self.apps) > APPS_KEPT_PER_WORKER:
+            self.apps.pop(next(iter(self.apps)))
+
+    def handle(self, key: str, message: Message, context: Context) -> tuple[Message, Context]:
+        return self.apps[key](message, context), context
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What a pool is built for: how Ray is initialised and what each actor reserves."""
+
+    init_args: tuple[tuple[str, Any], ...]
+    client_resources: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, backend: Mapping[str, Any]) -> PoolSpec:
+        return cls(tuple(sorted(backend["init_args"].items())), tuple(sorted(backend["client_resources"].items())))
+
+
+class WorkerPool:
+    """As many :class:`ClientWorker` actors as the Ray cluster fits; dead ones are replaced."""
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        if not ray.is_initialized():
+            pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **dict(spec.init_args))
+        self.resources = dict(spec.client_resources)
+        self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
+        self.idle: deque[Any] = deque(self.actors)
+        self.apps: dict[str, ClientApp] = {}
+
+    def _new_actor(self) -> Any:
+        return ClientWorker.options(**self.resources).remote()  # type: ignore[attr-defined]
+
+    def wait_ready(self) -> list[int]:
+        """Block until every actor has started (torch imported); their process ids."""
+        return ray.get([actor.ready.remote() for actor in self.actors])
+
+    def load(self, app: ClientApp) -> str:
+        """Send ``app`` to every actor once; messages then name it by the returned key."""
+        key = uuid.uuid4().hex
+        self.apps = {key: app}
+        for actor in self.actors:
+            actor.load.remote(key, app)  # ordered before any later call from this driver
+        return key
+
+    def replace(self, dead: Any) -> None:
+        fresh = self._new_actor()
+        self.actors[self.actors.index(dead)] = fresh
+        for key, app in self.apps.items():
+            fresh.load.remote(key, app)
+        self.idle.append(fresh)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.idle = [], deque()
+
+
+@dataclass
+class _InFlight:
+    message: Message
+    actor: Any
+    current: bool = True  # False once its send_and_receive gave up waiting (timeout): reply discarded
+
+
+@dataclass
+class DirectGrid(Grid):
+    """A ``Grid`` whose nodes are simulated by a :class:`WorkerPool`; see the module docstring."""
+
+    pool: WorkerPool
+    app_key: str
+    num_nodes: int
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+    _run: Run = field(init=False)
+    contexts: dict[int, Context] = field(init=False)
+    queued: deque[str] = field(init=False, default_factory=deque)
+    messages: dict[str, Message] = field(init=False, default_factory=dict)
+    in_flight: dict[Any, _InFlight] = field(init=False, default_factory=dict)
+    replies: dict[str, Message] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rng = random.SystemRandom()  # node ids are random per run, as Flower's are
+        node_ids: dict[int, None] = {}  # insertion-ordered set: partition i plays the i-th id
+        while len(node_ids) < self.num_nodes:
+            node_ids.setdefault(rng.getrandbits(63) | (1 << 62))  # never 0 or SUPERLINK_NODE_ID (1)
+        self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        self.contexts = {
+            node: Context(
+                run_id=self._run.run_id,
+                node_id=node,
+                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: self.num_nodes},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+            for partition, node in enumerate(node_ids)
+        }
+
+    # --- Grid ---------------------------------------------------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def node_client_ids(self) -> dict[int, int]:
+        """node id -> partition id: this grid placed the nodes, so nobody needs to be asked."""
+        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            if message.metadata.dst_node_id not in self.contexts:
+                raise ValueError(f"message for unknown node {message.metadata.dst_node_id}")
+            message_id = uuid.uuid4().hex
+            meta = message.metadata.__dict__
+            meta.update(_message_id=message_id, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID)
+            self.messages[message_id] = message
+            self.queued.append(message_id)
+            ids.append(message_id)
+        self._dispatch()
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self._collect(timeout=0)
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        received: list[Message] = []
+        while waiting:
+            received.extend(self.replies.pop(i) for i in list(waiting) if i in self.replies)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in received)
+            if not waiting:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._abandon(waiting)
+                break
+            self._collect(timeout=remaining)
+        return received
+
+    # --- the engine ---------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.queued and self.pool.idle:
+            message = self.messages.pop(self.queued.popleft())
+            actor = self.pool.idle.popleft()
+            context = self.contexts[message.metadata.dst_node_id]
+            future = actor.handle.remote(self.app_key, message, context)
+            self.in_flight[future] = _InFlight(message, actor)
+
+    def _collect(self, timeout: float | None) -> None:
+        """Wait (at most ``timeout``) for at least one running message to finish; file every finished one."""
+        if not self.in_flight:
+            return
+        done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
+        if done:  # everything else that is ready too, without waiting
+            done = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)[0]
+        for future in done:
+            self._finish(future, self.in_flight.pop(future))
+        self._dispatch()
+
+    def _finish(self, future: Any, job: _InFlight) -> None:
+        node = job.message.metadata.dst_node_id
+        try:
+            reply, context = ray.get(future)
+            self.contexts[node] = context
+            self.pool.idle.append(job.actor)
+        except ray.exceptions.RayActorError as err:  # the worker process died: replace it
+            self.pool.replace(job.actor)
+            reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"ActorDiedError: worker died running node {node}: {err}"), reply_to=job.message)
+        except ray.exceptions.RayTaskError as err:  # the ClientApp raised (fedmtl's own handlers reply errors instead)
+            self.pool.idle.append(job.actor)
+            reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err.cause).__name__}: {err.cause}"), reply_to=job.message)
+        if job.current:
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.replies[job.message.metadata.message_id] = reply
+
+    def _abandon(self, message_ids: set[str]) -> None:
+        """Timed out: queued messages are dropped, running ones finish but their replies are discarded."""
+        self.queued = deque(i for i in self.queued if i not in message_ids)
+        for message_id in message_ids:
+            self.messages.pop(message_id, None)
+        for job in self.in_flight.values():
+            if job.message.metadata.message_id in message_ids:
+                job.current = False
+
+
+def run_server_app(server_app: ServerApp, grid: DirectGrid) -> None:
+    """Run ``server_app`` against ``grid`` in this thread (Flower's ``run_simulation`` uses a thread
+    beside its engine; here the engine works inside ``send_and_receive``)."""
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = grid.run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(grid.run_config))
+    server_app(grid=grid, context=context)
+
+
+_warm: WorkerPool | None = None
+
+
+def worker_pool(backend: Mapping[str, Any]) -> WorkerPool:
+    """The warm pool if it was built for the same resources, else a new one (the old one shut down)."""
+    global _warm
+    spec = PoolSpec.of(backend)
+    if _warm is not None and (_warm.spec != spec or not ray.is_initialized()):
+        shutdown()
+    if _warm is None:
+        _warm = WorkerPool(spec)
+    return _warm
+
+
+def shutdown() -> None:
+    """Stop the warm pool's actors and this process's Ray connection (a local Ray stops with it)."""
+    global _warm
+    if _warm is not None and ray.is_initialized():
+        _warm.shutdown()
+    _warm = None
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def warm_workers() -> Iterator[None]:
+    """Keep the worker pool (and Ray) alive across every run started inside the block; stop it after."""
+    global _keep_warm
+    _keep_warm, previous = True, _keep_warm
+    try:
+        yield
+    finally:
+        _keep_warm = previous
+        if not previous:
+            shutdown()
+
+
+_keep_warm = False
+
+
+def keeping_warm() -> bool:
+    return _keep_warm
