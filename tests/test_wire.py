@@ -11,6 +11,7 @@ from fedmtl import protocol
 from fedmtl.aggregation import FedAvg
 from fedmtl.config import ServerOptimizerConfig
 from fedmtl.models import ENCODER_PREFIX, initial_encoder_state
+from fedmtl.rounds import ClientSampler, ServerState
 from fedmtl.server_update import ServerUpdater
 from server.strategy import EncoderStrategy
 
@@ -72,24 +73,30 @@ def _reply(request: Message, arrays: dict, client: int, examples: float) -> Mess
     return Message(RecordDict({protocol.ARRAYS: ArrayRecord(arrays), protocol.METRICS: metrics}), reply_to=request)
 
 
+def _strategy(initial: dict, max_update_norm: float | None = None) -> EncoderStrategy:
+    state = ServerState(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), ClientSampler(0, 1.0, 1.0))
+    return EncoderStrategy(state, max_update_norm)
+
+
 def test_fedavg_over_encoder_deltas_is_the_example_weighted_mean(flower_identity):
     torch.manual_seed(0)
     initial = {"encoder.w": torch.randn(3, 2), "encoder.b": torch.randn(3)}
     clients = [{k: v + torch.randn_like(v) for k, v in initial.items()} for _ in range(3)]
     counts = [10.0, 30.0, 60.0]
-    updater = ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0)
-    strategy = EncoderStrategy(updater)
+    strategy = _strategy(initial)
     request = _train_message(initial, 1)
     replies = [_reply(request, state, cid, n) for cid, (state, n) in reversed(list(enumerate(zip(clients, counts))))]
 
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, summary = strategy.aggregate_train(1, replies)  # Flower's hook, as Strategy.start calls it
 
     result = arrays.to_torch_state_dict()
     for key in initial:
         expected = sum(n * c[key] for n, c in zip(counts, clients)) / sum(counts)
         assert torch.allclose(result[key], expected, atol=1e-6)
-    assert strategy.last_train.accepted == [0, 1, 2]
-    assert strategy.last_train.diagnostics.weights == pytest.approx([0.1, 0.3, 0.6])
+    assert summary["num-accepted"] == 3
+    report = _strategy(initial).aggregate(1, replies)  # fedmtl's round driver reads the report
+    assert report.accepted == [0, 1, 2] and report.replies == 3
+    assert report.diagnostics.weights == pytest.approx([0.1, 0.3, 0.6])
 
 
 @pytest.mark.parametrize(
@@ -104,27 +111,27 @@ def test_fedavg_over_encoder_deltas_is_the_example_weighted_mean(flower_identity
 def test_bad_replies_are_rejected_with_a_reason_and_the_round_goes_on(flower_identity, corrupt, reason):
     initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
     good = {k: v + 1.0 for k, v in initial.items()}
-    strategy = EncoderStrategy(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0))
+    strategy = _strategy(initial)
     request = _train_message(initial, 1)
 
-    arrays, _ = strategy.aggregate_train(1, [_reply(request, good, 0, 5.0), _reply(request, corrupt(good), 1, 5.0)])
+    report = strategy.aggregate(1, [_reply(request, good, 0, 5.0), _reply(request, corrupt(good), 1, 5.0)])
 
-    assert strategy.last_train.accepted == [0]
-    [(client, why)] = strategy.last_train.rejected
+    assert report.accepted == [0]
+    [(client, why)] = report.rejected
     assert client == 1 and reason in why
-    assert torch.equal(arrays.to_torch_state_dict()["encoder.b"], good["encoder.b"])
+    assert torch.equal(strategy.state.global_state()["encoder.b"], good["encoder.b"])
 
 
 def test_updates_beyond_max_update_norm_are_rejected(flower_identity):
     initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
     small = {k: v + 0.1 for k, v in initial.items()}  # norm 0.1 * 3 = 0.3
     large = {k: v + 10.0 for k, v in initial.items()}  # norm 30
-    strategy = EncoderStrategy(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), max_update_norm=1.0)
+    strategy = _strategy(initial, max_update_norm=1.0)
     request = _train_message(initial, 1)
 
-    arrays, _ = strategy.aggregate_train(1, [_reply(request, small, 0, 5.0), _reply(request, large, 1, 5.0)])
+    report = strategy.aggregate(1, [_reply(request, small, 0, 5.0), _reply(request, large, 1, 5.0)])
 
-    assert strategy.last_train.accepted == [0]
-    [(client, why)] = strategy.last_train.rejected
+    assert report.accepted == [0]
+    [(client, why)] = report.rejected
     assert client == 1 and "server.max_update_norm" in why and "30" in why
-    assert torch.allclose(arrays.to_torch_state_dict()["encoder.b"], small["encoder.b"])
+    assert torch.allclose(strategy.state.global_state()["encoder.b"], small["encoder.b"])
