@@ -135,6 +135,9 @@ class ServerConfig:
     fraction_evaluate: float = 1.0
     # Where the K x P update matrix is aggregated: auto = CUDA when the server process sees a GPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Gramian-based aggregators: float32 = one matrix product, recomputed in float64 when the rows are
+    # nearly dependent (fedmtl/aggregation/gramian.py); float64 = always accumulated in float64.
+    gramian_precision: Literal["float32", "float64"] = "float32"
     round_timeout_s: float = 600.0  # how long the server waits for replies in a round
     # A round aggregates only if at least this fraction of the sampled clients sent a valid update;
     # otherwise the run stops with a clear message (everything written so far stays valid).

@@ -141,6 +141,7 @@ class ServerState:
         updater = ServerUpdater(
             initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, shape),
             cfg.server.aggregator, cfg.server.optimizer, seed=cfg.seed, device=cfg.server.device,
+            gramian_precision=cfg.server.gramian_precision,
         )  # fmt: skip
         heads = None
         if cfg.server.federate_heads:

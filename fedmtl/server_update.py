@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmtl.aggregation import AggregationInput, Aggregator
-from fedmtl.aggregation.gramian import cosine_matrix, gramian
+from fedmtl.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
 from fedmtl.config import ServerOptimizerConfig
 from fedmtl.errors import ConfigError
 
@@ -85,8 +85,10 @@ class ServerUpdater:
         optimizer: ServerOptimizerConfig,
         seed: int,
         device: str = "cpu",
+        gramian_precision: GramianPrecision = "float32",
     ) -> None:
         self.layout = FlatLayout.of(initial)
+        self.gramian_precision = gramian_precision
         self.aggregator = aggregator
         self.param = torch.nn.Parameter(self.layout.flatten(initial))
         self.optimizer = make_server_optimizer(optimizer, self.param)
@@ -104,19 +106,33 @@ class ServerUpdater:
         losses: Sequence[float] | None = None,
     ) -> RoundDiagnostics:
         """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one."""
-        current = self.param.detach().to(self.device)
-        matrix = torch.stack([current - self.layout.flatten(state).to(self.device) for state in client_states])
+        matrix = self.update_matrix(client_states)
         inputs = AggregationInput(
             matrix=matrix,
             num_examples=torch.tensor(num_examples, dtype=torch.float64, device=self.device),
             losses=None if losses is None else torch.tensor(losses, dtype=torch.float64, device=self.device),
             generator=self.generator,
+            gramian_precision=self.gramian_precision,
         )
         result = self.aggregator(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape).cpu()
         self.optimizer.step()
-        return diagnose(client_ids, matrix, result.direction, result.weights)
+        gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
+        return diagnose(client_ids, matrix, result.direction, result.weights, gram)
+
+    def update_matrix(self, client_states: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """``[K, P]`` rows ``global - local`` on the aggregation device, written in place row by row."""
+        current = self.param.detach().to(self.device)
+        matrix = torch.empty(len(client_states), current.numel(), dtype=current.dtype, device=self.device)
+        for row, state in zip(matrix, client_states):
+            offset = 0
+            for key in self.layout.keys:
+                value = state[key].detach().reshape(-1)
+                row[offset : offset + value.numel()].copy_(value)
+                offset += value.numel()
+            torch.sub(current, row, out=row)
+        return matrix
 
     def state_dict(self) -> dict:
         return {"param": self.param.detach().clone(), "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
@@ -129,9 +145,10 @@ class ServerUpdater:
 
 
 def diagnose(
-    client_ids: Sequence[int], matrix: torch.Tensor, direction: torch.Tensor, weights: torch.Tensor | None
+    client_ids: Sequence[int], matrix: torch.Tensor, direction: torch.Tensor, weights: torch.Tensor | None, gram: torch.Tensor
 ) -> RoundDiagnostics:
-    cosines = cosine_matrix(gramian(matrix))
+    """``gram``: the rows' Gramian (the aggregator's own when it built one)."""
+    cosines = cosine_matrix(gram)
     k = matrix.shape[0]
     upper = cosines[torch.triu_indices(k, k, offset=1).unbind()] if k > 1 else cosines.new_zeros(0)
     return RoundDiagnostics(

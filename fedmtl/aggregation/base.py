@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import torch
 
+from fedmtl.aggregation.gramian import GramianPrecision, combine_rows, gramian
+
 
 @dataclass(frozen=True)
 class AggregationInput:
@@ -29,12 +31,14 @@ class AggregationInput:
     ``num_examples``: ``[K]`` positive sample counts (all ones for task gradients).
     ``losses``: optional ``[K]`` training losses (FedFV orders clients by loss).
     ``generator``: source of declared randomness (PCGrad's shuffle); seeded by the caller.
+    ``gramian_precision``: how Gramian-based methods build ``G G^T`` (``fedmtl.aggregation.gramian``).
     """
 
     matrix: torch.Tensor
     num_examples: torch.Tensor
     losses: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    gramian_precision: GramianPrecision = "float32"
 
     def __post_init__(self) -> None:
         if self.matrix.ndim != 2 or self.matrix.shape[0] == 0:
@@ -52,10 +56,12 @@ class AggregationInput:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    """``direction`` ``[P]`` (mean-scaled) and, when linear in the rows, ``weights`` ``[K]``."""
+    """``direction`` ``[P]`` (mean-scaled) and, when linear in the rows, ``weights`` ``[K]``;
+    ``gramian`` (float64 ``K x K``) when the method built one, so that diagnostics need no second pass."""
 
     direction: torch.Tensor
     weights: torch.Tensor | None = None
+    gramian: torch.Tensor | None = None
 
 
 class Aggregator(ABC):
@@ -89,11 +95,9 @@ class GramianAggregator(Aggregator):
         """Return ``[K]`` mean-scaled weights from the ``K x K`` Gramian."""
 
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
-        from fedmtl.aggregation.gramian import combine_rows, gramian
-
         if inputs.num_rows == 1:  # one row is its own aggregate, whatever the method's solver makes of it
             weights = torch.ones(1, dtype=inputs.matrix.dtype, device=inputs.matrix.device)
             return AggregationResult(direction=inputs.matrix[0].clone(), weights=weights)
-        gram = gramian(inputs.matrix)
+        gram = gramian(inputs.matrix, inputs.gramian_precision)
         weights = self.weights_from_gramian(gram, inputs).to(inputs.matrix.dtype)
-        return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights)
+        return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights, gramian=gram)

@@ -1,0 +1,70 @@
+"""The float32 Gramian (one GEMM) against the exact float64 one: where it is used, every Gramian
+method gives the exact path's weights within float32 tolerance; where the rows are nearly
+dependent, the exact Gramian is used instead."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.aggregation import AGGREGATORS, AggregationInput, GramianAggregator
+from fedmtl.aggregation import gramian as gramian_module
+from fedmtl.aggregation.gramian import FLOAT32_MIN_EIGENVALUE, exact_gramian, gramian, smallest_correlation_eigenvalue
+
+GRAMIAN_METHODS = sorted(name for name, cls in AGGREGATORS.items() if issubclass(cls, GramianAggregator))
+
+
+def _inputs(matrix: torch.Tensor, precision: str) -> AggregationInput:
+    k = matrix.shape[0]
+    losses = torch.linspace(0.5, 1.5, k, dtype=torch.float64)
+    return AggregationInput(matrix, torch.ones(k, dtype=torch.float64), losses, torch.Generator().manual_seed(0), precision)
+
+
+def _well_conditioned(k: int = 12, p: int = 20_000, spread: float = 0.0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.randn(k, p, generator=generator) + 0.5 * torch.randn(1, p, generator=generator)  # cosines about 0.2
+    return rows * torch.logspace(-spread, spread, k)[:, None]
+
+
+def _nearly_parallel(k: int = 6, p: int = 20_000, cosine_gap: float = 1e-6) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(4)
+    common = torch.randn(1, p, generator=generator, dtype=torch.float64)
+    noise = torch.randn(k, p, generator=generator, dtype=torch.float64)
+    noise *= (2 * cosine_gap) ** 0.5 * common.norm() / noise.norm(dim=1, keepdim=True)
+    return (common + noise).float()
+
+
+def test_float32_gramian_is_one_product_within_1e_5_of_the_exact_one(monkeypatch):
+    rows = _well_conditioned()
+    exact = exact_gramian(rows)
+    monkeypatch.setattr(gramian_module, "exact_gramian", lambda *_: pytest.fail("the well-conditioned path must not recompute"))
+    fast = gramian(rows)
+    assert smallest_correlation_eigenvalue(exact) > FLOAT32_MIN_EIGENVALUE
+    assert fast.dtype == torch.float64
+    assert float((fast - exact).abs().max() / exact.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [_nearly_parallel(), _nearly_parallel(cosine_gap=1e-3), torch.tensor([[0.3, -1.0], [-0.6, 2.0]])], ids=["cos=1-1e-6", "cos=1-1e-3", "anti-parallel"])
+def test_nearly_dependent_rows_get_the_exact_gramian(rows):
+    assert smallest_correlation_eigenvalue(exact_gramian(rows)) < FLOAT32_MIN_EIGENVALUE
+    assert torch.equal(gramian(rows), exact_gramian(rows))
+
+
+@pytest.mark.parametrize("name", GRAMIAN_METHODS)
+@pytest.mark.parametrize(
+    "rows",
+    [_well_conditioned(), _well_conditioned(spread=2.0), _nearly_parallel()],
+    ids=["cosines-0.2", "norms-1e-2..1e2", "nearly-parallel"],
+)
+def test_every_gramian_method_gives_the_exact_paths_weights_within_float32_tolerance(name, rows):
+    aggregator = AGGREGATORS[name]()
+    fast, exact = aggregator(_inputs(rows, "float32")), aggregator(_inputs(rows, "float64"))
+    scale = float(exact.weights.abs().max())
+    assert float((fast.weights - exact.weights).abs().max()) <= 1e-4 * scale
+    assert torch.allclose(fast.direction, exact.direction, rtol=1e-4, atol=1e-4 * float(exact.direction.abs().max()))
+
+
+def test_the_gramian_is_returned_for_the_diagnostics():
+    rows = _well_conditioned(k=4, p=100)
+    result = AGGREGATORS["mgda"]()(_inputs(rows, "float32"))
+    assert result.gramian is not None and torch.allclose(result.gramian, exact_gramian(rows), rtol=1e-5)
