@@ -139,6 +139,7 @@ class DirectGrid(Grid):
     messages: dict[str, Message] = field(init=False, default_factory=dict)
     in_flight: dict[Any, _InFlight] = field(init=False, default_factory=dict)
     replies: dict[str, Message] = field(init=False, default_factory=dict)
+    busy_nodes: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         rng = random.SystemRandom()  # node ids are random per run, as Flower's are
@@ -213,16 +214,28 @@ class DirectGrid(Grid):
     # --- the engine ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Start queued messages on idle actors, in order; a node runs one message at a time, so
+        each message sees the context its node's previous message left."""
+        waiting: deque[str] = deque()
         while self.queued and self.pool.idle:
-            message = self.messages.pop(self.queued.popleft())
+            message_id = self.queued.popleft()
+            node = self.messages[message_id].metadata.dst_node_id
+            if node in self.busy_nodes:
+                waiting.append(message_id)
+                continue
+            message = self.messages.pop(message_id)
             actor = self.pool.idle.popleft()
-            context = self.contexts[message.metadata.dst_node_id]
-            future = actor.handle.remote(self.app_key, message, context)
+            future = actor.handle.remote(self.app_key, message, self.contexts[node])
             self.in_flight[future] = _InFlight(message, actor)
+            self.busy_nodes.add(node)
+        waiting.extend(self.queued)
+        self.queued = waiting
 
     def _collect(self, timeout: float | None) -> None:
         """Wait (at most ``timeout``) for at least one running message to finish; file every finished one."""
         if not self.in_flight:
+            if self.queued:
+                raise RuntimeError("messages are queued but no worker runs any (empty worker pool)")
             return
         done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
         if done:  # everything else that is ready too, without waiting
@@ -233,6 +246,7 @@ class DirectGrid(Grid):
 
     def _finish(self, future: Any, job: _InFlight) -> None:
         node = job.message.metadata.dst_node_id
+        self.busy_nodes.discard(node)
         try:
             reply, context = ray.get(future)
             self.contexts[node] = context

@@ -1,0 +1,143 @@
+"""The direct engine: a Flower Grid over Ray actors. Node contexts, error replies, timeouts, dead
+workers and warm pools on small ClientApps; the same metrics as Flower's own engine end to end."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmtl.config import ResourcesConfig
+from fedmtl.resources import backend_config
+from fedmtl.rundir import read_rows
+from server import direct_engine
+from server.loop import identify_clients
+from tests.conftest import TAG_VAR, set_args, stop_tagged, tiny_overrides
+from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+
+
+def counting_app() -> ClientApp:
+    """Counts calls per node in ``context.state``; ``action`` in the config makes it raise, sleep or die."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        action = msg.content["config"].get("action", "")
+        if action == "raise":
+            raise RuntimeError("client exploded")
+        if action == "die":
+            os._exit(1)
+        if action == "sleep":
+            time.sleep(2.0)
+        calls = int(context.state.config_records.get("calls", ConfigRecord({"n": 0}))["n"]) + 1
+        context.state["calls"] = ConfigRecord({"n": calls})
+        metrics = {"calls": calls, "partition": int(context.node_config["partition-id"]), "pid": os.getpid()}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def pool():
+    tag = uuid.uuid4().hex
+    os.environ[TAG_VAR] = tag  # Ray's processes inherit it: leftovers are found by tag
+    try:
+        with direct_engine.warm_workers():
+            yield direct_engine.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+        assert not stop_tagged(tag), "Ray processes needed SIGKILL after the pool shut down"
+    finally:
+        del os.environ[TAG_VAR]
+
+
+@pytest.fixture
+def grid(pool, flower_identity):
+    return direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=5)
+
+
+def ask(grid, nodes, action: str = "", timeout: float | None = 60) -> list[Message]:
+    messages = [Message(RecordDict({"config": ConfigRecord({"action": action})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    return list(grid.send_and_receive(messages, timeout=timeout))
+
+
+@pytest.mark.slow
+def test_node_contexts_persist_per_node_and_partitions_are_known_without_asking(grid):
+    nodes = sorted(grid.get_node_ids())
+    for expected_calls in (1, 2):
+        replies = ask(grid, nodes)
+        assert sorted(m.metadata.src_node_id for m in replies) == nodes
+        assert {int(m.content["metrics"]["calls"]) for m in replies} == {expected_calls}
+    partitions = {m.metadata.src_node_id: int(m.content["metrics"]["partition"]) for m in replies}
+    assert partitions == grid.node_client_ids() and sorted(partitions.values()) == list(range(5))
+    assert len({int(m.content["metrics"]["pid"]) for m in replies}) == 2  # both workers took messages
+
+
+@pytest.mark.slow
+def test_a_raising_client_app_becomes_an_error_reply_and_the_worker_stays(grid):
+    [node, other] = sorted(grid.get_node_ids())[:2]
+    [failed] = ask(grid, [node], "raise")
+    assert failed.has_error() and "client exploded" in failed.error.reason
+    [ok] = ask(grid, [other])
+    assert not ok.has_error()
+
+
+@pytest.mark.slow
+def test_a_timeout_returns_what_arrived_and_late_replies_are_dropped(grid):
+    nodes = sorted(grid.get_node_ids())
+    assert ask(grid, nodes[:1], "sleep", timeout=0.3) == []
+    replies = ask(grid, nodes[1:3], timeout=30)  # the sleeping worker finishes meanwhile; its reply is not mixed in
+    assert sorted(m.metadata.src_node_id for m in replies) == nodes[1:3]
+    [late_node_again] = ask(grid, nodes[:1])
+    assert int(late_node_again.content["metrics"]["calls"]) == 2  # the timed-out call still updated its context
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_reported_as_such_and_replaced(grid, pool):
+    before = set(pool.wait_ready())
+    [died] = ask(grid, sorted(grid.get_node_ids())[:1], "die")
+    assert died.has_error() and "ActorDiedError" in died.error.reason  # the round driver restarts on this marker
+    replies = ask(grid, sorted(grid.get_node_ids()))
+    assert not any(m.has_error() for m in replies)
+    after = set(pool.wait_ready())
+    assert len(after) == len(before) == 2 and len(after & before) == 1
+
+
+@pytest.mark.slow
+def test_runs_inside_warm_workers_reuse_the_same_processes(pool, flower_identity):
+    first = direct_engine.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+    assert first is pool  # same resources: the warm pool, not a new one
+    pids = set(pool.wait_ready())
+    second_run = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
+    replies = ask(second_run, second_run.get_node_ids())
+    assert {int(m.content["metrics"]["calls"]) for m in replies} == {1}  # a new run: fresh node contexts
+    assert {int(m.content["metrics"]["pid"]) for m in replies} <= pids == set(pool.wait_ready())
+
+
+def test_a_grid_that_placed_its_nodes_is_not_queried_for_client_ids():
+    class PlacedGrid:
+        def node_client_ids(self):
+            return {101: 0, 202: 1}
+
+        def send_and_receive(self, *_args, **_kwargs):
+            raise AssertionError("no query may be sent")
+
+    assert identify_clients(PlacedGrid(), [101, 202], timeout_s=1) == {0: 101, 1: 202}
+
+
+@pytest.mark.slow
+def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
+    overrides = (*tiny_overrides(4), "rounds=3", "server.fraction_fit=0.75", "server.aggregator=pcgrad")
+    runs = {}
+    for engine in ("direct", "flower"):
+        run_dir = tmp_path / engine
+        result = simulate(*set_args((*overrides, f"simulation.engine={engine}", f"output.run_dir={run_dir}")), env=simulate_env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[engine] = run_dir
+    assert read_rows(runs["direct"] / "metrics.jsonl") == read_rows(runs["flower"] / "metrics.jsonl")
+    timing = ("seconds", "started_at")
+    server = [[{k: v for k, v in row.items() if k not in timing} for row in read_rows(runs[e] / "server.jsonl")] for e in runs]
+    assert server[0] == server[1]
+    assert_no_leftover_processes(simulate_env)
