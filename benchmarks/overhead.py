@@ -1,18 +1,23 @@
-"""What Flower + Ray cost: a default-size simulation against a plain in-process PyTorch loop.
+"""What the simulation engines cost: each engine against a plain in-process PyTorch loop, in one run.
 
-Both sides do the same work: the same clients (``fedmtl.client.LocalClient``), the same local
+Every side does the same work: the same clients (``fedmtl.client.LocalClient``), the same local
 steps and model, FedAvg through the same ``ServerUpdater``, and evaluation after every round.
 The in-process loop runs the clients one after another in this process, without Flower or Ray.
+Engines: ``direct`` started cold (its own Ray), ``direct`` attached to a Ray cluster that is
+already running (``resources.ray_address``), and Flower's own ``run_simulation`` (``flower``).
+Two workloads: the default config (a 2,640-parameter MLP encoder) and a CNN encoder of about
+1e6 parameters on the digits suite.
 
-    python benchmarks/overhead.py [--rounds 15] [--set key.path=value ...] [--no-write]
+    python benchmarks/overhead.py [--rounds 10] [--workload default|cnn ...] [--no-write]
 
-Prints start-up seconds, steady-state seconds per round (median over rounds >= 2) for both,
-and their ratio; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
+Prints start-up seconds, steady-state seconds per round (median over rounds >= 2) and ratios to
+the plain loop; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +35,7 @@ from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.client import LocalClient  # noqa: E402
 from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
 from fedmtl.models import initial_shared_state  # noqa: E402
+from fedmtl.resources import private_ray_cluster  # noqa: E402
 from fedmtl.rundir import SERVER_FILE, read_rows  # noqa: E402
 from fedmtl.server_update import ServerUpdater  # noqa: E402
 
@@ -76,33 +82,74 @@ def steady(rounds: list[float]) -> float:
     return statistics.median(rounds[1:] if len(rounds) > 1 else rounds)
 
 
+WORKLOADS = {
+    "default": [],
+    # about 1e6 encoder parameters: two 3x3 conv blocks (192, 512 channels) on the 8x8 digits
+    "cnn": ["data.name=digits", "clients.count=6", "clients.tasks=[[digit,parity],[digit,geq5],[parity,loops],[digit,loops],[geq5,loops],[digit,parity]]",
+            "model.encoder=cnn", "model.conv_channels=[192,512]", "model.representation_dim=64", "model.head_hidden=[]",
+            "client.local_steps=5", "client.batch_size=16"],
+}
+
+
+def encoder_parameters(cfg: ExperimentConfig) -> int:
+    return sum(v.numel() for v in initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()).values())
+
+
+def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
+    """(side, start-up s, per-round s) for the plain loop and every engine, one after another."""
+    sides = [("plain in-process PyTorch loop", *time_inprocess(cfg))]
+    sides.append(("`direct` engine, cold (starts Ray)", *time_simulation(with_engine(cfg, "direct"))))
+    with private_ray_cluster(cfg.resources) as address:
+        attached = replace(cfg.resources, ray_address=address, num_cpus=None, num_gpus=None)
+        sides.append(("`direct` engine, attached to running Ray", *time_simulation(replace(with_engine(cfg, "direct"), resources=attached))))
+    sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
+    return sides
+
+
+def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
+    return replace(cfg, simulation=replace(cfg.simulation, engine=engine))
+
+
+def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]]) -> str:
+    _, plain_startup, plain_rounds = sides[0]
+    plain_round = steady(plain_rounds)
+    lines = [
+        f"**{name}**: {cfg.data.name} suite, {cfg.clients.count} clients, {cfg.model.encoder} encoder of "
+        f"{encoder_parameters(cfg):,} parameters, {cfg.client.local_steps} local steps of batch {cfg.client.batch_size}, "
+        f"{cfg.rounds} rounds, evaluation every round.",
+        "",
+        "| | start-up (s) | start-up - plain (s) | steady-state s/round | round / plain round | total (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, startup, rounds in sides:
+        lines.append(
+            f"| {side} | {startup:.2f} | {startup - plain_startup:+.2f} | {steady(rounds):.3f} | {steady(rounds) / plain_round:.2f}x | {startup + sum(rounds):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=["default", "cnn"])
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    cfg = load_config(None, [f"rounds={args.rounds}", *args.set])
-
-    plain_startup, plain_rounds = time_inprocess(cfg)
-    sim_startup, sim_rounds = time_simulation(cfg)
-    plain_round, sim_round = steady(plain_rounds), steady(sim_rounds)
-    lines = [
-        f"Default config ({cfg.clients.count} clients, {cfg.client.local_steps} local steps, {cfg.rounds} rounds, "
-        f"evaluation every round), measured in one run on: {machine_info()}.",
-        "",
-        "| | start-up (s) | steady-state s/round | total (s) |",
-        "|---|---|---|---|",
-        f"| plain in-process PyTorch loop | {plain_startup:.2f} | {plain_round:.3f} | {plain_startup + sum(plain_rounds):.1f} |",
-        f"| Flower simulation + Ray | {sim_startup:.2f} | {sim_round:.3f} | {sim_startup + sum(sim_rounds):.1f} |",
-        f"| ratio (Flower / plain) | {sim_startup / plain_startup:.1f}x | {sim_round / plain_round:.2f}x | |",
-        "",
-        "Start-up: for Flower, from calling `simulate.run` to the start of round 1 (Ray start, worker start-up, "
-        "clients importing torch, round-0 evaluation); for the plain loop, data generation and round-0 evaluation. "
-        "Steady state: median wall time of rounds 2.., each covering training, aggregation and evaluation.",
-    ]
-    text = "\n".join(lines)
-    print(text)
+    load = os.getloadavg()[0]
+    tables = []
+    for name in args.workload:
+        cfg = load_config(None, [f"rounds={args.rounds}", *WORKLOADS[name]])
+        tables.append(table(name, cfg, measure(cfg)))
+        print(tables[-1], flush=True)
+    text = "\n\n".join(
+        [
+            f"Measured in one run on: {machine_info()}; 1-minute load average before the run: {load:.1f}.",
+            *tables,
+            "Start-up: from calling `simulate.run` to the start of round 1 (for the engines: Ray start or attach, worker "
+            "start-up with torch imported, round-0 evaluation); for the plain loop, data generation and round-0 evaluation. "
+            "Steady state: median wall time of rounds 2.., each covering training, aggregation and evaluation. "
+            "The engines run two workers (one per core) while the plain loop runs the clients one after another in one process.",
+        ]
+    )
     if not args.no_write:
         write_section("overhead", "## Simulation overhead (`benchmarks/overhead.py`)\n\n" + text)
 

@@ -43,7 +43,7 @@ from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RunDirectory, read_rows  # 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 GIB, MIB = 2**30, 2**20
 DRIVER, WORKERS, RAY_SYSTEM = "driver (simulate.py)", "Ray workers", "Ray system"
-ACTOR_TITLE = "ray::ClientAppActor"
+ACTOR_TITLES = ("ray::ClientAppActor", "ray::ClientWorker")  # Flower's engine, the direct engine
 
 
 # --- /proc ---------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def label_of(pid: int) -> str:
 def group_of(label: str, is_root: bool) -> str:
     if is_root:
         return DRIVER
-    worker = label.startswith(ACTOR_TITLE) or label == "ray::IDLE" or label.endswith("worker.py")
+    worker = label.startswith(ACTOR_TITLES) or label == "ray::IDLE" or label.endswith("worker.py")
     return WORKERS if worker else RAY_SYSTEM  # gcs_server, raylet, dashboard, monitors, ray::*Agent
 
 
@@ -216,7 +216,7 @@ def sample_once(root: int, sampled: Sampled, launched: float) -> None:
         group = group_of(label, pid == root)
         rss += stat.rss_bytes
         groups[group] = groups.get(group, 0) + stat.rss_bytes
-        actors += label == ACTOR_TITLE
+        actors += label in ACTOR_TITLES
         sampled.cpu_by_pid[pid] = (stat.cpu_seconds, group)
         if stat.rss_bytes > sampled.peak_by_pid.get(pid, (0, ""))[0]:
             sampled.peak_by_pid[pid] = (stat.rss_bytes, label)

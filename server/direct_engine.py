@@ -83,8 +83,10 @@ class WorkerPool:
     def __init__(self, spec: PoolSpec) -> None:
         self.spec = spec
         if not ray.is_initialized():
-            pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **dict(spec.init_args))
+            # workers inherit this process's environment (no runtime_env: Ray's prestarted idle
+            # workers then serve the actors, and no per-job environment is set up)
+            os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]))
+            ray.init(**dict(spec.init_args))
         self.resources = dict(spec.client_resources)
         self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
         self.idle: deque[Any] = deque(self.actors)
