@@ -17,6 +17,8 @@ the plain loop; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -72,7 +74,9 @@ def time_simulation(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(cfg, output=replace(cfg.output, run_dir=f"{tmp}/run", progress=False))
         t0 = time.time()
-        if simulate.run(cfg) != 0:
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = simulate.run(cfg)
+        if status != 0:
             raise SystemExit("simulation failed")
         rows = read_rows(Path(tmp) / "run" / SERVER_FILE)
     return rows[0]["started_at"] - t0, [row["seconds"] for row in rows]
@@ -132,17 +136,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=["default", "cnn"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="applied to every workload")
+    parser.add_argument("--section", default="overhead", help="BENCHMARKS.md section to write (e.g. overhead_gpu)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     tables = []
     for name in args.workload:
-        cfg = load_config(None, [f"rounds={args.rounds}", *WORKLOADS[name]])
+        cfg = load_config(None, [f"rounds={args.rounds}", *WORKLOADS[name], *args.set])
         tables.append(table(name, cfg, measure(cfg)))
         print(tables[-1], flush=True)
     text = "\n\n".join(
         [
-            f"Measured in one run on: {machine_info()}; 1-minute load average before the run: {load:.1f}.",
+            f"Command: `python benchmarks/overhead.py --rounds {args.rounds} --workload {' '.join(args.workload)}"
+            + "".join(f" --set {o}" for o in args.set) + f"`. Measured in one run on: {machine_info('cuda')}; "
+            f"1-minute load average before the run: {load:.1f}.",
             *tables,
             "Start-up: from calling `simulate.run` to the start of round 1 (for the engines: Ray start or attach, worker "
             "start-up with torch imported, round-0 evaluation); for the plain loop, data generation and round-0 evaluation. "
@@ -151,7 +159,8 @@ def main() -> None:
         ]
     )
     if not args.no_write:
-        write_section("overhead", "## Simulation overhead (`benchmarks/overhead.py`)\n\n" + text)
+        title = "Simulation overhead" + (" on a GPU" if "gpu" in args.section else "")
+        write_section(args.section, f"## {title} (`benchmarks/overhead.py`)\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The float32 Gramian (one GEMM) against the exact float64 one: where it is used, every Gramian
 method gives the exact path's weights within float32 tolerance; where the rows are nearly
-dependent, the exact Gramian is used instead."""
+dependent, the exact Gramian is used instead. ``FEDMTL_TEST_DEVICE=cuda`` runs them on a GPU."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -11,19 +13,21 @@ from fedmtl.aggregation import AGGREGATORS, AggregationInput, GramianAggregator
 from fedmtl.aggregation import gramian as gramian_module
 from fedmtl.aggregation.gramian import FLOAT32_MIN_EIGENVALUE, exact_gramian, gramian, smallest_correlation_eigenvalue
 
+DEVICE = torch.device(os.environ.get("FEDMTL_TEST_DEVICE", "cpu"))
 GRAMIAN_METHODS = sorted(name for name, cls in AGGREGATORS.items() if issubclass(cls, GramianAggregator))
 
 
 def _inputs(matrix: torch.Tensor, precision: str) -> AggregationInput:
     k = matrix.shape[0]
-    losses = torch.linspace(0.5, 1.5, k, dtype=torch.float64)
-    return AggregationInput(matrix, torch.ones(k, dtype=torch.float64), losses, torch.Generator().manual_seed(0), precision)
+    losses = torch.linspace(0.5, 1.5, k, dtype=torch.float64, device=matrix.device)
+    counts = torch.ones(k, dtype=torch.float64, device=matrix.device)
+    return AggregationInput(matrix, counts, losses, torch.Generator().manual_seed(0), precision)
 
 
 def _well_conditioned(k: int = 12, p: int = 20_000, spread: float = 0.0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(3)
     rows = torch.randn(k, p, generator=generator) + 0.5 * torch.randn(1, p, generator=generator)  # cosines about 0.2
-    return rows * torch.logspace(-spread, spread, k)[:, None]
+    return (rows * torch.logspace(-spread, spread, k)[:, None]).to(DEVICE)
 
 
 def _nearly_parallel(k: int = 6, p: int = 20_000, cosine_gap: float = 1e-6) -> torch.Tensor:
@@ -31,7 +35,7 @@ def _nearly_parallel(k: int = 6, p: int = 20_000, cosine_gap: float = 1e-6) -> t
     common = torch.randn(1, p, generator=generator, dtype=torch.float64)
     noise = torch.randn(k, p, generator=generator, dtype=torch.float64)
     noise *= (2 * cosine_gap) ** 0.5 * common.norm() / noise.norm(dim=1, keepdim=True)
-    return (common + noise).float()
+    return (common + noise).float().to(DEVICE)
 
 
 def test_float32_gramian_is_one_product_within_1e_5_of_the_exact_one(monkeypatch):
@@ -44,7 +48,7 @@ def test_float32_gramian_is_one_product_within_1e_5_of_the_exact_one(monkeypatch
     assert float((fast - exact).abs().max() / exact.abs().max()) < 1e-5
 
 
-@pytest.mark.parametrize("rows", [_nearly_parallel(), _nearly_parallel(cosine_gap=1e-3), torch.tensor([[0.3, -1.0], [-0.6, 2.0]])], ids=["cos=1-1e-6", "cos=1-1e-3", "anti-parallel"])
+@pytest.mark.parametrize("rows", [_nearly_parallel(), _nearly_parallel(cosine_gap=1e-3), torch.tensor([[0.3, -1.0], [-0.6, 2.0]], device=DEVICE)], ids=["cos=1-1e-6", "cos=1-1e-3", "anti-parallel"])
 def test_nearly_dependent_rows_get_the_exact_gramian(rows):
     assert smallest_correlation_eigenvalue(exact_gramian(rows)) < FLOAT32_MIN_EIGENVALUE
     assert torch.equal(gramian(rows), exact_gramian(rows))
@@ -68,3 +72,4 @@ def test_the_gramian_is_returned_for_the_diagnostics():
     rows = _well_conditioned(k=4, p=100)
     result = AGGREGATORS["mgda"]()(_inputs(rows, "float32"))
     assert result.gramian is not None and torch.allclose(result.gramian, exact_gramian(rows), rtol=1e-5)
+    assert result.direction.device == rows.device
