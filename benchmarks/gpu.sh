@@ -21,8 +21,9 @@ timeout 300 $py simulate.py --set rounds=3 --set resources.client_gpus=0.25 --se
   --set server.aggregator=upgrad --set output.run_dir="$out/gpu-run" | tail -8
 $py - "$out/gpu-run" <<'PY'
 import sys
+from pathlib import Path
 from fedmtl.rundir import read_rows
-rows = read_rows(f"{sys.argv[1]}/clients.jsonl")
+rows = read_rows(Path(sys.argv[1]) / "clients.jsonl")
 print("clients on GPU:", sum(r["on_gpu"] == 1 for r in rows), "of", len(rows), "| assigned GPU ids:", sorted({r["assigned_gpu"] for r in rows}))
 PY
 cp BENCHMARKS.md "$out/BENCHMARKS.md"
