@@ -15,9 +15,9 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 echo "== 1. Gramian tests on CUDA"
 FEDMTL_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider tests/aggregation/test_gramian.py 2>&1 | tail -3
 echo "== 2. direct engine tests"
-timeout 300 $py -m pytest -q -p no:cacheprovider tests/test_direct_engine.py -k "not both_engines" 2>&1 | tail -3
+timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_direct_engine.py -k "not both_engines" 2>&1 | tail -3
 echo "== 3. GPU clients (4 x 0.25 GPU), aggregation on cuda"
-timeout 300 $py simulate.py --set rounds=3 --set resources.client_gpus=0.25 --set server.device=cuda \
+timeout 120 $py simulate.py --set rounds=3 --set resources.client_gpus=0.25 --set server.device=cuda \
   --set server.aggregator=upgrad --set output.run_dir="$out/gpu-run" | tail -8
 $py - "$out/gpu-run" <<'PY'
 import sys
@@ -28,7 +28,7 @@ print("clients on GPU:", sum(r["on_gpu"] == 1 for r in rows), "of", len(rows), "
 PY
 cp BENCHMARKS.md "$out/BENCHMARKS.md"
 echo "== 4. aggregation cost on CUDA"
-timeout 240 $py benchmarks/aggregation.py --device cuda --repeats 3 > "$out/aggregation.log" 2>&1; tail -4 "$out/aggregation.log"
+timeout 200 $py benchmarks/aggregation.py --device cuda --repeats 3 > "$out/aggregation.log" 2>&1; tail -4 "$out/aggregation.log"
 echo "== 5. engine overhead with GPU clients"
-timeout 300 $py benchmarks/overhead.py --rounds 8 --set resources.client_gpus=0.25 --section overhead_gpu > "$out/overhead.log" 2>&1; grep "^|" "$out/overhead.log"
+timeout 220 $py benchmarks/overhead.py --rounds 8 --set resources.client_gpus=0.25 --section overhead_gpu > "$out/overhead.log" 2>&1; grep "^|" "$out/overhead.log"
 cp BENCHMARKS.md "$out/BENCHMARKS.md"
