@@ -30,12 +30,15 @@ _MAX_NEWTON_STEPS = 200
 
 
 def nash_weights(gram: torch.Tensor, ridge: float = 1e-8, tolerance: float = 1e-12) -> torch.Tensor:
-    """Positive ``alpha`` with ``(M + ridge*tr(M)/K I) alpha = 1/alpha`` (float64 Newton iterations)."""
-    m = gram.double()
+    """Positive ``alpha`` with ``(M + ridge*tr(M)/K I) alpha = 1/alpha`` (float64 Newton iterations).
+
+    Solved on the CPU (``K x K`` is tiny; each iteration would otherwise synchronise the device);
+    returned on ``gram``'s device."""
+    m = gram.detach().to("cpu", torch.float64)
     k = m.shape[0]
     scale = float(torch.trace(m)) / k
     if scale <= 0:
-        return torch.ones(k, dtype=torch.float64)
+        return torch.ones(k, dtype=torch.float64, device=gram.device)
     m = m / scale + ridge * torch.eye(k, dtype=torch.float64)  # scale-free problem; undone below
 
     def objective(a: torch.Tensor) -> float:
@@ -53,7 +56,7 @@ def nash_weights(gram: torch.Tensor, ridge: float = 1e-8, tolerance: float = 1e-
             if t < 1e-12:
                 break
         alpha = alpha + t * step
-    return alpha / scale**0.5
+    return (alpha / scale**0.5).to(gram.device)
 
 
 @dataclass(frozen=True)
