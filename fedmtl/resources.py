@@ -41,11 +41,13 @@ def ray_address(resources: ResourcesConfig) -> str | None:
 
 
 def cluster_totals(address: str) -> tuple[int, int]:
-    """(CPUs, GPUs) of the running Ray cluster at ``address``; connects briefly, then disconnects."""
+    """(CPUs, GPUs) of the running Ray cluster at ``address``; connects briefly, then disconnects
+    (when this process is attached already, the cluster it is attached to)."""
     import ray
 
-    if ray.is_initialized():
-        raise RuntimeError("Ray is already initialised in this process; cannot query another cluster")
+    if ray.is_initialized():  # attached already (the direct engine's warm workers): ask that cluster
+        totals = ray.cluster_resources()
+        return int(totals.get("CPU", 0)), int(totals.get("GPU", 0))
     try:
         ray.init(address=address, **_QUIET_RAY)
     except (ConnectionError, ValueError, RuntimeError) as err:

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedmtl.config import ResourcesConfig
-from fedmtl.resources import backend_config
+from fedmtl.resources import backend_config, private_ray_cluster
 from fedmtl.rundir import read_rows
 from server import direct_engine
 from server.loop import identify_clients
@@ -140,4 +140,20 @@ def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
     timing = ("seconds", "started_at")
     server = [[{k: v for k, v in row.items() if k not in timing} for row in read_rows(runs[e] / "server.jsonl")] for e in runs]
     assert server[0] == server[1]
+    assert_no_leftover_processes(simulate_env)
+
+
+@pytest.mark.slow
+def test_a_study_attached_to_a_running_ray_cluster_reuses_it_for_every_federation(tmp_path, simulate_env):
+    """fed_stl runs one federation per task: every one attaches to the same cluster in one process."""
+    overrides = (*tiny_overrides(3), "rounds=2", "study.arms=[fed_mtl, fed_stl]", f"output.run_dir={tmp_path / 'study'}")
+    os.environ[TAG_VAR] = simulate_env[TAG_VAR]  # the head started here carries the test's tag too
+    try:
+        with private_ray_cluster(ResourcesConfig(num_cpus=2)) as address:
+            result = simulate(*set_args((*overrides, f"resources.ray_address={address}")), env=simulate_env)
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert len(list((tmp_path / "study" / "arms" / "fed_stl").rglob("tasks/*/summary.json"))) == 4
+    finally:
+        del os.environ[TAG_VAR]
+    assert (tmp_path / "study" / "report.md").exists()
     assert_no_leftover_processes(simulate_env)
