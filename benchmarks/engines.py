@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from benchmarks.scale import GIB, MIB, RunResult, _interrupt, run_one  # noqa: E402
+from benchmarks.scale import GIB, MIB, RunResult, _interrupt, add_run_arguments, run_one  # noqa: E402
 
 
 def run_for(clients: int, engine: str, args: argparse.Namespace) -> RunResult:
@@ -67,12 +67,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["direct", "flower"], choices=["direct", "flower"])
     parser.add_argument("--trained", type=int, default=10, help="clients trained (and evaluated) per round")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-minute load to fall below this")
-    parser.add_argument("--max-wait", type=float, default=120.0, help="... but at most this many seconds per run")
-    parser.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="passed to every run")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_run_arguments(parser, max_wait=120.0)
     args = parser.parse_args()
     if args.trained > min(args.clients):
         parser.error("--trained must not exceed the smallest --clients")

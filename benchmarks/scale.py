@@ -641,6 +641,16 @@ def report(
     )
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, max_wait: float) -> None:
+    """The options :func:`run_one` reads, shared with ``benchmarks/engines.py``."""
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-minute load to fall below this")
+    parser.add_argument("--max-wait", type=float, default=max_wait, help="... but at most this many seconds per run")
+    parser.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="passed to every run")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[50, 200, 500], metavar="N")
@@ -649,12 +659,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fraction-fit", type=float, default=0.1)
     parser.add_argument("--variant-fraction-evaluate", type=float, default=0.1,
                         help="one more run at the largest N with this server.fraction_evaluate (0: none)")  # fmt: skip
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-minute load to fall below this")
-    parser.add_argument("--max-wait", type=float, default=300.0, help="... but at most this many seconds per run")
-    parser.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="passed to every run")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_run_arguments(parser, max_wait=300.0)
     args = parser.parse_args()
     if args.quick:
         args.clients = [20, 50]
