@@ -46,7 +46,7 @@ def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
 
     Holds only the tasks the client trains (``clients.only_tasks``), cut from the data of all it holds.
     """
-    key = (cfg.fingerprint(), client_id)
+    key = (cfg.data_fingerprint(), client_id)
     if key in _data_cache:
         _data_cache.move_to_end(key)
         return _data_cache[key]

@@ -284,8 +284,18 @@ class ExperimentConfig:
         return to_plain(self)
 
     def fingerprint(self) -> str:
-        """Stable hash of the resolved config (used to key per-process caches)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Stable hash of the resolved config."""
+        return _digest(self.to_dict())
+
+    def data_fingerprint(self) -> str:
+        """Stable hash of what the clients' data depends on (seed, data suite, clients): the key of the
+        per-process client-data cache, shared by every run of a study that uses the same data."""
+        plain = self.to_dict()
+        return _digest({key: plain[key] for key in ("seed", "data", "clients")})
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def num_encoder_blocks(model: ModelConfig) -> int:

@@ -82,9 +82,14 @@ class ClientSampler:
         return sample(client_ids, self.fraction_evaluate, random.Random(f"{self.seed}/evaluate/{server_round}"))
 
 
+def sample_size(clients: int, fraction: float) -> int:
+    """``round(fraction * clients)``, at least one."""
+    return max(1, round(clients * fraction))
+
+
 def sample(client_ids: Iterable[int], fraction: float, rng: random.Random) -> list[int]:
     ordered = sorted(client_ids)
-    count = max(1, round(len(ordered) * fraction))
+    count = sample_size(len(ordered), fraction)
     if count >= len(ordered):
         return ordered
     return sorted(rng.sample(ordered, count))

@@ -92,7 +92,8 @@ def train_local(
         torch.stack(list(terms.values())).sum().backward(retain_graph=balancer_needs_graph(balancer))
         if surgery:
             ones = torch.ones(len(tasks), dtype=torch.float64)
-            direction = cfg.surgery(AggregationInput(matrix, ones, generator=generator)).direction
+            # task gradients are few and small: the exact Gramian costs nothing next to a training step
+            direction = cfg.surgery(AggregationInput(matrix, ones, generator=generator, gramian_precision="float64")).direction
             write_flat_gradient(encoder_params, direction * len(tasks))  # sum-scaled, like the plain sum of terms
         if proximal is not None:
             with torch.no_grad():

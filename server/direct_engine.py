@@ -20,9 +20,11 @@ same actors (torch imported, data caches filled).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -39,7 +41,16 @@ from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-APPS_KEPT_PER_WORKER = 4  # client apps an actor keeps loaded (one per run; a study has one at a time)
+# Creating the first torch optimizer in a process imports torch._dynamo (about 1.8 s on a 2-core
+# machine). Imported in a background thread, it overlaps Ray's start (driver) and the round-0
+# evaluation (workers) instead of delaying the first round.
+SLOW_LAZY_IMPORTS = ("torch._dynamo",)
+
+
+def import_in_background(modules: Iterable[str] = SLOW_LAZY_IMPORTS) -> threading.Thread:
+    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], name="fedmtl-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 @ray.remote
@@ -57,9 +68,8 @@ class ClientWorker:
         return os.getpid()
 
     def load(self, key: str, app: ClientApp) -> None:
-        self.apps[key] = app
-        while len(self.apps) > APPS_KEPT_PER_WORKER:
-            self.apps.pop(next(iter(self.apps)))
+        """The current run's app (a message still running from an earlier run keeps its own)."""
+        self.apps = {key: app}
 
     def handle(self, key: str, message: Message, context: Context) -> tuple[Message, Context]:
         return self.apps[key](message, context), context
@@ -83,10 +93,7 @@ class WorkerPool:
     def __init__(self, spec: PoolSpec) -> None:
         self.spec = spec
         if not ray.is_initialized():
-            # workers inherit this process's environment (no runtime_env: Ray's prestarted idle
-            # workers then serve the actors, and no per-job environment is set up)
-            os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]))
-            ray.init(**dict(spec.init_args))
+            start_ray(dict(spec.init_args))
         self.resources = dict(spec.client_resources)
         self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
         self.idle: deque[Any] = deque(self.actors)
@@ -108,6 +115,8 @@ class WorkerPool:
         return key
 
     def replace(self, dead: Any) -> None:
+        """A fresh actor (with the current app) in place of ``dead``, which is killed if still there."""
+        ray.kill(dead)
         fresh = self._new_actor()
         self.actors[self.actors.index(dead)] = fresh
         for key, app in self.apps.items():
@@ -118,6 +127,25 @@ class WorkerPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors, self.idle = [], deque()
+
+
+def start_ray(init_args: dict[str, Any]) -> None:
+    """``ray.init`` with this process's ``sys.path`` visible to the workers. A local Ray's workers
+    inherit the environment (no ``runtime_env``, so Ray's prestarted idle workers can serve the
+    actors); workers of an existing cluster get it through the job's ``runtime_env``."""
+    pythonpath = os.pathsep.join(dict.fromkeys([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    if init_args.get("address") != "local":
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+        return
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = pythonpath
+    try:
+        ray.init(**init_args)
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 @dataclass
@@ -175,15 +203,20 @@ class DirectGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def node_client_ids(self) -> dict[int, int]:
+    def node_partitions(self) -> dict[int, int]:
         """node id -> partition id: this grid placed the nodes, so nobody needs to be asked."""
         return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        for message in messages:  # all checked before any is queued
+            meta = message.metadata
+            if meta.dst_node_id not in self.contexts:
+                raise ValueError(f"message for unknown node {meta.dst_node_id}")
+            if meta.reply_to_message_id or meta.ttl <= 0 or meta.delivered_at:
+                raise ValueError(f"invalid message for node {meta.dst_node_id}: a reply, expired or already delivered")
         ids = []
         for message in messages:
-            if message.metadata.dst_node_id not in self.contexts:
-                raise ValueError(f"message for unknown node {message.metadata.dst_node_id}")
             message_id = uuid.uuid4().hex
             meta = message.metadata.__dict__
             meta.update(_message_id=message_id, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID)
@@ -202,8 +235,9 @@ class DirectGrid(Grid):
         deadline = None if timeout is None else time.monotonic() + timeout
         received: list[Message] = []
         while waiting:
-            received.extend(self.replies.pop(i) for i in list(waiting) if i in self.replies)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in received)
+            arrived = waiting & self.replies.keys()
+            received.extend(self.replies.pop(i) for i in arrived)
+            waiting -= arrived
             if not waiting:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -253,15 +287,25 @@ class DirectGrid(Grid):
             reply, context = ray.get(future)
             self.contexts[node] = context
             self.pool.idle.append(job.actor)
-        except ray.exceptions.RayActorError as err:  # the worker process died: replace it
-            self.pool.replace(job.actor)
-            reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"ActorDiedError: worker died running node {node}: {err}"), reply_to=job.message)
         except ray.exceptions.RayTaskError as err:  # the ClientApp raised (fedmtl's own handlers reply errors instead)
             self.pool.idle.append(job.actor)
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err.cause).__name__}: {err.cause}"), reply_to=job.message)
+        except ray.exceptions.RayError as err:  # the worker died or was lost (killed, OOM, node gone): replace it
+            self.pool.replace(job.actor)
+            reason = f"ActorDiedError ({type(err).__name__}): worker lost while running node {node}: {str(err).splitlines()[0][:300]}"
+            reply = Message(Error(ErrorCode.UNKNOWN, reason), reply_to=job.message)
         if job.current:
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             self.replies[job.message.metadata.message_id] = reply
+
+    def close(self) -> None:
+        """End of the run: actors still running one of its messages (timed out) are replaced, so the
+        next run of a warm pool has every worker; queued messages are dropped."""
+        for job in self.in_flight.values():
+            self.pool.replace(job.actor)
+        self.in_flight.clear()
+        self.queued.clear()
+        self.messages.clear()
 
     def _abandon(self, message_ids: set[str]) -> None:
         """Timed out: queued messages are dropped, running ones finish but their replies are discarded."""
@@ -289,6 +333,7 @@ _warm: WorkerPool | None = None
 def worker_pool(backend: Mapping[str, Any]) -> WorkerPool:
     """The warm pool if it was built for the same resources, else a new one (the old one shut down)."""
     global _warm
+    import_in_background()  # the server's optimizer needs it; overlaps Ray's start
     spec = PoolSpec.of(backend)
     if _warm is not None and (_warm.spec != spec or not ray.is_initialized()):
         shutdown()

@@ -7,7 +7,7 @@ Flower messages (:class:`FlowerRounds`) and finds out which client each node pla
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -36,12 +36,13 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S) -> li
     return nodes
 
 
-def identify_clients(grid: Grid, nodes: list[int], timeout_s: float) -> dict[int, int]:
+def identify_clients(grid: Grid, nodes: list[int], timeout_s: float, participants: Sequence[int]) -> dict[int, int]:
     """client id -> node id. A grid that placed the nodes itself (the direct engine) knows each node's
-    partition; any other is asked, one query per node: node ids are random per run, client ids are not."""
-    known: Callable[[], Mapping[int, int]] | None = getattr(grid, "node_client_ids", None)
-    if known is not None:
-        return {client: node for node, client in known().items()}
+    partition, and partition i plays client ``participants[i]`` (``clients.members``); any other grid
+    is asked, one query per node: node ids are random per run, client ids are not."""
+    partitions: Callable[[], Mapping[int, int]] | None = getattr(grid, "node_partitions", None)
+    if partitions is not None:
+        return {participants[partition]: node for node, partition in partitions().items()}
     content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 0})})
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=timeout_s))
@@ -67,6 +68,12 @@ class FlowerRounds:
 
     def __init__(self, grid: Grid, strategy: EncoderStrategy, timeout_s: float) -> None:
         self.grid, self.strategy, self.timeout_s = grid, strategy, timeout_s
+        self._arrays: ArrayRecord | None = None  # the global state as sent, until the next aggregation
+
+    def arrays(self) -> ArrayRecord:
+        if self._arrays is None:
+            self._arrays = ArrayRecord(self.strategy.state.global_state())
+        return self._arrays
 
     def _exchange(self, messages: list[Message], server_round: int) -> list[Message]:
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
@@ -75,17 +82,16 @@ class FlowerRounds:
         return replies
 
     def train(self, server_round: int, config: Mapping[str, Any]) -> TrainRound:
-        arrays = ArrayRecord(self.strategy.state.global_state())
-        messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), self.grid))
+        messages = list(self.strategy.configure_train(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid))
         replies = self._exchange(messages, server_round)
         report = self.strategy.aggregate(server_round, replies)
+        self._arrays = None
         report.sampled, report.reports = len(messages), metric_reports(replies)
         report.bytes_down, report.bytes_up = payload_bytes(messages), payload_bytes(replies)
         return report
 
     def evaluate(self, server_round: int, config: Mapping[str, Any]) -> EvalRound:
-        arrays = ArrayRecord(self.strategy.state.global_state())
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), self.grid))
+        messages = list(self.strategy.configure_evaluate(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid))
         return EvalRound(metric_reports(self._exchange(messages, server_round)), payload_bytes(messages))
 
 
@@ -101,7 +107,8 @@ def run_federation(
     """Run the rounds of ``cfg`` (from the last checkpoint when ``resume``); write everything into ``run``."""
     nodes = wait_for_nodes(grid, len(cfg.clients.participants()))
     state = ServerState.initial(cfg)
-    client_nodes = identify_clients(grid, nodes, cfg.server.round_timeout_s) if state.sampler.needs_client_ids else None
+    participants = cfg.clients.participants()
+    client_nodes = identify_clients(grid, nodes, cfg.server.round_timeout_s, participants) if state.sampler.needs_client_ids else None
     strategy = EncoderStrategy(state, cfg.server.max_update_norm, client_nodes)
     done = restore_run(run, state, resume, attempt)
     driver = RoundDriver(cfg, run, state, echo=echo, attempt=attempt, client_state_dir=client_state_dir)

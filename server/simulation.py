@@ -51,10 +51,11 @@ def _run_flower(server_app: ServerApp, client_app: ClientApp, cfg: ExperimentCon
 
 def _run_direct(server_app: ServerApp, client_app: ClientApp, cfg: ExperimentConfig, backend: dict[str, Any], verbose: bool) -> None:
     pool = direct_engine.worker_pool(backend)
+    grid = direct_engine.DirectGrid(pool, pool.load(client_app), len(cfg.clients.participants()))
     try:
-        grid = direct_engine.DirectGrid(pool, pool.load(client_app), len(cfg.clients.participants()))
         direct_engine.run_server_app(server_app, grid)
     finally:
+        grid.close()
         if not direct_engine.keeping_warm():
             direct_engine.shutdown()
 

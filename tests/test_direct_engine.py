@@ -71,7 +71,7 @@ def test_node_contexts_persist_per_node_and_partitions_are_known_without_asking(
         assert sorted(m.metadata.src_node_id for m in replies) == nodes
         assert {int(m.content["metrics"]["calls"]) for m in replies} == {expected_calls}
     partitions = {m.metadata.src_node_id: int(m.content["metrics"]["partition"]) for m in replies}
-    assert partitions == grid.node_client_ids() and sorted(partitions.values()) == list(range(5))
+    assert partitions == grid.node_partitions() and sorted(partitions.values()) == list(range(5))
     assert len({int(m.content["metrics"]["pid"]) for m in replies}) == 2  # both workers took messages
 
 
@@ -90,8 +90,21 @@ def test_a_timeout_returns_what_arrived_and_late_replies_are_dropped(grid):
     assert ask(grid, nodes[:1], "sleep", timeout=0.3) == []
     replies = ask(grid, nodes[1:3], timeout=30)  # the sleeping worker finishes meanwhile; its reply is not mixed in
     assert sorted(m.metadata.src_node_id for m in replies) == nodes[1:3]
-    [late_node_again] = ask(grid, nodes[:1])
+    [late_node_again] = ask(grid, nodes[:1])  # runs after the late call finished (one message per node at a time)
     assert int(late_node_again.content["metrics"]["calls"]) == 2  # the timed-out call still updated its context
+    assert grid.replies == {}  # ... but its reply was dropped, not kept for anyone
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_with_a_worker_still_busy_leaves_every_worker_to_the_next(pool, flower_identity):
+    grid = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
+    assert ask(grid, sorted(grid.get_node_ids())[:1], "sleep", timeout=0.2) == []
+    grid.close()  # the run ends while one worker still sleeps: it is replaced
+    assert len(pool.idle) == len(pool.actors) == 2
+    following = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=4)
+    replies = ask(following, following.get_node_ids(), timeout=60)
+    assert len(replies) == 4 and not any(m.has_error() for m in replies)
+    assert len({int(m.content["metrics"]["pid"]) for m in replies}) == 2
 
 
 @pytest.mark.slow
@@ -118,18 +131,20 @@ def test_runs_inside_warm_workers_reuse_the_same_processes(pool, flower_identity
 
 def test_a_grid_that_placed_its_nodes_is_not_queried_for_client_ids():
     class PlacedGrid:
-        def node_client_ids(self):
+        def node_partitions(self):
             return {101: 0, 202: 1}
 
         def send_and_receive(self, *_args, **_kwargs):
             raise AssertionError("no query may be sent")
 
-    assert identify_clients(PlacedGrid(), [101, 202], timeout_s=1) == {0: 101, 1: 202}
+    # partition i plays participants[i] (clients.members), as clients.client_app.client_id_of says
+    assert identify_clients(PlacedGrid(), [101, 202], timeout_s=1, participants=(5, 3)) == {5: 101, 3: 202}
 
 
 @pytest.mark.slow
 def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
-    overrides = (*tiny_overrides(4), "rounds=3", "server.fraction_fit=0.75", "server.aggregator=pcgrad")
+    # sampling (by client id) with members out of order: each engine must know which client a node plays
+    overrides = (*tiny_overrides(5), "rounds=3", "clients.members=[4, 0, 3, 1]", "server.fraction_fit=0.5", "server.aggregator=pcgrad")
     runs = {}
     for engine in ("direct", "flower"):
         run_dir = tmp_path / engine
@@ -144,7 +159,7 @@ def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
 
 
 @pytest.mark.slow
-def test_a_study_attached_to_a_running_ray_cluster_reuses_it_for_every_federation(tmp_path, simulate_env):
+def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(tmp_path, simulate_env):
     """fed_stl runs one federation per task: every one attaches to the same cluster in one process."""
     overrides = (*tiny_overrides(3), "rounds=2", "study.arms=[fed_mtl, fed_stl]", f"output.run_dir={tmp_path / 'study'}")
     os.environ[TAG_VAR] = simulate_env[TAG_VAR]  # the head started here carries the test's tag too

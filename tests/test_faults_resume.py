@@ -148,9 +148,11 @@ def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_
 
 
 @pytest.mark.slow
-def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted):
+@pytest.mark.parametrize("engine", ["direct", "flower"])
+def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted, engine):
     run_dir = tmp_path / "killed-worker"
-    result = simulate(*set_args((*SMALL, "faults.worker_kill_round=3", "faults.worker_kill_client=2", f"output.run_dir={run_dir}")), env=module_env)
+    faults = ("faults.worker_kill_round=3", "faults.worker_kill_client=2", f"simulation.engine={engine}")
+    result = simulate(*set_args((*SMALL, *faults, f"output.run_dir={run_dir}")), env=module_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 3: a worker died; restarting from the last checkpoint" in result.stdout
     assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")

@@ -33,7 +33,7 @@ from fedmtl.client import LocalClient, client_data, derive_seed
 from fedmtl.config import ExperimentConfig, tasks_held
 from fedmtl.models import MultiTaskModel, initial_shared_state
 from fedmtl.recorder import Recorder
-from fedmtl.rounds import evaluation_rounds
+from fedmtl.rounds import evaluation_rounds, sample_size
 from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory, read_rows
 from fedmtl.suites import TaskData
 from fedmtl.training import evaluate, train_local
@@ -141,7 +141,7 @@ class CentralMTL(Arm):
         torch.manual_seed(derive_seed(cfg.seed, _CENTRAL_STREAM))
         model = MultiTaskModel(cfg.model, cfg.data.feature_dim(), specs.values(), cfg.model.sharing.adapter_rank, cfg.data.image_shape())
         model.load_state_dict({**model.state_dict(), **initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())})
-        sampled = max(1, round(len(participants) * cfg.server.fraction_fit))  # as the strategy samples
+        sampled = sample_size(len(participants), cfg.server.fraction_fit)  # as the server samples
         train_cfg = replace(cfg.client, local_steps=cfg.client.local_steps * sampled)
         balancer_state: dict[str, torch.Tensor] = {}
         evaluated = set(evaluation_rounds(cfg))
