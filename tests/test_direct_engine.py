@@ -162,6 +162,7 @@ def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
 def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(tmp_path, simulate_env):
     """fed_stl runs one federation per task: every one attaches to the same cluster in one process."""
     overrides = (*tiny_overrides(3), "rounds=2", "study.arms=[fed_mtl, fed_stl]", f"output.run_dir={tmp_path / 'study'}")
+    previous_tag = os.environ.get(TAG_VAR)
     os.environ[TAG_VAR] = simulate_env[TAG_VAR]  # the head started here carries the test's tag too
     try:
         with private_ray_cluster(ResourcesConfig(num_cpus=2)) as address:
@@ -169,6 +170,9 @@ def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(t
             assert result.returncode == 0, result.stderr[-2000:]
             assert len(list((tmp_path / "study" / "arms" / "fed_stl").rglob("tasks/*/summary.json"))) == 4
     finally:
-        del os.environ[TAG_VAR]
+        if previous_tag is None:
+            del os.environ[TAG_VAR]
+        else:
+            os.environ[TAG_VAR] = previous_tag
     assert (tmp_path / "study" / "report.md").exists()
     assert_no_leftover_processes(simulate_env)
