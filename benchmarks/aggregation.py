@@ -76,9 +76,22 @@ def methods(configs: list[dict[str, Any]]) -> tuple[list[Method], list[str]]:
     return built + exact, unavailable
 
 
-def make_inputs(k: int, p: int, device: torch.device, seed: int = 0) -> AggregationInput:
+ROWS = {
+    # independent Gaussian rows: pairwise cosines about 0, well conditioned (the float32 Gramian is used)
+    "gaussian": 0.0,
+    # a shared component: pairwise cosines about 0.97, as when clients' updates mostly agree; the rows'
+    # smallest correlation eigenvalue (about 0.03) is below 0.05, so the Gramian is recomputed in float64
+    "similar": 0.97,
+}
+
+
+def make_inputs(k: int, p: int, device: torch.device, rows: str = "gaussian", seed: int = 0) -> AggregationInput:
     generator = torch.Generator().manual_seed(seed)
-    matrix = torch.randn(k, p, generator=generator, dtype=torch.float32).to(device)
+    cosine = ROWS[rows]
+    matrix = torch.randn(k, p, generator=generator, dtype=torch.float32)
+    if cosine:
+        matrix.mul_((1 - cosine) ** 0.5).add_(cosine**0.5 * torch.randn(1, p, generator=generator, dtype=torch.float32))
+    matrix = matrix.to(device)
     return AggregationInput(
         matrix=matrix,
         num_examples=torch.randint(1, 100, (k,), generator=generator).to(torch.float64),
@@ -119,6 +132,7 @@ def run_grid(
     max_bytes: int,
     repeats: int,
     to_time: list[Method],
+    rows: str = "gaussian",
 ) -> tuple[list[tuple[int, int]], list[str], dict[tuple[str, int, int], float]]:
     """Time every method on every (K, P) within the memory budget; return columns, skips and seconds."""
     columns, skipped, seconds = [], [], {}
@@ -127,7 +141,7 @@ def run_grid(
         if size > max_bytes:
             skipped.append(f"K={k} P={fmt_count(p)} ({fmt_bytes(size)} > {fmt_bytes(max_bytes)})")
             continue
-        inputs = make_inputs(k, p, device)
+        inputs = make_inputs(k, p, device, rows)
         columns.append((k, p))
         for method in to_time:
             seconds[method.label, k, p] = seconds_per_call(method, inputs, repeats)
@@ -154,7 +168,7 @@ def report(
     processor = platform.processor() or platform.machine()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({processor})"
     lines = [
-        f"Seconds per `aggregator(inputs)` call on float32 rows, median of {args.repeats} after one warm-up, "
+        f"Seconds per `aggregator(inputs)` call on float32 rows ({args.rows}: pairwise cosines about {ROWS[args.rows]:g}), median of {args.repeats} after one warm-up, "
         f"with the ratio to `{BASELINE}` on the same inputs ({'quick' if args.quick else 'full'} grid). "
         f"Device: {device_name}; machine: {machine_info(device.type)}, {torch.get_num_threads()} torch threads; "
         f"1-minute load average before the run: {load:.1f} (other work on the machine inflates and scatters times).",
@@ -181,6 +195,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--max-bytes", type=int, default=4 * 2**30, help="skip K x P float32 matrices above this")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", choices=sorted(ROWS), default="gaussian", help="gaussian: cosines ~0; similar: cosines ~0.97")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -196,13 +211,16 @@ def main() -> None:
     device = torch.device(args.device)
     to_time, unavailable = methods([{"name": name} for name in AGGREGATORS] + list(EXTRA_CONFIGS))
     columns, skipped, seconds = run_grid(
-        QUICK_GRID if args.quick else FULL_GRID, device, args.max_bytes, args.repeats, to_time
+        QUICK_GRID if args.quick else FULL_GRID, device, args.max_bytes, args.repeats, to_time, args.rows
     )
     text = report(args, device, table(to_time, columns, seconds), skipped, unavailable, load)
     print(text)
     if not args.no_write:
         section, where = ("aggregation", "") if device.type == "cpu" else ("aggregation_cuda", " on a GPU")
-        write_section(section, f"## Aggregation cost{where} (`benchmarks/aggregation.py --device {device.type}`)\n\n" + text)
+        if args.rows != "gaussian":
+            section, where = f"{section}_{args.rows}", f"{where}, {args.rows} rows"
+        command = f"benchmarks/aggregation.py --device {device.type}" + (" --quick" if args.quick else "") + (f" --rows {args.rows}" if args.rows != "gaussian" else "")
+        write_section(section, f"## Aggregation cost{where} (`{command}`)\n\n" + text)
 
 
 if __name__ == "__main__":

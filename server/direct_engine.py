@@ -14,7 +14,7 @@ an ``ActorDiedError`` reply (the round driver restarts from the checkpoint, as u
 engine), and actors take the configured CPUs and GPUs (Ray sets ``CUDA_VISIBLE_DEVICES``).
 
 The pool outlives a run: within :func:`warm_workers`, every run of a study or sweep reuses the
-same actors (torch imported, data caches filled).
+same actors (torch imported, data caches kept).
 """
 
 from __future__ import annotations
