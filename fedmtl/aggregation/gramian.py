@@ -15,6 +15,8 @@ column chunks (exact to float64 rounding, several times slower on CPU).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -31,10 +33,26 @@ def gramian(matrix: torch.Tensor, precision: GramianPrecision = "float32", chunk
     """``matrix @ matrix.T`` as a float64 ``K x K`` tensor (see the module docstring for ``precision``)."""
     if precision == "float32" or matrix.dtype == torch.float64:
         rows = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
-        gram = (rows @ rows.T).to(torch.float64)
+        with full_float32_matmul():
+            gram = (rows @ rows.T).to(torch.float64)
         if matrix.dtype == torch.float64 or smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
             return gram
     return exact_gramian(matrix, chunk)
+
+
+@contextlib.contextmanager
+def full_float32_matmul() -> Iterator[None]:
+    """No TF32 inside the block: TF32 products (``torch.set_float32_matmul_precision("high")`` or
+    ``allow_tf32``, which users turn on for training speed) err by about 1e-3, far beyond what the
+    solvers tolerate. Restores the user's settings afterwards."""
+    precision, allow_tf32 = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
 
 
 def smallest_correlation_eigenvalue(gram: torch.Tensor) -> float:

@@ -11,7 +11,13 @@ import torch
 
 from fedmtl.aggregation import AGGREGATORS, AggregationInput, GramianAggregator
 from fedmtl.aggregation import gramian as gramian_module
-from fedmtl.aggregation.gramian import FLOAT32_MIN_EIGENVALUE, exact_gramian, gramian, smallest_correlation_eigenvalue
+from fedmtl.aggregation.gramian import (
+    FLOAT32_MIN_EIGENVALUE,
+    exact_gramian,
+    full_float32_matmul,
+    gramian,
+    smallest_correlation_eigenvalue,
+)
 
 DEVICE = torch.device(os.environ.get("FEDMTL_TEST_DEVICE", "cpu"))
 GRAMIAN_METHODS = sorted(name for name, cls in AGGREGATORS.items() if issubclass(cls, GramianAggregator))
@@ -97,3 +103,14 @@ def test_the_server_reuses_the_aggregators_gramian_for_its_diagnostics(name, bui
     diagnostics = updater.step([0, 1, 2], states, [1.0, 1.0, 1.0])
     assert len(calls) == (0 if builds_one else 1)  # one Gramian per round either way
     assert len(diagnostics.cosines_upper) == 3
+
+
+def test_the_gramian_product_runs_without_tf32_and_restores_the_users_setting():
+    torch.set_float32_matmul_precision("high")  # what users set for fast training on GPUs
+    try:
+        with full_float32_matmul():
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
