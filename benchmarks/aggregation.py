@@ -80,7 +80,7 @@ ROWS = {
     # independent Gaussian rows: pairwise cosines about 0, well conditioned (the float32 Gramian is used)
     "gaussian": 0.0,
     # a shared component: pairwise cosines about 0.97, as when clients' updates mostly agree; the rows'
-    # smallest correlation eigenvalue (about 0.03) is below 0.05, so the Gramian is recomputed in float64
+    # smallest correlation eigenvalue (about 0.03) is below 0.05: the centred float32 Gramian is used
     "similar": 0.97,
 }
 
@@ -180,7 +180,8 @@ def report(
         "in float64, then combines the rows in one pass: at large P the Gramian product (2 K^2 P flops, compute-bound) "
         "and the reads of the matrix dominate, at small P the solver (SLSQP for `cagrad` and the FedMGDA+ box, one NNLS per "
         "row for `upgrad[solver=nnls]`). Rows marked *float64 Gramian* use the exact chunked float64 accumulation "
-        "instead; nearly dependent rows (correlation eigenvalue below 0.05) pay the float32 product and this one.",
+        "instead. Rows sharing a large component (`--rows similar`) pay the plain product, then a centred one "
+        "(`fedmtl/aggregation/gramian.py`); nearly identical rows pay the plain product and the float64 one.",
     ]
     if skipped:
         lines += ["", f"Skipped (matrix over the `--max-bytes` budget): {'; '.join(skipped)}."]

@@ -7,9 +7,21 @@ about 1e-6 of ``|g_i| |g_j|`` per entry (measured at K = 50, P = 1e6). The solve
 ``e`` in the Gramian into an error of about ``e / lambda_min`` in the weights, where
 ``lambda_min`` is the smallest eigenvalue of the rows' correlation matrix (the Gramian scaled to
 unit diagonal). So when the rows are nearly linearly dependent (``lambda_min`` below
-:data:`FLOAT32_MIN_EIGENVALUE`: nearly parallel or anti-parallel rows, more rows than dimensions)
-the Gramian is recomputed in float64, and results match the exact path there (tested on nearly
-parallel, anti-parallel and badly scaled rows). ``float64``: always accumulated in float64 over
+:data:`FLOAT32_MIN_EIGENVALUE`), two more steps follow:
+
+* Rows that share a large common component (clients that mostly agree, pairwise cosines up to
+  about 0.99): the Gramian is recomputed *centred*, ``G = D D^T + a 1^T + 1 a^T + |m|^2 1 1^T``
+  with ``m`` the mean row, ``D`` the rows minus ``m`` and ``a = D m``, all float32 products over
+  column chunks except ``|m|^2`` (float64). Its error scales with ``|d_i| |d_j|`` and
+  ``|d| |m|`` instead of ``|m|^2``, so it resolves the small differences the solvers act on.
+  Used when the smallest eigenvalue of ``G`` is at least :data:`FLOAT32_MIN_EIGENVALUE` times
+  that error scale ``max |d_i|^2 + 2 max |d_i| |m|`` (the same margin as above, where the scale
+  is ``|g_i| |g_j|``).
+* Otherwise (nearly identical or anti-parallel rows, more rows than dimensions) the exact float64
+  accumulation.
+
+Results match the exact path within float32 tolerance on every path (tested on nearly parallel,
+similar, anti-parallel and badly scaled rows). ``float64``: always the exact accumulation over
 column chunks (exact to float64 rounding, several times slower on CPU).
 """
 
@@ -31,13 +43,38 @@ FLOAT32_MIN_EIGENVALUE = 0.05
 
 def gramian(matrix: torch.Tensor, precision: GramianPrecision = "float32", chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """``matrix @ matrix.T`` as a float64 ``K x K`` tensor (see the module docstring for ``precision``)."""
-    if precision == "float32" or matrix.dtype == torch.float64:
-        rows = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
+    if matrix.dtype == torch.float64:
+        return matrix @ matrix.T
+    if precision == "float32":
+        rows = matrix if matrix.dtype == torch.float32 else matrix.float()
         with full_float32_matmul():
             gram = (rows @ rows.T).to(torch.float64)
-        if matrix.dtype == torch.float64 or smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
+        if smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
             return gram
+        centred, error_scale = centred_gramian(rows, chunk)
+        if float(torch.linalg.eigvalsh(centred.cpu()).min()) >= FLOAT32_MIN_EIGENVALUE * error_scale:
+            return centred
     return exact_gramian(matrix, chunk)
+
+
+def centred_gramian(rows: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, float]:
+    """``rows @ rows.T`` from the rows' mean ``m`` and deviations ``D`` (see the module docstring),
+    float32 products over column chunks of at most ``chunk`` parameters (one ``[K, chunk]`` buffer);
+    and the scale of its rounding error, ``max |d_i|^2 + 2 max |d_i| |m|``."""
+    k, p = rows.shape
+    mean = rows.mean(dim=0)
+    deviations = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
+    cross = torch.zeros(k, dtype=torch.float64, device=rows.device)
+    with full_float32_matmul():
+        for start in range(0, p, chunk):
+            block = rows[:, start : start + chunk] - mean[start : start + chunk]
+            deviations += (block @ block.T).to(torch.float64)
+            cross += (block @ mean[start : start + chunk]).to(torch.float64)
+    mean64 = mean.to(torch.float64)
+    mean_norm_sq = mean64 @ mean64
+    largest_deviation_sq = float(deviations.diagonal().max().clamp_min(0))
+    error_scale = largest_deviation_sq + 2 * (largest_deviation_sq * float(mean_norm_sq)) ** 0.5
+    return deviations + cross[:, None] + cross[None, :] + mean_norm_sq, error_scale
 
 
 @contextlib.contextmanager
