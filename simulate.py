@@ -19,12 +19,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from fedmtl.offline import set_offline_env
+from fedmtl.runtime.offline import set_offline_env
 
 set_offline_env()
 
-from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
-from fedmtl.errors import ConfigError  # noqa: E402
+from fedmtl.config.errors import ConfigError  # noqa: E402
+from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -54,10 +54,10 @@ def quiet_frameworks(verbose: bool) -> None:
 
 
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
-    from fedmtl.checkpoint import load_server_checkpoint
-    from fedmtl.resources import backend_config
-    from fedmtl.rounds import FederationError
-    from fedmtl.rundir import SUMMARY_MD, RunDirectory
+    from fedmtl.federation.rounds import FederationError
+    from fedmtl.runfiles.checkpoint import load_server_checkpoint
+    from fedmtl.runfiles.rundir import SUMMARY_MD, RunDirectory
+    from fedmtl.runtime.resources import backend_config
     from server.simulation import federate
 
     if resume_dir:
@@ -88,9 +88,9 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
 
 def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
-    from fedmtl.resources import backend_config
-    from fedmtl.rounds import FederationError
-    from fedmtl.rundir import RunDirectory
+    from fedmtl.federation.rounds import FederationError
+    from fedmtl.runfiles.rundir import RunDirectory
+    from fedmtl.runtime.resources import backend_config
     from fedmtl.study import runner
     from server.simulation import engine_session, federate
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             if args.config or args.set:
                 raise ConfigError("--resume", "takes its config from the run directory; do not combine it with --config or --set")
-            from fedmtl.rundir import RunDirectory
+            from fedmtl.runfiles.rundir import RunDirectory
 
             _, cfg = RunDirectory.open(args.resume)
             runner = run_study if cfg.study.arms else run

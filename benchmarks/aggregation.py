@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.aggregation import AGGREGATORS, AggregationInput, Aggregator  # noqa: E402
-from fedmtl.aggregation.gramian import GramianPrecision  # noqa: E402
-from fedmtl.typed import parse  # noqa: E402
+from fedmtl.config.typed import parse  # noqa: E402
+from fedmtl.methods.aggregation import AGGREGATORS, AggregationInput, Aggregator  # noqa: E402
+from fedmtl.methods.aggregation.gramian import GramianPrecision  # noqa: E402
 
 FULL_GRID = ((10, 50, 200), (100_000, 1_000_000, 10_000_000))
 QUICK_GRID = ((10, 50), (100_000, 1_000_000))
@@ -181,7 +181,7 @@ def report(
         "and the reads of the matrix dominate, at small P the solver (SLSQP for `cagrad` and the FedMGDA+ box, one NNLS per "
         "row for `upgrad[solver=nnls]`). Rows marked *float64 Gramian* use the exact chunked float64 accumulation "
         "instead. Rows sharing a large component (`--rows similar`) pay the plain product, then a centred one "
-        "(`fedmtl/aggregation/gramian.py`), about as much as the float64 pass alone; nearly identical rows pay the "
+        "(`fedmtl/methods/aggregation/gramian.py`), about as much as the float64 pass alone; nearly identical rows pay the "
         "plain product and the float64 one.",
     ]
     if skipped:

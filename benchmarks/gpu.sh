@@ -22,7 +22,7 @@ timeout 120 $py simulate.py --set rounds=3 --set resources.client_gpus=0.25 --se
 $py - "$out/gpu-run" <<'PY'
 import sys
 from pathlib import Path
-from fedmtl.rundir import read_rows
+from fedmtl.runfiles.rundir import read_rows
 rows = read_rows(Path(sys.argv[1]) / "clients.jsonl")
 print("clients on GPU:", sum(r["on_gpu"] == 1 for r in rows), "of", len(rows), "| assigned GPU ids:", sorted({r["assigned_gpu"] for r in rows}))
 PY

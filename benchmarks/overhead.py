@@ -1,6 +1,6 @@
 """What the simulation engines cost: each engine against a plain in-process PyTorch loop, in one run.
 
-Every side does the same work: the same clients (``fedmtl.client.LocalClient``), the same local
+Every side does the same work: the same clients (``fedmtl.local.client.LocalClient``), the same local
 steps and model, FedAvg through the same ``ServerUpdater``, and evaluation after every round.
 The in-process loop runs the clients one after another in this process, without Flower or Ray.
 Engines: ``direct`` started cold (its own Ray), ``direct`` attached to a Ray cluster that is
@@ -29,17 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedmtl.offline import set_offline_env  # noqa: E402
+from fedmtl.runtime.offline import set_offline_env  # noqa: E402
 
 set_offline_env()
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.client import LocalClient  # noqa: E402
-from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
-from fedmtl.models import initial_shared_state  # noqa: E402
-from fedmtl.resources import private_ray_cluster  # noqa: E402
-from fedmtl.rundir import SERVER_FILE, read_rows  # noqa: E402
-from fedmtl.server_update import ServerUpdater  # noqa: E402
+from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.federation.server_update import ServerUpdater  # noqa: E402
+from fedmtl.local.client import LocalClient  # noqa: E402
+from fedmtl.model.networks import initial_shared_state  # noqa: E402
+from fedmtl.runfiles.rundir import SERVER_FILE, read_rows  # noqa: E402
+from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 
 
 def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:

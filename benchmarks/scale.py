@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.client import _DATA_CACHE_SIZE  # noqa: E402
-from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RunDirectory, read_rows  # noqa: E402
+from fedmtl.local.client import _DATA_CACHE_SIZE  # noqa: E402
+from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RunDirectory, read_rows  # noqa: E402
 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 GIB, MIB = 2**30, 2**20
@@ -392,8 +392,8 @@ def settings(clients: int, fraction_evaluate: float, args: argparse.Namespace) -
 
 def shared_params(args: argparse.Namespace) -> int:
     """P: parameters of the shared encoder (what each client uploads)."""
-    from fedmtl.config import load_config
-    from fedmtl.models import initial_shared_state
+    from fedmtl.config.experiment import load_config
+    from fedmtl.model.networks import initial_shared_state
 
     cfg = load_config(None, settings(max(args.clients), 1.0, args))
     state = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
@@ -567,18 +567,18 @@ def memory_model(results: list[RunResult], p: int) -> str:
         "and `clients/client_app.py` puts each client's private state into it (`context.state`: heads, balancer and "
         f"personal state; {large.private_state_bytes / 1024:.1f} KiB per client as a file here), so it grows with the "
         "clients that have trained so far; the run summary keeps running example-weighted sums per (split, task, "
-        "evaluation round) and the client ids per task (`EvalCurves`, `fedmtl/summary.py`), not the evaluation rows. Measured: the driver's "
+        "evaluation round) and the client ids per task (`EvalCurves`, `fedmtl/runfiles/summary.py`), not the evaluation rows. Measured: the driver's "
         f"peak RSS went from {mib(small.sampled.driver_hwm)} MiB at N={small.clients} to {mib(large.sampled.driver_hwm)} "
         f"MiB at N={large.clients}, {per_client / 1024:.0f} KiB per added client (this includes the larger sample K and "
         "more messages in flight, not only per-client state); most of the driver is Python, torch, Flower and Ray "
         f"imported before Ray starts ({mib(large.sampled.driver_rss_at.get('before Ray', 0))} MiB). On disk, each "
         f"client that has trained keeps its private state file (`client_state/`, {large.client_state_bytes / MIB:.1f} "
         f"MiB at N={large.clients} after {len(large.round_seconds)} rounds). Client data is never held by the "
-        "driver: a Ray worker generates a client's data when that client is called (`fedmtl/client.py`, "
+        "driver: a Ray worker generates a client's data when that client is called (`fedmtl/local/client.py`, "
         f"`client_data` -> `SyntheticSuite.client_data`) and keeps the last {_DATA_CACHE_SIZE} clients' data in an LRU cache per "
         "worker (`_DATA_CACHE_SIZE`), so worker memory is bounded and does not grow with N. "
         "(2) *Parameters P and sampled clients K*: per round the server holds the K replies, their state dicts and the "
-        "K x P float32 update matrix (`fedmtl/server_update.py`, `ServerUpdater.step`), plus the O(K^2) Gramian and "
+        "K x P float32 update matrix (`fedmtl/federation/server_update.py`, `ServerUpdater.step`), plus the O(K^2) Gramian and "
         f"cosines of the diagnostics (`diagnose`); here P = {p:,} and K = {k}, {k * p * 4 / MIB:.1f} MiB per copy, "
         f"invisible next to the interpreters. At P = 1e6 and K = 50 one copy is {50 * 10**6 * 4 / MIB:.0f} MiB and a round "
         "holds up to four (reply bytes, state dicts, flattened rows, the stacked matrix; counted from the code, not "

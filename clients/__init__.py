@@ -1,1 +1,1 @@
-"""Flower ClientApp: a thin adapter over ``fedmtl.client``."""
+"""Flower ClientApp: a thin adapter over ``fedmtl.local.client``."""

@@ -1,4 +1,4 @@
-"""The Flower ClientApp: converts records to plain dicts and calls ``fedmtl.client.LocalClient``.
+"""The Flower ClientApp: converts records to plain dicts and calls ``fedmtl.local.client.LocalClient``.
 
 Private parameters (task heads, ...) live in ``context.state`` under ``protocol.PRIVATE_STATE``;
 the reply's arrays come only from ``protocol.outgoing_shared`` (inside ``LocalClient``). When a
@@ -19,12 +19,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmtl import protocol
-from fedmtl.app_config import config_from_run_config
-from fedmtl.checkpoint import ClientStateStore
-from fedmtl.client import LocalClient
-from fedmtl.config import ExperimentConfig
-from fedmtl.faults import InjectedFault, draw_faults
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.run_config import config_from_run_config
+from fedmtl.federation import protocol
+from fedmtl.federation.faults import InjectedFault, draw_faults
+from fedmtl.local.client import LocalClient
+from fedmtl.runfiles.checkpoint import ClientStateStore
 
 log = logging.getLogger(__name__)
 CLIENT_ERROR_CODE = 1000  # a client-side exception, replied as an error message (Flower's own codes are < 1000)

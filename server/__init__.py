@@ -1,1 +1,1 @@
-"""Flower ServerApp and strategy: thin adapters over ``fedmtl.server_update``."""
+"""Flower ServerApp and strategy: thin adapters over ``fedmtl.federation.server_update``."""

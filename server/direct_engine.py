@@ -60,7 +60,7 @@ class ClientWorker:
     def __init__(self) -> None:
         import torch  # noqa: F401 - paid once per worker, not per run
 
-        import fedmtl.client  # noqa: F401
+        import fedmtl.local.client  # noqa: F401
 
         self.apps: dict[str, ClientApp] = {}
 

@@ -1,6 +1,6 @@
 """The Flower side of a run: messages out through a ``Grid``, replies in, handed to fedmtl's round driver.
 
-``fedmtl.rounds.RoundDriver`` owns the rules of a run; this module only translates one round into
+``fedmtl.federation.rounds.RoundDriver`` owns the rules of a run; this module only translates one round into
 Flower messages (:class:`FlowerRounds`) and finds out which client each node plays.
 """
 
@@ -13,10 +13,18 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedmtl import protocol
-from fedmtl.config import ExperimentConfig
-from fedmtl.rounds import EvalRound, FederationError, RoundDriver, ServerState, TrainRound, WorkerPoolDied, restore_run
-from fedmtl.rundir import RunDirectory
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.federation import protocol
+from fedmtl.federation.rounds import (
+    EvalRound,
+    FederationError,
+    RoundDriver,
+    ServerState,
+    TrainRound,
+    WorkerPoolDied,
+    restore_run,
+)
+from fedmtl.runfiles.rundir import RunDirectory
 from server.strategy import EncoderStrategy
 
 NODE_WAIT_S = 120.0
@@ -64,7 +72,7 @@ def metric_reports(replies: list[Message]) -> list[dict]:
 
 
 class FlowerRounds:
-    """:class:`fedmtl.rounds.ClientRounds` over a Flower ``Grid`` and :class:`EncoderStrategy`."""
+    """:class:`fedmtl.federation.rounds.ClientRounds` over a Flower ``Grid`` and :class:`EncoderStrategy`."""
 
     def __init__(self, grid: Grid, strategy: EncoderStrategy, timeout_s: float) -> None:
         self.grid, self.strategy, self.timeout_s = grid, strategy, timeout_s

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.app_config import config_from_run_config
-from fedmtl.config import ExperimentConfig
-from fedmtl.rundir import RunDirectory
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.run_config import config_from_run_config
+from fedmtl.runfiles.rundir import RunDirectory
 from server.loop import run_federation
 
 

@@ -21,11 +21,11 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from clients.client_app import make_client_app
-from fedmtl.checkpoint import CLIENT_STATE_DIR
-from fedmtl.config import ExperimentConfig, ResourcesConfig
-from fedmtl.resources import backend_config, private_ray_cluster
-from fedmtl.rounds import FederationError, WorkerPoolDied
-from fedmtl.rundir import RunDirectory
+from fedmtl.config.experiment import ExperimentConfig, ResourcesConfig
+from fedmtl.federation.rounds import FederationError, WorkerPoolDied
+from fedmtl.runfiles.checkpoint import CLIENT_STATE_DIR
+from fedmtl.runfiles.rundir import RunDirectory
+from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine
 from server.server_app import make_server_app
 

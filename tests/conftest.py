@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmtl.offline import OFFLINE_ENV  # noqa: E402
+from fedmtl.runtime.offline import OFFLINE_ENV  # noqa: E402
 
 os.environ.update(OFFLINE_ENV)
 
@@ -44,7 +44,7 @@ def set_args(overrides) -> list[str]:
 
 @pytest.fixture
 def tiny_config():
-    from fedmtl.config import load_config
+    from fedmtl.config.experiment import load_config
 
     return load_config(None, list(TINY_OVERRIDES))
 

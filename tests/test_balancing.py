@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fedmtl.balancing import DWA, GradNorm, Static, Uncertainty
-from fedmtl.balancing.dwa import dwa_weights
-from fedmtl.balancing.gradnorm import gradnorm_step
+from fedmtl.methods.balancing import DWA, GradNorm, Static, Uncertainty
+from fedmtl.methods.balancing.dwa import dwa_weights
+from fedmtl.methods.balancing.gradnorm import gradnorm_step
 
 
 def test_static_weights_scale_losses():

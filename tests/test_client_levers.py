@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.aggregation import FedAvg, PCGrad
-from fedmtl.balancing import Static
-from fedmtl.client import client_data
-from fedmtl.config import ClientConfig
-from fedmtl.models import MultiTaskModel
-from fedmtl.task_gradients import TaskGradientTracker, principal_angles
-from fedmtl.task_sampling import AllTasks, Proportional, Temperature, Uniform
-from fedmtl.training import Proximal, train_local
+from fedmtl.config.experiment import ClientConfig
+from fedmtl.local.client import client_data
+from fedmtl.local.task_gradients import TaskGradientTracker, principal_angles
+from fedmtl.local.training import Proximal, train_local
+from fedmtl.methods.aggregation import FedAvg, PCGrad
+from fedmtl.methods.balancing import Static
+from fedmtl.methods.task_sampling import AllTasks, Proportional, Temperature, Uniform
+from fedmtl.model.networks import MultiTaskModel
 
 SIZES = {"a": 100, "b": 25}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.aggregation import FedAvg
-from fedmtl.config import ExperimentConfig, apply_override, build_config, load_config
-from fedmtl.errors import ConfigError
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_config
+from fedmtl.methods.aggregation import FedAvg
 
 
 def error_for(overrides: list[str]) -> ConfigError:

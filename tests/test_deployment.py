@@ -36,12 +36,12 @@ import pytest
 import torch
 import yaml
 
-from fedmtl.app_config import config_from_run_config, resolve_config_file
-from fedmtl.checkpoint import ClientStateStore
-from fedmtl.client import MODEL, LocalClient, strip_prefix
-from fedmtl.config import load_config
-from fedmtl.partition import tasks_of_client
-from fedmtl.rundir import read_rows
+from fedmtl.config.experiment import load_config
+from fedmtl.config.run_config import config_from_run_config, resolve_config_file
+from fedmtl.data.partition import tasks_of_client
+from fedmtl.local.client import MODEL, LocalClient, strip_prefix
+from fedmtl.runfiles.checkpoint import ClientStateStore
+from fedmtl.runfiles.rundir import read_rows
 from tests.conftest import ROOT, TAG_VAR, cmdline, stop_tagged, tagged_env, tagged_processes, tiny_overrides
 
 VENV_BIN = Path(sys.executable).parent
@@ -301,7 +301,7 @@ def test_fab_contains_the_code_but_not_venv_runs_or_tests():
     fab = build_fab_from_disk(ROOT)
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
     assert len(fab) < 2_000_000, f"FAB is {len(fab)} bytes"
-    assert {"pyproject.toml", "server/server_app.py", "clients/client_app.py", "fedmtl/app_config.py"} <= set(names)
+    assert {"pyproject.toml", "server/server_app.py", "clients/client_app.py", "fedmtl/config/run_config.py"} <= set(names)
     leaked = [n for n in names if n.startswith((".venv/", "runs/", ".git/")) or "/test_" in n or n.startswith("test_")]
     assert not leaked, leaked
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.client import LocalClient
-from fedmtl.config import load_config
-from fedmtl.errors import ConfigError
-from fedmtl.models import initial_shared_state
-from fedmtl.suites.digits import dirichlet_partition, load_digit_images
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import load_config
+from fedmtl.data.suites.digits import dirichlet_partition, load_digit_images
+from fedmtl.local.client import LocalClient
+from fedmtl.model.networks import initial_shared_state
 
 
 def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
@@ -25,7 +25,7 @@ def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
 
 def test_task_labels_are_derived_from_the_digit():
     cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks_per_client=4"])
-    data = cfg.data.client_data(cfg.seed, __import__("fedmtl.partition", fromlist=["client_plan"]).client_plan(cfg, 0))
+    data = cfg.data.client_data(cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg, 0))
     images, _ = load_digit_images()
     digit, parity = data.train["digit"].y, data.train["parity"].y
     assert torch.equal(parity, digit % 2)
@@ -38,7 +38,7 @@ def test_task_labels_are_derived_from_the_digit():
 def test_task_sample_scale_subsamples_a_task():
     cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks=[[digit, parity], [parity]]", "clients.task_sample_scale={parity: 0.25}"])
     data = LocalClient(cfg, 0)
-    from fedmtl.client import client_data
+    from fedmtl.local.client import client_data
 
     train = client_data(cfg, 0).train
     assert len(train["parity"]) == pytest.approx(len(train["digit"]) * 0.25, abs=1)

@@ -11,9 +11,9 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmtl.config import ResourcesConfig
-from fedmtl.resources import backend_config, private_ray_cluster
-from fedmtl.rundir import read_rows
+from fedmtl.config.experiment import ResourcesConfig
+from fedmtl.runfiles.rundir import read_rows
+from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine
 from server.loop import identify_clients
 from tests.conftest import TAG_VAR, set_args, stop_tagged, tiny_overrides

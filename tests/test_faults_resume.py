@@ -14,13 +14,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from fedmtl.aggregation import FedAvg
-from fedmtl.checkpoint import ClientStateStore, truncate_rows_after
-from fedmtl.config import FaultsConfig, ServerOptimizerConfig
-from fedmtl.faults import draw_faults
-from fedmtl.rounds import ClientSampler, ServerState
-from fedmtl.rundir import RowWriter, read_rows
-from fedmtl.server_update import ServerUpdater
+from fedmtl.config.experiment import FaultsConfig, ServerOptimizerConfig
+from fedmtl.federation.faults import draw_faults
+from fedmtl.federation.rounds import ClientSampler, ServerState
+from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.methods.aggregation import FedAvg
+from fedmtl.runfiles.checkpoint import ClientStateStore, truncate_rows_after
+from fedmtl.runfiles.rundir import RowWriter, read_rows
 from server.strategy import EncoderStrategy
 from tests.conftest import ROOT, TAG_VAR, set_args, stop_tagged, tagged_env, tiny_overrides
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedmtl.head_averaging import HeadAverager, split_heads
+from fedmtl.federation.head_averaging import HeadAverager, split_heads
 
 
 def test_each_head_is_the_example_weighted_mean_of_its_holders_and_others_keep_their_value():
@@ -29,8 +29,8 @@ def test_split_heads_separates_encoder_from_heads():
 def test_client_with_federated_heads_receives_and_sends_only_its_own_heads(tiny_config):
     from dataclasses import replace
 
-    from fedmtl.client import LocalClient
-    from fedmtl.models import initial_head_state, initial_shared_state
+    from fedmtl.local.client import LocalClient
+    from fedmtl.model.networks import initial_head_state, initial_shared_state
 
     cfg = replace(tiny_config, server=replace(tiny_config.server, federate_heads=True))
     specs = cfg.data.task_specs()

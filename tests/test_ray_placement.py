@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fedmtl.rundir import read_rows
+from fedmtl.runfiles.rundir import read_rows
 from tests.conftest import TAG_VAR, set_args, stop_tagged, tagged_processes, tiny_overrides
 from tests.test_deployment import RAY_PRIVATE_ENV
 from tests.test_simulate_cli import simulate

@@ -7,10 +7,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl import protocol
-from fedmtl.client import LocalClient
-from fedmtl.config import load_config
-from fedmtl.models import initial_shared_state
+from fedmtl.config.experiment import load_config
+from fedmtl.federation import protocol
+from fedmtl.local.client import LocalClient
+from fedmtl.model.networks import initial_shared_state
 from tests.conftest import TINY_OVERRIDES
 
 

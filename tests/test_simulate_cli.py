@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from fedmtl.rundir import read_rows
+from fedmtl.runfiles.rundir import read_rows
 from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, set_args, tagged_processes
 
 

@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from fedmtl.client import client_data
-from fedmtl.config import load_config
-from fedmtl.errors import ConfigError
-from fedmtl.rundir import read_rows
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import load_config
+from fedmtl.local.client import client_data
+from fedmtl.runfiles.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
 from tests.conftest import TINY_OVERRIDES, set_args
 from tests.test_simulate_cli import assert_no_leftover_processes, simulate

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.summary import EvalCurves, task_summary
-from fedmtl.task_kinds import TaskSpec
+from fedmtl.data.task_kinds import TaskSpec
+from fedmtl.runfiles.summary import EvalCurves, task_summary
 
 SPECS = (TaskSpec("cls", "classification", 2), TaskSpec("reg", "regression", 1))
 

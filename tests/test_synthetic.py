@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmtl.config import load_config
-from fedmtl.partition import client_plan
-from fedmtl.suites import ClientPlan, SyntheticSuite, SyntheticTask
+from fedmtl.config.experiment import load_config
+from fedmtl.data.partition import client_plan
+from fedmtl.data.suites import ClientPlan, SyntheticSuite, SyntheticTask
 
 TWO_TASKS = (SyntheticTask("a"), SyntheticTask("b"))
 

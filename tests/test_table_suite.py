@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl import protocol
-from fedmtl.client import LocalClient
-from fedmtl.config import load_config
-from fedmtl.errors import ConfigError
-from fedmtl.models import initial_shared_state
-from fedmtl.partition import client_plan
-from fedmtl.suites import TableSuite, TargetColumn
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import load_config
+from fedmtl.data.partition import client_plan
+from fedmtl.data.suites import TableSuite, TargetColumn
+from fedmtl.federation import protocol
+from fedmtl.local.client import LocalClient
+from fedmtl.model.networks import initial_shared_state
 
 NUM_ROWS = 48
 LABELS = ("eel", "cat", "dog")  # codes follow sorted order: cat 0, dog 1, eel 2

@@ -7,12 +7,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl import protocol
-from fedmtl.aggregation import FedAvg
-from fedmtl.config import ServerOptimizerConfig
-from fedmtl.models import ENCODER_PREFIX, initial_encoder_state
-from fedmtl.rounds import ClientSampler, ServerState
-from fedmtl.server_update import ServerUpdater
+from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.federation import protocol
+from fedmtl.federation.rounds import ClientSampler, ServerState
+from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.methods.aggregation import FedAvg
+from fedmtl.model.networks import ENCODER_PREFIX, initial_encoder_state
 from server.strategy import EncoderStrategy
 
 

@@ -1,6 +1,6 @@
 """The arms of a negative-transfer study: each one writes a normal run directory.
 
-Every arm trains the same clients on the same data (``fedmtl.client.client_data``: a task's data
+Every arm trains the same clients on the same data (``fedmtl.local.client.client_data``: a task's data
 never depends on which other tasks an arm trains) with the same local training code, and
 evaluates each (client, task) on that client's held-out data, so their metrics compare directly.
 
@@ -28,15 +28,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedmtl import protocol
-from fedmtl.client import LocalClient, client_data, derive_seed
-from fedmtl.config import ExperimentConfig, tasks_held
-from fedmtl.models import MultiTaskModel, initial_shared_state
-from fedmtl.recorder import Recorder
-from fedmtl.rounds import evaluation_rounds, sample_size
-from fedmtl.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory, read_rows
-from fedmtl.suites import TaskData
-from fedmtl.training import evaluate, train_local
+from fedmtl.config.experiment import ExperimentConfig, tasks_held
+from fedmtl.data.suites import TaskData
+from fedmtl.federation import protocol
+from fedmtl.federation.rounds import evaluation_rounds, sample_size
+from fedmtl.local.client import LocalClient, client_data, derive_seed
+from fedmtl.local.training import evaluate, train_local
+from fedmtl.model.networks import MultiTaskModel, initial_shared_state
+from fedmtl.runfiles.recorder import Recorder
+from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory, read_rows
 
 Federate = Callable[[ExperimentConfig, Path], None]  # run one federation writing the run directory at the path
 _CENTRAL_STREAM = 211

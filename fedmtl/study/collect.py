@@ -252,7 +252,7 @@ def load_study(study_dir: str | Path) -> Study:
 def weighted_by_round(rows: Sequence[Mapping[str, Any]], task: str, metric: str) -> dict[int, float]:
     """Example-weighted mean of ``metric`` over clients per round (null values skipped).
 
-    Same rule as :class:`fedmtl.summary.EvalCurves`, restated here so that analysis does not
+    Same rule as :class:`fedmtl.runfiles.summary.EvalCurves`, restated here so that analysis does not
     import torch through the task kinds.
     """
     sums: dict[int, float] = defaultdict(float)

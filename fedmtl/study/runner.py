@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from fedmtl.config import ExperimentConfig, StudyConfig, SweepConfig, point_config
-from fedmtl.rundir import CONFIG_FILE, atomic_write_text
+from fedmtl.config.experiment import ExperimentConfig, StudyConfig, SweepConfig, point_config
+from fedmtl.runfiles.rundir import CONFIG_FILE, atomic_write_text
 from fedmtl.study.arms import ARMS, Federate
 
 STUDY_FILE = "study.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedmtl.aggregation import AggregationInput
+from fedmtl.methods.aggregation import AggregationInput
 
 DTYPES = (torch.float64, torch.float32)
 ROW_COUNTS = (1, 2, 3, 5, 10)

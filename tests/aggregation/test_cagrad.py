@@ -16,7 +16,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from fedmtl.aggregation import AggregationInput, CAGrad
+from fedmtl.methods.aggregation import AggregationInput, CAGrad
 
 
 def inputs(rows: torch.Tensor) -> AggregationInput:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fedmtl.aggregation import AggregationInput, Aggregator, FedFV
-from fedmtl.errors import ConfigError
-from fedmtl.typed import parse
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.typed import parse
+from fedmtl.methods.aggregation import AggregationInput, Aggregator, FedFV
 
 # Losses rank the clients a < b < c. Dots: a.b = -1, a.c = 1, b.c = -1.5; squared norms 1, 2, 1.25.
 A, B, C = [1.0, 0.0], [-1.0, 1.0], [1.0, -0.5]

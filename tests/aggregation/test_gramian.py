@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from fedmtl.aggregation import AGGREGATORS, AggregationInput, GramianAggregator
-from fedmtl.aggregation import gramian as gramian_module
-from fedmtl.aggregation.gramian import (
+from fedmtl.methods.aggregation import AGGREGATORS, AggregationInput, GramianAggregator
+from fedmtl.methods.aggregation import gramian as gramian_module
+from fedmtl.methods.aggregation.gramian import (
     FLOAT32_MIN_EIGENVALUE,
     exact_gramian,
     full_float32_matmul,
@@ -105,8 +105,8 @@ def test_the_gramian_is_returned_for_the_diagnostics():
 
 @pytest.mark.parametrize(("name", "builds_one"), [("mgda", True), ("fedavg", False)])
 def test_the_server_reuses_the_aggregators_gramian_for_its_diagnostics(name, builds_one, monkeypatch):
-    from fedmtl import server_update
-    from fedmtl.config import ServerOptimizerConfig
+    from fedmtl.config.experiment import ServerOptimizerConfig
+    from fedmtl.federation import server_update
 
     calls = []
     monkeypatch.setattr(server_update, "gramian", lambda matrix, precision: calls.append(1) or exact_gramian(matrix))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.aggregation import MGDA, AggregationInput
+from fedmtl.methods.aggregation import MGDA, AggregationInput
 
 
 def inputs(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.aggregation import AggregationInput, NashMTL
-from fedmtl.aggregation.nash_mtl import nash_weights
+from fedmtl.methods.aggregation import AggregationInput, NashMTL
+from fedmtl.methods.aggregation.nash_mtl import nash_weights
 
 
 @pytest.mark.parametrize(("k", "p", "seed"), [(2, 5, 0), (3, 7, 1), (5, 50, 2), (8, 100, 3)])

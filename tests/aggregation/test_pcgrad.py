@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from fedmtl.aggregation import AggregationInput, PCGrad
+from fedmtl.methods.aggregation import AggregationInput, PCGrad
 
 
 def published_pcgrad(rows: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:

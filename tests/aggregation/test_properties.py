@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from fedmtl.aggregation import AGGREGATORS, Aggregator
-from fedmtl.errors import ConfigError
-from fedmtl.typed import parse
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.typed import parse
+from fedmtl.methods.aggregation import AGGREGATORS, Aggregator
 
 from ._inputs import (
     ALL,

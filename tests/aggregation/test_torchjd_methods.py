@@ -10,7 +10,7 @@ import torch
 import torchjd.aggregation as tjd
 from scipy.optimize import minimize
 
-from fedmtl.aggregation import IMTLG, AggregationInput, AlignedMTL, UPGrad, torchjd_methods
+from fedmtl.methods.aggregation import IMTLG, AggregationInput, AlignedMTL, UPGrad, torchjd_methods
 
 from ._inputs import CONFLICTING, NON_CONFLICTING, RANDOM, Case, for_each_case
 

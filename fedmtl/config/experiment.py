@@ -1,0 +1,442 @@
+"""The experiment configuration: typed, frozen, validated once at the edge, then passed down.
+
+Every field's default lives here, next to a comment saying what it means; ``python simulate.py
+--print-config`` prints the resolved configuration with all defaults filled in.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.typed import parse_dataclass, to_plain
+from fedmtl.data.suites import SyntheticSuite, TaskSuite
+from fedmtl.methods.aggregation import Aggregator, FedAvg
+from fedmtl.methods.balancing import Balancer, Static
+from fedmtl.methods.sharing import Hard, Sharing
+from fedmtl.methods.task_sampling import AllTasks, TaskSampler
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    count: int = 8  # number of simulated clients
+    # Explicit task lists, one per client. When empty, client i holds ``tasks_per_client`` tasks
+    # starting at task (i mod T), wrapping around: neighbouring clients overlap in one task.
+    tasks: tuple[tuple[str, ...], ...] = ()
+    tasks_per_client: int = 2
+    samples_per_task: int = 128  # mean training samples per (client, task)
+    # Log-normal sigma of a per-client factor on sample counts (0 = every client equal).
+    sample_imbalance: float = 0.5
+    # Per-task multiplier on training samples, e.g. {aligned: 0.25} makes a data-poor task
+    # (overrides the suite's own default, e.g. the synthetic tasks' sample_scale).
+    task_sample_scale: Mapping[str, float] = field(default_factory=dict)
+    eval_samples_per_task: int = 256  # held-out samples per (client, task) for evaluation
+    min_samples: int = 8  # floor on training samples per (client, task)
+    # Restrict every client to these tasks (data and sample counts unchanged); used by the
+    # single-task study arms. Empty = every task a client holds.
+    only_tasks: tuple[str, ...] = ()
+    # Which client ids take part (simulated client i plays client members[i]; data unchanged).
+    # Empty = all of 0..count-1.
+    members: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"count must be >= 1, got {self.count}")
+        if self.tasks_per_client < 1:
+            raise ValueError(f"tasks_per_client must be >= 1, got {self.tasks_per_client}")
+        if min(self.samples_per_task, self.eval_samples_per_task, self.min_samples) < 1:
+            raise ValueError("samples_per_task, eval_samples_per_task and min_samples must be >= 1")
+        if self.sample_imbalance < 0:
+            raise ValueError(f"sample_imbalance must be >= 0, got {self.sample_imbalance}")
+        if any(scale <= 0 for scale in self.task_sample_scale.values()):
+            raise ValueError("task_sample_scale values must be > 0")
+        if any(not 0 <= m < self.count for m in self.members) or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct client ids in [0, {self.count})")
+
+    def participants(self) -> tuple[int, ...]:
+        """The client ids that take part, in the order of simulated clients."""
+        return self.members or tuple(range(self.count))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder_hidden: tuple[int, ...] = (64,)  # hidden widths of the shared MLP encoder
+    representation_dim: int = 16  # width of the encoder output fed to every head
+    head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
+    # per conv_channels entry, then a Linear block to representation_dim (image suites only).
+    encoder: Literal["mlp", "cnn"] = "mlp"
+    conv_channels: tuple[int, ...] = (16, 32)
+    sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
+
+    def __post_init__(self) -> None:
+        if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden + self.conv_channels):
+            raise ValueError("layer widths must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What each client does locally, per round (``clients:`` says who the clients are)."""
+
+    local_steps: int = 20  # optimizer steps per round
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    balancing: Balancer = field(default_factory=Static)  # {name: static | uncertainty | gradnorm | dwa}
+    # Gradient surgery on the per-task gradients of the encoder, with the server's aggregators
+    # (e.g. {name: pcgrad}); none by default.
+    surgery: Aggregator | None = None
+    task_sampling: TaskSampler = field(default_factory=AllTasks)  # {name: all | proportional | uniform | temperature}
+    # Measure per-task encoder gradients every k steps for the conflict diagnostics (0 = never).
+    gradient_diagnostics_every: int = 5
+    subspace_steps: int = 4  # measurements per task spanning its gradient subspace (principal angles)
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1 or self.batch_size < 1:
+            raise ValueError("local_steps and batch_size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
+        if self.gradient_diagnostics_every < 0 or self.subspace_steps < 1:
+            raise ValueError("need gradient_diagnostics_every >= 0 and subspace_steps >= 1")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """Step applied to the aggregated direction: ``sgd`` with lr 1 and no momentum is FedAvg."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0  # sgd only (FedAvgM when > 0)
+    betas: tuple[float, float] = (0.9, 0.99)  # adam only (FedAdam)
+    eps: float = 1e-3  # adam only; FedAdam's tau
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.eps <= 0:
+            raise ValueError("need lr > 0, 0 <= momentum < 1, eps > 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    aggregator: Aggregator = field(default_factory=FedAvg)  # {name: fedavg | ...}
+    optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    fraction_fit: float = 1.0  # fraction of clients trained each round
+    # fraction of clients evaluated at each evaluation (large federations: a seeded sample per round)
+    fraction_evaluate: float = 1.0
+    # Where the K x P update matrix is aggregated: auto = CUDA when the server process sees a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Gramian-based aggregators: float32 = one matrix product, recomputed in float64 when the rows are
+    # nearly dependent (fedmtl/methods/aggregation/gramian.py); float64 = always accumulated in float64.
+    gramian_precision: Literal["float32", "float64"] = "float32"
+    round_timeout_s: float = 600.0  # how long the server waits for replies in a round
+    # A round aggregates only if at least this fraction of the sampled clients sent a valid update;
+    # otherwise the run stops with a clear message (everything written so far stays valid).
+    min_fit_fraction: float = 0.5
+    max_update_norm: float | None = None  # reject client updates whose L2 norm exceeds this
+    # Also federate the task heads (averaged among the clients holding each task): the naive design
+    # that the study's fed_full arm measures. Default false: heads never leave the clients.
+    federate_heads: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction_fit <= 1:
+            raise ValueError(f"fraction_fit must be in (0, 1], got {self.fraction_fit}")
+        if not 0 < self.fraction_evaluate <= 1:
+            raise ValueError(f"fraction_evaluate must be in (0, 1], got {self.fraction_evaluate}")
+        if not 0 <= self.min_fit_fraction <= 1:
+            raise ValueError(f"min_fit_fraction must be in [0, 1], got {self.min_fit_fraction}")
+        if self.max_update_norm is not None and self.max_update_norm <= 0:
+            raise ValueError("max_update_norm must be > 0")
+        if self.round_timeout_s <= 0:
+            raise ValueError("round_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray backend of Flower's simulation engine."""
+
+    client_cpus: float = 1.0  # CPUs reserved per simulated client (Ray actor)
+    client_gpus: float = 0.0  # GPUs (fraction allowed) per simulated client
+    num_cpus: int | None = None  # CPUs Ray may use; default: all of this machine's
+    num_gpus: int | None = None  # GPUs Ray may use; default: those torch sees
+    torch_threads: int = 1  # intra-op threads per client process
+    # An existing Ray cluster (`ray start --head` on the head node; "auto", "host:port" or
+    # "ray://host:port"): clients run on its nodes; num_cpus/num_gpus must then stay unset.
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.client_cpus <= 0 or self.client_gpus < 0 or self.torch_threads < 1:
+            raise ValueError("need client_cpus > 0, client_gpus >= 0, torch_threads >= 1")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    # direct: each message handed straight to a Ray actor, no polling (a round costs what its clients
+    # compute); flower: Flower's own run_simulation (an in-memory link state polled every 0.1 s).
+    # Both run the same ServerApp and ClientApp and give the same metrics.
+    engine: Literal["direct", "flower"] = "direct"
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection for robustness studies and tests; every draw derives from (seed, round, client)."""
+
+    client_error_rate: float = 0.0  # probability that a client's training call raises
+    client_nan_rate: float = 0.0  # probability that a client's update is corrupted with NaN
+    client_delay_s: float = 0.0  # seconds every training call sleeps (slow clients, timeouts)
+    worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies (first attempt only)
+    worker_kill_client: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.client_error_rate <= 1 and 0 <= self.client_nan_rate <= 1):
+            raise ValueError("client_error_rate and client_nan_rate must be in [0, 1]")
+        if self.client_delay_s < 0 or self.worker_kill_round < 0 or self.worker_kill_client < 0:
+            raise ValueError("client_delay_s, worker_kill_round and worker_kill_client must be >= 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Server state (encoder, aggregator and optimizer state, RNGs, round) is written atomically every
+    # `every` rounds; clients persist their private state after each round they train. 0 = never.
+    every: int = 1
+    restarts: int = 2  # automatic restarts from the last checkpoint when the Ray worker pool dies
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.restarts < 0:
+            raise ValueError("every and restarts must be >= 0")
+
+
+ARM_NAMES = ("local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl")  # implemented in fedmtl/study/arms.py
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Arms x seeds run one after another by one command (empty arms: a single run)."""
+
+    arms: tuple[str, ...] = ()  # from ARM_NAMES; fed_mtl is this config as it stands
+    seeds: tuple[int, ...] = ()  # default: the top-level seed only
+    reference_arm: str = "fed_mtl"  # deltas are computed for this arm against every other arm
+
+    def __post_init__(self) -> None:
+        for arm in self.arms:
+            if arm not in ARM_NAMES:
+                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(ARM_NAMES)}")
+        if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("arms and seeds must not repeat")
+        if self.arms and self.reference_arm not in self.arms:
+            raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid over config keys (``key.path: [values]``); every point runs the study."""
+
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def points(self) -> list[dict[str, Any]]:
+        import itertools
+
+        keys = list(self.grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"  # parent folder of run directories
+    run_dir: str | None = None  # exact run directory; default <dir>/<timestamp>-<name>
+    metrics_format: Literal["jsonl", "csv"] = "jsonl"
+    progress: bool = True  # one line per round on the terminal
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    rounds: int = 15
+    eval_every: int = 1  # evaluate the global encoder with private heads every k rounds (and at round 0)
+    data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.eval_every < 1:
+            raise ValueError("rounds and eval_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config."""
+        return _digest(self.to_dict())
+
+    def data_fingerprint(self) -> str:
+        """Stable hash of what the clients' data depends on (seed, data suite, clients): the key of the
+        per-process client-data cache, shared by every run of a study that uses the same data."""
+        plain = self.to_dict()
+        return _digest({key: plain[key] for key in ("seed", "data", "clients")})
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def num_encoder_blocks(model: ModelConfig) -> int:
+    return (len(model.conv_channels) if model.encoder == "cnn" else len(model.encoder_hidden)) + 1
+
+
+TASK_KEYED_FIELDS = ("weights",)  # component fields keyed by task name, checked against the suite
+
+
+def check_consistency(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that no single section can check on its own."""
+    task_names = cfg.data.task_names()
+    known = set(task_names)
+    if cfg.clients.tasks:
+        if len(cfg.clients.tasks) != cfg.clients.count:
+            raise ConfigError(
+                "clients.tasks", f"has {len(cfg.clients.tasks)} entries but clients.count is {cfg.clients.count}"
+            )
+        for i, held in enumerate(cfg.clients.tasks):
+            if not held:
+                raise ConfigError(f"clients.tasks[{i}]", "a client must hold at least one task")
+            for j, task in enumerate(held):
+                if task not in known:
+                    raise ConfigError(f"clients.tasks[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+            if len(set(held)) != len(held):
+                raise ConfigError(f"clients.tasks[{i}]", "lists a task twice")
+    elif cfg.clients.tasks_per_client > len(task_names):
+        raise ConfigError(
+            "clients.tasks_per_client", f"is {cfg.clients.tasks_per_client} but the suite has {len(task_names)} tasks"
+        )
+    for i, task in enumerate(cfg.clients.only_tasks):
+        if task not in known:
+            raise ConfigError(f"clients.only_tasks[{i}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+    if cfg.clients.only_tasks:
+        idle = [c for c in cfg.clients.participants() if not set(tasks_held(cfg, c)) & set(cfg.clients.only_tasks)]
+        if idle:
+            raise ConfigError("clients.only_tasks", f"client {idle[0]} holds none of these tasks (restrict clients.members)")
+    task_keyed = [("clients.task_sample_scale", cfg.clients.task_sample_scale)]
+    task_keyed += [(f"client.balancing.{name}", getattr(cfg.client.balancing, name)) for name in TASK_KEYED_FIELDS if hasattr(cfg.client.balancing, name)]
+    for section, mapping in task_keyed:
+        for task in mapping:
+            if task not in known:
+                raise ConfigError(f"{section}.{task}", f"unknown task; tasks: {', '.join(task_names)}")
+    if cfg.model.encoder == "cnn" and cfg.data.image_shape() is None:
+        raise ConfigError("model.encoder", f"cnn needs an image suite; data suite {cfg.data.name!r} has flat inputs")
+    if cfg.model.encoder == "cnn" and cfg.model.sharing.adapter_rank > 0:
+        raise ConfigError("model.sharing", "adapters are defined for the mlp encoder only")
+    problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
+    if problem:
+        raise ConfigError("model.sharing", problem)
+    if cfg.sweep.grid and len(cfg.study.arms) < 2:
+        raise ConfigError("sweep", "needs study.arms: the reference arm and at least one arm to compare it with")
+    problem = cfg.data.check_clients(cfg.clients.count)
+    if problem:
+        raise ConfigError("clients.count", problem)
+
+
+def tasks_held(cfg: ExperimentConfig, client_id: int) -> tuple[str, ...]:
+    """The tasks client ``client_id`` holds before ``clients.only_tasks`` (fedmtl.data.partition uses it too)."""
+    if cfg.clients.tasks:
+        return cfg.clients.tasks[client_id]
+    names = cfg.data.task_names()
+    return tuple(names[(client_id + j) % len(names)] for j in range(cfg.clients.tasks_per_client))
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to the raw config mapping in place."""
+    if "=" not in assignment:
+        raise ConfigError("--set", f"expected key.path=value, got {assignment!r}")
+    path, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"value {text!r} is not valid YAML ({err.problem})") from None
+    set_path(raw, path.strip(), value, "--set")
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+    """Set ``raw[k1][k2]...`` for ``path = "k1.k2..."`` in place (creating mappings on the way)."""
+    keys = path.split(".")
+    if not all(keys):
+        raise ConfigError(source, f"bad key path {path!r}")
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if isinstance(child, str):  # a component given by bare name, e.g. aggregator: cagrad
+            child = node[key] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(keys[: depth + 1]), f"is not a mapping, cannot set {path}")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_raw(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("--config", f"file not found: {file}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("--config", f"{file} is not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("--config", f"{file} must hold a mapping at the top level")
+    return raw
+
+
+def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    cfg = parse_dataclass(ExperimentConfig, raw, "")
+    check_consistency(cfg)
+    for key, values in cfg.sweep.grid.items():  # every point must be a valid config on its own
+        for i, value in enumerate(values):
+            try:
+                point_config(raw, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"sweep.grid.{key}[{i}]", f"gives an invalid config: {err}") from None
+    return cfg
+
+
+def point_config(raw: Mapping[str, Any], values: Mapping[str, Any]) -> ExperimentConfig:
+    """The config of one sweep point: ``raw`` without its sweep, with ``values`` set by key path."""
+    point = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
+    for key, value in values.items():
+        if key.split(".")[0] in ("sweep", "study", "output"):
+            raise ConfigError(f"sweep.grid.{key}", "cannot sweep study, sweep or output settings")
+        set_path(point, key, value, f"sweep.grid.{key}")
+    return build_config(point)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """YAML file (optional) + ``key.path=value`` overrides -> validated :class:`ExperimentConfig`."""
+    raw = load_raw(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return build_config(raw)
+
+
+def with_overrides(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return replace(cfg, **changes)

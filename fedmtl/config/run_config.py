@@ -1,0 +1,43 @@
+"""How the apps find their experiment config when Flower (not simulate.py) starts them.
+
+``flwr run`` and deployed SuperLinks hand the apps a flat ``run_config``: ``config-file``
+(a YAML path) and/or ``config-overrides`` (``key.path=value`` assignments separated by ``;``).
+
+Flower does not change the working directory of the apps it starts: a ServerApp runs in the
+SuperLink's working directory, a ClientApp in its SuperNode's. So a relative ``config-file`` is
+looked up first inside the app itself (the FAB that ``flwr run`` shipped, e.g.
+``configs/default.yaml``: the same file on every node), then in the working directory. Paths
+*inside* the config (``output.run_dir``, ``output.dir``) are not rewritten: make them absolute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from fedmtl.config.experiment import ExperimentConfig, load_config
+
+CONFIG_FILE_KEY = "config-file"
+OVERRIDES_KEY = "config-overrides"
+APP_ROOT = Path(__file__).resolve().parents[1]  # the project checkout, or the installed FAB's directory
+
+
+def resolve_config_file(value: str, app_root: Path = APP_ROOT) -> str | None:
+    """The YAML path to load for a ``config-file`` value ('' -> None: built-in defaults)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    bundled = app_root / path
+    return str(bundled) if bundled.is_file() else str(path)
+
+
+def split_overrides(value: str) -> list[str]:
+    return [part.strip() for part in value.split(";") if part.strip()]
+
+
+def config_from_run_config(run_config: Mapping[str, object], app_root: Path = APP_ROOT) -> ExperimentConfig:
+    path = resolve_config_file(str(run_config.get(CONFIG_FILE_KEY, "") or ""), app_root)
+    overrides = split_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))
+    return load_config(path, overrides)

@@ -1,0 +1,1 @@
+"""Task suites (synthetic, digits, tables, hub), task kinds, and how data is partitioned among clients."""

@@ -1,0 +1,161 @@
+"""The server's step on the shared encoder, as pure tensor code.
+
+The global encoder is held as one flat parameter vector. Each round, client states become
+rows of pseudo-gradients ``global - local`` (gradient direction), the configured aggregator
+combines them into a mean-scaled direction, and a torch optimizer steps along it. With
+``fedavg`` and ``sgd(lr=1, momentum=0)`` this is exactly FedAvg:
+``global - (global - weighted_mean(local)) = weighted_mean(local)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.methods.aggregation import AggregationInput, Aggregator
+from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Key order and shapes of a state dict, to move between dicts and one flat vector."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> FlatLayout:
+        keys = tuple(sorted(state))
+        return cls(keys, tuple(state[k].shape for k in keys))
+
+    @property
+    def expected_shapes(self) -> dict[str, torch.Size]:
+        return dict(zip(self.keys, self.shapes))
+
+    def flatten(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([state[k].detach().reshape(-1).to(torch.float32) for k in self.keys])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for key, shape in zip(self.keys, self.shapes):
+            size = shape.numel()
+            out[key] = flat[offset : offset + size].detach().reshape(shape).clone()
+            offset += size
+        return out
+
+
+@dataclass(frozen=True)
+class RoundDiagnostics:
+    """What the aggregation did this round (written to the run's server metrics)."""
+
+    clients: tuple[int, ...]  # client ids, in row order
+    weights: tuple[float, ...] | None
+    cosines_upper: tuple[float, ...]  # upper triangle (i < j, row-major) of the K x K cosine matrix
+    conflict_fraction: float  # fraction of client pairs whose updates have negative cosine
+    aggregate_norm: float
+    mean_norm: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when this process sees a GPU, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("server.device", "is cuda but the server process sees no GPU")
+    return torch.device(device)
+
+
+def make_server_optimizer(cfg: ServerOptimizerConfig, param: torch.nn.Parameter) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam([param], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.SGD([param], lr=cfg.lr, momentum=cfg.momentum)
+
+
+class ServerUpdater:
+    """Global encoder + aggregator + server optimizer; checkpointable through ``state_dict``."""
+
+    def __init__(
+        self,
+        initial: Mapping[str, torch.Tensor],
+        aggregator: Aggregator,
+        optimizer: ServerOptimizerConfig,
+        seed: int,
+        device: str = "cpu",
+        gramian_precision: GramianPrecision = "float32",
+    ) -> None:
+        self.layout = FlatLayout.of(initial)
+        self.gramian_precision = gramian_precision
+        self.aggregator = aggregator
+        self.param = torch.nn.Parameter(self.layout.flatten(initial))
+        self.optimizer = make_server_optimizer(optimizer, self.param)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = resolve_device(device)
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return self.layout.unflatten(self.param)
+
+    def step(
+        self,
+        client_ids: Sequence[int],
+        client_states: Sequence[Mapping[str, torch.Tensor]],
+        num_examples: Sequence[float],
+        losses: Sequence[float] | None = None,
+    ) -> RoundDiagnostics:
+        """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one."""
+        matrix = self.update_matrix(client_states)
+        inputs = AggregationInput(
+            matrix=matrix,
+            num_examples=torch.tensor(num_examples, dtype=torch.float64, device=self.device),
+            losses=None if losses is None else torch.tensor(losses, dtype=torch.float64, device=self.device),
+            generator=self.generator,
+            gramian_precision=self.gramian_precision,
+        )
+        result = self.aggregator(inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape).cpu()
+        self.optimizer.step()
+        gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
+        return diagnose(client_ids, matrix, result.direction, result.weights, gram)
+
+    def update_matrix(self, client_states: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """``[K, P]`` rows ``global - local`` on the aggregation device, written in place row by row."""
+        current = self.param.detach().to(self.device)
+        matrix = torch.empty(len(client_states), current.numel(), dtype=current.dtype, device=self.device)
+        for row, state in zip(matrix, client_states):
+            offset = 0
+            for key in self.layout.keys:
+                value = state[key].detach().reshape(-1)
+                row[offset : offset + value.numel()].copy_(value)
+                offset += value.numel()
+            torch.sub(current, row, out=row)
+        return matrix
+
+    def state_dict(self) -> dict:
+        return {"param": self.param.detach().clone(), "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.param.copy_(state["param"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+
+def diagnose(
+    client_ids: Sequence[int], matrix: torch.Tensor, direction: torch.Tensor, weights: torch.Tensor | None, gram: torch.Tensor
+) -> RoundDiagnostics:
+    """``gram``: the rows' Gramian (the aggregator's own when it built one)."""
+    cosines = cosine_matrix(gram)
+    k = matrix.shape[0]
+    upper = cosines[torch.triu_indices(k, k, offset=1).unbind()] if k > 1 else cosines.new_zeros(0)
+    return RoundDiagnostics(
+        clients=tuple(int(c) for c in client_ids),
+        weights=None if weights is None else tuple(float(w) for w in weights),
+        cosines_upper=tuple(float(c) for c in upper),
+        conflict_fraction=float((upper < 0).double().mean()) if k > 1 else 0.0,
+        aggregate_norm=float(direction.norm()),
+        mean_norm=float(matrix.mean(dim=0).norm()),
+    )

@@ -1,0 +1,142 @@
+"""Local multi-task training and evaluation on one client (no Flower, no Ray).
+
+One loop serves every configuration: task sampling picks the step's tasks, the balancer turns
+their losses into terms, optional gradient surgery replaces the encoder's gradient by an
+aggregate of the per-task gradients (the same aggregators the server uses), an optional
+proximal pull adds ``mu (theta - reference)`` to the encoder's gradient, and a tracker records
+per-task gradient conflicts every ``gradient_diagnostics_every`` steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from fedmtl.config.experiment import ClientConfig
+from fedmtl.data.suites import TaskData
+from fedmtl.data.task_kinds import TaskSpec
+from fedmtl.local.task_gradients import TaskGradientTracker, task_gradient_matrix, write_flat_gradient
+from fedmtl.methods.aggregation import AggregationInput
+from fedmtl.methods.balancing import BalancerRound
+from fedmtl.model.networks import MultiTaskModel
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """``mu/2 ||encoder - reference||^2`` (FedProx/Ditto), applied as a gradient term."""
+
+    reference: list[torch.Tensor]
+    mu: float
+
+
+@dataclass
+class TrainStats:
+    task_loss: dict[str, float]  # mean training loss per task over the steps that trained it
+    num_examples: int  # training samples held (sum over tasks): FedAvg's weight
+    task_weights: dict[str, float] = field(default_factory=dict)  # balancer weights at the end of the round
+    task_cosines: dict[tuple[str, str], float] = field(default_factory=dict)  # mean pairwise cosine
+    subspace_angles: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # degrees
+
+
+def batch_indices(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless stream of batches: a fresh permutation per pass, so every sample is seen once per epoch."""
+    if size < 1:
+        raise ValueError("cannot draw batches from an empty task")
+    while True:
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size, batch_size):
+            yield order[start : start + batch_size]
+
+
+def make_optimizer(cfg: ClientConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_local(
+    model: MultiTaskModel,
+    data: Mapping[str, TaskData],
+    specs: Mapping[str, TaskSpec],
+    cfg: ClientConfig,
+    generator: torch.Generator,
+    balancer: BalancerRound,
+    proximal: Proximal | None = None,
+) -> TrainStats:
+    data = {task: d for task, d in data.items() if len(d) > 0}  # a real split can leave a task empty
+    encoder_params = model.encoder_parameters()
+    optimizer = make_optimizer(cfg, [*model.parameters(), *balancer.parameters()])
+    batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
+    sizes = {task: len(d) for task, d in data.items()}
+    tracker = TaskGradientTracker(cfg.subspace_steps)
+    totals, counts = dict.fromkeys(data, 0.0), dict.fromkeys(data, 0)
+    last_layer = model.last_shared_layer_weight()
+
+    def shared_layer_grad(loss: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(loss, last_layer, retain_graph=True)[0]
+
+    model.train()
+    for step in range(cfg.local_steps):
+        tasks = cfg.task_sampling.choose(sizes, generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses = {}
+        for task in tasks:
+            index = next(batches[task])
+            losses[task] = specs[task].kind_impl.loss(model(data[task].x[index], task), data[task].y[index])
+        terms = balancer.terms(losses)
+        measure = cfg.gradient_diagnostics_every > 0 and step % cfg.gradient_diagnostics_every == 0
+        surgery = cfg.surgery is not None and len(tasks) > 1
+        matrix = task_gradient_matrix(terms, encoder_params) if (surgery or (measure and len(tasks) > 1)) else None
+        torch.stack(list(terms.values())).sum().backward(retain_graph=balancer_needs_graph(balancer))
+        if surgery:
+            ones = torch.ones(len(tasks), dtype=torch.float64)
+            # task gradients are few and small: the exact Gramian costs nothing next to a training step
+            direction = cfg.surgery(AggregationInput(matrix, ones, generator=generator, gramian_precision="float64")).direction
+            write_flat_gradient(encoder_params, direction * len(tasks))  # sum-scaled, like the plain sum of terms
+        if proximal is not None:
+            with torch.no_grad():
+                for p, ref in zip(encoder_params, proximal.reference):
+                    p.grad.add_(p - ref, alpha=proximal.mu)
+        if measure and matrix is not None:
+            tracker.add(tasks, matrix.detach())
+        balancer.after_backward(losses, shared_layer_grad)
+        optimizer.step()
+        for task, loss in losses.items():
+            totals[task] += loss.item()
+            counts[task] += 1
+    mean_losses = {t: totals[t] / counts[t] for t in data if counts[t]}
+    balancer.end_round(mean_losses)
+    return TrainStats(
+        task_loss=mean_losses,
+        num_examples=sum(sizes.values()),
+        task_weights=balancer.weights(),
+        task_cosines=tracker.mean_cosines(),
+        subspace_angles=tracker.subspace_angles(),
+    )
+
+
+def balancer_needs_graph(balancer: BalancerRound) -> bool:
+    """GradNorm differentiates the losses again after the main backward pass."""
+    return type(balancer).after_backward is not BalancerRound.after_backward
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultiTaskModel, data: Mapping[str, TaskData], specs: Mapping[str, TaskSpec]
+) -> dict[str, dict[str, float]]:
+    """Per task: loss, the kind's metrics, and the number of samples evaluated."""
+    model.eval()
+    results = {}
+    for task, task_data in data.items():
+        if len(task_data) == 0:
+            continue
+        kind = specs[task].kind_impl
+        prediction = model(task_data.x, task)
+        results[task] = {
+            "loss": kind.loss(prediction, task_data.y).item(),
+            **kind.metrics(prediction, task_data.y),
+            "num_examples": float(len(task_data)),
+        }
+    return results

@@ -1,0 +1,39 @@
+"""Aggregation methods as pure tensor code: one file per method, one registry here.
+
+Every method maps a ``[K, P]`` matrix of rows in gradient direction to one mean-scaled
+direction; the server uses it on client updates, a client on its task gradients.
+"""
+
+from __future__ import annotations
+
+from fedmtl.config.typed import register_component_base
+from fedmtl.methods.aggregation.base import AggregationInput, AggregationResult, Aggregator, GramianAggregator
+from fedmtl.methods.aggregation.cagrad import CAGrad
+from fedmtl.methods.aggregation.fedavg import FedAvg
+from fedmtl.methods.aggregation.fedfv import FedFV
+from fedmtl.methods.aggregation.mgda import MGDA
+from fedmtl.methods.aggregation.nash_mtl import NashMTL
+from fedmtl.methods.aggregation.pcgrad import PCGrad
+from fedmtl.methods.aggregation.torchjd_methods import IMTLG, AlignedMTL, UPGrad
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    cls.name: cls for cls in (FedAvg, PCGrad, FedFV, MGDA, CAGrad, UPGrad, IMTLG, NashMTL, AlignedMTL)
+}
+register_component_base(Aggregator, AGGREGATORS)
+
+__all__ = [
+    "AGGREGATORS",
+    "IMTLG",
+    "MGDA",
+    "AggregationInput",
+    "AggregationResult",
+    "Aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "FedAvg",
+    "FedFV",
+    "GramianAggregator",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
+]

@@ -1,0 +1,103 @@
+"""The aggregation interface shared by the server (rows = client updates) and clients (rows = task gradients).
+
+Conventions (see README, "Aggregation conventions"):
+
+* Input ``matrix`` is ``[K, P]``; every row points in a *gradient* direction (a client's
+  pseudo-gradient ``global - local``, or a task gradient).
+* Output ``direction`` is **mean-scaled**: when all K rows equal ``g`` the result is ``g``.
+  A server (or client) optimizer then steps along ``-direction``; swapping the aggregator
+  therefore never silently changes the effective step size by a factor K or ``1 + c``.
+* ``weights`` (``[K]``) are reported whenever the direction is a linear combination of the rows
+  (``direction = weights @ matrix``), for diagnostics. Methods that are not linear in the rows
+  return ``None``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fedmtl.methods.aggregation.gramian import GramianPrecision, combine_rows, gramian
+
+
+@dataclass(frozen=True)
+class AggregationInput:
+    """What an aggregator may look at.
+
+    ``matrix``: ``[K, P]`` rows in gradient direction.
+    ``num_examples``: ``[K]`` positive sample counts (all ones for task gradients).
+    ``losses``: optional ``[K]`` training losses (FedFV orders clients by loss).
+    ``generator``: source of declared randomness (PCGrad's shuffle); seeded by the caller.
+    ``gramian_precision``: how Gramian-based methods build ``G G^T`` (``fedmtl.methods.aggregation.gramian``).
+    """
+
+    matrix: torch.Tensor
+    num_examples: torch.Tensor
+    losses: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    gramian_precision: GramianPrecision = "float32"
+
+    def __post_init__(self) -> None:
+        if self.matrix.ndim != 2 or self.matrix.shape[0] == 0:
+            raise ValueError(f"matrix must be [K, P] with K >= 1, got shape {tuple(self.matrix.shape)}")
+        k = self.matrix.shape[0]
+        if self.num_examples.shape != (k,):
+            raise ValueError(f"num_examples must have shape ({k},), got {tuple(self.num_examples.shape)}")
+        if self.losses is not None and self.losses.shape != (k,):
+            raise ValueError(f"losses must have shape ({k},), got {tuple(self.losses.shape)}")
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """``direction`` ``[P]`` (mean-scaled) and, when linear in the rows, ``weights`` ``[K]``;
+    ``gramian`` (float64 ``K x K``) when the method built one, so that diagnostics need no second pass."""
+
+    direction: torch.Tensor
+    weights: torch.Tensor | None = None
+    gramian: torch.Tensor | None = None
+
+
+class Aggregator(ABC):
+    """Maps K row vectors to one mean-scaled direction.
+
+    Subclasses are frozen dataclasses whose fields are the method's hyperparameters, so that
+    the config layer can validate them and ``repr`` shows every setting. ``name`` is the key
+    used in YAML (``server.aggregator: {name: cagrad, c: 0.4}``).
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def aggregate(self, inputs: AggregationInput) -> AggregationResult:
+        """Combine the rows of ``inputs.matrix``."""
+
+    def __call__(self, inputs: AggregationInput) -> AggregationResult:
+        return self.aggregate(inputs)
+
+
+class GramianAggregator(Aggregator):
+    """An aggregator whose weights depend on the rows only through the Gramian ``G G^T``.
+
+    The direction is then ``weights @ G``: one pass to build the ``K x K`` Gramian (chunked over
+    parameters), a small solve on ``K x K``, and one more pass to combine, so memory beyond the
+    K rows stays ``O(P + K^2)``.
+    """
+
+    @abstractmethod
+    def weights_from_gramian(self, gramian: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
+        """Return ``[K]`` mean-scaled weights from the ``K x K`` Gramian."""
+
+    def aggregate(self, inputs: AggregationInput) -> AggregationResult:
+        if inputs.num_rows == 1:  # one row is its own aggregate, whatever the method's solver makes of it
+            weights = torch.ones(1, dtype=inputs.matrix.dtype, device=inputs.matrix.device)
+            return AggregationResult(direction=inputs.matrix[0].clone(), weights=weights)
+        gram = gramian(inputs.matrix, inputs.gramian_precision)
+        weights = self.weights_from_gramian(gram, inputs).to(inputs.matrix.dtype)
+        return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights, gramian=gram)

@@ -1,0 +1,76 @@
+"""PCGrad, "Gradient Surgery for Multi-Task Learning" (Yu et al., NeurIPS 2020), on the Gramian."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fedmtl.methods.aggregation.base import AggregationInput, GramianAggregator
+
+
+def project_conflicts(gram: torch.Tensor, orders: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequential conflict projection, tracked as coefficients on the original rows.
+
+    Row ``i`` of the result is ``c_i`` with ``g_i' = c_i @ G``. Starting from ``c_i = e_i``, for each
+    ``j`` in ``orders[i]`` (the other rows, ``[K, K-1]``): if ``g_i' . g_j < 0`` then
+    ``g_i' <- g_i' - (g_i' . g_j / ||g_j||^2) g_j``, always against the *original* ``g_j``. Dot
+    products come from the Gramian: ``g_i' . g_j = c_i @ gram[:, j]``. All rows advance one position
+    of their order per step, so the loop has ``K - 1`` vectorised steps. Rows flagged in ``frozen``
+    are left unprojected; zero rows are never projection targets.
+    """
+    k = gram.shape[0]
+    coefficients = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    rows = torch.arange(k, device=gram.device)
+    squared_norms = gram.diagonal()
+    movable = torch.ones(k, dtype=torch.bool, device=gram.device) if frozen is None else ~frozen
+    for step in range(k - 1):
+        targets = orders[:, step]
+        dots = (coefficients * gram[targets]).sum(dim=1)
+        target_norms = squared_norms[targets]
+        conflict = (dots < 0) & (target_norms > 0) & movable
+        shrink = torch.where(conflict, dots / torch.where(conflict, target_norms, 1.0), 0.0)
+        coefficients[rows, targets] -= shrink
+    return coefficients
+
+
+def orders_skipping_self(keys: torch.Tensor) -> torch.Tensor:
+    """``[K, K-1]``: for row ``i``, the other rows sorted by ``keys[i]`` (ascending)."""
+    k = keys.shape[0]
+    keys = keys.clone()
+    keys.fill_diagonal_(float("inf"))
+    return keys.argsort(dim=1, stable=True)[:, : k - 1]
+
+
+def pcgrad_orders(k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A fresh uniformly random order of the other rows for every row, or ``0..K-1`` without a generator."""
+    if generator is None:
+        keys = torch.arange(k, dtype=torch.float64).expand(k, k)
+    else:
+        keys = torch.rand(k, k, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+    return orders_skipping_self(keys)
+
+
+@dataclass(frozen=True)
+class PCGrad(GramianAggregator):
+    """PCGrad (Yu, Kumar, Gupta, Levine, Hausman, Finn; NeurIPS 2020), mean-reduced.
+
+    Variant implemented: for each row ``i``, start from ``g_i`` and visit the *other* rows ``j`` in
+    a random order drawn from ``inputs.generator`` (a fresh permutation per ``i``; without a
+    generator the fixed order ``0..K-1`` skipping ``i``); when ``g_i' . g_j < 0`` subtract the
+    projection of ``g_i'`` onto the *original* ``g_j``. The official code also visits ``j = i``;
+    this follows the paper's "other tasks" rule. The result is the **mean** of the projected rows
+    (the paper sums them), so ``K`` identical rows give that row. Run on the Gramian: ``weights``
+    are the mean of the coefficient vectors, exact up to rounding.
+
+    The guarantee of the paper holds for two rows: the result then has a non-negative inner
+    product with both. With three or more rows a later projection can re-create a conflict.
+    """
+
+    name: ClassVar[str] = "pcgrad"
+
+    def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
+        gram64 = gram.detach().to("cpu", torch.float64)
+        orders = pcgrad_orders(gram64.shape[0], inputs.generator)
+        return project_conflicts(gram64, orders).mean(dim=0).to(gram.device)

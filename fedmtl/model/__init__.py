@@ -1,0 +1,1 @@
+"""The multi-task network: shared encoder and private task heads."""

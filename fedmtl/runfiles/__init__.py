@@ -1,0 +1,1 @@
+"""Run files: the run directory, metric rows, the per-task summary, checkpoints."""

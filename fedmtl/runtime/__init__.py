@@ -1,0 +1,1 @@
+"""How runs are hosted: Ray resources and the offline environment."""
