@@ -36,6 +36,7 @@ import pytest
 import torch
 import yaml
 
+from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
 from fedmtl.config.run_config import config_from_run_config, resolve_config_file
 from fedmtl.data.partition import tasks_of_client
@@ -293,6 +294,16 @@ def test_config_overrides_from_run_config_match_simulate_overrides():
     joined = ";".join(TINY_2)
     assert config_from_run_config({"config-file": "", "config-overrides": joined}) == load_config(None, list(TINY_2))
     assert config_from_run_config({}) == load_config(None, [])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "section"),
+    [("study.arms=[fed_mtl, local_stl]", "study.arms"), ("study.arms=[fed_mtl, local_stl];sweep.grid={rounds: [1, 2]}", "sweep.grid")],
+)
+def test_a_study_or_sweep_under_flwr_run_is_refused_with_one_line(overrides, section):
+    with pytest.raises(ConfigError) as caught:
+        config_from_run_config({"config-file": "configs/study_digits.yaml", "config-overrides": overrides})
+    assert caught.value.path == section and "simulate.py" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_fab_contains_the_code_but_not_venv_runs_or_tests():

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -215,21 +215,27 @@ class CheckpointConfig:
             raise ValueError("every and restarts must be >= 0")
 
 
-ARM_NAMES = ("local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl")  # implemented in fedmtl/study/arms.py
+
+
+def arm_names() -> tuple[str, ...]:
+    """The study arms, as registered in :mod:`fedmtl.study.arms` (imported when a study is parsed)."""
+    from fedmtl.study.arms import ARMS
+
+    return tuple(ARMS)
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """Arms x seeds run one after another by one command (empty arms: a single run)."""
 
-    arms: tuple[str, ...] = ()  # from ARM_NAMES; fed_mtl is this config as it stands
+    arms: tuple[str, ...] = ()  # names from fedmtl.study.arms.ARMS; fed_mtl is this config as it stands
     seeds: tuple[int, ...] = ()  # default: the top-level seed only
     reference_arm: str = "fed_mtl"  # deltas are computed for this arm against every other arm
 
     def __post_init__(self) -> None:
         for arm in self.arms:
-            if arm not in ARM_NAMES:
-                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(ARM_NAMES)}")
+            if arm not in arm_names():
+                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(arm_names())}")
         if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("arms and seeds must not repeat")
         if self.arms and self.reference_arm not in self.arms:
@@ -437,6 +443,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(raw, assignment)
     return build_config(raw)
 
-
-def with_overrides(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    return replace(cfg, **changes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ExperimentConfig, load_config
 
 CONFIG_FILE_KEY = "config-file"
@@ -38,6 +39,12 @@ def split_overrides(value: str) -> list[str]:
 
 
 def config_from_run_config(run_config: Mapping[str, object], app_root: Path = APP_ROOT) -> ExperimentConfig:
+    """The config of one federation. A study or sweep runs many federations, which only
+    ``simulate.py`` drives: refused here with one line, rather than silently running one."""
     path = resolve_config_file(str(run_config.get(CONFIG_FILE_KEY, "") or ""), app_root)
     overrides = split_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    if cfg.study.arms or cfg.sweep.grid:
+        section = "sweep.grid" if cfg.sweep.grid else "study.arms"
+        raise ConfigError(section, f"a study or sweep runs many federations: run it with `python simulate.py --config {path}`, not with flwr run")
+    return cfg

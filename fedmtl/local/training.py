@@ -89,7 +89,7 @@ def train_local(
         measure = cfg.gradient_diagnostics_every > 0 and step % cfg.gradient_diagnostics_every == 0
         surgery = cfg.surgery is not None and len(tasks) > 1
         matrix = task_gradient_matrix(terms, encoder_params) if (surgery or (measure and len(tasks) > 1)) else None
-        torch.stack(list(terms.values())).sum().backward(retain_graph=balancer_needs_graph(balancer))
+        torch.stack(list(terms.values())).sum().backward(retain_graph=balancer.differentiates_after_backward)
         if surgery:
             ones = torch.ones(len(tasks), dtype=torch.float64)
             # task gradients are few and small: the exact Gramian costs nothing next to a training step
@@ -115,11 +115,6 @@ def train_local(
         task_cosines=tracker.mean_cosines(),
         subspace_angles=tracker.subspace_angles(),
     )
-
-
-def balancer_needs_graph(balancer: BalancerRound) -> bool:
-    """GradNorm differentiates the losses again after the main backward pass."""
-    return type(balancer).after_backward is not BalancerRound.after_backward
 
 
 @torch.no_grad()

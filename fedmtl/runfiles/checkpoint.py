@@ -8,7 +8,6 @@ what it held when the checkpoint was written. Versions older than that are prune
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedmtl.runfiles.rundir import RunDirectory, read_rows, write_rows
+from fedmtl.runfiles.rundir import RunDirectory, atomic_write, read_rows, write_rows
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CLIENT_STATE_DIR = "client_state"
@@ -32,10 +31,8 @@ class ServerCheckpoint:
 
 
 def save_server_checkpoint(run: RunDirectory, checkpoint: ServerCheckpoint) -> None:
-    tmp = run.path / f".{CHECKPOINT_FILE}.tmp"
     payload = {"round": checkpoint.server_round, "updater": checkpoint.updater, "sampler": checkpoint.sampler, "heads": checkpoint.heads}
-    torch.save(payload, tmp)
-    os.replace(tmp, run.path / CHECKPOINT_FILE)
+    atomic_write(run.path / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
 
 
 def load_server_checkpoint(run: RunDirectory) -> ServerCheckpoint | None:
@@ -69,9 +66,7 @@ class ClientStateStore:
     def save(self, server_round: int, state: dict[str, torch.Tensor], durable_round: int) -> None:
         """Write the state after ``server_round``; prune versions no checkpoint after ``durable_round`` needs."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".round-{server_round}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.directory / f"round-{server_round:06d}.pt")
+        atomic_write(self.directory / f"round-{server_round:06d}.pt", lambda tmp: torch.save(state, tmp))
         needed = [v for v in self.versions() if v <= durable_round]
         floor = needed[-1] if needed else 0
         for version in self.versions():

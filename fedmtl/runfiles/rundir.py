@@ -10,7 +10,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,17 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a sibling temporary file, then rename it over ``path``: readers (and a resumed run
+    after a crash) see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
+    tmp.unlink(missing_ok=True)
+    write(tmp)
     os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,7 @@ class RunDirectory:
         return self.path / f"metrics.{self.metrics_format}"
 
     def save_encoder(self, state: Mapping[str, torch.Tensor]) -> None:
-        tmp = self.path / f".{ENCODER_FILE}.tmp"
-        torch.save(dict(state), tmp)
-        os.replace(tmp, self.path / ENCODER_FILE)
+        atomic_write(self.path / ENCODER_FILE, lambda tmp: torch.save(dict(state), tmp))
 
     def write_json(self, name: str, payload: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -97,10 +98,11 @@ class RunDirectory:
 class RowWriter:
     """Append-only tidy table in JSONL or CSV (fixed columns, header written once)."""
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], csv_format: bool | None = None) -> None:
+        """``csv_format``: default from the suffix (``.csv``)."""
         self.path = path
         self.columns = tuple(columns)
-        self.csv = path.suffix == ".csv"
+        self.csv = path.suffix == ".csv" if csv_format is None else csv_format
         if self.csv and not path.exists():
             with path.open("w", newline="") as handle:
                 csv.writer(handle).writerow(self.columns)
@@ -120,19 +122,12 @@ class RowWriter:
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Replace a metrics table atomically with ``rows`` (same format as :class:`RowWriter`)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
     if path.suffix == ".csv":
         with path.open(newline="") as handle:
             columns = next(csv.reader(handle))
-        writer = RowWriter(tmp.with_suffix(".csv"), columns)
-        writer.write(rows)
-        os.replace(writer.path, path)
+        atomic_write(path, lambda tmp: RowWriter(tmp, columns, csv_format=True).write(rows))
         return
-    with tmp.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(dict(row)) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(dict(row)) + "\n" for row in rows)))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

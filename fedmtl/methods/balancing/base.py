@@ -20,6 +20,10 @@ SharedLayerGrad = Callable[[torch.Tensor], torch.Tensor]
 
 
 class BalancerRound(ABC):
+    # True when after_backward differentiates the losses again (GradNorm): the training loop then
+    # keeps the autograd graph through the main backward pass.
+    differentiates_after_backward: ClassVar[bool] = False
+
     """The balancer's working state for one round of local training."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -47,7 +51,6 @@ class BalancerRound(ABC):
 
 class Balancer(ABC):
     name: ClassVar[str]
-    needs_shared_layer_grad: ClassVar[bool] = False
 
     @abstractmethod
     def start(self, tasks: Sequence[str], state: Mapping[str, torch.Tensor]) -> BalancerRound:

@@ -1,7 +1,7 @@
 """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, "GradNorm: Gradient
 Normalization for Adaptive Loss Balancing in Deep Multitask Networks").
 
-Exactly the rule in MTL_REFERENCE: on the last shared layer ``W``,
+The rule as the paper states it (Section 3): on the last shared layer ``W``,
 ``G_i = ||grad_W (w_i L_i)|| = w_i ||grad_W L_i||``,
 ``r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0))``, and the loss
 ``sum_i |G_i - mean(G) * r_i^alpha|`` with the target ``mean(G) * r_i^alpha`` held constant.
@@ -30,7 +30,6 @@ _MIN_WEIGHT = 1e-4
 @dataclass(frozen=True)
 class GradNorm(Balancer):
     name: ClassVar[str] = "gradnorm"
-    needs_shared_layer_grad: ClassVar[bool] = True
     alpha: float = 1.5
     lr: float = 0.025
 
@@ -60,6 +59,8 @@ def gradnorm_step(
 
 
 class GradNormRound(BalancerRound):
+    differentiates_after_backward: ClassVar[bool] = True
+
     def __init__(self, tasks: list[str], weights: torch.Tensor, initial: dict[str, torch.Tensor], alpha: float, lr: float) -> None:
         self.tasks, self.w, self.initial, self.alpha, self.lr = tasks, weights, dict(initial), alpha, lr
 
