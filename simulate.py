@@ -38,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one config value")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one config value"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
@@ -64,7 +66,9 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
         run_dir, _ = RunDirectory.open(resume_dir)
         checkpoint = load_server_checkpoint(run_dir)
         if checkpoint is None:
-            raise ConfigError("--resume", f"{run_dir.path} has no checkpoint (checkpoint.every was 0, or no round finished)")
+            raise ConfigError(
+                "--resume", f"{run_dir.path} has no checkpoint (checkpoint.every was 0, or no round finished)"
+            )
         print(f"fedmtl: resuming {run_dir.path} after round {checkpoint.server_round}", flush=True)
     else:
         backend_config(cfg.resources)  # resource errors before anything is written
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             if args.config or args.set:
-                raise ConfigError("--resume", "takes its config from the run directory; do not combine it with --config or --set")
+                raise ConfigError(
+                    "--resume", "takes its config from the run directory; do not combine it with --config or --set"
+                )
             from fedmtl.runfiles.rundir import RunDirectory
 
             _, cfg = RunDirectory.open(args.resume)

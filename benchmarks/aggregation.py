@@ -72,7 +72,9 @@ def methods(configs: list[dict[str, Any]]) -> tuple[list[Method], list[str]]:
             built.append(Method(label(config), parse(Aggregator, dict(config), "benchmark.aggregator")))
         except ImportError as err:
             unavailable.append(f"`{label(config)}`: {err}")
-    exact = [Method(f"{m.label} (float64 Gramian)", m.aggregator, "float64") for m in built if m.label in FLOAT64_GRAMIAN]
+    exact = [
+        Method(f"{m.label} (float64 Gramian)", m.aggregator, "float64") for m in built if m.label in FLOAT64_GRAMIAN
+    ]
     return built + exact, unavailable
 
 
@@ -197,7 +199,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--max-bytes", type=int, default=4 * 2**30, help="skip K x P float32 matrices above this")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", choices=sorted(ROWS), default="gaussian", help="gaussian: cosines ~0; similar: cosines ~0.97")
+    parser.add_argument(
+        "--rows", choices=sorted(ROWS), default="gaussian", help="gaussian: cosines ~0; similar: cosines ~0.97"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -221,7 +225,11 @@ def main() -> None:
         section, where = ("aggregation", "") if device.type == "cpu" else ("aggregation_cuda", " on a GPU")
         if args.rows != "gaussian":
             section, where = f"{section}_{args.rows}", f"{where}, {args.rows} rows"
-        command = f"benchmarks/aggregation.py --device {device.type}" + (" --quick" if args.quick else "") + (f" --rows {args.rows}" if args.rows != "gaussian" else "")
+        command = (
+            f"benchmarks/aggregation.py --device {device.type}"
+            + (" --quick" if args.quick else "")
+            + (f" --rows {args.rows}" if args.rows != "gaussian" else "")
+        )
         write_section(section, f"## Aggregation cost{where} (`{command}`)\n\n" + text)
 
 

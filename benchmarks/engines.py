@@ -52,12 +52,17 @@ def table(results: dict[tuple[int, str], RunResult]) -> str:
 
 def growth(results: dict[tuple[int, str], RunResult], engines: list[str]) -> str:
     ns = sorted({n for n, _ in results})
-    lines = [f"| engine | round 1 done: N={ns[-1]:,} / N={ns[0]:,} | training-only round: N={ns[-1]:,} / N={ns[0]:,} | whole run: N={ns[-1]:,} / N={ns[0]:,} |", "|---|---|---|---|"]
+    lines = [
+        f"| engine | round 1 done: N={ns[-1]:,} / N={ns[0]:,} | training-only round: N={ns[-1]:,} / N={ns[0]:,} | whole run: N={ns[-1]:,} / N={ns[0]:,} |",
+        "|---|---|---|---|",
+    ]
     for engine in engines:
         small, large = results[(ns[0], engine)], results[(ns[-1], engine)]
         rounds = [r.train_only() for r in (small, large)]
         ratio = "–" if None in rounds else f"{rounds[1] / rounds[0]:.2f}x"  # type: ignore[operator]
-        lines.append(f"| `{engine}` | {large.first_round_done / small.first_round_done:.2f}x | {ratio} | {large.wall / small.wall:.2f}x |")
+        lines.append(
+            f"| `{engine}` | {large.first_round_done / small.first_round_done:.2f}x | {ratio} | {large.wall / small.wall:.2f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -45,7 +45,12 @@ from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
     t0 = time.perf_counter()
-    updater = ServerUpdater(initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()), cfg.server.aggregator, cfg.server.optimizer, cfg.seed)
+    updater = ServerUpdater(
+        initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
+        cfg.server.aggregator,
+        cfg.server.optimizer,
+        cfg.seed,
+    )
     clients = [LocalClient(cfg, c) for c in range(cfg.clients.count)]
     private: dict[int, dict | None] = dict.fromkeys(range(cfg.clients.count))
     for client in clients:
@@ -89,14 +94,25 @@ def steady(rounds: list[float]) -> float:
 WORKLOADS = {
     "default": [],
     # about 1e6 encoder parameters: two 3x3 conv blocks (192, 512 channels) on the 8x8 digits
-    "cnn": ["data.name=digits", "clients.count=6", "clients.tasks=[[digit,parity],[digit,geq5],[parity,loops],[digit,loops],[geq5,loops],[digit,parity]]",
-            "model.encoder=cnn", "model.conv_channels=[192,512]", "model.representation_dim=64", "model.head_hidden=[]",
-            "client.local_steps=5", "client.batch_size=16"],
+    "cnn": [
+        "data.name=digits",
+        "clients.count=6",
+        "clients.tasks=[[digit,parity],[digit,geq5],[parity,loops],[digit,loops],[geq5,loops],[digit,parity]]",
+        "model.encoder=cnn",
+        "model.conv_channels=[192,512]",
+        "model.representation_dim=64",
+        "model.head_hidden=[]",
+        "client.local_steps=5",
+        "client.batch_size=16",
+    ],
 }
 
 
 def encoder_parameters(cfg: ExperimentConfig) -> int:
-    return sum(v.numel() for v in initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()).values())
+    return sum(
+        v.numel()
+        for v in initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()).values()
+    )
 
 
 def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
@@ -105,7 +121,12 @@ def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
     sides.append(("`direct` engine, cold (starts Ray)", *time_simulation(with_engine(cfg, "direct"))))
     with private_ray_cluster(cfg.resources) as address:
         attached = replace(cfg.resources, ray_address=address, num_cpus=None, num_gpus=None)
-        sides.append(("`direct` engine, attached to running Ray", *time_simulation(replace(with_engine(cfg, "direct"), resources=attached))))
+        sides.append(
+            (
+                "`direct` engine, attached to running Ray",
+                *time_simulation(replace(with_engine(cfg, "direct"), resources=attached)),
+            )
+        )
     sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
     return sides
 
@@ -136,7 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=["default", "cnn"])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="applied to every workload")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="applied to every workload"
+    )
     parser.add_argument("--section", default="overhead", help="BENCHMARKS.md section to write (e.g. overhead_gpu)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -149,7 +172,8 @@ def main() -> None:
     text = "\n\n".join(
         [
             f"Command: `python benchmarks/overhead.py --rounds {args.rounds} --workload {' '.join(args.workload)}"
-            + "".join(f" --set {o}" for o in args.set) + f"`. Measured in one run on: {machine_info('cuda')}; "
+            + "".join(f" --set {o}" for o in args.set)
+            + f"`. Measured in one run on: {machine_info('cuda')}; "
             f"1-minute load average before the run: {load:.1f}.",
             *tables,
             "Start-up: from calling `simulate.run` to the start of round 1 (for the engines: Ray start or attach, worker "

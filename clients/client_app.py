@@ -50,7 +50,9 @@ def _store(context: Context, config: ConfigRecord, client_id: int) -> ClientStat
     return ClientStateStore(str(directory), client_id) if directory else None
 
 
-def _private_state(context: Context, store: ClientStateStore | None, config: ConfigRecord) -> dict[str, torch.Tensor] | None:
+def _private_state(
+    context: Context, store: ClientStateStore | None, config: ConfigRecord
+) -> dict[str, torch.Tensor] | None:
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
     if record is not None:
         return dict(record.to_torch_state_dict())
@@ -78,7 +80,9 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         client = _client(cfg, context)
         config = msg.content[protocol.CONFIG]
         server_round = int(config[protocol.SERVER_ROUND])
-        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, int(config.get(protocol.ATTEMPT, 0)))
+        faults = draw_faults(
+            client.cfg.faults, client.cfg.seed, server_round, client.client_id, int(config.get(protocol.ATTEMPT, 0))
+        )
         if faults.kill_worker:
             os._exit(1)  # simulates an OOM-killed worker process
         time.sleep(faults.delay_s)
@@ -90,7 +94,9 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
             store.save(server_round, outcome.private, int(config.get(protocol.DURABLE_ROUND, 0)))
-        sent = {k: torch.full_like(v, float("nan")) for k, v in outcome.shared.items()} if faults.nan else outcome.shared
+        sent = (
+            {k: torch.full_like(v, float("nan")) for k, v in outcome.shared.items()} if faults.nan else outcome.shared
+        )
         reply = RecordDict({protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord(outcome.metrics)})
         return Message(reply, reply_to=msg)
 

@@ -48,7 +48,9 @@ SLOW_LAZY_IMPORTS = ("torch._dynamo",)
 
 
 def import_in_background(modules: Iterable[str] = SLOW_LAZY_IMPORTS) -> threading.Thread:
-    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], name="fedmtl-warm-imports", daemon=True)
+    thread = threading.Thread(
+        target=lambda: [importlib.import_module(m) for m in modules], name="fedmtl-warm-imports", daemon=True
+    )
     thread.start()
     return thread
 
@@ -197,7 +199,9 @@ class DirectGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -289,7 +293,10 @@ class DirectGrid(Grid):
             self.pool.idle.append(job.actor)
         except ray.exceptions.RayTaskError as err:  # the ClientApp raised (fedmtl's own handlers reply errors instead)
             self.pool.idle.append(job.actor)
-            reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err.cause).__name__}: {err.cause}"), reply_to=job.message)
+            reply = Message(
+                Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err.cause).__name__}: {err.cause}"),
+                reply_to=job.message,
+            )
         except ray.exceptions.RayError as err:  # the worker died or was lost (killed, OOM, node gone): replace it
             self.pool.replace(job.actor)
             reason = f"ActorDiedError ({type(err).__name__}): worker lost while running node {node}: {str(err).splitlines()[0][:300]}"
@@ -323,7 +330,9 @@ def run_server_app(server_app: ServerApp, grid: DirectGrid) -> None:
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(grid.run_config))
+    context = Context(
+        run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(grid.run_config)
+    )
     server_app(grid=grid, context=context)
 
 

@@ -56,7 +56,11 @@ def identify_clients(grid: Grid, nodes: list[int], timeout_s: float, participant
     replies = list(grid.send_and_receive(messages, timeout=timeout_s))
     if worker_died(replies):
         raise WorkerPoolDied("a worker died while the clients were being identified")
-    answered = {int(m.content[protocol.METRICS][protocol.CLIENT_ID]): m.metadata.src_node_id for m in replies if not m.has_error()}
+    answered = {
+        int(m.content[protocol.METRICS][protocol.CLIENT_ID]): m.metadata.src_node_id
+        for m in replies
+        if not m.has_error()
+    }
     if len(answered) < len(nodes):
         raise FederationError(f"only {len(answered)} of {len(nodes)} clients answered when asked for their client id")
     return answered
@@ -64,7 +68,13 @@ def identify_clients(grid: Grid, nodes: list[int], timeout_s: float, participant
 
 def payload_bytes(messages: list[Message]) -> int:
     """Bytes of parameter arrays in ``messages`` (what the federation's communication cost is made of)."""
-    return sum(len(array.data) for m in messages if not m.has_error() for record in m.content.array_records.values() for array in record.values())
+    return sum(
+        len(array.data)
+        for m in messages
+        if not m.has_error()
+        for record in m.content.array_records.values()
+        for array in record.values()
+    )
 
 
 def metric_reports(replies: list[Message]) -> list[dict]:
@@ -90,7 +100,9 @@ class FlowerRounds:
         return replies
 
     def train(self, server_round: int, config: Mapping[str, Any]) -> TrainRound:
-        messages = list(self.strategy.configure_train(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid))
+        messages = list(
+            self.strategy.configure_train(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid)
+        )
         replies = self._exchange(messages, server_round)
         report = self.strategy.aggregate(server_round, replies)
         self._arrays = None
@@ -99,7 +111,9 @@ class FlowerRounds:
         return report
 
     def evaluate(self, server_round: int, config: Mapping[str, Any]) -> EvalRound:
-        messages = list(self.strategy.configure_evaluate(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid))
+        messages = list(
+            self.strategy.configure_evaluate(server_round, self.arrays(), ConfigRecord(dict(config)), self.grid)
+        )
         return EvalRound(metric_reports(self._exchange(messages, server_round)), payload_bytes(messages))
 
 
@@ -116,7 +130,11 @@ def run_federation(
     nodes = wait_for_nodes(grid, len(cfg.clients.participants()))
     state = ServerState.initial(cfg)
     participants = cfg.clients.participants()
-    client_nodes = identify_clients(grid, nodes, cfg.server.round_timeout_s, participants) if state.sampler.needs_client_ids else None
+    client_nodes = (
+        identify_clients(grid, nodes, cfg.server.round_timeout_s, participants)
+        if state.sampler.needs_client_ids
+        else None
+    )
     strategy = EncoderStrategy(state, cfg.server.max_update_norm, client_nodes)
     done = restore_run(run, state, resume, attempt)
     driver = RoundDriver(cfg, run, state, echo=echo, attempt=attempt, client_state_dir=client_state_dir)

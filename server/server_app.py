@@ -30,7 +30,9 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         config = cfg or config_from_run_config(context.run_config)
         run_dir = run or RunDirectory.create(config)
-        run_federation(grid, config, run_dir, echo=echo, resume=resume, attempt=attempt, client_state_dir=client_state_dir)
+        run_federation(
+            grid, config, run_dir, echo=echo, resume=resume, attempt=attempt, client_state_dir=client_state_dir
+        )
 
     return app
 

@@ -39,7 +39,9 @@ def shutdown_ray() -> None:
     direct_engine.shutdown()
 
 
-def _run_flower(server_app: ServerApp, client_app: ClientApp, cfg: ExperimentConfig, backend: dict[str, Any], verbose: bool) -> None:
+def _run_flower(
+    server_app: ServerApp, client_app: ClientApp, cfg: ExperimentConfig, backend: dict[str, Any], verbose: bool
+) -> None:
     try:
         run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=len(cfg.clients.participants()),
@@ -49,7 +51,9 @@ def _run_flower(server_app: ServerApp, client_app: ClientApp, cfg: ExperimentCon
         shutdown_ray()  # Flower's backend leaves the driver attached
 
 
-def _run_direct(server_app: ServerApp, client_app: ClientApp, cfg: ExperimentConfig, backend: dict[str, Any], verbose: bool) -> None:
+def _run_direct(
+    server_app: ServerApp, client_app: ClientApp, cfg: ExperimentConfig, backend: dict[str, Any], verbose: bool
+) -> None:
     pool = direct_engine.worker_pool(backend)
     grid = direct_engine.DirectGrid(pool, pool.load(client_app), len(cfg.clients.participants()))
     try:
@@ -117,4 +121,6 @@ def federate(
             if attempt >= cfg.checkpoint.restarts:
                 raise RestartsExhausted(f"{died}; gave up after {attempt} restarts (checkpoint.restarts)") from None
             attempt += 1
-            echo(f"fedmtl: {died}; restarting from the last checkpoint (restart {attempt} of {cfg.checkpoint.restarts})")
+            echo(
+                f"fedmtl: {died}; restarting from the last checkpoint (restart {attempt} of {cfg.checkpoint.restarts})"
+            )

@@ -58,7 +58,9 @@ class EncoderStrategy(Strategy):
         self.client_nodes = dict(client_nodes) if client_nodes else None
 
     def summary(self) -> None:
-        log.info("EncoderStrategy(aggregator=%r, optimizer=%r)", self.state.updater.aggregator, self.state.updater.optimizer)
+        log.info(
+            "EncoderStrategy(aggregator=%r, optimizer=%r)", self.state.updater.aggregator, self.state.updater.optimizer
+        )
 
     def _nodes(self, grid: Grid) -> dict[int, int]:
         return self.client_nodes or {node: node for node in grid.get_node_ids()}
@@ -67,15 +69,21 @@ class EncoderStrategy(Strategy):
         content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
         return [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         nodes = self._nodes(grid)
         config[protocol.SERVER_ROUND] = server_round
         return self._messages(arrays, config, (nodes[c] for c in self.state.sampler.train(nodes)), MessageType.TRAIN)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         nodes = self._nodes(grid)
         config[protocol.SERVER_ROUND] = server_round
-        return self._messages(arrays, config, (nodes[c] for c in self.state.sampler.evaluate(nodes, server_round)), MessageType.EVALUATE)
+        return self._messages(
+            arrays, config, (nodes[c] for c in self.state.sampler.evaluate(nodes, server_round)), MessageType.EVALUATE
+        )
 
     def aggregate(self, server_round: int, replies: Iterable[Message]) -> TrainRound:
         """Screen every reply, aggregate the accepted ones (stepping the server state); the round's report."""
@@ -88,7 +96,9 @@ class EncoderStrategy(Strategy):
             report.replies += 1
             if message.has_error():
                 report.failures += 1
-                log.warning("round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200])
+                log.warning(
+                    "round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200]
+                )
                 continue
             reason = screen_envelope(message)
             if reason is None:
@@ -106,22 +116,32 @@ class EncoderStrategy(Strategy):
         metrics = [message.content[protocol.METRICS] for _, message, _, _ in accepted]
         report.accepted = [client for client, *_ in accepted]
         if head_averager is not None:
-            examples = [{t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(m, protocol.TRAIN).items()} for m in metrics]
+            examples = [
+                {t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(m, protocol.TRAIN).items()}
+                for m in metrics
+            ]
             head_averager.step([heads for *_, heads in accepted], examples)
         report.diagnostics = updater.step(
             client_ids=report.accepted,
             client_states=[encoder for _, _, encoder, _ in accepted],
             num_examples=[float(m[protocol.NUM_EXAMPLES]) for m in metrics],
-            losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics] if all(protocol.TRAIN_LOSS in m for m in metrics) else None,
+            losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics]
+            if all(protocol.TRAIN_LOSS in m for m in metrics)
+            else None,
         )
         return report
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's hook: :meth:`aggregate`, as (new global arrays, summary metrics)."""
         report = self.aggregate(server_round, replies)
         if report.diagnostics is None:
             return None, None
-        summary = {"conflict-fraction": report.diagnostics.conflict_fraction, "aggregate-norm": report.diagnostics.aggregate_norm}
+        summary = {
+            "conflict-fraction": report.diagnostics.conflict_fraction,
+            "aggregate-norm": report.diagnostics.aggregate_norm,
+        }
         return ArrayRecord(self.state.global_state()), MetricRecord({**summary, "num-accepted": len(report.accepted)})
 
     def _norm_violation(self, encoder: dict) -> str | None:
@@ -129,7 +149,11 @@ class EncoderStrategy(Strategy):
             return None
         updater = self.state.updater
         norm = float((updater.layout.flatten(encoder) - updater.param.detach()).norm())
-        return f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}" if norm > self.max_update_norm else None
+        return (
+            f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}"
+            if norm > self.max_update_norm
+            else None
+        )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted mean of each task's eval loss over the clients that hold it."""

@@ -77,7 +77,9 @@ def tagged_processes(tag: str) -> set[int]:
 
 def tagged_env(flwr_home) -> dict[str, str]:
     """Environment for simulate.py subprocesses: offline, its own Flower home, a unique tag."""
-    return dict(os.environ, **OFFLINE_ENV, FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **{TAG_VAR: uuid.uuid4().hex})
+    return dict(
+        os.environ, **OFFLINE_ENV, FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **{TAG_VAR: uuid.uuid4().hex}
+    )
 
 
 def cmdline(pid: int) -> str:

@@ -75,7 +75,12 @@ def test_gradnorm_round_updates_only_its_weights_not_the_network_gradient():
     weights = round_.weights()
     assert sum(weights.values()) == pytest.approx(2.0)
     state = round_.state()
-    assert set(state) == {"gradnorm_weight.a", "gradnorm_weight.b", "gradnorm_initial_loss.a", "gradnorm_initial_loss.b"}
+    assert set(state) == {
+        "gradnorm_weight.a",
+        "gradnorm_weight.b",
+        "gradnorm_initial_loss.a",
+        "gradnorm_initial_loss.b",
+    }
 
 
 def test_dwa_formula_and_history():

@@ -53,10 +53,14 @@ def test_surgery_with_the_plain_mean_equals_no_surgery(tiny_config):
     cfg, data, specs, model = _fresh(tiny_config)
     _, plain = _train(model, data, specs, cfg.client)
     cfg, data, specs, model = _fresh(tiny_config)
-    _, mean_surgery = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": FedAvg(weighted=False)}))
+    _, mean_surgery = _train(
+        model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": FedAvg(weighted=False)})
+    )
     assert torch.allclose(plain, mean_surgery, atol=1e-5)
     cfg, data, specs, model = _fresh(tiny_config)
-    _, pcgrad = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": PCGrad(), "local_steps": 20}))
+    _, pcgrad = _train(
+        model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": PCGrad(), "local_steps": 20})
+    )
     assert not torch.allclose(plain, pcgrad, atol=1e-5)
 
 
@@ -74,7 +78,9 @@ def test_proximal_with_mu_zero_equals_plain_local_training(tiny_config):
 
 def test_diagnostics_record_every_pair_of_held_tasks(tiny_config):
     cfg, data, specs, model = _fresh(tiny_config)
-    stats, _ = _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, "local_steps": 6, "gradient_diagnostics_every": 2}))
+    stats, _ = _train(
+        model, data, specs, ClientConfig(**{**cfg.client.__dict__, "local_steps": 6, "gradient_diagnostics_every": 2})
+    )
     pair = tuple(sorted(data))
     assert set(stats.task_cosines) == {pair} and -1 <= stats.task_cosines[pair] <= 1
     assert len(stats.subspace_angles[pair]) >= 1 and all(0 <= a <= 90 for a in stats.subspace_angles[pair])
@@ -85,7 +91,9 @@ def test_principal_angles_oracles():
     assert principal_angles(basis[:2], basis[:2] * 3).tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
     assert principal_angles(basis[:2], basis[2:4]).tolist() == pytest.approx([90.0, 90.0])
     tilted = torch.stack([basis[0], torch.cos(torch.tensor(0.5)) * basis[1] + torch.sin(torch.tensor(0.5)) * basis[2]])
-    assert principal_angles(basis[:2], tilted).tolist() == pytest.approx([0.0, float(torch.rad2deg(torch.tensor(0.5)))], abs=1e-4)
+    assert principal_angles(basis[:2], tilted).tolist() == pytest.approx(
+        [0.0, float(torch.rad2deg(torch.tensor(0.5)))], abs=1e-4
+    )
 
 
 def test_tracker_mean_cosine():

@@ -298,7 +298,10 @@ def test_config_overrides_from_run_config_match_simulate_overrides():
 
 @pytest.mark.parametrize(
     ("overrides", "section"),
-    [("study.arms=[fed_mtl, local_stl]", "study.arms"), ("study.arms=[fed_mtl, local_stl];sweep.grid={rounds: [1, 2]}", "sweep.grid")],
+    [
+        ("study.arms=[fed_mtl, local_stl]", "study.arms"),
+        ("study.arms=[fed_mtl, local_stl];sweep.grid={rounds: [1, 2]}", "sweep.grid"),
+    ],
 )
 def test_a_study_or_sweep_under_flwr_run_is_refused_with_one_line(overrides, section):
     with pytest.raises(ConfigError) as caught:
@@ -312,7 +315,9 @@ def test_fab_contains_the_code_but_not_venv_runs_or_tests():
     fab = build_fab_from_disk(ROOT)
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
     assert len(fab) < 2_000_000, f"FAB is {len(fab)} bytes"
-    assert {"pyproject.toml", "server/server_app.py", "clients/client_app.py", "fedmtl/config/run_config.py"} <= set(names)
+    assert {"pyproject.toml", "server/server_app.py", "clients/client_app.py", "fedmtl/config/run_config.py"} <= set(
+        names
+    )
     leaked = [n for n in names if n.startswith((".venv/", "runs/", ".git/")) or "/test_" in n or n.startswith("test_")]
     assert not leaked, leaked
 

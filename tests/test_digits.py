@@ -19,13 +19,18 @@ def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
     joined = np.concatenate(parts)
     assert sorted(joined.tolist()) == list(range(1000))
     skewed = [np.bincount(labels[p], minlength=10).max() / max(len(p), 1) for p in parts if len(p)]
-    uniform = [np.bincount(labels[p], minlength=10).max() / len(p) for p in dirichlet_partition(labels, 5, 1000.0, np.random.default_rng(0))]
+    uniform = [
+        np.bincount(labels[p], minlength=10).max() / len(p)
+        for p in dirichlet_partition(labels, 5, 1000.0, np.random.default_rng(0))
+    ]
     assert np.mean(skewed) > 2 * np.mean(uniform)
 
 
 def test_task_labels_are_derived_from_the_digit():
     cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks_per_client=4"])
-    data = cfg.data.client_data(cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg, 0))
+    data = cfg.data.client_data(
+        cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg, 0)
+    )
     images, _ = load_digit_images()
     digit, parity = data.train["digit"].y, data.train["parity"].y
     assert torch.equal(parity, digit % 2)
@@ -36,7 +41,15 @@ def test_task_labels_are_derived_from_the_digit():
 
 
 def test_task_sample_scale_subsamples_a_task():
-    cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks=[[digit, parity], [parity]]", "clients.task_sample_scale={parity: 0.25}"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=digits",
+            "clients.count=2",
+            "clients.tasks=[[digit, parity], [parity]]",
+            "clients.task_sample_scale={parity: 0.25}",
+        ],
+    )
     data = LocalClient(cfg, 0)
     from fedmtl.local.client import client_data
 
@@ -46,7 +59,17 @@ def test_task_sample_scale_subsamples_a_task():
 
 
 def test_cnn_encoder_trains_on_digits_and_shares_conv_blocks():
-    cfg = load_config(None, ["data.name=digits", "clients.count=2", "model.encoder=cnn", "model.conv_channels=[4, 8]", "client.local_steps=3", "model.sharing={name: partial, shared_blocks: 2}"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=digits",
+            "clients.count=2",
+            "model.encoder=cnn",
+            "model.conv_channels=[4, 8]",
+            "client.local_steps=3",
+            "model.sharing={name: partial, shared_blocks: 2}",
+        ],
+    )
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     assert {k.split(".")[1] for k in shared} == {"0", "1"}, "the two conv blocks are shared, the linear block is not"
     outcome = LocalClient(cfg, 1).train(shared, None, 1)

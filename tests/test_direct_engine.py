@@ -59,7 +59,10 @@ def grid(pool, flower_identity):
 
 
 def ask(grid, nodes, action: str = "", timeout: float | None = 60) -> list[Message]:
-    messages = [Message(RecordDict({"config": ConfigRecord({"action": action})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({"action": action})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
     return list(grid.send_and_receive(messages, timeout=timeout))
 
 
@@ -144,16 +147,26 @@ def test_a_grid_that_placed_its_nodes_is_not_queried_for_client_ids():
 @pytest.mark.slow
 def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
     # sampling (by client id) with members out of order: each engine must know which client a node plays
-    overrides = (*tiny_overrides(5), "rounds=3", "clients.members=[4, 0, 3, 1]", "server.fraction_fit=0.5", "server.aggregator=pcgrad")
+    overrides = (
+        *tiny_overrides(5),
+        "rounds=3",
+        "clients.members=[4, 0, 3, 1]",
+        "server.fraction_fit=0.5",
+        "server.aggregator=pcgrad",
+    )
     runs = {}
     for engine in ("direct", "flower"):
         run_dir = tmp_path / engine
-        result = simulate(*set_args((*overrides, f"simulation.engine={engine}", f"output.run_dir={run_dir}")), env=simulate_env)
+        result = simulate(
+            *set_args((*overrides, f"simulation.engine={engine}", f"output.run_dir={run_dir}")), env=simulate_env
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         runs[engine] = run_dir
     assert read_rows(runs["direct"] / "metrics.jsonl") == read_rows(runs["flower"] / "metrics.jsonl")
     timing = ("seconds", "started_at")
-    server = [[{k: v for k, v in row.items() if k not in timing} for row in read_rows(runs[e] / "server.jsonl")] for e in runs]
+    server = [
+        [{k: v for k, v in row.items() if k not in timing} for row in read_rows(runs[e] / "server.jsonl")] for e in runs
+    ]
     assert server[0] == server[1]
     assert_no_leftover_processes(simulate_env)
 
@@ -161,7 +174,12 @@ def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
 @pytest.mark.slow
 def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(tmp_path, simulate_env):
     """fed_stl runs one federation per task: every one attaches to the same cluster in one process."""
-    overrides = (*tiny_overrides(3), "rounds=2", "study.arms=[fed_mtl, fed_stl]", f"output.run_dir={tmp_path / 'study'}")
+    overrides = (
+        *tiny_overrides(3),
+        "rounds=2",
+        "study.arms=[fed_mtl, fed_stl]",
+        f"output.run_dir={tmp_path / 'study'}",
+    )
     previous_tag = os.environ.get(TAG_VAR)
     os.environ[TAG_VAR] = simulate_env[TAG_VAR]  # the head started here carries the test's tag too
     try:

@@ -73,8 +73,12 @@ def test_client_sampling_depends_on_client_ids_not_on_random_node_ids(flower_ide
     picks = []
     for node_seed in (1, 2):  # two runs: the same clients, other random node ids
         client_nodes = dict(zip(clients, random.Random(node_seed).sample(range(10**9), 10), strict=True))
-        state = ServerState(ServerUpdater({"w": torch.zeros(1)}, FedAvg(), ServerOptimizerConfig(), seed=5), ClientSampler(5, 0.3, 1.0))
-        messages = EncoderStrategy(state, client_nodes=client_nodes).configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
+        state = ServerState(
+            ServerUpdater({"w": torch.zeros(1)}, FedAvg(), ServerOptimizerConfig(), seed=5), ClientSampler(5, 0.3, 1.0)
+        )
+        messages = EncoderStrategy(state, client_nodes=client_nodes).configure_train(
+            1, ArrayRecord(), ConfigRecord(), grid=None
+        )
         by_node = {node: client for client, node in client_nodes.items()}
         picks.append([by_node[m.metadata.dst_node_id] for m in messages])
     assert picks[0] == picks[1] and len(picks[0]) == 3 and picks[0] == sorted(picks[0])
@@ -119,14 +123,22 @@ def uninterrupted(tmp_path_factory, module_env):
 @pytest.mark.slow
 def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, simulate_env):
     run_dir = tmp_path / "faulty"
-    overrides = (*SMALL, "server.fraction_fit=1.0", "faults.client_error_rate=0.25", "faults.client_nan_rate=0.25", "server.min_fit_fraction=0.25")
+    overrides = (
+        *SMALL,
+        "server.fraction_fit=1.0",
+        "faults.client_error_rate=0.25",
+        "faults.client_nan_rate=0.25",
+        "server.min_fit_fraction=0.25",
+    )
     result = simulate(*set_args((*overrides, f"output.run_dir={run_dir}")), env=simulate_env)
     assert result.returncode == 0, result.stderr[-2000:]
     faults = FaultsConfig(client_error_rate=0.25, client_nan_rate=0.25)
     for row in read_rows(run_dir / "server.jsonl"):
         draws = {c: draw_faults(faults, 0, row["round"], c) for c in range(4)}
         assert row["failures"] == sum(d.error for d in draws.values())
-        assert sorted(r["client"] for r in row["rejected"]) == sorted(c for c, d in draws.items() if d.nan and not d.error)
+        assert sorted(r["client"] for r in row["rejected"]) == sorted(
+            c for c, d in draws.items() if d.nan and not d.error
+        )
         assert all("non-finite" in r["reason"] for r in row["rejected"])
         assert sorted(row["clients"]) == sorted(c for c, d in draws.items() if not (d.nan or d.error))
     assert "Traceback" not in result.stdout + result.stderr  # a failing client is one line, not a Ray traceback
@@ -136,7 +148,10 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
 @pytest.mark.slow
 def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_env):
     run_dir = tmp_path / "starved"
-    result = simulate(*set_args((*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")), env=simulate_env)
+    result = simulate(
+        *set_args((*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")),
+        env=simulate_env,
+    )
     assert result.returncode == 1
     assert "round 1: only 0 of 4 sampled clients sent a valid update" in result.stderr
     rows = read_rows(run_dir / "metrics.jsonl")

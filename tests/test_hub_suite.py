@@ -59,7 +59,15 @@ def saved(tmp_path_factory) -> Path:
 def hub_config(dataset: Path | str, *overrides: str):
     return load_config(
         None,
-        ["data.name=hub", f"data.dataset={dataset}", f"data.targets={TARGETS}", "data.image_size=8", "clients.count=3", "clients.tasks_per_client=3", *overrides],
+        [
+            "data.name=hub",
+            f"data.dataset={dataset}",
+            f"data.targets={TARGETS}",
+            "data.image_size=8",
+            "clients.count=3",
+            "clients.tasks_per_client=3",
+            *overrides,
+        ],
     )
 
 
@@ -90,7 +98,9 @@ def test_partitions_hold_the_identities_rows(saved):
     for client, data in enumerate(all_client_data(cfg)):
         rows = sorted(int(r) for r in torch.cat([data.train["hair"].x[:, 0], data.eval["hair"].x[:, 0]]).tolist())
         assert rows == [i for i in range(NUM_ROWS) if i % NUM_IDENTITIES % 3 == client]
-        assert data.train["hair"].y.tolist() == [int(r) % 3 for r in data.train["hair"].x[:, 0].tolist()]  # ClassLabel codes kept
+        assert data.train["hair"].y.tolist() == [
+            int(r) % 3 for r in data.train["hair"].x[:, 0].tolist()
+        ]  # ClassLabel codes kept
 
 
 def test_numeric_features_are_standardised_with_training_rows(saved):
@@ -103,8 +113,12 @@ def test_numeric_features_are_standardised_with_training_rows(saved):
 
 
 def test_dataset_dict_split_rgb_and_max_examples(tmp_path):
-    datasets.DatasetDict({"train": celeb_like(0), "test": celeb_like(1).select(range(30))}).save_to_disk(str(tmp_path / "dd"))
-    cfg = hub_config(tmp_path / "dd", "data.split=test", "data.grayscale=false", "data.max_examples=20", "data.eval_fraction=0.25")
+    datasets.DatasetDict({"train": celeb_like(0), "test": celeb_like(1).select(range(30))}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    cfg = hub_config(
+        tmp_path / "dd", "data.split=test", "data.grayscale=false", "data.max_examples=20", "data.eval_fraction=0.25"
+    )
     assert cfg.data.image_shape() == (3, 8, 8)
     data = all_client_data(cfg)
     assert sum(len(d.train["smiling"]) + len(d.eval["smiling"]) for d in data) == 20
@@ -119,7 +133,11 @@ def test_python_construction(saved):
 
 
 ERRORS = [
-    (["data.targets=[{column: nope, kind: classification}]"], "data.targets[0].column", "unknown column 'nope'; columns: image, smiling"),
+    (
+        ["data.targets=[{column: nope, kind: classification}]"],
+        "data.targets[0].column",
+        "unknown column 'nope'; columns: image, smiling",
+    ),
     (["data.targets=[{column: image, kind: classification}]"], "data.targets[0]", "holds Image values, not scalars"),
     (["data.client_column=nope"], "data.client_column", "unknown column 'nope'"),
     (["data.features=[image, age]"], "data.features", "an image column must be the only feature"),
@@ -137,7 +155,9 @@ def test_config_errors_name_the_key(saved, overrides, key, message):
 
 def test_unreachable_hub_dataset_is_a_config_error_when_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match="'fedmtl-tests/no-such-dataset' is not a local dataset folder and offline mode is on") as caught:
+    with pytest.raises(
+        ConfigError, match="'fedmtl-tests/no-such-dataset' is not a local dataset folder and offline mode is on"
+    ) as caught:
         hub_config("fedmtl-tests/no-such-dataset")
     assert caught.value.path == "data.dataset"
 

@@ -24,7 +24,13 @@ def run_rounds(cfg, rounds: int = 2, partition: int = 0):
     context = Context(run_id=1, node_id=3, node_config={"partition-id": partition}, state=RecordDict(), run_config={})
     replies = []
     for r in range(1, rounds + 1):
-        message = Message(RecordDict({protocol.ARRAYS: ArrayRecord(shared), protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: r})}), dst_node_id=3, message_type="train")
+        message = Message(
+            RecordDict(
+                {protocol.ARRAYS: ArrayRecord(shared), protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: r})}
+            ),
+            dst_node_id=3,
+            message_type="train",
+        )
         reply = app(message, context)
         replies.append(reply)
         shared = dict(reply.content[protocol.ARRAYS].to_torch_state_dict())
@@ -71,7 +77,9 @@ def test_partial_sharing_keeps_later_blocks_private_and_trains_them(flower_ident
 def test_adapters_are_private_per_task(flower_identity):
     cfg = config("model.sharing={name: adapters, rank: 2}")
     _, context, _ = run_rounds(cfg)
-    adapters = {k for k in context.state[protocol.PRIVATE_STATE].to_torch_state_dict() if k.startswith("model.adapters.")}
+    adapters = {
+        k for k in context.state[protocol.PRIVATE_STATE].to_torch_state_dict() if k.startswith("model.adapters.")
+    }
     tasks = {k.split(".")[2] for k in adapters}
     assert tasks == {"anchor", "aligned"} and len(adapters) == 2 * 3 * 4  # tasks x blocks x (down, up) x (w, b)
 

@@ -16,7 +16,12 @@ from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, set_args, tagged_proce
 
 def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "simulate.py"), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+        [sys.executable, str(ROOT / "simulate.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
     )
 
 
@@ -84,10 +89,23 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     assert "| task" in first.stdout and "run directory:" in first.stdout
 
     rows = read_rows(run_dir / "metrics.jsonl")
-    assert {(r["split"], r["round"]) for r in rows} == {("eval", 0), ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)}
+    assert {(r["split"], r["round"]) for r in rows} == {
+        ("eval", 0),
+        ("train", 1),
+        ("eval", 1),
+        ("train", 2),
+        ("eval", 2),
+    }
     # client c holds tasks c and c+1 (mod 4): every (round, split) has one row per held task per client
     eval_final = {(r["client"], r["task"]) for r in rows if r["split"] == "eval" and r["round"] == 2}
-    assert eval_final == {(0, "anchor"), (0, "aligned"), (1, "aligned"), (1, "orthogonal"), (2, "orthogonal"), (2, "opposed")}
+    assert eval_final == {
+        (0, "anchor"),
+        (0, "aligned"),
+        (1, "aligned"),
+        (1, "orthogonal"),
+        (2, "orthogonal"),
+        (2, "opposed"),
+    }
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {t["task"] for t in summary["tasks"]} == {"anchor", "aligned", "orthogonal", "opposed"}
     server_rows = read_rows(run_dir / "server.jsonl")

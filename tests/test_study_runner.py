@@ -69,7 +69,14 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
             assert (tmp_path / point / name).is_file(), (point, name)
         metrics = read_rows(tmp_path / point / "arms/local_stl/seed-0/metrics.jsonl")
         final = {(r["client"], r["task"]) for r in metrics if r["split"] == "eval" and r["round"] == 2}
-        assert final == {(0, "anchor"), (0, "aligned"), (1, "aligned"), (1, "orthogonal"), (2, "orthogonal"), (2, "opposed")}
+        assert final == {
+            (0, "anchor"),
+            (0, "aligned"),
+            (1, "aligned"),
+            (1, "orthogonal"),
+            (2, "orthogonal"),
+            (2, "opposed"),
+        }
     assert "task_cosine: 0.2" in (tmp_path / "points/1/config.yaml").read_text()
     assert sum("done in" in line for line in lines) == 2 * 2 * 2
 
@@ -82,7 +89,9 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
 
 
 def test_an_interrupted_study_redoes_only_unfinished_runs(tmp_path):
-    cfg = load_config(None, [*TINY_OVERRIDES, "rounds=1", "study.arms=[local_stl, central_mtl]", "study.reference_arm=central_mtl"])
+    cfg = load_config(
+        None, [*TINY_OVERRIDES, "rounds=1", "study.arms=[local_stl, central_mtl]", "study.reference_arm=central_mtl"]
+    )
     run_study(cfg, tmp_path, no_federation, lambda line: None)
     manifest = json.loads((tmp_path / "study.json").read_text())
     manifest["runs"][1]["status"] = "pending"  # as if killed while central_mtl ran
@@ -102,7 +111,14 @@ def test_every_arm_through_simulate_py(tmp_path, simulate_env):
     result = simulate(*set_args(overrides), env=simulate_env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(re.findall(r"\[\d+/10\] \w+ seed \d done", result.stdout)) == 10
-    for name in ("report.md", "report.html", "summary.json", "plots/learning_curves.png", "plots/deltas.png", "plots/conflict_fraction.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "summary.json",
+        "plots/learning_curves.png",
+        "plots/deltas.png",
+        "plots/conflict_fraction.png",
+    ):
         assert (study_dir / name).is_file(), name
     summary = json.loads((study_dir / "summary.json").read_text())
     assert summary["arms"] == ["local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl"]
@@ -110,7 +126,11 @@ def test_every_arm_through_simulate_py(tmp_path, simulate_env):
 
     def final(arm: str, seed: int) -> dict:
         rows = read_rows(study_dir / f"arms/{arm}/seed-{seed}/metrics.jsonl")
-        return {(r["client"], r["task"]): r["mse"] for r in rows if r["split"] == "eval" and r["round"] == 2 and r["mse"] is not None}
+        return {
+            (r["client"], r["task"]): r["mse"]
+            for r in rows
+            if r["split"] == "eval" and r["round"] == 2 and r["mse"] is not None
+        }
 
     # anchor is held by client 0 alone: its single-task federation is local training
     for seed in (0, 1):

@@ -83,7 +83,9 @@ def test_classification_classes_are_balanced_at_population_level():
 def test_client_shift_moves_client_input_means_apart():
     def mean_gap(shift: float) -> float:
         suite = SyntheticSuite(client_shift=shift)
-        means = [suite.client_data(0, ClientPlan(c, 2, ("anchor",), (4000,), (1,))).train["anchor"].x.mean(0) for c in (0, 1)]
+        means = [
+            suite.client_data(0, ClientPlan(c, 2, ("anchor",), (4000,), (1,))).train["anchor"].x.mean(0) for c in (0, 1)
+        ]
         return float((means[0] - means[1]).norm())
 
     assert mean_gap(2.0) > 4 * mean_gap(0.0)

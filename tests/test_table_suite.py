@@ -55,7 +55,14 @@ def csv_file(tmp_path: Path) -> Path:
 def table_config(path: Path, *overrides: str):
     return load_config(
         None,
-        ["data.name=table", f"data.path={path}", f"data.targets={TARGETS}", "clients.count=4", "clients.tasks_per_client=3", *overrides],
+        [
+            "data.name=table",
+            f"data.path={path}",
+            f"data.targets={TARGETS}",
+            "clients.count=4",
+            "clients.tasks_per_client=3",
+            *overrides,
+        ],
     )
 
 
@@ -106,7 +113,9 @@ def test_natural_partitions_follow_the_client_column(csv_file):
 
 
 def test_several_groups_per_client_and_too_few_groups(csv_file):
-    two = table_config(csv_file, "data.features=[rid, a, b]", "data.standardize=none", "data.client_column=site", "clients.count=2")
+    two = table_config(
+        csv_file, "data.features=[rid, a, b]", "data.standardize=none", "data.client_column=site", "clients.count=2"
+    )
     assert two.data.check_clients(2) is None
     data = two.data.client_data(two.seed, client_plan(two, 0))
     assert {row % 4 for row in raw_ids(data.train["y1"]) + raw_ids(data.eval["y1"])} == {0, 2}  # sites s0 and s2
@@ -123,9 +132,13 @@ def test_every_row_is_dealt_once_and_the_same_seed_gives_the_same_data(csv_file,
     again = table_config(csv_file, "data.features=[rid, a, b]", "data.standardize=none", *split)
     for first, second in zip(all_client_data(cfg), all_client_data(again)):
         for task in first.train:
-            assert torch.equal(first.train[task].x, second.train[task].x) and torch.equal(first.train[task].y, second.train[task].y)
+            assert torch.equal(first.train[task].x, second.train[task].x) and torch.equal(
+                first.train[task].y, second.train[task].y
+            )
     other = table_config(csv_file, "data.features=[rid, a, b]", "data.standardize=none", "seed=1", *split)
-    assert [raw_ids(d.train["y1"]) for d in all_client_data(other)] != [raw_ids(d.train["y1"]) for d in all_client_data(cfg)]
+    assert [raw_ids(d.train["y1"]) for d in all_client_data(other)] != [
+        raw_ids(d.train["y1"]) for d in all_client_data(cfg)
+    ]
 
 
 def test_standardisation_uses_training_rows_only(tmp_path, csv_file):
@@ -160,21 +173,37 @@ def test_parquet_matches_csv(tmp_path, csv_file):
 
 def test_python_construction_and_tsv(tmp_path):
     columns = table_rows()
-    lines = ["\t".join(columns)] + ["\t".join("" if columns[n][i] is None else str(columns[n][i]) for n in columns) for i in range(NUM_ROWS)]
+    lines = ["\t".join(columns)] + [
+        "\t".join("" if columns[n][i] is None else str(columns[n][i]) for n in columns) for i in range(NUM_ROWS)
+    ]
     (tmp_path / "t.tsv").write_text("\n".join(lines))
-    suite = TableSuite(path=str(tmp_path / "t.tsv"), targets=[TargetColumn("label", "classification")], features=["a", "b"])
+    suite = TableSuite(
+        path=str(tmp_path / "t.tsv"), targets=[TargetColumn("label", "classification")], features=["a", "b"]
+    )
     assert suite.task_names() == ("label",) and suite.feature_dim() == 2
 
 
 ERRORS = [
     (["data.path=missing.csv"], "data.path", "file not found: .*missing.csv"),
-    (["data.targets=[{column: y1, kind: regression}, {column: nope, kind: regression}]"], "data.targets[1].column", "unknown column 'nope'; columns: rid, a, b"),
+    (
+        ["data.targets=[{column: y1, kind: regression}, {column: nope, kind: regression}]"],
+        "data.targets[1].column",
+        "unknown column 'nope'; columns: rid, a, b",
+    ),
     (["data.features=[a, nope]"], "data.features[1]", "unknown column 'nope'"),
     (["data.features=[a, label]"], "data.features[1]", "column 'label' is the target of task 'label'"),
-    (["data.targets=[{column: label, kind: regression}]"], "data.targets[0]", "column 'label' is not numeric .* use kind: classification"),
+    (
+        ["data.targets=[{column: label, kind: regression}]"],
+        "data.targets[0]",
+        "column 'label' is not numeric .* use kind: classification",
+    ),
     (["data.client_column=nope"], "data.client_column", "unknown column 'nope'"),
     (["data.client_column=site", "data.dirichlet_alpha=0.5"], "data.dirichlet_alpha", "set one of the two"),
-    (["data.targets=[{column: y1, kind: regression}]", "data.dirichlet_alpha=0.5"], "data.dirichlet_column", "needs a column to skew by"),
+    (
+        ["data.targets=[{column: y1, kind: regression}]", "data.dirichlet_alpha=0.5"],
+        "data.dirichlet_column",
+        "needs a column to skew by",
+    ),
     (["data.eval_fraction=1.5"], "data.eval_fraction", r"must be in \(0, 1\)"),
     (["data.targets=[{column: y1, kind: ordinal}]"], "data.targets[0].kind", "must be one of"),
     (["data.targets=[]"], "data.targets", "at least one target"),
@@ -192,7 +221,9 @@ def test_config_errors_name_the_key_and_the_problem(csv_file, monkeypatch, overr
 def test_file_content_errors(tmp_path):
     columns = table_rows()
     columns["notes"] = ["ok"] * NUM_ROWS
-    with pytest.raises(ConfigError, match=r"feature column 'notes' is not numeric \('ok' in data row 1\).*list data.features") as caught:
+    with pytest.raises(
+        ConfigError, match=r"feature column 'notes' is not numeric \('ok' in data row 1\).*list data.features"
+    ) as caught:
         table_config(write_csv(tmp_path / "notes.csv", columns), "data.client_column=site")
     assert caught.value.path == "data.features"
     columns = table_rows()
@@ -201,7 +232,15 @@ def test_file_content_errors(tmp_path):
         table_config(write_csv(tmp_path / "gap.csv", columns), "data.client_column=site")
     (tmp_path / "ragged.csv").write_text("a,y1\n1,2\n3\n")
     with pytest.raises(ConfigError, match="line 3 has 1 fields, the header has 2"):
-        load_config(None, ["data.name=table", f"data.path={tmp_path / 'ragged.csv'}", "data.targets=[{column: y1, kind: regression}]", "clients.tasks_per_client=1"])
+        load_config(
+            None,
+            [
+                "data.name=table",
+                f"data.path={tmp_path / 'ragged.csv'}",
+                "data.targets=[{column: y1, kind: regression}]",
+                "clients.tasks_per_client=1",
+            ],
+        )
     (tmp_path / "table.xlsx").write_text("")
     with pytest.raises(ConfigError, match="use a .csv, .tsv, .parquet or .pq file"):
         table_config(tmp_path / "table.xlsx")
@@ -217,7 +256,14 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_a_table_client_trains_and_evaluates(csv_file):
-    cfg = table_config(csv_file, "data.client_column=site", "client.local_steps=3", "client.batch_size=4", "model.encoder_hidden=[8]", "model.representation_dim=4")
+    cfg = table_config(
+        csv_file,
+        "data.client_column=site",
+        "client.local_steps=3",
+        "client.batch_size=4",
+        "model.encoder_hidden=[8]",
+        "model.representation_dim=4",
+    )
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)
     client = LocalClient(cfg, 1)
     outcome = client.train(shared, None, 1)

@@ -17,12 +17,20 @@ from server.strategy import EncoderStrategy
 
 
 def _train_message(arrays: dict, server_round: int) -> Message:
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(arrays), protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round})})
+    content = RecordDict(
+        {protocol.ARRAYS: ArrayRecord(arrays), protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round})}
+    )
     return Message(content, dst_node_id=11, message_type="train")
 
 
 def _context(partition: int) -> Context:
-    return Context(run_id=1, node_id=11, node_config={"partition-id": partition, "num-partitions": 3}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=11,
+        node_config={"partition-id": partition, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def _all_array_keys(message: Message) -> set[str]:
@@ -56,10 +64,17 @@ def test_client_round_trip_keeps_heads_private_and_sends_only_encoder(tiny_confi
 def test_evaluate_reply_carries_no_arrays(tiny_config, flower_identity):
     app = make_client_app(tiny_config)
     encoder = initial_encoder_state(tiny_config.model, tiny_config.data.feature_dim(), tiny_config.seed)
-    message = Message(RecordDict({protocol.ARRAYS: ArrayRecord(encoder), protocol.CONFIG: ConfigRecord()}), dst_node_id=11, message_type="evaluate")
+    message = Message(
+        RecordDict({protocol.ARRAYS: ArrayRecord(encoder), protocol.CONFIG: ConfigRecord()}),
+        dst_node_id=11,
+        message_type="evaluate",
+    )
     reply = app(message, _context(partition=0))
     assert not reply.content.array_records
-    assert protocol.unflatten_task_metrics(reply.content[protocol.METRICS], protocol.EVAL).keys() == {"anchor", "aligned"}
+    assert protocol.unflatten_task_metrics(reply.content[protocol.METRICS], protocol.EVAL).keys() == {
+        "anchor",
+        "aligned",
+    }
 
 
 def test_outgoing_shared_refuses_private_parameters():

@@ -79,7 +79,9 @@ class ModelConfig:
     sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
 
     def __post_init__(self) -> None:
-        if self.representation_dim < 1 or any(w < 1 for w in self.encoder_hidden + self.head_hidden + self.conv_channels):
+        if self.representation_dim < 1 or any(
+            w < 1 for w in self.encoder_hidden + self.head_hidden + self.conv_channels
+        ):
             raise ValueError("layer widths must be >= 1")
 
 
@@ -215,8 +217,6 @@ class CheckpointConfig:
             raise ValueError("every and restarts must be >= 0")
 
 
-
-
 def arm_names() -> tuple[str, ...]:
     """The study arms, as registered in :mod:`fedmtl.study.arms` (imported when a study is parsed)."""
     from fedmtl.study.arms import ARMS
@@ -325,7 +325,9 @@ def check_consistency(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"clients.tasks[{i}]", "a client must hold at least one task")
             for j, task in enumerate(held):
                 if task not in known:
-                    raise ConfigError(f"clients.tasks[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+                    raise ConfigError(
+                        f"clients.tasks[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}"
+                    )
             if len(set(held)) != len(held):
                 raise ConfigError(f"clients.tasks[{i}]", "lists a task twice")
     elif cfg.clients.tasks_per_client > len(task_names):
@@ -338,9 +340,15 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if cfg.clients.only_tasks:
         idle = [c for c in cfg.clients.participants() if not set(tasks_held(cfg, c)) & set(cfg.clients.only_tasks)]
         if idle:
-            raise ConfigError("clients.only_tasks", f"client {idle[0]} holds none of these tasks (restrict clients.members)")
+            raise ConfigError(
+                "clients.only_tasks", f"client {idle[0]} holds none of these tasks (restrict clients.members)"
+            )
     task_keyed = [("clients.task_sample_scale", cfg.clients.task_sample_scale)]
-    task_keyed += [(f"client.balancing.{name}", getattr(cfg.client.balancing, name)) for name in TASK_KEYED_FIELDS if hasattr(cfg.client.balancing, name)]
+    task_keyed += [
+        (f"client.balancing.{name}", getattr(cfg.client.balancing, name))
+        for name in TASK_KEYED_FIELDS
+        if hasattr(cfg.client.balancing, name)
+    ]
     for section, mapping in task_keyed:
         for task in mapping:
             if task not in known:
@@ -442,4 +450,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     for assignment in overrides:
         apply_override(raw, assignment)
     return build_config(raw)
-

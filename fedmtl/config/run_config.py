@@ -46,5 +46,8 @@ def config_from_run_config(run_config: Mapping[str, object], app_root: Path = AP
     cfg = load_config(path, overrides)
     if cfg.study.arms or cfg.sweep.grid:
         section = "sweep.grid" if cfg.sweep.grid else "study.arms"
-        raise ConfigError(section, f"a study or sweep runs many federations: run it with `python simulate.py --config {path}`, not with flwr run")
+        raise ConfigError(
+            section,
+            f"a study or sweep runs many federations: run it with `python simulate.py --config {path}`, not with flwr run",
+        )
     return cfg

@@ -27,7 +27,11 @@ def client_plan(cfg: ExperimentConfig, client_id: int) -> ClientPlan:
         raise ValueError(f"client id {client_id} outside [0, {clients.count})")
     tasks = tasks_held(cfg, client_id)
     sigma = clients.sample_imbalance
-    size_factor = float(np.exp(sigma * np.random.default_rng([cfg.seed, _SIZE_STREAM, client_id]).standard_normal() - sigma**2 / 2))
+    size_factor = float(
+        np.exp(sigma * np.random.default_rng([cfg.seed, _SIZE_STREAM, client_id]).standard_normal() - sigma**2 / 2)
+    )
     scales = tuple(clients.task_sample_scale.get(t, cfg.data.default_sample_scale(t)) for t in tasks)
     train = tuple(max(clients.min_samples, round(clients.samples_per_task * scale * size_factor)) for scale in scales)
-    return ClientPlan(client_id, clients.count, tasks, train, tuple(clients.eval_samples_per_task for _ in tasks), scales)
+    return ClientPlan(
+        client_id, clients.count, tasks, train, tuple(clients.eval_samples_per_task for _ in tasks), scales
+    )

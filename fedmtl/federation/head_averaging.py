@@ -37,10 +37,16 @@ class HeadAverager:
     def expected_shapes(self) -> dict[str, torch.Size]:
         return {k: v.shape for k, v in self.heads.items()}
 
-    def step(self, client_heads: Sequence[Mapping[str, torch.Tensor]], task_examples: Sequence[Mapping[str, float]]) -> None:
+    def step(
+        self, client_heads: Sequence[Mapping[str, torch.Tensor]], task_examples: Sequence[Mapping[str, float]]
+    ) -> None:
         """``client_heads[i]``: the heads client i sent; ``task_examples[i][task]``: its training examples of ``task``."""
         for key in self.heads:
-            senders = [(heads[key], examples.get(task_of(key), 0.0)) for heads, examples in zip(client_heads, task_examples, strict=True) if key in heads]
+            senders = [
+                (heads[key], examples.get(task_of(key), 0.0))
+                for heads, examples in zip(client_heads, task_examples, strict=True)
+                if key in heads
+            ]
             total = sum(weight for _, weight in senders)
             if total > 0:
                 self.heads[key] = sum(weight * tensor.float() for tensor, weight in senders) / total

@@ -51,7 +51,9 @@ def outgoing_shared(state: Mapping[str, torch.Tensor], shared_keys: Iterable[str
 
 
 def check_update(
-    update: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], optional: Mapping[str, torch.Size] | None = None
+    update: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Size],
+    optional: Mapping[str, torch.Size] | None = None,
 ) -> str | None:
     """Why the server must reject this update, or ``None`` if it is well-formed.
 
@@ -79,7 +81,9 @@ def metric_key(split: str, task: str, metric: str) -> str:
 
 
 def flatten_task_metrics(split: str, per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    return {metric_key(split, task, name): value for task, metrics in per_task.items() for name, value in metrics.items()}
+    return {
+        metric_key(split, task, name): value for task, metrics in per_task.items() for name, value in metrics.items()
+    }
 
 
 def unflatten_task_metrics(flat: Mapping[str, object], split: str) -> dict[str, dict[str, float]]:

@@ -155,7 +155,9 @@ class ServerState:
         )  # fmt: skip
         heads = None
         if cfg.server.federate_heads:
-            heads = HeadAverager(initial_head_state(cfg.model, cfg.data.feature_dim(), cfg.data.task_specs(), cfg.seed, shape))
+            heads = HeadAverager(
+                initial_head_state(cfg.model, cfg.data.feature_dim(), cfg.data.task_specs(), cfg.seed, shape)
+            )
         return cls(updater, ClientSampler(cfg.seed, cfg.server.fraction_fit, cfg.server.fraction_evaluate), heads)
 
     def global_state(self) -> dict:
@@ -228,7 +230,11 @@ class RoundDriver:
     client_state_dir: str | None = None  # where simulated clients persist private state
 
     def round_config(self, done: int, durable: int) -> dict[str, Any]:
-        config: dict[str, Any] = {protocol.RESUME_ROUND: done, protocol.DURABLE_ROUND: durable, protocol.ATTEMPT: self.attempt}
+        config: dict[str, Any] = {
+            protocol.RESUME_ROUND: done,
+            protocol.DURABLE_ROUND: durable,
+            protocol.ATTEMPT: self.attempt,
+        }
         if self.client_state_dir:
             config[protocol.STATE_DIR] = self.client_state_dir
         return config
@@ -266,7 +272,9 @@ class RoundDriver:
             if evaluated:
                 summary, eval_bytes = evaluate(server_round)
                 traffic["bytes_down"] += eval_bytes
-            seconds = recorder.record_server(server_round, result.replies, result.failures, result.rejected, result.diagnostics, traffic)
+            seconds = recorder.record_server(
+                server_round, result.replies, result.failures, result.rejected, result.diagnostics, traffic
+            )
             if is_checkpoint_round(cfg, server_round):
                 save_server_checkpoint(run, self.state.checkpoint(server_round))
                 durable = server_round

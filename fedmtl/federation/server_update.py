@@ -135,7 +135,11 @@ class ServerUpdater:
         return matrix
 
     def state_dict(self) -> dict:
-        return {"param": self.param.detach().clone(), "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        return {
+            "param": self.param.detach().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
@@ -145,7 +149,11 @@ class ServerUpdater:
 
 
 def diagnose(
-    client_ids: Sequence[int], matrix: torch.Tensor, direction: torch.Tensor, weights: torch.Tensor | None, gram: torch.Tensor
+    client_ids: Sequence[int],
+    matrix: torch.Tensor,
+    direction: torch.Tensor,
+    weights: torch.Tensor | None,
+    gram: torch.Tensor,
 ) -> RoundDiagnostics:
     """``gram``: the rows' Gramian (the aggregator's own when it built one)."""
     cosines = cosine_matrix(gram)

@@ -87,11 +87,17 @@ class LocalClient:
         self.federated_heads = cfg.server.federate_heads
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def build_model(self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM) -> MultiTaskModel:
+    def build_model(
+        self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM
+    ) -> MultiTaskModel:
         """Private parts are initialised from (seed, client) the first time, so eval and train agree."""
         torch.manual_seed(derive_seed(self.cfg.seed, stream, self.client_id))
         model = MultiTaskModel(
-            self.cfg.model, self.cfg.data.feature_dim(), self.specs.values(), self.sharing.adapter_rank, self.cfg.data.image_shape()
+            self.cfg.model,
+            self.cfg.data.feature_dim(),
+            self.specs.values(),
+            self.sharing.adapter_rank,
+            self.cfg.data.image_shape(),
         )
         state = model.state_dict()
         unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
@@ -131,7 +137,9 @@ class LocalClient:
         if self.sharing.personal_mu is not None:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
         outcome = TrainOutcome(
-            shared=protocol.outgoing_shared({k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()),
+            shared=protocol.outgoing_shared(
+                {k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()
+            ),
             private=new_private,
             metrics=self._train_metrics(stats, data),
         )
@@ -149,9 +157,21 @@ class LocalClient:
         """Ditto's personalised copy: starts as the first global model it sees, then only ever
         trains locally with the proximal pull towards the current global encoder."""
         personal_state = strip_prefix(PERSONAL, private)
-        personal = self.build_model(shared, {}, _PERSONAL_STREAM) if not personal_state else self.build_model({}, personal_state, _PERSONAL_STREAM)
+        personal = (
+            self.build_model(shared, {}, _PERSONAL_STREAM)
+            if not personal_state
+            else self.build_model({}, personal_state, _PERSONAL_STREAM)
+        )
         balancer = Static().start(list(self.specs), {})
-        train_local(personal, data, self.specs, self.cfg.client, generator, balancer, Proximal(global_encoder, self.sharing.personal_mu or 0.0))
+        train_local(
+            personal,
+            data,
+            self.specs,
+            self.cfg.client,
+            generator,
+            balancer,
+            Proximal(global_encoder, self.sharing.personal_mu or 0.0),
+        )
         return with_prefix(PERSONAL, personal.state_dict())
 
     def _train_metrics(self, stats: TrainStats, data: dict[str, TaskData]) -> dict[str, float]:
@@ -169,7 +189,9 @@ class LocalClient:
             **protocol.flatten_task_metrics(protocol.TRAIN, per_task),
             **protocol.pair_metrics(protocol.TASK_COSINE, stats.task_cosines),
             **protocol.pair_metrics(protocol.TASK_ANGLE_MIN, {pair: a[0] for pair, a in angles.items() if a}),
-            **protocol.pair_metrics(protocol.TASK_ANGLE_MEAN, {pair: float(np.mean(a)) for pair, a in angles.items() if a}),
+            **protocol.pair_metrics(
+                protocol.TASK_ANGLE_MEAN, {pair: float(np.mean(a)) for pair, a in angles.items() if a}
+            ),
         }
 
     def evaluate(self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None) -> dict[str, float]:

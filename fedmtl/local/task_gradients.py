@@ -15,7 +15,9 @@ def task_gradient_matrix(terms: Mapping[str, torch.Tensor], params: Sequence[tor
     rows = []
     for term in terms.values():
         grads = torch.autograd.grad(term, list(params), retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
+        rows.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        )
     return torch.stack(rows)
 
 

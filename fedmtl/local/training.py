@@ -93,7 +93,9 @@ def train_local(
         if surgery:
             ones = torch.ones(len(tasks), dtype=torch.float64)
             # task gradients are few and small: the exact Gramian costs nothing next to a training step
-            direction = cfg.surgery(AggregationInput(matrix, ones, generator=generator, gramian_precision="float64")).direction
+            direction = cfg.surgery(
+                AggregationInput(matrix, ones, generator=generator, gramian_precision="float64")
+            ).direction
             write_flat_gradient(encoder_params, direction * len(tasks))  # sum-scaled, like the plain sum of terms
         if proximal is not None:
             with torch.no_grad():

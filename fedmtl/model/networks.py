@@ -56,7 +56,11 @@ def build_cnn_encoder(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> nn
             height, width = height // 2, width // 2
         blocks.append(nn.Sequential(*layers))
         channels = out_channels
-    blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, cfg.representation_dim), _ACTIVATIONS[cfg.activation]()))
+    blocks.append(
+        nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * height * width, cfg.representation_dim), _ACTIVATIONS[cfg.activation]()
+        )
+    )
     return nn.ModuleList(blocks)
 
 
@@ -138,7 +142,11 @@ def initial_encoder_state(
 
 
 def initial_head_state(
-    cfg: ModelConfig, input_dim: int, specs: Iterable[TaskSpec], seed: int, image_shape: tuple[int, int, int] | None = None
+    cfg: ModelConfig,
+    input_dim: int,
+    specs: Iterable[TaskSpec],
+    seed: int,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Round-0 heads of every task, identical for all clients (only when heads are federated)."""
     torch.manual_seed(seed)

@@ -31,7 +31,12 @@ class ServerCheckpoint:
 
 
 def save_server_checkpoint(run: RunDirectory, checkpoint: ServerCheckpoint) -> None:
-    payload = {"round": checkpoint.server_round, "updater": checkpoint.updater, "sampler": checkpoint.sampler, "heads": checkpoint.heads}
+    payload = {
+        "round": checkpoint.server_round,
+        "updater": checkpoint.updater,
+        "sampler": checkpoint.sampler,
+        "heads": checkpoint.heads,
+    }
     atomic_write(run.path / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
 
 

@@ -20,7 +20,16 @@ SERVER_COLUMNS = (
 )  # fmt: skip
 
 
-CLIENT_COLUMNS = ("round", "client", "num_examples", "train_loss", "assigned_gpu", "on_gpu", "task_weights", "task_cosines")
+CLIENT_COLUMNS = (
+    "round",
+    "client",
+    "num_examples",
+    "train_loss",
+    "assigned_gpu",
+    "on_gpu",
+    "task_weights",
+    "task_cosines",
+)
 
 
 def pair_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -29,7 +38,12 @@ def pair_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     smallest = protocol.unflatten_pair_metrics(report, protocol.TASK_ANGLE_MIN)
     mean = protocol.unflatten_pair_metrics(report, protocol.TASK_ANGLE_MEAN)
     return [
-        {"tasks": list(pair), "cosine": cosines.get(pair), "angle_min": smallest.get(pair), "angle_mean": mean.get(pair)}
+        {
+            "tasks": list(pair),
+            "cosine": cosines.get(pair),
+            "angle_min": smallest.get(pair),
+            "angle_mean": mean.get(pair),
+        }
         for pair in sorted(set(cosines) | set(smallest))
     ]
 

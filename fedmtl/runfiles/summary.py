@@ -35,7 +35,11 @@ class EvalCurves:
     def curve(self, split: str, task: str) -> dict[int, float]:
         """Round -> example-weighted mean of the task's headline metric over the clients evaluated."""
         rounds = sorted(r for (s, t, r) in self._sums if s == split and t == task)
-        return {r: self._sums[split, task, r] / self._weights[split, task, r] for r in rounds if self._weights[split, task, r] > 0}
+        return {
+            r: self._sums[split, task, r] / self._weights[split, task, r]
+            for r in rounds
+            if self._weights[split, task, r] > 0
+        }
 
     def clients(self, split: str, task: str) -> int:
         return len(self._clients.get((split, task), ()))

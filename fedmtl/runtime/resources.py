@@ -68,7 +68,9 @@ def _check_client_request(resources: ResourcesConfig, cpus: float, gpus: float, 
         raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but {where} only {gpus} GPUs")
 
 
-def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None, detected_gpus: int | None = None) -> dict[str, Any]:
+def backend_config(
+    resources: ResourcesConfig, detected_cpus: int | None = None, detected_gpus: int | None = None
+) -> dict[str, Any]:
     """Flower's ``backend_config`` for ``run_simulation``.
 
     ``detected_cpus``/``detected_gpus`` stand in for what this machine (or, with
@@ -79,7 +81,10 @@ def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None,
     if address is not None:
         for key in ("num_cpus", "num_gpus"):
             if getattr(resources, key) is not None:
-                raise ConfigError(f"resources.{key}", "must be left unset with resources.ray_address (the cluster's own resources count)")
+                raise ConfigError(
+                    f"resources.{key}",
+                    "must be left unset with resources.ray_address (the cluster's own resources count)",
+                )
         if detected_cpus is None or detected_gpus is None:
             cluster_cpus, cluster_gpus = cluster_totals(address)
             detected_cpus = cluster_cpus if detected_cpus is None else detected_cpus
@@ -88,9 +93,16 @@ def backend_config(resources: ResourcesConfig, detected_cpus: int | None = None,
         return {"init_args": {"address": address, **_QUIET_RAY}, "client_resources": client_resources}
 
     cpus = resources.num_cpus if resources.num_cpus is not None else (detected_cpus or os.cpu_count() or 1)
-    gpus = resources.num_gpus if resources.num_gpus is not None else (visible_gpu_count() if detected_gpus is None else detected_gpus)
+    gpus = (
+        resources.num_gpus
+        if resources.num_gpus is not None
+        else (visible_gpu_count() if detected_gpus is None else detected_gpus)
+    )
     if resources.client_gpus > 0 and gpus == 0:
-        raise ConfigError("resources.client_gpus", f"is {resources.client_gpus} but no GPU is available (set resources.num_gpus to declare some)")
+        raise ConfigError(
+            "resources.client_gpus",
+            f"is {resources.client_gpus} but no GPU is available (set resources.num_gpus to declare some)",
+        )
     _check_client_request(resources, cpus, gpus, "Ray has")
     return {
         # address="local": always a fresh Ray instance of our own, never a cluster that happens to
@@ -121,7 +133,9 @@ def private_ray_cluster(resources: ResourcesConfig, start_timeout_s: float = 120
         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]  # fmt: skip
     env = {**os.environ, **OFFLINE_ENV}  # offline, and listening on loopback only
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    head = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout_s

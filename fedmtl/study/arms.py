@@ -89,7 +89,10 @@ def merge_task_runs(run: RunDirectory, task_dirs: list[Path]) -> None:
     totals: dict[int, dict[str, float]] = {}
     for d in task_dirs:
         for row in read_rows(d / SERVER_FILE):
-            total = totals.setdefault(row["round"], {"round": row["round"], "seconds": 0.0, "replies": 0, "failures": 0, "bytes_up": 0, "bytes_down": 0})
+            total = totals.setdefault(
+                row["round"],
+                {"round": row["round"], "seconds": 0.0, "replies": 0, "failures": 0, "bytes_up": 0, "bytes_down": 0},
+            )
             for key in ("seconds", "replies", "failures", "bytes_up", "bytes_down"):
                 total[key] += row.get(key) or 0
     RowWriter(run.path / SERVER_FILE, ["round", "seconds", "replies", "failures", "bytes_up", "bytes_down"]).write(
@@ -139,8 +142,15 @@ class CentralMTL(Arm):
         specs = {s.name: s for s in cfg.data.task_specs() if any(s.name in tasks_held(cfg, c) for c in participants)}
         pooled = pool({c: client_data(cfg, c).train for c in participants})
         torch.manual_seed(derive_seed(cfg.seed, _CENTRAL_STREAM))
-        model = MultiTaskModel(cfg.model, cfg.data.feature_dim(), specs.values(), cfg.model.sharing.adapter_rank, cfg.data.image_shape())
-        model.load_state_dict({**model.state_dict(), **initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())})
+        model = MultiTaskModel(
+            cfg.model, cfg.data.feature_dim(), specs.values(), cfg.model.sharing.adapter_rank, cfg.data.image_shape()
+        )
+        model.load_state_dict(
+            {
+                **model.state_dict(),
+                **initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
+            }
+        )
         sampled = sample_size(len(participants), cfg.server.fraction_fit)  # as the server samples
         train_cfg = replace(cfg.client, local_steps=cfg.client.local_steps * sampled)
         balancer_state: dict[str, torch.Tensor] = {}
@@ -160,8 +170,15 @@ class CentralMTL(Arm):
             balancer = cfg.client.balancing.start(list(specs), balancer_state)
             stats = train_local(model, pooled, specs, train_cfg, generator, balancer)
             balancer_state = balancer.state()
-            per_task = {t: {"loss": loss, "num_examples": float(len(pooled[t])), "weight": stats.task_weights.get(t, 1.0)} for t, loss in stats.task_loss.items()}
-            recorder.record_clients(server_round, protocol.TRAIN, [{protocol.CLIENT_ID: -1.0, **protocol.flatten_task_metrics(protocol.TRAIN, per_task)}])
+            per_task = {
+                t: {"loss": loss, "num_examples": float(len(pooled[t])), "weight": stats.task_weights.get(t, 1.0)}
+                for t, loss in stats.task_loss.items()
+            }
+            recorder.record_clients(
+                server_round,
+                protocol.TRAIN,
+                [{protocol.CLIENT_ID: -1.0, **protocol.flatten_task_metrics(protocol.TRAIN, per_task)}],
+            )
             if server_round in evaluated:
                 record_eval(server_round)
         (run.path / CLIENTS_FILE).touch()

@@ -38,7 +38,12 @@ class ConflictSummary:
 
     @property
     def empty(self) -> bool:
-        return not self.task_cosine and not self.cross_task_cosine and self.client_cosine is None and self.conflict_fraction is None
+        return (
+            not self.task_cosine
+            and not self.cross_task_cosine
+            and self.client_cosine is None
+            and self.conflict_fraction is None
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -46,11 +46,24 @@ def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
         {"name": s.name, "metric": s.kind_impl.headline_metric, "higher_is_better": s.kind_impl.higher_is_better}
         for s in cfg.data.task_specs()
     ]
-    runs = [{"arm": arm, "seed": seed, "dir": f"arms/{arm}/seed-{seed}", "status": "pending"} for seed in seeds for arm in cfg.study.arms]
-    return {"name": cfg.name, "arms": list(cfg.study.arms), "seeds": seeds, "reference_arm": cfg.study.reference_arm, "tasks": tasks, "runs": runs}
+    runs = [
+        {"arm": arm, "seed": seed, "dir": f"arms/{arm}/seed-{seed}", "status": "pending"}
+        for seed in seeds
+        for arm in cfg.study.arms
+    ]
+    return {
+        "name": cfg.name,
+        "arms": list(cfg.study.arms),
+        "seeds": seeds,
+        "reference_arm": cfg.study.reference_arm,
+        "tasks": tasks,
+        "runs": runs,
+    }
 
 
-def run_study(cfg: ExperimentConfig, study_dir: Path, federate: Federate, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(
+    cfg: ExperimentConfig, study_dir: Path, federate: Federate, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir``; write the report; return its summary."""
     from fedmtl.study.report import write_report  # matplotlib only once something is reported
 
@@ -70,11 +83,15 @@ def run_study(cfg: ExperimentConfig, study_dir: Path, federate: Federate, echo: 
         ARMS[entry["arm"]]().run(arm_cfg, run_dir, federate)
         entry["status"] = DONE
         _write(manifest_path, manifest)
-        echo(f"study {cfg.name}: [{index}/{total}] {entry['arm']} seed {entry['seed']} done in {time.perf_counter() - started:.1f} s")
+        echo(
+            f"study {cfg.name}: [{index}/{total}] {entry['arm']} seed {entry['seed']} done in {time.perf_counter() - started:.1f} s"
+        )
     return write_report(study_dir)
 
 
-def run_sweep(cfg: ExperimentConfig, sweep_dir: Path, federate: Federate, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_sweep(
+    cfg: ExperimentConfig, sweep_dir: Path, federate: Federate, echo: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Run the study of every grid point of ``cfg.sweep`` into ``sweep_dir``; write the sweep report."""
     from fedmtl.study.sweep import write_sweep_report
 
@@ -83,7 +100,9 @@ def run_sweep(cfg: ExperimentConfig, sweep_dir: Path, federate: Federate, echo: 
     manifest = _read(manifest_path) or {
         "name": cfg.name,
         "keys": list(cfg.sweep.grid),
-        "points": [{"values": values, "study_dir": f"points/{i}", "status": "pending"} for i, values in enumerate(points)],
+        "points": [
+            {"values": values, "study_dir": f"points/{i}", "status": "pending"} for i, values in enumerate(points)
+        ],
     }
     _write(manifest_path, manifest)
     raw = cfg.to_dict()

@@ -54,14 +54,20 @@ def _nearly_parallel(k: int = 6, p: int = 20_000, cosine_gap: float = 1e-6) -> t
 def test_float32_gramian_is_one_product_within_1e_5_of_the_exact_one(monkeypatch):
     rows = _well_conditioned()
     exact = exact_gramian(rows)
-    monkeypatch.setattr(gramian_module, "exact_gramian", lambda *_: pytest.fail("the well-conditioned path must not recompute"))
+    monkeypatch.setattr(
+        gramian_module, "exact_gramian", lambda *_: pytest.fail("the well-conditioned path must not recompute")
+    )
     fast = gramian(rows)
     assert smallest_correlation_eigenvalue(exact) > FLOAT32_MIN_EIGENVALUE
     assert fast.dtype == torch.float64
     assert float((fast - exact).abs().max() / exact.abs().max()) < 1e-5
 
 
-@pytest.mark.parametrize("rows", [_nearly_parallel(), torch.tensor([[0.3, -1.0], [-0.6, 2.0]], device=DEVICE)], ids=["cos=1-1e-6", "anti-parallel"])
+@pytest.mark.parametrize(
+    "rows",
+    [_nearly_parallel(), torch.tensor([[0.3, -1.0], [-0.6, 2.0]], device=DEVICE)],
+    ids=["cos=1-1e-6", "anti-parallel"],
+)
 def test_nearly_dependent_rows_get_the_exact_gramian(rows):
     assert smallest_correlation_eigenvalue(exact_gramian(rows)) < FLOAT32_MIN_EIGENVALUE
     assert torch.equal(gramian(rows), exact_gramian(rows))
@@ -83,7 +89,13 @@ def test_rows_sharing_a_large_component_get_the_centred_gramian_accurate_on_thei
 @pytest.mark.parametrize("name", GRAMIAN_METHODS)
 @pytest.mark.parametrize(
     "rows",
-    [_well_conditioned(), _well_conditioned(spread=2.0), _correlated(), _correlated(cosine=0.97), _correlated(cosine=0.985)],
+    [
+        _well_conditioned(),
+        _well_conditioned(spread=2.0),
+        _correlated(),
+        _correlated(cosine=0.97),
+        _correlated(cosine=0.985),
+    ],
     ids=["cosines-0.2", "norms-1e-2..1e2", "cosines-0.8", "cosines-0.97-centred", "cosines-0.985-centred"],
 )
 def test_every_gramian_method_gives_the_exact_paths_weights_within_float32_tolerance(name, rows, monkeypatch):
@@ -111,7 +123,9 @@ def test_the_server_reuses_the_aggregators_gramian_for_its_diagnostics(name, bui
     calls = []
     monkeypatch.setattr(server_update, "gramian", lambda matrix, precision: calls.append(1) or exact_gramian(matrix))
     initial = {"encoder.w": torch.zeros(50)}
-    updater = server_update.ServerUpdater(initial, AGGREGATORS[name](), ServerOptimizerConfig(), seed=0, device=DEVICE.type)
+    updater = server_update.ServerUpdater(
+        initial, AGGREGATORS[name](), ServerOptimizerConfig(), seed=0, device=DEVICE.type
+    )
     states = [{"encoder.w": torch.randn(50, generator=torch.Generator().manual_seed(i))} for i in range(3)]
     diagnostics = updater.step([0, 1, 2], states, [1.0, 1.0, 1.0])
     assert len(calls) == (0 if builds_one else 1)  # one Gramian per round either way

@@ -11,7 +11,11 @@ from fedmtl.methods.aggregation.nash_mtl import nash_weights
 
 @pytest.mark.parametrize(("k", "p", "seed"), [(2, 5, 0), (3, 7, 1), (5, 50, 2), (8, 100, 3)])
 def test_weights_satisfy_the_bargaining_condition(k, p, seed):
-    rows = torch.randn(k, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * torch.rand(k, 1, dtype=torch.float64) * 10
+    rows = (
+        torch.randn(k, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        * torch.rand(k, 1, dtype=torch.float64)
+        * 10
+    )
     gram = rows @ rows.T
     alpha = nash_weights(gram, ridge=0.0)
     assert (alpha > 0).all()

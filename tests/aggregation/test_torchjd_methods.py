@@ -125,5 +125,3 @@ def test_aligned_mtl_equals_torchjd(scale_mode: str) -> None:
         expected = tjd.AlignedMTL(scale_mode=scale_mode)(rows)
         result = AlignedMTL(scale_mode=scale_mode)(inputs(rows)).direction
         torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9 * float(rows.norm(dim=1).max()))
-
-

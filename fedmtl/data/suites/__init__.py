@@ -12,4 +12,16 @@ from fedmtl.data.suites.table import TableSuite, TargetColumn
 SUITES: dict[str, type[TaskSuite]] = {cls.name: cls for cls in (SyntheticSuite, DigitsSuite, TableSuite, HubSuite)}
 register_component_base(TaskSuite, SUITES)
 
-__all__ = ["SUITES", "ClientData", "ClientPlan", "DigitsSuite", "HubSuite", "SyntheticSuite", "SyntheticTask", "TableSuite", "TargetColumn", "TaskData", "TaskSuite"]
+__all__ = [
+    "SUITES",
+    "ClientData",
+    "ClientPlan",
+    "DigitsSuite",
+    "HubSuite",
+    "SyntheticSuite",
+    "SyntheticTask",
+    "TableSuite",
+    "TargetColumn",
+    "TaskData",
+    "TaskSuite",
+]

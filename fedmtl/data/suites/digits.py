@@ -44,7 +44,9 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
     return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
 
 
-def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def dirichlet_partition(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Indices per client; every label's samples are split by Dirichlet(alpha) proportions."""
     shares: list[list[int]] = [[] for _ in range(num_clients)]
     for label in np.unique(labels):
@@ -80,7 +82,9 @@ class DigitsSuite(TaskSuite):
 
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
         images, digits = load_digit_images()
-        share = dirichlet_partition(digits, plan.num_clients, self.dirichlet_alpha, np.random.default_rng([seed, _SPLIT_STREAM]))[plan.client_id]
+        share = dirichlet_partition(
+            digits, plan.num_clients, self.dirichlet_alpha, np.random.default_rng([seed, _SPLIT_STREAM])
+        )[plan.client_id]
         rng = np.random.default_rng([seed, _SUBSAMPLE_STREAM, plan.client_id])
         share = rng.permutation(share)
         n_eval = max(1, round(len(share) * self.eval_fraction)) if len(share) > 1 else 0

@@ -66,7 +66,9 @@ def import_datasets() -> ModuleType:
         import datasets
         import huggingface_hub.constants
     except ImportError:
-        raise ConfigError(data_key("name"), "the hub suite needs the Hugging Face datasets package: pip install 'fedmtl[hub]'") from None
+        raise ConfigError(
+            data_key("name"), "the hub suite needs the Hugging Face datasets package: pip install 'fedmtl[hub]'"
+        ) from None
     if hub_offline():  # both libraries read the variables once, at import
         datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
         huggingface_hub.constants.HF_HUB_OFFLINE = True
@@ -87,10 +89,19 @@ def load_split(source: str, split: str, subset: str | None, revision: str | None
     try:
         return datasets.load_dataset(str(local) if local.is_dir() else source, subset, split=split, revision=revision)
     except ConnectionError as err:
-        reason = "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache" if hub_offline() else f"the Hugging Face Hub could not be reached ({err})"
-        raise ConfigError(data_key("dataset"), f"{source!r} is not a local dataset folder and {reason}; download it once with a connection, or point data.dataset at a folder written by save_to_disk") from None
+        reason = (
+            "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache"
+            if hub_offline()
+            else f"the Hugging Face Hub could not be reached ({err})"
+        )
+        raise ConfigError(
+            data_key("dataset"),
+            f"{source!r} is not a local dataset folder and {reason}; download it once with a connection, or point data.dataset at a folder written by save_to_disk",
+        ) from None
     except FileNotFoundError as err:  # DatasetNotFoundError and friends
-        raise ConfigError(data_key("dataset"), f"{source!r} was not found locally or on the Hugging Face Hub ({err})") from None
+        raise ConfigError(
+            data_key("dataset"), f"{source!r} was not found locally or on the Hugging Face Hub ({err})"
+        ) from None
     except ValueError as err:  # an unknown split or configuration name
         key = "split" if "split" in str(err).lower() else "subset" if subset is not None else "dataset"
         raise ConfigError(data_key(key), f"{source!r}: {err}") from None
@@ -108,7 +119,12 @@ def pixels(image: Any, size: int, grayscale: bool) -> np.ndarray:
     """A PIL image as ``[C * size * size]`` float32 in [0, 1], channel-first."""
     from PIL import Image
 
-    array = np.asarray(image.convert("L" if grayscale else "RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    array = (
+        np.asarray(
+            image.convert("L" if grayscale else "RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32
+        )
+        / 255.0
+    )
     return (array[None] if grayscale else array.transpose(2, 0, 1)).reshape(-1)
 
 
@@ -147,7 +163,9 @@ def require_column(dataset: Any, name: str, where: str) -> Any:
     return dataset.features[name]
 
 
-def hub_target(dataset: Any, scalars: Mapping[str, Column], target: TargetColumn, index: int, datasets: ModuleType) -> TargetValues:
+def hub_target(
+    dataset: Any, scalars: Mapping[str, Column], target: TargetColumn, index: int, datasets: ModuleType
+) -> TargetValues:
     where = data_key("targets", index)
     feature = require_column(dataset, target.column, data_key("targets", index, "column"))
     if target.column not in scalars:
@@ -155,22 +173,31 @@ def hub_target(dataset: Any, scalars: Mapping[str, Column], target: TargetColumn
     if isinstance(feature, datasets.ClassLabel):  # codes 0..C-1 with the dataset's own names; -1 = no label
         codes = scalars[target.column].values
         if target.kind == "classification":
-            return TargetValues("classification", np.where(codes >= 0, codes, -1).astype(np.int64), tuple(feature.names))
+            return TargetValues(
+                "classification", np.where(codes >= 0, codes, -1).astype(np.int64), tuple(feature.names)
+            )
         return encode_target(Column(np.where(codes >= 0, codes, np.nan)), target, where)
     return encode_target(scalars[target.column], target, where)
 
 
-def pick_features(suite: HubSuite, dataset: Any, scalars: Mapping[str, Column], reserved: Mapping[str, str], datasets: ModuleType) -> tuple[str, ...]:
+def pick_features(
+    suite: HubSuite, dataset: Any, scalars: Mapping[str, Column], reserved: Mapping[str, str], datasets: ModuleType
+) -> tuple[str, ...]:
     """``data.features``, or by default the dataset's image column, else its numeric scalar columns."""
     images = [name for name, f in dataset.features.items() if isinstance(f, datasets.Image) and name not in reserved]
     if suite.features:
         for i, name in enumerate(suite.features):
             feature = require_column(dataset, name, data_key("features", i))
             if name not in scalars and not isinstance(feature, datasets.Image):
-                raise ConfigError(data_key("features", i), f"column {name!r} holds {type(feature).__name__} values: use one image column or scalar numeric columns")
+                raise ConfigError(
+                    data_key("features", i),
+                    f"column {name!r} holds {type(feature).__name__} values: use one image column or scalar numeric columns",
+                )
         return suite.features
     if len(images) > 1:
-        raise ConfigError(data_key("features"), f"the dataset has several image columns ({', '.join(images)}): name one")
+        raise ConfigError(
+            data_key("features"), f"the dataset has several image columns ({', '.join(images)}): name one"
+        )
     if images:
         return tuple(images)
     return tuple(name for name, column in scalars.items() if name not in reserved and column.numeric)
@@ -190,7 +217,9 @@ def hub_rows(suite: HubSuite, signature: tuple[str, int]) -> HubRows:
         if name is not None and name not in scalars:
             feature = require_column(dataset, name, data_key(key))
             raise ConfigError(data_key(key), f"column {name!r} holds {type(feature).__name__} values, not scalars")
-    layout = layout_from(scalars, len(dataset), suite.targets, suite.client_column, suite.dirichlet_alpha, suite.dirichlet_column)
+    layout = layout_from(
+        scalars, len(dataset), suite.targets, suite.client_column, suite.dirichlet_alpha, suite.dirichlet_column
+    )
     reserved = reserved_columns(suite.targets, suite.client_column, suite.dirichlet_column)
     names = pick_features(suite, dataset, scalars, reserved, datasets)
     if any(isinstance(dataset.features[name], datasets.Image) for name in names):
@@ -227,7 +256,9 @@ class HubSuite(TaskSuite):
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "features", tuple(self.features))
-        check_row_settings(self.targets, self.client_column, self.dirichlet_alpha, self.dirichlet_column, self.eval_fraction)
+        check_row_settings(
+            self.targets, self.client_column, self.dirichlet_alpha, self.dirichlet_column, self.eval_fraction
+        )
         if self.image_size < 1:
             raise ConfigError(data_key("image_size"), f"must be >= 1, got {self.image_size}")
         if self.max_examples is not None and self.max_examples < 1:

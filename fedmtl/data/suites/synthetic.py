@@ -131,9 +131,7 @@ class SyntheticSuite(TaskSuite):
     # --- TaskSuite -------------------------------------------------------------------------
 
     def task_specs(self) -> tuple[TaskSpec, ...]:
-        return tuple(
-            TaskSpec(t.name, t.kind, t.num_classes if t.kind == "classification" else 1) for t in self.tasks
-        )
+        return tuple(TaskSpec(t.name, t.kind, t.num_classes if t.kind == "classification" else 1) for t in self.tasks)
 
     def default_sample_scale(self, task: str) -> float:
         return next(t.sample_scale for t in self.tasks if t.name == task)
@@ -143,14 +141,18 @@ class SyntheticSuite(TaskSuite):
 
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
         world = self.world(seed)
-        shift = self.client_shift * np.random.default_rng([seed, _CLIENT, plan.client_id]).standard_normal(
-            self.latent_dim
-        ) / np.sqrt(self.latent_dim)
+        shift = (
+            self.client_shift
+            * np.random.default_rng([seed, _CLIENT, plan.client_id]).standard_normal(self.latent_dim)
+            / np.sqrt(self.latent_dim)
+        )
         index = {name: i for i, name in enumerate(self.task_names())}
         splits = {}
         for split, counts in ((_TRAIN, plan.train_samples), (_EVAL, plan.eval_samples)):
             splits[split] = {
-                task: world.sample(index[task], count, shift, np.random.default_rng([seed, split, plan.client_id, index[task]]))
+                task: world.sample(
+                    index[task], count, shift, np.random.default_rng([seed, split, plan.client_id, index[task]])
+                )
                 for task, count in zip(plan.tasks, counts)
             }
         return ClientData(train=splits[_TRAIN], eval=splits[_EVAL])

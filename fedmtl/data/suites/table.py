@@ -106,7 +106,9 @@ def text_column(cells: Sequence[str]) -> Column:
     stripped = [cell.strip() for cell in cells]
     missing = [cell.lower() in MISSING_TEXT for cell in stripped]
     try:
-        return Column(np.array([np.nan if gap else float(cell) for cell, gap in zip(stripped, missing)], dtype=np.float64))
+        return Column(
+            np.array([np.nan if gap else float(cell) for cell, gap in zip(stripped, missing)], dtype=np.float64)
+        )
     except ValueError:
         return Column(np.array([None if gap else cell for cell, gap in zip(stripped, missing)], dtype=object))
 
@@ -116,7 +118,12 @@ def arrow_column(array: Any) -> Column:
     import pyarrow as pa
 
     kind = array.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind):
+    if (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+    ):
         return Column(np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64))
     return Column(np.array([None if v is None else str(v) for v in array.to_pylist()], dtype=object))
 
@@ -128,7 +135,9 @@ def read_delimited(path: Path, delimiter: str) -> dict[str, Column]:
             header = [name.strip() for name in next(reader, [])]
             rows = [(reader.line_num, row) for row in reader if row]
     except (UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError(data_key("path"), f"cannot read {path} as {'TSV' if delimiter == chr(9) else 'CSV'}: {err}") from None
+        raise ConfigError(
+            data_key("path"), f"cannot read {path} as {'TSV' if delimiter == chr(9) else 'CSV'}: {err}"
+        ) from None
     if not header:
         raise ConfigError(data_key("path"), f"{path} is empty (no header line)")
     repeated = sorted({name for name in header if header.count(name) > 1})
@@ -136,7 +145,9 @@ def read_delimited(path: Path, delimiter: str) -> dict[str, Column]:
         raise ConfigError(data_key("path"), f"{path}: column names repeat in the header: {', '.join(repeated)}")
     for line, row in rows:
         if len(row) != len(header):
-            raise ConfigError(data_key("path"), f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+            raise ConfigError(
+                data_key("path"), f"{path}: line {line} has {len(row)} fields, the header has {len(header)}"
+            )
     return {name: text_column([row[j] for _, row in rows]) for j, name in enumerate(header)}
 
 
@@ -145,7 +156,9 @@ def read_parquet(path: Path) -> dict[str, Column]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError(data_key("path"), f"{path} is a Parquet file: reading it needs pyarrow (pip install pyarrow)") from None
+        raise ConfigError(
+            data_key("path"), f"{path} is a Parquet file: reading it needs pyarrow (pip install pyarrow)"
+        ) from None
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
@@ -170,7 +183,9 @@ def read_table(path: str, mtime_ns: int, size: int) -> Mapping[str, Column]:
 
 
 def unknown_column(name: str, where: str, names: Sequence[str]) -> ConfigError:
-    shown = ", ".join(names[:_LISTED_COLUMNS]) + (f", ... ({len(names)} in all)" if len(names) > _LISTED_COLUMNS else "")
+    shown = ", ".join(names[:_LISTED_COLUMNS]) + (
+        f", ... ({len(names)} in all)" if len(names) > _LISTED_COLUMNS else ""
+    )
     return ConfigError(where, f"unknown column {name!r}; columns: {shown}")
 
 
@@ -227,13 +242,18 @@ def encode_target(column: Column, target: TargetColumn, where: str) -> TargetVal
     if target.kind == "regression":
         if not column.numeric:
             row, value = column.first_non_number()
-            raise ConfigError(where, f"column {target.column!r} is not numeric ({value!r} in data row {row + 1}): a regression target needs numbers; for labels use kind: classification")
+            raise ConfigError(
+                where,
+                f"column {target.column!r} is not numeric ({value!r} in data row {row + 1}): a regression target needs numbers; for labels use kind: classification",
+            )
         if np.isinf(column.values).any():
             raise ConfigError(where, f"column {target.column!r} has infinite values")
         return TargetValues("regression", column.values)
     codes, names = categories(column)
     if len(names) < 2:
-        raise ConfigError(where, f"column {target.column!r} has a single class {names[0]!r}; classification needs at least 2")
+        raise ConfigError(
+            where, f"column {target.column!r} has a single class {names[0]!r}; classification needs at least 2"
+        )
     return TargetValues("classification", codes, names)
 
 
@@ -314,13 +334,17 @@ class RowData:
     def task_specs(self) -> tuple[TaskSpec, ...]:
         return tuple(TaskSpec(name, t.kind, t.spec_classes) for name, t in self.targets.items())
 
-    def splits(self, num_clients: int, seed: int, dirichlet_alpha: float | None, eval_fraction: float) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    def splits(
+        self, num_clients: int, seed: int, dirichlet_alpha: float | None, eval_fraction: float
+    ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         key = ("splits", num_clients, seed, dirichlet_alpha, eval_fraction)
         if key not in self._memo:
             self._memo[key] = client_splits(self.layout, num_clients, seed, dirichlet_alpha, eval_fraction)
         return self._memo[key]
 
-    def global_standardizer(self, num_clients: int, seed: int, dirichlet_alpha: float | None, eval_fraction: float) -> Standardizer:
+    def global_standardizer(
+        self, num_clients: int, seed: int, dirichlet_alpha: float | None, eval_fraction: float
+    ) -> Standardizer:
         key = ("standardizer", num_clients, seed, dirichlet_alpha, eval_fraction)
         if key not in self._memo:
             splits = self.splits(num_clients, seed, dirichlet_alpha, eval_fraction)
@@ -369,13 +393,22 @@ def check_row_settings(
     if dirichlet_alpha is not None and dirichlet_alpha <= 0:
         raise ConfigError(data_key("dirichlet_alpha"), f"must be > 0, got {dirichlet_alpha}")
     if client_column is not None and dirichlet_alpha is not None:
-        raise ConfigError(data_key("dirichlet_alpha"), "client_column already decides which client holds a row; set one of the two")
+        raise ConfigError(
+            data_key("dirichlet_alpha"), "client_column already decides which client holds a row; set one of the two"
+        )
     if client_column is not None and client_column in names:
         raise ConfigError(data_key("client_column"), f"column {client_column!r} is also a target")
     if dirichlet_column is not None and dirichlet_alpha is None:
         raise ConfigError(data_key("dirichlet_column"), "only applies with dirichlet_alpha")
-    if dirichlet_alpha is not None and dirichlet_column is None and not any(t.kind == "classification" for t in targets):
-        raise ConfigError(data_key("dirichlet_column"), "the Dirichlet split needs a column to skew by: name one, or add a classification target")
+    if (
+        dirichlet_alpha is not None
+        and dirichlet_column is None
+        and not any(t.kind == "classification" for t in targets)
+    ):
+        raise ConfigError(
+            data_key("dirichlet_column"),
+            "the Dirichlet split needs a column to skew by: name one, or add a classification target",
+        )
 
 
 def layout_from(
@@ -387,7 +420,10 @@ def layout_from(
         groups, names = categories(column_of(columns, client_column, data_key("client_column")))
         if (groups < 0).any():
             row = int(np.flatnonzero(groups < 0)[0])
-            raise ConfigError(data_key("client_column"), f"column {client_column!r} is empty in data row {row + 1}: every row needs a client")
+            raise ConfigError(
+                data_key("client_column"),
+                f"column {client_column!r} is empty in data row {row + 1}: every row needs a client",
+            )
         return RowLayout(num_rows, groups=groups, group_names=names)
     if dirichlet_alpha is not None:
         skew = dirichlet_column or next(t.column for t in targets if t.kind == "classification")
@@ -396,7 +432,9 @@ def layout_from(
     return RowLayout(num_rows)
 
 
-def numeric_features(columns: Mapping[str, Column], names: Sequence[str], explicit: bool, reserved: Mapping[str, str]) -> np.ndarray:
+def numeric_features(
+    columns: Mapping[str, Column], names: Sequence[str], explicit: bool, reserved: Mapping[str, str]
+) -> np.ndarray:
     """``[N, D]`` float32 from the named columns; each must be numeric and complete."""
     if not names:
         raise ConfigError(data_key("features"), "no feature columns: every column is a target or decides the partition")
@@ -412,12 +450,17 @@ def numeric_features(columns: Mapping[str, Column], names: Sequence[str], explic
             raise ConfigError(where, f"feature column {name!r} is not numeric ({value!r} in data row {row + 1}){hint}")
         bad = ~np.isfinite(column.values)
         if bad.any():
-            raise ConfigError(where, f"feature column {name!r} has missing or infinite values (first in data row {int(np.flatnonzero(bad)[0]) + 1}); only target columns may have gaps")
+            raise ConfigError(
+                where,
+                f"feature column {name!r} has missing or infinite values (first in data row {int(np.flatnonzero(bad)[0]) + 1}); only target columns may have gaps",
+            )
         matrix.append(column.values)
     return np.stack(matrix, axis=1).astype(np.float32)
 
 
-def reserved_columns(targets: Sequence[TargetColumn], client_column: str | None, dirichlet_column: str | None) -> dict[str, str]:
+def reserved_columns(
+    targets: Sequence[TargetColumn], client_column: str | None, dirichlet_column: str | None
+) -> dict[str, str]:
     """Columns with a role other than feature, and the role's name (for messages)."""
     roles = {t.column: f"target of task {t.column!r}" for t in targets}
     if client_column is not None:
@@ -445,10 +488,14 @@ def table_rows(suite: TableSuite, signature: tuple[str, int, int]) -> RowData:
     columns = read_table(*signature)
     num_rows = len(next(iter(columns.values())).values)
     targets = {
-        t.column: encode_target(column_of(columns, t.column, data_key("targets", i, "column")), t, data_key("targets", i))
+        t.column: encode_target(
+            column_of(columns, t.column, data_key("targets", i, "column")), t, data_key("targets", i)
+        )
         for i, t in enumerate(suite.targets)
     }
-    layout = layout_from(columns, num_rows, suite.targets, suite.client_column, suite.dirichlet_alpha, suite.dirichlet_column)
+    layout = layout_from(
+        columns, num_rows, suite.targets, suite.client_column, suite.dirichlet_alpha, suite.dirichlet_column
+    )
     reserved = reserved_columns(suite.targets, suite.client_column, suite.dirichlet_column)
     names = suite.features or tuple(name for name in columns if name not in reserved)
     matrix = numeric_features(columns, names, bool(suite.features), reserved)
@@ -471,7 +518,9 @@ class TableSuite(TaskSuite):
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "features", tuple(self.features))
-        check_row_settings(self.targets, self.client_column, self.dirichlet_alpha, self.dirichlet_column, self.eval_fraction)
+        check_row_settings(
+            self.targets, self.client_column, self.dirichlet_alpha, self.dirichlet_column, self.eval_fraction
+        )
         object.__setattr__(self, "_file", str(Path(self.path).expanduser().resolve()))
         self.rows()  # read and check the table now: a bad file or column fails before Flower or Ray start
 
@@ -494,4 +543,3 @@ class TableSuite(TaskSuite):
 
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
         return self.rows().client_data(seed, plan, self.dirichlet_alpha, self.eval_fraction, self.standardize)
-

@@ -23,4 +23,6 @@ class FedAvg(Aggregator):
         if not self.weighted:
             counts = torch.ones_like(counts)
         weights = counts / counts.sum()
-        return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights.to(inputs.matrix.dtype))
+        return AggregationResult(
+            direction=combine_rows(weights, inputs.matrix), weights=weights.to(inputs.matrix.dtype)
+        )

@@ -41,6 +41,8 @@ CPU_CHUNK, GPU_CHUNK = 1 << 14, 1 << 22
 
 def default_chunk(device: torch.device) -> int:
     return CPU_CHUNK if device.type == "cpu" else GPU_CHUNK
+
+
 # Below this smallest eigenvalue of the correlation matrix, a float32 Gramian's ~1e-6 relative error
 # could move the solvers' weights by more than ~2e-5 (float32's own tolerance in the aggregation
 # tests): the Gramian is then recomputed in float64.

@@ -51,7 +51,9 @@ def nash_weights(gram: torch.Tensor, ridge: float = 1e-8, tolerance: float = 1e-
             break
         step = torch.linalg.solve(m + torch.diag(alpha**-2), -gradient)
         t, current = 1.0, objective(alpha)
-        while bool((alpha + t * step <= 0).any()) or objective(alpha + t * step) > current + 1e-4 * t * float(gradient @ step):
+        while bool((alpha + t * step <= 0).any()) or objective(alpha + t * step) > current + 1e-4 * t * float(
+            gradient @ step
+        ):
             t *= 0.5
             if t < 1e-12:
                 break

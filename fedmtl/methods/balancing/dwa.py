@@ -37,7 +37,9 @@ class DWA(Balancer):
         have_history = all(PREVIOUS + t in state and BEFORE + t in state for t in tasks)
         if have_history:
             weights = dwa_weights(
-                torch.stack([state[PREVIOUS + t] for t in tasks]), torch.stack([state[BEFORE + t] for t in tasks]), self.temperature
+                torch.stack([state[PREVIOUS + t] for t in tasks]),
+                torch.stack([state[BEFORE + t] for t in tasks]),
+                self.temperature,
             )
         else:
             weights = torch.ones(len(tasks))

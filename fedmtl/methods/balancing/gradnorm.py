@@ -61,7 +61,9 @@ def gradnorm_step(
 class GradNormRound(BalancerRound):
     differentiates_after_backward: ClassVar[bool] = True
 
-    def __init__(self, tasks: list[str], weights: torch.Tensor, initial: dict[str, torch.Tensor], alpha: float, lr: float) -> None:
+    def __init__(
+        self, tasks: list[str], weights: torch.Tensor, initial: dict[str, torch.Tensor], alpha: float, lr: float
+    ) -> None:
         self.tasks, self.w, self.initial, self.alpha, self.lr = tasks, weights, dict(initial), alpha, lr
 
     def terms(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

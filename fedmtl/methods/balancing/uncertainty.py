@@ -38,7 +38,9 @@ class _UncertaintyRound(BalancerRound):
         return list(self.log_variances.values())
 
     def terms(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {t: 0.5 * (torch.exp(-self.log_variances[t]) * loss + self.log_variances[t]) for t, loss in losses.items()}
+        return {
+            t: 0.5 * (torch.exp(-self.log_variances[t]) * loss + self.log_variances[t]) for t, loss in losses.items()
+        }
 
     def weights(self) -> dict[str, float]:
         return {t: 0.5 * float(torch.exp(-s.detach())) for t, s in self.log_variances.items()}
