@@ -18,6 +18,7 @@ import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from fedmtl.runtime.offline import set_offline_env
 
@@ -30,7 +31,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         print(f"error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 

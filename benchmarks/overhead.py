@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -131,7 +132,7 @@ def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
     return sides
 
 
-def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
+def with_engine(cfg: ExperimentConfig, engine: Literal["direct", "flower"]) -> ExperimentConfig:
     return replace(cfg, simulation=replace(cfg.simulation, engine=engine))
 
 

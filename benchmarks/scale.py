@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -473,7 +474,7 @@ def polling_pass_seconds(nodes: int, messages: int) -> float:
     from flwr.proto.task_pb2 import Task
     from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
     from flwr.server.superlink.linkstate import LinkStateFactory
-    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
     from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
     from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
     from flwr.supercore.object_store import ObjectStoreFactory
@@ -483,7 +484,7 @@ def polling_pass_seconds(nodes: int, messages: int) -> float:
     from flwr.superlink.grid import InMemoryGrid
 
     factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
+    state = cast(InMemoryLinkState, factory.state())  # the in-memory state, as Flower's simulation uses it
     run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
     run.federation_id = NOOP_FEDERATION_ID
@@ -509,7 +510,7 @@ def time_model(results: list[RunResult], polling: dict[tuple[int, int], float]) 
     full = sorted((r for r in results if r.fraction_evaluate == 1.0), key=lambda r: r.clients)
     small, large = full[0], full[-1]
     variant = next((r for r in results if r.fraction_evaluate < 1.0), None)
-    per_client = {id(r): 1000 * r.eval_cost() / r.evaluated for r in results if r.eval_cost() is not None}
+    per_client = {id(r): 1000 * cost / r.evaluated for r in results if (cost := r.eval_cost()) is not None}
     listed = ", ".join(
         f"{per_client[id(r)]:.0f} ms at N={r.clients} ({r.evaluated} evaluated)" for r in results if id(r) in per_client
     )

@@ -56,7 +56,7 @@ def _private_state(
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
     if record is not None:
         return dict(record.to_torch_state_dict())
-    resume_round = int(config.get(protocol.RESUME_ROUND, 0))
+    resume_round = int(protocol.as_number(config.get(protocol.RESUME_ROUND, 0)))
     return store.load(resume_round) if store is not None and resume_round > 0 else None
 
 
@@ -78,37 +78,36 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     @replies_errors
     def train(msg: Message, context: Context) -> Message:
         client = _client(cfg, context)
-        config = msg.content[protocol.CONFIG]
-        server_round = int(config[protocol.SERVER_ROUND])
-        faults = draw_faults(
-            client.cfg.faults, client.cfg.seed, server_round, client.client_id, int(config.get(protocol.ATTEMPT, 0))
-        )
+        config = msg.content.config_records[protocol.CONFIG]
+        server_round = int(protocol.as_number(config[protocol.SERVER_ROUND]))
+        attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
+        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, attempt)
         if faults.kill_worker:
             os._exit(1)  # simulates an OOM-killed worker process
         time.sleep(faults.delay_s)
         if faults.error:
             raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
         store = _store(context, config, client.client_id)
-        shared = dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+        shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         outcome = client.train(shared, _private_state(context, store, config), server_round)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
-            store.save(server_round, outcome.private, int(config.get(protocol.DURABLE_ROUND, 0)))
+            store.save(server_round, outcome.private, int(protocol.as_number(config.get(protocol.DURABLE_ROUND, 0))))
         sent = (
             {k: torch.full_like(v, float("nan")) for k, v in outcome.shared.items()} if faults.nan else outcome.shared
         )
-        reply = RecordDict({protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord(outcome.metrics)})
+        reply = RecordDict({protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord(dict(outcome.metrics))})
         return Message(reply, reply_to=msg)
 
     @app.evaluate()
     @replies_errors
     def evaluate(msg: Message, context: Context) -> Message:
         client = _client(cfg, context)
-        config = msg.content[protocol.CONFIG]
+        config = msg.content.config_records[protocol.CONFIG]
         store = _store(context, config, client.client_id)
-        shared = dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+        shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         metrics = client.evaluate(shared, _private_state(context, store, config))
-        return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)
 
     @app.query()
     @replies_errors

@@ -222,8 +222,10 @@ class DirectGrid(Grid):
         ids = []
         for message in messages:
             message_id = uuid.uuid4().hex
-            meta = message.metadata.__dict__
-            meta.update(_message_id=message_id, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID)
+            # what a SuperLink sets on a pushed message (Flower's own grids write these fields the same way)
+            message.metadata.__dict__.update(
+                _message_id=message_id, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID
+            )
             self.messages[message_id] = message
             self.queued.append(message_id)
             ids.append(message_id)

@@ -32,7 +32,7 @@ DEAD_WORKER_MARKERS = ("ActorDiedError", "RayActorError", "actor died", "ActorUn
 
 
 def worker_died(replies: list[Message]) -> bool:
-    return any(m.has_error() and any(mark in m.error.reason for mark in DEAD_WORKER_MARKERS) for m in replies)
+    return any(m.has_error() and any(mark in (m.error.reason or "") for mark in DEAD_WORKER_MARKERS) for m in replies)
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
@@ -57,7 +57,7 @@ def identify_clients(grid: Grid, nodes: list[int], timeout_s: float, participant
     if worker_died(replies):
         raise WorkerPoolDied("a worker died while the clients were being identified")
     answered = {
-        int(m.content[protocol.METRICS][protocol.CLIENT_ID]): m.metadata.src_node_id
+        int(protocol.as_number(m.content.metric_records[protocol.METRICS][protocol.CLIENT_ID])): m.metadata.src_node_id
         for m in replies
         if not m.has_error()
     }

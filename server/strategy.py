@@ -27,7 +27,7 @@ def _client_id(message: Message) -> int | None:
     metrics = message.content.metric_records.get(protocol.METRICS)
     if metrics is None or protocol.CLIENT_ID not in metrics:
         return None
-    return int(metrics[protocol.CLIENT_ID])
+    return int(protocol.as_number(metrics[protocol.CLIENT_ID]))
 
 
 def screen_envelope(message: Message) -> str | None:
@@ -38,7 +38,7 @@ def screen_envelope(message: Message) -> str | None:
     metrics = content.metric_records.get(protocol.METRICS)
     if metrics is None or protocol.NUM_EXAMPLES not in metrics or protocol.CLIENT_ID not in metrics:
         return f"metrics must carry '{protocol.NUM_EXAMPLES}' and '{protocol.CLIENT_ID}'"
-    if not float(metrics[protocol.NUM_EXAMPLES]) > 0:
+    if not protocol.as_number(metrics[protocol.NUM_EXAMPLES]) > 0:
         return f"'{protocol.NUM_EXAMPLES}' must be positive"
     return None
 
@@ -97,12 +97,14 @@ class EncoderStrategy(Strategy):
             if message.has_error():
                 report.failures += 1
                 log.warning(
-                    "round %d: client reply failed: %s", server_round, message.error.reason.splitlines()[0][:200]
+                    "round %d: client reply failed: %s",
+                    server_round,
+                    (message.error.reason or "?").splitlines()[0][:200],
                 )
                 continue
             reason = screen_envelope(message)
             if reason is None:
-                state = message.content[protocol.ARRAYS].to_torch_state_dict()
+                state = message.content.array_records[protocol.ARRAYS].to_torch_state_dict()
                 encoder, heads = split_heads(state)
                 reason = protocol.check_update(state, expected, optional) or self._norm_violation(encoder)
             if reason is not None:
@@ -113,7 +115,7 @@ class EncoderStrategy(Strategy):
         if not accepted:
             return report
         accepted.sort(key=lambda entry: entry[0])  # row order independent of arrival order: reproducible sums
-        metrics = [message.content[protocol.METRICS] for _, message, _, _ in accepted]
+        metrics = [message.content.metric_records[protocol.METRICS] for _, message, _, _ in accepted]
         report.accepted = [client for client, *_ in accepted]
         if head_averager is not None:
             examples = [
@@ -124,8 +126,8 @@ class EncoderStrategy(Strategy):
         report.diagnostics = updater.step(
             client_ids=report.accepted,
             client_states=[encoder for _, _, encoder, _ in accepted],
-            num_examples=[float(m[protocol.NUM_EXAMPLES]) for m in metrics],
-            losses=[float(m[protocol.TRAIN_LOSS]) for m in metrics]
+            num_examples=[protocol.as_number(m[protocol.NUM_EXAMPLES]) for m in metrics],
+            losses=[protocol.as_number(m[protocol.TRAIN_LOSS]) for m in metrics]
             if all(protocol.TRAIN_LOSS in m for m in metrics)
             else None,
         )

@@ -84,7 +84,7 @@ def parse(tp: Any, value: Any, path: str) -> Any:
         )
     if isinstance(tp, type) and tp in _COMPONENT_REGISTRIES:
         return parse_component(tp, value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return parse_dataclass(tp, value, path)
@@ -165,7 +165,7 @@ def to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         plain = {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
         if any(isinstance(value, base) for base in _COMPONENT_REGISTRIES):
-            return {"name": type(value).name, **plain}
+            return {"name": type(value).name, **plain}  # type: ignore[attr-defined]  # components declare name
         return plain
     if isinstance(value, (tuple, list)):
         return [to_plain(v) for v in value]

@@ -49,7 +49,8 @@ class HeadAverager:
             ]
             total = sum(weight for _, weight in senders)
             if total > 0:
-                self.heads[key] = sum(weight * tensor.float() for tensor, weight in senders) / total
+                start = torch.zeros_like(self.heads[key])
+                self.heads[key] = sum((weight * tensor.float() for tensor, weight in senders), start) / total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.heads.items()}

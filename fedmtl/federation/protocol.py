@@ -107,3 +107,10 @@ def unflatten_pair_metrics(flat: Mapping[str, object], kind: str) -> dict[tuple[
         if len(parts) == 3 and parts[0] == kind:
             pairs[(parts[1], parts[2])] = float(value)  # type: ignore[arg-type]
     return pairs
+
+
+def as_number(value: object) -> float:
+    """A scalar metric or config value as a float (records type their values as unions with lists)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+    return float(value)

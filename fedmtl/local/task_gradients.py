@@ -50,7 +50,7 @@ class TaskGradientTracker:
         unit = matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
         cosines = unit @ unit.T
         for (i, a), (j, b) in itertools.combinations(enumerate(tasks), 2):
-            pair = tuple(sorted((a, b)))
+            pair = (min(a, b), max(a, b))
             self.cosine_sums[pair] = self.cosine_sums.get(pair, 0.0) + float(cosines[i, j])
             self.cosine_counts[pair] = self.cosine_counts.get(pair, 0) + 1
         for task, row in zip(tasks, matrix.detach()):

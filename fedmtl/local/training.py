@@ -87,20 +87,25 @@ def train_local(
             losses[task] = specs[task].kind_impl.loss(model(data[task].x[index], task), data[task].y[index])
         terms = balancer.terms(losses)
         measure = cfg.gradient_diagnostics_every > 0 and step % cfg.gradient_diagnostics_every == 0
-        surgery = cfg.surgery is not None and len(tasks) > 1
-        matrix = task_gradient_matrix(terms, encoder_params) if (surgery or (measure and len(tasks) > 1)) else None
+        surgery = cfg.surgery if len(tasks) > 1 else None
+        matrix = (
+            task_gradient_matrix(terms, encoder_params)
+            if (surgery is not None or (measure and len(tasks) > 1))
+            else None
+        )
         torch.stack(list(terms.values())).sum().backward(retain_graph=balancer.differentiates_after_backward)
-        if surgery:
+        if surgery is not None and matrix is not None:
             ones = torch.ones(len(tasks), dtype=torch.float64)
             # task gradients are few and small: the exact Gramian costs nothing next to a training step
-            direction = cfg.surgery(
+            direction = surgery(
                 AggregationInput(matrix, ones, generator=generator, gramian_precision="float64")
             ).direction
             write_flat_gradient(encoder_params, direction * len(tasks))  # sum-scaled, like the plain sum of terms
         if proximal is not None:
             with torch.no_grad():
                 for p, ref in zip(encoder_params, proximal.reference):
-                    p.grad.add_(p - ref, alpha=proximal.mu)
+                    if p.grad is not None:
+                        p.grad.add_(p - ref, alpha=proximal.mu)
         if measure and matrix is not None:
             tracker.add(tasks, matrix.detach())
         balancer.after_backward(losses, shared_layer_grad)

@@ -7,6 +7,7 @@ Parameter names are the contract with the wire format: ``encoder.<block>.*`` may
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ class MultiTaskModel(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        adapters = self.adapters[task] if task in self.adapters else None
+        adapters = cast(nn.ModuleList, self.adapters[task]) if task in self.adapters else None
         h = x
         for i, block in enumerate(self.encoder):
             h = block(h)
@@ -121,7 +122,10 @@ class MultiTaskModel(nn.Module):
 
     def last_shared_layer_weight(self) -> nn.Parameter:
         """GradNorm's ``W``: the weight of the encoder's last linear layer."""
-        return next(m for m in reversed(list(self.encoder[-1].modules())) if isinstance(m, nn.Linear)).weight
+        last_block = cast(nn.Module, self.encoder[-1])
+        return cast(
+            nn.Parameter, next(m for m in reversed(list(last_block.modules())) if isinstance(m, nn.Linear)).weight
+        )
 
 
 def initial_shared_state(

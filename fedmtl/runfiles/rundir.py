@@ -29,7 +29,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` a sibling temporary file, then rename it over ``path``: readers (and a resumed run
     after a crash) see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -26,7 +26,7 @@ from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ResourcesConfig
 from fedmtl.runtime.offline import OFFLINE_ENV
 
-_QUIET_RAY = {"logging_level": "error", "log_to_driver": False}
+_QUIET_RAY: dict[str, Any] = {"logging_level": "error", "log_to_driver": False}
 
 
 def visible_gpu_count() -> int:

@@ -164,8 +164,10 @@ class StudyData:
                 per_seed.append((len(rows), sum(up) / len(up), sum(down) / len(down), sum(up), sum(down)))
         if not per_seed:
             return None
-        means = [sum(column) / len(per_seed) for column in zip(*per_seed)]
-        return Communication(arm, *means, seeds=len(per_seed))
+        rounds, up_per_round, down_per_round, up_total, down_total = (
+            sum(column) / len(per_seed) for column in zip(*per_seed)
+        )
+        return Communication(arm, rounds, up_per_round, down_per_round, up_total, down_total, seeds=len(per_seed))
 
 
 def read_json(path: Path) -> Any:

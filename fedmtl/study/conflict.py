@@ -105,7 +105,7 @@ def cross_task_cosine_per_seed(result: RunResult) -> dict[tuple[str, str], float
             first, second = held.get(row.clients[i], frozenset()), held.get(row.clients[j], frozenset())
             for s in first - second:
                 for t in second - first:
-                    by_pair.setdefault(tuple(sorted((s, t))), []).append(float(row.cosines[i, j]))
+                    by_pair.setdefault((min(s, t), max(s, t)), []).append(float(row.cosines[i, j]))
     return {pair: mean for pair, values in by_pair.items() if (mean := _mean(values)) is not None}
 
 

@@ -165,7 +165,7 @@ def plot_client_cosines(data: StudyData, path: Path) -> Path | None:
             ax.set_yticks(range(len(grid.pairs)), [f"{a}-{b}" for a, b in grid.pairs], fontsize="x-small")
         else:
             ax.set_yticks([])
-    fig.colorbar(image, ax=axes, label="cosine", shrink=0.8)
+    fig.colorbar(image, ax=axes, label="cosine", shrink=0.8)  # type: ignore[arg-type]  # set in the loop above
     return _save(fig, path)
 
 

@@ -29,7 +29,7 @@ from fedmtl.study.conflict import (
     summarize_conflict,
 )
 from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
-from fedmtl.study.render import Heading, Image, Paragraph, Table, to_markdown
+from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_markdown
 from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_flag
 
 SWEEP_FILE = "sweep.json"
@@ -220,7 +220,7 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
         )
     figure = plot_sweep(sweep_series(sweep, results), sweep.keys[0], sweep.path / SWEEP_PNG)
 
-    blocks = [
+    blocks: list[Block] = [
         Heading(f"Sweep report: {sweep.name}", level=1),
         Paragraph(f"Swept keys: {', '.join(f'`{k}`' for k in sweep.keys)}; {len(sweep.points)} point(s)."),
         sweep_table(sweep, results),

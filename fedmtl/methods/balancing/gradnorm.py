@@ -54,6 +54,7 @@ def gradnorm_step(
     target = (weighted_norms.mean() * relative_rate**alpha).detach()
     (torch.abs(weighted_norms - target).sum()).backward()
     with torch.no_grad():
+        assert w.grad is not None  # backward() above filled it
         updated = (w - lr * w.grad).clamp_min(_MIN_WEIGHT)
         return updated * (len(updated) / updated.sum())
 
