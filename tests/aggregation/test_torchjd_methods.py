@@ -89,11 +89,17 @@ def test_upgrad_is_scale_equivariant_even_for_tiny_updates() -> None:
     assert not torch.allclose(large, rows.mean(dim=0))
 
 
-def test_upgrad_quadprog_needs_its_packages_or_says_which() -> None:
-    if HAS_QUADPROG:
-        pytest.skip("qpsolvers and quadprog are installed")
+def test_upgrad_quadprog_needs_its_packages_or_says_which(monkeypatch) -> None:
+    """Whether or not they are installed here: with both hidden, the config error names both."""
+    from fedmtl.methods.aggregation import torchjd_methods
+
+    real_find_spec = torchjd_methods.find_spec
+    monkeypatch.setattr(
+        torchjd_methods, "find_spec", lambda name: None if name in ("qpsolvers", "quadprog") else real_find_spec(name)
+    )
     with pytest.raises(ImportError, match="qpsolvers, quadprog"):
         UPGrad()
+    assert UPGrad(solver="nnls").solver == "nnls"  # the SciPy solver needs neither
 
 
 @pytest.mark.parametrize("case", RANDOM + CONFLICTING, ids=lambda c: c.id)
