@@ -1,10 +1,15 @@
-"""Run a federated multi-task experiment on Flower's simulation engine (Ray backend).
+"""Run a federated multi-task experiment in simulation (Flower apps, Ray workers).
 
     python simulate.py                                  # the default experiment, embedded data
     python simulate.py --config configs/<name>.yaml [--set key.path=value ...]
     python simulate.py --print-config                   # the resolved config with every default
     python simulate.py --resume runs/<run>              # continue an interrupted run (or study) where it stopped
     python simulate.py --config configs/study_digits.yaml   # a study: arms x seeds -> report.md/.html
+
+Installed, the same is the ``fedmtl`` command (:func:`cli`):
+
+    fedmtl run [simulate.py's options]                  # what python simulate.py does
+    fedmtl report runs/<study or sweep>                 # re-render a study's or sweep's report from its runs
 
 Bad input ends with one line naming the problem and exit status 2.
 """
@@ -16,6 +21,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -158,6 +164,62 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+
+
+def report(directory: str) -> int:
+    """Re-render the report of a finished (or partly finished) study or sweep, without running anything."""
+    from fedmtl.study.collect import StudyError
+    from fedmtl.study.report import write_report
+    from fedmtl.study.runner import STUDY_FILE, SWEEP_FILE
+    from fedmtl.study.sweep import write_sweep_report
+
+    path = Path(directory)
+    try:
+        if (path / SWEEP_FILE).is_file():
+            write_sweep_report(path)
+            print(f"report: {path / 'sweep.md'}")
+        elif (path / STUDY_FILE).is_file():
+            write_report(path)
+            print(f"report: {path / 'report.md'}")
+        else:
+            print(
+                f"error: {path} holds no {STUDY_FILE} or {SWEEP_FILE} (not a study or sweep directory)", file=sys.stderr
+            )
+            return EXIT_BAD_INPUT
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def report_command(args: list[str]) -> int:
+    if len(args) != 1 or args[0].startswith("-"):
+        print("error: usage: fedmtl report DIR", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return report(args[0])
+
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "run": ("run an experiment, study or sweep (python simulate.py's options; fedmtl run --help)", main),
+    "report": ("re-render a study's or sweep's report from its run files: fedmtl report DIR", report_command),
+}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``fedmtl <command> ...``: the installed command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        listing = "\n".join(f"  {name:<8}{what}" for name, (what, _) in COMMANDS.items())
+        print(f"usage: fedmtl {{{','.join(COMMANDS)}}} ...\n{listing}")
+        return EXIT_OK if argv else EXIT_BAD_INPUT
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return COMMANDS[argv[0]][1](argv[1:])
+
+
+def console_script() -> None:
+    sys.exit(cli())
 
 
 if __name__ == "__main__":
