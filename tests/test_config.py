@@ -92,13 +92,13 @@ def test_file_plus_overrides(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(path)
 
 
 def test_default_yaml_equals_builtin_defaults():
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     assert load_config(ROOT / "configs" / "default.yaml") == load_config()

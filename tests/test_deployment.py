@@ -43,7 +43,16 @@ from fedmtl.data.partition import tasks_of_client
 from fedmtl.local.client import MODEL, LocalClient, strip_prefix
 from fedmtl.runfiles.checkpoint import ClientStateStore
 from fedmtl.runfiles.rundir import read_rows
-from tests.conftest import ROOT, TAG_VAR, cmdline, stop_tagged, tagged_env, tagged_processes, tiny_overrides
+from tests.helpers import (
+    RAY_PRIVATE_ENV,
+    ROOT,
+    TAG_VAR,
+    cmdline,
+    stop_tagged,
+    tagged_env,
+    tagged_processes,
+    tiny_overrides,
+)
 
 VENV_BIN = Path(sys.executable).parent
 MAKE_CERTS = ROOT / "deploy" / "make_certs.sh"
@@ -59,8 +68,6 @@ START_TIMEOUT_S = 90
 # A private Ray instance on loopback: without RAY_ADDRESS=local, ray.init() joins the cluster that the
 # last `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (even a dead one: it then
 # hangs or fails); Ray binds its servers to loopback only when it may not form a multi-node cluster.
-RAY_PRIVATE_ENV = {"RAY_ADDRESS": "local"}  # OFFLINE_ENV already keeps Ray on loopback
-
 # ----------------------------------------------------------------------------- processes
 
 

@@ -16,8 +16,7 @@ from fedmtl.runfiles.rundir import read_rows
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine
 from server.loop import identify_clients
-from tests.conftest import TAG_VAR, set_args, stop_tagged, tiny_overrides
-from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+from tests.helpers import TAG_VAR, assert_no_leftover_processes, set_args, simulate, stop_tagged, tiny_overrides
 
 
 def counting_app() -> ClientApp:

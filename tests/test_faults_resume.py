@@ -22,8 +22,16 @@ from fedmtl.methods.aggregation import FedAvg
 from fedmtl.runfiles.checkpoint import ClientStateStore, truncate_rows_after
 from fedmtl.runfiles.rundir import RowWriter, read_rows
 from server.strategy import EncoderStrategy
-from tests.conftest import ROOT, TAG_VAR, set_args, stop_tagged, tagged_env, tiny_overrides
-from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+from tests.helpers import (
+    ROOT,
+    TAG_VAR,
+    assert_no_leftover_processes,
+    set_args,
+    simulate,
+    stop_tagged,
+    tagged_env,
+    tiny_overrides,
+)
 
 # fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
 SMALL = (*tiny_overrides(4), "rounds=5", "server.fraction_fit=0.75")

@@ -10,9 +10,7 @@ import time
 import pytest
 
 from fedmtl.runfiles.rundir import read_rows
-from tests.conftest import TAG_VAR, set_args, stop_tagged, tagged_processes, tiny_overrides
-from tests.test_deployment import RAY_PRIVATE_ENV
-from tests.test_simulate_cli import simulate
+from tests.helpers import RAY_PRIVATE_ENV, TAG_VAR, set_args, simulate, stop_tagged, tagged_processes, tiny_overrides
 
 
 def test_asking_for_more_gpus_than_declared_is_one_line_and_exit_2(simulate_env):

@@ -11,7 +11,7 @@ from fedmtl.config.experiment import load_config
 from fedmtl.federation import protocol
 from fedmtl.local.client import LocalClient
 from fedmtl.model.networks import initial_shared_state
-from tests.conftest import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES
 
 
 def config(*extra: str):

@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
 from fedmtl.runfiles.rundir import read_rows
-from tests.conftest import ROOT, TAG_VAR, TINY_OVERRIDES, set_args, tagged_processes
-
-
-def simulate(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "simulate.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-
-
-def assert_no_leftover_processes(env: dict, grace_s: float = 20.0) -> None:
-    """No process started with ``env`` (found by its tag: Ray and Flower pass it on) is alive."""
-    deadline = time.monotonic() + grace_s
-    while (left := tagged_processes(env[TAG_VAR])) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes outlived simulate.py: {sorted(left)}"
+from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 
 @pytest.mark.parametrize(

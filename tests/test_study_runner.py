@@ -13,8 +13,7 @@ from fedmtl.config.experiment import load_config
 from fedmtl.local.client import client_data
 from fedmtl.runfiles.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
-from tests.conftest import TINY_OVERRIDES, set_args
-from tests.test_simulate_cli import assert_no_leftover_processes, simulate
+from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 
 def no_federation(cfg, path):
