@@ -261,6 +261,17 @@ class OutputConfig:
     run_dir: str | None = None  # exact run directory; default <dir>/<timestamp>-<name>
     metrics_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True  # one line per round on the terminal
+    # Also write TensorBoard event files to <run_dir>/tensorboard (needs the tensorboard extra:
+    # pip install -e ".[tensorboard]"), fed from the same rows as the run files.
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        from importlib.util import find_spec
+
+        if self.tensorboard and find_spec("tensorboard") is None:
+            raise ValueError(
+                'tensorboard is true but the tensorboard package is missing: pip install -e ".[tensorboard]"'
+            )
 
 
 @dataclass(frozen=True)

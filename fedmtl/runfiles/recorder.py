@@ -11,6 +11,7 @@ from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.federation import protocol
 from fedmtl.federation.server_update import RoundDiagnostics
 from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory
+from fedmtl.runfiles.tensorboard import TensorBoardSink
 
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")
 METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
@@ -62,6 +63,7 @@ class Recorder:
         self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.clients = RowWriter(run.path / CLIENTS_FILE, CLIENT_COLUMNS)
+        self.tensorboard = TensorBoardSink(run.path) if run.tensorboard else None
         self._round_start = time.perf_counter()
         self._round_started_at = time.time()
 
@@ -74,6 +76,8 @@ class Recorder:
         rows = [row for report in reports for row in task_rows(server_round, split, report)]
         rows.sort(key=lambda r: (r["client"], r["task"]))
         self.metrics.write(rows)
+        if self.tensorboard is not None:
+            self.tensorboard.metric_rows(rows)
         return rows
 
     def record_client_diagnostics(self, server_round: int, reports: Sequence[Mapping[str, Any]]) -> None:
@@ -117,4 +121,6 @@ class Recorder:
             row.update(asdict(diagnostics))
         row.update(traffic or {})
         self.server.write([row])
+        if self.tensorboard is not None:
+            self.tensorboard.server_row(row)
         return seconds

@@ -46,6 +46,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDirectory:
     path: Path
     metrics_format: str = "jsonl"
+    tensorboard: bool = False  # also mirror the recorded rows to TensorBoard (output.tensorboard)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> RunDirectory:
@@ -65,7 +66,7 @@ class RunDirectory:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError("output.dir", f"cannot create run directory {path}: {err.strerror}") from None
-        run = cls(path, cfg.output.metrics_format)
+        run = cls(path, cfg.output.metrics_format, cfg.output.tensorboard)
         atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return run
 
@@ -79,7 +80,7 @@ class RunDirectory:
         if not config_file.is_file():
             raise ConfigError("--resume", f"{directory} is not a run directory (no {CONFIG_FILE})")
         cfg = build_config(yaml.safe_load(config_file.read_text()))
-        return cls(directory, cfg.output.metrics_format), cfg
+        return cls(directory, cfg.output.metrics_format, cfg.output.tensorboard), cfg
 
     @property
     def metrics_path(self) -> Path:

@@ -1,0 +1,49 @@
+"""An optional TensorBoard view of a run (``output.tensorboard: true``, the ``tensorboard`` extra).
+
+Fed from the same rows the recorder appends to the run files, so curves can be watched live with
+``tensorboard --logdir <run_dir>/tensorboard``; the run files stay the source of truth. Per round:
+each (split, task, metric) as the example-weighted mean over the clients that reported it (as the
+run summary weights them), and the server's scalars (round seconds, conflict fraction, norms,
+bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TENSORBOARD_DIR = "tensorboard"
+SERVER_SCALARS = ("seconds", "failures", "conflict_fraction", "aggregate_norm", "mean_norm", "bytes_up", "bytes_down")
+ROW_KEYS = ("round", "split", "client", "task", "num_examples")
+
+
+class TensorBoardSink:
+    def __init__(self, run_path: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(log_dir=str(run_path / TENSORBOARD_DIR))
+
+    def metric_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        totals: dict[tuple[int, str], tuple[float, float]] = {}  # (round, tag) -> (weighted sum, weight)
+        for row in rows:
+            weight = float(row.get("num_examples") or 1.0)
+            for name, value in row.items():
+                if name in ROW_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                key = (int(row["round"]), f"{row['split']}/{row['task']}/{name}")
+                total, weights = totals.get(key, (0.0, 0.0))
+                totals[key] = (total + weight * float(value), weights + weight)
+        for (server_round, tag), (total, weights) in sorted(totals.items()):
+            self.writer.add_scalar(tag, total / weights, server_round)
+        self.writer.flush()
+
+    def server_row(self, row: Mapping[str, Any]) -> None:
+        for name in SERVER_SCALARS:
+            value = row.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"server/{name}", float(value), int(row["round"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
