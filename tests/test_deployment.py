@@ -303,6 +303,34 @@ def test_config_overrides_from_run_config_match_simulate_overrides():
     assert config_from_run_config({}) == load_config(None, [])
 
 
+def test_typed_run_config_keys_sit_between_the_config_file_and_the_overrides(tmp_path):
+    app = tmp_path / "app"
+    (app / "configs").mkdir(parents=True)
+    (app / "configs" / "exp.yaml").write_text("rounds: 3\nseed: 7\nclient: {lr: 0.2}\n")
+    run_config = {
+        "config-file": "configs/exp.yaml",
+        "rounds": 5,
+        "aggregator": "pcgrad",
+        "output-dir": "/tmp/x y",
+        "lr": 0.0,
+    }
+    cfg = config_from_run_config({**run_config, "config-overrides": "rounds=6"}, app)
+    assert (cfg.rounds, cfg.seed, cfg.client.lr, cfg.output.dir) == (6, 7, 0.2, "/tmp/x y")  # lr 0.0 = not set here
+    assert cfg.server.aggregator.name == "pcgrad"
+    assert config_from_run_config(run_config, app).rounds == 5
+
+
+def test_pyproject_declares_every_typed_run_config_key_unset():
+    import tomllib
+
+    from fedmtl.config.run_config import CONFIG_FILE_KEY, OVERRIDES_KEY, TYPED_KEYS
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == {CONFIG_FILE_KEY, OVERRIDES_KEY, *TYPED_KEYS}
+    assert all(declared[key] == unset for key, (_, unset) in TYPED_KEYS.items())
+    assert config_from_run_config(declared) == load_config(None, [])  # the declared defaults change nothing
+
+
 @pytest.mark.parametrize(
     ("overrides", "section"),
     [

@@ -1,7 +1,10 @@
 """How the apps find their experiment config when Flower (not simulate.py) starts them.
 
 ``flwr run`` and deployed SuperLinks hand the apps a flat ``run_config``: ``config-file``
-(a YAML path) and/or ``config-overrides`` (``key.path=value`` assignments separated by ``;``).
+(a YAML path), the typed keys of :data:`TYPED_KEYS` (declared in ``pyproject.toml``'s
+``[tool.flwr.app.config]``, so Flower's tools show them; their "unset" value leaves the setting to
+the file or the defaults), and ``config-overrides`` (``key.path=value`` assignments separated by
+``;``), applied in that order.
 
 Flower does not change the working directory of the apps it starts: a ServerApp runs in the
 SuperLink's working directory, a ClientApp in its SuperNode's. So a relative ``config-file`` is
@@ -12,6 +15,7 @@ looked up first inside the app itself (the FAB that ``flwr run`` shipped, e.g.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +24,16 @@ from fedmtl.config.experiment import ExperimentConfig, load_config
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "config-overrides"
+# run-config key -> (config key path, the value that means "not set here")
+TYPED_KEYS: dict[str, tuple[str, object]] = {
+    "rounds": ("rounds", 0),
+    "seed": ("seed", -1),
+    "aggregator": ("server.aggregator.name", ""),
+    "fraction-fit": ("server.fraction_fit", 0.0),
+    "local-steps": ("client.local_steps", 0),
+    "lr": ("client.lr", 0.0),
+    "output-dir": ("output.dir", ""),
+}
 APP_ROOT = Path(__file__).resolve().parents[1]  # the project checkout, or the installed FAB's directory
 
 
@@ -42,8 +56,13 @@ def config_from_run_config(run_config: Mapping[str, object], app_root: Path = AP
     """The config of one federation. A study or sweep runs many federations, which only
     ``simulate.py`` drives: refused here with one line, rather than silently running one."""
     path = resolve_config_file(str(run_config.get(CONFIG_FILE_KEY, "") or ""), app_root)
+    typed = [
+        f"{key_path}={json.dumps(value)}"  # JSON scalars are YAML: strings stay strings
+        for key, (key_path, unset) in TYPED_KEYS.items()
+        if (value := run_config.get(key, unset)) != unset
+    ]
     overrides = split_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, [*typed, *overrides])
     if cfg.study.arms or cfg.sweep.grid:
         section = "sweep.grid" if cfg.sweep.grid else "study.arms"
         raise ConfigError(
