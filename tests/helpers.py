@@ -29,6 +29,17 @@ TINY_OVERRIDES = (
 )
 
 
+# (client, task) pairs of the tiny config: client c holds tasks c and c + 1 of the four (wrapping)
+TINY_CLIENT_TASKS = {
+    (0, "anchor"),
+    (0, "aligned"),
+    (1, "aligned"),
+    (1, "orthogonal"),
+    (2, "orthogonal"),
+    (2, "opposed"),
+}
+
+
 def tiny_overrides(clients: int) -> tuple[str, ...]:
     """The tiny config with another client count."""
     return (*(o for o in TINY_OVERRIDES if not o.startswith("clients.count=")), f"clients.count={clients}")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fedmtl.runfiles.rundir import read_rows
-from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
+from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 
 @pytest.mark.parametrize(
@@ -77,14 +77,7 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     }
     # client c holds tasks c and c+1 (mod 4): every (round, split) has one row per held task per client
     eval_final = {(r["client"], r["task"]) for r in rows if r["split"] == "eval" and r["round"] == 2}
-    assert eval_final == {
-        (0, "anchor"),
-        (0, "aligned"),
-        (1, "aligned"),
-        (1, "orthogonal"),
-        (2, "orthogonal"),
-        (2, "opposed"),
-    }
+    assert eval_final == TINY_CLIENT_TASKS
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {t["task"] for t in summary["tasks"]} == {"anchor", "aligned", "orthogonal", "opposed"}
     server_rows = read_rows(run_dir / "server.jsonl")

@@ -13,7 +13,7 @@ from fedmtl.config.experiment import load_config
 from fedmtl.local.client import client_data
 from fedmtl.runfiles.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
-from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
+from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 
 def no_federation(cfg, path):
@@ -68,14 +68,7 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
             assert (tmp_path / point / name).is_file(), (point, name)
         metrics = read_rows(tmp_path / point / "arms/local_stl/seed-0/metrics.jsonl")
         final = {(r["client"], r["task"]) for r in metrics if r["split"] == "eval" and r["round"] == 2}
-        assert final == {
-            (0, "anchor"),
-            (0, "aligned"),
-            (1, "aligned"),
-            (1, "orthogonal"),
-            (2, "orthogonal"),
-            (2, "opposed"),
-        }
+        assert final == TINY_CLIENT_TASKS
     assert "task_cosine: 0.2" in (tmp_path / "points/1/config.yaml").read_text()
     assert sum("done in" in line for line in lines) == 2 * 2 * 2
 
