@@ -42,8 +42,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one config value"
@@ -131,8 +131,8 @@ def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | No
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     try:
         if args.resume:
             if args.config or args.set:
@@ -200,7 +200,10 @@ def report_command(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
-    "run": ("run an experiment, study or sweep (python simulate.py's options; fedmtl run --help)", main),
+    "run": (
+        "run an experiment, study or sweep (python simulate.py's options; fedmtl run --help)",
+        lambda args: main(args, prog="fedmtl run"),
+    ),
     "report": ("re-render a study's or sweep's report from its run files: fedmtl report DIR", report_command),
 }
 

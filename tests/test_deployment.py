@@ -306,7 +306,9 @@ def test_config_overrides_from_run_config_match_simulate_overrides():
 def test_typed_run_config_keys_sit_between_the_config_file_and_the_overrides(tmp_path):
     app = tmp_path / "app"
     (app / "configs").mkdir(parents=True)
-    (app / "configs" / "exp.yaml").write_text("rounds: 3\nseed: 7\nclient: {lr: 0.2}\n")
+    (app / "configs" / "exp.yaml").write_text(
+        "rounds: 3\nseed: 7\nclient: {lr: 0.2}\nserver: {aggregator: {name: cagrad, c: 0.4}}\n"
+    )
     run_config = {
         "config-file": "configs/exp.yaml",
         "rounds": 5,
@@ -316,8 +318,18 @@ def test_typed_run_config_keys_sit_between_the_config_file_and_the_overrides(tmp
     }
     cfg = config_from_run_config({**run_config, "config-overrides": "rounds=6"}, app)
     assert (cfg.rounds, cfg.seed, cfg.client.lr, cfg.output.dir) == (6, 7, 0.2, "/tmp/x y")  # lr 0.0 = not set here
-    assert cfg.server.aggregator.name == "pcgrad"
+    assert cfg.server.aggregator.name == "pcgrad"  # the whole component: cagrad's c does not leak into pcgrad
     assert config_from_run_config(run_config, app).rounds == 5
+    assert config_from_run_config({"lr": 5e-5}).client.lr == 5e-5  # a float TOML writes with an exponent
+
+
+def test_the_default_app_root_is_the_project_so_bundled_configs_are_found(tmp_path, monkeypatch):
+    from fedmtl.config.run_config import APP_ROOT
+
+    assert (APP_ROOT / "pyproject.toml").is_file()
+    monkeypatch.chdir(tmp_path)  # a SuperNode's working directory is not the app
+    cfg = config_from_run_config({"config-file": "configs/study_digits.yaml", "config-overrides": "study.arms=[]"})
+    assert cfg.name == "study_digits"
 
 
 def test_pyproject_declares_every_typed_run_config_key_unset():
@@ -339,8 +351,8 @@ def test_pyproject_declares_every_typed_run_config_key_unset():
     ],
 )
 def test_a_study_or_sweep_under_flwr_run_is_refused_with_one_line(overrides, section):
-    with pytest.raises(ConfigError) as caught:
-        config_from_run_config({"config-file": "configs/study_digits.yaml", "config-overrides": overrides})
+    with pytest.raises(ConfigError) as caught:  # the default config, made a study or sweep by the run config alone
+        config_from_run_config({"config-overrides": overrides})
     assert caught.value.path == section and "simulate.py" in str(caught.value) and "\n" not in str(caught.value)
 
 

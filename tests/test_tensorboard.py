@@ -44,9 +44,28 @@ def test_off_by_default_and_no_event_files(tmp_path):
     assert not (run.path / TENSORBOARD_DIR).exists()
 
 
-def test_missing_package_is_a_config_error_naming_the_key(monkeypatch):
+def test_missing_package_is_a_config_error_naming_the_key_before_anything_is_written(tmp_path, monkeypatch):
+    from fedmtl.runfiles import rundir
+
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(rundir, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    cfg = load_config(None, ["output.tensorboard=true", f"output.run_dir={tmp_path / 'run'}"])  # clients parse it too
     with pytest.raises(ConfigError) as caught:
-        load_config(None, ["output.tensorboard=true"])
-    assert caught.value.path == "output" and "pip install" in str(caught.value)
+        RunDirectory.create(cfg)
+    assert caught.value.path == "output.tensorboard" and "pip install" in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_purges_the_event_points_after_its_checkpoint(tmp_path):
+    cfg = load_config(None, [*TINY_OVERRIDES, "output.tensorboard=true", f"output.run_dir={tmp_path / 'run'}"])
+    run = RunDirectory.create(cfg)
+    first = Recorder(run)
+    for server_round in (1, 2, 3):
+        first.record_clients(server_round, protocol.EVAL, [_report(0, float(server_round), 10)])
+    first.close()
+    resumed = Recorder(run, resume_after=1)  # the checkpoint was after round 1: rounds 2.. are redone
+    resumed.record_clients(2, protocol.EVAL, [_report(0, 20.0, 10)])
+    resumed.close()
+    events = EventAccumulator(str(run.path / TENSORBOARD_DIR))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("eval/a/mse")] == [(1, 1.0), (2, 20.0)]

@@ -265,14 +265,6 @@ class OutputConfig:
     # pip install -e ".[tensorboard]"), fed from the same rows as the run files.
     tensorboard: bool = False
 
-    def __post_init__(self) -> None:
-        from importlib.util import find_spec
-
-        if self.tensorboard and find_spec("tensorboard") is None:
-            raise ValueError(
-                'tensorboard is true but the tensorboard package is missing: pip install -e ".[tensorboard]"'
-            )
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:

@@ -15,12 +15,11 @@ looked up first inside the app itself (the FAB that ``flwr run`` shipped, e.g.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from fedmtl.config.errors import ConfigError
-from fedmtl.config.experiment import ExperimentConfig, load_config
+from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_raw, set_path
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "config-overrides"
@@ -28,13 +27,13 @@ OVERRIDES_KEY = "config-overrides"
 TYPED_KEYS: dict[str, tuple[str, object]] = {
     "rounds": ("rounds", 0),
     "seed": ("seed", -1),
-    "aggregator": ("server.aggregator.name", ""),
+    "aggregator": ("server.aggregator", ""),  # the whole component: {name: pcgrad} with its defaults
     "fraction-fit": ("server.fraction_fit", 0.0),
     "local-steps": ("client.local_steps", 0),
     "lr": ("client.lr", 0.0),
     "output-dir": ("output.dir", ""),
 }
-APP_ROOT = Path(__file__).resolve().parents[1]  # the project checkout, or the installed FAB's directory
+APP_ROOT = Path(__file__).resolve().parents[2]  # the project checkout, or the installed FAB's directory
 
 
 def resolve_config_file(value: str, app_root: Path = APP_ROOT) -> str | None:
@@ -56,17 +55,17 @@ def config_from_run_config(run_config: Mapping[str, object], app_root: Path = AP
     """The config of one federation. A study or sweep runs many federations, which only
     ``simulate.py`` drives: refused here with one line, rather than silently running one."""
     path = resolve_config_file(str(run_config.get(CONFIG_FILE_KEY, "") or ""), app_root)
-    typed = [
-        f"{key_path}={json.dumps(value)}"  # JSON scalars are YAML: strings stay strings
-        for key, (key_path, unset) in TYPED_KEYS.items()
-        if (value := run_config.get(key, unset)) != unset
-    ]
-    overrides = split_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))
-    cfg = load_config(path, [*typed, *overrides])
+    raw = load_raw(path)
+    for key, (key_path, unset) in TYPED_KEYS.items():
+        if (value := run_config.get(key, unset)) != unset:
+            set_path(raw, key_path, value, f"run config {key}")  # the typed value itself, not re-parsed text
+    for assignment in split_overrides(str(run_config.get(OVERRIDES_KEY, "") or "")):
+        apply_override(raw, assignment)
+    cfg = build_config(raw)
     if cfg.study.arms or cfg.sweep.grid:
         section = "sweep.grid" if cfg.sweep.grid else "study.arms"
         raise ConfigError(
             section,
-            f"a study or sweep runs many federations: run it with `python simulate.py --config {path}`, not with flwr run",
+            "a study or sweep runs many federations: run it with `python simulate.py --config <file>`, not with flwr run",
         )
     return cfg

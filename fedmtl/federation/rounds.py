@@ -241,9 +241,15 @@ class RoundDriver:
 
     def run_rounds(self, rounds: ClientRounds, done: int = 0) -> list[dict]:
         """Rounds ``done + 1 .. cfg.rounds`` (round 0's evaluation too when ``done == 0``); returns the summary."""
+        recorder = Recorder(self.run, resume_after=done)
+        try:
+            return self._rounds(rounds, done, recorder)
+        finally:
+            recorder.close()
+
+    def _rounds(self, rounds: ClientRounds, done: int, recorder: Recorder) -> list[dict]:
         cfg, run = self.cfg, self.run
         specs = cfg.data.task_specs()
-        recorder = Recorder(run)
         curves = EvalCurves(specs)
         if done:
             curves.add(r for r in read_rows(run.metrics_path) if r["split"] in (protocol.EVAL, protocol.PERSONAL))

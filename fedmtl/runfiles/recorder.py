@@ -59,13 +59,19 @@ def task_rows(server_round: int, split: str, client_metrics: Mapping[str, Any]) 
 
 
 class Recorder:
-    def __init__(self, run: RunDirectory) -> None:
+    def __init__(self, run: RunDirectory, resume_after: int = 0) -> None:
+        """``resume_after``: the last round already in the run files (a resumed run appends after it)."""
         self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.clients = RowWriter(run.path / CLIENTS_FILE, CLIENT_COLUMNS)
-        self.tensorboard = TensorBoardSink(run.path) if run.tensorboard else None
+        self.tensorboard = TensorBoardSink(run.path, resume_after) if run.tensorboard else None
         self._round_start = time.perf_counter()
         self._round_started_at = time.time()
+
+    def close(self) -> None:
+        """Release the optional writers (the run files are closed after every write)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def start_round(self) -> None:
         """Mark the start of a round; its server row covers training, aggregation and evaluation."""

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,12 @@ class RunDirectory:
                 path = Path(cfg.output.dir) / f"{stamp}-{cfg.name}-{suffix}"
         if path.exists() and any(path.iterdir()):
             raise ConfigError("output.run_dir", f"{path} already exists and is not empty; choose another directory")
+        run = cls(path, cfg.output.metrics_format, cfg.output.tensorboard)
+        run.check_writers()  # before anything is written
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError("output.dir", f"cannot create run directory {path}: {err.strerror}") from None
-        run = cls(path, cfg.output.metrics_format, cfg.output.tensorboard)
         atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return run
 
@@ -80,7 +82,16 @@ class RunDirectory:
         if not config_file.is_file():
             raise ConfigError("--resume", f"{directory} is not a run directory (no {CONFIG_FILE})")
         cfg = build_config(yaml.safe_load(config_file.read_text()))
-        return cls(directory, cfg.output.metrics_format, cfg.output.tensorboard), cfg
+        run = cls(directory, cfg.output.metrics_format, cfg.output.tensorboard)
+        run.check_writers()
+        return run, cfg
+
+    def check_writers(self) -> None:
+        """Optional writers need their packages (checked where runs are written, not on every client)."""
+        if self.tensorboard and find_spec("tensorboard") is None:
+            raise ConfigError(
+                "output.tensorboard", 'is true but the tensorboard package is missing: pip install -e ".[tensorboard]"'
+            )
 
     @property
     def metrics_path(self) -> Path:

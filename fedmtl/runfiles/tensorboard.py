@@ -19,15 +19,21 @@ ROW_KEYS = ("round", "split", "client", "task", "num_examples")
 
 
 class TensorBoardSink:
-    def __init__(self, run_path: Path) -> None:
+    def __init__(self, run_path: Path, resume_after: int = 0) -> None:
+        """``resume_after``: the last round kept in the run files when resuming; the event files'
+        later points (written before the interruption) are purged, as the run files' rows are."""
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        self.writer = SummaryWriter(log_dir=str(run_path / TENSORBOARD_DIR))
+        self.writer = SummaryWriter(
+            log_dir=str(run_path / TENSORBOARD_DIR), purge_step=resume_after + 1 if resume_after else None
+        )
 
     def metric_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         totals: dict[tuple[int, str], tuple[float, float]] = {}  # (round, tag) -> (weighted sum, weight)
         for row in rows:
-            weight = float(row.get("num_examples") or 1.0)
+            weight = float(row.get("num_examples") or 0.0)  # as the run summary weights clients
+            if weight <= 0:
+                continue
             for name, value in row.items():
                 if name in ROW_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
                     continue

@@ -129,6 +129,7 @@ class LocalSTL(Arm):
                     recorder.record_clients(server_round, protocol.TRAIN, [outcome.metrics])
                     if server_round in evaluated:
                         recorder.record_clients(server_round, protocol.EVAL, [client.evaluate(shared, private)])
+        recorder.close()
 
 
 class CentralMTL(Arm):
@@ -182,6 +183,7 @@ class CentralMTL(Arm):
             if server_round in evaluated:
                 record_eval(server_round)
         (run.path / CLIENTS_FILE).touch()
+        recorder.close()
 
 
 def pool(per_client: Mapping[int, Mapping[str, TaskData]]) -> dict[str, TaskData]:
