@@ -1,6 +1,6 @@
 """Small float64 solvers on ``K x K`` Gramians, shared by the Gramian-based aggregators.
 
-Everything here runs in NumPy on the CPU: ``K`` is the number of clients or tasks (tens to a
+Everything here runs in NumPy on the CPU (SciPy imported when a solver first runs): ``K`` is the number of clients or tasks (tens to a
 few hundred), so moving a ``K x K`` matrix off the accelerator costs nothing next to the
 ``K x P`` Gramian pass, and it avoids one device synchronisation per solver iteration.
 """
@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.optimize import minimize, nnls
 
 # Gramians are rescaled to unit mean diagonal before solving, so absolute tolerances are meaningful.
 SLSQP_FTOL = 1e-15
@@ -52,6 +51,8 @@ def min_norm_simplex(gram: np.ndarray) -> np.ndarray:
     ``w* = u* / sum(u*)``. Lawson-Hanson's active-set NNLS terminates with the exact active set,
     so the result is exact up to rounding (no iteration tolerance).
     """
+    from scipy.optimize import nnls  # imported when a solver first runs
+
     k = gram.shape[0]
     if k == 1:
         return np.ones(1)
@@ -101,6 +102,8 @@ def minimize_on_simplex(
     A solver failure is reported with a ``RuntimeWarning`` rather than hidden: the returned point is
     still feasible, only its optimality is in doubt.
     """
+    from scipy.optimize import minimize  # imported when a solver first runs
+
     k = start.shape[0]
     result = minimize(
         fun,
@@ -120,5 +123,7 @@ def minimize_on_simplex(
 
 def nonneg_shift_qp(gram_sqrt: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Exact ``argmin_{v >= lower} v^T S^T S v`` with ``S = gram_sqrt``: NNLS on ``z = v - lower``."""
+    from scipy.optimize import nnls  # imported when a solver first runs
+
     z, _ = nnls(gram_sqrt, -gram_sqrt @ lower, maxiter=NNLS_MAXITER_PER_ROW * lower.shape[0])
     return lower + z

@@ -6,7 +6,9 @@ torchjd's absolute thresholds, which otherwise bite on small client updates (its
 treats a Gramian of trace below ``1e-4`` as zero and silently returns the plain mean).
 
 Optional solver packages are checked when the aggregator is constructed (that is, when the config
-is parsed), and a missing one raises :class:`ImportError` naming it.
+is parsed), and a missing one raises :class:`ImportError` naming it. torchjd itself is imported
+when a weighting is first used: every process that parses a config (each simulated client) would
+otherwise pay its import, and cvxpy's when installed, about a second.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from torchjd.aggregation import AlignedMTLWeighting, IMTLGWeighting, UPGradWeighting
-from torchjd.linalg import DualConeProjector, QuadprogProjector
 
 from fedmtl.methods.aggregation._solvers import nonneg_shift_qp, psd_sqrt, to_numpy
 from fedmtl.methods.aggregation.base import AggregationInput, GramianAggregator
@@ -42,8 +42,9 @@ def trace_normalized(gram: torch.Tensor) -> torch.Tensor:
     return gram / trace if trace > 0 else gram
 
 
-class NNLSDualConeProjector(DualConeProjector):
-    """torchjd's dual-cone projection QP, solved exactly with SciPy's NNLS instead of quadprog.
+class NNLSDualConeProjector:
+    """torchjd's dual-cone projection QP, solved exactly with SciPy's NNLS instead of quadprog
+    (a ``torchjd.linalg.DualConeProjector`` by its interface: torchjd calls it, it checks no type).
 
     Same problem as :class:`torchjd.linalg.QuadprogProjector`: with ``G`` trace-normalised (zeroed
     when its trace is below ``1e-4``) and regularised by ``reg_eps * I``, each ``u`` maps to
@@ -68,8 +69,14 @@ class NNLSDualConeProjector(DualConeProjector):
         return torch.as_tensor(projected, dtype=G.dtype, device=G.device)
 
 
-_PROJECTORS: dict[str, Callable[[float], DualConeProjector]] = {
-    "quadprog": lambda reg_eps: QuadprogProjector(norm_eps=TORCHJD_NORM_EPS, reg_eps=reg_eps),
+def _quadprog_projector(reg_eps: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    from torchjd.linalg import QuadprogProjector
+
+    return QuadprogProjector(norm_eps=TORCHJD_NORM_EPS, reg_eps=reg_eps)  # type: ignore[return-value]  # G: a PSD Tensor
+
+
+_PROJECTORS: dict[str, Callable[[float], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "quadprog": _quadprog_projector,
     "nnls": lambda reg_eps: NNLSDualConeProjector(reg_eps=reg_eps),
 }
 _PROJECTOR_PACKAGES: dict[str, tuple[str, ...]] = {"quadprog": ("qpsolvers", "quadprog"), "nnls": ()}
@@ -110,7 +117,9 @@ class UPGrad(GramianAggregator):
         )
 
     def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
-        weighting = UPGradWeighting(projector=_PROJECTORS[self.solver](self.reg_eps))
+        from torchjd.aggregation import UPGradWeighting
+
+        weighting = UPGradWeighting(projector=_PROJECTORS[self.solver](self.reg_eps))  # type: ignore[arg-type]
         return weighting(trace_normalized(gram))
 
 
@@ -131,6 +140,8 @@ class IMTLG(GramianAggregator):
     name: ClassVar[str] = "imtl_g"
 
     def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
+        from torchjd.aggregation import IMTLGWeighting
+
         return IMTLGWeighting()(trace_normalized(gram))
 
 
@@ -153,4 +164,6 @@ class AlignedMTL(GramianAggregator):
     scale_mode: Literal["min", "median", "rmse"] = "min"
 
     def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
+        from torchjd.aggregation import AlignedMTLWeighting
+
         return AlignedMTLWeighting(scale_mode=self.scale_mode)(trace_normalized(gram))
