@@ -1,7 +1,7 @@
 """What the simulation engines cost: each engine against a plain in-process PyTorch loop, in one run.
 
 Every side does the same work: the same clients (``fedmtl.local.client.LocalClient``), the same local
-steps and model, FedAvg through the same ``ServerUpdater``, and evaluation after every round.
+steps and model, FedAvg through the same ``ServerState``, and evaluation after every round.
 The in-process loop runs the clients one after another in this process, without Flower or Ray.
 Engines: ``direct`` started cold (its own Ray), ``direct`` attached to a Ray cluster that is
 already running (``resources.ray_address``), and Flower's own ``run_simulation`` (``flower``).
@@ -36,7 +36,7 @@ set_offline_env()
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
-from fedmtl.federation.server_update import ServerUpdater  # noqa: E402
+from fedmtl.federation.rounds import ServerState  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 from fedmtl.model.networks import initial_shared_state  # noqa: E402
 from fedmtl.runfiles.rundir import SERVER_FILE, read_rows  # noqa: E402
@@ -46,12 +46,7 @@ from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
     t0 = time.perf_counter()
-    updater = ServerUpdater(
-        initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape()),
-        cfg.server.aggregator,
-        cfg.server.optimizer,
-        cfg.seed,
-    )
+    updater = ServerState.initial(cfg).updater  # the server's own encoder, aggregator and optimizer
     clients = [LocalClient(cfg, c) for c in range(cfg.clients.count)]
     private: dict[int, dict | None] = dict.fromkeys(range(cfg.clients.count))
     for client in clients:

@@ -47,12 +47,10 @@ from flwr.supercore.task_identity import TaskIdentity
 SLOW_LAZY_IMPORTS = ("torch._dynamo",)
 
 
-def import_in_background(modules: Iterable[str] = SLOW_LAZY_IMPORTS) -> threading.Thread:
-    thread = threading.Thread(
+def import_in_background(modules: Iterable[str] = SLOW_LAZY_IMPORTS) -> None:
+    threading.Thread(
         target=lambda: [importlib.import_module(m) for m in modules], name="fedmtl-warm-imports", daemon=True
-    )
-    thread.start()
-    return thread
+    ).start()
 
 
 @ray.remote
@@ -64,17 +62,19 @@ class ClientWorker:
 
         import fedmtl.local.client  # noqa: F401
 
-        self.apps: dict[str, ClientApp] = {}
+        self.app: tuple[str, ClientApp] | None = None  # (key, app) of the current run
 
     def ready(self) -> int:
         return os.getpid()
 
     def load(self, key: str, app: ClientApp) -> None:
         """The current run's app (a message still running from an earlier run keeps its own)."""
-        self.apps = {key: app}
+        self.app = (key, app)
 
     def handle(self, key: str, message: Message, context: Context) -> tuple[Message, Context]:
-        return self.apps[key](message, context), context
+        if self.app is None or self.app[0] != key:
+            raise RuntimeError(f"no client app loaded for run {key}")
+        return self.app[1](message, context), context
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class WorkerPool:
         self.resources = dict(spec.client_resources)
         self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
         self.idle: deque[Any] = deque(self.actors)
-        self.apps: dict[str, ClientApp] = {}
+        self.app: tuple[str, ClientApp] | None = None  # (key, app) of the current run, for replacements
 
     def _new_actor(self) -> Any:
         return ClientWorker.options(**self.resources).remote()  # type: ignore[attr-defined]
@@ -111,7 +111,7 @@ class WorkerPool:
     def load(self, app: ClientApp) -> str:
         """Send ``app`` to every actor once; messages then name it by the returned key."""
         key = uuid.uuid4().hex
-        self.apps = {key: app}
+        self.app = (key, app)
         for actor in self.actors:
             actor.load.remote(key, app)  # ordered before any later call from this driver
         return key
@@ -121,8 +121,8 @@ class WorkerPool:
         ray.kill(dead)
         fresh = self._new_actor()
         self.actors[self.actors.index(dead)] = fresh
-        for key, app in self.apps.items():
-            fresh.load.remote(key, app)
+        if self.app is not None:
+            fresh.load.remote(*self.app)
         self.idle.append(fresh)
 
     def shutdown(self) -> None:

@@ -292,10 +292,6 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
-    def fingerprint(self) -> str:
-        """Stable hash of the resolved config."""
-        return _digest(self.to_dict())
-
     def data_fingerprint(self) -> str:
         """Stable hash of what the clients' data depends on (seed, data suite, clients): the key of the
         per-process client-data cache, shared by every run of a study that uses the same data."""
