@@ -10,6 +10,7 @@ Installed, the same is the ``fedmtl`` command (:func:`cli`):
 
     fedmtl run [simulate.py's options]                  # what python simulate.py does
     fedmtl report runs/<study or sweep>                 # re-render a study's or sweep's report from its runs
+    fedmtl compare runs/<a> runs/<b> ... [--out DIR]    # finished runs and studies side by side
 
 Bad input ends with one line naming the problem and exit status 2.
 """
@@ -199,12 +200,35 @@ def report_command(args: list[str]) -> int:
     return report(args[0])
 
 
+def compare_command(args: list[str]) -> int:
+    """``fedmtl compare DIR DIR ... [--out OUT]``: finished runs and studies side by side."""
+    import time
+
+    parser = _Parser(prog="fedmtl compare", description="put finished runs and studies side by side")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories and/or study directories")
+    parser.add_argument("--out", help="where compare.md/.html go (default: runs/compare-<timestamp>)")
+    parsed = parser.parse_args(args)
+    from fedmtl.study.collect import StudyError
+    from fedmtl.study.compare import COMPARE_MD, write_comparison
+
+    out = Path(parsed.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        table = write_comparison(parsed.dirs, out)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(table, end="")
+    print(f"comparison: {out / COMPARE_MD}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "run": (
         "run an experiment, study or sweep (python simulate.py's options; fedmtl run --help)",
         lambda args: main(args, prog="fedmtl run"),
     ),
     "report": ("re-render a study's or sweep's report from its run files: fedmtl report DIR", report_command),
+    "compare": ("finished runs and studies side by side: fedmtl compare DIR DIR ... [--out OUT]", compare_command),
 }
 
 

@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
 from fedmtl.federation import protocol
-from fedmtl.federation.faults import InjectedFault, draw_faults
+from fedmtl.federation.faults import InjectedFault, adversarial_clients, attack_generator, attack_update, draw_faults
 from fedmtl.local.client import LocalClient
 from fedmtl.runfiles.checkpoint import ClientStateStore
 
@@ -66,9 +66,17 @@ def client_id_of(cfg: ExperimentConfig, context: Context) -> int:
     return cfg.clients.participants()[partition]
 
 
-def _client(cfg: ExperimentConfig | None, context: Context) -> LocalClient:
-    config = cfg or config_from_run_config(context.run_config)
-    return LocalClient(config, client_id_of(config, context))
+def run_config_of(cfg: ExperimentConfig | None, context: Context, config: ConfigRecord) -> ExperimentConfig:
+    """``cfg`` (simulate.py), else the run config's, with ``clients.count`` as the server sent it when the
+    run config leaves it to the federation."""
+    count = config.get(protocol.CLIENTS_COUNT)
+    clients_count = int(protocol.as_number(count)) if count is not None else None
+    return cfg or config_from_run_config(context.run_config, clients_count=clients_count)
+
+
+def _client(cfg: ExperimentConfig | None, context: Context, config: ConfigRecord) -> LocalClient:
+    experiment = run_config_of(cfg, context, config)
+    return LocalClient(experiment, client_id_of(experiment, context))
 
 
 def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
@@ -77,11 +85,12 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     @app.train()
     @replies_errors
     def train(msg: Message, context: Context) -> Message:
-        client = _client(cfg, context)
         config = msg.content.config_records[protocol.CONFIG]
+        client = _client(cfg, context, config)
         server_round = int(protocol.as_number(config[protocol.SERVER_ROUND]))
         attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
-        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, attempt)
+        adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.participants())
+        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, attempt, adversaries)
         if faults.kill_worker:
             os._exit(1)  # simulates an OOM-killed worker process
         time.sleep(faults.delay_s)
@@ -93,17 +102,23 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
             store.save(server_round, outcome.private, int(protocol.as_number(config.get(protocol.DURABLE_ROUND, 0))))
-        sent = (
-            {k: torch.full_like(v, float("nan")) for k, v in outcome.shared.items()} if faults.nan else outcome.shared
+        sent, attacked = outcome.shared, {}
+        if faults.attack != "none":  # a Byzantine client forges its encoder update (and says so in its metrics)
+            generator = attack_generator(client.cfg.seed, server_round, client.client_id)
+            sent = attack_update(faults.attack, client.cfg.faults.attack_scale, shared, sent, generator)
+            attacked = {protocol.ATTACKED: 1.0}
+        if faults.nan:
+            sent = {k: torch.full_like(v, float("nan")) for k, v in sent.items()}
+        reply = RecordDict(
+            {protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord({**outcome.metrics, **attacked})}
         )
-        reply = RecordDict({protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord(dict(outcome.metrics))})
         return Message(reply, reply_to=msg)
 
     @app.evaluate()
     @replies_errors
     def evaluate(msg: Message, context: Context) -> Message:
-        client = _client(cfg, context)
         config = msg.content.config_records[protocol.CONFIG]
+        client = _client(cfg, context, config)
         store = _store(context, config, client.client_id)
         shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         metrics = client.evaluate(shared, _private_state(context, store, config))
@@ -113,7 +128,8 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     @replies_errors
     def query(msg: Message, context: Context) -> Message:
         """Which client this node is (the server samples by client id, not by random node id)."""
-        client_id = client_id_of(cfg or config_from_run_config(context.run_config), context)
+        config = msg.content.config_records[protocol.CONFIG]
+        client_id = client_id_of(run_config_of(cfg, context, config), context)
         return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)
 
     return app

@@ -65,16 +65,27 @@ class EncoderStrategy(Strategy):
     def _nodes(self, grid: Grid) -> dict[int, int]:
         return self.client_nodes or {node: node for node in grid.get_node_ids()}
 
-    def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: Iterable[int], kind: str) -> list[Message]:
-        content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
-        return [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
+    def _messages(
+        self, arrays: ArrayRecord, config: ConfigRecord, clients: Iterable[int], nodes: Mapping[int, int], kind: str
+    ) -> list[Message]:
+        """One message per client, to its node: ``arrays`` (the global state), or the client's own
+        encoder when it has one (``server.personalisation``; clients not trained yet get the global)."""
+        shared = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
+        messages = []
+        for client in clients:
+            own = self.state.client_state(client)
+            content = (
+                shared if own is None else RecordDict({protocol.ARRAYS: ArrayRecord(own), protocol.CONFIG: config})
+            )
+            messages.append(Message(content=content, message_type=kind, dst_node_id=nodes[client]))
+        return messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self._nodes(grid)
         config[protocol.SERVER_ROUND] = server_round
-        return self._messages(arrays, config, (nodes[c] for c in self.state.sampler.train(nodes)), MessageType.TRAIN)
+        return self._messages(arrays, config, self.state.sampler.train(nodes), nodes, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -82,7 +93,7 @@ class EncoderStrategy(Strategy):
         nodes = self._nodes(grid)
         config[protocol.SERVER_ROUND] = server_round
         return self._messages(
-            arrays, config, (nodes[c] for c in self.state.sampler.evaluate(nodes, server_round)), MessageType.EVALUATE
+            arrays, config, self.state.sampler.evaluate(nodes, server_round), nodes, MessageType.EVALUATE
         )
 
     def aggregate(self, server_round: int, replies: Iterable[Message]) -> TrainRound:
@@ -106,7 +117,9 @@ class EncoderStrategy(Strategy):
             if reason is None:
                 state = message.content.array_records[protocol.ARRAYS].to_torch_state_dict()
                 encoder, heads = split_heads(state)
-                reason = protocol.check_update(state, expected, optional) or self._norm_violation(encoder)
+                reason = protocol.check_update(state, expected, optional) or self._norm_violation(
+                    encoder, _client_id(message)
+                )
             if reason is not None:
                 report.rejected.append((_client_id(message), reason))
                 log.warning("round %d: rejected update from client %s: %s", server_round, _client_id(message), reason)
@@ -146,11 +159,14 @@ class EncoderStrategy(Strategy):
         }
         return ArrayRecord(self.state.global_state()), MetricRecord({**summary, "num-accepted": len(report.accepted)})
 
-    def _norm_violation(self, encoder: dict) -> str | None:
+    def _norm_violation(self, encoder: dict, client_id: int | None) -> str | None:
+        """The update is measured against what the client received (its own encoder, if it has one)."""
         if self.max_update_norm is None:
             return None
         updater = self.state.updater
-        norm = float((updater.layout.flatten(encoder) - updater.param.detach()).norm())
+        offset = None if client_id is None else updater.client_offset(client_id)
+        received = updater.param.detach() if offset is None else updater.param.detach() + offset
+        norm = float((updater.layout.flatten(encoder) - received).norm())
         return (
             f"update norm {norm:.4g} exceeds server.max_update_norm {self.max_update_norm:g}"
             if norm > self.max_update_norm

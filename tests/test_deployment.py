@@ -335,10 +335,10 @@ def test_the_default_app_root_is_the_project_so_bundled_configs_are_found(tmp_pa
 def test_pyproject_declares_every_typed_run_config_key_unset():
     import tomllib
 
-    from fedmtl.config.run_config import CONFIG_FILE_KEY, OVERRIDES_KEY, TYPED_KEYS
+    from fedmtl.config.run_config import CONFIG_FILE_KEY, OVERRIDES_KEY, PULL_INTERVAL_KEY, RESUME_DIR_KEY, TYPED_KEYS
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(declared) == {CONFIG_FILE_KEY, OVERRIDES_KEY, *TYPED_KEYS}
+    assert set(declared) == {CONFIG_FILE_KEY, OVERRIDES_KEY, RESUME_DIR_KEY, PULL_INTERVAL_KEY, *TYPED_KEYS}
     assert all(declared[key] == unset for key, (_, unset) in TYPED_KEYS.items())
     assert config_from_run_config(declared) == load_config(None, [])  # the declared defaults change nothing
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import load_config
 from fedmtl.federation.head_averaging import HeadAverager, split_heads
 
 
@@ -19,6 +22,36 @@ def test_each_head_is_the_example_weighted_mean_of_its_holders_and_others_keep_t
     assert torch.allclose(averager.heads["heads.a.w"], torch.tensor([(10 * 1 + 20 * 4) / 30, (10 * 1 - 20 * 2) / 30]))
     assert torch.equal(averager.heads["heads.b.w"], torch.tensor([4.0, 0.0]))  # one holder: its copy
     assert torch.equal(averager.heads["heads.c.w"], torch.full((2,), 7.0))  # nobody sent it
+
+
+def test_across_tasks_every_task_gets_the_example_weighted_mean_of_all_copies():
+    initial = {
+        "heads.a.w": torch.zeros(2),
+        "heads.b.w": torch.ones(2),
+        "heads.a.b": torch.zeros(1),
+        "heads.b.b": torch.ones(1),
+    }
+    averager = HeadAverager(initial, across_tasks=True)
+    assert torch.equal(averager.heads["heads.a.w"], averager.heads["heads.b.w"])  # one head from the start
+    client_heads = [{"heads.a.w": torch.tensor([1.0, 1.0]), "heads.a.b": torch.tensor([1.0])},
+                    {"heads.b.w": torch.tensor([4.0, -2.0]), "heads.b.b": torch.tensor([4.0])}]  # fmt: skip
+    averager.step(client_heads, [{"a": 10.0}, {"b": 30.0}])
+    expected_w = torch.tensor([(10 * 1 + 30 * 4) / 40, (10 * 1 - 30 * 2) / 40])
+    for task in ("a", "b"):
+        assert torch.allclose(averager.heads[f"heads.{task}.w"], expected_w)
+        assert torch.allclose(averager.heads[f"heads.{task}.b"], torch.tensor([(10 + 120) / 40]))
+
+
+def test_across_tasks_refuses_heads_of_different_shapes(tmp_path):
+    with pytest.raises(ValueError, match="one shape"):
+        HeadAverager({"heads.a.w": torch.zeros(2), "heads.b.w": torch.zeros(3)}, across_tasks=True)
+    with pytest.raises(ConfigError) as caught:  # the config says so before anything runs
+        load_config(None, ["server.federate_heads=true", "server.heads_across_tasks=true"])
+    assert caught.value.path == "server.heads_across_tasks" and "one shape" in str(caught.value)
+    with pytest.raises(ConfigError, match="needs server.federate_heads"):
+        load_config(None, ["data.name=digits", "data.tasks=[parity, geq5]", "server.heads_across_tasks=true"])
+    load_config(None, ["data.name=digits", "data.tasks=[parity, geq5]", "server.federate_heads=true",
+                       "server.heads_across_tasks=true"])  # fmt: skip
 
 
 def test_split_heads_separates_encoder_from_heads():

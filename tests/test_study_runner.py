@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedmtl.config.errors import ConfigError
-from fedmtl.config.experiment import load_config
+from fedmtl.config.experiment import arm_config, load_config
 from fedmtl.local.client import client_data
 from fedmtl.runfiles.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
@@ -48,6 +48,56 @@ def test_bad_study_settings_name_their_key(override, path):
     assert caught.value.path == path
 
 
+@pytest.mark.parametrize(
+    ("arms", "path", "words"),
+    [
+        ("[fed_mtl, {name: x, set: {server.aggregator.name: nope}}]", "study.arms[1].set", "unknown Aggregator 'nope'"),
+        ("[fed_mtl, {name: x, set: {data.name: digits}}]", "study.arms[1]", "cannot change"),
+        ("[fed_mtl, {name: x, base: nope}]", "study.arms[1]", "unknown base arm"),
+        ("[fed_mtl, {name: fed_mtl}]", "study", "built-in arm"),
+        ("[fed_mtl, {name: x, set: {client.lr: 0}}]", "study.arms[1].set", "lr"),
+        ("[fed_mtl, {name: x, set: {server.heads_across_tasks: true}}]", "study.arms[1].set", "federate_heads"),
+    ],
+)
+def test_a_bad_user_defined_arm_names_its_entry_before_anything_runs(arms, path, words):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [*TINY_OVERRIDES, f"study.arms={arms}"])
+    assert caught.value.path == path and words in str(caught.value)
+
+
+def test_a_user_defined_arm_starts_from_its_base_arms_settings():
+    arm = "{name: shared, base: fed_full, set: {server.heads_across_tasks: true}}"
+    cfg = load_config(None, ["data.name=digits", "data.tasks=[parity, geq5]", f"study.arms=[fed_mtl, {arm}]"])
+    spec = cfg.study.arm_spec("shared")
+    shared = arm_config(cfg.to_dict(), spec)
+    assert shared.server.federate_heads and shared.server.heads_across_tasks
+    assert not arm_config(cfg.to_dict(), cfg.study.arm_spec("fed_mtl")).server.federate_heads
+
+
+def test_bad_compare_pairs_are_refused():
+    with pytest.raises(ConfigError, match="compare\\[0\\]: 'nope' is not one of the arms"):
+        load_config(None, [*TINY_OVERRIDES, "study.arms=[fed_mtl, local_stl]", "study.compare=[[nope, local_stl]]"])
+
+
+def test_user_defined_arms_run_their_base_with_their_settings(tmp_path):
+    arms = "[local_stl, {name: slow, base: local_stl, set: {client.lr: 0.001}}, {name: fast, base: local_stl}]"
+    cfg = load_config(None, [*TINY_OVERRIDES, "rounds=1", f"study.arms={arms}", "study.reference_arm=slow",
+                             "study.compare=[[all, local_stl]]"])  # fmt: skip
+    summary = run_study(cfg, tmp_path, no_federation, lambda line: None)
+    manifest = json.loads((tmp_path / "study.json").read_text())
+    assert manifest["arm_specs"]["slow"] == {"base": "local_stl", "set": {"client.lr": 0.001}}
+    assert manifest["single_task_arms"] == ["local_stl", "slow", "fast"]
+    assert manifest["pairs"] == [["slow", "local_stl"], ["fast", "local_stl"]]
+    assert [(c["arm"], c["baseline"]) for c in summary["comparisons"]] == [("slow", "local_stl"), ("fast", "local_stl")]
+
+    def eval_rows(arm: str) -> list[dict]:
+        return [r for r in read_rows(tmp_path / f"arms/{arm}/seed-0/metrics.jsonl") if r["split"] == "eval"]
+
+    assert eval_rows("fast") == eval_rows("local_stl")  # nothing set: the base arm itself
+    assert eval_rows("slow") != eval_rows("local_stl")
+    assert "lr: 0.001" in (tmp_path / "arms/slow/seed-0/config.yaml").read_text()
+
+
 def test_an_invalid_sweep_value_names_the_grid_entry():
     with pytest.raises(ConfigError) as caught:
         load_config(None, [*TINY_OVERRIDES, "study.arms=[local_stl, fed_mtl]", "sweep.grid={rounds: [2, 0]}"])
@@ -70,13 +120,14 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
         final = {(r["client"], r["task"]) for r in metrics if r["split"] == "eval" and r["round"] == 2}
         assert final == TINY_CLIENT_TASKS
     assert "task_cosine: 0.2" in (tmp_path / "points/1/config.yaml").read_text()
-    assert sum("done in" in line for line in lines) == 2 * 2 * 2
+    assert [line.split(" ", 2)[1] for line in lines if "seed" in line] == [f"[{i}/8]" for i in range(1, 9)]
+    assert "left |" in lines[1] and lines[-1].count("done |") == 1  # an estimate while runs remain
 
     # everything finished: running again does no work and rewrites the same report
     report = (tmp_path / "sweep.md").read_text()
     again: list[str] = []
     run_sweep(cfg, tmp_path, no_federation, again.append)
-    assert not any("done in" in line for line in again)
+    assert not any("/8]" in line for line in again)
     assert (tmp_path / "sweep.md").read_text() == report
 
 
@@ -91,29 +142,32 @@ def test_an_interrupted_study_redoes_only_unfinished_runs(tmp_path):
     (tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl").write_text("{broken")
     lines: list[str] = []
     run_study(cfg, tmp_path, no_federation, lines.append)
-    assert [line.split("] ")[1].split(" done")[0] for line in lines] == ["central_mtl seed 0"]
+    assert [line.split(" | ")[1].split(":")[0] for line in lines] == ["central_mtl seed 0"]
     assert read_rows(tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl")
 
 
 @pytest.mark.slow
 def test_every_arm_through_simulate_py(tmp_path, simulate_env):
     study_dir = tmp_path / "study"
-    overrides = [*TINY_OVERRIDES, "rounds=2", "study.arms=[local_stl, fed_stl, fed_mtl, fed_full, central_mtl]",
-                 "study.seeds=[0, 1]", f"output.run_dir={study_dir}"]  # fmt: skip
+    arms = "[local_stl, fed_stl, fed_mtl, fed_full, central_mtl, {name: pcgrad, set: {server.aggregator: pcgrad}}]"
+    overrides = [*TINY_OVERRIDES, "rounds=2", f"study.arms={arms}", "study.seeds=[0, 1]",
+                 f"output.run_dir={study_dir}"]  # fmt: skip
     result = simulate(*set_args(overrides), env=simulate_env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(re.findall(r"\[\d+/10\] \w+ seed \d done", result.stdout)) == 10
+    assert len(re.findall(r"\[\d+/12\] .* \| \w+ seed \d: anchor mse", result.stdout)) == 12
     for name in (
         "report.md",
         "report.html",
         "summary.json",
         "plots/learning_curves.png",
-        "plots/deltas.png",
+        "plots/forest.png",
         "plots/conflict_fraction.png",
     ):
         assert (study_dir / name).is_file(), name
     summary = json.loads((study_dir / "summary.json").read_text())
-    assert summary["arms"] == ["local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl"]
+    assert summary["arms"] == ["local_stl", "fed_stl", "fed_mtl", "fed_full", "central_mtl", "pcgrad"]
+    assert "name: pcgrad" in (study_dir / "arms/pcgrad/seed-0/config.yaml").read_text()
+    assert "name: fedavg" in (study_dir / "arms/fed_mtl/seed-0/config.yaml").read_text()
     assert set(summary["conflict"]) == set(summary["arms"])  # every arm's conflict diagnostics, machine-readable
 
     def final(arm: str, seed: int) -> dict:
@@ -132,4 +186,6 @@ def test_every_arm_through_simulate_py(tmp_path, simulate_env):
         return sum(r["bytes_up"] for r in read_rows(study_dir / f"arms/{arm}/seed-0/server.jsonl"))
 
     assert bytes_up("fed_full") > bytes_up("fed_mtl") > 0  # heads on the wire cost bytes
+    assert bytes_up("pcgrad") == bytes_up("fed_mtl")  # the same messages, aggregated differently
+    assert final("pcgrad", 0) != final("fed_mtl", 0)
     assert_no_leftover_processes(simulate_env)

@@ -21,6 +21,7 @@ from fedmtl.config.typed import parse_dataclass, to_plain
 from fedmtl.data.suites import SyntheticSuite, TaskSuite
 from fedmtl.methods.aggregation import Aggregator, FedAvg
 from fedmtl.methods.balancing import Balancer, Static
+from fedmtl.methods.personalisation import NoPersonalisation, Personalisation
 from fedmtl.methods.sharing import Hard, Sharing
 from fedmtl.methods.task_sampling import AllTasks, TaskSampler
 
@@ -31,7 +32,7 @@ class ClientsConfig:
     # Explicit task lists, one per client. When empty, client i holds ``tasks_per_client`` tasks
     # starting at task (i mod T), wrapping around: neighbouring clients overlap in one task.
     tasks: tuple[tuple[str, ...], ...] = ()
-    tasks_per_client: int = 2
+    tasks_per_client: int = 2  # tasks each client holds when tasks is empty
     samples_per_task: int = 128  # mean training samples per (client, task)
     # Log-normal sigma of a per-client factor on sample counts (0 = every client equal).
     sample_imbalance: float = 0.5
@@ -71,11 +72,11 @@ class ModelConfig:
     encoder_hidden: tuple[int, ...] = (64,)  # hidden widths of the shared MLP encoder
     representation_dim: int = 16  # width of the encoder output fed to every head
     head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
-    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    activation: Literal["relu", "tanh", "gelu"] = "relu"  # after every hidden layer of encoder, heads and adapters
     # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
     # per conv_channels entry, then a Linear block to representation_dim (image suites only).
     encoder: Literal["mlp", "cnn"] = "mlp"
-    conv_channels: tuple[int, ...] = (16, 32)
+    conv_channels: tuple[int, ...] = (16, 32)  # cnn only: output channels of each conv block
     sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
 
     def __post_init__(self) -> None:
@@ -90,11 +91,11 @@ class ClientConfig:
     """What each client does locally, per round (``clients:`` says who the clients are)."""
 
     local_steps: int = 20  # optimizer steps per round
-    batch_size: int = 32
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    batch_size: int = 32  # examples per task in each local step
+    optimizer: Literal["sgd", "adam"] = "sgd"  # local optimizer of the encoder, heads and private parameters
+    lr: float = 0.05  # local learning rate
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # L2 penalty of the local optimizer
     balancing: Balancer = field(default_factory=Static)  # {name: static | uncertainty | gradnorm | dwa}
     # Gradient surgery on the per-task gradients of the encoder, with the server's aggregators
     # (e.g. {name: pcgrad}); none by default.
@@ -117,8 +118,8 @@ class ClientConfig:
 class ServerOptimizerConfig:
     """Step applied to the aggregated direction: ``sgd`` with lr 1 and no momentum is FedAvg."""
 
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = 1.0
+    name: Literal["sgd", "adam"] = "sgd"  # sgd: FedAvg (FedAvgM with momentum); adam: FedAdam
+    lr: float = 1.0  # server learning rate on the aggregated direction
     momentum: float = 0.0  # sgd only (FedAvgM when > 0)
     betas: tuple[float, float] = (0.9, 0.99)  # adam only (FedAdam)
     eps: float = 1e-3  # adam only; FedAdam's tau
@@ -148,6 +149,13 @@ class ServerConfig:
     # Also federate the task heads (averaged among the clients holding each task): the naive design
     # that the study's fed_full arm measures. Default false: heads never leave the clients.
     federate_heads: bool = False
+    # With federate_heads: average the heads of all tasks together (one head serves every task, as
+    # whole-model FedAvg does when clients hold different tasks of the same output shape). Default
+    # false: a head is averaged only among the clients that hold its task.
+    heads_across_tasks: bool = False
+    # Per-client encoders (FedHCA²-style): {name: none | mixed | learned, alpha: 0.5, ...}; each client
+    # receives the global encoder plus its own offset (fedmtl/methods/personalisation.py).
+    personalisation: Personalisation = field(default_factory=NoPersonalisation)
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_fit <= 1:
@@ -196,13 +204,31 @@ class FaultsConfig:
     client_nan_rate: float = 0.0  # probability that a client's update is corrupted with NaN
     client_delay_s: float = 0.0  # seconds every training call sleeps (slow clients, timeouts)
     worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies (first attempt only)
-    worker_kill_client: int = 0
+    worker_kill_client: int = 0  # the client id whose worker dies in worker_kill_round
+    # Adversarial (Byzantine) clients: each round they replace their encoder update g = global - local
+    # by -attack_scale * g (sign_flip), attack_scale * g (scale) or Gaussian noise of std attack_scale
+    # (noise); see fedmtl.federation.faults. none: nobody attacks.
+    attack: Literal["none", "sign_flip", "scale", "noise"] = "none"
+    attack_scale: float = 1.0  # the factor for sign_flip and scale, the standard deviation for noise
+    # Who attacks, the same clients every round: floor(fraction * participants) of them, drawn from
+    # the seed (a larger fraction adds clients to a smaller one's set). Set this or adversarial_clients.
+    adversarial_fraction: float = 0.0
+    adversarial_clients: tuple[int, ...] = ()  # named attackers (client ids), instead of a fraction
 
     def __post_init__(self) -> None:
         if not (0 <= self.client_error_rate <= 1 and 0 <= self.client_nan_rate <= 1):
             raise ValueError("client_error_rate and client_nan_rate must be in [0, 1]")
         if self.client_delay_s < 0 or self.worker_kill_round < 0 or self.worker_kill_client < 0:
             raise ValueError("client_delay_s, worker_kill_round and worker_kill_client must be >= 0")
+        if not 0 < self.attack_scale < float("inf"):
+            raise ValueError(f"attack_scale must be > 0 and finite, got {self.attack_scale}")
+        if not 0 <= self.adversarial_fraction <= 1:
+            raise ValueError(f"adversarial_fraction must be in [0, 1], got {self.adversarial_fraction}")
+        ids = self.adversarial_clients
+        if min(ids, default=0) < 0 or len(set(ids)) != len(ids):
+            raise ValueError(f"adversarial_clients must be distinct ids >= 0, got {list(ids)}")
+        if self.adversarial_fraction > 0 and self.adversarial_clients:
+            raise ValueError("set adversarial_fraction or adversarial_clients, not both")
 
 
 @dataclass(frozen=True)
@@ -218,35 +244,109 @@ class CheckpointConfig:
 
 
 def arm_names() -> tuple[str, ...]:
-    """The study arms, as registered in :mod:`fedmtl.study.arms` (imported when a study is parsed)."""
+    """The built-in study arms, as registered in :mod:`fedmtl.study.arms` (imported when a study is parsed)."""
     from fedmtl.study.arms import ARMS
 
     return tuple(ARMS)
+
+
+ALL_ARMS = "all"
+"""In ``study.compare``, ``[all, b]`` compares every other arm with arm ``b``."""
+ARM_LOCKED_SECTIONS = ("seed", "data", "clients", "study", "sweep", "output")
+"""What an arm may not change: arms share the study's data, clients and seeds so that their runs pair by seed."""
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """A user-defined arm: built-in arm ``base`` run on the study's config with ``set`` applied
+    (``{server.aggregator: {name: pcgrad}}``: any ``key.path: value`` outside the locked sections)."""
+
+    name: str  # the arm's name in the report and its folder arms/<name>/
+    base: str = "fed_mtl"  # the built-in arm that runs it (fedmtl.study.arms.ARMS)
+    set: Mapping[str, Any] = field(default_factory=dict)  # key.path -> value, as --set takes them
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name == ALL_ARMS:
+            raise ValueError(f"arm name {self.name!r} must be non-empty, without '/', and not {ALL_ARMS!r}")
+        if self.base not in arm_names():
+            raise ValueError(f"unknown base arm {self.base!r}; valid: {', '.join(arm_names())}")
+        for key in self.set:
+            if key.split(".")[0] in ARM_LOCKED_SECTIONS:
+                raise ValueError(
+                    f"set.{key}: an arm cannot change {', '.join(ARM_LOCKED_SECTIONS)} "
+                    "(arms share the study's data, clients and seeds so that their runs pair)"
+                )
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """Arms x seeds run one after another by one command (empty arms: a single run)."""
 
-    arms: tuple[str, ...] = ()  # names from fedmtl.study.arms.ARMS; fed_mtl is this config as it stands
+    # Built-in arm names (fed_mtl is this config as it stands, local_stl, fed_stl, fed_full,
+    # central_mtl) or user-defined arms {name: pcgrad, base: fed_mtl, set: {server.aggregator: pcgrad}}.
+    arms: tuple[str | ArmSpec, ...] = ()
     seeds: tuple[int, ...] = ()  # default: the top-level seed only
-    reference_arm: str = "fed_mtl"  # deltas are computed for this arm against every other arm
+    reference_arm: str = "fed_mtl"  # with compare empty: this arm is compared with every other arm
+    # Pairs [arm, baseline]: the paired relative delta of arm over baseline; [all, baseline] = every
+    # other arm against baseline. Empty = [reference_arm, b] for every other arm b.
+    compare: tuple[tuple[str, str], ...] = ()
+    # Multiple-testing correction of the flags over the tasks of a pair and over the clients of a
+    # task: holm (Holm 1979, family-wise error) or bh (Benjamini-Hochberg 1995, false discovery rate).
+    correction: Literal["holm", "bh"] = "holm"
+    significance: float = 0.05  # a difference is flagged when its (corrected) p-value is below this
 
     def __post_init__(self) -> None:
+        names = self.arm_names()
+        builtin = arm_names()
         for arm in self.arms:
-            if arm not in arm_names():
-                raise ValueError(f"unknown arm {arm!r}; valid: {', '.join(arm_names())}")
-        if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("arms and seeds must not repeat")
-        if self.arms and self.reference_arm not in self.arms:
-            raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms")
+            if isinstance(arm, str) and arm not in builtin:
+                raise ValueError(
+                    f"unknown arm {arm!r}; valid: {', '.join(builtin)}, or {{name: ..., base: ..., set: {{...}}}}"
+                )
+            if isinstance(arm, ArmSpec) and arm.name in builtin:
+                raise ValueError(f"user-defined arm {arm.name!r} takes the name of a built-in arm; rename it")
+        if len(set(names)) != len(names) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("arm names and seeds must not repeat")
+        if self.arms and self.reference_arm not in names:
+            raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms {', '.join(names)}")
+        for i, (arm, baseline) in enumerate(self.compare):
+            unknown = [a for a in (arm, baseline) if a not in names and not (a == ALL_ARMS and a == arm)]
+            if unknown:
+                raise ValueError(f"compare[{i}]: {unknown[0]!r} is not one of the arms {', '.join(names)}")
+            if arm == baseline:
+                raise ValueError(f"compare[{i}]: compares {arm!r} with itself")
+        if not 0 < self.significance < 1:
+            raise ValueError(f"significance must be in (0, 1), got {self.significance}")
+
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(arm if isinstance(arm, str) else arm.name for arm in self.arms)
+
+    def arm_spec(self, name: str) -> ArmSpec:
+        """The arm called ``name``; a built-in arm is its own base with nothing set."""
+        for arm in self.arms:
+            if isinstance(arm, ArmSpec) and arm.name == name:
+                return arm
+        return ArmSpec(name=name, base=name)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (arm, baseline) pair to compare, ``all`` expanded, duplicates dropped, in order."""
+        names = self.arm_names()
+        if not self.compare:
+            return [(self.reference_arm, b) for b in names if b != self.reference_arm]
+        expanded = [
+            (a, baseline)
+            for arm, baseline in self.compare
+            for a in (names if arm == ALL_ARMS else (arm,))
+            if a != baseline
+        ]
+        return list(dict.fromkeys(expanded))
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     """A grid over config keys (``key.path: [values]``); every point runs the study."""
 
-    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # key.path -> the values it takes
 
     def points(self) -> list[dict[str, Any]]:
         import itertools
@@ -259,7 +359,7 @@ class SweepConfig:
 class OutputConfig:
     dir: str = "runs"  # parent folder of run directories
     run_dir: str | None = None  # exact run directory; default <dir>/<timestamp>-<name>
-    metrics_format: Literal["jsonl", "csv"] = "jsonl"
+    metrics_format: Literal["jsonl", "csv"] = "jsonl"  # the per-round metrics file: metrics.jsonl or metrics.csv
     progress: bool = True  # one line per round on the terminal
     # Also write TensorBoard event files to <run_dir>/tensorboard (needs the tensorboard extra:
     # pip install -e ".[tensorboard]"), fed from the same rows as the run files.
@@ -268,9 +368,9 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "default"
-    seed: int = 0
-    rounds: int = 15
+    name: str = "default"  # names the run directory (<output.dir>/<timestamp>-<name>) and the summaries
+    seed: int = 0  # the one seed every random draw derives from (data, head initialisation, batch order)
+    rounds: int = 15  # federated rounds: local training on the sampled clients, then one server step
     eval_every: int = 1  # evaluate the global encoder with private heads every k rounds (and at round 0)
     data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
     clients: ClientsConfig = field(default_factory=ClientsConfig)
@@ -359,11 +459,26 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
     if problem:
         raise ConfigError("model.sharing", problem)
+    if cfg.server.heads_across_tasks:
+        if not cfg.server.federate_heads:
+            raise ConfigError("server.heads_across_tasks", "needs server.federate_heads: true")
+        shapes = {(spec.kind, spec.output_dim) for spec in cfg.data.task_specs()}
+        if len(shapes) > 1:
+            raise ConfigError(
+                "server.heads_across_tasks",
+                f"needs every task's head to have one shape; the tasks have {sorted(shapes)}",
+            )
     if cfg.sweep.grid and len(cfg.study.arms) < 2:
         raise ConfigError("sweep", "needs study.arms: the reference arm and at least one arm to compare it with")
     problem = cfg.data.check_clients(cfg.clients.count)
     if problem:
         raise ConfigError("clients.count", problem)
+    for i, client in enumerate(cfg.faults.adversarial_clients):
+        if client not in cfg.clients.participants():
+            raise ConfigError(
+                f"faults.adversarial_clients[{i}]",
+                f"client {client} does not take part (clients.count {cfg.clients.count}, members {list(cfg.clients.members)})",
+            )
 
 
 def tasks_held(cfg: ExperimentConfig, client_id: int) -> tuple[str, ...]:
@@ -424,6 +539,12 @@ def load_raw(path: str | Path | None) -> dict[str, Any]:
 def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     cfg = parse_dataclass(ExperimentConfig, raw, "")
     check_consistency(cfg)
+    for i, arm in enumerate(cfg.study.arms):  # every user-defined arm must be a valid config on its own
+        if isinstance(arm, ArmSpec) and arm.set:  # built-in arms and their settings are valid on any valid config
+            try:
+                arm_config(raw, arm)
+            except ConfigError as err:
+                raise ConfigError(f"study.arms[{i}].set", f"arm {arm.name!r} gives an invalid config: {err}") from None
     for key, values in cfg.sweep.grid.items():  # every point must be a valid config on its own
         for i, value in enumerate(values):
             try:
@@ -441,6 +562,19 @@ def point_config(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Experimen
             raise ConfigError(f"sweep.grid.{key}", "cannot sweep study, sweep or output settings")
         set_path(point, key, value, f"sweep.grid.{key}")
     return build_config(point)
+
+
+def arm_config(raw: Mapping[str, Any], arm: ArmSpec) -> ExperimentConfig:
+    """The config one arm runs: ``raw`` without its study and sweep, with the base arm's settings
+    (``fed_full``: ``server.federate_heads``) and then the arm's own ``set`` applied."""
+    from fedmtl.study.arms import ARMS
+
+    config = copy.deepcopy({k: v for k, v in raw.items() if k not in ("study", "sweep")})
+    for key, value in ARMS[arm.base].settings.items():
+        set_path(config, key, value, f"study.arms.{arm.name}")
+    for key, value in arm.set.items():
+        set_path(config, key, copy.deepcopy(value), f"study.arms.{arm.name}.set.{key}")
+    return build_config(config)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -42,7 +42,7 @@ def _type_name(tp: Any) -> str:
 def parse(tp: Any, value: Any, path: str) -> Any:
     """Parse ``value`` as type ``tp``; raise :class:`ConfigError` naming ``path`` on mismatch."""
     origin = get_origin(tp)
-    if tp is Any:
+    if tp is Any:  # raw YAML (e.g. sweep values, validated by building the configs they make)
         return value
     if origin is Literal:
         allowed = get_args(tp)
@@ -63,9 +63,9 @@ def parse(tp: Any, value: Any, path: str) -> Any:
                 return parse(option, value, path)
             except ConfigError as err:
                 errors.append(err.message)
-        raise ConfigError(path, " or ".join(dict.fromkeys(errors)))
-    if tp is Any:  # raw YAML (e.g. sweep values, validated by building the configs they make)
-        return value
+        # An option of the value's own shape (a mapping for a dataclass) explains better than "must be a string".
+        relevant = [e for e in errors if not e.startswith("must be a")] or errors
+        raise ConfigError(path, " or ".join(dict.fromkeys(relevant)))
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -3,7 +3,8 @@ design (the study's ``fed_full`` arm), against which keeping heads private is me
 
 Each head parameter is the mean of the copies received this round, weighted by the sending
 client's training examples of that task (McMahan et al., AISTATS 2017, applied per task);
-a head nobody sent keeps its value. Pure tensor code: the strategy only routes arrays here.
+a head nobody sent keeps its value. With ``across_tasks`` the copies of every task's head are
+averaged together. Pure tensor code: the strategy only routes arrays here.
 """
 
 from __future__ import annotations
@@ -29,9 +30,25 @@ def split_heads(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return {k: v for k, v in state.items() if not is_head(k)}, {k: v for k, v in state.items() if is_head(k)}
 
 
+def parameter_of(key: str) -> str:
+    """``heads.<task>.<parameter>`` -> ``<parameter>``."""
+    return key.split(".", 2)[2]
+
+
 class HeadAverager:
-    def __init__(self, initial_heads: Mapping[str, torch.Tensor]) -> None:
+    """``across_tasks``: every task's copy of a head parameter joins one average (whole-model FedAvg
+    over clients that hold different tasks), and all tasks receive the result."""
+
+    def __init__(self, initial_heads: Mapping[str, torch.Tensor], across_tasks: bool = False) -> None:
         self.heads = {k: v.detach().clone().float() for k, v in initial_heads.items()}
+        self.groups: dict[str, list[str]] = {}
+        for key in self.heads:
+            self.groups.setdefault(parameter_of(key) if across_tasks else key, []).append(key)
+        for keys in self.groups.values():
+            if len({self.heads[k].shape for k in keys}) > 1:
+                raise ValueError(f"heads averaged across tasks must have one shape: {keys}")
+            for key in keys[1:]:  # one head from the start, as one model would have
+                self.heads[key] = self.heads[keys[0]].clone()
 
     @property
     def expected_shapes(self) -> dict[str, torch.Size]:
@@ -41,16 +58,19 @@ class HeadAverager:
         self, client_heads: Sequence[Mapping[str, torch.Tensor]], task_examples: Sequence[Mapping[str, float]]
     ) -> None:
         """``client_heads[i]``: the heads client i sent; ``task_examples[i][task]``: its training examples of ``task``."""
-        for key in self.heads:
+        for keys in self.groups.values():
             senders = [
                 (heads[key], examples.get(task_of(key), 0.0))
                 for heads, examples in zip(client_heads, task_examples, strict=True)
+                for key in keys
                 if key in heads
             ]
             total = sum(weight for _, weight in senders)
             if total > 0:
-                start = torch.zeros_like(self.heads[key])
-                self.heads[key] = sum((weight * tensor.float() for tensor, weight in senders), start) / total
+                start = torch.zeros_like(self.heads[keys[0]])
+                mean = sum((weight * tensor.float() for tensor, weight in senders), start) / total
+                for key in keys:
+                    self.heads[key] = mean.clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.heads.items()}

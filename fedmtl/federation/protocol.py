@@ -22,9 +22,11 @@ STATE_DIR = "state-dir"  # where a client persists its private state (simulation
 RESUME_ROUND = "resume-round"  # > 0: a client without state loads its newest saved state at or before this round
 DURABLE_ROUND = "durable-round"  # the server's last checkpoint round (older client states can be pruned)
 ATTEMPT = "attempt"  # 0 for the first start, +1 for every automatic restart
+CLIENTS_COUNT = "clients-count"  # the run's clients.count, for clients whose run config leaves it to the federation
 NUM_EXAMPLES = "num-examples"
 CLIENT_ID = "partition-id"
 TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clients by it)
+ATTACKED = "attacked"  # 1.0 in a training reply whose encoder update an injected attack forged (faults.attack)
 ON_GPU = "on-gpu"  # 1.0 when the client trained on a CUDA device
 ASSIGNED_GPU = "assigned-gpu"  # first id in CUDA_VISIBLE_DEVICES as Ray set it, -1 when none
 

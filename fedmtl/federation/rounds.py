@@ -26,7 +26,7 @@ from fedmtl.runfiles.checkpoint import (
     save_server_checkpoint,
     truncate_rows_after,
 )
-from fedmtl.runfiles.recorder import Recorder
+from fedmtl.runfiles.recorder import Recorder, attacking_clients
 from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, read_rows
 from fedmtl.runfiles.summary import EvalCurves, format_table, task_summary
 
@@ -151,12 +151,13 @@ class ServerState:
         updater = ServerUpdater(
             initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, shape),
             cfg.server.aggregator, cfg.server.optimizer, seed=cfg.seed, device=cfg.server.device,
-            gramian_precision=cfg.server.gramian_precision,
+            gramian_precision=cfg.server.gramian_precision, personalisation=cfg.server.personalisation,
         )  # fmt: skip
         heads = None
         if cfg.server.federate_heads:
             heads = HeadAverager(
-                initial_head_state(cfg.model, cfg.data.feature_dim(), cfg.data.task_specs(), cfg.seed, shape)
+                initial_head_state(cfg.model, cfg.data.feature_dim(), cfg.data.task_specs(), cfg.seed, shape),
+                across_tasks=cfg.server.heads_across_tasks,
             )
         return cls(updater, ClientSampler(cfg.seed, cfg.server.fraction_fit, cfg.server.fraction_evaluate), heads)
 
@@ -164,6 +165,19 @@ class ServerState:
         """What the clients receive: the shared encoder (and the heads, when they are federated)."""
         heads = self.head_averager.state_dict() if self.head_averager else {}
         return {**self.updater.global_state(), **heads}
+
+    @property
+    def needs_client_ids(self) -> bool:
+        """Whether the engine must know which client each node plays (sampling, per-client encoders)."""
+        return self.sampler.needs_client_ids or self.updater.personal is not None
+
+    def client_state(self, client_id: int) -> dict | None:
+        """What client ``client_id`` receives when it differs from :meth:`global_state` (its own
+        encoder under ``server.personalisation``), else None."""
+        if self.updater.client_offset(client_id) is None:
+            return None
+        heads = self.head_averager.state_dict() if self.head_averager else {}
+        return {**self.updater.client_state(client_id), **heads}
 
     def checkpoint(self, server_round: int) -> ServerCheckpoint:
         heads = self.head_averager.state_dict() if self.head_averager else None
@@ -234,6 +248,7 @@ class RoundDriver:
             protocol.RESUME_ROUND: done,
             protocol.DURABLE_ROUND: durable,
             protocol.ATTEMPT: self.attempt,
+            protocol.CLIENTS_COUNT: self.cfg.clients.count,
         }
         if self.client_state_dir:
             config[protocol.STATE_DIR] = self.client_state_dir
@@ -268,8 +283,11 @@ class RoundDriver:
             recorder.record_clients(server_round, protocol.TRAIN, result.reports)
             recorder.record_client_diagnostics(server_round, result.reports)
             traffic = {"bytes_up": result.bytes_up, "bytes_down": result.bytes_down}
+            adversarial = attacking_clients(result.reports)
             if len(result.accepted) < updates_needed(cfg, result.sampled):
-                recorder.record_server(server_round, result.replies, result.failures, result.rejected, None, traffic)
+                recorder.record_server(
+                    server_round, result.replies, result.failures, result.rejected, None, traffic, adversarial
+                )
                 raise FederationError(
                     f"round {server_round}: only {len(result.accepted)} of {result.sampled} sampled clients sent a valid update "
                     f"(server.min_fit_fraction = {cfg.server.min_fit_fraction}); stopping. Files up to round {server_round - 1} are complete."
@@ -279,7 +297,7 @@ class RoundDriver:
                 summary, eval_bytes = evaluate(server_round)
                 traffic["bytes_down"] += eval_bytes
             seconds = recorder.record_server(
-                server_round, result.replies, result.failures, result.rejected, result.diagnostics, traffic
+                server_round, result.replies, result.failures, result.rejected, result.diagnostics, traffic, adversarial
             )
             if is_checkpoint_round(cfg, server_round):
                 save_server_checkpoint(run, self.state.checkpoint(server_round))

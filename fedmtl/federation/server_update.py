@@ -10,7 +10,7 @@ combines them into a mean-scaled direction, and a torch optimizer steps along it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,6 +18,7 @@ from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ServerOptimizerConfig
 from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
+from fedmtl.methods.personalisation import Personalisation
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class RoundDiagnostics:
     conflict_fraction: float  # fraction of client pairs whose updates have negative cosine
     aggregate_norm: float
     mean_norm: float
+    personal_alphas: tuple[float, ...] | None = None  # each row's weight on its own update (server.personalisation)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -86,6 +88,7 @@ class ServerUpdater:
         seed: int,
         device: str = "cpu",
         gramian_precision: GramianPrecision = "float32",
+        personalisation: Personalisation | None = None,
     ) -> None:
         self.layout = FlatLayout.of(initial)
         self.gramian_precision = gramian_precision
@@ -94,9 +97,19 @@ class ServerUpdater:
         self.optimizer = make_server_optimizer(optimizer, self.param)
         self.generator = torch.Generator().manual_seed(seed)
         self.device = resolve_device(device)
+        self.personal = personalisation.start() if personalisation is not None else None
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.layout.unflatten(self.param)
+
+    def client_offset(self, client_id: int) -> torch.Tensor | None:
+        """Client ``client_id``'s personal encoder minus the global one; None when it gets the global encoder."""
+        return None if self.personal is None else self.personal.offset(client_id)
+
+    def client_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """The encoder client ``client_id`` receives: the global one plus its offset (``server.personalisation``)."""
+        offset = self.client_offset(client_id)
+        return self.global_state() if offset is None else self.layout.unflatten(self.param.detach() + offset)
 
     def step(
         self,
@@ -105,8 +118,11 @@ class ServerUpdater:
         num_examples: Sequence[float],
         losses: Sequence[float] | None = None,
     ) -> RoundDiagnostics:
-        """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one."""
-        matrix = self.update_matrix(client_states)
+        """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one;
+        with personalisation, rows are taken against each client's own encoder and its offset moves."""
+        offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
+        matrix = self.update_matrix(client_states, offsets)
+        before = None if self.personal is None else self.param.detach().clone()
         inputs = AggregationInput(
             matrix=matrix,
             num_examples=torch.tensor(num_examples, dtype=torch.float64, device=self.device),
@@ -119,33 +135,52 @@ class ServerUpdater:
         self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape).cpu()
         self.optimizer.step()
         gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
-        return diagnose(client_ids, matrix, result.direction, result.weights, gram)
+        diagnostics = diagnose(client_ids, matrix, result.direction, result.weights, gram)
+        if self.personal is None or before is None:
+            return diagnostics
+        alphas = self.personal.observe(client_ids, matrix, before - self.param.detach())
+        return replace(diagnostics, personal_alphas=alphas)
 
-    def update_matrix(self, client_states: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-        """``[K, P]`` rows ``global - local`` on the aggregation device, written in place row by row."""
+    def update_matrix(
+        self,
+        client_states: Sequence[Mapping[str, torch.Tensor]],
+        offsets: Sequence[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """``[K, P]`` rows ``global - local`` on the aggregation device, written in place row by row;
+        ``offsets[k]`` (client k's encoder minus the global one, when it had its own) is added to row k."""
         current = self.param.detach().to(self.device)
         matrix = torch.empty(len(client_states), current.numel(), dtype=current.dtype, device=self.device)
-        for row, state in zip(matrix, client_states):
+        for k, (row, state) in enumerate(zip(matrix, client_states)):
             offset = 0
             for key in self.layout.keys:
                 value = state[key].detach().reshape(-1)
                 row[offset : offset + value.numel()].copy_(value)
                 offset += value.numel()
             torch.sub(current, row, out=row)
+            own = None if offsets is None else offsets[k]
+            if own is not None:
+                row.add_(own.to(self.device))
         return matrix
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "param": self.param.detach().clone(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
+        if self.personal is not None:
+            state["personal"] = self.personal.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.param.copy_(state["param"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if self.personal is not None:
+            if "personal" not in state:
+                raise ValueError("the checkpoint holds no per-client encoders, but server.personalisation is on")
+            self.personal.load_state_dict(state["personal"])
 
 
 def diagnose(

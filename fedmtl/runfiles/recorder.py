@@ -18,6 +18,8 @@ METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for na
 SERVER_COLUMNS = (
     "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",
     "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper", "bytes_up", "bytes_down",
+    "personal_alphas",  # server.personalisation: each row's weight on its own update (null when off)
+    "adversarial",  # ids of the clients whose reply this round carried a forged update (faults.attack)
 )  # fmt: skip
 
 
@@ -30,7 +32,13 @@ CLIENT_COLUMNS = (
     "on_gpu",
     "task_weights",
     "task_cosines",
+    "attacked",  # the client forged its encoder update this round (faults.attack)
 )
+
+
+def attacking_clients(reports: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Ids of the replies that report an injected attack (``protocol.ATTACKED``), ascending."""
+    return sorted(int(r[protocol.CLIENT_ID]) for r in reports if r.get(protocol.ATTACKED))
 
 
 def pair_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -100,6 +108,7 @@ class Recorder:
                     "on_gpu": report.get(protocol.ON_GPU),
                     "task_weights": {task: m.get("weight") for task, m in sorted(train.items())},
                     "task_cosines": pair_rows(report),
+                    "attacked": bool(report.get(protocol.ATTACKED)),
                 }
             )
         self.clients.write(rows)
@@ -112,8 +121,10 @@ class Recorder:
         rejected: Sequence[tuple[int | None, str]],
         diagnostics: RoundDiagnostics | None,
         traffic: Mapping[str, int] | None = None,
+        adversarial: Sequence[int] = (),
     ) -> float:
-        """Write the round's server row (``traffic``: bytes_up/bytes_down of parameter payloads); return its wall seconds."""
+        """Write the round's server row (``traffic``: bytes_up/bytes_down of parameter payloads; ``adversarial``:
+        :func:`attacking_clients` of the round's reports); return its wall seconds."""
         seconds = time.perf_counter() - self._round_start
         row: dict[str, Any] = {
             "round": server_round,
@@ -122,6 +133,7 @@ class Recorder:
             "replies": replies,
             "failures": failures,
             "rejected": [{"client": c, "reason": r} for c, r in rejected],
+            "adversarial": list(adversarial),
         }
         if diagnostics is not None:
             row.update(asdict(diagnostics))

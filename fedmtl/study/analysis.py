@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmtl.study import deltas as d
-from fedmtl.study.collect import StudyData
+from fedmtl.study.collect import Study, StudyData
 from fedmtl.study.conflict import summarize_conflict
 
 ENCODER_ONLY_ARM = "fed_mtl"
@@ -22,107 +22,114 @@ FULL_MODEL_ARM = "fed_full"
 
 @dataclass(frozen=True)
 class ClientDelta:
-    """One client's relative delta per seed, its spread, flag and Wilcoxon p-value over seeds."""
+    """One client's relative delta per seed, its spread, and its t-test over seeds (p adjusted over the task's clients)."""
 
     client: int
     per_seed: dict[int, float]
     spread: d.Spread
-    negative_transfer: bool
-    p_value: float | None
+    test: d.PairedTest
+    p_adjusted: float | None
+    verdict: d.Verdict | None
 
 
 @dataclass(frozen=True)
 class TaskDelta:
-    """One task's paired per-seed deltas, flag and test (seeds, or clients when seeds are too few)."""
+    """One task's paired per-seed deltas and its t-test (seeds, or clients with fewer than two seeds;
+    p adjusted over the pair's tasks)."""
 
     task: str
     per_seed: dict[int, float]
     spread: d.Spread
-    negative_transfer: bool
     test: d.PairedTest
+    p_adjusted: float | None
+    verdict: d.Verdict | None
     clients: dict[int, ClientDelta]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The reference arm against one baseline arm over every task."""
+    """Arm ``arm`` against arm ``baseline`` over every task: positive deltas mean ``arm`` is better."""
 
-    reference: str
+    arm: str
     baseline: str
     single_task: bool
+    """The baseline trains one model per task: a significant loss is negative transfer."""
     tasks: dict[str, TaskDelta]
     delta_m_per_seed: dict[int, float]
     delta_m: d.Spread
+    delta_m_test: d.PairedTest
     worst_task: str | None
     """The task with the lowest mean delta over seeds; its spread is ``tasks[worst_task].spread``."""
 
     @property
+    def label(self) -> str:
+        return f"{self.arm} vs {self.baseline}"
+
+    @property
     def flagged(self) -> list[str]:
-        return [task for task, delta in self.tasks.items() if delta.negative_transfer]
+        """Tasks on which ``arm`` is significantly worse than ``baseline``."""
+        return [task for task, delta in self.tasks.items() if delta.verdict == "worse"]
 
 
-def compare_clients(data: StudyData, reference: str, baseline: str, task: str) -> dict[int, ClientDelta]:
+def _adjusted(tests: Sequence[d.PairedTest], study: Study) -> list[float | None]:
+    return d.CORRECTIONS[study.correction]([test.p_value for test in tests])
+
+
+def compare_clients(data: StudyData, arm: str, baseline: str, task: str) -> dict[int, ClientDelta]:
     higher = data.study.task(task).higher_is_better
-    ref, base = data.final_by_client(reference, task), data.final_by_client(baseline, task)
+    ours, theirs = data.final_by_client(arm, task), data.final_by_client(baseline, task)
     per_client: dict[int, dict[int, float]] = {}
-    for seed in sorted(set(ref) & set(base)):
-        for client, delta in d.paired_deltas(ref[seed], base[seed], higher).items():
-            per_client.setdefault(client, {})[seed] = delta
-    return {
-        client: ClientDelta(
-            client,
-            seeds,
-            d.mean_std(seeds.values()),
-            d.is_negative_transfer(list(seeds.values())),
-            d.wilcoxon_p_value(list(seeds.values())),
+    for seed in sorted(set(ours) & set(theirs)):
+        for client, delta in d.paired_deltas(ours[seed], theirs[seed], higher).items():
+            per_client[client] = {**per_client.get(client, {}), seed: delta}
+    clients = sorted(per_client)
+    tests = [d.paired_t_test(list(per_client[c].values()), "seeds") for c in clients]
+    adjusted = _adjusted(tests, data.study)
+    out = {}
+    for client, test, p in zip(clients, tests, adjusted):
+        spread = d.mean_std(per_client[client].values())
+        out[client] = ClientDelta(
+            client, per_client[client], spread, test, p, d.verdict(spread.mean, p, data.study.significance)
         )
-        for client, seeds in sorted(per_client.items())
-    }
+    return out
 
 
-def compare_task(data: StudyData, reference: str, baseline: str, task: str) -> TaskDelta:
-    higher = data.study.task(task).higher_is_better
-    per_seed = d.paired_deltas(data.final(reference, task), data.final(baseline, task), higher)
-    clients = compare_clients(data, reference, baseline, task)
-    client_means = [c.spread.mean for c in clients.values()]
-    return TaskDelta(
-        task=task,
-        per_seed=per_seed,
-        spread=d.mean_std(per_seed.values()),
-        negative_transfer=d.is_negative_transfer(list(per_seed.values())),
-        test=d.paired_test(list(per_seed.values()), client_means),
-        clients=clients,
-    )
-
-
-def compare(data: StudyData, reference: str, baseline: str) -> Comparison:
-    """Reference vs baseline: per-task deltas, Delta_m per seed (seeds with every task only), worst task."""
-    tasks = {task.name: compare_task(data, reference, baseline, task.name) for task in data.study.tasks}
+def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
+    """``arm`` vs ``baseline``: per-task deltas and tests, Delta_m per seed (seeds with every task only), worst task."""
+    study = data.study
+    names = [task.name for task in study.tasks]
+    per_seed, clients, tests = {}, {}, []
+    for name in names:
+        higher = study.task(name).higher_is_better
+        per_seed[name] = d.paired_deltas(data.final(arm, name), data.final(baseline, name), higher)
+        clients[name] = compare_clients(data, arm, baseline, name)
+        client_means = [c.spread.mean for c in clients[name].values()]
+        tests.append(d.paired_test(list(per_seed[name].values()), client_means))
+    adjusted = _adjusted(tests, study)
+    tasks = {}
+    for name, test, p in zip(names, tests, adjusted):
+        spread = d.mean_std(per_seed[name].values())
+        verdict = d.verdict(spread.mean if spread.n >= 2 else test.mean, p, study.significance)
+        tasks[name] = TaskDelta(name, per_seed[name], spread, test, p, verdict, clients[name])
     complete = bool(tasks) and all(t.per_seed for t in tasks.values())
     seeds = sorted(set.intersection(*(set(t.per_seed) for t in tasks.values()))) if complete else []
     delta_m_per_seed = {seed: d.delta_m(t.per_seed[seed] for t in tasks.values()) for seed in seeds}
     means = {name: t.spread.mean for name, t in tasks.items() if t.spread.n and not math.isnan(t.spread.mean)}
     return Comparison(
-        reference=reference,
+        arm=arm,
         baseline=baseline,
-        single_task=baseline in data.study.single_task_arms,
+        single_task=baseline in study.single_task_arms,
         tasks=tasks,
         delta_m_per_seed=delta_m_per_seed,
         delta_m=d.mean_std(delta_m_per_seed.values()),
+        delta_m_test=d.paired_t_test(list(delta_m_per_seed.values()), "seeds"),
         worst_task=d.worst_task(means)[0] if means else None,
     )
 
 
 def comparisons(data: StudyData) -> list[Comparison]:
-    """The reference arm against every other arm that has runs: single-task arms first, then study order."""
-    study = data.study
-    others = [arm for arm in study.arms if arm != study.reference_arm and data.arm_results(arm)]
-    if not data.arm_results(study.reference_arm):
-        return []
-    ordered = [a for a in others if a in study.single_task_arms] + [
-        a for a in others if a not in study.single_task_arms
-    ]
-    return [compare(data, study.reference_arm, arm) for arm in ordered]
+    """Every pair of ``study.json`` whose two arms both have finished runs, in the study's order."""
+    return [compare(data, a, b) for a, b in data.study.pairs if data.arm_results(a) and data.arm_results(b)]
 
 
 def headline(all_comparisons: Sequence[Comparison]) -> list[Comparison]:
@@ -153,37 +160,39 @@ def _by_seed(values: Mapping[int, float]) -> dict[str, float]:
     return {str(seed): value for seed, value in sorted(values.items())}
 
 
-def _test(test: d.PairedTest) -> dict[str, Any]:
-    return {"p_value": test.p_value, "unit": test.unit, "pairs": test.pairs}
-
-
 def comparison_dict(comparison: Comparison) -> dict[str, Any]:
     worst = comparison.worst_task
     return {
-        "reference": comparison.reference,
+        "arm": comparison.arm,
         "baseline": comparison.baseline,
         "single_task": comparison.single_task,
         "tasks": {
             name: {
                 "delta": task.spread.to_dict(),
                 "per_seed": _by_seed(task.per_seed),
-                "negative_transfer": task.negative_transfer,
-                "test": _test(task.test),
+                "test": task.test.to_dict(),
+                "p_adjusted": task.p_adjusted,
+                "verdict": task.verdict,
                 "clients": {
                     str(client): {
                         "delta": c.spread.to_dict(),
                         "per_seed": _by_seed(c.per_seed),
-                        "negative_transfer": c.negative_transfer,
-                        "p_value": c.p_value,
+                        "test": c.test.to_dict(),
+                        "p_adjusted": c.p_adjusted,
+                        "verdict": c.verdict,
                     }
                     for client, c in task.clients.items()
                 },
             }
             for name, task in comparison.tasks.items()
         },
-        "delta_m": {**comparison.delta_m.to_dict(), "per_seed": _by_seed(comparison.delta_m_per_seed)},
+        "delta_m": {
+            **comparison.delta_m.to_dict(),
+            "per_seed": _by_seed(comparison.delta_m_per_seed),
+            "test": comparison.delta_m_test.to_dict(),
+        },
         "worst_task": None if worst is None else {"task": worst, "delta": comparison.tasks[worst].spread.to_dict()},
-        "negative_transfer_tasks": comparison.flagged,
+        "worse_tasks": comparison.flagged,
     }
 
 
@@ -203,6 +212,21 @@ def final_dict(data: StudyData) -> dict[str, Any]:
             }
         out[task.name] = {"metric": task.metric, "higher_is_better": task.higher_is_better, "arms": arms}
     return out
+
+
+DELTA_SIGN = (
+    "Δ and Δm > 0: the arm is better than its baseline (higher is better, the sign of LibMTL's Δp); "
+    "papers such as Nash-MTL report Δm with the opposite sign (lower is better)"
+)
+
+
+def flag_rule(study: Study) -> str:
+    return (
+        f"two-sided {d.TEST_NAME} of the mean paired relative delta against 0 (over seeds; over clients when "
+        f"fewer than 2 seeds), p adjusted by {d.CORRECTION_NAMES[study.correction]} over the tasks of a pair and "
+        f"over the clients of a task; flagged worse or better when the adjusted p < {study.significance:g}; "
+        f"interval: {d.CONFIDENCE:.0%} t-interval of the mean (unadjusted)"
+    )
 
 
 def summarize(data: StudyData, all_comparisons: Sequence[Comparison] | None = None) -> dict[str, Any]:
@@ -229,16 +253,17 @@ def summarize(data: StudyData, all_comparisons: Sequence[Comparison] | None = No
     return {
         "study": study.name,
         "reference_arm": study.reference_arm,
+        "pairs": [list(pair) for pair in study.pairs],
+        "correction": study.correction,
+        "significance": study.significance,
         "arms": list(study.arms),
         "single_task_arms": list(study.single_task_arms),
         "seeds": list(study.seeds),
         "tasks": [{"name": t.name, "metric": t.metric, "higher_is_better": t.higher_is_better} for t in study.tasks],
         "runs_used": [{"arm": arm, "seed": seed} for arm, seed in sorted(data.results)],
         "runs_skipped": [{"arm": r.arm, "seed": r.seed, "status": r.status} for r in data.skipped],
-        "flag_rule": (
-            f"negative transfer when the two-sided {d.NEGATIVE_TRANSFER_CONFIDENCE:.0%} Student-t confidence interval "
-            "of the mean paired per-seed relative delta lies below zero (needs >= 2 seeds)"
-        ),
+        "flag_rule": flag_rule(study),
+        "delta_sign": DELTA_SIGN,
         "final": final_dict(data),
         "comparisons": [comparison_dict(c) for c in all_comparisons],
         "communication": communication,

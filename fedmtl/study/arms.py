@@ -14,6 +14,9 @@ evaluates each (client, task) on that client's held-out data, so their metrics c
 * ``central_mtl``: all clients' training data pooled, one multi-task model (the upper bound),
   trained with the federation's compute: ``local_steps`` x clients sampled per round, per round.
 
+A user-defined arm (``study.arms: [{name: pcgrad, base: fed_mtl, set: {...}}]``) runs its base
+arm on the study's config with its settings applied (:func:`fedmtl.config.experiment.arm_config`).
+
 The federated arms call a ``Federate`` callback (the Flower adapter), so this module knows
 nothing about Flower.
 """
@@ -51,6 +54,8 @@ def at(cfg: ExperimentConfig, run_dir: Path, **clients: Any) -> ExperimentConfig
 class Arm(ABC):
     name: ClassVar[str]
     federated: ClassVar[bool]
+    single_task: ClassVar[bool] = False  # one model per task: the baseline that defines transfer
+    settings: ClassVar[Mapping[str, Any]] = {}  # key.path -> value this arm sets before a user-defined arm's own
 
     @abstractmethod
     def run(self, cfg: ExperimentConfig, run_dir: Path, federate: Federate) -> None:
@@ -68,6 +73,7 @@ class FedMTL(Arm):
 class FedSTL(Arm):
     name = "fed_stl"
     federated = True
+    single_task = True
 
     def run(self, cfg: ExperimentConfig, run_dir: Path, federate: Federate) -> None:
         run = RunDirectory.create(at(cfg, run_dir))
@@ -103,15 +109,16 @@ def merge_task_runs(run: RunDirectory, task_dirs: list[Path]) -> None:
 class FedFull(Arm):
     name = "fed_full"
     federated = True
+    settings = {"server.federate_heads": True}
 
     def run(self, cfg: ExperimentConfig, run_dir: Path, federate: Federate) -> None:
-        full = at(cfg, run_dir)
-        federate(replace(full, server=replace(full.server, federate_heads=True)), run_dir)
+        federate(at(cfg, run_dir), run_dir)
 
 
 class LocalSTL(Arm):
     name = "local_stl"
     federated = False
+    single_task = True
 
     def run(self, cfg: ExperimentConfig, run_dir: Path, federate: Federate) -> None:
         run = RunDirectory.create(at(cfg, run_dir))

@@ -2,7 +2,7 @@
 
 Layout read here::
 
-    <study>/study.json                         name, arms, seeds, reference_arm, tasks, runs
+    <study>/study.json                         name, arms, seeds, reference_arm, pairs, tasks, runs
     <study>/arms/<arm>/seed-<seed>/metrics.jsonl  tidy rows: round, split, client, task, num_examples, <metrics>
     <study>/arms/<arm>/seed-<seed>/server.jsonl   one row per round (absent for non-federated arms)
     <study>/arms/<arm>/seed-<seed>/clients.jsonl  one row per (round, client) with task-gradient cosines
@@ -29,6 +29,7 @@ SERVER_FILE = "server.jsonl"
 CLIENTS_FILE = "clients.jsonl"
 EVAL_SPLIT = "eval"
 DONE = "done"
+CORRECTIONS = ("holm", "bh")
 DEFAULT_SINGLE_TASK_ARMS = ("local_stl", "fed_stl")
 """Arms that train one model per task, used when ``study.json`` has no ``single_task_arms`` list."""
 
@@ -69,6 +70,11 @@ class Study:
     tasks: tuple[Task, ...]
     runs: tuple[Run, ...]
     single_task_arms: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...] = ()
+    """(arm, baseline) comparisons in report order; default: reference arm against every other arm,
+    single-task arms first."""
+    correction: str = "holm"
+    significance: float = 0.05
 
     def task(self, name: str) -> Task:
         return next(task for task in self.tasks if task.name == name)
@@ -239,6 +245,20 @@ def load_study(study_dir: str | Path) -> Study:
         single = [arm for arm in DEFAULT_SINGLE_TASK_ARMS if arm in arms]
     elif not isinstance(single, list) or any(arm not in arms for arm in single):
         raise StudyError(path, f"single_task_arms must list arms among {list(arms)}")
+    pairs = payload.get("pairs")
+    if pairs is None:
+        others = [arm for arm in arms if arm != reference]
+        pairs = [[reference, arm] for arm in sorted(others, key=lambda arm: arm not in single)]
+    elif not isinstance(pairs, list) or any(
+        not isinstance(pair, list) or len(pair) != 2 or any(arm not in arms for arm in pair) for pair in pairs
+    ):
+        raise StudyError(path, f"pairs must be [arm, baseline] lists of arms among {list(arms)}")
+    correction = payload.get("correction", "holm")
+    if correction not in CORRECTIONS:
+        raise StudyError(path, f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    significance = payload.get("significance", 0.05)
+    if not isinstance(significance, int | float) or not 0 < significance < 1:
+        raise StudyError(path, f"significance must be a number in (0, 1), got {significance!r}")
     return Study(
         path=root,
         name=str(payload.get("name", root.name)),
@@ -248,6 +268,9 @@ def load_study(study_dir: str | Path) -> Study:
         tasks=tuple(tasks),
         runs=tuple(runs),
         single_task_arms=tuple(single),
+        pairs=tuple((str(a), str(b)) for a, b in pairs),
+        correction=str(correction),
+        significance=float(significance),
     )
 
 

@@ -1,4 +1,4 @@
-"""Relative deltas, Delta_m, worst task, seed spread, the negative-transfer flag and a paired test.
+"""Relative deltas, Delta_m, worst task, seed spread, and the paired test behind every flag.
 
 Pure functions of numbers. The per-task relative change and its mean over tasks are those of
 Maninis et al., "Attentive Single-Tasking of Multiple Tasks", CVPR 2019 (also used by LibMTL):
@@ -6,26 +6,25 @@ Maninis et al., "Attentive Single-Tasking of Multiple Tasks", CVPR 2019 (also us
     delta_t = (-1)^{l_t} (M_mtl,t - M_stl,t) / M_stl,t,    l_t = 1 when lower is better,
     Delta_m = mean_t delta_t.
 
-Deltas are fractions (0.6 means +60 %); positive means the reference (multi-task) arm is better.
-Negative transfer on task t is "delta_t < 0 beyond seed noise"; :func:`is_negative_transfer`
-makes that precise (see its docstring).
+Deltas are fractions (0.6 means +60 %); positive means the arm is better than its baseline
+(higher is better: the sign of LibMTL's Delta_p; Nash-MTL and others report -Delta_m).
+Whether a delta is beyond seed noise is decided by one test, :func:`paired_t_test`, whose
+p-value (adjusted for multiple tests by :func:`holm` or :func:`benjamini_hochberg`) and interval are
+reported beside every flag: worse than a single-task arm with p below the significance level is
+negative transfer.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 from scipy import stats
 
 Key = TypeVar("Key")
 
-NEGATIVE_TRANSFER_CONFIDENCE = 0.95
-MIN_WILCOXON_PAIRS = 5
-"""Fewer pairs give no p-value: with 5 pairs the smallest exact two-sided p is already 2 / 2^5 = 0.0625."""
 ZERO_TOLERANCE = 1e-12
 """Differences this small count as ties (floating-point noise between identical runs)."""
 
@@ -86,75 +85,110 @@ def mean_std(values: Iterable[float]) -> Spread:
     return Spread(mean, math.sqrt(variance), n)
 
 
-def confidence_upper_bound(deltas: Sequence[float], confidence: float = NEGATIVE_TRANSFER_CONFIDENCE) -> float:
-    """Upper end of the two-sided Student-t confidence interval of the mean paired delta.
-
-    ``mean + t_{(1+confidence)/2, n-1} * std / sqrt(n)``; NaN for fewer than two finite values
-    (one seed says nothing about seed noise).
-    """
-    spread = mean_std(d for d in deltas if not math.isnan(d))
-    if spread.n < 2:
-        return math.nan
-    quantile = float(stats.t.ppf((1 + confidence) / 2, spread.n - 1))
-    return spread.mean + quantile * spread.std / math.sqrt(spread.n)
-
-
-def is_negative_transfer(
-    deltas: Sequence[float],
-    confidence: float = NEGATIVE_TRANSFER_CONFIDENCE,
-    tolerance: float = ZERO_TOLERANCE,
-) -> bool:
-    """Negative transfer: the whole paired confidence interval of the mean delta lies below zero.
-
-    ``deltas`` are the per-seed relative deltas of the reference arm against a baseline arm on
-    the same seed (paired). The flag is raised when at least two seeds have a finite delta and
-
-        mean + t_{(1+confidence)/2, n-1} * std / sqrt(n) < -tolerance,
-
-    i.e. the two-sided 95 % Student-t interval of the mean paired delta excludes zero on the
-    negative side. Identical arms give deltas of exactly 0 (CI [0, 0]) and are never flagged; a
-    consistent loss with no spread (every seed the same negative delta) is flagged.
-    """
-    upper = confidence_upper_bound(deltas, confidence)
-    return not math.isnan(upper) and upper < -tolerance
-
-
-def wilcoxon_p_value(
-    deltas: Sequence[float], min_pairs: int = MIN_WILCOXON_PAIRS, tolerance: float = ZERO_TOLERANCE
-) -> float | None:
-    """Two-sided Wilcoxon signed-rank p-value of paired deltas against 0 (scipy.stats.wilcoxon).
-
-    NaN pairs are dropped; ``None`` when fewer than ``min_pairs`` remain. Deltas within
-    ``tolerance`` of 0 are ties; when every pair is a tie the arms are indistinguishable and the
-    p-value is 1 (scipy would divide by zero there).
-    """
-    finite = [d for d in deltas if not math.isnan(d)]
-    if len(finite) < min_pairs:
-        return None
-    cleaned = [0.0 if abs(d) <= tolerance else d for d in finite]
-    if not any(cleaned):
-        return 1.0
-    with warnings.catch_warnings():
-        # zero_method="wilcox" drops ties; scipy warns when it must fall back to the normal approximation.
-        warnings.simplefilter("ignore", UserWarning)
-        return float(stats.wilcoxon(cleaned, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
 @dataclass(frozen=True)
 class PairedTest:
-    """A p-value and the unit whose pairs produced it ("seeds", "clients"), or no test at all."""
+    """A two-sided paired Student-t test of the mean delta against 0, and its confidence interval.
 
-    p_value: float | None
+    ``unit``: what was paired ("seeds", or "clients" when there are fewer than two seeds); None
+    when fewer than two finite pairs leave the noise unknown (then every number is NaN / None).
+    """
+
     unit: str | None
     pairs: int
+    mean: float
+    low: float
+    high: float
+    p_value: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test": TEST_NAME,
+            "unit": self.unit,
+            "pairs": self.pairs,
+            "mean": self.mean,
+            "ci": [self.low, self.high],
+            "confidence": CONFIDENCE,
+            "p_value": self.p_value,
+        }
 
 
-def paired_test(
-    seed_deltas: Sequence[float], client_deltas: Sequence[float], min_pairs: int = MIN_WILCOXON_PAIRS
-) -> PairedTest:
-    """Wilcoxon over paired seeds when there are ``min_pairs`` of them, else over paired clients."""
+TEST_NAME = "paired t-test"
+CONFIDENCE = 0.95
+NO_TEST = PairedTest(None, 0, math.nan, math.nan, math.nan, None)
+
+
+def paired_t_test(deltas: Sequence[float], unit: str, tolerance: float = ZERO_TOLERANCE) -> PairedTest:
+    """Two-sided one-sample t-test of paired deltas against 0 and the 95 % t-interval of their mean.
+
+    ``t = mean / (std / sqrt(n))`` with ``n - 1`` degrees of freedom (Student 1908), the same
+    quantity as ``scipy.stats.ttest_1samp``; the interval is ``mean ± t_{0.975, n-1} std / sqrt(n)``,
+    so "p < 0.05" and "the interval excludes 0" are the same statement. NaN deltas are dropped.
+    With no spread at all the test is degenerate: every delta within ``tolerance`` of 0 gives
+    p = 1 (identical arms), a common nonzero delta gives p = 0 (a consistent difference).
+    """
+    spread = mean_std(x for x in deltas if not math.isnan(x))
+    if spread.n < 2:
+        return NO_TEST
+    if spread.std <= tolerance:
+        p_value = 1.0 if abs(spread.mean) <= tolerance else 0.0
+        return PairedTest(unit, spread.n, spread.mean, spread.mean, spread.mean, p_value)
+    error = spread.std / math.sqrt(spread.n)
+    statistic = spread.mean / error
+    p_value = float(2 * stats.t.sf(abs(statistic), spread.n - 1))
+    half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, spread.n - 1)) * error
+    return PairedTest(unit, spread.n, spread.mean, spread.mean - half_width, spread.mean + half_width, p_value)
+
+
+def paired_test(seed_deltas: Sequence[float], client_deltas: Sequence[float]) -> PairedTest:
+    """The t-test over paired seeds when two or more seeds have a delta, else over paired clients."""
     for unit, deltas in (("seeds", seed_deltas), ("clients", client_deltas)):
-        finite = [d for d in deltas if not math.isnan(d)]
-        if len(finite) >= min_pairs:
-            return PairedTest(wilcoxon_p_value(finite, min_pairs), unit, len(finite))
-    return PairedTest(None, None, 0)
+        test = paired_t_test(deltas, unit)
+        if test.unit is not None:
+            return test
+    return NO_TEST
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (Holm, Scand. J. Statist. 1979): family-wise error control.
+
+    Sorted ascending, ``p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` over the ``m`` p-values
+    present; None entries (no test) stay None and do not count in ``m``.
+    """
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg adjusted p-values (J. R. Statist. Soc. B 1995): false-discovery-rate control.
+
+    ``p~_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the ``m`` p-values present
+    (``scipy.stats.false_discovery_control``); None entries stay None.
+    """
+    present = [i for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    if present:
+        values = stats.false_discovery_control([p_values[i] for i in present], method="bh")
+        for index, value in zip(present, values):
+            adjusted[index] = float(value)
+    return adjusted
+
+
+CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
+CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini-Hochberg (false discovery rate)"}
+
+Verdict = Literal["worse", "better", "no difference"]
+
+
+def verdict(mean: float, p_value: float | None, significance: float) -> Verdict | None:
+    """``worse`` / ``better`` when the (adjusted) p-value is below ``significance``, by the sign of the
+    mean delta; ``no difference`` otherwise; None when there was no test."""
+    if p_value is None:
+        return None
+    if p_value >= significance or mean == 0:
+        return "no difference"
+    return "better" if mean > 0 else "worse"

@@ -26,7 +26,7 @@ DPI = 110
 FLAG_COLOR = "#c0392b"
 
 
-def _figure(panels: int, width: float = 5.0, height: float = 3.4, columns: int = 3) -> tuple[Figure, list[Axes]]:
+def new_figure(panels: int, width: float = 5.0, height: float = 3.4, columns: int = 3) -> tuple[Figure, list[Axes]]:
     cols = min(columns, panels)
     rows = math.ceil(panels / cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
@@ -35,7 +35,7 @@ def _figure(panels: int, width: float = 5.0, height: float = 3.4, columns: int =
     return fig, axes
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
     return path
@@ -48,7 +48,7 @@ def _band(series: Sequence[Mapping[int, float]]) -> tuple[list[int], np.ndarray,
     return rounds, np.array([s.mean for s in spreads]), np.array([s.std for s in spreads])
 
 
-def _line(ax: Axes, series: Sequence[Mapping[int, float]], label: str) -> None:
+def band_line(ax: Axes, series: Sequence[Mapping[int, float]], label: str) -> None:
     rounds, mean, std = _band(series)
     (line,) = ax.plot(rounds, mean, marker="o", markersize=3, label=label)
     ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -60,60 +60,74 @@ def plot_learning_curves(data: StudyData, path: Path) -> Path | None:
     tasks = [t for t in data.study.tasks if any(data.curves(arm, t.name) for arm in data.study.arms)]
     if not tasks:
         return None
-    fig, axes = _figure(len(tasks))
+    fig, axes = new_figure(len(tasks))
     for ax, task in zip(axes, tasks):
         for arm in data.study.arms:
             curves = data.curves(arm, task.name)
             if curves:
-                _line(ax, list(curves.values()), arm)
+                band_line(ax, list(curves.values()), arm)
         ax.set_title(f"{task.name} ({'higher' if task.higher_is_better else 'lower'} is better)")
         ax.set_xlabel("round")
         ax.set_ylabel(task.metric)
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_deltas(comparisons: Sequence[Comparison], tasks: Sequence[str], path: Path) -> Path | None:
-    """Grouped bars of the reference arm's relative delta (%) per task and Delta_m, one bar per baseline arm.
+VERDICT_COLORS = {"worse": FLAG_COLOR, "better": "#27ae60", "no difference": "#555555", None: "#aaaaaa"}
 
-    Error bars: one std over seeds. Tasks flagged as negative transfer get a red hatched bar and "NT".
+
+def _forest_rows(comparison: Comparison, group: str) -> tuple[float, float, float, str | None, float | None]:
+    """(mean, low, high, verdict, adjusted p) of one pair for a task or for Delta_m (in %)."""
+    if group == "Δm":
+        test = comparison.delta_m_test
+        return 100 * comparison.delta_m.mean, 100 * test.low, 100 * test.high, None, test.p_value
+    delta = comparison.tasks[group]
+    mean = delta.spread.mean if delta.spread.n else delta.test.mean
+    return 100 * mean, 100 * delta.test.low, 100 * delta.test.high, delta.verdict, delta.p_adjusted
+
+
+def plot_forest(comparisons: Sequence[Comparison], tasks: Sequence[str], path: Path) -> Path | None:
+    """The headline figure: one panel per task and one for Delta_m; one row per compared pair.
+
+    Each row: the mean paired relative delta (%) over seeds and its t-interval; the marker is red when
+    the arm is significantly worse than its baseline, green when better (adjusted p), grey otherwise;
+    the adjusted p (unadjusted for Delta_m) is printed at the right edge.
     """
     if not comparisons or not any(c.tasks[t].spread.n for c in comparisons for t in tasks):
         return None
     groups = [*tasks, "Δm"]
-    fig, (ax,) = _figure(1, width=max(5.0, 1.2 * len(groups) * len(comparisons)), height=3.8)
-    width = 0.8 / len(comparisons)
-    x = np.arange(len(groups))
-    for index, comparison in enumerate(comparisons):
-        spreads = [comparison.tasks[t].spread for t in tasks] + [comparison.delta_m]
-        flags = [comparison.tasks[t].negative_transfer for t in tasks] + [False]
-        means = np.array([100 * s.mean for s in spreads])
-        stds = np.array([100 * s.std for s in spreads])
-        positions = x - 0.4 + width * (index + 0.5)
-        bars = ax.bar(positions, means, width, yerr=stds, capsize=3, label=f"vs {comparison.baseline}")
-        for bar, flagged, mean, std in zip(bars, flags, means, stds):
-            if flagged:
-                bar.set_edgecolor(FLAG_COLOR)
-                bar.set_hatch("//")
-                bar.set_linewidth(1.5)
-                below = mean < 0
+    labels = [c.label for c in comparisons]
+    height = 1.4 + 0.36 * len(comparisons)
+    columns = min(len(groups), 3)
+    fig, axes = new_figure(len(groups), width=4.6, height=height, columns=columns)
+    y = np.arange(len(comparisons))[::-1]
+    for index, (ax, group) in enumerate(zip(axes, groups)):
+        for row, comparison in zip(y, comparisons):
+            mean, low, high, verdict, p_value = _forest_rows(comparison, group)
+            color = VERDICT_COLORS[verdict] if group != "Δm" else "#1f4e79"
+            if not math.isnan(low):
+                ax.hlines(row, low, high, color=color, linewidth=1.6)
+            if not math.isnan(mean):
+                ax.plot([mean], [row], marker="o" if group != "Δm" else "D", color=color, markersize=5)
+            if p_value is not None:
                 ax.annotate(
-                    "NT",
-                    (bar.get_x() + bar.get_width() / 2, mean - std if below else mean + std),
-                    xytext=(0, -4 if below else 4),
-                    textcoords="offset points",
-                    ha="center",
-                    va="top" if below else "bottom",
-                    color=FLAG_COLOR,
-                    fontweight="bold",
+                    f"p={p_value:.2g}",
+                    (0.99, row),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="center",
+                    fontsize="x-small",
+                    color=color,
                 )
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(x, groups)
-    ax.set_ylabel("relative delta (%)")
-    ax.set_title(f"{comparisons[0].reference}: relative delta (NT: negative transfer)")
-    ax.margins(y=0.15)
-    ax.legend(fontsize="small")
-    return _save(fig, path)
+        low_x, high_x = ax.get_xlim()
+        ax.set_xlim(low_x, high_x + 0.3 * (high_x - low_x))  # room for the p-values inside the panel
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels if index % columns == 0 else [""] * len(labels), fontsize="small")
+        ax.set_ylim(-0.7, len(comparisons) - 0.3)
+        ax.set_xlabel("relative delta (%), > 0: arm better")
+        ax.set_title(group if group != "Δm" else "Δm (mean over tasks)")
+        ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,7 @@ def plot_client_cosines(data: StudyData, path: Path) -> Path | None:
     grids = {arm: grid for arm in data.study.arms if (grid := _pair_grid(data, arm)) is not None}
     if not grids:
         return None
-    fig, axes = _figure(
+    fig, axes = new_figure(
         len(grids), width=6.0, height=max(2.5, 0.25 * max(len(g.pairs) for g in grids.values())), columns=1
     )
     image = None
@@ -166,7 +180,7 @@ def plot_client_cosines(data: StudyData, path: Path) -> Path | None:
         else:
             ax.set_yticks([])
     fig.colorbar(image, ax=axes, label="cosine", shrink=0.8)  # type: ignore[arg-type]  # set in the loop above
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_conflict_fraction(data: StudyData, path: Path) -> Path | None:
@@ -182,15 +196,15 @@ def plot_conflict_fraction(data: StudyData, path: Path) -> Path | None:
     series = {arm: seeds for arm, seeds in series.items() if seeds}
     if not series:
         return None
-    fig, (ax,) = _figure(1, width=6.0)
+    fig, (ax,) = new_figure(1, width=6.0)
     for arm, seeds in series.items():
-        _line(ax, seeds, arm)
+        band_line(ax, seeds, arm)
     ax.set_xlabel("round")
     ax.set_ylabel("conflict fraction")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Client-update pairs with negative cosine")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _task_cosine_series(data: StudyData, arm: str, pair: tuple[str, str]) -> list[dict[int, float]]:
@@ -216,16 +230,16 @@ def plot_task_cosines(data: StudyData, path: Path) -> Path | None:
             panels[pair] = lines
     if not panels:
         return None
-    fig, axes = _figure(len(panels))
+    fig, axes = new_figure(len(panels))
     for ax, (pair, lines) in zip(axes, panels.items()):
         for arm, series in lines.items():
-            _line(ax, series, arm)
+            band_line(ax, series, arm)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{pair[0]} vs {pair[1]}")
         ax.set_xlabel("round")
         ax.set_ylabel("task-gradient cosine (client mean)")
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -284,12 +298,12 @@ def plot_sweep(series: Sequence[SweepSeries], x_label: str, path: Path) -> Path 
     if not series:
         return None
     categories = _categories([v for s in series for v in s.x])
-    fig, axes = _figure(2, width=5.5, columns=2)
+    fig, axes = new_figure(2, width=5.5, columns=2)
     for ax, attribute, title in zip(axes, ("delta_m", "worst"), ("Δm", "worst-task delta")):
         for line in series:
             _errorbar_line(ax, line.x, getattr(line, attribute), line.label, categories, 100.0)
         _swept_axis(ax, x_label, f"{title} (%, mean ± std over seeds)", f"{title} vs {x_label}", categories)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -306,10 +320,10 @@ def plot_sweep_conflict(series: Sequence[ConflictSeries], x_label: str, arm: str
     if not series:
         return None
     categories = _categories([v for s in series for v in s.x])
-    fig, axes = _figure(1, width=6.0, columns=1)
+    fig, axes = new_figure(1, width=6.0, columns=1)
     for line in series:
         _errorbar_line(axes[0], line.x, line.values, line.label, categories, 1.0)
     _swept_axis(
         axes[0], x_label, "cosine (mean ± std over seeds)", f"{arm}: gradient conflict vs {x_label}", categories
     )
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,8 +1,9 @@
 """``write_report(study_dir)``: report.md, report.html, plots/*.png and summary.json for one study.
 
-The report opens with the per-task table (each arm's final metric, the reference arm's relative
-delta against each single-task arm, Delta_m, worst task, negative-transfer flag with p-value;
-Maninis et al., CVPR 2019 for the deltas), then per-client results, communication cost and plots.
+The report opens with its headline figure (a forest plot of each compared pair's paired relative
+delta per task with its interval, flags marked), then the comparison table (delta, interval, the
+test's p and adjusted p, verdict; Maninis et al., CVPR 2019 for the deltas), final metrics,
+per-client results, communication cost, conflict diagnostics and the other plots.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.study import plots
-from fedmtl.study.analysis import Comparison, comparisons, headline, json_ready, summarize
+from fedmtl.study.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
 from fedmtl.study.collect import StudyData, collect_study
 from fedmtl.study.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
-from fedmtl.study.deltas import MIN_WILCOXON_PAIRS, NEGATIVE_TRANSFER_CONFIDENCE, PairedTest, Spread, mean_std
+from fedmtl.study.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 REPORT_MD = "report.md"
@@ -42,7 +43,10 @@ def format_cosine(spread: Spread | None) -> str:
 
 
 def format_p(p_value: float | None) -> str:
-    return NOT_AVAILABLE if p_value is None else f"{p_value:.3g}"
+    """``0.0123``; exactly 0 only comes from a difference with no spread over seeds at all."""
+    if p_value is None:
+        return NOT_AVAILABLE
+    return "0 (no spread)" if p_value == 0 else f"{p_value:.3g}"
 
 
 def flag_word(comparison: Comparison) -> str:
@@ -50,11 +54,26 @@ def flag_word(comparison: Comparison) -> str:
     return "NEGATIVE TRANSFER" if comparison.single_task else "WORSE"
 
 
-def format_flag(comparison: Comparison, flagged: bool, test: PairedTest, seeds: int) -> str:
-    """The flag word (or "no", or "n/a" when fewer than two seeds leave the seed noise unknown) and the p-value."""
-    word = f"**{flag_word(comparison)}**" if flagged else ("no" if seeds >= 2 else f"{NOT_AVAILABLE} (< 2 seeds)")
-    detail = f"p={format_p(test.p_value)}, {test.pairs} {test.unit}" if test.unit else f"p={NOT_AVAILABLE}"
-    return f"{word} ({detail})"
+def format_verdict(comparison: Comparison, verdict: Verdict | None) -> str:
+    """``**worse**`` (``**NEGATIVE TRANSFER**`` against a single-task arm), ``better``, ``no``, or n/a without a test."""
+    if verdict is None:
+        return f"{NOT_AVAILABLE} (< 2 pairs)"
+    if verdict == "worse":
+        return f"**{flag_word(comparison)}**"
+    return "better" if verdict == "better" else "no"
+
+
+def format_interval(test: PairedTest) -> str:
+    if test.unit is None:
+        return NOT_AVAILABLE
+    return f"[{100 * test.low:+.2f}, {100 * test.high:+.2f}] %"
+
+
+def format_test(test: PairedTest, adjusted: float | None) -> str:
+    """``p=0.004, adj. 0.008 (8 seeds)``."""
+    if test.unit is None:
+        return NOT_AVAILABLE
+    return f"p={format_p(test.p_value)}, adj. {format_p(adjusted)} ({test.pairs} {test.unit})"
 
 
 def format_bytes(count: float) -> str:
@@ -64,42 +83,59 @@ def format_bytes(count: float) -> str:
     return f"{count:.0f} B"
 
 
-def delta_table(data: StudyData, shown: Sequence[Comparison], with_finals: bool) -> Table:
-    """Rows: tasks, then Delta_m and the worst task; columns: finals per arm (optional), delta and flag per baseline."""
+def final_table(data: StudyData) -> Table:
+    """Rows: tasks; columns: each arm's final metric (mean ± std over seeds)."""
     study = data.study
-    arms = list(study.arms) if with_finals else []
-    header = ["task", "metric", *arms]
-    for comparison in shown:
-        header += [f"Δ vs {comparison.baseline}", f"flag vs {comparison.baseline} (p)"]
+    rows = [
+        [
+            task.name,
+            f"{task.metric} ({'↑' if task.higher_is_better else '↓'})",
+            *(format_value(mean_std(data.final(arm, task.name).values())) for arm in study.arms),
+        ]
+        for task in study.tasks
+    ]
+    return Table(["task", "metric", *study.arms], rows)
+
+
+def comparison_table(shown: Sequence[Comparison]) -> Table:
+    """Rows: per pair, its tasks, then Δm and the worst task; columns: Δ, interval, test, verdict."""
+    header = ["arm vs baseline", "task", "Δ (mean ± std)", f"{CONFIDENCE:.0%} CI", f"{TEST_NAME} (adjusted)", "verdict"]
     rows = []
-    for task in study.tasks:
-        row = [task.name, f"{task.metric} ({'↑' if task.higher_is_better else '↓'})"]
-        row += [format_value(mean_std(data.final(arm, task.name).values())) for arm in arms]
-        for comparison in shown:
-            delta = comparison.tasks[task.name]
-            row += [
-                format_delta(delta.spread),
-                format_flag(comparison, delta.negative_transfer, delta.test, delta.spread.n),
-            ]
-        rows.append(row)
-    summary_row = ["**Δm**", "mean over tasks", *("" for _ in arms)]
-    worst_row = ["**worst task**", "lowest mean Δ", *("" for _ in arms)]
     for comparison in shown:
-        summary_row += [format_delta(comparison.delta_m), ""]
+        for name, delta in comparison.tasks.items():
+            rows.append(
+                [
+                    comparison.label,
+                    name,
+                    format_delta(delta.spread),
+                    format_interval(delta.test),
+                    format_test(delta.test, delta.p_adjusted),
+                    format_verdict(comparison, delta.verdict),
+                ]
+            )
+        test = comparison.delta_m_test
+        rows.append(
+            [
+                comparison.label,
+                "**Δm** (mean over tasks)",
+                format_delta(comparison.delta_m),
+                format_interval(test),
+                NOT_AVAILABLE
+                if test.unit is None
+                else f"p={format_p(test.p_value)}, not adjusted ({test.pairs} seeds)",
+                "",
+            ]
+        )
         worst = comparison.worst_task
-        if worst is None:
-            worst_row += [NOT_AVAILABLE, ""]
-        else:
-            delta = comparison.tasks[worst]
-            flag = f"**{flag_word(comparison)}**" if delta.negative_transfer else "no"
-            worst_row += [f"{worst}: {format_delta(delta.spread)}", flag]
-    return Table(header, [*rows, summary_row, worst_row])
+        worst_text = NOT_AVAILABLE if worst is None else f"{worst}: {format_delta(comparison.tasks[worst].spread)}"
+        worst_verdict = "" if worst is None else format_verdict(comparison, comparison.tasks[worst].verdict)
+        rows.append([comparison.label, "**worst task**", worst_text, "", "", worst_verdict])
+    return Table(header, rows)
 
 
-def client_table(data: StudyData, shown: Sequence[Comparison]) -> Table:
-    """Rows: (task, client); columns: each arm's final metric, then delta, flag and p (over seeds) per baseline."""
+def client_final_table(data: StudyData) -> Table:
+    """Rows: (task, client); columns: each arm's final metric on that client (mean ± std over seeds)."""
     study = data.study
-    header = ["task", "client", *study.arms, *(f"Δ vs {c.baseline} (flag, p)" for c in shown)]
     rows = []
     for task in study.tasks:
         for client in data.clients(task.name):
@@ -107,15 +143,27 @@ def client_table(data: StudyData, shown: Sequence[Comparison]) -> Table:
             for arm in study.arms:
                 values = [v[client] for v in data.final_by_client(arm, task.name).values() if client in v]
                 row.append(format_value(mean_std(values)))
-            for comparison in shown:
-                delta = comparison.tasks[task.name].clients.get(client)
-                if delta is None:
-                    row.append(NOT_AVAILABLE)
-                    continue
-                flag = f" **{flag_word(comparison)}**" if delta.negative_transfer else ""
-                row.append(f"{format_delta(delta.spread)}{flag} (p={format_p(delta.p_value)})")
             rows.append(row)
-    return Table(header, rows)
+    return Table(["task", "client", *study.arms], rows)
+
+
+def client_delta_table(shown: Sequence[Comparison]) -> Table:
+    """Rows: (pair, task, client); columns: Δ over seeds, its test with the p adjusted over the task's clients, verdict."""
+    rows = []
+    for comparison in shown:
+        for name, task in comparison.tasks.items():
+            for client, delta in task.clients.items():
+                rows.append(
+                    [
+                        comparison.label,
+                        name,
+                        str(client),
+                        format_delta(delta.spread),
+                        format_test(delta.test, delta.p_adjusted),
+                        format_verdict(comparison, delta.verdict),
+                    ]
+                )
+    return Table(["arm vs baseline", "task", "client", "Δ", f"{TEST_NAME} (adjusted)", "verdict"], rows)
 
 
 def communication_blocks(summary: dict[str, Any]) -> list[Block]:
@@ -171,10 +219,10 @@ def conflict_blocks(data: StudyData) -> list[Block]:
 
 
 def draw_plots(data: StudyData, shown: Sequence[Comparison], plot_dir: Path) -> dict[str, Path]:
-    """Every figure that has data; name -> PNG path."""
+    """Every figure that has data, headline figure first; name -> PNG path."""
     drawn = {
+        "forest": plots.plot_forest(shown, [t.name for t in data.study.tasks], plot_dir / "forest.png"),
         "learning_curves": plots.plot_learning_curves(data, plot_dir / "learning_curves.png"),
-        "deltas": plots.plot_deltas(shown, [t.name for t in data.study.tasks], plot_dir / "deltas.png"),
         "client_cosines": plots.plot_client_cosines(data, plot_dir / "client_cosines.png"),
         "conflict_fraction": plots.plot_conflict_fraction(data, plot_dir / "conflict_fraction.png"),
         "task_cosines": plots.plot_task_cosines(data, plot_dir / "task_cosines.png"),
@@ -183,8 +231,12 @@ def draw_plots(data: StudyData, shown: Sequence[Comparison], plot_dir: Path) -> 
 
 
 CAPTIONS = {
+    "forest": (
+        f"Paired relative delta per task and Δm (%, > 0: the arm is better than its baseline): mean over seeds "
+        f"with its {CONFIDENCE:.0%} t-interval. Red: significantly worse, green: significantly better "
+        "(adjusted p below the significance level); the adjusted p is printed on the right."
+    ),
     "learning_curves": "Eval headline metric per round (mean over seeds, band: ± 1 std).",
-    "deltas": "Relative delta of the reference arm per task and Δm (error bars: ± 1 std over seeds; NT: flagged).",
     "client_cosines": "Cosine between client updates per client pair and round (mean over seeds).",
     "conflict_fraction": "Fraction of client-update pairs with negative cosine per round (mean ± 1 std over seeds).",
     "task_cosines": "Cosine between task gradients inside clients per round (client mean; band: ± 1 std over seeds).",
@@ -195,42 +247,46 @@ def build_blocks(
     data: StudyData, all_comparisons: Sequence[Comparison], summary: dict[str, Any], plot_paths: dict[str, Path]
 ) -> list[Block]:
     study = data.study
-    shown = headline(all_comparisons)
-    others = [c for c in all_comparisons if c not in shown]
     intro = (
-        f"Reference arm `{study.reference_arm}`; arms {', '.join(f'`{a}`' for a in study.arms)}; "
-        f"seeds {', '.join(map(str, study.seeds))}; {len(data.results)} finished run(s) read."
+        f"Arms {', '.join(f'`{a}`' for a in study.arms)}; seeds {', '.join(map(str, study.seeds))}; "
+        f"{len(data.results)} finished run(s) read; {len(all_comparisons)} paired comparison(s)."
     )
     if data.skipped:
         skipped = ", ".join(f"{r.arm}/seed-{r.seed} ({r.status or 'no status'})" for r in data.skipped)
         intro += f" Skipped (not done): {skipped}."
-    blocks: list[Block] = [
-        Heading(f"Study report: {study.name}", level=1),
-        Paragraph(intro),
-        Heading("Per-task results"),
-        delta_table(data, shown, with_finals=True),
-        Paragraph(
-            "Final metric: example-weighted mean over clients of the headline metric in the eval split at the task's "
-            "last eval round, mean ± std over seeds. Δ: relative delta of the reference arm, "
-            "(-1)^l (M_ref - M_base) / M_base with l = 1 when lower is better (Maninis et al., CVPR 2019), paired by "
-            "seed; Δm: mean of the per-task deltas. Flag: the two-sided "
-            f"{NEGATIVE_TRANSFER_CONFIDENCE:.0%} Student-t interval of the mean paired delta lies below zero. "
-            f"p: two-sided Wilcoxon signed-rank test over paired seeds (≥ {MIN_WILCOXON_PAIRS}), else over paired "
-            "clients (each client's delta averaged over seeds); n/a when fewer pairs."
-        ),
-    ]
-    if others:
-        blocks += [Heading("Reference arm against the other arms"), delta_table(data, others, with_finals=False)]
+    blocks: list[Block] = [Heading(f"Study report: {study.name}", level=1), Paragraph(intro)]
+    if "forest" in plot_paths:
+        blocks.append(Image(plot_paths["forest"], CAPTIONS["forest"]))
     blocks += [
+        Heading("Paired comparisons"),
+        Paragraph(
+            "Δ: relative delta of the arm over its baseline, (-1)^l (M_arm - M_base) / M_base with l = 1 when lower "
+            "is better (Maninis et al., CVPR 2019), paired by seed; Δm: its mean over tasks. "
+            f"Sign: {DELTA_SIGN}. Test: {flag_rule(study)}. Against a single-task arm, significantly worse is "
+            "**NEGATIVE TRANSFER**."
+        ),
+        comparison_table(all_comparisons),
+        Heading("Final metrics"),
+        Paragraph(
+            "Example-weighted mean over clients of the headline metric in the eval split at the task's last eval "
+            "round, mean ± std over seeds."
+        ),
+        final_table(data),
         Heading("Per-client results"),
-        Paragraph("Each client's own final metric (mean ± std over seeds); Δ, flag and p over paired seeds."),
-        client_table(data, shown),
+        Paragraph("Each client's own final metric (mean ± std over seeds)."),
+        client_final_table(data),
+        Paragraph(
+            f"Each client's Δ over paired seeds; p adjusted by {CORRECTION_NAMES[study.correction]} over the "
+            "clients that hold the task."
+        ),
+        client_delta_table(all_comparisons),
         *communication_blocks(summary),
         *conflict_blocks(data),
     ]
-    if plot_paths:
+    others = [name for name in plot_paths if name != "forest"]
+    if others:
         blocks.append(Heading("Plots"))
-        blocks += [Image(path, CAPTIONS[name]) for name, path in plot_paths.items()]
+        blocks += [Image(plot_paths[name], CAPTIONS[name]) for name in others]
     return blocks
 
 
@@ -240,7 +296,7 @@ def write_report(study_dir: str | Path) -> dict[str, Any]:
     data = collect_study(root)
     all_comparisons = comparisons(data)
     summary = summarize(data, all_comparisons)
-    plot_paths = draw_plots(data, headline(all_comparisons), root / PLOTS_DIR)
+    plot_paths = draw_plots(data, all_comparisons, root / PLOTS_DIR)
     summary["plots"] = {name: path.relative_to(root).as_posix() for name, path in plot_paths.items()}
     summary = json_ready(summary)
     blocks = build_blocks(data, all_comparisons, summary, plot_paths)

@@ -17,15 +17,15 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedmtl.config.experiment import ExperimentConfig, StudyConfig, SweepConfig, point_config
+from fedmtl.config.experiment import ExperimentConfig, arm_config, point_config
 from fedmtl.runfiles.rundir import CONFIG_FILE, atomic_write_text
 from fedmtl.study.arms import ARMS, Federate
+from fedmtl.study.progress import Progress, run_line
 
 STUDY_FILE = "study.json"
 SWEEP_FILE = "sweep.json"
@@ -41,7 +41,9 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 
 
 def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
-    seeds = list(cfg.study.seeds or (cfg.seed,))
+    study = cfg.study
+    seeds = list(study.seeds or (cfg.seed,))
+    names = study.arm_names()
     tasks = [
         {"name": s.name, "metric": s.kind_impl.headline_metric, "higher_is_better": s.kind_impl.higher_is_better}
         for s in cfg.data.task_specs()
@@ -49,20 +51,34 @@ def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
     runs = [
         {"arm": arm, "seed": seed, "dir": f"arms/{arm}/seed-{seed}", "status": "pending"}
         for seed in seeds
-        for arm in cfg.study.arms
+        for arm in names
     ]
+    specs = {name: study.arm_spec(name) for name in names}
     return {
         "name": cfg.name,
-        "arms": list(cfg.study.arms),
+        "arms": list(names),
+        "arm_specs": {name: {"base": spec.base, "set": dict(spec.set)} for name, spec in specs.items()},
+        "single_task_arms": [name for name, spec in specs.items() if ARMS[spec.base].single_task],
         "seeds": seeds,
-        "reference_arm": cfg.study.reference_arm,
+        "reference_arm": study.reference_arm,
+        "pairs": [list(pair) for pair in study.pairs()],
+        "correction": study.correction,
+        "significance": study.significance,
         "tasks": tasks,
         "runs": runs,
     }
 
 
+def pending_runs(manifest: dict[str, Any]) -> int:
+    return sum(entry["status"] != DONE for entry in manifest["runs"])
+
+
 def run_study(
-    cfg: ExperimentConfig, study_dir: Path, federate: Federate, echo: Callable[[str], None] = print
+    cfg: ExperimentConfig,
+    study_dir: Path,
+    federate: Federate,
+    echo: Callable[[str], None] = print,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir``; write the report; return its summary."""
     from fedmtl.study.report import write_report  # matplotlib only once something is reported
@@ -70,8 +86,9 @@ def run_study(
     manifest_path = study_dir / STUDY_FILE
     manifest = _read(manifest_path) or study_manifest(cfg)
     _write(manifest_path, manifest)
-    total = len(manifest["runs"])
-    for index, entry in enumerate(manifest["runs"], 1):
+    progress = progress or Progress(pending_runs(manifest))
+    raw = cfg.to_dict()
+    for entry in manifest["runs"]:
         if entry["status"] == DONE:
             continue
         run_dir = study_dir / entry["dir"]
@@ -79,13 +96,12 @@ def run_study(
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        arm_cfg = replace(cfg, seed=entry["seed"], study=StudyConfig(), sweep=SweepConfig())
-        ARMS[entry["arm"]]().run(arm_cfg, run_dir, federate)
+        spec = cfg.study.arm_spec(entry["arm"])
+        ARMS[spec.base]().run(arm_config({**raw, "seed": entry["seed"]}, spec), run_dir, federate)
         entry["status"] = DONE
         _write(manifest_path, manifest)
-        echo(
-            f"study {cfg.name}: [{index}/{total}] {entry['arm']} seed {entry['seed']} done in {time.perf_counter() - started:.1f} s"
-        )
+        progress.finished(time.perf_counter() - started)
+        echo(f"{cfg.name}: {progress.line()} | {run_line(entry['arm'], entry['seed'], run_dir, manifest['tasks'])}")
     return write_report(study_dir)
 
 
@@ -106,6 +122,13 @@ def run_sweep(
     }
     _write(manifest_path, manifest)
     raw = cfg.to_dict()
+    runs_per_point = len(cfg.study.seeds or (cfg.seed,)) * len(cfg.study.arms)
+    unfinished = 0
+    for entry in manifest["points"]:
+        if entry["status"] != DONE:
+            study = _read(sweep_dir / entry["study_dir"] / STUDY_FILE)
+            unfinished += runs_per_point if study is None else pending_runs(study)
+    progress = Progress(unfinished)
     for i, entry in enumerate(manifest["points"], 1):
         if entry["status"] == DONE:
             continue
@@ -114,7 +137,7 @@ def run_sweep(
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_dir / CONFIG_FILE, yaml.safe_dump(point.to_dict(), sort_keys=False))
         echo(f"sweep {cfg.name}: point {i}/{len(points)}: {', '.join(f'{k}={v}' for k, v in entry['values'].items())}")
-        run_study(point, study_dir, federate, echo)
+        run_study(point, study_dir, federate, echo, progress)
         entry["status"] = DONE
         _write(manifest_path, manifest)
     return write_sweep_report(sweep_dir)

@@ -5,9 +5,9 @@ Layout::
     <sweep>/sweep.json   {"name", "keys": [config key paths], "points": [{"values": {key: value}, "label", "study_dir"}]}
     <sweep>/points/<i>/  a study directory (see :mod:`fedmtl.study.collect`)
 
-Per point and per baseline arm (the single-task arms, or every other arm when the study has
+Per point and per compared pair (those against single-task arms, or every pair when the study has
 none) the table holds each task's relative delta, Delta_m and the worst task (Maninis et al.,
-CVPR 2019), mean ± std over seeds, and the negative-transfer flag.
+CVPR 2019), mean ± std over seeds, and the verdict of the paired test (fedmtl.study.deltas).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fedmtl.study.conflict import (
 )
 from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_markdown
-from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_flag
+from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_test, format_verdict
 
 SWEEP_FILE = "sweep.json"
 SWEEP_MD = "sweep.md"
@@ -93,14 +93,15 @@ def sweep_rows(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> lis
                         "point": point.index,
                         "label": point.label,
                         **{key: point.values[key] for key in sweep.keys},
-                        "reference": comparison.reference,
+                        "arm": comparison.arm,
                         "baseline": comparison.baseline,
                         "task": task,
                         "delta_mean": delta.spread.mean,
                         "delta_std": delta.spread.std,
                         "seeds": delta.spread.n,
-                        "negative_transfer": delta.negative_transfer,
+                        "verdict": delta.verdict,
                         "p_value": delta.test.p_value,
+                        "p_adjusted": delta.p_adjusted,
                         "p_unit": delta.test.unit,
                         "delta_m_mean": comparison.delta_m.mean,
                         "delta_m_std": comparison.delta_m.std,
@@ -124,15 +125,15 @@ def sweep_table(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> Ta
                     [
                         point.label,
                         *(_cell(point.values[key]) for key in sweep.keys),
-                        comparison.baseline,
+                        comparison.label,
                         task,
                         format_delta(delta.spread),
-                        format_flag(comparison, delta.negative_transfer, delta.test, delta.spread.n),
+                        f"{format_verdict(comparison, delta.verdict)} ({format_test(delta.test, delta.p_adjusted)})",
                         format_delta(comparison.delta_m),
                         worst_text,
                     ]
                 )
-    return Table(["point", *sweep.keys, "baseline", "task", "Δ", "flag (p)", "Δm", "worst task"], rows)
+    return Table(["point", *sweep.keys, "arm vs baseline", "task", "Δ", "verdict (test)", "Δm", "worst task"], rows)
 
 
 def _other_values(point: SweepPoint, keys: Sequence[str]) -> str:
@@ -149,7 +150,7 @@ def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> l
             if comparison.worst_task is None:
                 continue
             others = _other_values(point, rest)
-            label = f"{others} · vs {comparison.baseline}" if others else f"vs {comparison.baseline}"
+            label = f"{others} · {comparison.label}" if others else comparison.label
             line = lines.setdefault(label, SweepSeries(label, [], [], []))
             worst = comparison.tasks[comparison.worst_task].spread
             line.x.append(point.values[first])
@@ -196,14 +197,15 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
         "point",
         "label",
         *sweep.keys,
-        "reference",
+        "arm",
         "baseline",
         "task",
         "delta_mean",
         "delta_std",
         "seeds",
-        "negative_transfer",
+        "verdict",
         "p_value",
+        "p_adjusted",
         "p_unit",
         "delta_m_mean",
         "delta_m_std",

@@ -42,6 +42,10 @@ class Spec:
     order_dependent: bool = False  # declared randomness / fixed visiting order: permutation-invariant only for K <= 2
     extra_tolerance: float = 0.0  # iterative solvers: added to the dtype's relative tolerance
     reg_eps: float = 0.0  # UPGrad's regulariser, which loosens its non-conflict guarantee
+    min_rows: int = 1  # Krum needs K > 2f + 2: cases with fewer rows are left out (and must raise)
+
+    def usable(self, cases: list[Case]) -> list[Case]:
+        return [c for c in cases if c.num_rows >= self.min_rows]
 
     @property
     def id(self) -> str:
@@ -61,6 +65,9 @@ DEFAULTS = {
     "imtl_g": Spec({"name": "imtl_g"}, agrees_without_conflict=False),
     "nash_mtl": Spec({"name": "nash_mtl"}, conflict_free=True),
     "aligned_mtl": Spec({"name": "aligned_mtl"}),
+    "median": Spec({"name": "median"}),
+    "trimmed_mean": Spec({"name": "trimmed_mean"}),
+    "krum": Spec({"name": "krum"}, min_rows=5),  # f = 1
 }
 VARIANTS = [
     Spec({"name": "fedfv", "alpha": 0.5}, mean_when_no_conflict=True),  # keeps the higher-loss row of 2 as is
@@ -72,6 +79,12 @@ VARIANTS = [
     Spec({"name": "upgrad", "solver": "nnls"}, conflict_free=True, mean_when_no_conflict=True, reg_eps=1e-4),
     Spec({"name": "upgrad", "solver": "nnls", "reg_eps": 0.0}, conflict_free=True, mean_when_no_conflict=True),
     Spec({"name": "aligned_mtl", "scale_mode": "rmse"}),
+    Spec({"name": "trimmed_mean", "beta": 0.0}, mean_when_no_conflict=True),
+    Spec({"name": "trimmed_mean", "beta": 0.45}),
+    Spec({"name": "krum", "f": 0, "m": 2}, min_rows=3),
+    Spec({"name": "krum", "f": 1, "m": 3, "then": {"name": "upgrad"}}, min_rows=5, reg_eps=1e-4),
+    Spec({"name": "krum", "f": 1, "m": 3, "then": {"name": "pcgrad"}}, min_rows=5, order_dependent=True),
+    Spec({"name": "krum", "f": 0, "m": 3, "then": {"name": "median"}}, min_rows=3),
 ]
 ALL_SPECS = list(DEFAULTS.values()) + VARIANTS
 # A value each method must reject, and the key path the error must name.
@@ -85,6 +98,9 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "imtl_g": {"eps": 1e-3},
     "nash_mtl": {"ridge": -1.0},
     "aligned_mtl": {"scale_mode": "max"},
+    "median": {"beta": 0.1},
+    "trimmed_mean": {"beta": 0.5},
+    "krum": {"f": -1},
 }
 
 
@@ -144,10 +160,18 @@ def test_finite_direction_of_shape_p_and_weights_reproduce_it(spec: Spec) -> Non
             recombined = result.weights.double() @ case.matrix.double()
             torch.testing.assert_close(result.direction.double(), recombined, rtol=0, atol=tolerance(spec, case))
 
-    for_each_case(ALL, check)
+    for_each_case(spec.usable(ALL), check)
 
 
-@pytest.mark.parametrize("spec", spec_params(SPECS))
+@pytest.mark.parametrize("spec", spec_params([s for s in SPECS if s.min_rows > 1]))
+def test_too_few_rows_raise_a_clear_error(spec: Spec) -> None:
+    aggregator = build(spec.config)
+    for case in [c for c in ALL if c.num_rows < spec.min_rows]:
+        with pytest.raises(ValueError, match="needs more than"):
+            aggregator(case.inputs())
+
+
+@pytest.mark.parametrize("spec", spec_params([s for s in SPECS if s.min_rows <= 1]))
 def test_single_row_is_returned(spec: Spec) -> None:
     aggregator = build(spec.config)
 
@@ -155,7 +179,7 @@ def test_single_row_is_returned(spec: Spec) -> None:
         direction = aggregator(case.inputs()).direction
         torch.testing.assert_close(direction, case.matrix[0], rtol=0, atol=tolerance(spec, case))
 
-    for_each_case([c for c in RANDOM + ZERO_ROW if c.num_rows == 1], check)
+    for_each_case(spec.usable([c for c in RANDOM + ZERO_ROW if c.num_rows == 1]), check)
 
 
 @pytest.mark.parametrize("spec", spec_params(SPECS))
@@ -166,7 +190,7 @@ def test_identical_rows_give_that_row(spec: Spec) -> None:
         direction = aggregator(case.inputs()).direction
         torch.testing.assert_close(direction, case.matrix[0], rtol=0, atol=tolerance(spec, case))
 
-    for_each_case(IDENTICAL, check)
+    for_each_case(spec.usable(IDENTICAL), check)
 
 
 @pytest.mark.parametrize("spec", spec_params(SPECS))
@@ -186,7 +210,7 @@ def test_permuting_rows_permutes_weights_and_keeps_direction(spec: Spec) -> None
     cases = RANDOM + NON_CONFLICTING + CONFLICTING
     if spec.order_dependent:  # declared randomness, or a visiting order fixed by row index
         cases = [c for c in cases if c.num_rows <= 2 or c in NON_CONFLICTING]
-    for_each_case(cases, check)
+    for_each_case(spec.usable(cases), check)
 
 
 @pytest.mark.parametrize("spec", spec_params(SPECS))
@@ -201,7 +225,7 @@ def test_without_conflict_the_direction_agrees_with_the_mean(spec: Spec) -> None
         if spec.mean_when_no_conflict:
             torch.testing.assert_close(direction, mean, rtol=0, atol=tolerance(spec, case))
 
-    for_each_case(NON_CONFLICTING, check)
+    for_each_case(spec.usable(NON_CONFLICTING), check)
 
 
 @pytest.mark.parametrize("spec", spec_params([s for s in SPECS if s.conflict_free or s.conflict_free_two_rows]))

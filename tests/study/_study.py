@@ -104,7 +104,9 @@ def write_study(
     final: FinalFn = default_final,
     federated: Sequence[str] = ("fed_mtl",),
     held: Mapping[int, Sequence[str]] = BOTH_TASKS,
+    **manifest: Any,
 ) -> Path:
+    """A study directory; ``manifest`` adds or replaces keys of study.json (pairs, correction, ...)."""
     runs = []
     for arm in arms:
         for seed in seeds:
@@ -118,6 +120,7 @@ def write_study(
         "reference_arm": "fed_mtl",
         "tasks": TASKS,
         "runs": runs,
+        **manifest,
     }
     (root / "study.json").write_text(json.dumps(study))
     return root

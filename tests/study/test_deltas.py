@@ -1,10 +1,12 @@
-"""Delta arithmetic against hand-computed values (Maninis et al., CVPR 2019), flag rule and Wilcoxon edge cases."""
+"""Delta arithmetic against hand-computed values (Maninis et al., CVPR 2019), the paired t-test and the corrections."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from fedmtl.study import deltas as d
 
@@ -44,32 +46,72 @@ def test_mean_std_is_the_sample_std() -> None:
     assert d.mean_std([]).n == 0
 
 
-def test_identical_arms_are_never_flagged_and_wilcoxon_does_not_crash() -> None:
-    zeros = [0.0] * 6
-    assert not d.is_negative_transfer(zeros)
-    assert d.wilcoxon_p_value(zeros) == 1.0
-    assert d.wilcoxon_p_value([1e-15, -1e-15, 0.0, 0.0, 0.0]) == 1.0
+def test_identical_arms_give_p_one_and_no_difference() -> None:
+    test = d.paired_t_test([0.0] * 6, "seeds")
+    assert (test.p_value, test.low, test.high, test.pairs) == (1.0, 0.0, 0.0, 6)
+    assert d.paired_t_test([1e-15, -1e-15, 0.0], "seeds").p_value == 1.0
+    assert d.verdict(0.0, 1.0, 0.05) == "no difference"
 
 
-def test_consistent_loss_is_flagged() -> None:
-    assert d.is_negative_transfer([-0.20, -0.21, -0.19])
-    assert d.is_negative_transfer([-0.1, -0.1])  # no spread at all: every seed loses the same amount
-    # five negative pairs: the smallest exact two-sided Wilcoxon p-value, 2 / 2^5
-    assert d.wilcoxon_p_value([-0.1, -0.2, -0.3, -0.4, -0.5]) == pytest.approx(2 / 32)
+def test_t_test_matches_scipy_and_the_hand_computed_interval() -> None:
+    deltas = [-0.20, -0.21, -0.19, -0.25]
+    test = d.paired_t_test(deltas, "seeds")
+    assert test.p_value == pytest.approx(stats.ttest_1samp(deltas, 0.0).pvalue)
+    spread = d.mean_std(deltas)
+    half = 3.182446305284263 * spread.std / math.sqrt(4)  # t_{0.975, 3}
+    assert (test.low, test.high) == (pytest.approx(spread.mean - half), pytest.approx(spread.mean + half))
+    assert d.verdict(test.mean, test.p_value, 0.05) == "worse"
+    assert d.verdict(-test.mean, test.p_value, 0.05) == "better"
 
 
-def test_noise_around_zero_and_single_seeds_are_not_flagged() -> None:
-    # mean -0.01, std 0.1, n 3: the 95 % interval -0.01 +- 4.30 * 0.1 / sqrt(3) contains 0
-    assert not d.is_negative_transfer([-0.11, 0.09, -0.01])
-    assert not d.is_negative_transfer([-0.5])
-    upper = -0.2 + 4.302652729911275 * d.mean_std([-0.20, -0.21, -0.19]).std / math.sqrt(3)
-    assert d.confidence_upper_bound([-0.20, -0.21, -0.19]) == pytest.approx(upper)
+def test_p_below_the_level_exactly_when_the_interval_excludes_zero() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        deltas = list(rng.normal(rng.normal(0, 0.05), 0.1, size=int(rng.integers(2, 12))))
+        test = d.paired_t_test(deltas, "seeds")
+        assert test.p_value is not None
+        assert (test.p_value < 0.05) == (test.high < 0 or test.low > 0)
 
 
-def test_paired_test_falls_back_to_clients_and_needs_enough_pairs() -> None:
-    assert d.paired_test([-0.1, -0.2], [-0.1, -0.2, -0.3, -0.4, -0.5]) == d.PairedTest(
-        pytest.approx(2 / 32), "clients", 5
-    )
-    assert d.paired_test([-0.1] * 5, [0.0] * 9).unit == "seeds"
-    assert d.paired_test([-0.1] * 4, [-0.1] * 4) == d.PairedTest(None, None, 0)
-    assert d.wilcoxon_p_value([-0.1, math.nan, -0.2, -0.3, -0.4]) is None
+def test_a_consistent_difference_without_spread_is_significant() -> None:
+    assert d.paired_t_test([-0.1, -0.1], "seeds").p_value == 0.0
+
+
+def test_noise_around_zero_is_no_difference_and_one_pair_is_no_test() -> None:
+    noisy = d.paired_t_test([-0.11, 0.09, -0.01], "seeds")
+    assert noisy.p_value is not None and noisy.p_value > 0.5
+    assert d.verdict(noisy.mean, noisy.p_value, 0.05) == "no difference"
+    assert d.paired_t_test([-0.5], "seeds") == d.NO_TEST
+    assert d.paired_t_test([-0.5, math.nan], "seeds") == d.NO_TEST
+    assert d.verdict(-0.5, None, 0.05) is None
+
+
+def test_paired_test_falls_back_to_clients() -> None:
+    assert d.paired_test([-0.1], [-0.1, -0.2, -0.3]).unit == "clients"
+    assert d.paired_test([-0.1, -0.2], [0.0] * 9).unit == "seeds"
+    assert d.paired_test([-0.1], [-0.1]) == d.NO_TEST
+
+
+def test_holm_against_hand_computed_values() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 * 0.005, 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04)
+    adjusted = d.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06), pytest.approx(0.02)]
+    assert d.holm([0.5, None, 0.9]) == [pytest.approx(1.0), None, pytest.approx(1.0)]
+    assert d.holm([]) == []
+
+
+def test_benjamini_hochberg_against_hand_computed_values_and_scipy() -> None:
+    # m p_(i) / i from the top: 0.04, min(0.04, 4 * 0.03 / 3), 4 * 0.01 / 2, min(0.02, 4 * 0.005)
+    p_values = [0.01, 0.04, 0.03, 0.005]
+    adjusted = d.benjamini_hochberg(p_values)
+    assert adjusted == [pytest.approx(0.02), pytest.approx(0.04), pytest.approx(0.04), pytest.approx(0.02)]
+    assert d.benjamini_hochberg([None, 0.2]) == [None, pytest.approx(0.2)]
+
+
+def test_holm_is_never_less_conservative_than_benjamini_hochberg() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        p_values = list(rng.uniform(0, 0.2, size=int(rng.integers(1, 10))))
+        for holm, bh, raw in zip(d.holm(p_values), d.benjamini_hochberg(p_values), p_values):
+            assert holm is not None and bh is not None
+            assert raw <= bh + 1e-15 and bh <= holm + 1e-15

@@ -48,14 +48,14 @@ def test_numeric_sweep_table_and_figure(tmp_path: Path) -> None:
     ]
     p0_reg, p1_cls, p1_reg = rows[1], rows[2], rows[3]
     assert (p0_reg["delta_mean"], p0_reg["delta_std"]) == (pytest.approx(-0.28), pytest.approx(0.03))
-    assert p0_reg["negative_transfer"] is True and table[1]["negative_transfer"] == "True"
+    assert p0_reg["verdict"] == "worse" and table[1]["verdict"] == "worse" and table[1]["arm"] == "fed_mtl"
     assert p0_reg["delta_m_mean"] == pytest.approx(-0.04)
     assert (p0_reg["worst_task"], p0_reg["worst_delta_mean"]) == ("reg", pytest.approx(-0.28))
     # point 1: cls +20 % as before, reg exactly 0 -> Delta_m = +10 %, worst task reg at 0, nothing flagged
     assert p1_cls["delta_mean"] == pytest.approx(0.2) and p1_reg["delta_mean"] == 0.0
     assert p1_reg["delta_m_mean"] == pytest.approx(0.1)
     assert (p1_reg["worst_task"], p1_reg["worst_delta_mean"]) == ("reg", 0.0)
-    assert not p1_cls["negative_transfer"] and not p1_reg["negative_transfer"]
+    assert p1_cls["verdict"] == "better" and p1_reg["verdict"] == "no difference"
     assert float(table[3]["delta_m_mean"]) == pytest.approx(0.1)
 
 
@@ -71,8 +71,8 @@ def test_categorical_sweep_draws_one_line_per_other_key_combination(tmp_path: Pa
     results = {p.index: headline(comparisons(collect_study(p.study_dir))) for p in sweep.points}
     lines = sweep_series(sweep, results)
     assert [(line.label, line.x) for line in lines] == [
-        ("client.local_steps=1 · vs local_stl", ["fedavg", "pcgrad"]),
-        ("client.local_steps=2 · vs local_stl", ["fedavg"]),
+        ("client.local_steps=1 · fed_mtl vs local_stl", ["fedavg", "pcgrad"]),
+        ("client.local_steps=2 · fed_mtl vs local_stl", ["fedavg"]),
     ]
     assert lines[0].delta_m[0] == (pytest.approx(-0.04), pytest.approx(abs(0.01 / 0.55 - 0.03) / 2))
     assert lines[0].worst[1] == (0.0, 0.0)

@@ -24,7 +24,7 @@ from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
 from fedmtl.data.task_kinds import TaskSpec
 
 DigitTask = Literal["digit", "parity", "geq5", "loops"]
-_LABELS = {
+DIGIT_QUESTIONS = {
     "digit": (10, lambda d: d),
     "parity": (2, lambda d: d % 2),
     "geq5": (2, lambda d: (d >= 5).astype(np.int64)),
@@ -72,7 +72,7 @@ class DigitsSuite(TaskSuite):
             raise ValueError("need dirichlet_alpha > 0 and 0 < eval_fraction < 1")
 
     def task_specs(self) -> tuple[TaskSpec, ...]:
-        return tuple(TaskSpec(t, "classification", _LABELS[t][0]) for t in self.tasks)
+        return tuple(TaskSpec(t, "classification", DIGIT_QUESTIONS[t][0]) for t in self.tasks)
 
     def feature_dim(self) -> int:
         return 64
@@ -99,4 +99,6 @@ class DigitsSuite(TaskSuite):
 
     @staticmethod
     def _task_data(task: str, images: np.ndarray, digits: np.ndarray, index: np.ndarray) -> TaskData:
-        return TaskData(torch.from_numpy(images[index]), torch.from_numpy(_LABELS[task][1](digits[index])).long())
+        return TaskData(
+            torch.from_numpy(images[index]), torch.from_numpy(DIGIT_QUESTIONS[task][1](digits[index])).long()
+        )

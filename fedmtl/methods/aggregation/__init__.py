@@ -11,14 +11,17 @@ from fedmtl.methods.aggregation.base import AggregationInput, AggregationResult,
 from fedmtl.methods.aggregation.cagrad import CAGrad
 from fedmtl.methods.aggregation.fedavg import FedAvg
 from fedmtl.methods.aggregation.fedfv import FedFV
+from fedmtl.methods.aggregation.krum import Krum
+from fedmtl.methods.aggregation.median import CoordinateMedian
 from fedmtl.methods.aggregation.mgda import MGDA
 from fedmtl.methods.aggregation.nash_mtl import NashMTL
 from fedmtl.methods.aggregation.pcgrad import PCGrad
 from fedmtl.methods.aggregation.torchjd_methods import IMTLG, AlignedMTL, UPGrad
+from fedmtl.methods.aggregation.trimmed_mean import TrimmedMean
 
-AGGREGATORS: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (FedAvg, PCGrad, FedFV, MGDA, CAGrad, UPGrad, IMTLG, NashMTL, AlignedMTL)
-}
+_CONFLICT_AWARE = (PCGrad, FedFV, MGDA, CAGrad, UPGrad, IMTLG, NashMTL, AlignedMTL)
+_BYZANTINE_ROBUST = (CoordinateMedian, TrimmedMean, Krum)
+AGGREGATORS: dict[str, type[Aggregator]] = {cls.name: cls for cls in (FedAvg, *_CONFLICT_AWARE, *_BYZANTINE_ROBUST)}
 register_component_base(Aggregator, AGGREGATORS)
 
 __all__ = [
@@ -30,10 +33,13 @@ __all__ = [
     "Aggregator",
     "AlignedMTL",
     "CAGrad",
+    "CoordinateMedian",
     "FedAvg",
     "FedFV",
     "GramianAggregator",
+    "Krum",
     "NashMTL",
     "PCGrad",
+    "TrimmedMean",
     "UPGrad",
 ]

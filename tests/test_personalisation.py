@@ -1,0 +1,253 @@
+"""Per-client encoders (``server.personalisation``): the rule against a hand computation, its two
+limits (alpha = 1: local training; alpha = 0: the plain federation), the messages the strategy
+builds, checkpoint/resume, and the direction the learned weights move."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from fedmtl.config.errors import ConfigError
+from fedmtl.config.experiment import ServerOptimizerConfig, load_config
+from fedmtl.federation import protocol
+from fedmtl.federation.rounds import ClientSampler, ServerState
+from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.local.client import LocalClient
+from fedmtl.methods.aggregation import FedAvg, PCGrad
+from fedmtl.methods.personalisation import Learned, Mixed, PersonalEncoders, hypergradient, personalised_encoder
+from fedmtl.model.networks import initial_shared_state
+from fedmtl.runfiles.checkpoint import load_server_checkpoint, save_server_checkpoint
+from fedmtl.runfiles.rundir import RunDirectory, read_rows
+from server.loop import payload_bytes
+from server.strategy import EncoderStrategy
+from tests.helpers import TAG_VAR, TINY_OVERRIDES, set_args, simulate, stop_tagged, tagged_env
+
+W0 = torch.tensor([1.0, 2.0, 3.0])
+
+
+def _updater(personalisation, lr: float = 1.0, aggregator=None) -> ServerUpdater:
+    return ServerUpdater(
+        {"w": W0.clone()}, aggregator or FedAvg(weighted=False), ServerOptimizerConfig(lr=lr), seed=0,
+        device="cpu", personalisation=personalisation,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the pure rule
+
+
+def test_rule_matches_a_hand_computation():
+    alpha, lr = 0.25, 0.5
+    updater = _updater(Mixed(alpha), lr=lr)
+    local = [torch.tensor([0.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 5.0])]
+    updater.step([3, 7], [{"w": w} for w in local], [1.0, 1.0])
+    u = [W0 - w for w in local]  # rows: start (= global, nobody has an offset yet) - local
+    d = (u[0] + u[1]) / 2  # fedavg, unweighted
+    assert torch.allclose(updater.param.detach(), W0 - lr * d)
+    for client, own in zip([3, 7], u):
+        expected = W0 - alpha * own - (1 - alpha) * lr * d  # the rule, by hand
+        assert torch.allclose(updater.client_state(client)["w"], expected)
+        assert torch.allclose(personalised_encoder(W0, own, lr * d, alpha), expected)
+    assert updater.client_offset(5) is None and torch.equal(updater.client_state(5)["w"], updater.param.detach())
+
+    # round 2: client 3 trains from its own encoder, so its row is taken against that encoder
+    start = updater.client_state(3)["w"].clone()
+    global_prev = updater.param.detach().clone()
+    local3 = start - torch.tensor([0.2, -0.4, 0.0])
+    diagnostics = updater.step([3], [{"w": local3}], [1.0])
+    step = global_prev - updater.param.detach()
+    assert torch.allclose(step, lr * torch.tensor([0.2, -0.4, 0.0]))  # one client: d is its own row
+    assert torch.allclose(updater.client_state(3)["w"], personalised_encoder(start, start - local3, step, alpha))
+    assert diagnostics.personal_alphas == (alpha,)
+
+
+def test_alpha_one_is_local_training_and_alpha_zero_the_global_encoder():
+    local = [torch.tensor([0.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 5.0])]
+    own, none = _updater(Mixed(1.0), aggregator=PCGrad()), _updater(Mixed(0.0), aggregator=PCGrad())
+    for updater in (own, none):
+        updater.step([0, 1], [{"w": w} for w in local], [1.0, 1.0])
+    for client, w in enumerate(local):
+        assert torch.allclose(own.client_state(client)["w"], w)
+        assert own.client_offset(client) is not None
+        assert none.client_offset(client) is None  # nothing stored: everybody gets the global encoder
+        assert torch.equal(none.client_state(client)["w"], none.param.detach())
+
+
+def test_learned_weights_move_the_way_the_feedback_says():
+    step = torch.tensor([1.0, 0.0])
+    own = torch.tensor([[0.0, 1.0]])  # the client's update, orthogonal to the server's step
+    towards_own, towards_global = PersonalEncoders(0.5, lr=0.1), PersonalEncoders(0.5, lr=0.1)
+    for personal in (towards_own, towards_global):
+        assert personal.observe([4], own, step) == (0.5,)  # no feedback yet: the initial weight
+    # Next round the client keeps pulling along its own update: more weight on it.
+    assert towards_own.observe([4], own, step)[0] > 0.5
+    # The client's next update points along the server's step instead: less weight on its own.
+    assert towards_global.observe([4], step[None], step)[0] < 0.5
+    # The step is the hypergradient: alpha -= lr * <u_next, step - u>
+    assert towards_own.alpha(4) == pytest.approx(0.5 - 0.1 * hypergradient(own[0], step - own[0], False))
+    clipped = PersonalEncoders(0.95, lr=10.0)
+    clipped.observe([1], own, step)
+    assert clipped.observe([1], own, step) == (1.0,)
+
+
+def test_config_component_and_its_errors():
+    cfg = load_config(None, ["server.personalisation={name: learned, alpha: 0.2, normalize: true}"])
+    assert cfg.server.personalisation == Learned(alpha=0.2, lr=0.01, normalize=True)
+    assert load_config(None, []).server.personalisation.start() is None
+    with pytest.raises(ConfigError, match="server.personalisation"):
+        load_config(None, ["server.personalisation={name: mixed, alpha: 1.5}"])
+    with pytest.raises(ConfigError, match="valid: learned, mixed, none"):
+        load_config(None, ["server.personalisation=fedhca"])
+
+
+# ----------------------------------------------------------------------------- the Flower adapter
+
+
+def _personal_state(clients: int) -> ServerState:
+    state = ServerState(_updater(Mixed(0.5)), ClientSampler(0, 1.0, 1.0))
+    trained = list(range(clients - 1))  # the last client has not trained yet
+    state.updater.step(trained, [{"w": W0 + c + 1} for c in trained], [1.0] * len(trained))
+    return state
+
+
+def test_each_message_carries_its_clients_encoder_and_bytes_count_every_message(flower_identity):
+    state = _personal_state(4)
+    client_nodes = {c: 100 + c for c in range(4)}
+    strategy = EncoderStrategy(state, client_nodes=client_nodes)
+    arrays = ArrayRecord(state.global_state())
+    for configure in (strategy.configure_train, strategy.configure_evaluate):
+        messages = list(configure(2, arrays, ConfigRecord(), grid=None))
+        by_client = {m.metadata.dst_node_id - 100: m for m in messages}
+        assert sorted(by_client) == [0, 1, 2, 3]
+        for client, message in by_client.items():
+            sent = message.content[protocol.ARRAYS].to_torch_state_dict()["w"]
+            assert torch.equal(sent, state.updater.client_state(client)["w"])
+        encoders = [m.content[protocol.ARRAYS].to_torch_state_dict()["w"] for m in messages]
+        assert len({tuple(e.tolist()) for e in encoders[:3]}) == 3  # three trained clients, three encoders
+        assert torch.equal(encoders[3], state.updater.param.detach())  # not trained yet: the global encoder
+        assert payload_bytes(messages) == 4 * len(arrays["w"].data)  # a full encoder per message, each counted
+
+
+def test_norm_screen_measures_the_update_from_the_clients_own_encoder(flower_identity):
+    state = _personal_state(3)
+    strategy = EncoderStrategy(state, max_update_norm=0.01)
+    own = state.updater.client_state(0)
+    assert strategy._norm_violation(own, 0) is None
+    assert strategy._norm_violation(own, 2) is not None  # far from the global encoder client 2 received
+
+
+def test_per_client_encoders_survive_a_checkpoint(tmp_path):
+    run = RunDirectory(tmp_path)
+    state = ServerState(_updater(Learned(0.5, lr=0.5)), ClientSampler(0, 1.0, 1.0))
+    for server_round in (1, 2):
+        state.updater.step([0, 1], [{"w": W0 * server_round}, {"w": -W0}], [1.0, 1.0])
+    save_server_checkpoint(run, state.checkpoint(2))
+    restored = ServerState(_updater(Learned(0.5, lr=0.5)), ClientSampler(0, 1.0, 1.0))
+    restored.restore(load_server_checkpoint(run))
+    for client in (0, 1):
+        assert torch.equal(restored.updater.client_state(client)["w"], state.updater.client_state(client)["w"])
+        assert restored.updater.personal.alpha(client) == state.updater.personal.alpha(client)
+    assert state.updater.personal.alpha(0) != 0.5  # the weights did learn something worth restoring
+    same = [{"w": W0 * 3}, {"w": W0}]
+    assert state.updater.step([0, 1], same, [1.0, 1.0]) == restored.updater.step([0, 1], same, [1.0, 1.0])
+    plain = ServerState(_updater(Learned()), ClientSampler(0, 1.0, 1.0))
+    plain.updater.personal = None
+    save_server_checkpoint(run, plain.checkpoint(1))
+    with pytest.raises(ValueError, match="per-client encoders"):
+        restored.restore(load_server_checkpoint(run))
+
+
+# ----------------------------------------------------------------------------- slow: real runs
+
+TINY = (*TINY_OVERRIDES, "rounds=3", "eval_every=1")
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory):
+    env = tagged_env(tmp_path_factory.mktemp("flwr-home"))
+    yield env
+    stop_tagged(env[TAG_VAR])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, module_env):
+    """name -> run directory; each variant run once per module."""
+    root, done = tmp_path_factory.mktemp("runs"), {}
+
+    def run(name: str, *overrides: str):
+        if name not in done:
+            result = simulate(*set_args((*TINY, *overrides, f"output.run_dir={root / name}")), env=module_env)
+            assert result.returncode == 0, result.stderr[-2000:]
+            done[name] = root / name
+        return done[name]
+
+    return run
+
+
+def payload_bytes_of(arrays: ArrayRecord) -> int:
+    return sum(len(array.data) for array in arrays.values())
+
+
+def _eval_rows(run_dir) -> dict[tuple, dict]:
+    return {
+        (r["round"], r["client"], r["task"]): r for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"
+    }
+
+
+def _without_timing(run_dir) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in ("started_at", "seconds", "personal_alphas")}
+        for r in read_rows(run_dir / "server.jsonl")
+    ]
+
+
+@pytest.mark.slow
+def test_alpha_zero_equals_the_plain_federation(runs):
+    plain = runs("none", "server.aggregator=pcgrad")
+    mixed = runs("mixed0", "server.aggregator=pcgrad", "server.personalisation={name: mixed, alpha: 0.0}")
+    assert _eval_rows(mixed) == _eval_rows(plain)
+    assert _without_timing(mixed) == _without_timing(plain)
+    assert {tuple(r["personal_alphas"]) for r in read_rows(mixed / "server.jsonl")} == {(0.0, 0.0, 0.0)}
+
+
+@pytest.mark.slow
+def test_alpha_one_equals_each_client_training_alone(runs):
+    """alpha = 1: every client's encoder is the one it trained, round after round; the run's
+    evaluations match clients that never talk to a server (same seeds, same data)."""
+    run_dir = runs("mixed1", "server.aggregator=pcgrad", "server.personalisation={name: mixed, alpha: 1.0}")
+    cfg = load_config(None, list(TINY))
+    logged = _eval_rows(run_dir)
+    initial = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
+    for client_id in range(cfg.clients.count):
+        client = LocalClient(cfg, client_id)
+        shared, private = dict(initial), None
+        for server_round in range(1, cfg.rounds + 1):
+            outcome = client.train(shared, private, server_round)
+            shared, private = outcome.shared, outcome.private
+            metrics = protocol.unflatten_task_metrics(client.evaluate(shared, private), protocol.EVAL)
+            for task, values in metrics.items():
+                assert logged[(server_round, client_id, task)]["loss"] == pytest.approx(values["loss"], rel=1e-4)
+    plain = runs("none", "server.aggregator=pcgrad")
+    traffic = [(r["bytes_up"], r["bytes_down"]) for r in read_rows(plain / "server.jsonl")]
+    assert [(r["bytes_up"], r["bytes_down"]) for r in read_rows(run_dir / "server.jsonl")] == traffic
+    encoder_bytes = payload_bytes_of(ArrayRecord(initial))
+    assert traffic[0] == (3 * encoder_bytes, (3 + 3) * encoder_bytes)  # every train and eval message: a full encoder
+
+
+@pytest.mark.slow
+def test_learned_run_restarted_from_its_checkpoint_changes_nothing(runs):
+    """A worker killed in round 2 restarts the federation from the round-1 checkpoint (learned
+    weights, offsets and pending directions restored); under Flower's own engine, too."""
+    learned = ("server.aggregator=cagrad", "server.personalisation={name: learned, alpha: 0.5, lr: 50.0}")
+    uninterrupted = runs("learned", *learned)
+    killed = runs(
+        "learned-killed",
+        *learned,
+        "simulation.engine=flower",
+        "faults.worker_kill_round=2",
+        "faults.worker_kill_client=1",
+    )
+    assert _eval_rows(killed) == _eval_rows(uninterrupted)
+    alphas = [r["personal_alphas"] for r in read_rows(uninterrupted / "server.jsonl")]
+    assert [r["personal_alphas"] for r in read_rows(killed / "server.jsonl")] == alphas
+    assert alphas[0] == [0.5, 0.5, 0.5] and alphas[-1] != alphas[0]  # the weights learned
