@@ -42,3 +42,11 @@ def simulate_env(tmp_path):
     env = tagged_env(tmp_path / "flwr-home")
     yield env
     stop_tagged(env[TAG_VAR])
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory):
+    """:func:`simulate_env` shared by the tests of one module (their runs reused across tests)."""
+    env = tagged_env(tmp_path_factory.mktemp("flwr-home"))
+    yield env
+    stop_tagged(env[TAG_VAR])

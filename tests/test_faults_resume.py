@@ -24,12 +24,9 @@ from fedmtl.runfiles.rundir import RowWriter, read_rows
 from server.strategy import EncoderStrategy
 from tests.helpers import (
     ROOT,
-    TAG_VAR,
     assert_no_leftover_processes,
     set_args,
     simulate,
-    stop_tagged,
-    tagged_env,
     tiny_overrides,
 )
 
@@ -111,13 +108,6 @@ def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
 
 
 # ----------------------------------------------------------------------------- slow: real runs
-
-
-@pytest.fixture(scope="module")
-def module_env(tmp_path_factory):
-    env = tagged_env(tmp_path_factory.mktemp("flwr-home"))
-    yield env
-    stop_tagged(env[TAG_VAR])
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from fedmtl.runfiles.checkpoint import load_server_checkpoint, save_server_check
 from fedmtl.runfiles.rundir import RunDirectory, read_rows
 from server.loop import payload_bytes
 from server.strategy import EncoderStrategy
-from tests.helpers import TAG_VAR, TINY_OVERRIDES, set_args, simulate, stop_tagged, tagged_env
+from tests.helpers import TINY_OVERRIDES, set_args, simulate
 
 W0 = torch.tensor([1.0, 2.0, 3.0])
 
@@ -160,13 +160,6 @@ def test_per_client_encoders_survive_a_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- slow: real runs
 
 TINY = (*TINY_OVERRIDES, "rounds=3", "eval_every=1")
-
-
-@pytest.fixture(scope="module")
-def module_env(tmp_path_factory):
-    env = tagged_env(tmp_path_factory.mktemp("flwr-home"))
-    yield env
-    stop_tagged(env[TAG_VAR])
 
 
 @pytest.fixture(scope="module")
