@@ -113,7 +113,7 @@ class EncoderStrategy(Strategy):
                     (message.error.reason or "?").splitlines()[0][:200],
                 )
                 continue
-            reason = screen_envelope(message)
+            reason = screen_envelope(message) or self._identity_violation(message, accepted)
             if reason is None:
                 state = message.content.array_records[protocol.ARRAYS].to_torch_state_dict()
                 encoder, heads = split_heads(state)
@@ -158,6 +158,17 @@ class EncoderStrategy(Strategy):
             "aggregate-norm": report.diagnostics.aggregate_norm,
         }
         return ArrayRecord(self.state.global_state()), MetricRecord({**summary, "num-accepted": len(report.accepted)})
+
+    def _identity_violation(self, message: Message, accepted: list[tuple[int, Message, dict, dict]]) -> str | None:
+        """A reply must speak for its own node (when the node of every client is known) and only once a
+        round: rows and personal encoders are keyed by client id, so a borrowed id would act for another."""
+        client = _client_id(message)
+        if any(client == other for other, *_ in accepted):
+            return f"client id {client} already replied this round"
+        node = None if self.client_nodes is None else self.client_nodes.get(client)  # type: ignore[arg-type]
+        if self.client_nodes is not None and node != message.metadata.src_node_id:
+            return f"client id {client} does not belong to node {message.metadata.src_node_id}"
+        return None
 
     def _norm_violation(self, encoder: dict, client_id: int | None) -> str | None:
         """The update is measured against what the client received (its own encoder, if it has one)."""

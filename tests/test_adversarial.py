@@ -52,7 +52,7 @@ def test_attackers_are_drawn_from_the_seed_and_stay_fixed() -> None:
 def test_named_attackers_and_no_attack() -> None:
     named = FaultsConfig(attack="noise", adversarial_clients=(5, 1))
     assert adversarial_clients(named, 0, range(8)) == {1, 5}
-    assert adversarial_clients(FaultsConfig(adversarial_fraction=0.5), 0, range(8)) == frozenset()  # attack: none
+    assert adversarial_clients(FaultsConfig(), 0, range(8)) == frozenset()  # attack: none
     assert adversarial_clients(FaultsConfig(attack="scale", adversarial_fraction=0.1), 0, range(8)) == frozenset()
 
 
@@ -234,3 +234,12 @@ def test_a_run_with_attackers_records_them_every_round(tmp_path, simulate_env):
         (r, c) for r in (1, 2) for c in expected
     ]
     assert_no_leftover_processes(simulate_env)
+
+
+def test_attackers_without_an_attack_are_refused():
+    with pytest.raises(ConfigError, match="attack is none") as caught:
+        load_config(None, ["faults.adversarial_clients=[1]"])
+    assert caught.value.path == "faults"
+    assert (
+        load_config(None, ["faults.attack=sign_flip", "faults.adversarial_fraction=0.0"]).faults.attack == "sign_flip"
+    )

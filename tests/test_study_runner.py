@@ -75,8 +75,13 @@ def test_a_user_defined_arm_starts_from_its_base_arms_settings():
 
 
 def test_bad_compare_pairs_are_refused():
-    with pytest.raises(ConfigError, match="compare\\[0\\]: 'nope' is not one of the arms"):
+    with pytest.raises(ConfigError, match="'nope' is not one of the arms") as caught:
         load_config(None, [*TINY_OVERRIDES, "study.arms=[fed_mtl, local_stl]", "study.compare=[[nope, local_stl]]"])
+    assert caught.value.path == "study.compare[0]"
+    with pytest.raises(ConfigError, match="also swept") as caught:
+        arms = "[fed_mtl, {name: x, set: {rounds: 3}}]"
+        load_config(None, [*TINY_OVERRIDES, f"study.arms={arms}", "sweep.grid={rounds: [1, 2]}"])
+    assert caught.value.path == "study.arms[1].set.rounds"
 
 
 def test_user_defined_arms_run_their_base_with_their_settings(tmp_path):

@@ -150,3 +150,17 @@ def test_updates_beyond_max_update_norm_are_rejected(flower_identity):
     [(client, why)] = report.rejected
     assert client == 1 and "server.max_update_norm" in why and "30" in why
     assert torch.allclose(strategy.state.global_state()["encoder.b"], small["encoder.b"])
+
+
+def test_a_reply_speaks_once_and_only_for_its_own_node(flower_identity):
+    initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
+    update = {k: v + 1.0 for k, v in initial.items()}
+    request = _train_message(initial, 1)  # addressed to node 11: every reply comes from node 11
+
+    twice = _strategy(initial).aggregate(1, [_reply(request, update, 0, 5.0), _reply(request, update, 0, 5.0)])
+    assert twice.accepted == [0] and twice.rejected == [(0, "client id 0 already replied this round")]
+
+    state = ServerState(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), ClientSampler(0, 1.0, 1.0))
+    strategy = EncoderStrategy(state, client_nodes={0: 11, 1: 12})
+    borrowed = strategy.aggregate(1, [_reply(request, update, 0, 5.0), _reply(request, update, 1, 5.0)])
+    assert borrowed.accepted == [0] and borrowed.rejected == [(1, "client id 1 does not belong to node 11")]

@@ -229,6 +229,8 @@ class FaultsConfig:
             raise ValueError(f"adversarial_clients must be distinct ids >= 0, got {list(ids)}")
         if self.adversarial_fraction > 0 and self.adversarial_clients:
             raise ValueError("set adversarial_fraction or adversarial_clients, not both")
+        if self.attack == "none" and (self.adversarial_fraction > 0 or self.adversarial_clients):
+            raise ValueError("adversarial clients are set but attack is none: choose sign_flip, scale or noise")
 
 
 @dataclass(frozen=True)
@@ -312,9 +314,9 @@ class StudyConfig:
         for i, (arm, baseline) in enumerate(self.compare):
             unknown = [a for a in (arm, baseline) if a not in names and not (a == ALL_ARMS and a == arm)]
             if unknown:
-                raise ValueError(f"compare[{i}]: {unknown[0]!r} is not one of the arms {', '.join(names)}")
+                raise ConfigError(f"study.compare[{i}]", f"{unknown[0]!r} is not one of the arms {', '.join(names)}")
             if arm == baseline:
-                raise ValueError(f"compare[{i}]: compares {arm!r} with itself")
+                raise ConfigError(f"study.compare[{i}]", f"compares {arm!r} with itself")
         if not 0 < self.significance < 1:
             raise ValueError(f"significance must be in (0, 1), got {self.significance}")
 
@@ -371,7 +373,7 @@ class ExperimentConfig:
     name: str = "default"  # names the run directory (<output.dir>/<timestamp>-<name>) and the summaries
     seed: int = 0  # the one seed every random draw derives from (data, head initialisation, batch order)
     rounds: int = 15  # federated rounds: local training on the sampled clients, then one server step
-    eval_every: int = 1  # evaluate the global encoder with private heads every k rounds (and at round 0)
+    eval_every: int = 1  # evaluate every k rounds (and at round 0): the encoder each client receives, its private heads
     data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -459,6 +461,20 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
     if problem:
         raise ConfigError("model.sharing", problem)
+    per_round = max(1, round(len(cfg.clients.participants()) * cfg.server.fraction_fit))  # as the server samples
+    if per_round < cfg.server.aggregator.min_rows():
+        raise ConfigError(
+            "server.aggregator",
+            f"{cfg.server.aggregator!r} needs at least {cfg.server.aggregator.min_rows()} client updates per round; "
+            f"the server samples {per_round} (clients x server.fraction_fit)",
+        )
+    surgery = cfg.client.surgery  # runs in clients that train more than one task
+    several = [n for c in cfg.clients.participants() if (n := len(tasks_held(cfg, c))) > 1]
+    if surgery is not None and several and min(several) < surgery.min_rows():
+        raise ConfigError(
+            "client.surgery",
+            f"{surgery!r} needs at least {surgery.min_rows()} tasks per client; a client holds {min(several)}",
+        )
     if cfg.server.heads_across_tasks:
         if not cfg.server.federate_heads:
             raise ConfigError("server.heads_across_tasks", "needs server.federate_heads: true")
@@ -540,6 +556,9 @@ def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     cfg = parse_dataclass(ExperimentConfig, raw, "")
     check_consistency(cfg)
     for i, arm in enumerate(cfg.study.arms):  # every user-defined arm must be a valid config on its own
+        swept = [key for key in arm.set if key in cfg.sweep.grid] if isinstance(arm, ArmSpec) else []
+        if swept:
+            raise ConfigError(f"study.arms[{i}].set.{swept[0]}", "is also swept by sweep.grid: the arm would ignore it")
         if isinstance(arm, ArmSpec) and arm.set:  # built-in arms and their settings are valid on any valid config
             try:
                 arm_config(raw, arm)

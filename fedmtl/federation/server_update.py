@@ -177,9 +177,11 @@ class ServerUpdater:
             self.param.copy_(state["param"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if (self.personal is None) != ("personal" not in state):
+            raise ValueError(
+                "the checkpoint and server.personalisation disagree on per-client encoders: resume with the run's config"
+            )
         if self.personal is not None:
-            if "personal" not in state:
-                raise ValueError("the checkpoint holds no per-client encoders, but server.personalisation is on")
             self.personal.load_state_dict(state["personal"])
 
 

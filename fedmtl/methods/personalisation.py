@@ -126,7 +126,7 @@ class PersonalEncoders:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.alphas = dict(state["alphas"])
+        self.alphas = {int(client): float(alpha) for client, alpha in state["alphas"].items()}
         self.offsets = {int(c): v.clone() for c, v in state["offsets"].items()}
         self.directions = {int(c): v.clone() for c, v in state["directions"].items()}
 

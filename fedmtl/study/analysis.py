@@ -87,9 +87,9 @@ def compare_clients(data: StudyData, arm: str, baseline: str, task: str) -> dict
     adjusted = _adjusted(tests, data.study)
     out = {}
     for client, test, p in zip(clients, tests, adjusted):
-        spread = d.mean_std(per_client[client].values())
+        spread = d.finite_spread(per_client[client].values())
         out[client] = ClientDelta(
-            client, per_client[client], spread, test, p, d.verdict(spread.mean, p, data.study.significance)
+            client, per_client[client], spread, test, p, d.verdict(test.mean, p, data.study.significance)
         )
     return out
 
@@ -108,8 +108,8 @@ def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
     adjusted = _adjusted(tests, study)
     tasks = {}
     for name, test, p in zip(names, tests, adjusted):
-        spread = d.mean_std(per_seed[name].values())
-        verdict = d.verdict(spread.mean if spread.n >= 2 else test.mean, p, study.significance)
+        spread = d.finite_spread(per_seed[name].values())
+        verdict = d.verdict(test.mean, p, study.significance)  # the tested mean: over seeds, or clients
         tasks[name] = TaskDelta(name, per_seed[name], spread, test, p, verdict, clients[name])
     complete = bool(tasks) and all(t.per_seed for t in tasks.values())
     seeds = sorted(set.intersection(*(set(t.per_seed) for t in tasks.values()))) if complete else []
@@ -121,7 +121,7 @@ def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
         single_task=baseline in study.single_task_arms,
         tasks=tasks,
         delta_m_per_seed=delta_m_per_seed,
-        delta_m=d.mean_std(delta_m_per_seed.values()),
+        delta_m=d.finite_spread(delta_m_per_seed.values()),
         delta_m_test=d.paired_t_test(list(delta_m_per_seed.values()), "seeds"),
         worst_task=d.worst_task(means)[0] if means else None,
     )

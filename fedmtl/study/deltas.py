@@ -41,6 +41,11 @@ class Spread:
         return {"mean": self.mean, "std": self.std, "n": self.n}
 
 
+def finite_spread(deltas: Iterable[float]) -> Spread:
+    """:func:`mean_std` of the deltas that are not NaN (a zero baseline gives no delta)."""
+    return mean_std(x for x in deltas if not math.isnan(x))
+
+
 def relative_delta(value: float, baseline: float, higher_is_better: bool) -> float:
     """``(-1)^l (value - baseline) / baseline`` (Maninis et al., 2019); NaN when the baseline is 0."""
     if baseline == 0:
@@ -126,7 +131,7 @@ def paired_t_test(deltas: Sequence[float], unit: str, tolerance: float = ZERO_TO
     With no spread at all the test is degenerate: every delta within ``tolerance`` of 0 gives
     p = 1 (identical arms), a common nonzero delta gives p = 0 (a consistent difference).
     """
-    spread = mean_std(x for x in deltas if not math.isnan(x))
+    spread = finite_spread(deltas)
     if spread.n < 2:
         return NO_TEST
     if spread.std <= tolerance:
@@ -187,7 +192,7 @@ Verdict = Literal["worse", "better", "no difference"]
 def verdict(mean: float, p_value: float | None, significance: float) -> Verdict | None:
     """``worse`` / ``better`` when the (adjusted) p-value is below ``significance``, by the sign of the
     mean delta; ``no difference`` otherwise; None when there was no test."""
-    if p_value is None:
+    if p_value is None or math.isnan(mean):
         return None
     if p_value >= significance or mean == 0:
         return "no difference"

@@ -81,8 +81,8 @@ def _forest_rows(comparison: Comparison, group: str) -> tuple[float, float, floa
     if group == "Δm":
         test = comparison.delta_m_test
         return 100 * comparison.delta_m.mean, 100 * test.low, 100 * test.high, None, test.p_value
-    delta = comparison.tasks[group]
-    mean = delta.spread.mean if delta.spread.n else delta.test.mean
+    delta = comparison.tasks[group]  # the tested mean sits inside its interval (over seeds, or clients)
+    mean = delta.test.mean if delta.test.unit else delta.spread.mean
     return 100 * mean, 100 * delta.test.low, 100 * delta.test.high, delta.verdict, delta.p_adjusted
 
 

@@ -145,3 +145,17 @@ def test_bad_settings_are_config_errors_naming_the_key_path(config: dict, path: 
     with pytest.raises(ConfigError) as raised:
         parse(Aggregator, {"name": "krum", **config}, PATH)
     assert raised.value.path == path
+
+
+def test_a_config_that_can_never_give_krum_enough_updates_is_refused_before_training():
+    from fedmtl.config.experiment import load_config
+
+    with pytest.raises(ConfigError, match="needs at least 9 client updates per round; the server samples 8") as caught:
+        load_config(None, ["server.aggregator={name: krum, f: 3}"])  # 8 clients, K > 2f + 2 = 8 impossible
+    assert caught.value.path == "server.aggregator"
+    with pytest.raises(ConfigError, match="samples 4"):
+        load_config(None, ["server.aggregator={name: krum, f: 2}", "server.fraction_fit=0.5"])
+    with pytest.raises(ConfigError, match="tasks per client") as caught:
+        load_config(None, ["client.surgery={name: krum, f: 1}"])  # default clients hold 2 tasks; Krum needs 5
+    assert caught.value.path == "client.surgery"
+    assert load_config(None, ["server.aggregator={name: krum, f: 2, m: 4}"]).server.aggregator.min_rows() == 7

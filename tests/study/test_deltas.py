@@ -115,3 +115,11 @@ def test_holm_is_never_less_conservative_than_benjamini_hochberg() -> None:
         for holm, bh, raw in zip(d.holm(p_values), d.benjamini_hochberg(p_values), p_values):
             assert holm is not None and bh is not None
             assert raw <= bh + 1e-15 and bh <= holm + 1e-15
+
+
+def test_a_nan_delta_is_left_out_of_the_test_and_never_decides_a_verdict() -> None:
+    test = d.paired_t_test([0.10, 0.11, 0.12, math.nan], "seeds")
+    assert test.pairs == 3 and test.mean == pytest.approx(0.11)
+    assert d.verdict(test.mean, test.p_value, 0.05) == "better"
+    assert d.verdict(math.nan, 0.01, 0.05) is None
+    assert d.finite_spread([0.10, math.nan, 0.12]) == d.Spread(pytest.approx(0.11), pytest.approx(0.01414, rel=1e-3), 2)

@@ -81,6 +81,10 @@ class Aggregator(ABC):
     def __call__(self, inputs: AggregationInput) -> AggregationResult:
         return self.aggregate(inputs)
 
+    def min_rows(self) -> int:
+        """The fewest rows this method is defined for (checked against the config before a run starts)."""
+        return 1
+
 
 class GramianAggregator(Aggregator):
     """An aggregator whose weights depend on the rows only through the Gramian ``G G^T``.

@@ -94,6 +94,9 @@ class Krum(Aggregator):
         if self.m == 1 and self.then != SELECTED_MEAN:
             raise ValueError(f"then={self.then!r} would combine a single selected row: set m >= 2")
 
+    def min_rows(self) -> int:
+        return max(2 * self.f + 3, self.m)
+
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
         k = inputs.num_rows
         check_rows(k, self.f, self.m)

@@ -16,7 +16,7 @@ from fedmtl.methods.aggregation.gramian import default_chunk
 def trim_count(beta: float, rows: int) -> int:
     """Values removed from *each* end of every column: ``floor(beta K)`` (a guard absorbs float error,
     so that ``beta = 0.3`` trims 3 of 10)."""
-    return math.floor(beta * rows + 1e-9)
+    return min(math.floor(beta * rows + 1e-9), (rows - 1) // 2)  # at least one value stays
 
 
 @dataclass(frozen=True)
