@@ -47,6 +47,21 @@ class TaskDelta:
 
 
 @dataclass(frozen=True)
+class ClientSummary:
+    """One client over the tasks it holds: Delta_m per seed, its t-test (p adjusted over the pair's
+    clients), and the client's worst task."""
+
+    client: int
+    tasks: tuple[str, ...]
+    delta_m_per_seed: dict[int, float]
+    delta_m: d.Spread
+    test: d.PairedTest
+    p_adjusted: float | None
+    verdict: d.Verdict | None
+    worst_task: str | None
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Arm ``arm`` against arm ``baseline`` over every task: positive deltas mean ``arm`` is better."""
 
@@ -60,6 +75,7 @@ class Comparison:
     delta_m_test: d.PairedTest
     worst_task: str | None
     """The task with the lowest mean delta over seeds; its spread is ``tasks[worst_task].spread``."""
+    clients: dict[int, ClientSummary]
 
     @property
     def label(self) -> str:
@@ -94,6 +110,33 @@ def compare_clients(data: StudyData, arm: str, baseline: str, task: str) -> dict
     return out
 
 
+def summarize_clients(tasks: Mapping[str, TaskDelta], study: Study) -> dict[int, ClientSummary]:
+    """Per client: Delta_m over the tasks it holds (seeds where every one of them has a delta)."""
+    ids = sorted({client for task in tasks.values() for client in task.clients})
+    held = {c: tuple(name for name, task in tasks.items() if c in task.clients) for c in ids}
+    per_seed: dict[int, dict[int, float]] = {}
+    for c in ids:
+        seeds = set.intersection(*(set(tasks[t].clients[c].per_seed) for t in held[c]))
+        per_seed[c] = {s: d.delta_m(tasks[t].clients[c].per_seed[s] for t in held[c]) for s in sorted(seeds)}
+    tests = [d.paired_t_test(list(per_seed[c].values()), "seeds") for c in ids]
+    adjusted = _adjusted(tests, study)
+    out = {}
+    for c, test, p in zip(ids, tests, adjusted):
+        means = {t: tasks[t].clients[c].spread.mean for t in held[c] if tasks[t].clients[c].spread.n}
+        finite = {t: m for t, m in means.items() if not math.isnan(m)}
+        out[c] = ClientSummary(
+            client=c,
+            tasks=held[c],
+            delta_m_per_seed=per_seed[c],
+            delta_m=d.finite_spread(per_seed[c].values()),
+            test=test,
+            p_adjusted=p,
+            verdict=d.verdict(test.mean, p, study.significance),
+            worst_task=d.worst_task(finite)[0] if finite else None,
+        )
+    return out
+
+
 def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
     """``arm`` vs ``baseline``: per-task deltas and tests, Delta_m per seed (seeds with every task only), worst task."""
     study = data.study
@@ -124,6 +167,7 @@ def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
         delta_m=d.finite_spread(delta_m_per_seed.values()),
         delta_m_test=d.paired_t_test(list(delta_m_per_seed.values()), "seeds"),
         worst_task=d.worst_task(means)[0] if means else None,
+        clients=summarize_clients(tasks, study),
     )
 
 
@@ -193,6 +237,17 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
         },
         "worst_task": None if worst is None else {"task": worst, "delta": comparison.tasks[worst].spread.to_dict()},
         "worse_tasks": comparison.flagged,
+        "clients": {
+            str(c.client): {
+                "tasks": list(c.tasks),
+                "delta_m": {**c.delta_m.to_dict(), "per_seed": _by_seed(c.delta_m_per_seed)},
+                "test": c.test.to_dict(),
+                "p_adjusted": c.p_adjusted,
+                "verdict": c.verdict,
+                "worst_task": c.worst_task,
+            }
+            for c in comparison.clients.values()
+        },
     }
 
 

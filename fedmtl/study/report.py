@@ -147,6 +147,32 @@ def client_final_table(data: StudyData) -> Table:
     return Table(["task", "client", *study.arms], rows)
 
 
+def client_summary_table(shown: Sequence[Comparison]) -> Table:
+    """Rows: (pair, client); columns: its tasks, Delta_m over them, the test, verdict, its worst task."""
+    rows = []
+    for comparison in shown:
+        for client in comparison.clients.values():
+            worst = client.worst_task
+            worst_text = (
+                NOT_AVAILABLE
+                if worst is None
+                else f"{worst}: {format_delta(comparison.tasks[worst].clients[client.client].spread)}"
+            )
+            rows.append(
+                [
+                    comparison.label,
+                    str(client.client),
+                    ", ".join(client.tasks),
+                    format_delta(client.delta_m),
+                    format_test(client.test, client.p_adjusted),
+                    format_verdict(comparison, client.verdict),
+                    worst_text,
+                ]
+            )
+    header = ["arm vs baseline", "client", "tasks", "Δm", f"{TEST_NAME} (adjusted)", "verdict", "worst task"]
+    return Table(header, rows)
+
+
 def client_delta_table(shown: Sequence[Comparison]) -> Table:
     """Rows: (pair, task, client); columns: Δ over seeds, its test with the p adjusted over the task's clients, verdict."""
     rows = []
@@ -275,6 +301,11 @@ def build_blocks(
         Heading("Per-client results"),
         Paragraph("Each client's own final metric (mean ± std over seeds)."),
         client_final_table(data),
+        Paragraph(
+            f"Each client's Δm over the tasks it holds, paired by seed; p adjusted by "
+            f"{CORRECTION_NAMES[study.correction]} over the clients of the pair."
+        ),
+        client_summary_table(all_comparisons),
         Paragraph(
             f"Each client's Δ over paired seeds; p adjusted by {CORRECTION_NAMES[study.correction]} over the "
             "clients that hold the task."

@@ -79,6 +79,13 @@ def test_report_files_and_hand_computed_summary(tmp_path: Path) -> None:
     assert reg["clients"]["1"]["p_adjusted"] == pytest.approx(p_client)  # Holm: max(2 * 0, 1 * p)
     assert reg["clients"]["1"]["verdict"] == "no difference"
     assert cls["clients"]["0"]["per_seed"] == approx_seeds([0.40 / 0.4, 0.41 / 0.4, 0.42 / 0.4])
+    # per client, over the tasks it holds: client 0 (+100 % + 2.5 % s on cls, -100 % on reg), client 1
+    client_0, client_1 = comparison["clients"]["0"], comparison["clients"]["1"]
+    assert client_0["tasks"] == ["cls", "reg"] and client_0["worst_task"] == "reg"
+    assert client_0["delta_m"]["per_seed"] == approx_seeds([0.0, 0.0125, 0.025])
+    assert client_1["delta_m"]["per_seed"] == approx_seeds([0.0, (0.01 / 0.6 - 0.04) / 2, (0.02 / 0.6 - 0.08) / 2])
+    p_clients = [float(stats.ttest_1samp(x, 0).pvalue) for x in ([0.0, 0.0125, 0.025], [0.0, -0.0117, -0.0233])]
+    assert client_0["p_adjusted"] == pytest.approx(min(1.0, 2 * min(p_clients)), rel=1e-2)
     assert summary["correction"] == "holm" and "Holm" in summary["flag_rule"]
     assert "higher is better" in summary["delta_sign"] and "Nash-MTL" in summary["delta_sign"]
 
