@@ -45,6 +45,8 @@ BASELINE = "fedavg"
 EXTRA_CONFIGS: tuple[dict[str, Any], ...] = (
     {"name": "upgrad", "solver": "nnls"},
     {"name": "mgda", "normalization": "l2", "max_deviation": 0.05},
+    {"name": "krum", "f": 2, "m": 5},
+    {"name": "krum", "f": 2, "m": 5, "then": {"name": "upgrad"}},
 )
 
 
@@ -60,7 +62,10 @@ class Method:
 
 
 def label(config: dict[str, Any]) -> str:
-    params = ",".join(f"{key}={value}" for key, value in config.items() if key != "name")
+    """``krum[f=2,m=5,then=upgrad]``: a nested component shows as its own label."""
+    params = ",".join(
+        f"{key}={label(value) if isinstance(value, dict) else value}" for key, value in config.items() if key != "name"
+    )
     return f"{config['name']}[{params}]" if params else config["name"]
 
 

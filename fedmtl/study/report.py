@@ -117,7 +117,7 @@ def comparison_table(shown: Sequence[Comparison]) -> Table:
         rows.append(
             [
                 comparison.label,
-                "**Δm** (mean over tasks)",
+                "Δm (mean over tasks)",
                 format_delta(comparison.delta_m),
                 format_interval(test),
                 NOT_AVAILABLE
@@ -129,7 +129,7 @@ def comparison_table(shown: Sequence[Comparison]) -> Table:
         worst = comparison.worst_task
         worst_text = NOT_AVAILABLE if worst is None else f"{worst}: {format_delta(comparison.tasks[worst].spread)}"
         worst_verdict = "" if worst is None else format_verdict(comparison, comparison.tasks[worst].verdict)
-        rows.append([comparison.label, "**worst task**", worst_text, "", "", worst_verdict])
+        rows.append([comparison.label, "worst task", worst_text, "", "", worst_verdict])
     return Table(header, rows)
 
 

@@ -110,7 +110,7 @@ def test_report_files_and_hand_computed_summary(tmp_path: Path) -> None:
     assert f"p={p_reg:.3g}, adj. {max(2 * p_cls, p_reg):.3g} (3 seeds)" in reg_row
     cls_row = next(line for line in table.splitlines() if line.startswith("| fed_mtl vs local_stl | cls "))
     assert "+20.00 ± 1.82 %" in cls_row and "NEGATIVE" not in cls_row and "better" in cls_row
-    assert "**Δm** (mean over tasks)" in table and "reg: -28.00 ± 3.00 %" in table
+    assert "| Δm (mean over tasks) |" in table and "reg: -28.00 ± 3.00 %" in table
     assert "## Communication cost" in markdown
 
     page = (root / "report.html").read_text()
