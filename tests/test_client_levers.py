@@ -101,3 +101,33 @@ def test_tracker_mean_cosine():
     tracker.add(["a", "b"], torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     tracker.add(["a", "b"], torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
     assert tracker.mean_cosines()[("a", "b")] == pytest.approx((2**-0.5 - 1) / 2)
+
+
+def test_fitting_heads_before_evaluation_moves_only_the_heads_and_fits_the_received_encoder(tiny_config):
+    from dataclasses import replace
+
+    from fedmtl.local.client import LocalClient
+    from fedmtl.local.training import evaluate, fit_heads
+
+    client = LocalClient(tiny_config, 0)
+    initial = {k: v for k, v in client.build_model({}, {}).state_dict().items() if client.is_shared(k)}
+    outcome = client.train(initial, None, 1)
+    shared = {k: v + 0.3 * torch.randn_like(v) for k, v in outcome.shared.items()}  # an encoder the heads never saw
+
+    private = {k[len("model.") :]: v for k, v in outcome.private.items() if k.startswith("model.")}
+    model = client.build_model(dict(shared), private)
+    train = client_data(tiny_config, 0).train
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before_loss = evaluate(model, train, client.specs)
+    fit_heads(model, train, client.specs, tiny_config.client, 30, torch.Generator().manual_seed(0))
+    after_state, after_loss = model.state_dict(), evaluate(model, train, client.specs)
+    assert all(torch.equal(before_state[k], after_state[k]) for k in before_state if not k.startswith("heads."))
+    assert any(not torch.equal(before_state[k], after_state[k]) for k in before_state if k.startswith("heads."))
+    for task in client.specs:  # the heads now fit the encoder they are evaluated with, on the data they saw
+        assert after_loss[task]["loss"] < before_loss[task]["loss"]
+
+    fitted = replace(tiny_config, client=replace(tiny_config.client, eval_head_steps=30))
+    as_left = LocalClient(tiny_config, 0).evaluate(dict(shared), outcome.private)
+    refitted = LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
+    assert refitted != as_left and refitted == LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
+    assert as_left == LocalClient(tiny_config, 0).evaluate(dict(shared), outcome.private)

@@ -104,14 +104,18 @@ class ClientConfig:
     # Measure per-task encoder gradients every k steps for the conflict diagnostics (0 = never).
     gradient_diagnostics_every: int = 5
     subspace_steps: int = 4  # measurements per task spanning its gradient subspace (principal angles)
+    # Before each evaluation, fit the private heads to the encoder as received for this many steps
+    # (encoder frozen, the fitted heads discarded afterwards): FedRep's head update (Collins et al.,
+    # ICML 2021) as an evaluation protocol. 0 = evaluate the heads as the last training left them.
+    eval_head_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.local_steps < 1 or self.batch_size < 1:
             raise ValueError("local_steps and batch_size must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
-        if self.gradient_diagnostics_every < 0 or self.subspace_steps < 1:
-            raise ValueError("need gradient_diagnostics_every >= 0 and subspace_steps >= 1")
+        if self.gradient_diagnostics_every < 0 or self.subspace_steps < 1 or self.eval_head_steps < 0:
+            raise ValueError("need gradient_diagnostics_every >= 0, subspace_steps >= 1 and eval_head_steps >= 0")
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from fedmtl.data.partition import client_plan, tasks_of_client
 from fedmtl.data.suites import ClientData, TaskData
 from fedmtl.federation import protocol
 from fedmtl.federation.head_averaging import is_head, task_of
-from fedmtl.local.training import Proximal, TrainStats, evaluate, train_local
+from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.model.networks import MultiTaskModel
 
 _DATA_CACHE_SIZE = 64
 _data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
-_HEAD_INIT_STREAM, _PERSONAL_STREAM = 101, 103
+_HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM = 101, 103, 107
 MODEL, BALANCER, PERSONAL = "model.", "balancer.", "personal."
 
 
@@ -198,7 +198,12 @@ class LocalClient:
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
         data = self._on_device(client_data(self.cfg, self.client_id).eval)
-        results = evaluate(self.build_model(shared, strip_prefix(MODEL, private)), data, self.specs)
+        model = self.build_model(shared, strip_prefix(MODEL, private))
+        if self.cfg.client.eval_head_steps:  # fitted on a throwaway copy: nothing here is kept
+            train = self._on_device(client_data(self.cfg, self.client_id).train)
+            generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, _EVAL_HEADS_STREAM, self.client_id))
+            fit_heads(model, train, self.specs, self.cfg.client, self.cfg.client.eval_head_steps, generator)
+        results = evaluate(model, data, self.specs)
         metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
         personal_state = strip_prefix(PERSONAL, private)
         if personal_state:

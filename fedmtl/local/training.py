@@ -124,6 +124,39 @@ def train_local(
     )
 
 
+def fit_heads(
+    model: MultiTaskModel,
+    data: Mapping[str, TaskData],
+    specs: Mapping[str, TaskSpec],
+    cfg: ClientConfig,
+    steps: int,
+    generator: torch.Generator,
+) -> None:
+    """``steps`` optimizer steps on the summed task losses that move only the heads of ``data``'s tasks:
+    the encoder (and any adapter) stays as received. FedRep's head update (Collins et al., "Exploiting
+    Shared Representations for Personalized Federated Learning", ICML 2021), run in eval mode so that
+    nothing but the heads changes."""
+    data = {task: d for task, d in data.items() if len(d) > 0}
+    if steps == 0 or not data:
+        return
+    for param in model.parameters():
+        param.requires_grad_(False)
+    heads = [param for task in data for param in model.heads[task].parameters()]
+    for param in heads:
+        param.requires_grad_(True)
+    optimizer = make_optimizer(cfg, heads)
+    batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
+    model.eval()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for task, task_data in data.items():
+            index = next(batches[task])
+            losses.append(specs[task].kind_impl.loss(model(task_data.x[index], task), task_data.y[index]))
+        torch.stack(losses).sum().backward()
+        optimizer.step()
+
+
 @torch.no_grad()
 def evaluate(
     model: MultiTaskModel, data: Mapping[str, TaskData], specs: Mapping[str, TaskSpec]
