@@ -131,3 +131,24 @@ def test_fitting_heads_before_evaluation_moves_only_the_heads_and_fits_the_recei
     refitted = LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
     assert refitted != as_left and refitted == LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
     assert as_left == LocalClient(tiny_config, 0).evaluate(dict(shared), outcome.private)
+
+
+def test_head_init_task_gives_every_holder_of_a_task_the_same_first_head(tiny_config):
+    from dataclasses import replace
+
+    from fedmtl.local.client import LocalClient
+    from fedmtl.model.networks import initial_head_state
+
+    def first_heads(cfg, client_id: int) -> dict[str, torch.Tensor]:
+        state = LocalClient(cfg, client_id).build_model({}, {}).state_dict()
+        return {k: v for k, v in state.items() if k.startswith("heads.")}
+
+    shared_task = "aligned"  # tiny config: client 0 holds anchor + aligned, client 1 aligned + orthogonal
+    by_client = [first_heads(tiny_config, c) for c in (0, 1)]
+    keys = [k for k in by_client[0] if k.startswith(f"heads.{shared_task}.")]
+    assert keys and all(not torch.equal(by_client[0][k], by_client[1][k]) for k in keys)
+
+    per_task = replace(tiny_config, model=replace(tiny_config.model, head_init="task"))
+    by_task = [first_heads(per_task, c) for c in (0, 1)]
+    reference = initial_head_state(per_task.model, per_task.data.feature_dim(), per_task.data.task_specs(), 0)
+    assert all(torch.equal(by_task[0][k], by_task[1][k]) and torch.equal(by_task[0][k], reference[k]) for k in keys)

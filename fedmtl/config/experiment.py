@@ -78,6 +78,10 @@ class ModelConfig:
     encoder: Literal["mlp", "cnn"] = "mlp"
     conv_channels: tuple[int, ...] = (16, 32)  # cnn only: output channels of each conv block
     sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
+    # How a private head starts: client = drawn from (seed, client), so clients holding one task start
+    # from different heads; task = the round-0 head of the task, the same on every client that holds it
+    # (as when one initial model is sent to everyone, and as fed_full's server starts).
+    head_init: Literal["client", "task"] = "client"
 
     def __post_init__(self) -> None:
         if self.representation_dim < 1 or any(

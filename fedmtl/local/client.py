@@ -22,7 +22,7 @@ from fedmtl.federation import protocol
 from fedmtl.federation.head_averaging import is_head, task_of
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
-from fedmtl.model.networks import MultiTaskModel
+from fedmtl.model.networks import MultiTaskModel, initial_head_state
 
 _DATA_CACHE_SIZE = 64
 _data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
@@ -100,6 +100,15 @@ class LocalClient:
             self.cfg.data.image_shape(),
         )
         state = model.state_dict()
+        if self.cfg.model.head_init == "task" and stream == _HEAD_INIT_STREAM:
+            heads = initial_head_state(
+                self.cfg.model,
+                self.cfg.data.feature_dim(),
+                self.cfg.data.task_specs(),
+                self.cfg.seed,
+                self.cfg.data.image_shape(),
+            )
+            state.update({k: v for k, v in heads.items() if k in state})
         unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
         if unexpected:
             raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")
