@@ -53,3 +53,15 @@ def test_one_huge_outlier_row_is_trimmed_away() -> None:
 def test_beta_outside_zero_to_half_is_a_config_error(beta: float) -> None:
     with pytest.raises(ConfigError, match=r"server\.aggregator.*beta"):
         parse(Aggregator, {"name": "trimmed_mean", "beta": beta}, "server.aggregator")
+
+
+@pytest.mark.parametrize(("k", "beta"), [(5, 0.2), (10, 0.3), (11, 0.45), (50, 0.1)])
+def test_matches_torchjds_trimmed_mean_in_chunks(k: int, beta: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchjd.aggregation import TrimmedMean as Reference
+
+    from fedmtl.methods.aggregation import order_statistics
+
+    monkeypatch.setattr(order_statistics, "CHUNK", 13)  # several chunks, one of them partial
+    rows = torch.randn(k, 100, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    expected = Reference(trim_number=trim_count(beta, k))(rows)
+    torch.testing.assert_close(TrimmedMean(beta=beta)(inputs(rows)).direction, expected)

@@ -6,23 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from fedmtl.methods.aggregation.base import AggregationInput, AggregationResult, Aggregator
-from fedmtl.methods.aggregation.gramian import default_chunk
-
-
-def column_median(matrix: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """The median of every column of ``[K, P]`` (mean of the two middle values when K is even),
-    sorted over column chunks of at most ``chunk`` parameters so the sort's buffers stay ``O(K chunk)``."""
-    k, p = matrix.shape
-    chunk = chunk or default_chunk(matrix.device)
-    upper, lower = k // 2, (k - 1) // 2  # the same index when K is odd
-    out = torch.empty(p, dtype=matrix.dtype, device=matrix.device)
-    for start in range(0, p, chunk):
-        ordered = matrix[:, start : start + chunk].sort(dim=0).values
-        out[start : start + chunk] = (ordered[lower] + ordered[upper]) / 2
-    return out
+from fedmtl.methods.aggregation.order_statistics import column_median
 
 
 @dataclass(frozen=True)
