@@ -182,14 +182,17 @@ def report(
         "",
         body,
         "",
-        "Every method except `fedavg` builds the K x K Gramian as one float32 matrix product (`server.gramian_precision: "
+        "Every method except `fedavg`, `median` and `trimmed_mean` builds the K x K Gramian as one float32 matrix product "
+        "(`server.gramian_precision: "
         "float32`, the default; Gaussian rows are well conditioned, so that product is all), solves on it "
         "in float64, then combines the rows in one pass: at large P the Gramian product (2 K^2 P flops, compute-bound) "
         "and the reads of the matrix dominate, at small P the solver (SLSQP for `cagrad` and the FedMGDA+ box, one NNLS per "
         "row for `upgrad[solver=nnls]`). Rows marked *float64 Gramian* use the exact chunked float64 accumulation "
         "instead. Rows sharing a large component (`--rows similar`) pay the plain product, then a centred one "
         "(`fedmtl/methods/aggregation/gramian.py`), about as much as the float64 pass alone; nearly identical rows pay the "
-        "plain product and the float64 one.",
+        "plain product and the float64 one. `median` and `trimmed_mean` select order statistics per coordinate "
+        "(`fedmtl/methods/aggregation/order_statistics.py`): no Gramian, but a partial sort of K values for each of the P "
+        "coordinates, which grows as K P log K and does not run as a matrix product.",
     ]
     if skipped:
         lines += ["", f"Skipped (matrix over the `--max-bytes` budget): {'; '.join(skipped)}."]
