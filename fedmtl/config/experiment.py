@@ -320,7 +320,7 @@ class StudyConfig:
         if self.arms and self.reference_arm not in names:
             raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms {', '.join(names)}")
         for i, (arm, baseline) in enumerate(self.compare):
-            unknown = [a for a in (arm, baseline) if a not in names and not (a == ALL_ARMS and a == arm)]
+            unknown = [name for name, allowed in ((arm, (*names, ALL_ARMS)), (baseline, names)) if name not in allowed]
             if unknown:
                 raise ConfigError(f"study.compare[{i}]", f"{unknown[0]!r} is not one of the arms {', '.join(names)}")
             if arm == baseline:
@@ -420,6 +420,11 @@ def num_encoder_blocks(model: ModelConfig) -> int:
 TASK_KEYED_FIELDS = ("weights",)  # component fields keyed by task name, checked against the suite
 
 
+def sample_size(clients: int, fraction: float) -> int:
+    """How many of ``clients`` a round samples at ``fraction``: ``round(fraction * clients)``, at least one."""
+    return max(1, round(clients * fraction))
+
+
 def check_consistency(cfg: ExperimentConfig) -> None:
     """Cross-field rules that no single section can check on its own."""
     task_names = cfg.data.task_names()
@@ -469,7 +474,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(num_encoder_blocks(cfg.model))
     if problem:
         raise ConfigError("model.sharing", problem)
-    per_round = max(1, round(len(cfg.clients.participants()) * cfg.server.fraction_fit))  # as the server samples
+    per_round = sample_size(len(cfg.clients.participants()), cfg.server.fraction_fit)
     if per_round < cfg.server.aggregator.min_rows():
         raise ConfigError(
             "server.aggregator",

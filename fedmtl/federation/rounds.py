@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.federation import protocol
 from fedmtl.federation.head_averaging import HeadAverager
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
@@ -85,11 +85,6 @@ class ClientSampler:
 
     def evaluate(self, client_ids: Iterable[int], server_round: int) -> list[int]:
         return sample(client_ids, self.fraction_evaluate, random.Random(f"{self.seed}/evaluate/{server_round}"))
-
-
-def sample_size(clients: int, fraction: float) -> int:
-    """``round(fraction * clients)``, at least one."""
-    return max(1, round(clients * fraction))
 
 
 def sample(client_ids: Iterable[int], fraction: float, rng: random.Random) -> list[int]:

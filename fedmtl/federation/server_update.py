@@ -136,7 +136,7 @@ class ServerUpdater:
         self.optimizer.step()
         gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
         diagnostics = diagnose(client_ids, matrix, result.direction, result.weights, gram)
-        if self.personal is None or before is None:
+        if self.personal is None or before is None:  # no personalisation (both checks narrow the types)
             return diagnostics
         alphas = self.personal.observe(client_ids, matrix, before - self.param.detach())
         return replace(diagnostics, personal_alphas=alphas)

@@ -100,7 +100,8 @@ class LocalClient:
             self.cfg.data.image_shape(),
         )
         state = model.state_dict()
-        if self.cfg.model.head_init == "task" and stream == _HEAD_INIT_STREAM:
+        first_heads = [k for k in state if is_head(k) and k not in shared and k not in private_model]
+        if self.cfg.model.head_init == "task" and stream == _HEAD_INIT_STREAM and first_heads:
             heads = initial_head_state(
                 self.cfg.model,
                 self.cfg.data.feature_dim(),
@@ -108,7 +109,7 @@ class LocalClient:
                 self.cfg.seed,
                 self.cfg.data.image_shape(),
             )
-            state.update({k: v for k, v in heads.items() if k in state})
+            state.update({k: heads[k] for k in first_heads})
         unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
         if unexpected:
             raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")

@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedmtl.config.experiment import ExperimentConfig, tasks_held
+from fedmtl.config.experiment import ExperimentConfig, sample_size, tasks_held
 from fedmtl.data.suites import TaskData
 from fedmtl.federation import protocol
-from fedmtl.federation.rounds import evaluation_rounds, sample_size
+from fedmtl.federation.rounds import evaluation_rounds
 from fedmtl.local.client import LocalClient, client_data, derive_seed
 from fedmtl.local.training import evaluate, train_local
 from fedmtl.model.networks import MultiTaskModel, initial_shared_state

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedmtl.study.collect import DONE, Run, RunResult, StudyError, Task, collect_study, read_json, read_run
 from fedmtl.study.deltas import Spread, mean_std
@@ -40,9 +41,8 @@ class Entry:
         return [r.curves[task] for r in self.results if task in r.curves]
 
 
-def run_tasks(path: Path) -> tuple[Task, ...]:
-    """The tasks of a run directory, from its ``summary.json``."""
-    payload = read_json(path / RUN_SUMMARY)
+def run_tasks(path: Path, payload: Any) -> tuple[Task, ...]:
+    """The tasks of a run directory, from its ``summary.json`` (``payload``)."""
     try:
         return tuple(Task(str(t["task"]), str(t["metric"]), bool(t["higher_is_better"])) for t in payload["tasks"])
     except (KeyError, TypeError):
@@ -60,8 +60,8 @@ def load_entries(directory: str | Path) -> list[Entry]:
             if data.arm_results(arm)
         ]
     if (path / RUN_SUMMARY).is_file():
-        tasks = run_tasks(path)
         payload = read_json(path / RUN_SUMMARY)
+        tasks = run_tasks(path, payload)
         seed = int(payload.get("seed", 0)) if isinstance(payload, dict) else 0
         return [Entry(path.name, path, tasks, (read_run(Run(path.name, seed, path, DONE), tasks),))]
     raise StudyError(path, f"neither a study directory ({STUDY_FILE}) nor a finished run directory ({RUN_SUMMARY})")
