@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedmtl.config.experiment import ClientConfig
+from fedmtl.data.suites import TaskData
 from fedmtl.local.client import client_data
 from fedmtl.local.task_gradients import TaskGradientTracker, principal_angles
 from fedmtl.local.training import Proximal, train_local
@@ -57,11 +58,56 @@ def test_surgery_with_the_plain_mean_equals_no_surgery(tiny_config):
         model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": FedAvg(weighted=False)})
     )
     assert torch.allclose(plain, mean_surgery, atol=1e-5)
+
+
+def _conflicting_two_task_setup(tiny_config):
+    """Client 0's ``anchor`` data, and a second task on the same inputs with the targets negated and the
+    same head: the two encoder gradients then point almost opposite ways (a guaranteed conflict)."""
     cfg, data, specs, model = _fresh(tiny_config)
-    _, pcgrad = _train(
-        model, data, specs, ClientConfig(**{**cfg.client.__dict__, "surgery": PCGrad(), "local_steps": 20})
-    )
-    assert not torch.allclose(plain, pcgrad, atol=1e-5)
+    first, second = sorted(data)
+    data = {first: data[first], second: TaskData(data[first].x, -data[first].y)}
+    model.heads[second].load_state_dict(model.heads[first].state_dict())
+    return cfg, data, specs, model
+
+
+def _task_gradients(model, data, specs) -> torch.Tensor:
+    """``[2, P]``: each task's gradient of its full-batch loss on the encoder, by plain autograd."""
+    params = model.encoder_parameters()
+    rows = []
+    for task, task_data in sorted(data.items()):
+        loss = specs[task].kind_impl.loss(model(task_data.x, task), task_data.y)
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows)
+
+
+def _pcgrad_two_rows(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """Yu et al. (NeurIPS 2020), Algorithm 1 for two tasks, summed: each gradient loses its component
+    along the other's when they conflict."""
+    dot = g1 @ g2
+    p1 = g1 - dot / (g2 @ g2) * g2 if dot < 0 else g1
+    p2 = g2 - dot / (g1 @ g1) * g1 if dot < 0 else g2
+    return p1 + p2
+
+
+def test_in_client_pcgrad_moves_the_encoder_along_the_projected_gradients(tiny_config):
+    """One SGD step with full batches: the encoder moves by exactly ``-lr`` times the sum of the two
+    projected task gradients (and not by the plain sum, which the same step takes without surgery)."""
+    cfg, data, specs, model = _conflicting_two_task_setup(tiny_config)
+    one_step = {"local_steps": 1, "batch_size": 10_000, "momentum": 0.0, "lr": 0.1, "gradient_diagnostics_every": 0}
+    grads = _task_gradients(model, data, specs).double()
+    assert float(grads[0] @ grads[1]) < 0, "the set-up must make the task gradients conflict"
+    start = torch.cat([p.detach().reshape(-1) for p in model.encoder_parameters()]).double()
+
+    _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, **one_step, "surgery": PCGrad()}))
+    moved = torch.cat([p.detach().reshape(-1) for p in model.encoder_parameters()]).double() - start
+    expected = -0.1 * _pcgrad_two_rows(grads[0], grads[1])
+    torch.testing.assert_close(moved, expected, rtol=1e-4, atol=1e-6)
+
+    cfg, data, specs, model = _conflicting_two_task_setup(tiny_config)
+    _train(model, data, specs, ClientConfig(**{**cfg.client.__dict__, **one_step}))
+    plain = torch.cat([p.detach().reshape(-1) for p in model.encoder_parameters()]).double() - start
+    torch.testing.assert_close(plain, -0.1 * grads.sum(0), rtol=1e-4, atol=1e-6)
+    assert (plain - expected).norm() > 0.1 * expected.norm(), "surgery must change the step measurably"
 
 
 def test_proximal_with_mu_zero_equals_plain_local_training(tiny_config):

@@ -17,7 +17,7 @@ def error_for(overrides: list[str]) -> ConfigError:
 
 def test_defaults_are_valid_and_round_trip_through_plain_data():
     cfg = load_config()
-    assert isinstance(cfg, ExperimentConfig)
+    assert cfg == ExperimentConfig()  # no file, no overrides: the dataclass defaults
     assert cfg.clients.count >= 8 and len(cfg.data.task_names()) >= 3
     assert build_config(cfg.to_dict()) == cfg
 
@@ -27,9 +27,9 @@ def test_defaults_are_valid_and_round_trip_through_plain_data():
     [
         (["clients.cnt=3"], "clients.cnt", "unknown key"),
         (["rounds=three"], "rounds", "must be an integer"),
-        (["rounds=0"], "<root>", "rounds"),
-        (["server.fraction_fit=1.5"], "server", "fraction_fit"),
-        (["client.lr=-1"], "client", "lr > 0"),
+        (["rounds=0"], "rounds", "must be >= 1"),
+        (["server.fraction_fit=1.5"], "server.fraction_fit", "(0, 1]"),
+        (["client.lr=-1"], "client.lr", "must be > 0"),
         (["model.activation=swish"], "model.activation", "must be one of"),
         (["server.aggregator.name=nope"], "server.aggregator.name", "valid: "),
         (["server.aggregator.bogus=1"], "server.aggregator.bogus", "unknown key"),
@@ -48,7 +48,7 @@ def test_defaults_are_valid_and_round_trip_through_plain_data():
         (["client.task_sampling={name: temperature, temperature: 0}"], "client.task_sampling", "temperature"),
         (["model.sharing={name: partial, shared_blocks: 3}"], "model.sharing", "encoder has 2 blocks"),
         (["model.sharing.name=sideways"], "model.sharing.name", "valid: adapters, hard, partial, soft"),
-        (["resources.client_cpus=0"], "resources", "client_cpus"),
+        (["resources.client_cpus=0"], "resources.client_cpus", "must be > 0"),
         (["output.metrics_format=xml"], "output.metrics_format", "jsonl"),
     ],
 )
@@ -62,6 +62,16 @@ def test_component_by_bare_name_and_partial_mapping_keep_defaults():
     cfg = load_config(None, ["server.aggregator=fedavg", "data.client_shift=1.0"])
     assert cfg.server.aggregator == FedAvg()
     assert cfg.data.client_shift == 1.0 and cfg.data.name == "synthetic"
+
+
+def test_numbers_in_exponent_notation_are_numbers():
+    """YAML 1.1 (PyYAML) reads ``1e-8`` without a dot as a string; a float field takes it as the number."""
+    cfg = load_config(None, ["server.optimizer.eps=1e-8", "client.lr=5E-2"])
+    assert (cfg.server.optimizer.eps, cfg.client.lr) == (1e-8, 0.05)
+    with pytest.raises(ConfigError, match="must be a number, got 'fast'"):
+        load_config(None, ["client.lr=fast"])
+    with pytest.raises(ConfigError, match="must be an integer, got '1e3'"):
+        load_config(None, ["rounds=1e3"])
 
 
 def test_override_syntax_errors():
@@ -94,8 +104,10 @@ def test_file_plus_overrides(tmp_path):
 def test_shipped_configs_are_valid():
     from tests.helpers import ROOT
 
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(path)
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:  # load_config raises on any invalid one; each names its experiment
+        assert load_config(path).name, path
 
 
 def test_default_yaml_equals_builtin_defaults():

@@ -57,6 +57,50 @@ def test_worker_kill_fires_once_in_its_round_and_not_after_a_restart():
     assert not draw_faults(faults, 0, 2, 1).kill_worker and not draw_faults(faults, 0, 3, 0).kill_worker
 
 
+def test_worker_kill_fires_in_the_first_kill_attempts_attempts():
+    faults = FaultsConfig(worker_kill_round=2, worker_kill_client=0, worker_kill_attempts=3)
+    assert [draw_faults(faults, 0, 2, 0, attempt=a).kill_worker for a in range(5)] == [True] * 3 + [False] * 2
+
+
+class _DyingEngine:
+    """An engine whose worker pool dies in the first ``deaths`` runs (no Ray: the restart loop alone)."""
+
+    def __init__(self, deaths: int) -> None:
+        self.deaths, self.attempts = deaths, []
+
+    def run(self, server_app, client_app, cfg, backend, verbose) -> None:
+        from fedmtl.federation.rounds import WorkerPoolDied
+
+        self.attempts.append(len(self.attempts))
+        if len(self.attempts) <= self.deaths:
+            raise WorkerPoolDied(f"round 1: a worker died (death {len(self.attempts)})")
+
+
+@pytest.mark.parametrize(("deaths", "restarts", "gives_up"), [(2, 2, False), (3, 2, True), (1, 0, True), (0, 0, False)])
+def test_restarts_are_counted_against_checkpoint_restarts(tmp_path, monkeypatch, deaths, restarts, gives_up):
+    from fedmtl.config.experiment import load_config
+    from fedmtl.runfiles.rundir import RunDirectory
+    from server import simulation
+
+    engine = _DyingEngine(deaths)
+    monkeypatch.setitem(
+        simulation.ENGINES, "direct", simulation.Engine(engine.run, simulation.ENGINES["direct"].session)
+    )
+    cfg = load_config(None, [*SMALL, f"checkpoint.restarts={restarts}", f"output.run_dir={tmp_path / 'run'}"])
+    lines: list[str] = []
+    if gives_up:
+        with pytest.raises(simulation.RestartsExhausted, match=f"gave up after {restarts} restarts"):
+            simulation.federate(cfg, RunDirectory.create(cfg), echo=lines.append)
+        assert len(engine.attempts) == restarts + 1
+    else:
+        simulation.federate(cfg, RunDirectory.create(cfg), echo=lines.append)
+        assert len(engine.attempts) == deaths + 1
+    assert lines == [
+        f"fedmtl: round 1: a worker died (death {n}); restarting from the last checkpoint (restart {n} of {restarts})"
+        for n in range(1, min(deaths, restarts) + 1)
+    ]
+
+
 def test_client_state_store_returns_the_state_a_checkpoint_saw(tmp_path):
     store = ClientStateStore(tmp_path, client_id=3)
 
@@ -131,7 +175,10 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
     result = simulate(*set_args((*overrides, f"output.run_dir={run_dir}")), env=simulate_env)
     assert result.returncode == 0, result.stderr[-2000:]
     faults = FaultsConfig(client_error_rate=0.25, client_nan_rate=0.25)
-    for row in read_rows(run_dir / "server.jsonl"):
+    rows = read_rows(run_dir / "server.jsonl")
+    assert [row["round"] for row in rows] == [1, 2, 3, 4, 5]
+    assert sum(row["failures"] for row in rows) > 0 and sum(len(row["rejected"]) for row in rows) > 0
+    for row in rows:
         draws = {c: draw_faults(faults, 0, row["round"], c) for c in range(4)}
         assert row["failures"] == sum(d.error for d in draws.values())
         assert sorted(r["client"] for r in row["rejected"]) == sorted(
@@ -197,4 +244,38 @@ def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env,
     assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
     assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
     assert (run_dir / "summary.json").read_text() == (uninterrupted / "summary.json").read_text()
+    assert_no_leftover_processes(module_env)
+
+
+@pytest.mark.slow
+def test_repeated_deaths_before_the_first_checkpoint_start_over_and_change_nothing(tmp_path, module_env, uninterrupted):
+    """The worker dies in round 1 in two attempts running, before any checkpoint (every 2 rounds): each
+    restart begins the run again from round 0, and the finished run equals an uninterrupted one."""
+    run_dir = tmp_path / "twice-killed"
+    faults = (
+        "faults.worker_kill_round=1", "faults.worker_kill_client=2", "faults.worker_kill_attempts=2",
+        "checkpoint.every=2", "checkpoint.restarts=2",
+    )  # fmt: skip
+    result = simulate(*set_args((*SMALL, *faults, f"output.run_dir={run_dir}")), env=module_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("round 1: a worker died; restarting from the last checkpoint") == 2
+    assert "(restart 2 of 2)" in result.stdout
+    assert _rows_by_key(run_dir / "metrics.jsonl") == _rows_by_key(uninterrupted / "metrics.jsonl")
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2, 3, 4, 5]
+    assert_no_leftover_processes(module_env)
+
+
+@pytest.mark.slow
+def test_running_out_of_restarts_stops_with_one_line_and_keeps_the_files(tmp_path, module_env):
+    run_dir = tmp_path / "exhausted"
+    faults = ("faults.worker_kill_round=2", "faults.worker_kill_client=0", "faults.worker_kill_attempts=2")
+    result = simulate(
+        *set_args((*SMALL, *faults, "checkpoint.restarts=1", f"output.run_dir={run_dir}")), env=module_env
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "gave up after 1 restarts (checkpoint.restarts)" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1]  # round 1 was checkpointed
+    assert not (run_dir / "summary.json").exists()
     assert_no_leftover_processes(module_env)

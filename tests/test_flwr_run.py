@@ -9,40 +9,32 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-from flwr.serverapp import Grid
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from clients.client_app import make_client_app
 from fedmtl.config.errors import ConfigError
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
 from fedmtl.runfiles.rundir import read_rows
 from server.loop import config_for_federation, exchange
-from server.server_app import make_server_app
 from tests.helpers import ROOT, tiny_overrides
+from tests.loopback import LoopbackGrid, run_config, serve
 
 # the tiny model with clients.count left to the federation
 TINY = tuple(o for o in tiny_overrides(2) if not o.startswith("clients.count="))
-
-
-def run_config(*overrides: str, **keys: Any) -> dict[str, Any]:
-    return {"config-overrides": ";".join(overrides), **keys}
 
 
 def simulated_federation(nodes: int) -> InMemoryGrid:
@@ -55,69 +47,6 @@ def simulated_federation(nodes: int) -> InMemoryGrid:
     grid = InMemoryGrid(state_factory=factory)
     grid._run = run  # set_run would also need the run's task records
     return grid
-
-
-class LoopbackGrid(Grid):
-    """A federation in this process: each node's ClientApp handles its messages at once. Node ids are
-    random per grid (as Flower's are per run); ``fail_at_train`` makes the server's n-th training
-    exchange raise, as a SuperLink that went away would."""
-
-    def __init__(self, run_config: Mapping[str, Any], nodes: int, state_dir: Path, fail_at_train: int = 0) -> None:
-        self.client_app = make_client_app()
-        self.fail_at_train, self.trains = fail_at_train, 0
-        self._run = Run.create_empty(run_id=uuid.uuid4().int >> 65)
-        self.contexts = {
-            uuid.uuid4().int >> 66: Context(
-                run_id=self._run.run_id,
-                node_id=0,
-                node_config={"partition-id": i, "num-partitions": nodes, "state-dir": str(state_dir)},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i in range(nodes)
-        }
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            self.trains += 1
-            if self.trains == self.fail_at_train:
-                raise ConnectionError("the SuperLink went away")
-        replies = []
-        for message in messages:
-            message.metadata.__dict__.update(
-                _message_id=uuid.uuid4().hex, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID
-            )
-            reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
-            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            replies.append(reply)
-        return replies
-
-
-def serve(grid: Grid, config: Mapping[str, Any]) -> None:
-    """``server.server_app.app`` as Flower calls it."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
-    make_server_app()(grid, context)
 
 
 # ----------------------------------------------------------------------------- the federation's size
@@ -139,10 +68,12 @@ def test_clients_count_unset_is_taken_from_num_supernodes():
 
 @pytest.mark.parametrize("count", [3, 1])
 def test_clients_count_that_disagrees_with_num_supernodes_fails_at_once_in_one_line(count):
-    started = time.monotonic()
+    # a simulated federation is checked once settled, never waited for: a node timeout of 1000 s would
+    # end in a FederationError ("only 2 SuperNodes connected within"), not in this ConfigError
     with pytest.raises(ConfigError) as caught:
-        config_for_federation(simulated_federation(2), run_config(*TINY, f"clients.count={count}"), settle_s=0.2)
-    assert time.monotonic() - started < 5
+        config_for_federation(
+            simulated_federation(2), run_config(*TINY, f"clients.count={count}"), timeout_s=1000, settle_s=0.2
+        )
     message = str(caught.value)
     assert caught.value.path == "clients.count" and "\n" not in message
     assert f"is {count}" in message and "num-supernodes" in message and "2 SuperNodes" in message
@@ -204,22 +135,18 @@ def test_resume_with_another_experiment_or_without_a_checkpoint_is_refused_in_on
 
 
 class ReplyAfter(HttpGrid):
-    """A deployed SuperLink's grid whose replies arrive ``delay_s`` after the push (no connection)."""
+    """A deployed SuperLink's grid whose replies arrive at the ``ready_at``-th pull (no connection)."""
 
-    def __init__(self, delay_s: float) -> None:  # HttpGrid's own __init__ would connect
-        self.delay_s, self.pushed_at, self.pulls = delay_s, 0.0, 0
+    def __init__(self, ready_at: int) -> None:  # HttpGrid's own __init__ would connect
+        self.ready_at, self.pulls = ready_at, 0
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        self.pushed_at = time.monotonic()
-        self.replies = []
-        for message in messages:
-            reply = Message(RecordDict(), reply_to=_delivered(message))
-            self.replies.append(reply)
+        self.replies = [Message(RecordDict(), reply_to=_delivered(message)) for message in messages]
         return [r.metadata.reply_to_message_id for r in self.replies]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         self.pulls += 1
-        return self.replies if time.monotonic() - self.pushed_at >= self.delay_s else []
+        return self.replies if self.pulls >= self.ready_at else []
 
 
 def _delivered(message: Message) -> Message:
@@ -227,20 +154,23 @@ def _delivered(message: Message) -> Message:
     return message
 
 
-def test_replies_from_a_deployed_superlink_are_pulled_at_a_short_interval():
-    grid = ReplyAfter(0.3)
+def test_replies_from_a_deployed_superlink_are_pulled_at_the_configured_interval(monkeypatch):
+    """Between pulls the ServerApp sleeps ``pull_interval_s`` (Flower's own send_and_receive sleeps 3 s),
+    and it stops pulling as soon as every reply is in."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("server.loop.time.sleep", sleeps.append)
+    grid = ReplyAfter(ready_at=4)
     messages = [Message(RecordDict(), dst_node_id=7, message_type="train")]
-    started = time.monotonic()
     replies = exchange(grid, messages, timeout_s=10, pull_interval_s=0.05)
-    assert len(replies) == 1 and time.monotonic() - started < 1.0  # Flower's send_and_receive: 3 s
-    assert grid.pulls > 2
+    assert len(replies) == 1 and grid.pulls == 4
+    assert sleeps == [0.05, 0.05, 0.05]
 
 
 # ----------------------------------------------------------------------------- a real flwr run (slow)
 
 
 @pytest.mark.slow
-def test_flwr_run_with_fewer_supernodes_than_clients_fails_within_seconds(tmp_path):
+def test_flwr_run_with_fewer_supernodes_than_clients_fails_on_the_size_check(tmp_path):
     from tests.test_deployment import Processes, free_port, write_flower_config
 
     procs = Processes(tmp_path / "logs")
@@ -255,14 +185,14 @@ def test_flwr_run_with_fewer_supernodes_than_clients_fails_within_seconds(tmp_pa
     try:
         started = time.monotonic()
         procs.start("flwr-run", argv, env)
-        code = procs.wait("flwr-run", 90)
+        code = procs.wait("flwr-run", 180)
         seconds, output = time.monotonic() - started, procs.log("flwr-run")
     finally:
         procs.stop()
-    assert code is not None, f"flwr run still running after 90 s\n{output[-3000:]}"
+    assert code is not None, f"flwr run still running after 180 s\n{output[-3000:]}"
     failed = [line for line in output.splitlines() if "fedmtl: run failed" in line]
     assert failed and "num-supernodes" in failed[0] and "clients.count" in failed[0], output[-3000:]
-    assert seconds < 60, f"took {seconds:.0f} s"
+    # it failed on the size check, not after waiting out the node timeout (which says this instead)
     assert not re.search(r"only \d+ SuperNodes connected within", output)
     print(f"\nflwr run failed after {seconds:.0f} s: {failed[0]}")
 
@@ -273,7 +203,6 @@ def test_runtime_dependency_installation_is_refused_by_uv_at_once(tmp_path):
     project = tmp_path / "app"
     project.mkdir()
     (project / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    started = time.monotonic()
     result = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), "-m", "uv", "sync", "--offline", "--no-install-project",
          "--no-install-package", "flwr", "--inexact"],
@@ -281,4 +210,4 @@ def test_runtime_dependency_installation_is_refused_by_uv_at_once(tmp_path):
         env={"PATH": "/usr/bin:/bin", "UV_PROJECT_ENVIRONMENT": str(tmp_path / "env"), "HOME": str(tmp_path)},
     )  # fmt: skip
     assert result.returncode != 0 and "marked as unmanaged" in result.stderr, result.stderr
-    assert time.monotonic() - started < 10 and not (tmp_path / "env").exists()
+    assert not (tmp_path / "env").exists()  # stopped before creating an environment, let alone resolving

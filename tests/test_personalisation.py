@@ -83,11 +83,52 @@ def test_learned_weights_move_the_way_the_feedback_says():
     assert towards_own.observe([4], own, step)[0] > 0.5
     # The client's next update points along the server's step instead: less weight on its own.
     assert towards_global.observe([4], step[None], step)[0] < 0.5
-    # The step is the hypergradient: alpha -= lr * <u_next, step - u>
-    assert towards_own.alpha(4) == pytest.approx(0.5 - 0.1 * hypergradient(own[0], step - own[0], False))
+    # By hand: the mixing direction step - u = (1, -1), the next update (0, 1): <u_next, step - u> = -1,
+    # so alpha = 0.5 - 0.1 * (-1) = 0.6
+    assert towards_own.alpha(4) == pytest.approx(0.6)
+    assert towards_global.alpha(4) == pytest.approx(0.4)  # <(1, 0), (1, -1)> = 1: 0.5 - 0.1
     clipped = PersonalEncoders(0.95, lr=10.0)
     clipped.observe([1], own, step)
     assert clipped.observe([1], own, step) == (1.0,)
+
+
+def test_normalised_feedback_steps_by_the_cosine():
+    """``normalize: true``: the step is lr times the cosine of the next update with the mixing direction.
+    By hand, cos((0, 3), (1, -1)) = -3 / (3 sqrt 2) = -1/sqrt 2, so alpha = 0.5 + 0.1 / sqrt 2; the
+    unnormalised rule would move by 0.1 * 3 = 0.3 (and clip at 0.8)."""
+    step, own = torch.tensor([1.0, 0.0]), torch.tensor([[0.0, 1.0]])
+    normalised, raw = PersonalEncoders(0.5, lr=0.1, normalize=True), PersonalEncoders(0.5, lr=0.1)
+    for personal in (normalised, raw):
+        personal.observe([2], own, step)
+        personal.observe([2], torch.tensor([[0.0, 3.0]]), step)
+    assert normalised.alpha(2) == pytest.approx(0.5 + 0.1 / 2**0.5)
+    assert raw.alpha(2) == pytest.approx(0.8)
+    assert hypergradient(torch.zeros(2), torch.ones(2), True) == 0.0  # a zero update carries no signal
+
+
+@pytest.mark.parametrize(("normalize", "expected"), [(True, 0.5 + 0.1 * 0.5 / 1.25**0.5), (False, 0.65)])
+def test_learned_normalize_reaches_the_updater_from_the_config(normalize, expected):
+    """By hand: round 1, updates u0 = (0, 1) and u1 = (2, 0), FedAvg step s = (1, 0.5), client 0's mixing
+    direction s - u0 = (1, -0.5); round 2, client 0's next update (0, 3): inner product -1.5, cosine
+    -0.5 / sqrt(1.25)."""
+    overrides = [f"server.personalisation={{name: learned, alpha: 0.5, lr: 0.1, normalize: {str(normalize).lower()}}}"]
+    cfg = load_config(None, overrides)
+    updater = ServerUpdater(
+        {"w": torch.zeros(2)}, FedAvg(weighted=False), cfg.server.optimizer, seed=0,
+        personalisation=cfg.server.personalisation,
+    )  # fmt: skip
+    updater.step([0, 1], [{"w": torch.tensor([0.0, -1.0])}, {"w": torch.tensor([-2.0, 0.0])}], [1.0, 1.0])
+    updater.step([0], [{"w": updater.client_state(0)["w"] - torch.tensor([0.0, 3.0])}], [1.0])
+    assert updater.personal is not None and updater.personal.alpha(0) == pytest.approx(expected)
+
+
+def test_clients_not_sampled_keep_their_offset_and_follow_the_global_encoder():
+    updater = _updater(Mixed(0.5))
+    updater.step([0, 1], [{"w": torch.tensor([1.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 1.0, 0.0])}], [1.0, 1.0])
+    offset_of_1 = updater.client_offset(1).clone()
+    updater.step([0], [{"w": updater.client_state(0)["w"] + torch.tensor([0.0, 0.0, 2.0])}], [1.0])
+    assert torch.equal(updater.client_offset(1), offset_of_1)
+    assert torch.allclose(updater.client_state(1)["w"], updater.param.detach() + offset_of_1)
 
 
 def test_config_component_and_its_errors():

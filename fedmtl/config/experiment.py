@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fedmtl.config.errors import ConfigError
+from fedmtl.config.errors import ConfigError, require
 from fedmtl.config.typed import parse_dataclass, to_plain
 from fedmtl.data.suites import SyntheticSuite, TaskSuite
 from fedmtl.methods.aggregation import Aggregator, FedAvg
@@ -49,18 +49,18 @@ class ClientsConfig:
     members: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"count must be >= 1, got {self.count}")
-        if self.tasks_per_client < 1:
-            raise ValueError(f"tasks_per_client must be >= 1, got {self.tasks_per_client}")
-        if min(self.samples_per_task, self.eval_samples_per_task, self.min_samples) < 1:
-            raise ValueError("samples_per_task, eval_samples_per_task and min_samples must be >= 1")
-        if self.sample_imbalance < 0:
-            raise ValueError(f"sample_imbalance must be >= 0, got {self.sample_imbalance}")
-        if any(scale <= 0 for scale in self.task_sample_scale.values()):
-            raise ValueError("task_sample_scale values must be > 0")
-        if any(not 0 <= m < self.count for m in self.members) or len(set(self.members)) != len(self.members):
-            raise ValueError(f"members must be distinct client ids in [0, {self.count})")
+        require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
+        require(self.tasks_per_client >= 1, "tasks_per_client", f"must be >= 1, got {self.tasks_per_client}")
+        for key in ("samples_per_task", "eval_samples_per_task", "min_samples"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.sample_imbalance >= 0, "sample_imbalance", f"must be >= 0, got {self.sample_imbalance}")
+        for task, scale in self.task_sample_scale.items():
+            require(scale > 0, f"task_sample_scale.{task}", f"must be > 0, got {scale}")
+        require(
+            all(0 <= m < self.count for m in self.members) and len(set(self.members)) == len(self.members),
+            "members",
+            f"must be distinct client ids in [0, {self.count}), got {list(self.members)}",
+        )
 
     def participants(self) -> tuple[int, ...]:
         """The client ids that take part, in the order of simulated clients."""
@@ -84,10 +84,10 @@ class ModelConfig:
     head_init: Literal["client", "task"] = "client"
 
     def __post_init__(self) -> None:
-        if self.representation_dim < 1 or any(
-            w < 1 for w in self.encoder_hidden + self.head_hidden + self.conv_channels
-        ):
-            raise ValueError("layer widths must be >= 1")
+        require(self.representation_dim >= 1, "representation_dim", f"must be >= 1, got {self.representation_dim}")
+        for key in ("encoder_hidden", "head_hidden", "conv_channels"):
+            widths = getattr(self, key)
+            require(all(w >= 1 for w in widths), key, f"layer widths must be >= 1, got {list(widths)}")
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,13 @@ class ClientConfig:
     eval_head_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.local_steps < 1 or self.batch_size < 1:
-            raise ValueError("local_steps and batch_size must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1")
-        if self.gradient_diagnostics_every < 0 or self.subspace_steps < 1 or self.eval_head_steps < 0:
-            raise ValueError("need gradient_diagnostics_every >= 0, subspace_steps >= 1 and eval_head_steps >= 0")
+        require(self.local_steps >= 1, "local_steps", f"must be >= 1, got {self.local_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key, least in (("gradient_diagnostics_every", 0), ("subspace_steps", 1), ("eval_head_steps", 0)):
+            require(getattr(self, key) >= least, key, f"must be >= {least}, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,10 @@ class ServerOptimizerConfig:
     eps: float = 1e-3  # adam only; FedAdam's tau
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.eps <= 0:
-            raise ValueError("need lr > 0, 0 <= momentum < 1, eps > 0")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
+        require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -166,16 +169,12 @@ class ServerConfig:
     personalisation: Personalisation = field(default_factory=NoPersonalisation)
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction_fit <= 1:
-            raise ValueError(f"fraction_fit must be in (0, 1], got {self.fraction_fit}")
-        if not 0 < self.fraction_evaluate <= 1:
-            raise ValueError(f"fraction_evaluate must be in (0, 1], got {self.fraction_evaluate}")
-        if not 0 <= self.min_fit_fraction <= 1:
-            raise ValueError(f"min_fit_fraction must be in [0, 1], got {self.min_fit_fraction}")
-        if self.max_update_norm is not None and self.max_update_norm <= 0:
-            raise ValueError("max_update_norm must be > 0")
-        if self.round_timeout_s <= 0:
-            raise ValueError("round_timeout_s must be > 0")
+        for key in ("fraction_fit", "fraction_evaluate"):
+            require(0 < getattr(self, key) <= 1, key, f"must be in (0, 1], got {getattr(self, key)}")
+        require(0 <= self.min_fit_fraction <= 1, "min_fit_fraction", f"must be in [0, 1], got {self.min_fit_fraction}")
+        norm = self.max_update_norm
+        require(norm is None or norm > 0, "max_update_norm", f"must be > 0, got {norm}")
+        require(self.round_timeout_s > 0, "round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -192,8 +191,9 @@ class ResourcesConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.client_cpus <= 0 or self.client_gpus < 0 or self.torch_threads < 1:
-            raise ValueError("need client_cpus > 0, client_gpus >= 0, torch_threads >= 1")
+        require(self.client_cpus > 0, "client_cpus", f"must be > 0, got {self.client_cpus}")
+        require(self.client_gpus >= 0, "client_gpus", f"must be >= 0, got {self.client_gpus}")
+        require(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,11 @@ class FaultsConfig:
     client_error_rate: float = 0.0  # probability that a client's training call raises
     client_nan_rate: float = 0.0  # probability that a client's update is corrupted with NaN
     client_delay_s: float = 0.0  # seconds every training call sleeps (slow clients, timeouts)
-    worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies (first attempt only)
+    worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies
     worker_kill_client: int = 0  # the client id whose worker dies in worker_kill_round
+    # In how many attempts of that round the worker dies: 1 = only the first (the restart from the last
+    # checkpoint then succeeds); more than checkpoint.restarts = the run gives up.
+    worker_kill_attempts: int = 1
     # Adversarial (Byzantine) clients: each round they replace their encoder update g = global - local
     # by -attack_scale * g (sign_flip), attack_scale * g (scale) or Gaussian noise of std attack_scale
     # (noise); see fedmtl.federation.faults. none: nobody attacks.
@@ -224,21 +227,30 @@ class FaultsConfig:
     adversarial_clients: tuple[int, ...] = ()  # named attackers (client ids), instead of a fraction
 
     def __post_init__(self) -> None:
-        if not (0 <= self.client_error_rate <= 1 and 0 <= self.client_nan_rate <= 1):
-            raise ValueError("client_error_rate and client_nan_rate must be in [0, 1]")
-        if self.client_delay_s < 0 or self.worker_kill_round < 0 or self.worker_kill_client < 0:
-            raise ValueError("client_delay_s, worker_kill_round and worker_kill_client must be >= 0")
-        if not 0 < self.attack_scale < float("inf"):
-            raise ValueError(f"attack_scale must be > 0 and finite, got {self.attack_scale}")
-        if not 0 <= self.adversarial_fraction <= 1:
-            raise ValueError(f"adversarial_fraction must be in [0, 1], got {self.adversarial_fraction}")
+        for key in ("client_error_rate", "client_nan_rate", "adversarial_fraction"):
+            require(0 <= getattr(self, key) <= 1, key, f"must be in [0, 1], got {getattr(self, key)}")
+        for key in ("client_delay_s", "worker_kill_round", "worker_kill_client"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        require(
+            self.worker_kill_attempts >= 1, "worker_kill_attempts", f"must be >= 1, got {self.worker_kill_attempts}"
+        )
+        require(
+            0 < self.attack_scale < float("inf"), "attack_scale", f"must be > 0 and finite, got {self.attack_scale}"
+        )
         ids = self.adversarial_clients
-        if min(ids, default=0) < 0 or len(set(ids)) != len(ids):
-            raise ValueError(f"adversarial_clients must be distinct ids >= 0, got {list(ids)}")
+        require(
+            min(ids, default=0) >= 0 and len(set(ids)) == len(ids),
+            "adversarial_clients",
+            f"must be distinct ids >= 0, got {list(ids)}",
+        )
         if self.adversarial_fraction > 0 and self.adversarial_clients:
             raise ValueError("set adversarial_fraction or adversarial_clients, not both")
-        if self.attack == "none" and (self.adversarial_fraction > 0 or self.adversarial_clients):
-            raise ValueError("adversarial clients are set but attack is none: choose sign_flip, scale or noise")
+        attackers = "adversarial_clients" if self.adversarial_clients else "adversarial_fraction"
+        require(
+            self.attack != "none" or not (self.adversarial_fraction > 0 or self.adversarial_clients),
+            attackers,
+            "attackers are set but faults.attack is none: choose sign_flip, scale or noise",
+        )
 
 
 @dataclass(frozen=True)
@@ -249,8 +261,8 @@ class CheckpointConfig:
     restarts: int = 2  # automatic restarts from the last checkpoint when the Ray worker pool dies
 
     def __post_init__(self) -> None:
-        if self.every < 0 or self.restarts < 0:
-            raise ValueError("every and restarts must be >= 0")
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        require(self.restarts >= 0, "restarts", f"must be >= 0, got {self.restarts}")
 
 
 def arm_names() -> tuple[str, ...]:
@@ -276,16 +288,19 @@ class ArmSpec:
     set: Mapping[str, Any] = field(default_factory=dict)  # key.path -> value, as --set takes them
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name == ALL_ARMS:
-            raise ValueError(f"arm name {self.name!r} must be non-empty, without '/', and not {ALL_ARMS!r}")
-        if self.base not in arm_names():
-            raise ValueError(f"unknown base arm {self.base!r}; valid: {', '.join(arm_names())}")
+        require(
+            bool(self.name) and "/" not in self.name and self.name != ALL_ARMS,
+            "name",
+            f"{self.name!r} must be non-empty, without '/', and not {ALL_ARMS!r}",
+        )
+        require(self.base in arm_names(), "base", f"unknown base arm {self.base!r}; valid: {', '.join(arm_names())}")
         for key in self.set:
-            if key.split(".")[0] in ARM_LOCKED_SECTIONS:
-                raise ValueError(
-                    f"set.{key}: an arm cannot change {', '.join(ARM_LOCKED_SECTIONS)} "
-                    "(arms share the study's data, clients and seeds so that their runs pair)"
-                )
+            require(
+                key.split(".")[0] not in ARM_LOCKED_SECTIONS,
+                f"set.{key}",
+                f"an arm cannot change {', '.join(ARM_LOCKED_SECTIONS)} "
+                "(arms share the study's data, clients and seeds so that their runs pair)",
+            )
 
 
 @dataclass(frozen=True)
@@ -308,25 +323,31 @@ class StudyConfig:
     def __post_init__(self) -> None:
         names = self.arm_names()
         builtin = arm_names()
-        for arm in self.arms:
-            if isinstance(arm, str) and arm not in builtin:
-                raise ValueError(
-                    f"unknown arm {arm!r}; valid: {', '.join(builtin)}, or {{name: ..., base: ..., set: {{...}}}}"
-                )
-            if isinstance(arm, ArmSpec) and arm.name in builtin:
-                raise ValueError(f"user-defined arm {arm.name!r} takes the name of a built-in arm; rename it")
-        if len(set(names)) != len(names) or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("arm names and seeds must not repeat")
-        if self.arms and self.reference_arm not in names:
-            raise ValueError(f"reference_arm {self.reference_arm!r} is not one of the arms {', '.join(names)}")
+        for i, arm in enumerate(self.arms):
+            require(
+                not isinstance(arm, str) or arm in builtin,
+                f"arms[{i}]",
+                f"unknown arm {arm!r}; valid: {', '.join(builtin)}, or {{name: ..., base: ..., set: {{...}}}}",
+            )
+            require(
+                not (isinstance(arm, ArmSpec) and arm.name in builtin),
+                f"arms[{i}].name",
+                f"{names[i]!r} is the name of a built-in arm; rename the user-defined arm",
+            )
+        require(len(set(names)) == len(names), "arms", f"arm names must not repeat, got {list(names)}")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", f"must not repeat, got {list(self.seeds)}")
+        require(
+            not self.arms or self.reference_arm in names,
+            "reference_arm",
+            f"{self.reference_arm!r} is not one of the arms {', '.join(names)}",
+        )
         for i, (arm, baseline) in enumerate(self.compare):
             unknown = [name for name, allowed in ((arm, (*names, ALL_ARMS)), (baseline, names)) if name not in allowed]
             if unknown:
                 raise ConfigError(f"study.compare[{i}]", f"{unknown[0]!r} is not one of the arms {', '.join(names)}")
             if arm == baseline:
                 raise ConfigError(f"study.compare[{i}]", f"compares {arm!r} with itself")
-        if not 0 < self.significance < 1:
-            raise ValueError(f"significance must be in (0, 1), got {self.significance}")
+        require(0 < self.significance < 1, "significance", f"must be in (0, 1), got {self.significance}")
 
     def arm_names(self) -> tuple[str, ...]:
         return tuple(arm if isinstance(arm, str) else arm.name for arm in self.arms)
@@ -396,8 +417,8 @@ class ExperimentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.eval_every < 1:
-            raise ValueError("rounds and eval_every must be >= 1")
+        require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
+        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -578,6 +599,8 @@ def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
             except ConfigError as err:
                 raise ConfigError(f"study.arms[{i}].set", f"arm {arm.name!r} gives an invalid config: {err}") from None
     for key, values in cfg.sweep.grid.items():  # every point must be a valid config on its own
+        if key.split(".")[0] in UNSWEPT_SECTIONS:
+            raise ConfigError(f"sweep.grid.{key}", "cannot sweep study, sweep or output settings")
         for i, value in enumerate(values):
             try:
                 point_config(raw, {key: value})
@@ -586,11 +609,14 @@ def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     return cfg
 
 
+UNSWEPT_SECTIONS = ("sweep", "study", "output")  # a sweep point changes the experiment, not how it is run or written
+
+
 def point_config(raw: Mapping[str, Any], values: Mapping[str, Any]) -> ExperimentConfig:
     """The config of one sweep point: ``raw`` without its sweep, with ``values`` set by key path."""
     point = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
     for key, value in values.items():
-        if key.split(".")[0] in ("sweep", "study", "output"):
+        if key.split(".")[0] in UNSWEPT_SECTIONS:
             raise ConfigError(f"sweep.grid.{key}", "cannot sweep study, sweep or output settings")
         set_path(point, key, value, f"sweep.grid.{key}")
     return build_config(point)

@@ -12,14 +12,16 @@ re-raises them as :class:`ConfigError` at the dataclass's path.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from fedmtl.config.errors import ConfigError
+from fedmtl.config.errors import ConfigError, FieldError
 
 _COMPONENT_REGISTRIES: dict[type, Mapping[str, type]] = {}
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def register_component_base(base: type, registry: Mapping[str, type]) -> None:
@@ -55,17 +57,19 @@ def parse(tp: Any, value: Any, path: str) -> Any:
             if type(None) in options:
                 return None
             raise ConfigError(path, "must not be empty")
-        errors = []
+        errors: list[ConfigError] = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return parse(option, value, path)
             except ConfigError as err:
-                errors.append(err.message)
+                errors.append(err)
         # An option of the value's own shape (a mapping for a dataclass) explains better than "must be a string".
-        relevant = [e for e in errors if not e.startswith("must be a")] or errors
-        raise ConfigError(path, " or ".join(dict.fromkeys(relevant)))
+        relevant = [e for e in errors if not e.message.startswith("must be a")] or errors
+        if len(relevant) == 1:  # the one option the value was meant as: its error, at its own key path
+            raise relevant[0]
+        raise ConfigError(path, " or ".join(dict.fromkeys(e.message for e in relevant)))
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -97,6 +101,8 @@ def parse(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):  # YAML 1.1 reads 1e-8 as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"must be a number, got {value!r}")
         return float(value)
@@ -129,6 +135,8 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
+    except FieldError as err:
+        raise ConfigError(join(path, err.key), err.message) from None
     except ValueError as err:
         raise ConfigError(path, str(err)) from None
 

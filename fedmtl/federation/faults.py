@@ -63,7 +63,11 @@ def draw_faults(
     """``adversaries``: :func:`adversarial_clients` of the run."""
     rng = np.random.default_rng([seed, _FAULT_STREAM, server_round, client_id])
     error, nan = rng.random() < faults.client_error_rate, rng.random() < faults.client_nan_rate
-    kill = attempt == 0 and faults.worker_kill_round == server_round and faults.worker_kill_client == client_id
+    kill = (
+        attempt < faults.worker_kill_attempts
+        and faults.worker_kill_round == server_round
+        and faults.worker_kill_client == client_id
+    )
     attack = faults.attack if client_id in adversaries else "none"
     return FaultDraw(error=bool(error), nan=bool(nan), delay_s=faults.client_delay_s, kill_worker=kill, attack=attack)
 

@@ -179,6 +179,10 @@ class ServerState:
         return ServerCheckpoint(server_round, self.updater.state_dict(), self.sampler.rng.getstate(), heads)
 
     def restore(self, checkpoint: ServerCheckpoint) -> None:
+        if (self.head_averager is None) != (checkpoint.heads is None):
+            raise FederationError(
+                "the checkpoint and server.federate_heads disagree on federated heads: resume with the run's config"
+            )
         self.updater.load_state_dict(checkpoint.updater)
         if self.head_averager is not None and checkpoint.heads is not None:
             self.head_averager.load_state_dict(checkpoint.heads)

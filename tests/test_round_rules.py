@@ -1,0 +1,129 @@
+"""The round driver's rules, run end to end in this process (``tests/loopback.py``: the real ServerApp and
+ClientApp, no Ray): the evaluation schedule when ``rounds`` is not a multiple of ``eval_every``, the
+evaluation sample at ``server.fraction_evaluate < 1``, and resume with federated heads and a stateful
+server optimizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedmtl.config.experiment import load_config
+from fedmtl.federation.rounds import FederationError, ServerState, evaluation_rounds
+from fedmtl.runfiles.checkpoint import load_server_checkpoint
+from fedmtl.runfiles.rundir import RunDirectory, read_rows
+from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
+from tests.loopback import LoopbackGrid, run_config, serve
+
+TINY = tiny_overrides(3)
+
+
+def run_in_process(tmp_path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0, **keys):
+    run_dir = tmp_path / name
+    config = run_config(*overrides, f"output.run_dir={run_dir}", **keys)
+    serve(LoopbackGrid(config, nodes, tmp_path / f"{name}-state", fail_at_train), config)
+    return run_dir
+
+
+def eval_rounds_of(run_dir) -> list[int]:
+    return sorted({r["round"] for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"})
+
+
+# ----------------------------------------------------------------------------- the evaluation schedule
+
+
+@pytest.mark.parametrize(
+    ("rounds", "every", "expected"),
+    [(5, 2, [0, 2, 4, 5]), (4, 2, [0, 2, 4]), (3, 5, [0, 3]), (1, 1, [0, 1]), (6, 3, [0, 3, 6])],
+)
+def test_evaluation_rounds_always_include_round_zero_and_the_last(rounds, every, expected):
+    cfg = load_config(None, [f"rounds={rounds}", f"eval_every={every}"])
+    assert evaluation_rounds(cfg) == expected
+
+
+def test_a_run_evaluates_the_last_round_and_its_summary_ends_there(tmp_path):
+    run_dir = run_in_process(tmp_path, "run", *TINY, "rounds=5", "eval_every=2")
+    assert eval_rounds_of(run_dir) == [0, 2, 4, 5]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tasks"] and all(task["round_final"] == 5 for task in summary["tasks"])
+    assert all(sorted(map(int, task["curve"])) == [0, 2, 4, 5] for task in summary["tasks"])
+    # every (client, task) held is evaluated at every evaluated round
+    rows = read_rows(run_dir / "metrics.jsonl")
+    for server_round in (0, 2, 4, 5):
+        held = {(r["client"], r["task"]) for r in rows if r["split"] == "eval" and r["round"] == server_round}
+        assert held == TINY_CLIENT_TASKS
+
+
+# ----------------------------------------------------------------------------- fraction_evaluate
+
+
+def test_fraction_evaluate_samples_that_share_of_clients_each_evaluation(tmp_path):
+    overrides = (*tiny_overrides(4), "rounds=4", "server.fraction_evaluate=0.5")
+    first = run_in_process(tmp_path, "first", *overrides, nodes=4)
+    second = run_in_process(tmp_path, "second", *overrides, nodes=4)  # new random node ids: the same sample
+    samples = {}
+    for run_dir in (first, second):
+        rows = [r for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"]
+        samples[run_dir] = {r: sorted({row["client"] for row in rows if row["round"] == r}) for r in range(5)}
+    assert samples[first] == samples[second]
+    assert all(len(clients) == 2 for clients in samples[first].values()), samples[first]  # round(0.5 x 4)
+    assert len({tuple(c) for c in samples[first].values()}) > 1, "the sample must change across rounds"
+    # training is not sampled (fraction_fit 1): every client trains every round
+    train = [r for r in read_rows(first / "metrics.jsonl") if r["split"] == "train"]
+    assert {(r["round"], r["client"]) for r in train} == {(r, c) for r in range(1, 5) for c in range(4)}
+
+
+def test_full_evaluation_is_the_default(tmp_path):
+    run_dir = run_in_process(tmp_path, "run", *TINY, "rounds=1")
+    rows = [r for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"]
+    assert {(r["round"], r["client"]) for r in rows} == {(r, c) for r in (0, 1) for c in range(3)}
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("server.federate_heads=true",),
+        ("server.federate_heads=true", "server.optimizer={name: adam, lr: 0.05}"),
+        ("server.optimizer={name: sgd, lr: 0.5, momentum: 0.9}",),
+    ],
+    ids=["fed_full", "fed_full+fedadam", "fedavgm"],
+)
+def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path, extra):
+    common = (*TINY, "rounds=4", "checkpoint.every=1", *extra)
+    reference = run_in_process(tmp_path, "reference", *common)
+    with pytest.raises(ConnectionError):
+        run_in_process(tmp_path, "run", *common, fail_at_train=3)
+    run_dir = tmp_path / "run"
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2]
+    run_in_process(tmp_path, "run", *common, **{"resume-dir": str(run_dir)})
+    assert read_rows(run_dir / "metrics.jsonl") == read_rows(reference / "metrics.jsonl")
+    assert torch.load(run_dir / "encoder.pt").keys() == torch.load(reference / "encoder.pt").keys()
+    for key, value in torch.load(reference / "encoder.pt").items():
+        assert torch.equal(torch.load(run_dir / "encoder.pt")[key], value)
+    if "server.federate_heads=true" in extra:  # the federated heads came back from the checkpoint
+        heads = load_server_checkpoint(RunDirectory.open(str(run_dir))[0]).heads
+        expected = load_server_checkpoint(RunDirectory.open(str(reference))[0]).heads
+        assert heads and heads.keys() == expected.keys()
+        assert all(torch.equal(heads[k], expected[k]) for k in heads)
+
+
+def test_restoring_a_checkpoint_that_disagrees_on_federated_heads_is_refused():
+    plain = load_config(None, list(TINY))
+    full = load_config(None, [*TINY, "server.federate_heads=true"])
+    without_heads = ServerState.initial(plain).checkpoint(2)
+    with_heads = ServerState.initial(full).checkpoint(2)
+    assert with_heads.heads
+    with pytest.raises(FederationError, match="federate_heads"):
+        ServerState.initial(full).restore(without_heads)
+    with pytest.raises(FederationError, match="federate_heads"):
+        ServerState.initial(plain).restore(with_heads)
+    restored = ServerState.initial(full)
+    changed = {k: v + 1 for k, v in with_heads.heads.items()}
+    restored.restore(type(with_heads)(2, with_heads.updater, with_heads.sampler, changed))
+    assert restored.head_averager is not None
+    assert all(torch.equal(restored.head_averager.state_dict()[k], changed[k]) for k in changed)

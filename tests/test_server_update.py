@@ -1,0 +1,196 @@
+"""The server's step on the encoder against references written independently of the implementation:
+FedAvgM and FedAdam (Reddi et al., ICLR 2021, "Adaptive Federated Optimization"; Hsu et al. 2019) in
+plain NumPy, the round diagnostics against hand-computed cosines and norms, and the optimizer state
+surviving a checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.federation.server_update import ServerUpdater, diagnose
+from fedmtl.methods.aggregation import FedAvg, PCGrad
+from fedmtl.methods.aggregation.gramian import gramian
+
+INITIAL = {"a.weight": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b.bias": torch.tensor([0.25, -1.0, 2.0])}
+# three rounds of two clients' encoders (flattened in sorted key order: a.weight then b.bias), with counts
+ROUNDS = [
+    ([[0.9, -1.0, 0.5, 2.0, 0.0, -1.5, 2.5], [1.2, -2.5, 0.0, 3.5, 0.5, 0.0, 1.0]], [30.0, 10.0]),
+    ([[0.1, 0.2, -0.3, 0.4, 1.0, 1.0, 1.0], [2.0, -1.0, 0.5, 0.5, -0.5, 0.0, 3.0]], [5.0, 15.0]),
+    ([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [-1.0, 0.0, 2.0, 0.0, -3.0, 0.5, 0.5]], [1.0, 1.0]),
+]
+
+
+def flat_initial() -> np.ndarray:
+    return np.concatenate([INITIAL["a.weight"].numpy().reshape(-1), INITIAL["b.bias"].numpy()]).astype(np.float64)
+
+
+def as_state(flat: list[float]) -> dict[str, torch.Tensor]:
+    return {"a.weight": torch.tensor(flat[:4]).reshape(2, 2), "b.bias": torch.tensor(flat[4:])}
+
+
+def run_updater(optimizer: ServerOptimizerConfig, rounds=ROUNDS) -> np.ndarray:
+    updater = ServerUpdater(INITIAL, FedAvg(), optimizer, seed=0)
+    for states, counts in rounds:
+        updater.step([0, 1], [as_state(s) for s in states], counts)
+    return updater.param.detach().double().numpy()
+
+
+def fedavg_directions(rounds=ROUNDS):
+    """Yields a function of the current global vector -> the weighted mean pseudo-gradient."""
+    for states, counts in rounds:
+        locals_, weights = np.array(states, dtype=np.float64), np.array(counts) / sum(counts)
+        yield lambda x, locals_=locals_, weights=weights: weights @ (x[None, :] - locals_)
+
+
+def reference_fedavgm(lr: float, momentum: float) -> np.ndarray:
+    """FedAvgM: v <- momentum v + d, x <- x - lr v (Hsu et al. 2019; PyTorch's SGD without dampening)."""
+    x, v = flat_initial(), np.zeros(7)
+    for direction in fedavg_directions():
+        v = momentum * v + direction(x)
+        x = x - lr * v
+    return x
+
+
+def reference_fedadam(lr: float, beta1: float, beta2: float, eps: float) -> np.ndarray:
+    """Adam on the pseudo-gradient with Kingma & Ba's bias correction (torch.optim.Adam's variant of
+    FedAdam; Reddi et al.'s Algorithm 2 omits the correction), eps = FedAdam's tau."""
+    x, m, v = flat_initial(), np.zeros(7), np.zeros(7)
+    for t, direction in enumerate(fedavg_directions(), start=1):
+        g = direction(x)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        x = x - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return x
+
+
+def test_sgd_with_lr_one_is_fedavg_the_weighted_mean_of_the_clients():
+    states, counts = ROUNDS[0]
+    updater = ServerUpdater(INITIAL, FedAvg(), ServerOptimizerConfig(), seed=0)
+    updater.step([0, 1], [as_state(s) for s in states], counts)
+    expected = (30 * np.array(states[0]) + 10 * np.array(states[1])) / 40
+    np.testing.assert_allclose(updater.param.detach().numpy(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("lr", "momentum"), [(1.0, 0.0), (0.5, 0.0), (1.0, 0.9), (0.3, 0.5)])
+def test_sgd_and_momentum_follow_fedavgm(lr, momentum):
+    got = run_updater(ServerOptimizerConfig(name="sgd", lr=lr, momentum=momentum))
+    np.testing.assert_allclose(got, reference_fedavgm(lr, momentum), rtol=0, atol=1e-5)
+
+
+def test_momentum_changes_the_result():
+    """The reference is sensitive to the lever: without the momentum buffer the result differs."""
+    assert not np.allclose(reference_fedavgm(1.0, 0.9), reference_fedavgm(1.0, 0.0), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("lr", "betas", "eps"), [(0.1, (0.9, 0.99), 1e-3), (0.01, (0.5, 0.9), 1e-8), (1.0, (0.0, 0.999), 0.5)]
+)
+def test_adam_follows_fedadam_with_bias_correction(lr, betas, eps):
+    got = run_updater(ServerOptimizerConfig(name="adam", lr=lr, betas=betas, eps=eps))
+    np.testing.assert_allclose(got, reference_fedadam(lr, *betas, eps), rtol=0, atol=1e-5)
+    assert not np.allclose(got, reference_fedavgm(lr, 0.0), atol=1e-4)  # the optimizer is not ignored
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [ServerOptimizerConfig(name="sgd", lr=0.7, momentum=0.9), ServerOptimizerConfig(name="adam", lr=0.05)],
+    ids=["fedavgm", "fedadam"],
+)
+def test_optimizer_state_survives_a_checkpoint(optimizer):
+    """Restoring from ``state_dict`` after two rounds then stepping the third gives the uninterrupted
+    result; restoring the encoder alone (without the optimizer's moments) would not."""
+    uninterrupted = run_updater(optimizer)
+    first = ServerUpdater(INITIAL, FedAvg(), optimizer, seed=0)
+    for states, counts in ROUNDS[:2]:
+        first.step([0, 1], [as_state(s) for s in states], counts)
+    checkpoint = first.state_dict()
+    states, counts = ROUNDS[2]
+
+    restored = ServerUpdater(INITIAL, FedAvg(), optimizer, seed=0)
+    restored.load_state_dict(checkpoint)
+    restored.step([0, 1], [as_state(s) for s in states], counts)
+    np.testing.assert_array_equal(restored.param.detach().double().numpy(), uninterrupted)
+
+    encoder_only = ServerUpdater(INITIAL, FedAvg(), optimizer, seed=0)
+    with torch.no_grad():
+        encoder_only.param.copy_(checkpoint["param"])
+    encoder_only.step([0, 1], [as_state(s) for s in states], counts)
+    assert not np.allclose(encoder_only.param.detach().double().numpy(), uninterrupted, atol=1e-4)
+
+
+def test_the_aggregators_generator_survives_a_checkpoint():
+    """PCGrad draws its projection order from the server's generator: a restored run draws the same."""
+    rows = [[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [-0.8, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [-0.5, -0.9, 1.0, 0, 0, 0, 0]]
+    x0 = flat_initial()
+    states = [list(x0 - np.array(r)) for r in rows]
+
+    def fresh() -> ServerUpdater:
+        return ServerUpdater(INITIAL, PCGrad(), ServerOptimizerConfig(), seed=3)
+
+    uninterrupted = fresh()
+    results = []
+    for _ in range(4):
+        uninterrupted.step([0, 1, 2], [as_state(s) for s in states], [1.0] * 3)
+        results.append(uninterrupted.param.detach().clone())
+    restored = fresh()
+    restored.step([0, 1, 2], [as_state(s) for s in states], [1.0] * 3)
+    checkpoint = restored.state_dict()
+    again = fresh()
+    again.load_state_dict(checkpoint)
+    for expected in results[1:]:
+        again.step([0, 1, 2], [as_state(s) for s in states], [1.0] * 3)
+        assert torch.equal(again.param.detach(), expected)
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def test_diagnostics_on_hand_computed_rows():
+    # rows: e1, e2, -e1 (+ 0 in a third coordinate); pairs (0,1) cos 0, (0,2) cos -1, (1,2) cos 0
+    matrix = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-3.0, 0.0, 0.0]], dtype=torch.float64)
+    direction = torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)  # any direction: its norm is reported
+    weights = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    result = diagnose([7, 3, 5], matrix, direction, weights, gramian(matrix, "float64"))
+    assert result.clients == (7, 3, 5)
+    assert result.weights == pytest.approx((0.2, 0.3, 0.5))
+    assert result.cosines_upper == pytest.approx((0.0, -1.0, 0.0), abs=1e-12)
+    assert result.conflict_fraction == pytest.approx(1 / 3)
+    assert result.aggregate_norm == pytest.approx(5.0)
+    assert result.mean_norm == pytest.approx(math.hypot(-2 / 3, 2 / 3))
+
+
+def test_diagnostics_cosines_are_in_row_major_upper_triangle_order():
+    angles = torch.tensor([0.0, 0.5, 2.0, 3.0], dtype=torch.float64)
+    matrix = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1) * torch.tensor([[1.0], [2.0], [0.5], [4.0]])
+    result = diagnose(range(4), matrix, matrix.mean(0), None, gramian(matrix, "float64"))
+    expected = [math.cos(float(angles[j] - angles[i])) for i in range(4) for j in range(i + 1, 4)]
+    assert result.cosines_upper == pytest.approx(expected, abs=1e-12)
+    assert result.conflict_fraction == pytest.approx(sum(c < 0 for c in expected) / 6)
+    assert result.weights is None
+
+
+def test_one_row_has_no_pairs_and_no_conflict():
+    matrix = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    result = diagnose([0], matrix, matrix[0], torch.ones(1), gramian(matrix, "float64"))
+    assert result.cosines_upper == () and result.conflict_fraction == 0.0
+    assert result.aggregate_norm == pytest.approx(5.0) and result.mean_norm == pytest.approx(5.0)
+
+
+def test_a_steps_diagnostics_describe_the_rows_it_aggregated():
+    """Through ``ServerUpdater.step``: rows are ``global - local``, the aggregate norm is FedAvg's mean row."""
+    updater = ServerUpdater({"w": torch.zeros(2)}, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0)
+    # locals (-1, 0), (0, -1), (1, 0) -> rows (1, 0), (0, 1), (-1, 0)
+    states = [{"w": torch.tensor([-1.0, 0.0])}, {"w": torch.tensor([0.0, -1.0])}, {"w": torch.tensor([1.0, 0.0])}]
+    result = updater.step([2, 0, 1], states, [1.0, 1.0, 1.0])
+    assert result.clients == (2, 0, 1)
+    assert result.cosines_upper == pytest.approx((0.0, -1.0, 0.0), abs=1e-7)
+    assert result.conflict_fraction == pytest.approx(1 / 3)
+    assert result.mean_norm == pytest.approx(1 / 3) and result.aggregate_norm == pytest.approx(1 / 3)
+    assert result.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert torch.allclose(updater.param.detach(), torch.tensor([0.0, -1 / 3]))
