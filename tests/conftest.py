@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -16,6 +17,12 @@ from fedmtl.runtime.offline import OFFLINE_ENV  # noqa: E402
 os.environ.update(OFFLINE_ENV)
 
 from tests.helpers import TAG_VAR, TINY_OVERRIDES, stop_tagged, tagged_env  # noqa: E402
+
+# Property-based tests (Hypothesis): by default the same examples on every run, so that CI is
+# reproducible; `pytest --hypothesis-profile=explore` searches afresh with ten times more examples.
+settings.register_profile("default", derandomize=True, deadline=None)
+settings.register_profile("explore", max_examples=400, deadline=None)
+settings.load_profile("default")
 
 
 @pytest.fixture

@@ -195,10 +195,10 @@ def test_the_run_files_name_the_attackers(tmp_path):
     ("override", "path", "words"),
     [
         ("faults.attack=flip", "faults.attack", "sign_flip"),
-        ("faults.attack_scale=0", "faults", "attack_scale"),
-        ("faults.adversarial_fraction=1.5", "faults", "adversarial_fraction"),
-        ("faults.adversarial_clients=[1, 1]", "faults", "distinct"),
-        ("faults.adversarial_clients=[-1]", "faults", "distinct"),
+        ("faults.attack_scale=0", "faults.attack_scale", "must be > 0"),
+        ("faults.adversarial_fraction=1.5", "faults.adversarial_fraction", "[0, 1]"),
+        ("faults.adversarial_clients=[1, 1]", "faults.adversarial_clients", "distinct"),
+        ("faults.adversarial_clients=[-1]", "faults.adversarial_clients", "distinct"),
         ("faults.adversarial_clients=[3]", "faults.adversarial_clients[0]", "does not take part"),
         ("faults.adversarial_clients=[0, 7]", "faults.adversarial_clients[1]", "clients.count 3"),
     ],
@@ -237,9 +237,9 @@ def test_a_run_with_attackers_records_them_every_round(tmp_path, simulate_env):
 
 
 def test_attackers_without_an_attack_are_refused():
-    with pytest.raises(ConfigError, match="attack is none") as caught:
+    with pytest.raises(ConfigError, match="faults.attack is none") as caught:
         load_config(None, ["faults.adversarial_clients=[1]"])
-    assert caught.value.path == "faults"
+    assert caught.value.path == "faults.adversarial_clients"
     assert (
         load_config(None, ["faults.attack=sign_flip", "faults.adversarial_fraction=0.0"]).faults.attack == "sign_flip"
     )

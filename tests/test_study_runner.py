@@ -35,11 +35,11 @@ def test_a_task_has_the_same_data_whichever_other_tasks_an_arm_trains(suite):
 @pytest.mark.parametrize(
     ("override", "path"),
     [
-        ("study.arms=[fed_mtl, nope]", "study"),
-        ("study.arms=[local_stl]", "study"),  # the reference arm fed_mtl is missing
+        ("study.arms=[fed_mtl, nope]", "study.arms[1]"),
+        ("study.arms=[local_stl]", "study.reference_arm"),  # the reference arm fed_mtl is missing
         ("sweep.grid={rounds: [1, 2]}", "sweep"),  # a sweep needs arms to compare
         ("clients.only_tasks=[nope]", "clients.only_tasks[0]"),
-        ("clients.members=[0, 7]", "clients"),
+        ("clients.members=[0, 7]", "clients.members"),
     ],
 )
 def test_bad_study_settings_name_their_key(override, path):
@@ -52,9 +52,9 @@ def test_bad_study_settings_name_their_key(override, path):
     ("arms", "path", "words"),
     [
         ("[fed_mtl, {name: x, set: {server.aggregator.name: nope}}]", "study.arms[1].set", "unknown Aggregator 'nope'"),
-        ("[fed_mtl, {name: x, set: {data.name: digits}}]", "study.arms[1]", "cannot change"),
-        ("[fed_mtl, {name: x, base: nope}]", "study.arms[1]", "unknown base arm"),
-        ("[fed_mtl, {name: fed_mtl}]", "study", "built-in arm"),
+        ("[fed_mtl, {name: x, set: {data.name: digits}}]", "study.arms[1].set.data.name", "cannot change"),
+        ("[fed_mtl, {name: x, base: nope}]", "study.arms[1].base", "unknown base arm"),
+        ("[fed_mtl, {name: fed_mtl}]", "study.arms[1].name", "built-in arm"),
         ("[fed_mtl, {name: x, set: {client.lr: 0}}]", "study.arms[1].set", "lr"),
         ("[fed_mtl, {name: x, set: {server.heads_across_tasks: true}}]", "study.arms[1].set", "federate_heads"),
     ],

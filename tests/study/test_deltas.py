@@ -123,3 +123,23 @@ def test_a_nan_delta_is_left_out_of_the_test_and_never_decides_a_verdict() -> No
     assert d.verdict(test.mean, test.p_value, 0.05) == "better"
     assert d.verdict(math.nan, 0.01, 0.05) is None
     assert d.finite_spread([0.10, math.nan, 0.12]) == d.Spread(pytest.approx(0.11), pytest.approx(0.01414, rel=1e-3), 2)
+
+
+def test_the_tolerance_is_inclusive_at_its_edge() -> None:
+    """With ``tolerance=0`` exact ties are still ties: no spread gives the degenerate test, and a mean of
+    exactly 0 is p = 1 (a strict comparison would divide by a zero standard error)."""
+    assert d.paired_t_test([1.0, 1.0], "seeds", tolerance=0.0).p_value == 0.0
+    assert d.paired_t_test([0.0, 0.0], "seeds", tolerance=0.0).p_value == 1.0
+
+
+def test_a_test_is_written_with_every_number_it_rests_on() -> None:
+    test = d.paired_t_test([0.1, 0.3, 0.2], "clients")
+    assert test.to_dict() == {
+        "test": "paired t-test", "unit": "clients", "pairs": 3, "mean": test.mean, "ci": [test.low, test.high],
+        "confidence": 0.95, "p_value": test.p_value,
+    }  # fmt: skip
+
+
+def test_no_finite_delta_names_the_tasks() -> None:
+    with pytest.raises(ValueError, match=r"no finite delta among tasks \['a', 'b'\]"):
+        d.worst_task({"b": math.nan, "a": math.nan})

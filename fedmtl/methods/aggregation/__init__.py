@@ -7,7 +7,13 @@ direction; the server uses it on client updates, a client on its task gradients.
 from __future__ import annotations
 
 from fedmtl.config.typed import register_component_base
-from fedmtl.methods.aggregation.base import AggregationInput, AggregationResult, Aggregator, GramianAggregator
+from fedmtl.methods.aggregation.base import (
+    AggregationInput,
+    AggregationResult,
+    Aggregator,
+    GramianAggregator,
+    NonFiniteAggregate,
+)
 from fedmtl.methods.aggregation.cagrad import CAGrad
 from fedmtl.methods.aggregation.fedavg import FedAvg
 from fedmtl.methods.aggregation.fedfv import FedFV
@@ -39,6 +45,7 @@ __all__ = [
     "GramianAggregator",
     "Krum",
     "NashMTL",
+    "NonFiniteAggregate",
     "PCGrad",
     "TrimmedMean",
     "UPGrad",

@@ -64,6 +64,30 @@ class AggregationResult:
     gramian: torch.Tensor | None = None
 
 
+def finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+class NonFiniteAggregate(ValueError):
+    """The rows hold NaN or infinite entries, or their aggregate overflowed.
+
+    Checked on the ``[P]`` aggregate, which costs nothing next to the aggregation: a direction
+    ``weights @ matrix`` is non-finite wherever any row is (IEEE ``0 x NaN = NaN``), whatever its
+    weight; methods that are not linear in the rows (``weights`` None, e.g. the median, which could
+    step over a NaN) are also checked on the sum of the rows, one pass.
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        bad = (~torch.isfinite(matrix)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            message = f"rows {bad} of {matrix.shape[0]} hold NaN or infinite entries"
+        else:
+            norm = float(matrix.double().norm(dim=1).max())
+            message = f"the aggregate of finite rows overflowed {matrix.dtype} (largest row norm {norm:.3g})"
+        super().__init__(message)
+        self.rows = bad
+
+
 class Aggregator(ABC):
     """Maps K row vectors to one mean-scaled direction.
 
@@ -79,7 +103,12 @@ class Aggregator(ABC):
         """Combine the rows of ``inputs.matrix``."""
 
     def __call__(self, inputs: AggregationInput) -> AggregationResult:
-        return self.aggregate(inputs)
+        """:meth:`aggregate`, refusing non-finite input (a NaN or infinite entry, or an overflow) rather
+        than returning an aggregate it has corrupted."""
+        result = self.aggregate(inputs)
+        if not finite(result.direction) or (result.weights is None and not finite(inputs.matrix.sum())):
+            raise NonFiniteAggregate(inputs.matrix)
+        return result
 
     def min_rows(self) -> int:
         """The fewest rows this method is defined for (checked against the config before a run starts)."""
@@ -103,5 +132,7 @@ class GramianAggregator(Aggregator):
             weights = torch.ones(1, dtype=inputs.matrix.dtype, device=inputs.matrix.device)
             return AggregationResult(direction=inputs.matrix[0].clone(), weights=weights)
         gram = gramian(inputs.matrix, inputs.gramian_precision)
+        if not finite(gram):  # before any solver sees it
+            raise NonFiniteAggregate(inputs.matrix)
         weights = self.weights_from_gramian(gram, inputs).to(inputs.matrix.dtype)
         return AggregationResult(direction=combine_rows(weights, inputs.matrix), weights=weights, gramian=gram)

@@ -58,6 +58,8 @@ def gramian(matrix: torch.Tensor, precision: GramianPrecision = "float32", chunk
         rows = matrix if matrix.dtype == torch.float32 else matrix.float()
         with full_float32_matmul():
             gram = (rows @ rows.T).to(torch.float64)
+        if not bool(torch.isfinite(gram).all()):  # float32 overflow (or non-finite rows, which stay so)
+            return exact_gramian(matrix, chunk)
         if smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
             return gram
         centred, error_scale = centred_gramian(rows, chunk)

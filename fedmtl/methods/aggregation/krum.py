@@ -9,7 +9,13 @@ from typing import ClassVar
 
 import torch
 
-from fedmtl.methods.aggregation.base import AggregationInput, AggregationResult, Aggregator
+from fedmtl.methods.aggregation.base import (
+    AggregationInput,
+    AggregationResult,
+    Aggregator,
+    NonFiniteAggregate,
+    finite,
+)
 from fedmtl.methods.aggregation.fedavg import FedAvg
 from fedmtl.methods.aggregation.gramian import gramian
 
@@ -101,6 +107,8 @@ class Krum(Aggregator):
         k = inputs.num_rows
         check_rows(k, self.f, self.m)
         gram = gramian(inputs.matrix, inputs.gramian_precision)
+        if not finite(gram):  # the scores would rank a NaN row arbitrarily
+            raise NonFiniteAggregate(inputs.matrix)
         ranking = torch.sort(krum_scores(gram, self.f), stable=True).indices
         selected = ranking[: self.m].sort().values
         inner = self.then(select_rows(inputs, selected))

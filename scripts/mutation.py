@@ -1,0 +1,183 @@
+"""Mutation testing of fedmtl's numerical core with mutmut, and its report.
+
+    .venv/bin/pip install -e ".[test,mutation]"
+    .venv/bin/python scripts/mutation.py --run      # mutate and test (about an hour on 2 cores), then report
+    .venv/bin/python scripts/mutation.py            # report the last run (mutants/) again
+
+What is mutated, and against which tests, is ``[tool.mutmut]`` in ``pyproject.toml``. Each mutant is
+one small change to the code (an operator, a constant, a comparison, a dropped argument); a test
+that fails on it *kills* it. The report is the ``mutation`` section of docs/TESTING.md: the score
+per module and per group (killed and timed-out mutants over all mutants that are not explained as
+equivalent), every surviving mutant with its diff, and for each survivor either the reason it is
+equivalent (``tests/mutation_equivalents.yaml``: the mutated code behaves the same on every input
+the code can receive) or "not explained". The goals (issue #27): 90 % on the methods and the
+statistics, 80 % on the server update and the round rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = ROOT / "mutants"
+EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.yaml"
+TESTING_MD = ROOT / "docs" / "TESTING.md"
+TIMING = MUTANTS / "fedmtl-mutation-timing.json"
+BEGIN, END = "<!-- mutation report: begin -->", "<!-- mutation report: end -->"
+
+# mutmut's exit codes per mutant (mutmut/stats.py)
+KILLED, SURVIVED, TIMEOUT, NO_TESTS = "killed", "survived", "timeout", "no tests"
+STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, 36: TIMEOUT, 24: TIMEOUT, -24: TIMEOUT}
+STATUS |= {152: TIMEOUT, 255: TIMEOUT, 37: KILLED}  # 37: caught by a type check
+
+GROUPS = {  # group -> (module prefixes, goal)
+    "methods": (("fedmtl.methods.",), 0.90),
+    "statistics": (("fedmtl.study.deltas", "fedmtl.study.analysis"), 0.90),
+    "server update": (("fedmtl.federation.server_update",), 0.80),
+    "round rules": (("fedmtl.federation.rounds",), 0.80),
+}
+_MUTANT = re.compile(r"^(?P<module>.+?)\.(?:x_|xǁ)(?P<rest>.+)__mutmut_\d+$")
+
+
+@dataclass
+class Tally:
+    counts: Counter = field(default_factory=Counter)
+    equivalent: int = 0
+
+    @property
+    def detected(self) -> int:
+        return self.counts[KILLED] + self.counts[TIMEOUT]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def score(self) -> float:
+        counted = self.total - self.equivalent
+        return self.detected / counted if counted else float("nan")
+
+
+def module_of(key: str) -> str:
+    match = _MUTANT.match(key)
+    return match.group("module") if match else key.rsplit(".", 1)[0]
+
+
+def group_of(module: str) -> str | None:
+    for group, (prefixes, _) in GROUPS.items():
+        if module.startswith(prefixes):
+            return group
+    return None
+
+
+def read_results() -> dict[str, str]:
+    """mutant key -> status, from mutmut's per-file ``.meta`` records."""
+    results = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            results[key] = "not checked" if code is None else STATUS.get(code, "suspicious")
+    return results
+
+
+def diff_of(key: str) -> str:
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", key], cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in shown.stdout.splitlines() if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+    return "\n".join(lines)
+
+
+def run_mutmut(max_children: int) -> float:
+    started = time.perf_counter()
+    log = MUTANTS.parent / "mutmut-run.log"
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode  # fmt: skip
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"mutmut run failed (exit {code}); see {log}")
+    TIMING.write_text(json.dumps({"seconds": seconds, "max_children": max_children}))
+    return seconds
+
+
+def report(results: dict[str, str], equivalents: dict[str, str]) -> str:
+    by_module: dict[str, Tally] = defaultdict(Tally)
+    by_group: dict[str, Tally] = defaultdict(Tally)
+    survivors = sorted(key for key, status in results.items() if status not in (KILLED, TIMEOUT))
+    for key, status in results.items():
+        module = module_of(key)
+        for tally in (by_module[module], by_group[group_of(module) or "other"]):
+            tally.counts[status] += 1
+            tally.equivalent += key in equivalents and status not in (KILLED, TIMEOUT)
+    timing = json.loads(TIMING.read_text()) if TIMING.is_file() else None
+    lines = [
+        f"Measured by `scripts/mutation.py --run` (mutmut 3.8.1, `[tool.mutmut]` in pyproject.toml): "
+        f"{len(results)} mutants"
+        + (f", {timing['seconds'] / 60:.0f} min with {timing['max_children']} workers on this 2-core machine" if timing else "")
+        + ". Score = (killed + timed out) / (mutants - equivalent survivors).",
+        "",
+        "| group | goal | mutants | killed | timed out | survived | equivalent | no tests | score |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, (_, goal) in GROUPS.items():
+        t = by_group[group]
+        lines.append(
+            f"| {group} | {goal:.0%} | {t.total} | {t.counts[KILLED]} | {t.counts[TIMEOUT]} | {t.counts[SURVIVED]} | "
+            f"{t.equivalent} | {t.counts[NO_TESTS]} | **{t.score:.1%}** |"
+        )
+    lines += ["", "| module | mutants | survived | equivalent | score |", "|---|---|---|---|---|"]
+    for module, t in sorted(by_module.items()):
+        lines.append(f"| `{module}` | {t.total} | {t.total - t.detected} | {t.equivalent} | {t.score:.1%} |")
+    lines += ["", f"### Surviving mutants ({len(survivors)})", ""]
+    for key in survivors:
+        reason = equivalents.get(key, "**not explained**")
+        lines += [f"- `{key}` ({results[key]}): {reason}", "", "  ```diff"]
+        lines += [f"  {line}" for line in diff_of(key).splitlines()] + ["  ```", ""]
+    stale = sorted(set(equivalents) - set(survivors))
+    if stale:
+        lines += ["Explanations for mutants that no longer survive (remove them from the file):", ""]
+        lines += [f"- `{key}`" for key in stale]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_section(text: str) -> None:
+    document = TESTING_MD.read_text()
+    if document.count(BEGIN) != 1 or document.count(END) != 1:
+        raise SystemExit(f"{TESTING_MD} needs one {BEGIN!r} and one {END!r} line")
+    head, rest = document.split(BEGIN)
+    _, tail = rest.split(END)
+    TESTING_MD.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="store_true", help="run mutmut first (from scratch: mutants/ is replaced)")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
+    args = parser.parse_args()
+    if args.run:
+        subprocess.run(["rm", "-rf", str(MUTANTS)], check=True)
+        seconds = run_mutmut(args.max_children)
+        print(f"mutmut ran for {seconds / 60:.1f} min")
+    if not MUTANTS.is_dir():
+        print("error: no mutants/ directory: run with --run first", file=sys.stderr)
+        return 2
+    equivalents = yaml.safe_load(EQUIVALENTS.read_text()) or {} if EQUIVALENTS.is_file() else {}
+    text = report(read_results(), equivalents)
+    write_section(text)
+    print(text.split("### Surviving")[0])
+    print(f"written to {TESTING_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
