@@ -123,7 +123,11 @@ def report(results: dict[str, str], equivalents: dict[str, str]) -> str:
     lines = [
         f"Measured by `scripts/mutation.py --run` (mutmut 3.8.1, `[tool.mutmut]` in pyproject.toml): "
         f"{len(results)} mutants"
-        + (f", {timing['seconds'] / 60:.0f} min with {timing['max_children']} workers on this 2-core machine" if timing else "")
+        + (
+            f", {timing['seconds'] / 60:.0f} min with {timing['max_children']} workers on this 2-core machine"
+            if timing
+            else ""
+        )
         + ". Score = (killed + timed out) / (mutants - equivalent survivors).",
         "",
         "| group | goal | mutants | killed | timed out | survived | equivalent | no tests | score |",
