@@ -97,7 +97,8 @@ def diff_of(key: str) -> str:
 
 def run_mutmut(max_children: int) -> float:
     started = time.perf_counter()
-    log = MUTANTS.parent / "mutmut-run.log"
+    MUTANTS.mkdir(exist_ok=True)
+    log = MUTANTS / "fedmtl-mutmut-run.log"
     with log.open("w") as out:
         code = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=ROOT, stdout=out,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -180,7 +181,7 @@ def test_flwr_run_with_fewer_supernodes_than_clients_fails_on_the_size_check(tmp
         home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(free_port())
     )
     overrides = ";".join((*TINY, "clients.count=3", f"output.run_dir={tmp_path / 'run'}"))
-    argv = [str(Path(ROOT, ".venv", "bin", "flwr")), "run", ".", "local", "--stream"]
+    argv = [str(Path(sys.executable).parent / "flwr"), "run", ".", "local", "--stream"]
     argv += ["--federation-config", "num-supernodes=2", "--run-config", f"config-overrides='{overrides}'"]
     try:
         started = time.monotonic()
@@ -204,7 +205,7 @@ def test_runtime_dependency_installation_is_refused_by_uv_at_once(tmp_path):
     project.mkdir()
     (project / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     result = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "uv", "sync", "--offline", "--no-install-project",
+        [sys.executable, "-m", "uv", "sync", "--offline", "--no-install-project",
          "--no-install-package", "flwr", "--inexact"],
         cwd=project, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "UV_PROJECT_ENVIRONMENT": str(tmp_path / "env"), "HOME": str(tmp_path)},
