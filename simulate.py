@@ -31,8 +31,8 @@ from fedmtl.runtime.offline import set_offline_env
 
 set_offline_env()
 
-from fedmtl.config.errors import ConfigError  # noqa: E402
 from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.core.errors import ConfigError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -64,9 +64,10 @@ def quiet_frameworks(verbose: bool) -> None:
 
 
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
+    from fedmtl.core.layout import SUMMARY_MD
     from fedmtl.federation.rounds import FederationError
     from fedmtl.runfiles.checkpoint import load_server_checkpoint
-    from fedmtl.runfiles.rundir import SUMMARY_MD, RunDirectory
+    from fedmtl.runfiles.rundir import RunDirectory
     from fedmtl.runtime.resources import backend_config
     from server.simulation import federate
 
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def report(directory: str) -> int:
     """Re-render the report of a finished (or partly finished) study or sweep, without running anything."""
+    from fedmtl.core.layout import STUDY_FILE, SWEEP_FILE
     from fedmtl.study.collect import StudyError
     from fedmtl.study.report import write_report
-    from fedmtl.study.runner import STUDY_FILE, SWEEP_FILE
     from fedmtl.study.sweep import write_sweep_report
 
     path = Path(directory)
@@ -208,8 +209,9 @@ def compare_command(args: list[str]) -> int:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories and/or study directories")
     parser.add_argument("--out", help="where compare.md/.html go (default: runs/compare-<timestamp>)")
     parsed = parser.parse_args(args)
+    from fedmtl.core.layout import COMPARE_MD
     from fedmtl.study.collect import StudyError
-    from fedmtl.study.compare import COMPARE_MD, write_comparison
+    from fedmtl.study.compare import write_comparison
 
     out = Path(parsed.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     try:

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.config.typed import parse  # noqa: E402
+from fedmtl.core.typed import parse  # noqa: E402
 from fedmtl.methods.aggregation import AGGREGATORS, AggregationInput, Aggregator  # noqa: E402
 from fedmtl.methods.aggregation.gramian import GramianPrecision  # noqa: E402
 

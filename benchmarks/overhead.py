@@ -36,10 +36,11 @@ set_offline_env()
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.core.files import read_rows  # noqa: E402
+from fedmtl.core.layout import SERVER_FILE  # noqa: E402
 from fedmtl.federation.rounds import ServerState  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 from fedmtl.model.networks import initial_shared_state  # noqa: E402
-from fedmtl.runfiles.rundir import SERVER_FILE, read_rows  # noqa: E402
 from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 
 

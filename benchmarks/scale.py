@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
+from fedmtl.core.files import read_rows  # noqa: E402
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE  # noqa: E402
 from fedmtl.local.client import _DATA_CACHE_SIZE  # noqa: E402
-from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RunDirectory, read_rows  # noqa: E402
+from fedmtl.runfiles.rundir import RunDirectory  # noqa: E402
 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 GIB, MIB = 2**30, 2**20

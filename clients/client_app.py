@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
 from fedmtl.federation.faults import InjectedFault, adversarial_clients, attack_generator, attack_update, draw_faults
 from fedmtl.local.client import LocalClient
 from fedmtl.runfiles.checkpoint import ClientStateStore

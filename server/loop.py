@@ -21,10 +21,10 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError
 from fedmtl.federation.rounds import (
     EvalRound,
     FederationError,

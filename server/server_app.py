@@ -17,9 +17,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import RESUME_DIR_KEY, pull_interval, resume_dir
+from fedmtl.core.errors import ConfigError
 from fedmtl.runfiles.rundir import RunDirectory
 from server.loop import PULL_INTERVAL_S, config_for_federation, run_federation
 

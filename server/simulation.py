@@ -22,8 +22,8 @@ from flwr.simulation import run_simulation
 
 from clients.client_app import make_client_app
 from fedmtl.config.experiment import ExperimentConfig, ResourcesConfig
+from fedmtl.core.layout import CLIENT_STATE_DIR
 from fedmtl.federation.rounds import FederationError, WorkerPoolDied
-from fedmtl.runfiles.checkpoint import CLIENT_STATE_DIR
 from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine

@@ -1,7 +1,7 @@
 """A Flower strategy that aggregates only the shared encoder with a pluggable aggregator.
 
 It owns no algorithm and no state of its own: sampling, the encoder and its optimizer live in
-``fedmtl.federation.rounds.ServerState``; replies are screened with ``fedmtl.federation.protocol.check_update`` and
+``fedmtl.federation.rounds.ServerState``; replies are screened with ``fedmtl.core.protocol.check_update`` and
 aggregated by ``fedmtl.federation.server_update.ServerUpdater``. :meth:`EncoderStrategy.aggregate` returns
 the round's :class:`fedmtl.federation.rounds.TrainRound`; Flower's ``aggregate_train`` wraps it, so the
 strategy also works under ``Strategy.start``.
@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmtl.federation import protocol
-from fedmtl.federation.head_averaging import split_heads
+from fedmtl.core import protocol
+from fedmtl.core.params import split_heads
 from fedmtl.federation.rounds import ServerState, TrainRound
 
 log = logging.getLogger(__name__)

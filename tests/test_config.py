@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_config
+from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import FedAvg
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from fedmtl.config import reference
 from fedmtl.config.experiment import ExperimentConfig
-from fedmtl.config.typed import _COMPONENT_REGISTRIES
+from fedmtl.core.registry import component_kinds
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def section_keys(cls: type, prefix: str = "") -> Iterator[str]:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp not in _COMPONENT_REGISTRIES:
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp not in component_kinds():
             yield from section_keys(tp, key)
         else:
             yield key
@@ -58,8 +58,8 @@ def component_block(text: str, base: type, name: str) -> str:
 
 
 def test_every_registered_component_and_parameter_appears(text: str) -> None:
-    assert len(_COMPONENT_REGISTRIES) >= 5  # suites, aggregators, balancers, sharing, task sampling
-    for base, registry in _COMPONENT_REGISTRIES.items():
+    assert len(component_kinds()) >= 5  # suites, aggregators, balancers, sharing, task sampling
+    for base, registry in component_kinds().items():
         assert f"### {reference.components_title(base)}\n" in text
         for name, cls in registry.items():
             block = component_block(text, base, name)
@@ -81,7 +81,7 @@ def test_component_rows_show_defaults_and_summary(text: str) -> None:
 
 
 def _base_of(name: str) -> type:
-    return next(base for base, registry in _COMPONENT_REGISTRIES.items() if name in registry)
+    return next(base for base, registry in component_kinds().items() if name in registry)
 
 
 @dataclass(frozen=True)

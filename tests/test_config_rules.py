@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
+from fedmtl.core.errors import ConfigError
 
 ARMS = "study.arms=[fed_mtl, local_stl]"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
+from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.digits import dirichlet_partition, load_digit_images
 from fedmtl.local.client import LocalClient
 from fedmtl.model.networks import initial_shared_state

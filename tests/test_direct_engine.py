@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedmtl.config.experiment import ResourcesConfig
-from fedmtl.runfiles.rundir import read_rows
+from fedmtl.core.files import read_rows
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine
 from server.loop import identify_clients

@@ -15,12 +15,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedmtl.config.experiment import FaultsConfig, ServerOptimizerConfig
+from fedmtl.core.files import RowWriter, read_rows
 from fedmtl.federation.faults import draw_faults
 from fedmtl.federation.rounds import ClientSampler, ServerState
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.methods.aggregation import FedAvg
 from fedmtl.runfiles.checkpoint import ClientStateStore, truncate_rows_after
-from fedmtl.runfiles.rundir import RowWriter, read_rows
 from server.strategy import EncoderStrategy
 from tests.helpers import (
     ROOT,

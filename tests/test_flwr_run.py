@@ -27,9 +27,9 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
-from fedmtl.runfiles.rundir import read_rows
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
 from server.loop import config_for_federation, exchange
 from tests.helpers import ROOT, tiny_overrides
 from tests.loopback import LoopbackGrid, run_config, serve

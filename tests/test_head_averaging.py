@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
-from fedmtl.federation.head_averaging import HeadAverager, split_heads
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.params import split_heads
+from fedmtl.federation.head_averaging import HeadAverager
 
 
 def test_each_head_is_the_example_weighted_mean_of_its_holders_and_others_keep_their_value():

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import build_config, load_config
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import SUITES, MultiMNISTSuite
 from fedmtl.data.suites.digits import load_digit_images
 from fedmtl.data.suites.multimnist import Pairs
-from fedmtl.federation import protocol
 from fedmtl.local.client import LocalClient, client_data
 from fedmtl.model.networks import initial_shared_state
-from fedmtl.runfiles.rundir import read_rows
 from tests.helpers import assert_no_leftover_processes, set_args, simulate
 
 ALL_TASKS = "data.tasks=[left, right, left_parity, left_geq5, left_loops]"

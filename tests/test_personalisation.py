@@ -8,9 +8,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ServerOptimizerConfig, load_config
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
 from fedmtl.federation.rounds import ClientSampler, ServerState
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.client import LocalClient
@@ -18,7 +19,7 @@ from fedmtl.methods.aggregation import FedAvg, PCGrad
 from fedmtl.methods.personalisation import Learned, Mixed, PersonalEncoders, hypergradient, personalised_encoder
 from fedmtl.model.networks import initial_shared_state
 from fedmtl.runfiles.checkpoint import load_server_checkpoint, save_server_checkpoint
-from fedmtl.runfiles.rundir import RunDirectory, read_rows
+from fedmtl.runfiles.rundir import RunDirectory
 from server.loop import payload_bytes
 from server.strategy import EncoderStrategy
 from tests.helpers import TINY_OVERRIDES, set_args, simulate

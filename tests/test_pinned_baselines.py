@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.runfiles.rundir import read_rows
+from fedmtl.core.files import read_rows
 from tests.helpers import ROOT, set_args, simulate
 
 PINS = Path(__file__).parent / "pinned" / "baselines.json"

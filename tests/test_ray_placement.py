@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fedmtl.runfiles.rundir import read_rows
+from fedmtl.core.files import read_rows
 from tests.helpers import RAY_PRIVATE_ENV, TAG_VAR, set_args, simulate, stop_tagged, tagged_processes, tiny_overrides
 
 

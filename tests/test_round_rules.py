@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from fedmtl.config.experiment import load_config
+from fedmtl.core.files import read_rows
 from fedmtl.federation.rounds import FederationError, ServerState, evaluation_rounds
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
-from fedmtl.runfiles.rundir import RunDirectory, read_rows
+from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
 from tests.loopback import LoopbackGrid, run_config, serve
 

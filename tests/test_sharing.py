@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import make_client_app
 from fedmtl.config.experiment import load_config
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
 from fedmtl.local.client import LocalClient
 from fedmtl.model.networks import initial_shared_state
 from tests.helpers import TINY_OVERRIDES

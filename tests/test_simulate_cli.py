@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from fedmtl.runfiles.rundir import read_rows
+from fedmtl.core.files import read_rows
 from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 

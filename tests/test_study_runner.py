@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import arm_config, load_config
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
 from fedmtl.local.client import client_data
-from fedmtl.runfiles.rundir import read_rows
 from fedmtl.study.runner import run_study, run_sweep
 from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 

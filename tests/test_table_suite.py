@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import TableSuite, TargetColumn
-from fedmtl.federation import protocol
 from fedmtl.local.client import LocalClient
 from fedmtl.model.networks import initial_shared_state
 

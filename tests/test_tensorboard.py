@@ -8,13 +8,13 @@ import importlib.util
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import load_config
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.layout import TENSORBOARD_DIR
 from fedmtl.federation.server_update import RoundDiagnostics
 from fedmtl.runfiles.recorder import Recorder
 from fedmtl.runfiles.rundir import RunDirectory
-from fedmtl.runfiles.tensorboard import TENSORBOARD_DIR
 from tests.helpers import TINY_OVERRIDES
 
 

@@ -8,11 +8,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from clients.client_app import make_client_app
 from fedmtl.config.experiment import ServerOptimizerConfig
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
+from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.federation.rounds import ClientSampler, ServerState
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.methods.aggregation import FedAvg
-from fedmtl.model.networks import ENCODER_PREFIX, initial_encoder_state
+from fedmtl.model.networks import initial_encoder_state
 from server.strategy import EncoderStrategy
 
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from fedmtl.config.errors import ConfigError, require
-from fedmtl.config.typed import parse_dataclass, to_plain
+from fedmtl.core.errors import ConfigError, require
+from fedmtl.core.typed import parse_dataclass, to_plain
 from fedmtl.data.suites import SyntheticSuite, TaskSuite
 from fedmtl.methods.aggregation import Aggregator, FedAvg
 from fedmtl.methods.balancing import Balancer, Static

@@ -3,7 +3,7 @@
 The source is the single source of truth: each field's description is the ``# comment`` on its
 line or the comment block right above it, its type and default come from the dataclass, and each
 component's summary is the first paragraph of its class docstring. Components are read from the
-registries at run time (:data:`fedmtl.config.typed._COMPONENT_REGISTRIES`), so a new aggregator,
+registries at run time (:func:`fedmtl.core.registry.component_kinds`), so a new aggregator,
 balancer or suite appears without touching this file.
 
 Every field reached from :class:`ExperimentConfig` without going through a component must have a
@@ -34,7 +34,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from fedmtl.config.typed import _COMPONENT_REGISTRIES, to_plain
+from fedmtl.core.registry import component_kinds
+from fedmtl.core.typed import to_plain
 
 BEGIN = "<!-- BEGIN GENERATED REFERENCE (python -m fedmtl.config.reference --write; do not edit by hand) -->"
 END = "<!-- END GENERATED REFERENCE -->"
@@ -126,7 +127,7 @@ def summary(cls: type) -> str:
         module = sys.modules[cls.__module__]
         siblings = [
             c
-            for registry in _COMPONENT_REGISTRIES.values()
+            for registry in component_kinds().values()
             if cls in registry.values()
             for c in registry.values()
             if c.__module__ == cls.__module__
@@ -172,11 +173,11 @@ def _registry_default(cls: type) -> Any:
 
 
 def component_base(tp: Any) -> type | None:
-    return tp if isinstance(tp, type) and tp in _COMPONENT_REGISTRIES else None
+    return tp if isinstance(tp, type) and tp in component_kinds() else None
 
 
 def is_component(cls: type) -> bool:
-    return any(issubclass(cls, base) for base in _COMPONENT_REGISTRIES)
+    return any(issubclass(cls, base) for base in component_kinds())
 
 
 def is_dataclass_type(tp: Any) -> bool:
@@ -302,11 +303,11 @@ def walk(cls: type, prefix: str, title: str, out: Walk, strict: bool, into: list
 def component_tables(out: Walk) -> list[tuple[type, list[Table]]]:
     """One table per registered component, bases in the order the config first uses them (the
     registries' own order depends on import order), then any unused ones by name."""
-    unused = sorted((b for b in _COMPONENT_REGISTRIES if b not in out.used_by), key=lambda b: b.__name__)
+    unused = sorted((b for b in component_kinds() if b not in out.used_by), key=lambda b: b.__name__)
     result = []
     for base in [*out.used_by, *unused]:
         tables: list[Table] = []
-        for name, cls in _COMPONENT_REGISTRIES[base].items():
+        for name, cls in component_kinds()[base].items():
             walk(cls, "", name, out, False, tables, name)  # nested dataclass parameters follow, titled by key
         result.append((base, tables))
     return result

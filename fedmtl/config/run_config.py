@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_raw, set_path
+from fedmtl.core.errors import ConfigError
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "config-overrides"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedmtl.config.experiment import FaultsConfig
-from fedmtl.federation.head_averaging import is_head
+from fedmtl.core.params import is_head
 
 _FAULT_STREAM = 409
 _ADVERSARY_STREAM = 410  # which clients attack (fixed for a run)

@@ -13,26 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedmtl.model.networks import HEADS_PREFIX
-
-
-def is_head(key: str) -> bool:
-    return key.startswith(HEADS_PREFIX)
-
-
-def task_of(key: str) -> str:
-    """``heads.<task>.…`` -> task."""
-    return key.split(".")[1]
-
-
-def split_heads(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(everything else, the head parameters)."""
-    return {k: v for k, v in state.items() if not is_head(k)}, {k: v for k, v in state.items() if is_head(k)}
-
-
-def parameter_of(key: str) -> str:
-    """``heads.<task>.<parameter>`` -> ``<parameter>``."""
-    return key.split(".", 2)[2]
+from fedmtl.core.params import parameter_of, task_of
 
 
 class HeadAverager:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size
-from fedmtl.federation import protocol
+from fedmtl.core import protocol
+from fedmtl.core.files import read_rows
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD
 from fedmtl.federation.head_averaging import HeadAverager
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
 from fedmtl.model.networks import initial_head_state, initial_shared_state
@@ -27,7 +29,7 @@ from fedmtl.runfiles.checkpoint import (
     truncate_rows_after,
 )
 from fedmtl.runfiles.recorder import Recorder, attacking_clients
-from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, read_rows
+from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runfiles.summary import EvalCurves, format_table, task_summary
 
 

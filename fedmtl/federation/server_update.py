@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
 from fedmtl.methods.personalisation import Personalisation

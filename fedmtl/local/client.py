@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.core import protocol
+from fedmtl.core.params import is_head, task_of
 from fedmtl.data.partition import client_plan, tasks_of_client
 from fedmtl.data.suites import ClientData, TaskData
-from fedmtl.federation import protocol
-from fedmtl.federation.head_averaging import is_head, task_of
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.model.networks import MultiTaskModel, initial_head_state

@@ -43,14 +43,14 @@ heads stay private.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from fedmtl.config.typed import register_component_base
+from fedmtl.core.registry import Component, Registry
 
 
 def personalised_encoder(start: torch.Tensor, own: torch.Tensor, step: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -134,10 +134,10 @@ class PersonalEncoders:
         return f"PersonalEncoders(alpha={self.initial_alpha}, lr={self.lr}, normalize={self.normalize}, clients={len(self.offsets)})"
 
 
-class Personalisation(ABC):
+class Personalisation(Component):
     """How the server turns the round's updates into per-client encoders (config component)."""
 
-    name: ClassVar[str]
+    REGISTRY: ClassVar[Registry] = Registry("personalisation", (__name__,))
 
     @abstractmethod
     def start(self) -> PersonalEncoders | None:
@@ -192,8 +192,9 @@ class Learned(Personalisation):
         return PersonalEncoders(self.alpha, self.lr, self.normalize)
 
 
-PERSONALISATIONS: dict[str, type[Personalisation]] = {cls.name: cls for cls in (NoPersonalisation, Mixed, Learned)}
-register_component_base(Personalisation, PERSONALISATIONS)
+PERSONALISATIONS = Personalisation.REGISTRY
+for _rule in (NoPersonalisation, Mixed, Learned):
+    PERSONALISATIONS.register(_rule)
 
 __all__ = [
     "PERSONALISATIONS",

@@ -8,24 +8,16 @@ encoder copy). Everything not shared stays in the client's private state and is 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedmtl.config.typed import register_component_base
-
-ENCODER_PREFIX = "encoder."
-
-
-def block_index(key: str) -> int | None:
-    """``encoder.<i>.…`` -> i; None for non-encoder keys."""
-    if not key.startswith(ENCODER_PREFIX):
-        return None
-    return int(key.split(".")[1])
+from fedmtl.core.params import ENCODER_PREFIX, block_index
+from fedmtl.core.registry import Component, Registry
 
 
-class Sharing(ABC):
-    name: ClassVar[str]
+class Sharing(Component):
+    REGISTRY: ClassVar[Registry] = Registry("sharing mode", (__name__,))
 
     @property
     def adapter_rank(self) -> int:
@@ -121,5 +113,6 @@ class Soft(Sharing):
         return key.startswith(ENCODER_PREFIX)
 
 
-SHARING_MODES: dict[str, type[Sharing]] = {cls.name: cls for cls in (Hard, Partial, Adapters, Soft)}
-register_component_base(Sharing, SHARING_MODES)
+SHARING_MODES = Sharing.REGISTRY
+for _mode in (Hard, Partial, Adapters, Soft):
+    SHARING_MODES.register(_mode)

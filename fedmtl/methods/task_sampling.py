@@ -9,18 +9,18 @@ with probability ``p_t ∝ n_t^(1/T)`` (``n_t`` = the task's training samples on
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from fedmtl.config.typed import register_component_base
+from fedmtl.core.registry import Component, Registry
 
 
-class TaskSampler(ABC):
-    name: ClassVar[str]
+class TaskSampler(Component):
+    REGISTRY: ClassVar[Registry] = Registry("task sampler", (__name__,))
 
     @abstractmethod
     def choose(self, sizes: Mapping[str, int], generator: torch.Generator) -> list[str]:
@@ -96,5 +96,6 @@ class Temperature(_ExponentSampler):
         return 1.0 / self.temperature
 
 
-TASK_SAMPLERS: dict[str, type[TaskSampler]] = {cls.name: cls for cls in (AllTasks, Proportional, Uniform, Temperature)}
-register_component_base(TaskSampler, TASK_SAMPLERS)
+TASK_SAMPLERS = TaskSampler.REGISTRY
+for _sampler in (AllTasks, Proportional, Uniform, Temperature):
+    TASK_SAMPLERS.register(_sampler)

@@ -13,11 +13,8 @@ import torch
 from torch import nn
 
 from fedmtl.config.experiment import ModelConfig
+from fedmtl.core.params import ENCODER_PREFIX, HEADS_PREFIX
 from fedmtl.data.task_kinds import TaskSpec
-from fedmtl.methods.sharing import ENCODER_PREFIX
-
-HEADS_PREFIX = "heads."
-ADAPTERS_PREFIX = "adapters."
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 

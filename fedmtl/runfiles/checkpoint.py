@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from fedmtl.runfiles.rundir import RunDirectory, atomic_write, read_rows, write_rows
+from fedmtl.core.files import atomic_write, read_rows, write_rows
+from fedmtl.core.layout import CHECKPOINT_FILE
+from fedmtl.runfiles.rundir import RunDirectory
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CLIENT_STATE_DIR = "client_state"
 _VERSION = re.compile(r"round-(\d+)\.pt$")
 
 

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from fedmtl.core import protocol
+from fedmtl.core.files import RowWriter
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
 from fedmtl.data.task_kinds import TASK_KINDS
-from fedmtl.federation import protocol
 from fedmtl.federation.server_update import RoundDiagnostics
-from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory
+from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runfiles.tensorboard import TensorBoardSink
 
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")

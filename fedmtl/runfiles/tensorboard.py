@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TENSORBOARD_DIR = "tensorboard"
+from fedmtl.core.layout import TENSORBOARD_DIR
+
 SERVER_SCALARS = ("seconds", "failures", "conflict_fraction", "aggregate_norm", "mean_norm", "bytes_up", "bytes_down")
 ROW_KEYS = ("round", "split", "client", "task", "num_examples")
 

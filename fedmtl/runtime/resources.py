@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fedmtl.config.errors import ConfigError
 from fedmtl.config.experiment import ResourcesConfig
+from fedmtl.core.errors import ConfigError
 from fedmtl.runtime.offline import OFFLINE_ENV
 
 _QUIET_RAY: dict[str, Any] = {"logging_level": "error", "log_to_driver": False}

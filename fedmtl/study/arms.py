@@ -32,14 +32,16 @@ from typing import Any, ClassVar
 import torch
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size, tasks_held
+from fedmtl.core import protocol
+from fedmtl.core.files import RowWriter, read_rows
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
 from fedmtl.data.suites import TaskData
-from fedmtl.federation import protocol
 from fedmtl.federation.rounds import evaluation_rounds
 from fedmtl.local.client import LocalClient, client_data, derive_seed
 from fedmtl.local.training import evaluate, train_local
 from fedmtl.model.networks import MultiTaskModel, initial_shared_state
 from fedmtl.runfiles.recorder import Recorder
-from fedmtl.runfiles.rundir import CLIENTS_FILE, SERVER_FILE, RowWriter, RunDirectory, read_rows
+from fedmtl.runfiles.rundir import RunDirectory
 
 Federate = Callable[[ExperimentConfig, Path], None]  # run one federation writing the run directory at the path
 _CENTRAL_STREAM = 211

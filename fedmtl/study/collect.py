@@ -3,7 +3,7 @@
 Layout read here::
 
     <study>/study.json                         name, arms, seeds, reference_arm, pairs, tasks, runs
-    <study>/arms/<arm>/seed-<seed>/metrics.jsonl  tidy rows: round, split, client, task, num_examples, <metrics>
+    <study>/arms/<arm>/seed-<seed>/metrics.jsonl  tidy rows (or metrics.csv): round, split, client, task, num_examples, <metrics>
     <study>/arms/<arm>/seed-<seed>/server.jsonl   one row per round (absent for non-federated arms)
     <study>/arms/<arm>/seed-<seed>/clients.jsonl  one row per (round, client) with task-gradient cosines
 
@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-STUDY_FILE = "study.json"
-METRICS_FILE = "metrics.jsonl"
-SERVER_FILE = "server.jsonl"
-CLIENTS_FILE = "clients.jsonl"
+from fedmtl.core.files import read_rows
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE, STUDY_FILE, find_metrics_file
+
 EVAL_SPLIT = "eval"
 DONE = "done"
 CORRECTIONS = ("holm", "bh")
@@ -205,6 +204,20 @@ def read_jsonl(path: Path, required: Sequence[str]) -> Iterator[dict[str, Any]]:
             yield row
 
 
+def read_table(path: Path, required: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Rows of a metrics table in either format (``output.metrics_format``), checked for ``required``."""
+    if path.suffix != ".csv":
+        yield from read_jsonl(path, required)
+        return
+    if not path.is_file():
+        raise StudyError(path, "file not found")
+    for number, row in enumerate(read_rows(path), start=2):  # line 1 is the header
+        missing = [key for key in required if row.get(key) is None]
+        if missing:
+            raise StudyError(path, f"line {number}: missing value(s) {', '.join(missing)}")
+        yield row
+
+
 def _field(path: Path, payload: Mapping[str, Any], key: str, kind: type) -> Any:
     if key not in payload:
         raise StudyError(path, f"missing key {key!r}")
@@ -353,10 +366,9 @@ def read_run(run: Run, tasks: Sequence[Task]) -> RunResult:
     """One run directory: final metrics, learning curves, server rounds and task-gradient cosines."""
     if not run.dir.is_dir():
         raise StudyError(run.dir, f"run directory of arm {run.arm!r} seed {run.seed} not found")
-    metrics_path = run.dir / METRICS_FILE
     rows = [
         row
-        for row in read_jsonl(metrics_path, ("round", "split", "client", "task", "num_examples"))
+        for row in read_table(find_metrics_file(run.dir), ("round", "split", "client", "task", "num_examples"))
         if row["split"] == EVAL_SPLIT
     ]
     curves, final, by_client = {}, {}, {}

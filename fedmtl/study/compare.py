@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmtl.core.layout import COMPARE_HTML, COMPARE_MD, STUDY_FILE
+from fedmtl.core.layout import SUMMARY_JSON as RUN_SUMMARY
 from fedmtl.study.collect import DONE, Run, RunResult, StudyError, Task, collect_study, read_json, read_run
 from fedmtl.study.deltas import Spread, mean_std
 from fedmtl.study.plots import band_line, new_figure, save_figure
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-
-STUDY_FILE = "study.json"
-RUN_SUMMARY = "summary.json"
-COMPARE_MD = "compare.md"
-COMPARE_HTML = "compare.html"
 
 
 @dataclass(frozen=True)

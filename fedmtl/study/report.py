@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
 from fedmtl.study import plots
 from fedmtl.study.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
 from fedmtl.study.collect import StudyData, collect_study
@@ -21,10 +22,6 @@ from fedmtl.study.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize
 from fedmtl.study.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-SUMMARY_JSON = "summary.json"
-PLOTS_DIR = "plots"
 NOT_AVAILABLE = "n/a"
 
 

@@ -23,12 +23,11 @@ from typing import Any
 import yaml
 
 from fedmtl.config.experiment import ExperimentConfig, arm_config, point_config
-from fedmtl.runfiles.rundir import CONFIG_FILE, atomic_write_text
+from fedmtl.core.files import atomic_write_text
+from fedmtl.core.layout import CONFIG_FILE, STUDY_FILE, SWEEP_FILE
 from fedmtl.study.arms import ARMS, Federate
 from fedmtl.study.progress import Progress, run_line
 
-STUDY_FILE = "study.json"
-SWEEP_FILE = "sweep.json"
 DONE = "done"
 
 

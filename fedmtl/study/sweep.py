@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmtl.core.layout import SWEEP_CSV, SWEEP_FILE, SWEEP_MD, SWEEP_PNG
 from fedmtl.study.analysis import Comparison, comparisons, headline
 from fedmtl.study.collect import StudyData, StudyError, collect_study, read_json
 from fedmtl.study.conflict import (
@@ -32,10 +33,6 @@ from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_swe
 from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_markdown
 from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_test, format_verdict
 
-SWEEP_FILE = "sweep.json"
-SWEEP_MD = "sweep.md"
-SWEEP_CSV = "sweep.csv"
-SWEEP_PNG = "sweep.png"
 SWEEP_CONFLICT_PNG = "sweep_conflict.png"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedmtl.config.typed import parse
+from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import Aggregator
 
 from ._inputs import Case, relative_tolerance

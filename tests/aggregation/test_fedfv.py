@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
-from fedmtl.config.typed import parse
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import AggregationInput, Aggregator, FedFV
 
 # Losses rank the clients a < b < c. Dots: a.b = -1, a.c = 1, b.c = -1.5; squared norms 1, 2, 1.25.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
-from fedmtl.config.typed import parse
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import AggregationInput, Aggregator, FedAvg, Krum, PCGrad, UPGrad
 
 PATH = "server.aggregator"

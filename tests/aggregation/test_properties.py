@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 import torch
 
-from fedmtl.config.errors import ConfigError
-from fedmtl.config.typed import parse
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import AGGREGATORS, Aggregator
 
 from ._inputs import ALL, CONFLICTING, IDENTICAL, NON_CONFLICTING, RANDOM, ZERO_ROW, Case, for_each_case

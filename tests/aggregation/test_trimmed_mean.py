@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from fedmtl.config.errors import ConfigError
-from fedmtl.config.typed import parse
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import AggregationInput, Aggregator, TrimmedMean
 from fedmtl.methods.aggregation.trimmed_mean import trim_count
 

@@ -6,12 +6,13 @@ registered by ``name``. The training loop sees only :class:`TaskSpec` and :class
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from fedmtl.core.registry import Component, Registry
 from fedmtl.data.task_kinds import TaskSpec
 
 
@@ -44,8 +45,8 @@ class ClientData:
     eval: dict[str, TaskData]
 
 
-class TaskSuite(ABC):
-    name: ClassVar[str]
+class TaskSuite(Component):
+    REGISTRY: ClassVar[Registry] = Registry("data suite", ("fedmtl.data.suites",))
 
     @abstractmethod
     def task_specs(self) -> tuple[TaskSpec, ...]:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fedmtl.config.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskSuite
 from fedmtl.data.suites.table import (
     Column,

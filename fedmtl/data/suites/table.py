@@ -42,8 +42,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from fedmtl.config.errors import ConfigError
-from fedmtl.config.typed import join
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import join
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
 from fedmtl.data.suites.digits import dirichlet_partition
 from fedmtl.data.task_kinds import TaskSpec

@@ -6,7 +6,6 @@ direction; the server uses it on client updates, a client on its task gradients.
 
 from __future__ import annotations
 
-from fedmtl.config.typed import register_component_base
 from fedmtl.methods.aggregation.base import (
     AggregationInput,
     AggregationResult,
@@ -27,8 +26,9 @@ from fedmtl.methods.aggregation.trimmed_mean import TrimmedMean
 
 _CONFLICT_AWARE = (PCGrad, FedFV, MGDA, CAGrad, UPGrad, IMTLG, NashMTL, AlignedMTL)
 _BYZANTINE_ROBUST = (CoordinateMedian, TrimmedMean, Krum)
-AGGREGATORS: dict[str, type[Aggregator]] = {cls.name: cls for cls in (FedAvg, *_CONFLICT_AWARE, *_BYZANTINE_ROBUST)}
-register_component_base(Aggregator, AGGREGATORS)
+AGGREGATORS = Aggregator.REGISTRY
+for _method in (FedAvg, *_CONFLICT_AWARE, *_BYZANTINE_ROBUST):
+    AGGREGATORS.register(_method)
 
 __all__ = [
     "AGGREGATORS",

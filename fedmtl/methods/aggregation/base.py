@@ -14,12 +14,13 @@ Conventions (see README, "Aggregation conventions"):
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from fedmtl.core.registry import Component, Registry
 from fedmtl.methods.aggregation.gramian import GramianPrecision, combine_rows, gramian
 
 
@@ -88,7 +89,7 @@ class NonFiniteAggregate(ValueError):
         self.rows = bad
 
 
-class Aggregator(ABC):
+class Aggregator(Component):
     """Maps K row vectors to one mean-scaled direction.
 
     Subclasses are frozen dataclasses whose fields are the method's hyperparameters, so that
@@ -96,7 +97,7 @@ class Aggregator(ABC):
     used in YAML (``server.aggregator: {name: cagrad, c: 0.4}``).
     """
 
-    name: ClassVar[str]
+    REGISTRY: ClassVar[Registry] = Registry("aggregator", ("fedmtl.methods.aggregation",))
 
     @abstractmethod
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:

@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import torch
 
+from fedmtl.core.registry import Component, Registry
+
 StateDict = dict[str, torch.Tensor]
 # Returns the gradient of a scalar w.r.t. the last shared layer (GradNorm's W), keeping the graph.
 SharedLayerGrad = Callable[[torch.Tensor], torch.Tensor]
@@ -49,8 +51,8 @@ class BalancerRound(ABC):
         return {}
 
 
-class Balancer(ABC):
-    name: ClassVar[str]
+class Balancer(Component):
+    REGISTRY: ClassVar[Registry] = Registry("balancer", ("fedmtl.methods.balancing",))
 
     @abstractmethod
     def start(self, tasks: Sequence[str], state: Mapping[str, torch.Tensor]) -> BalancerRound:

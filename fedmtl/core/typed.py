@@ -2,8 +2,8 @@
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``Literal``,
 ``X | None``, unions tried in order, ``tuple[T, ...]``, ``tuple[A, B]``, ``Mapping[str, T]``,
-nested dataclasses, and *components*: an abstract base class with a ``REGISTRY`` mapping
-``name -> dataclass`` (YAML ``{name: cagrad, c: 0.4}`` builds ``CAGrad(c=0.4)``).
+nested dataclasses, and *components*: a subclass of :class:`fedmtl.core.registry.Component` whose
+``REGISTRY`` maps ``name -> dataclass`` (YAML ``{name: cagrad, c: 0.4}`` builds ``CAGrad(c=0.4)``).
 
 Range checks live in each dataclass's ``__post_init__`` and raise ``ValueError``; the parser
 re-raises them as :class:`ConfigError` at the dataclass's path.
@@ -18,15 +18,15 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from fedmtl.config.errors import ConfigError, FieldError
+from fedmtl.core.errors import ConfigError, FieldError
+from fedmtl.core.registry import Component
 
-_COMPONENT_REGISTRIES: dict[type, Mapping[str, type]] = {}
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def register_component_base(base: type, registry: Mapping[str, type]) -> None:
-    """Declare that fields typed ``base`` are parsed as ``{name: ..., **params}`` via ``registry``."""
-    _COMPONENT_REGISTRIES[base] = registry
+def is_component(tp: Any) -> bool:
+    """Whether fields typed ``tp`` are parsed as ``{name: ..., **params}`` through ``tp.REGISTRY``."""
+    return isinstance(tp, type) and issubclass(tp, Component)
 
 
 def join(path: str, key: str | int) -> str:
@@ -86,7 +86,7 @@ def parse(tp: Any, value: Any, path: str) -> Any:
         return types.MappingProxyType(
             {parse(key_tp, k, join(path, str(k))): parse(value_tp, v, join(path, str(k))) for k, v in value.items()}
         )
-    if isinstance(tp, type) and tp in _COMPONENT_REGISTRIES:
+    if is_component(tp):
         return parse_component(tp, value, path)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -143,7 +143,7 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
 
 def _with_default_component_name(tp: Any, field: dataclasses.Field, value: Any) -> Any:
     """``{c: 0.5}`` for a component field keeps the default component's name."""
-    if not (isinstance(tp, type) and tp in _COMPONENT_REGISTRIES and isinstance(value, Mapping)) or "name" in value:
+    if not (is_component(tp) and isinstance(value, Mapping)) or "name" in value:
         return value
     if field.default_factory is not dataclasses.MISSING:
         default = field.default_factory()
@@ -154,9 +154,9 @@ def _with_default_component_name(tp: Any, field: dataclasses.Field, value: Any) 
     return {"name": type(default).name, **value}
 
 
-def parse_component(base: type, data: Any, path: str) -> Any:
+def parse_component(base: type[Component], data: Any, path: str) -> Any:
     """``{name: x, **params}`` -> ``REGISTRY[x](**params)``, or a bare ``"x"`` with defaults."""
-    registry = _COMPONENT_REGISTRIES[base]
+    registry = base.REGISTRY
     if isinstance(data, str):
         data = {"name": data}
     if not isinstance(data, Mapping) or "name" not in data:
@@ -172,7 +172,7 @@ def to_plain(value: Any) -> Any:
     """Inverse of :func:`parse`: dataclasses and components back to YAML-ready data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         plain = {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        if any(isinstance(value, base) for base in _COMPONENT_REGISTRIES):
+        if isinstance(value, Component):
             return {"name": type(value).name, **plain}  # type: ignore[attr-defined]  # components declare name
         return plain
     if isinstance(value, (tuple, list)):
