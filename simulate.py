@@ -31,7 +31,8 @@ from fedmtl.runtime.offline import set_offline_env
 
 set_offline_env()
 
-from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.config.experiment import ExperimentConfig  # noqa: E402
+from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.core.errors import ConfigError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -64,8 +65,8 @@ def quiet_frameworks(verbose: bool) -> None:
 
 
 def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
+    from fedmtl.core.errors import FederationError
     from fedmtl.core.layout import SUMMARY_MD
-    from fedmtl.federation.rounds import FederationError
     from fedmtl.runfiles.checkpoint import load_server_checkpoint
     from fedmtl.runfiles.rundir import RunDirectory
     from fedmtl.runtime.resources import backend_config
@@ -101,10 +102,13 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
 
 def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
-    from fedmtl.federation.rounds import FederationError
+    from fedmtl.core.errors import FederationError
+    from fedmtl.core.layout import REPORT_MD, SWEEP_MD
+    from fedmtl.experiments import runner
+    from fedmtl.report.report import write_report
+    from fedmtl.report.sweep import write_sweep_report
     from fedmtl.runfiles.rundir import RunDirectory
     from fedmtl.runtime.resources import backend_config
-    from fedmtl.study import runner
     from server.simulation import engine_session, federate
 
     backend_config(cfg.resources)  # resource errors before anything is written
@@ -115,17 +119,18 @@ def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | No
 
     with engine_session(cfg) as resources:  # workers stay up across the study's runs
 
-        def federate_attached(arm_cfg: ExperimentConfig, path: Path) -> None:
+        def federate_attached(arm_cfg: ExperimentConfig) -> None:
             arm_cfg = replace(arm_cfg, resources=resources)
             federate(arm_cfg, RunDirectory.create(arm_cfg), verbose=verbose, echo=lambda line: print(line, flush=True))
 
         try:
             if cfg.sweep.grid:
-                runner.run_sweep(cfg, run_dir.path, federate_attached)
-                report = run_dir.path / "sweep.md"
+                runner.run_sweep(cfg, run_dir.path, federate_attached, on_study_done=write_report)
+                write_sweep_report(run_dir.path)
+                report = run_dir.path / SWEEP_MD
             else:
-                runner.run_study(cfg, run_dir.path, federate_attached)
-                report = run_dir.path / "report.md"
+                runner.run_study(cfg, run_dir.path, federate_attached, on_done=write_report)
+                report = run_dir.path / REPORT_MD
         except FederationError as err:
             print(f"error: {err}; finished runs are kept (continue with --resume {run_dir.path})", file=sys.stderr)
             return EXIT_FAILED
@@ -170,19 +175,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def report(directory: str) -> int:
     """Re-render the report of a finished (or partly finished) study or sweep, without running anything."""
-    from fedmtl.core.layout import STUDY_FILE, SWEEP_FILE
-    from fedmtl.study.collect import StudyError
-    from fedmtl.study.report import write_report
-    from fedmtl.study.sweep import write_sweep_report
+    from fedmtl.core.layout import REPORT_MD, STUDY_FILE, SWEEP_FILE, SWEEP_MD
+    from fedmtl.report.collect import StudyError
+    from fedmtl.report.report import write_report
+    from fedmtl.report.sweep import write_sweep_report
 
     path = Path(directory)
     try:
         if (path / SWEEP_FILE).is_file():
             write_sweep_report(path)
-            print(f"report: {path / 'sweep.md'}")
+            print(f"report: {path / SWEEP_MD}")
         elif (path / STUDY_FILE).is_file():
             write_report(path)
-            print(f"report: {path / 'report.md'}")
+            print(f"report: {path / REPORT_MD}")
         else:
             print(
                 f"error: {path} holds no {STUDY_FILE} or {SWEEP_FILE} (not a study or sweep directory)", file=sys.stderr
@@ -210,8 +215,8 @@ def compare_command(args: list[str]) -> int:
     parser.add_argument("--out", help="where compare.md/.html go (default: runs/compare-<timestamp>)")
     parsed = parser.parse_args(args)
     from fedmtl.core.layout import COMPARE_MD
-    from fedmtl.study.collect import StudyError
-    from fedmtl.study.compare import write_comparison
+    from fedmtl.report.collect import StudyError
+    from fedmtl.report.compare import write_comparison
 
     out = Path(parsed.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     try:

@@ -41,9 +41,10 @@ from fedmtl.runtime.offline import OFFLINE_ENV, set_offline_env  # noqa: E402
 
 set_offline_env()
 
-from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.config.experiment import load_config  # noqa: E402
 from fedmtl.federation.rounds import ServerState  # noqa: E402
+
+from benchmarks._report import machine_info, write_section  # noqa: E402
+from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -34,11 +34,13 @@ from fedmtl.runtime.offline import set_offline_env  # noqa: E402
 
 set_offline_env()
 
+from fedmtl.federation.rounds import ServerState  # noqa: E402
+
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from fedmtl.config.experiment import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.config.experiment import ExperimentConfig  # noqa: E402
+from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.core.files import read_rows  # noqa: E402
 from fedmtl.core.layout import SERVER_FILE  # noqa: E402
-from fedmtl.federation.rounds import ServerState  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 from fedmtl.model.networks import initial_shared_state  # noqa: E402
 from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402

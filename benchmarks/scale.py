@@ -395,7 +395,7 @@ def settings(clients: int, fraction_evaluate: float, args: argparse.Namespace) -
 
 def shared_params(args: argparse.Namespace) -> int:
     """P: parameters of the shared encoder (what each client uploads)."""
-    from fedmtl.config.experiment import load_config
+    from fedmtl.config.loading import load_config
     from fedmtl.model.networks import initial_shared_state
 
     cfg = load_config(None, settings(max(args.clients), 1.0, args))

@@ -18,13 +18,15 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import PARTITION_ID_KEY
 
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
 from fedmtl.core import protocol
-from fedmtl.federation.faults import InjectedFault, adversarial_clients, attack_generator, attack_update, draw_faults
+from fedmtl.data.participants import Participant
 from fedmtl.local.client import LocalClient
-from fedmtl.runfiles.checkpoint import ClientStateStore
+from fedmtl.local.faults import InjectedFault, adversarial_clients, attack_generator, attack_update, draw_faults
+from fedmtl.local.state_store import ClientStateStore
 
 log = logging.getLogger(__name__)
 CLIENT_ERROR_CODE = 1000  # a client-side exception, replied as an error message (Flower's own codes are < 1000)
@@ -45,9 +47,9 @@ def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[
     return wrapped
 
 
-def _store(context: Context, config: ConfigRecord, client_id: int) -> ClientStateStore | None:
+def _store(context: Context, config: ConfigRecord, participant: int) -> ClientStateStore | None:
     directory = context.node_config.get(protocol.STATE_DIR) or config.get(protocol.STATE_DIR)
-    return ClientStateStore(str(directory), client_id) if directory else None
+    return ClientStateStore(str(directory), participant) if directory else None
 
 
 def _private_state(
@@ -60,10 +62,13 @@ def _private_state(
     return store.load(resume_round) if store is not None and resume_round > 0 else None
 
 
-def client_id_of(cfg: ExperimentConfig, context: Context) -> int:
-    """The client this node plays: its partition id, mapped through ``clients.members`` when set."""
-    partition = int(context.node_config["partition-id"])
-    return cfg.clients.participants()[partition]
+def participant_of(cfg: ExperimentConfig, context: Context) -> Participant:
+    """The participant this node plays: the one its partition id names (``clients.participants``)."""
+    partition = int(context.node_config[PARTITION_ID_KEY])
+    participants = cfg.participants()
+    if not 0 <= partition < len(participants):
+        raise ValueError(f"node partition {partition} but the federation has {len(participants)} participants")
+    return participants[partition]
 
 
 def run_config_of(cfg: ExperimentConfig | None, context: Context, config: ConfigRecord) -> ExperimentConfig:
@@ -76,7 +81,16 @@ def run_config_of(cfg: ExperimentConfig | None, context: Context, config: Config
 
 def _client(cfg: ExperimentConfig | None, context: Context, config: ConfigRecord) -> LocalClient:
     experiment = run_config_of(cfg, context, config)
-    return LocalClient(experiment, client_id_of(experiment, context))
+    return LocalClient(experiment, participant_of(experiment, context))
+
+
+def _reports(reports: list[dict[str, float]]) -> RecordDict:
+    """One metrics record per client a participant speaks for: ``metrics``, ``metrics.1``, ..."""
+    keys = [protocol.METRICS, *(f"{protocol.METRICS}.{i}" for i in range(1, len(reports)))]
+    content = RecordDict()
+    for key, report in zip(keys, reports):
+        content[key] = MetricRecord(dict(report))
+    return content
 
 
 def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
@@ -89,14 +103,16 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         client = _client(cfg, context, config)
         server_round = int(protocol.as_number(config[protocol.SERVER_ROUND]))
         attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
-        adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.participants())
-        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, client.client_id, attempt, adversaries)
+        adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.member_ids())
+        # a pooled participant (client id -1) draws its faults as a client id nobody else has
+        who = client.client_id if client.client_id >= 0 else client.cfg.clients.count
+        faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, who, attempt, adversaries)
         if faults.kill_worker:
             os._exit(1)  # simulates an OOM-killed worker process
         time.sleep(faults.delay_s)
         if faults.error:
             raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
-        store = _store(context, config, client.client_id)
+        store = _store(context, config, client.participant.index)
         shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         outcome = client.train(shared, _private_state(context, store, config), server_round)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
@@ -104,7 +120,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
             store.save(server_round, outcome.private, int(protocol.as_number(config.get(protocol.DURABLE_ROUND, 0))))
         sent, attacked = outcome.shared, {}
         if faults.attack != "none":  # a Byzantine client forges its encoder update (and says so in its metrics)
-            generator = attack_generator(client.cfg.seed, server_round, client.client_id)
+            generator = attack_generator(client.cfg.seed, server_round, who)
             sent = attack_update(faults.attack, client.cfg.faults.attack_scale, shared, sent, generator)
             attacked = {protocol.ATTACKED: 1.0}
         if faults.nan:
@@ -119,18 +135,19 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         config = msg.content.config_records[protocol.CONFIG]
         client = _client(cfg, context, config)
-        store = _store(context, config, client.client_id)
+        store = _store(context, config, client.participant.index)
         shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
-        metrics = client.evaluate(shared, _private_state(context, store, config))
-        return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)
+        reports = client.evaluate(shared, _private_state(context, store, config))
+        return Message(_reports(reports), reply_to=msg)
 
     @app.query()
     @replies_errors
     def query(msg: Message, context: Context) -> Message:
-        """Which client this node is (the server samples by client id, not by random node id)."""
+        """Which participant this node plays (the server samples by participant, not by random node id)."""
         config = msg.content.config_records[protocol.CONFIG]
-        client_id = client_id_of(run_config_of(cfg, context, config), context)
-        return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)
+        participant = participant_of(run_config_of(cfg, context, config), context)
+        metrics = MetricRecord({protocol.PARTICIPANT: participant.index, protocol.CLIENT_ID: participant.client_id})
+        return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app
 

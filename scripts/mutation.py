@@ -42,7 +42,7 @@ STATUS |= {152: TIMEOUT, 255: TIMEOUT, 37: KILLED}  # 37: caught by a type check
 
 GROUPS = {  # group -> (module prefixes, goal)
     "methods": (("fedmtl.methods.",), 0.90),
-    "statistics": (("fedmtl.study.deltas", "fedmtl.study.analysis"), 0.90),
+    "statistics": (("fedmtl.report.deltas", "fedmtl.report.analysis"), 0.90),
     "server update": (("fedmtl.federation.server_update",), 0.80),
     "round rules": (("fedmtl.federation.rounds",), 0.80),
 }

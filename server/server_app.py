@@ -21,7 +21,8 @@ from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import RESUME_DIR_KEY, pull_interval, resume_dir
 from fedmtl.core.errors import ConfigError
 from fedmtl.runfiles.rundir import RunDirectory
-from server.loop import PULL_INTERVAL_S, config_for_federation, run_federation
+from server.engines.grid import PULL_INTERVAL_S
+from server.federation import config_for_federation, run_federation
 
 RESUME_IGNORED = ("output",)  # sections a resumed run may change: where and how files are written
 

@@ -27,7 +27,7 @@ settings.load_profile("default")
 
 @pytest.fixture
 def tiny_config():
-    from fedmtl.config.experiment import load_config
+    from fedmtl.config.loading import load_config
 
     return load_config(None, list(TINY_OVERRIDES))
 

@@ -8,19 +8,21 @@ import typing
 
 import pytest
 import torch
+from fedmtl.runfiles.recorder import Recorder, attacking_clients
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl.config.experiment import ExperimentConfig, FaultsConfig, ServerOptimizerConfig, load_config
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.loading import load_config
+from fedmtl.config.sections import FaultsConfig, ServerOptimizerConfig
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
 from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
-from fedmtl.federation.faults import ATTACKS, adversarial_clients, attack_generator, attack_update, draw_faults
 from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.local.faults import ATTACKS, adversarial_clients, attack_generator, attack_update, draw_faults
 from fedmtl.methods.aggregation import FedAvg
 from fedmtl.model.networks import initial_encoder_state
-from fedmtl.runfiles.recorder import Recorder, attacking_clients
 from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate, tiny_overrides
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config.experiment import ClientConfig
+from fedmtl.config.sections import ClientConfig
 from fedmtl.data.suites import TaskData
 from fedmtl.local.client import client_data
 from fedmtl.local.task_gradients import TaskGradientTracker, principal_angles

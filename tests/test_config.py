@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_config
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.loading import build_config, load_config
+from fedmtl.config.raw import apply_override
 from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import FedAvg
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core.errors import ConfigError
 
 ARMS = "study.arms=[fed_mtl, local_stl]"

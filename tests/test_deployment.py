@@ -36,13 +36,13 @@ import pytest
 import torch
 import yaml
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.config.run_config import config_from_run_config, resolve_config_file
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
 from fedmtl.data.partition import tasks_of_client
 from fedmtl.local.client import MODEL, LocalClient, strip_prefix
-from fedmtl.runfiles.checkpoint import ClientStateStore
+from fedmtl.local.state_store import ClientStateStore
 from tests.helpers import (
     RAY_PRIVATE_ENV,
     ROOT,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.digits import dirichlet_partition, load_digit_images
 from fedmtl.local.client import LocalClient

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmtl.config.experiment import ResourcesConfig
+from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.files import read_rows
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server import direct_engine

@@ -12,16 +12,17 @@ import time
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
-
-from fedmtl.config.experiment import FaultsConfig, ServerOptimizerConfig
-from fedmtl.core.files import RowWriter, read_rows
-from fedmtl.federation.faults import draw_faults
 from fedmtl.federation.rounds import ClientSampler, ServerState
-from fedmtl.federation.server_update import ServerUpdater
-from fedmtl.methods.aggregation import FedAvg
-from fedmtl.runfiles.checkpoint import ClientStateStore, truncate_rows_after
+from flwr.app import ArrayRecord, ConfigRecord
 from server.strategy import EncoderStrategy
+
+from fedmtl.config.sections import FaultsConfig, ServerOptimizerConfig
+from fedmtl.core.files import RowWriter, read_rows
+from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.local.faults import draw_faults
+from fedmtl.local.state_store import ClientStateStore
+from fedmtl.methods.aggregation import FedAvg
+from fedmtl.runfiles.checkpoint import truncate_rows_after
 from tests.helpers import (
     ROOT,
     assert_no_leftover_processes,
@@ -69,7 +70,7 @@ class _DyingEngine:
         self.deaths, self.attempts = deaths, []
 
     def run(self, server_app, client_app, cfg, backend, verbose) -> None:
-        from fedmtl.federation.rounds import WorkerPoolDied
+        from fedmtl.core.errors import WorkerPoolDied
 
         self.attempts.append(len(self.attempts))
         if len(self.attempts) <= self.deaths:
@@ -78,7 +79,7 @@ class _DyingEngine:
 
 @pytest.mark.parametrize(("deaths", "restarts", "gives_up"), [(2, 2, False), (3, 2, True), (1, 0, True), (0, 0, False)])
 def test_restarts_are_counted_against_checkpoint_restarts(tmp_path, monkeypatch, deaths, restarts, gives_up):
-    from fedmtl.config.experiment import load_config
+    from fedmtl.config.loading import load_config
     from fedmtl.runfiles.rundir import RunDirectory
     from server import simulation
 

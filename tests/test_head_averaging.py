@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import split_heads
 from fedmtl.federation.head_averaging import HeadAverager

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.data.partition import client_plan

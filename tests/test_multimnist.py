@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.experiment import build_config, load_config
+from fedmtl.config.loading import build_config, load_config
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows

@@ -8,7 +8,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from fedmtl.config.experiment import ServerOptimizerConfig, load_config
+from fedmtl.config.loading import load_config
+from fedmtl.config.sections import ServerOptimizerConfig
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.study.report import write_report
+from fedmtl.report.report import write_report
 from tests.helpers import TAG_VAR, stop_tagged, tagged_processes
 from tests.study._study import write_study
 

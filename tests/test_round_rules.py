@@ -9,10 +9,12 @@ import json
 
 import pytest
 import torch
+from fedmtl.federation.rounds import ServerState
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
+from fedmtl.core.errors import FederationError
 from fedmtl.core.files import read_rows
-from fedmtl.federation.rounds import FederationError, ServerState, evaluation_rounds
+from fedmtl.driver.schedule import evaluation_rounds
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
 from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides

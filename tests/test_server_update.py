@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.config.sections import ServerOptimizerConfig
 from fedmtl.federation.server_update import ServerUpdater, diagnose
 from fedmtl.methods.aggregation import FedAvg, PCGrad
 from fedmtl.methods.aggregation.gramian import gramian

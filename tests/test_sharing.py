@@ -7,7 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core import protocol
 from fedmtl.local.client import LocalClient
 from fedmtl.model.networks import initial_shared_state

@@ -8,11 +8,12 @@ import re
 import pytest
 import torch
 
-from fedmtl.config.experiment import arm_config, load_config
+from fedmtl.config.expansion import arm_config
+from fedmtl.config.loading import load_config
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
+from fedmtl.experiments.runner import run_study, run_sweep
 from fedmtl.local.client import client_data
-from fedmtl.study.runner import run_study, run_sweep
 from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 

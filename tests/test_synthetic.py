@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import ClientPlan, SyntheticSuite, SyntheticTask
 

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedmtl.config.experiment import load_config
+from fedmtl.config.loading import load_config
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.layout import TENSORBOARD_DIR

@@ -7,7 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.config.sections import ServerOptimizerConfig
 from fedmtl.core import protocol
 from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.federation.rounds import ClientSampler, ServerState

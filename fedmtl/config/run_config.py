@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedmtl.config.experiment import ExperimentConfig, apply_override, build_config, load_raw, set_path
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.loading import build_config
+from fedmtl.config.raw import apply_override, load_raw, set_path
 from fedmtl.core.errors import ConfigError
 
 CONFIG_FILE_KEY = "config-file"

@@ -26,3 +26,11 @@ def require(condition: bool, key: str, message: str) -> None:
     """Raise :class:`FieldError` for ``key`` unless ``condition`` holds."""
     if not condition:
         raise FieldError(key, message)
+
+
+class FederationError(RuntimeError):
+    """The federation could not go on (no participants connected, too few valid updates, ...)."""
+
+
+class WorkerPoolDied(FederationError):
+    """Simulation workers died; the run restarts from its last checkpoint (``checkpoint.restarts``)."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedmtl.config.experiment import ServerOptimizerConfig
+from fedmtl.config.sections import ServerOptimizerConfig
 from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
+from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
 from fedmtl.methods.personalisation import Personalisation
 
 
@@ -72,9 +73,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_server_optimizer(cfg: ServerOptimizerConfig, param: torch.nn.Parameter) -> torch.optim.Optimizer:
-    if cfg.name == "adam":
-        return torch.optim.Adam([param], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    return torch.optim.SGD([param], lr=cfg.lr, momentum=cfg.momentum)
+    """``server.optimizer`` over the flat encoder: SGD (FedAvg, FedAvgM) or Adam (FedAdam), by name."""
+    settings = OptimizerSettings(lr=cfg.lr, momentum=cfg.momentum, betas=cfg.betas, eps=cfg.eps)
+    return OPTIMIZERS[cfg.name]().make([param], settings)
 
 
 class ServerUpdater:

@@ -1,32 +1,35 @@
-"""One client's round, as pure functions of (config, client id, shared state, private state).
+"""One participant's round, as pure functions of (config, participant, shared state, private state).
 
 Private state is one flat dict of tensors, kept by the Flower adapter in ``context.state``:
 ``model.*`` (heads, adapters, encoder blocks that are not shared), ``balancer.*`` (learned task
 weights and their history), ``personal.*`` (the personalised copy under soft sharing). None of
 it is ever sent; the reply's arrays come only from ``protocol.outgoing_shared``.
+
+A participant is usually one client (with every task it holds, or with one of them); a pooled
+participant trains on every client's data at once and reports each client's evaluation separately
+(:mod:`fedmtl.data.participants`). Its random streams differ accordingly (:class:`Streams`).
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.experiment import ExperimentConfig, sample_size
+from fedmtl.config.sections import ClientConfig
 from fedmtl.core import protocol
 from fedmtl.core.params import is_head, task_of
-from fedmtl.data.partition import client_plan, tasks_of_client
-from fedmtl.data.suites import ClientData, TaskData
+from fedmtl.data.participants import Participant
+from fedmtl.data.suites import TaskData
+from fedmtl.local.data import participant_data
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.model.networks import MultiTaskModel, initial_head_state
 
-_DATA_CACHE_SIZE = 64
-_data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
-_HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM = 101, 103, 107
+_HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
 MODEL, BALANCER, PERSONAL = "model.", "balancer.", "personal."
 
 
@@ -41,22 +44,26 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
-    """Generated (or loaded) on first use in this process; a bounded cache keeps memory flat at scale.
+@dataclass(frozen=True)
+class Streams:
+    """A participant's random streams: its model's initialisation and each round's batches. A client's
+    derive from (seed, client); a pooled participant's from its own stream, as one central trainer's."""
 
-    Holds only the tasks the client trains (``clients.only_tasks``), cut from the data of all it holds.
-    """
-    key = (cfg.data_fingerprint(), client_id)
-    if key in _data_cache:
-        _data_cache.move_to_end(key)
-        return _data_cache[key]
-    full = cfg.data.client_data(cfg.seed, client_plan(cfg, client_id))
-    tasks = tasks_of_client(cfg, client_id)
-    data = ClientData({t: full.train[t] for t in tasks}, {t: full.eval[t] for t in tasks})
-    _data_cache[key] = data
-    if len(_data_cache) > _DATA_CACHE_SIZE:
-        _data_cache.popitem(last=False)
-    return data
+    seed: int
+    client_id: int
+    pooled: bool
+
+    def model(self, stream: int) -> int:
+        if not self.pooled:
+            return derive_seed(self.seed, stream, self.client_id)
+        if stream == _HEAD_INIT_STREAM:
+            return derive_seed(self.seed, _POOLED_STREAM)
+        return derive_seed(self.seed, _POOLED_STREAM, stream)
+
+    def round(self, server_round: int) -> int:
+        if self.pooled:
+            return derive_seed(self.seed, _POOLED_STREAM, server_round)
+        return derive_seed(self.seed, server_round, self.client_id)
 
 
 def with_prefix(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,28 +77,39 @@ def strip_prefix(prefix: str, state: dict[str, torch.Tensor] | None) -> dict[str
 @dataclass(frozen=True)
 class TrainOutcome:
     shared: dict[str, torch.Tensor]  # what goes back to the server
-    private: dict[str, torch.Tensor]  # what stays in the client's state
+    private: dict[str, torch.Tensor]  # what stays in the participant's state
     metrics: dict[str, float]
 
 
 class LocalClient:
-    """The tasks, data and model of one client."""
+    """The tasks, data and model of one participant."""
 
-    def __init__(self, cfg: ExperimentConfig, client_id: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, participant: Participant) -> None:
         self.cfg = cfg
-        self.client_id = client_id
-        self.plan = client_plan(cfg, client_id)  # every task the client holds (specs: those it trains)
+        self.participant = participant
+        self.client_id = participant.client_id
         all_specs = {spec.name: spec for spec in cfg.data.task_specs()}
-        self.specs = {task: all_specs[task] for task in tasks_of_client(cfg, client_id)}
+        self.specs = {task: all_specs[task] for task in participant.tasks}
         self.sharing = cfg.model.sharing
         self.federated_heads = cfg.server.federate_heads
+        self.streams = Streams(cfg.seed, participant.client_id, participant.pooled)
+        self.training = self._training_config(cfg, participant)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @staticmethod
+    def _training_config(cfg: ExperimentConfig, participant: Participant) -> ClientConfig:
+        """A pooled participant trains with the federation's compute: ``local_steps`` times the clients
+        the server would sample per round."""
+        if not participant.pooled:
+            return cfg.client
+        sampled = sample_size(len(participant.clients), cfg.server.fraction_fit)
+        return replace(cfg.client, local_steps=cfg.client.local_steps * sampled)
 
     def build_model(
         self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM
     ) -> MultiTaskModel:
-        """Private parts are initialised from (seed, client) the first time, so eval and train agree."""
-        torch.manual_seed(derive_seed(self.cfg.seed, stream, self.client_id))
+        """Private parts are initialised from the participant's streams the first time, so eval and train agree."""
+        torch.manual_seed(self.streams.model(stream))
         model = MultiTaskModel(
             self.cfg.model,
             self.cfg.data.feature_dim(),
@@ -100,16 +118,9 @@ class LocalClient:
             self.cfg.data.image_shape(),
         )
         state = model.state_dict()
-        first_heads = [k for k in state if is_head(k) and k not in shared and k not in private_model]
-        if self.cfg.model.head_init == "task" and stream == _HEAD_INIT_STREAM and first_heads:
-            heads = initial_head_state(
-                self.cfg.model,
-                self.cfg.data.feature_dim(),
-                self.cfg.data.task_specs(),
-                self.cfg.seed,
-                self.cfg.data.image_shape(),
-            )
-            state.update({k: heads[k] for k in first_heads})
+        if stream == _HEAD_INIT_STREAM:
+            first = [k for k in state if is_head(k) and k not in shared and k not in private_model]
+            state.update(self.cfg.model.head_init.first_heads(first, self._round_zero_heads))
         unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
         if unexpected:
             raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")
@@ -118,12 +129,18 @@ class LocalClient:
         model.load_state_dict(state)
         return model.to(self.device)
 
+    def _round_zero_heads(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        return initial_head_state(
+            cfg.model, cfg.data.feature_dim(), cfg.data.task_specs(), cfg.seed, cfg.data.image_shape()
+        )
+
     def is_shared(self, key: str) -> bool:
         """Federated: what the sharing mode shares, plus the heads when ``server.federate_heads``."""
         return self.sharing.is_shared(key) or (self.federated_heads and is_head(key))
 
     def own(self, shared: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Of federated heads, keep those of this client's tasks (the server sends every task's)."""
+        """Of federated heads, keep those of this participant's tasks (the server sends every task's)."""
         return {k: v for k, v in shared.items() if not is_head(k) or task_of(k) in self.specs}
 
     def _private_part(self, model: MultiTaskModel) -> dict[str, torch.Tensor]:
@@ -137,12 +154,12 @@ class LocalClient:
     ) -> TrainOutcome:
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
-        data = self._on_device(client_data(self.cfg, self.client_id).train)
-        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, server_round, self.client_id))
+        data = self._on_device(participant_data(self.cfg, self.participant).train)
+        generator = torch.Generator().manual_seed(self.streams.round(server_round))
         model = self.build_model(shared, strip_prefix(MODEL, private))
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
-        balancer = self.cfg.client.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
-        stats = train_local(model, data, self.specs, self.cfg.client, generator, balancer)
+        balancer = self.training.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
+        stats = train_local(model, data, self.specs, self.training, generator, balancer)
         new_private = {**with_prefix(MODEL, self._private_part(model)), **with_prefix(BALANCER, balancer.state())}
         if self.sharing.personal_mu is not None:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
@@ -173,15 +190,8 @@ class LocalClient:
             else self.build_model({}, personal_state, _PERSONAL_STREAM)
         )
         balancer = Static().start(list(self.specs), {})
-        train_local(
-            personal,
-            data,
-            self.specs,
-            self.cfg.client,
-            generator,
-            balancer,
-            Proximal(global_encoder, self.sharing.personal_mu or 0.0),
-        )
+        proximal = Proximal(global_encoder, self.sharing.personal_mu or 0.0)
+        train_local(personal, data, self.specs, self.training, generator, balancer, proximal)
         return with_prefix(PERSONAL, personal.state_dict())
 
     def _train_metrics(self, stats: TrainStats, data: dict[str, TaskData]) -> dict[str, float]:
@@ -192,6 +202,7 @@ class LocalClient:
         angles = stats.subspace_angles
         return {
             protocol.CLIENT_ID: float(self.client_id),
+            protocol.PARTICIPANT: float(self.participant.index),
             protocol.NUM_EXAMPLES: float(stats.num_examples),
             protocol.TRAIN_LOSS: float(np.mean(list(stats.task_loss.values()))),
             protocol.ON_GPU: float(self.device.type == "cuda"),
@@ -204,27 +215,39 @@ class LocalClient:
             ),
         }
 
-    def evaluate(self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    def evaluate(
+        self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None
+    ) -> list[dict[str, float]]:
+        """One report per client the participant speaks for: its held-out data, evaluated with the
+        encoder as received and the participant's private parts."""
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
-        data = self._on_device(client_data(self.cfg, self.client_id).eval)
+        data = participant_data(self.cfg, self.participant)
         model = self.build_model(shared, strip_prefix(MODEL, private))
-        if self.cfg.client.eval_head_steps:  # fitted on a throwaway copy: nothing here is kept
-            train = self._on_device(client_data(self.cfg, self.client_id).train)
-            generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, _EVAL_HEADS_STREAM, self.client_id))
-            fit_heads(model, train, self.specs, self.cfg.client, self.cfg.client.eval_head_steps, generator)
-        results = evaluate(model, data, self.specs)
-        metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
+        if self.training.eval_head_steps:  # fitted on a throwaway copy: nothing here is kept
+            generator = torch.Generator().manual_seed(self.streams.model(_EVAL_HEADS_STREAM))
+            steps = self.training.eval_head_steps
+            fit_heads(model, self._on_device(data.train), self.specs, self.training, steps, generator)
         personal_state = strip_prefix(PERSONAL, private)
-        if personal_state:
-            personal = self.build_model({}, personal_state, _PERSONAL_STREAM)
-            metrics.update(protocol.flatten_task_metrics(protocol.PERSONAL, evaluate(personal, data, self.specs)))
+        personal = self.build_model({}, personal_state, _PERSONAL_STREAM) if personal_state else None
+        reports = []
+        for client, held_out in data.evals:
+            split = self._on_device(held_out)
+            specs = {task: self.specs[task] for task in split}
+            results = evaluate(model, split, specs)
+            metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
+            if personal is not None:
+                metrics.update(protocol.flatten_task_metrics(protocol.PERSONAL, evaluate(personal, split, specs)))
+            reports.append(
+                {
+                    protocol.CLIENT_ID: float(client),
+                    protocol.PARTICIPANT: float(self.participant.index),
+                    protocol.NUM_EXAMPLES: float(sum(r["num_examples"] for r in results.values())),
+                    **metrics,
+                }
+            )
         self._release_device_memory()
-        return {
-            protocol.CLIENT_ID: float(self.client_id),
-            protocol.NUM_EXAMPLES: float(sum(r["num_examples"] for r in results.values())),
-            **metrics,
-        }
+        return reports
 
     def _release_device_memory(self) -> None:
         """Simulated clients share Ray workers: leave no cached GPU memory to the next one."""

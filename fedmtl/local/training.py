@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedmtl.config.experiment import ClientConfig
+from fedmtl.config.sections import ClientConfig
 from fedmtl.data.suites import TaskData
 from fedmtl.data.task_kinds import TaskSpec
 from fedmtl.local.task_gradients import TaskGradientTracker, task_gradient_matrix, write_flat_gradient
 from fedmtl.methods.aggregation import AggregationInput
 from fedmtl.methods.balancing import BalancerRound
+from fedmtl.methods.optimizers import OptimizerSettings
 from fedmtl.model.networks import MultiTaskModel
 
 
@@ -51,9 +52,10 @@ def batch_indices(size: int, batch_size: int, generator: torch.Generator) -> Ite
 
 
 def make_optimizer(cfg: ClientConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """``client.optimizer`` over ``params`` with the client's learning rate, momentum and weight decay."""
+    return cfg.optimizer.make(
+        params, OptimizerSettings(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    )
 
 
 def train_local(

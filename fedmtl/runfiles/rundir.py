@@ -55,7 +55,7 @@ class RunDirectory:
     @classmethod
     def open(cls, path: str | Path) -> tuple[RunDirectory, ExperimentConfig]:
         """An existing run directory and its resolved config (for --resume)."""
-        from fedmtl.config.experiment import build_config
+        from fedmtl.config.loading import build_config
 
         directory = Path(path)
         config_file = directory / CONFIG_FILE
@@ -77,7 +77,8 @@ class RunDirectory:
     def metrics_path(self) -> Path:
         return self.path / f"metrics.{self.metrics_format}"
 
-    def save_encoder(self, state: Mapping[str, torch.Tensor]) -> None:
+    def save_encoder(self, state: Mapping[str, Any]) -> None:
+        """``encoder.pt``: a state dict, or (several cohorts) cohort key -> state dict."""
         atomic_write(self.path / ENCODER_FILE, lambda tmp: torch.save(dict(state), tmp))
 
     def write_json(self, name: str, payload: Any) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fedmtl.config.experiment import ResourcesConfig
+from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.errors import ConfigError
 from fedmtl.runtime.offline import OFFLINE_ENV
 

@@ -117,7 +117,7 @@ def test_the_gramian_is_returned_for_the_diagnostics():
 
 @pytest.mark.parametrize(("name", "builds_one"), [("mgda", True), ("fedavg", False)])
 def test_the_server_reuses_the_aggregators_gramian_for_its_diagnostics(name, builds_one, monkeypatch):
-    from fedmtl.config.experiment import ServerOptimizerConfig
+    from fedmtl.config.sections import ServerOptimizerConfig
     from fedmtl.federation import server_update
 
     calls = []

@@ -148,7 +148,7 @@ def test_bad_settings_are_config_errors_naming_the_key_path(config: dict, path: 
 
 
 def test_a_config_that_can_never_give_krum_enough_updates_is_refused_before_training():
-    from fedmtl.config.experiment import load_config
+    from fedmtl.config.loading import load_config
 
     with pytest.raises(ConfigError, match="needs at least 9 client updates per round; the server samples 8") as caught:
         load_config(None, ["server.aggregator={name: krum, f: 3}"])  # 8 clients, K > 2f + 2 = 8 impossible

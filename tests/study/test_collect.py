@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmtl.study.collect import StudyError, collect_study, cosine_matrix, load_study
+from fedmtl.report.collect import StudyError, collect_study, cosine_matrix, load_study
 
 from ._study import BYTES_DOWN, BYTES_UP, ROUNDS, metric_row, write_jsonl, write_study
 

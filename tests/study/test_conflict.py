@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmtl.study.collect import Run, RunResult, ServerRound, collect_study
-from fedmtl.study.conflict import cross_task_cosine_per_seed, summarize_conflict
-from fedmtl.study.sweep import write_sweep_report
+from fedmtl.report.collect import Run, RunResult, ServerRound, collect_study
+from fedmtl.report.conflict import cross_task_cosine_per_seed, summarize_conflict
+from fedmtl.report.sweep import write_sweep_report
 
 from ._study import write_study
 from .test_sweep import write_sweep
@@ -68,7 +68,7 @@ def test_the_sweep_report_puts_the_diagnostics_beside_the_swept_value(tmp_path: 
 
 
 def test_summary_json_holds_every_arms_diagnostics(tmp_path: Path) -> None:
-    from fedmtl.study.analysis import summarize
+    from fedmtl.report.analysis import summarize
 
     summary = summarize(collect_study(write_study(tmp_path / "study")))
     assert summary["conflict"]["fed_mtl"]["task_cosine"]["cls|reg"]["mean"] == pytest.approx(0.15)
@@ -76,7 +76,7 @@ def test_summary_json_holds_every_arms_diagnostics(tmp_path: Path) -> None:
 
 
 def test_the_study_report_has_a_conflict_table_for_arms_with_diagnostics(tmp_path: Path) -> None:
-    from fedmtl.study.report import write_report
+    from fedmtl.report.report import write_report
 
     root = write_study(tmp_path / "study")
     write_report(root)
@@ -87,7 +87,7 @@ def test_the_study_report_has_a_conflict_table_for_arms_with_diagnostics(tmp_pat
 
 
 def test_clients_holding_one_task_each_give_a_cross_task_column_everywhere(tmp_path: Path) -> None:
-    from fedmtl.study.report import write_report
+    from fedmtl.report.report import write_report
 
     # client 0 holds cls only, client 1 reg only: their update cosine (-0.6 + 0.5 r, mean 0.4) is the
     # cross-task cosine; no client holds both, so there is no in-client task-gradient cosine.

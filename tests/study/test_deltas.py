@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedmtl.study import deltas as d
+from fedmtl.report import deltas as d
 
 
 def test_relative_delta_higher_is_better() -> None:

@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from fedmtl.study import deltas as d
+from fedmtl.report import deltas as d
 
 VALUES = st.floats(-10, 10, allow_nan=False, allow_subnormal=False)
 P_VALUES = st.floats(0, 1, allow_nan=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmtl.study.progress import Progress, format_duration, run_line
+from fedmtl.experiments.progress import Progress, format_duration, run_line
 
 from ._study import TASKS, write_study
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from fedmtl.study.analysis import comparisons, summarize
-from fedmtl.study.collect import collect_study
-from fedmtl.study.report import write_report
+from fedmtl.report.analysis import comparisons, summarize
+from fedmtl.report.collect import collect_study
+from fedmtl.report.report import write_report
 
 from ._study import BYTES_DOWN, BYTES_UP, default_final, write_study
 

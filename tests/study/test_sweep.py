@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.study.analysis import comparisons, headline
-from fedmtl.study.collect import StudyError, collect_study
-from fedmtl.study.sweep import load_sweep, sweep_series, write_sweep_report
+from fedmtl.report.analysis import comparisons, headline
+from fedmtl.report.collect import StudyError, collect_study
+from fedmtl.report.sweep import load_sweep, sweep_series, write_sweep_report
 
 from ._study import default_final, write_study
 

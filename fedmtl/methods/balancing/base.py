@@ -53,6 +53,7 @@ class BalancerRound(ABC):
 
 class Balancer(Component):
     REGISTRY: ClassVar[Registry] = Registry("balancer", ("fedmtl.methods.balancing",))
+    task_keyed: ClassVar[tuple[str, ...]] = ()  # fields that map task names to values (checked against the suite)
 
     @abstractmethod
     def start(self, tasks: Sequence[str], state: Mapping[str, torch.Tensor]) -> BalancerRound:

@@ -16,6 +16,7 @@ class Static(Balancer):
     """``sum_t w_t L_t`` with ``w_t`` from ``weights`` (1 for tasks not listed)."""
 
     name: ClassVar[str] = "static"
+    task_keyed: ClassVar[tuple[str, ...]] = ("weights",)
     weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

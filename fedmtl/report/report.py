@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
-from fedmtl.study import plots
-from fedmtl.study.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
-from fedmtl.study.collect import StudyData, collect_study
-from fedmtl.study.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
-from fedmtl.study.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
-from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from fedmtl.report import plots
+from fedmtl.report.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
+from fedmtl.report.collect import StudyData, collect_study
+from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
+from fedmtl.report.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
+from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 NOT_AVAILABLE = "n/a"
 
@@ -228,7 +228,7 @@ def communication_blocks(summary: dict[str, Any]) -> list[Block]:
 
 
 def conflict_blocks(data: StudyData) -> list[Block]:
-    """Per arm with diagnostics: mean over rounds, then mean ± std over seeds (``fedmtl.study.conflict``)."""
+    """Per arm with diagnostics: mean over rounds, then mean ± std over seeds (``fedmtl.report.conflict``)."""
     summaries = [summary for arm in data.study.arms if not (summary := summarize_conflict(data, arm)).empty]
     if not summaries:
         return []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedmtl.config.experiment import FaultsConfig
+from fedmtl.config.sections import FaultsConfig
 from fedmtl.core.params import is_head
 
 _FAULT_STREAM = 409

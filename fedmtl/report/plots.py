@@ -18,9 +18,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedmtl.study.analysis import Comparison
-from fedmtl.study.collect import StudyData
-from fedmtl.study.deltas import mean_std
+from fedmtl.report.analysis import Comparison
+from fedmtl.report.collect import StudyData
+from fedmtl.report.deltas import mean_std
 
 DPI = 110
 FLAG_COLOR = "#c0392b"

@@ -1,7 +1,7 @@
 """Conflict diagnostics of one arm summarised over rounds, then over seeds.
 
 Per seed, each figure is a plain mean over every round (and client, or client pair) that
-reported it; the seed values then give a mean ± std (:func:`fedmtl.study.deltas.mean_std`).
+reported it; the seed values then give a mean ± std (:func:`fedmtl.report.deltas.mean_std`).
 
 * ``task_cosine[(s, t)]``: cosine between the gradients of tasks ``s`` and ``t`` on the shared
   encoder inside the clients that hold both (the in-client conflict);
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmtl.study.collect import RunResult, StudyData
-from fedmtl.study.deltas import Spread, mean_std
+from fedmtl.report.collect import RunResult, StudyData
+from fedmtl.report.deltas import Spread, mean_std
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.core.layout import TENSORBOARD_DIR
+from fedmtl.core.messages import Exchange
+from fedmtl.driver.loop import Callback, RunState
 
 SERVER_SCALARS = ("seconds", "failures", "conflict_fraction", "aggregate_norm", "mean_norm", "bytes_up", "bytes_down")
 ROW_KEYS = ("round", "split", "client", "task", "num_examples")
@@ -54,3 +56,25 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TensorBoard(Callback):
+    """Mirrors each round's metric rows and server row into TensorBoard event files (after the recorder)."""
+
+    sink: TensorBoardSink | None = None
+
+    def on_run_start(self, state: RunState) -> None:
+        self.sink = TensorBoardSink(state.run.path, state.done)
+
+    def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
+        if server_round == 0 and self.sink is not None:  # round 0 has no round end
+            self.sink.metric_rows(state.round_rows)
+
+    def on_round_end(self, state: RunState, server_round: int) -> None:
+        if self.sink is not None:
+            self.sink.metric_rows(state.round_rows)
+            self.sink.server_row(state.row)
+
+    def on_close(self, state: RunState) -> None:
+        if self.sink is not None:
+            self.sink.close()

@@ -1,7 +1,7 @@
 """The study's evidence as numbers: reference arm vs every other arm, per task, per client, per seed.
 
 Deltas are paired by seed (the same seed gives every arm the same data partition and initial
-state) and follow Maninis et al., CVPR 2019 (see :mod:`fedmtl.study.deltas`). The summary dict
+state) and follow Maninis et al., CVPR 2019 (see :mod:`fedmtl.report.deltas`). The summary dict
 built here is what ``summary.json`` holds and what the markdown/HTML report renders.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedmtl.study import deltas as d
-from fedmtl.study.collect import Study, StudyData
-from fedmtl.study.conflict import summarize_conflict
+from fedmtl.report import deltas as d
+from fedmtl.report.collect import Study, StudyData
+from fedmtl.report.conflict import summarize_conflict
 
 ENCODER_ONLY_ARM = "fed_mtl"
 FULL_MODEL_ARM = "fed_full"

@@ -3,11 +3,11 @@
 Layout::
 
     <sweep>/sweep.json   {"name", "keys": [config key paths], "points": [{"values": {key: value}, "label", "study_dir"}]}
-    <sweep>/points/<i>/  a study directory (see :mod:`fedmtl.study.collect`)
+    <sweep>/points/<i>/  a study directory (see :mod:`fedmtl.report.collect`)
 
 Per point and per compared pair (those against single-task arms, or every pair when the study has
 none) the table holds each task's relative delta, Delta_m and the worst task (Maninis et al.,
-CVPR 2019), mean ± std over seeds, and the verdict of the paired test (fedmtl.study.deltas).
+CVPR 2019), mean ± std over seeds, and the verdict of the paired test (fedmtl.report.deltas).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.core.layout import SWEEP_CSV, SWEEP_FILE, SWEEP_MD, SWEEP_PNG
-from fedmtl.study.analysis import Comparison, comparisons, headline
-from fedmtl.study.collect import StudyData, StudyError, collect_study, read_json
-from fedmtl.study.conflict import (
+from fedmtl.report.analysis import Comparison, comparisons, headline
+from fedmtl.report.collect import StudyData, StudyError, collect_study, read_json
+from fedmtl.report.conflict import (
     COLUMNS_EXPLAINED,
     ConflictSummary,
     conflict_columns,
     cosine_columns,
     summarize_conflict,
 )
-from fedmtl.study.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
-from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_markdown
-from fedmtl.study.report import NOT_AVAILABLE, format_cosine, format_delta, format_test, format_verdict
+from fedmtl.report.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
+from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_markdown
+from fedmtl.report.report import NOT_AVAILABLE, format_cosine, format_delta, format_test, format_verdict
 
 SWEEP_CONFLICT_PNG = "sweep_conflict.png"
 
@@ -157,7 +157,7 @@ def sweep_series(sweep: Sweep, results: Mapping[int, Sequence[Comparison]]) -> l
 
 
 def conflict_table(sweep: Sweep, conflicts: Mapping[int, ConflictSummary]) -> Table:
-    """Per point: the reference arm's conflict diagnostics (:func:`fedmtl.study.conflict.conflict_columns`)."""
+    """Per point: the reference arm's conflict diagnostics (:func:`fedmtl.report.conflict.conflict_columns`)."""
     header, values = conflict_columns([conflicts[point.index] for point in sweep.points])
     rows = [
         [point.label, *(_cell(point.values[key]) for key in sweep.keys), *map(format_cosine, row)]

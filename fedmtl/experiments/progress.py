@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
 from pathlib import Path
-from typing import Any
 
-from fedmtl.study.collect import DONE, Run, StudyError, Task, read_run
+from fedmtl.core.layout import SUMMARY_JSON
 
 
 def format_duration(seconds: float) -> str:
@@ -49,12 +48,13 @@ class Progress:
         return f"{head} {self.per_run():.1f} s/run, {tail}"
 
 
-def run_line(arm: str, seed: int, run_dir: Path, tasks: Sequence[Mapping[str, Any]]) -> str:
-    """``pcgrad seed 1: rich mse 0.1234, poor mse 0.5678``: the run's final headline metric per task."""
-    specs = [Task(str(t["name"]), str(t["metric"]), bool(t["higher_is_better"])) for t in tasks]
+def run_line(arm: str, seed: int, run_dir: Path) -> str:
+    """``pcgrad seed 1: rich mse 0.1234, poor mse 0.5678``: the run's final headline metric per task
+    (from its ``summary.json``, which every run writes)."""
+    path = run_dir / SUMMARY_JSON
     try:
-        final = read_run(Run(arm, seed, run_dir, DONE), specs).final
-    except StudyError as err:
-        return f"{arm} seed {seed}: no metrics ({err.message})"
-    values = ", ".join(f"{t.name} {t.metric} {final[t.name]:.4g}" for t in specs if t.name in final)
+        tasks = json.loads(path.read_text())["tasks"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"{arm} seed {seed}: no summary ({path}: {type(err).__name__})"
+    values = ", ".join(f"{t['task']} {t['metric']} {t['value_final']:.4g}" for t in tasks)
     return f"{arm} seed {seed}: {values or 'no eval rows'}"

@@ -1,6 +1,6 @@
 """Run a study (arms x seeds) or a sweep (grid points x study) into one directory, resumably.
 
-Layout (what :mod:`fedmtl.study.report` and :mod:`fedmtl.study.sweep` read)::
+Layout (what :mod:`fedmtl.report.report` and :mod:`fedmtl.report.sweep` read)::
 
     <study>/config.yaml  study.json  report.md  report.html  summary.json  plots/
     <study>/arms/<arm>/seed-<seed>/          one run directory per (arm, seed)
@@ -9,6 +9,10 @@ Layout (what :mod:`fedmtl.study.report` and :mod:`fedmtl.study.sweep` read)::
 
 ``study.json`` / ``sweep.json`` record what finished; running again on the same directory
 (``simulate.py --resume``) skips finished runs and redoes an interrupted one from scratch.
+
+Every run is one federation through the round driver: an arm is a configuration
+(:mod:`fedmtl.config.arms`), built by :func:`fedmtl.config.expansion.arm_config`, the same function
+that checked it before anything ran. The reports are written by the caller (:mod:`fedmtl.report`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,26 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedmtl.config.experiment import ExperimentConfig, arm_config, point_config
+from fedmtl.config.arms import ARMS
+from fedmtl.config.expansion import arm_config, point_config
+from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.core.files import atomic_write_text
-from fedmtl.core.layout import CONFIG_FILE, STUDY_FILE, SWEEP_FILE
-from fedmtl.study.arms import ARMS, Federate
-from fedmtl.study.progress import Progress, run_line
+from fedmtl.core.layout import CONFIG_FILE, STUDY_FILE, SWEEP_FILE, arm_run_dir, sweep_point_dir
+from fedmtl.experiments.progress import Progress, run_line
 
 DONE = "done"
+Federate = Callable[[ExperimentConfig], None]  # run one federation, writing the run directory its config names
+
+
+def at(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """``cfg`` writing into ``run_dir``, quietly (the study prints one line per run)."""
+    return replace(cfg, output=replace(cfg.output, run_dir=str(run_dir), progress=False))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -48,7 +60,7 @@ def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
         for s in cfg.data.task_specs()
     ]
     runs = [
-        {"arm": arm, "seed": seed, "dir": f"arms/{arm}/seed-{seed}", "status": "pending"}
+        {"arm": arm, "seed": seed, "dir": arm_run_dir(arm, seed), "status": "pending"}
         for seed in seeds
         for arm in names
     ]
@@ -72,21 +84,22 @@ def pending_runs(manifest: dict[str, Any]) -> int:
     return sum(entry["status"] != DONE for entry in manifest["runs"])
 
 
+StudyDone = Callable[[Path], object]  # called with a study directory once its runs are done (writes its report)
+
+
 def run_study(
     cfg: ExperimentConfig,
     study_dir: Path,
     federate: Federate,
     echo: Callable[[str], None] = print,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir``; write the report; return its summary."""
-    from fedmtl.study.report import write_report  # matplotlib only once something is reported
-
+    on_done: StudyDone | None = None,
+) -> None:
+    """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir``, then call ``on_done``."""
     manifest_path = study_dir / STUDY_FILE
     manifest = _read(manifest_path) or study_manifest(cfg)
     _write(manifest_path, manifest)
     progress = progress or Progress(pending_runs(manifest))
-    raw = cfg.to_dict()
     for entry in manifest["runs"]:
         if entry["status"] == DONE:
             continue
@@ -95,32 +108,34 @@ def run_study(
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        spec = cfg.study.arm_spec(entry["arm"])
-        ARMS[spec.base]().run(arm_config({**raw, "seed": entry["seed"]}, spec), run_dir, federate)
+        arm = arm_config(replace(cfg, seed=entry["seed"]), cfg.study.arm_spec(entry["arm"]))
+        federate(at(arm, run_dir))
         entry["status"] = DONE
         _write(manifest_path, manifest)
         progress.finished(time.perf_counter() - started)
-        echo(f"{cfg.name}: {progress.line()} | {run_line(entry['arm'], entry['seed'], run_dir, manifest['tasks'])}")
-    return write_report(study_dir)
+        echo(f"{cfg.name}: {progress.line()} | {run_line(entry['arm'], entry['seed'], run_dir)}")
+    if on_done is not None:
+        on_done(study_dir)
 
 
 def run_sweep(
-    cfg: ExperimentConfig, sweep_dir: Path, federate: Federate, echo: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
-    """Run the study of every grid point of ``cfg.sweep`` into ``sweep_dir``; write the sweep report."""
-    from fedmtl.study.sweep import write_sweep_report
-
+    cfg: ExperimentConfig,
+    sweep_dir: Path,
+    federate: Federate,
+    echo: Callable[[str], None] = print,
+    on_study_done: StudyDone | None = None,
+) -> None:
+    """Run the study of every grid point of ``cfg.sweep`` into ``sweep_dir`` (``on_study_done`` after each)."""
     manifest_path = sweep_dir / SWEEP_FILE
     points = cfg.sweep.points()
     manifest = _read(manifest_path) or {
         "name": cfg.name,
         "keys": list(cfg.sweep.grid),
         "points": [
-            {"values": values, "study_dir": f"points/{i}", "status": "pending"} for i, values in enumerate(points)
+            {"values": values, "study_dir": sweep_point_dir(i), "status": "pending"} for i, values in enumerate(points)
         ],
     }
     _write(manifest_path, manifest)
-    raw = cfg.to_dict()
     runs_per_point = len(cfg.study.seeds or (cfg.seed,)) * len(cfg.study.arms)
     unfinished = 0
     for entry in manifest["points"]:
@@ -131,12 +146,11 @@ def run_sweep(
     for i, entry in enumerate(manifest["points"], 1):
         if entry["status"] == DONE:
             continue
-        point = point_config(raw, entry["values"])
+        point = point_config(cfg, entry["values"])
         study_dir = sweep_dir / entry["study_dir"]
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_dir / CONFIG_FILE, yaml.safe_dump(point.to_dict(), sort_keys=False))
         echo(f"sweep {cfg.name}: point {i}/{len(points)}: {', '.join(f'{k}={v}' for k, v in entry['values'].items())}")
-        run_study(point, study_dir, federate, echo, progress)
+        run_study(point, study_dir, federate, echo, progress, on_study_done)
         entry["status"] = DONE
         _write(manifest_path, manifest)
-    return write_sweep_report(sweep_dir)

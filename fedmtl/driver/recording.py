@@ -1,7 +1,9 @@
-"""Turns per-client reports into tidy metric rows and per-round server diagnostics."""
+"""The run files' rows: per-client reports become tidy metric rows (``metrics.jsonl``/``.csv``), per-client
+diagnostics (``clients.jsonl``) and one server row per round (``server.jsonl``). A round-driver callback."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -10,11 +12,12 @@ from typing import Any
 from fedmtl.core import protocol
 from fedmtl.core.files import RowWriter
 from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
+from fedmtl.core.messages import Exchange
 from fedmtl.data.task_kinds import TASK_KINDS
-from fedmtl.federation.server_update import RoundDiagnostics
-from fedmtl.runfiles.rundir import RunDirectory
-from fedmtl.runfiles.tensorboard import TensorBoardSink
+from fedmtl.driver.loop import Callback, RunState
+from fedmtl.federation.algorithm import TrainResult
 
+log = logging.getLogger(__name__)
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")
 METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
 SERVER_COLUMNS = (
@@ -22,6 +25,7 @@ SERVER_COLUMNS = (
     "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper", "bytes_up", "bytes_down",
     "personal_alphas",  # server.personalisation: each row's weight on its own update (null when off)
     "adversarial",  # ids of the clients whose reply this round carried a forged update (faults.attack)
+    "cohorts",  # with several cohorts (server.cohorts): each one's diagnostics, the fields above
 )  # fmt: skip
 
 
@@ -68,37 +72,60 @@ def task_rows(server_round: int, split: str, client_metrics: Mapping[str, Any]) 
     ]
 
 
-class Recorder:
-    def __init__(self, run: RunDirectory, resume_after: int = 0) -> None:
-        """``resume_after``: the last round already in the run files (a resumed run appends after it)."""
+class Recorder(Callback):
+    """Appends every round's rows to the run files as they come (a resumed run after its last kept round)."""
+
+    def on_run_start(self, state: RunState) -> None:
+        run = state.run
         self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.clients = RowWriter(run.path / CLIENTS_FILE, CLIENT_COLUMNS)
-        self.tensorboard = TensorBoardSink(run.path, resume_after) if run.tensorboard else None
-        self._round_start = time.perf_counter()
-        self._round_started_at = time.time()
+        self._round_start, self._round_started_at = time.perf_counter(), time.time()
 
-    def close(self) -> None:
-        """Release the optional writers (the run files are closed after every write)."""
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+    def on_round_start(self, state: RunState, server_round: int) -> None:
+        """The round's server row covers training, aggregation and evaluation."""
+        self._round_start, self._round_started_at = time.perf_counter(), time.time()
 
-    def start_round(self) -> None:
-        """Mark the start of a round; its server row covers training, aggregation and evaluation."""
-        self._round_start = time.perf_counter()
-        self._round_started_at = time.time()
+    def on_trained(self, state: RunState, server_round: int, result: TrainResult, exchange: Exchange) -> None:
+        reports = result.reports
+        state.metric_rows(self.record_clients(server_round, protocol.TRAIN, reports))
+        self.record_client_diagnostics(server_round, reports)
+        for reason in result.failed:
+            log.warning("round %d: a participant failed: %s", server_round, reason)
+        for client, reason in result.rejected:
+            log.warning("round %d: rejected the update of client %s: %s", server_round, client, reason)
+        state.row.update(
+            replies=result.replies,
+            failures=result.failures,
+            rejected=[{"client": c, "reason": r} for c, r in result.rejected],
+            adversarial=attacking_clients(reports),
+            bytes_up=sum(reply.payload_bytes for reply in exchange.replies),
+            bytes_down=exchange.payload_bytes,
+            **server_diagnostics(result),
+        )
+
+    def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
+        for split in (protocol.EVAL, protocol.PERSONAL):
+            state.metric_rows(self.record_clients(server_round, split, reports))
+        if server_round:
+            state.row["bytes_down"] = state.row.get("bytes_down", 0) + exchange.payload_bytes
+
+    def on_round_end(self, state: RunState, server_round: int) -> None:
+        seconds = time.perf_counter() - self._round_start
+        row = {"round": server_round, "started_at": round(self._round_started_at, 4), "seconds": round(seconds, 4)}
+        state.row = {**row, **state.row}
+        state.seconds = seconds
+        self.server.write([state.row])
 
     def record_clients(self, server_round: int, split: str, reports: Sequence[Mapping[str, Any]]) -> list[dict]:
         rows = [row for report in reports for row in task_rows(server_round, split, report)]
         rows.sort(key=lambda r: (r["client"], r["task"]))
         self.metrics.write(rows)
-        if self.tensorboard is not None:
-            self.tensorboard.metric_rows(rows)
         return rows
 
     def record_client_diagnostics(self, server_round: int, reports: Sequence[Mapping[str, Any]]) -> None:
         rows = []
-        for report in sorted(reports, key=lambda r: r[protocol.CLIENT_ID]):
+        for report in sorted(reports, key=lambda r: (r[protocol.CLIENT_ID], r.get(protocol.PARTICIPANT, 0))):
             train = protocol.unflatten_task_metrics(report, protocol.TRAIN)
             rows.append(
                 {
@@ -115,32 +142,11 @@ class Recorder:
             )
         self.clients.write(rows)
 
-    def record_server(
-        self,
-        server_round: int,
-        replies: int,
-        failures: int,
-        rejected: Sequence[tuple[int | None, str]],
-        diagnostics: RoundDiagnostics | None,
-        traffic: Mapping[str, int] | None = None,
-        adversarial: Sequence[int] = (),
-    ) -> float:
-        """Write the round's server row (``traffic``: bytes_up/bytes_down of parameter payloads; ``adversarial``:
-        :func:`attacking_clients` of the round's reports); return its wall seconds."""
-        seconds = time.perf_counter() - self._round_start
-        row: dict[str, Any] = {
-            "round": server_round,
-            "started_at": round(self._round_started_at, 4),
-            "seconds": round(seconds, 4),
-            "replies": replies,
-            "failures": failures,
-            "rejected": [{"client": c, "reason": r} for c, r in rejected],
-            "adversarial": list(adversarial),
-        }
-        if diagnostics is not None:
-            row.update(asdict(diagnostics))
-        row.update(traffic or {})
-        self.server.write([row])
-        if self.tensorboard is not None:
-            self.tensorboard.server_row(row)
-        return seconds
+
+def server_diagnostics(result: TrainResult) -> dict[str, Any]:
+    """The aggregation's diagnostics for the server row: at the top level with one cohort, per cohort
+    (``cohorts``) with several; nothing for cohorts that aggregate nothing (local training)."""
+    aggregated = [(c.key, c.diagnostics) for c in result.cohorts if c.diagnostics is not None]
+    if len(result.cohorts) == 1:
+        return asdict(aggregated[0][1]) if aggregated else {}
+    return {"cohorts": [{"cohort": key, **asdict(d)} for key, d in aggregated]} if aggregated else {}

@@ -16,10 +16,10 @@ from typing import Any
 
 from fedmtl.core.layout import COMPARE_HTML, COMPARE_MD, STUDY_FILE
 from fedmtl.core.layout import SUMMARY_JSON as RUN_SUMMARY
-from fedmtl.study.collect import DONE, Run, RunResult, StudyError, Task, collect_study, read_json, read_run
-from fedmtl.study.deltas import Spread, mean_std
-from fedmtl.study.plots import band_line, new_figure, save_figure
-from fedmtl.study.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from fedmtl.report.collect import DONE, Run, RunResult, StudyError, Task, collect_study, read_json, read_run
+from fedmtl.report.deltas import Spread, mean_std
+from fedmtl.report.plots import band_line, new_figure, save_figure
+from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 
 @dataclass(frozen=True)

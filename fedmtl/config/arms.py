@@ -1,0 +1,57 @@
+"""The built-in study arms, with their properties: the one place that names them.
+
+An arm is a configuration of the same federation, never a loop of its own: its ``settings`` (key path
+-> value) are applied to the study's config, and the run goes through the one round driver like any
+other, writing the same run files. A user-defined arm (``study.arms: [{name: pcgrad, base: fed_mtl,
+set: {...}}]``) starts from its base arm's settings and adds its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    summary: str
+    settings: Mapping[str, Any] = field(default_factory=dict)  # key.path -> value, applied to the study's config
+    single_task: bool = False  # one model per task: the baseline that defines transfer
+
+
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm(
+            "local_stl",
+            "each client trains each of its tasks alone, no federation",
+            {"clients.participants": "client_tasks", "server.cohorts": "participant"},
+            single_task=True,
+        ),
+        Arm(
+            "fed_stl",
+            "one federation per task among the clients that hold it",
+            {"clients.participants": "client_tasks", "server.cohorts": "task"},
+            single_task=True,
+        ),
+        Arm("fed_mtl", "the configured federated multi-task run, as it stands"),
+        Arm(
+            "fed_full",
+            "fed_mtl with the heads federated too, averaged among the clients that hold each task",
+            {"server.federate_heads": True},
+        ),
+        Arm(
+            "central_mtl",
+            "all clients' training data pooled into one multi-task model (the upper bound), trained with the "
+            "federation's compute and evaluated on each client's held-out data",
+            {"clients.participants": "pooled", "server.cohorts": "participant"},
+        ),
+    )
+}
+
+ALL_ARMS = "all"
+"""In ``study.compare``, ``[all, b]`` compares every other arm with arm ``b``."""
+ARM_LOCKED_SECTIONS = ("seed", "data", "clients", "study", "sweep", "output")
+"""What a user-defined arm may not change: arms share the study's data, clients and seeds so that their runs pair."""

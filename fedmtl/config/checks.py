@@ -1,0 +1,113 @@
+"""Cross-field rules of the experiment config that no single section can check on its own."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from fedmtl.config.experiment import ExperimentConfig, sample_size
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.typed import parse_dataclass
+from fedmtl.model.encoders import ENCODERS
+
+
+def check_consistency(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that no single section can check on its own."""
+    task_names = cfg.data.task_names()
+    known = set(task_names)
+    if cfg.clients.tasks:
+        if len(cfg.clients.tasks) != cfg.clients.count:
+            raise ConfigError(
+                "clients.tasks", f"has {len(cfg.clients.tasks)} entries but clients.count is {cfg.clients.count}"
+            )
+        for i, held in enumerate(cfg.clients.tasks):
+            if not held:
+                raise ConfigError(f"clients.tasks[{i}]", "a client must hold at least one task")
+            for j, task in enumerate(held):
+                if task not in known:
+                    raise ConfigError(
+                        f"clients.tasks[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}"
+                    )
+            if len(set(held)) != len(held):
+                raise ConfigError(f"clients.tasks[{i}]", "lists a task twice")
+    elif cfg.clients.tasks_per_client > len(task_names):
+        raise ConfigError(
+            "clients.tasks_per_client", f"is {cfg.clients.tasks_per_client} but the suite has {len(task_names)} tasks"
+        )
+    for i, task in enumerate(cfg.clients.only_tasks):
+        if task not in known:
+            raise ConfigError(f"clients.only_tasks[{i}]", f"unknown task {task!r}; tasks: {', '.join(task_names)}")
+    if cfg.clients.only_tasks:
+        members = cfg.clients.member_ids()
+        idle = [c for c in members if not set(cfg.clients.tasks_held(c, task_names)) & set(cfg.clients.only_tasks)]
+        if idle:
+            raise ConfigError(
+                "clients.only_tasks", f"client {idle[0]} holds none of these tasks (restrict clients.members)"
+            )
+    task_keyed = [("clients.task_sample_scale", cfg.clients.task_sample_scale)]
+    task_keyed += [
+        (f"client.balancing.{name}", getattr(cfg.client.balancing, name)) for name in cfg.client.balancing.task_keyed
+    ]
+    for section, mapping in task_keyed:
+        for task in mapping:
+            if task not in known:
+                raise ConfigError(f"{section}.{task}", f"unknown task; tasks: {', '.join(task_names)}")
+    encoder = cfg.model.encoder
+    if encoder.needs_image and cfg.data.image_shape() is None:
+        raise ConfigError(
+            "model.encoder", f"{encoder.name} needs an image suite; data suite {cfg.data.name!r} has flat inputs"
+        )
+    if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
+        supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
+        raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
+    problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks)
+    if problem:
+        raise ConfigError("model.sharing", problem)
+    participants = cfg.participants()
+    problem = cfg.server.cohorts.check(participants)
+    if problem:
+        raise ConfigError("server.cohorts", problem)
+    cohort_sizes = Counter(cfg.server.cohorts.assign(participants).values()).values()
+    per_round = min(sample_size(size, cfg.server.fraction_fit) for size in cohort_sizes)
+    if not cfg.server.cohorts.adopts and per_round < cfg.server.aggregator.min_rows():
+        raise ConfigError(
+            "server.aggregator",
+            f"{cfg.server.aggregator!r} needs at least {cfg.server.aggregator.min_rows()} client updates per round; "
+            f"the server samples {per_round} (clients x server.fraction_fit)",
+        )
+    surgery = cfg.client.surgery  # runs in clients that train more than one task
+    several = [len(p.tasks) for p in participants if len(p.tasks) > 1]
+    if surgery is not None and several and min(several) < surgery.min_rows():
+        raise ConfigError(
+            "client.surgery",
+            f"{surgery!r} needs at least {surgery.min_rows()} tasks per client; a client holds {min(several)}",
+        )
+    if cfg.server.heads_across_tasks:
+        if not cfg.server.federate_heads:
+            raise ConfigError("server.heads_across_tasks", "needs server.federate_heads: true")
+        shapes = {(spec.kind, spec.output_dim) for spec in cfg.data.task_specs()}
+        if len(shapes) > 1:
+            raise ConfigError(
+                "server.heads_across_tasks",
+                f"needs every task's head to have one shape; the tasks have {sorted(shapes)}",
+            )
+    if cfg.sweep.grid and len(cfg.study.arms) < 2:
+        raise ConfigError("sweep", "needs study.arms: the reference arm and at least one arm to compare it with")
+    problem = cfg.data.check_clients(cfg.clients.count)
+    if problem:
+        raise ConfigError("clients.count", problem)
+    for i, client in enumerate(cfg.faults.adversarial_clients):
+        if client not in cfg.clients.member_ids():
+            raise ConfigError(
+                f"faults.adversarial_clients[{i}]",
+                f"client {client} does not take part (clients.count {cfg.clients.count}, members {list(cfg.clients.members)})",
+            )
+
+
+def parse_and_check(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Parse a raw mapping and check its cross-field rules (a study's arms and sweep points aside:
+    :func:`fedmtl.config.loading.build_config` checks those too)."""
+    cfg = parse_dataclass(ExperimentConfig, raw, "")
+    check_consistency(cfg)
+    return cfg

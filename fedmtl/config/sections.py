@@ -1,0 +1,211 @@
+"""The experiment's sections besides data, clients and model: local training, the server, resources,
+the simulation engine, faults, checkpoints and output. Every default lives here, next to a comment
+saying what it means (docs/CONFIGURATION.md is generated from these comments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fedmtl.config.engines import DirectEngine, EngineKind
+from fedmtl.core.errors import require
+from fedmtl.core.layout import MetricsFormat
+from fedmtl.methods.aggregation import Aggregator, FedAvg
+from fedmtl.methods.balancing import Balancer, Static
+from fedmtl.methods.cohorts import Cohorts, OneCohort
+from fedmtl.methods.optimizers import OPTIMIZERS, SGD, Optimizer
+from fedmtl.methods.personalisation import NoPersonalisation, Personalisation
+from fedmtl.methods.task_sampling import AllTasks, TaskSampler
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What each client does locally, per round (``clients:`` says who the clients are)."""
+
+    local_steps: int = 20  # optimizer steps per round
+    batch_size: int = 32  # examples per task in each local step
+    optimizer: Optimizer = field(default_factory=SGD)  # local optimizer of the model and private parameters: sgd | adam
+    lr: float = 0.05  # local learning rate
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # L2 penalty of the local optimizer
+    balancing: Balancer = field(default_factory=Static)  # {name: static | uncertainty | gradnorm | dwa}
+    # Gradient surgery on the per-task gradients of the encoder, with the server's aggregators
+    # (e.g. {name: pcgrad}); none by default.
+    surgery: Aggregator | None = None
+    task_sampling: TaskSampler = field(default_factory=AllTasks)  # {name: all | proportional | uniform | temperature}
+    # Measure per-task encoder gradients every k steps for the conflict diagnostics (0 = never).
+    gradient_diagnostics_every: int = 5
+    subspace_steps: int = 4  # measurements per task spanning its gradient subspace (principal angles)
+    # Before each evaluation, fit the private heads to the encoder as received for this many steps
+    # (encoder frozen, the fitted heads discarded afterwards): FedRep's head update (Collins et al.,
+    # ICML 2021) as an evaluation protocol. 0 = evaluate the heads as the last training left them.
+    eval_head_steps: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.local_steps >= 1, "local_steps", f"must be >= 1, got {self.local_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key, least in (("gradient_diagnostics_every", 0), ("subspace_steps", 1), ("eval_head_steps", 0)):
+            require(getattr(self, key) >= least, key, f"must be >= {least}, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """Step applied to the aggregated direction: ``sgd`` with lr 1 and no momentum is FedAvg."""
+
+    name: str = (
+        "sgd"  # an optimizer (fedmtl/methods/optimizers.py): sgd = FedAvg (FedAvgM with momentum), adam = FedAdam
+    )
+    lr: float = 1.0  # server learning rate on the aggregated direction
+    momentum: float = 0.0  # sgd only (FedAvgM when > 0)
+    betas: tuple[float, float] = (0.9, 0.99)  # adam only (FedAdam)
+    eps: float = 1e-3  # adam only; FedAdam's tau
+
+    def __post_init__(self) -> None:
+        require(self.name in OPTIMIZERS, "name", f"must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
+        require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    aggregator: Aggregator = field(default_factory=FedAvg)  # {name: fedavg | ...}
+    optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    fraction_fit: float = 1.0  # fraction of clients trained each round
+    # fraction of clients evaluated at each evaluation (large federations: a seeded sample per round)
+    fraction_evaluate: float = 1.0
+    # Where the K x P update matrix is aggregated: auto = CUDA when the server process sees a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Gramian-based aggregators: float32 = one matrix product, recomputed in float64 when the rows are
+    # nearly dependent (fedmtl/methods/aggregation/gramian.py); float64 = always accumulated in float64.
+    gramian_precision: Literal["float32", "float64"] = "float32"
+    round_timeout_s: float = 600.0  # how long the server waits for replies in a round
+    # A round aggregates only if at least this fraction of the sampled clients sent a valid update;
+    # otherwise the run stops with a clear message (everything written so far stays valid).
+    min_fit_fraction: float = 0.5
+    max_update_norm: float | None = None  # reject client updates whose L2 norm exceeds this
+    # Also federate the task heads (averaged among the clients holding each task): the naive design
+    # that the study's fed_full arm measures. Default false: heads never leave the clients.
+    federate_heads: bool = False
+    # With federate_heads: average the heads of all tasks together (one head serves every task, as
+    # whole-model FedAvg does when clients hold different tasks of the same output shape). Default
+    # false: a head is averaged only among the clients that hold its task.
+    heads_across_tasks: bool = False
+    # Per-client encoders (FedHCA²-style): {name: none | mixed | learned, alpha: 0.5, ...}; each client
+    # receives the global encoder plus its own offset (fedmtl/methods/personalisation.py).
+    personalisation: Personalisation = field(default_factory=NoPersonalisation)
+    # Which participants share an encoder: one (the federation), task (one encoder per task: fed_stl)
+    # or participant (each keeps its own, nothing aggregated: local training) (fedmtl/methods/cohorts.py).
+    cohorts: Cohorts = field(default_factory=OneCohort)
+
+    def __post_init__(self) -> None:
+        for key in ("fraction_fit", "fraction_evaluate"):
+            require(0 < getattr(self, key) <= 1, key, f"must be in (0, 1], got {getattr(self, key)}")
+        require(0 <= self.min_fit_fraction <= 1, "min_fit_fraction", f"must be in [0, 1], got {self.min_fit_fraction}")
+        norm = self.max_update_norm
+        require(norm is None or norm > 0, "max_update_norm", f"must be > 0, got {norm}")
+        require(self.round_timeout_s > 0, "round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray backend of Flower's simulation engine."""
+
+    client_cpus: float = 1.0  # CPUs reserved per simulated client (Ray actor)
+    client_gpus: float = 0.0  # GPUs (fraction allowed) per simulated client
+    num_cpus: int | None = None  # CPUs Ray may use; default: all of this machine's
+    num_gpus: int | None = None  # GPUs Ray may use; default: those torch sees
+    torch_threads: int = 1  # intra-op threads per client process
+    # An existing Ray cluster (`ray start --head` on the head node; "auto", "host:port" or
+    # "ray://host:port"): clients run on its nodes; num_cpus/num_gpus must then stay unset.
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.client_cpus > 0, "client_cpus", f"must be > 0, got {self.client_cpus}")
+        require(self.client_gpus >= 0, "client_gpus", f"must be >= 0, got {self.client_gpus}")
+        require(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    # direct: each message handed straight to a Ray actor, no polling (a round costs what its clients
+    # compute); flower: Flower's own run_simulation (an in-memory link state polled every 0.1 s);
+    # inprocess: every client in this process, one after another (no Ray: debugging, small tests).
+    # All run the same ServerApp and ClientApp and give the same metrics (fedmtl/config/engines.py).
+    engine: EngineKind = field(default_factory=DirectEngine)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection for robustness studies and tests; every draw derives from (seed, round, client)."""
+
+    client_error_rate: float = 0.0  # probability that a client's training call raises
+    client_nan_rate: float = 0.0  # probability that a client's update is corrupted with NaN
+    client_delay_s: float = 0.0  # seconds every training call sleeps (slow clients, timeouts)
+    worker_kill_round: int = 0  # > 0: in this round the worker running worker_kill_client dies
+    worker_kill_client: int = 0  # the client id whose worker dies in worker_kill_round
+    # In how many attempts of that round the worker dies: 1 = only the first (the restart from the last
+    # checkpoint then succeeds); more than checkpoint.restarts = the run gives up.
+    worker_kill_attempts: int = 1
+    # Adversarial (Byzantine) clients: each round they replace their encoder update g = global - local
+    # by -attack_scale * g (sign_flip), attack_scale * g (scale) or Gaussian noise of std attack_scale
+    # (noise); see fedmtl.local.faults. none: nobody attacks.
+    attack: Literal["none", "sign_flip", "scale", "noise"] = "none"
+    attack_scale: float = 1.0  # the factor for sign_flip and scale, the standard deviation for noise
+    # Who attacks, the same clients every round: floor(fraction * participants) of them, drawn from
+    # the seed (a larger fraction adds clients to a smaller one's set). Set this or adversarial_clients.
+    adversarial_fraction: float = 0.0
+    adversarial_clients: tuple[int, ...] = ()  # named attackers (client ids), instead of a fraction
+
+    def __post_init__(self) -> None:
+        for key in ("client_error_rate", "client_nan_rate", "adversarial_fraction"):
+            require(0 <= getattr(self, key) <= 1, key, f"must be in [0, 1], got {getattr(self, key)}")
+        for key in ("client_delay_s", "worker_kill_round", "worker_kill_client"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        require(
+            self.worker_kill_attempts >= 1, "worker_kill_attempts", f"must be >= 1, got {self.worker_kill_attempts}"
+        )
+        require(
+            0 < self.attack_scale < float("inf"), "attack_scale", f"must be > 0 and finite, got {self.attack_scale}"
+        )
+        ids = self.adversarial_clients
+        require(
+            min(ids, default=0) >= 0 and len(set(ids)) == len(ids),
+            "adversarial_clients",
+            f"must be distinct ids >= 0, got {list(ids)}",
+        )
+        if self.adversarial_fraction > 0 and self.adversarial_clients:
+            raise ValueError("set adversarial_fraction or adversarial_clients, not both")
+        attackers = "adversarial_clients" if self.adversarial_clients else "adversarial_fraction"
+        require(
+            self.attack != "none" or not (self.adversarial_fraction > 0 or self.adversarial_clients),
+            attackers,
+            "attackers are set but faults.attack is none: choose sign_flip, scale or noise",
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Server state (encoder, aggregator and optimizer state, RNGs, round) is written atomically every
+    # `every` rounds; clients persist their private state after each round they train. 0 = never.
+    every: int = 1
+    restarts: int = 2  # automatic restarts from the last checkpoint when the Ray worker pool dies
+
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        require(self.restarts >= 0, "restarts", f"must be >= 0, got {self.restarts}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"  # parent folder of run directories
+    run_dir: str | None = None  # exact run directory; default <dir>/<timestamp>-<name>
+    metrics_format: MetricsFormat = "jsonl"  # the per-round metrics file: metrics.jsonl or metrics.csv
+    progress: bool = True  # one line per round on the terminal
+    # Also write TensorBoard event files to <run_dir>/tensorboard (needs the tensorboard extra:
+    # pip install -e ".[tensorboard]"), fed from the same rows as the run files.
+    tensorboard: bool = False

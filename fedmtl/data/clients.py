@@ -1,0 +1,69 @@
+"""Who holds which data: the clients of the experiment (config ``clients``) and the participants they form."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fedmtl.core.errors import require
+from fedmtl.data.participants import ByClient, Participant, ParticipantLayout
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    count: int = 8  # number of simulated clients
+    # Explicit task lists, one per client. When empty, client i holds ``tasks_per_client`` tasks
+    # starting at task (i mod T), wrapping around: neighbouring clients overlap in one task.
+    tasks: tuple[tuple[str, ...], ...] = ()
+    tasks_per_client: int = 2  # tasks each client holds when tasks is empty
+    samples_per_task: int = 128  # mean training samples per (client, task)
+    # Log-normal sigma of a per-client factor on sample counts (0 = every client equal).
+    sample_imbalance: float = 0.5
+    # Per-task multiplier on training samples, e.g. {aligned: 0.25} makes a data-poor task
+    # (overrides the suite's own default, e.g. the synthetic tasks' sample_scale).
+    task_sample_scale: Mapping[str, float] = field(default_factory=dict)
+    eval_samples_per_task: int = 256  # held-out samples per (client, task) for evaluation
+    min_samples: int = 8  # floor on training samples per (client, task)
+    # Restrict every client to these tasks (data and sample counts unchanged); used by the
+    # single-task study arms. Empty = every task a client holds.
+    only_tasks: tuple[str, ...] = ()
+    # Which client ids take part (in the order of participants; data unchanged). Empty = all of 0..count-1.
+    members: tuple[int, ...] = ()
+    # Who trains: clients (each client with every task it holds: the federation), client_tasks (each
+    # (client, task) held alone: the single-task arms) or pooled (one participant with every client's
+    # training data: centralised training, evaluated on each client's held-out data).
+    participants: ParticipantLayout = field(default_factory=ByClient)
+
+    def __post_init__(self) -> None:
+        require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
+        require(self.tasks_per_client >= 1, "tasks_per_client", f"must be >= 1, got {self.tasks_per_client}")
+        for key in ("samples_per_task", "eval_samples_per_task", "min_samples"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.sample_imbalance >= 0, "sample_imbalance", f"must be >= 0, got {self.sample_imbalance}")
+        for task, scale in self.task_sample_scale.items():
+            require(scale > 0, f"task_sample_scale.{task}", f"must be > 0, got {scale}")
+        require(
+            all(0 <= m < self.count for m in self.members) and len(set(self.members)) == len(self.members),
+            "members",
+            f"must be distinct client ids in [0, {self.count}), got {list(self.members)}",
+        )
+
+    def member_ids(self) -> tuple[int, ...]:
+        """The client ids that take part, in order."""
+        return self.members or tuple(range(self.count))
+
+    def tasks_held(self, client_id: int, task_names: Sequence[str]) -> tuple[str, ...]:
+        """The tasks client ``client_id`` holds (``tasks``, or ``tasks_per_client`` from task ``i mod T``),
+        before ``only_tasks``; ``task_names``: the suite's tasks in order."""
+        if self.tasks:
+            return self.tasks[client_id]
+        return tuple(task_names[(client_id + j) % len(task_names)] for j in range(self.tasks_per_client))
+
+    def tasks_of(self, client_id: int, task_names: Sequence[str]) -> tuple[str, ...]:
+        """The tasks the client trains and evaluates: those it holds, restricted by ``only_tasks``."""
+        held = self.tasks_held(client_id, task_names)
+        return tuple(t for t in held if t in self.only_tasks) if self.only_tasks else held
+
+    def layout(self, task_names: Sequence[str]) -> tuple[Participant, ...]:
+        """The participants of the federation, in partition order (``participants``)."""
+        return self.participants.layout([(c, self.tasks_of(c, task_names)) for c in self.member_ids()], task_names)

@@ -1,0 +1,57 @@
+"""The end of a run as callbacks: the final encoder and the per-task summary, and a progress line per
+evaluated round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.core import protocol
+from fedmtl.core.layout import SUMMARY_JSON, SUMMARY_MD
+from fedmtl.driver.loop import Callback, RunState
+from fedmtl.driver.schedule import is_evaluation_round
+from fedmtl.runfiles.rundir import RunDirectory
+from fedmtl.runfiles.summary import EvalCurves, format_table, task_summary
+
+
+class Summary(Callback):
+    """``encoder.pt`` (one cohort's state dict, or cohort key -> state dict) and ``summary.json``/``.md``."""
+
+    def on_run_end(self, state: RunState) -> None:
+        encoders = state.algorithm.encoders()
+        state.run.save_encoder(next(iter(encoders.values())) if len(encoders) == 1 else encoders)
+        write_run_summary(state.run, state.cfg, state.curves)
+
+
+def write_run_summary(run: RunDirectory, cfg: ExperimentConfig, curves: EvalCurves) -> list[dict]:
+    """``summary.json``/``summary.md`` from the evaluation curves; returns the per-task summary."""
+    specs = cfg.data.task_specs()
+    summary = task_summary(curves, specs, protocol.EVAL)
+    personal = task_summary(curves, specs, protocol.PERSONAL)
+    overview: dict[str, Any] = {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary}
+    text = f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n"
+    if personal:  # soft sharing: each client's personalised copy, evaluated on the same data
+        overview["personal"] = personal
+        text += f"\n## Personalised copies (model.sharing soft)\n\n{format_table(personal)}\n"
+    run.write_json(SUMMARY_JSON, overview)
+    run.write_text(SUMMARY_MD, text)
+    return summary
+
+
+class Progress(Callback):
+    """One line per evaluated round: round, seconds, each task's headline metric (``output.progress``)."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+
+    def on_round_end(self, state: RunState, server_round: int) -> None:
+        if state.failed or not (state.cfg.output.progress and is_evaluation_round(state.cfg, server_round)):
+            return
+        summary = task_summary(state.curves, state.cfg.data.task_specs(), protocol.EVAL)
+        self.echo(progress_line(server_round, state.cfg.rounds, state.seconds, summary))
+
+
+def progress_line(server_round: int, rounds: int, seconds: float, summary: Sequence[Mapping[str, Any]]) -> str:
+    tasks = "  ".join(f"{s['task']} {s['metric']}={s['value_final']:.3f}" for s in summary)
+    return f"round {server_round:>3}/{rounds}  {seconds:6.2f}s  {tasks}"

@@ -1,0 +1,198 @@
+"""The server's side of a round, without Flower: who is sent what, and what the replies make of the encoders.
+
+:class:`ServerAlgorithm` holds one :class:`~fedmtl.federation.cohort.Cohort` per group of participants
+that share an encoder (``server.cohorts``: one for the federation, one per task for the single-task
+federation, one per participant for local training), the federated heads when ``server.federate_heads``,
+and every rule of the server: sampling, screening, aggregation, head averaging, personalisation. It
+returns what it computed (:class:`TrainResult`); the round driver owns the loop, the engine the messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.core import protocol
+from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, Send
+from fedmtl.data.participants import Participant
+from fedmtl.federation.cohort import Cohort
+from fedmtl.federation.head_averaging import HeadAverager
+from fedmtl.federation.sampling import Sampler
+from fedmtl.federation.screening import Accepted, screen
+from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
+from fedmtl.model.networks import initial_head_state, initial_shared_state
+
+
+@dataclass(frozen=True)
+class CohortRound:
+    key: str
+    sampled: int
+    accepted: int
+    diagnostics: RoundDiagnostics | None  # None when nothing was aggregated (or the cohort adopts)
+
+
+@dataclass
+class TrainResult:
+    """One training round as the server saw it: replies screened, accepted updates aggregated."""
+
+    sampled: int = 0  # participants sent an instruction
+    replies: int = 0  # replies received (failures included)
+    failures: int = 0
+    accepted: list[int] = field(default_factory=list)  # client ids whose update was aggregated
+    rejected: list[tuple[int | None, str]] = field(default_factory=list)  # (client id, reason)
+    cohorts: list[CohortRound] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # every reply's metric reports
+    failed: list[str] = field(default_factory=list)  # the failures' reasons (first line each)
+
+
+class ServerAlgorithm:
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.participants = cfg.participants()
+        shape, dim = cfg.data.image_shape(), cfg.data.feature_dim()
+        initial = initial_shared_state(cfg.model, dim, cfg.seed, shape)
+        rule, server = cfg.server.cohorts, cfg.server
+        assignment = rule.assign(self.participants)
+        self.cohorts = [
+            Cohort(
+                key,
+                tuple(p for p in self.participants if assignment[p.index] == key),
+                Sampler(cfg.seed, server.fraction_fit, server.fraction_evaluate),
+                ServerUpdater(
+                    initial,
+                    server.aggregator,
+                    server.optimizer,
+                    seed=cfg.seed,
+                    device=server.device,
+                    gramian_precision=server.gramian_precision,
+                    personalisation=None if rule.adopts else server.personalisation,
+                ),  # fmt: skip
+                adopts=rule.adopts,
+            )
+            for key in sorted(set(assignment.values()))
+        ]
+        self.cohort_of = {p.index: c for c in self.cohorts for p in c.members}
+        self.heads = None
+        if server.federate_heads:
+            heads = initial_head_state(cfg.model, dim, cfg.data.task_specs(), cfg.seed, shape)
+            self.heads = HeadAverager(heads, across_tasks=server.heads_across_tasks)
+
+    @property
+    def interchangeable(self) -> bool:
+        """Every participant is sent the same thing every round, so an engine that cannot tell nodes apart
+        may send to every node without asking which participant it plays."""
+        (cohort, *others) = self.cohorts
+        return not others and not cohort.adopts and not cohort.sampler.samples and cohort.updater.personal is None
+
+    # --- what is sent ---------------------------------------------------------------------------
+
+    def state_for(self, participant: int) -> dict[str, torch.Tensor]:
+        """The parameters ``participant`` receives: its cohort's encoder (or its own) and the federated heads."""
+        encoder = self.cohort_of[participant].state_for(participant)
+        return encoder if self.heads is None else {**encoder, **self.heads.state_dict()}
+
+    def sends(self, kind: Kind, server_round: int, config: Config) -> list[Send]:
+        """One instruction per sampled participant, cohort by cohort; identical states are one object."""
+        heads = None if self.heads is None else self.heads.state_dict()
+        sends = []
+        for cohort in self.cohorts:
+            chosen = (
+                cohort.sampler.train(cohort.members)
+                if kind == TRAIN
+                else cohort.sampler.evaluate(cohort.members, server_round)
+            )
+            shared = cohort.global_state() if heads is None else {**cohort.global_state(), **heads}
+            for p in chosen:
+                arrays = shared if cohort.updater.client_offset(p.index) is None else self.state_for(p.index)
+                sends.append(Send(p.index, kind, arrays, {**config, protocol.SERVER_ROUND: server_round}))
+        return sends
+
+    def train_sends(self, server_round: int, config: Config) -> list[Send]:
+        return self.sends(TRAIN, server_round, config)
+
+    def evaluate_sends(self, server_round: int, config: Config) -> list[Send]:
+        return self.sends(EVALUATE, server_round, config)
+
+    # --- what comes back ------------------------------------------------------------------------
+
+    def aggregate(self, sent: Sequence[Send], replies: Sequence[Reply]) -> TrainResult:
+        """Screen every reply, aggregate each cohort's accepted updates (stepping its encoder)."""
+        result = TrainResult(sampled=len(sent))
+        accepted: list[Accepted] = []
+        expected = self.cohorts[0].updater.layout.expected_shapes
+        optional = self.heads.expected_shapes if self.heads else None
+        for reply in replies:
+            result.replies += 1
+            result.reports += reply.reports
+            if reply.error is not None:
+                result.failures += 1
+                result.failed.append(reply.error.splitlines()[0][:200] if reply.error else "?")
+                continue
+            outcome = screen(
+                reply, {a.participant for a in accepted}, expected, optional, self._update_norm,
+                self.cfg.server.max_update_norm,
+            )  # fmt: skip
+            if isinstance(outcome, str):
+                result.rejected.append((_client_of(reply), outcome))
+                continue
+            accepted.append(outcome)
+        accepted.sort(key=lambda a: (a.client_id, a.participant))  # row order independent of arrival order
+        result.accepted = [a.client_id for a in accepted]
+        if self.heads is not None and accepted:
+            examples = [
+                {t: v["num_examples"] for t, v in protocol.unflatten_task_metrics(a.report, protocol.TRAIN).items()}
+                for a in accepted
+            ]
+            self.heads.step([a.heads for a in accepted], examples)
+        sampled_by_cohort = {c.key: 0 for c in self.cohorts}
+        for send in sent:
+            sampled_by_cohort[self.cohort_of[send.participant].key] += 1
+        for cohort in self.cohorts:
+            mine = [a for a in accepted if self.cohort_of[a.participant] is cohort]
+            diagnostics = cohort.step(mine) if mine else None
+            result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
+        return result
+
+    def _update_norm(self, participant: int, encoder: dict[str, torch.Tensor]) -> float:
+        cohort = self.cohort_of[participant]
+        return float((cohort.updater.layout.flatten(encoder) - cohort.received(participant)).norm())
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def encoders(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Cohort key -> its encoder."""
+        return {c.key: c.global_state() for c in self.cohorts}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "cohorts": {c.key: c.state_dict() for c in self.cohorts},
+            "heads": None if self.heads is None else self.heads.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["cohorts"]) != {c.key for c in self.cohorts}:
+            raise ValueError(
+                f"the checkpoint's cohorts {sorted(state['cohorts'])} are not this config's "
+                f"{[c.key for c in self.cohorts]}: resume with the run's config"
+            )
+        if (self.heads is None) != (state["heads"] is None):
+            raise ValueError(
+                "the checkpoint and server.federate_heads disagree on federated heads: resume with the run's config"
+            )
+        for cohort in self.cohorts:
+            cohort.load_state_dict(state["cohorts"][cohort.key])
+        if self.heads is not None:
+            self.heads.load_state_dict(state["heads"])
+
+    def participant(self, index: int) -> Participant:
+        return self.participants[index]
+
+
+def _client_of(reply: Reply) -> int | None:
+    report = reply.reports[0] if reply.reports else {}
+    value = report.get(protocol.CLIENT_ID)
+    return None if value is None else int(protocol.as_number(value))

@@ -1,0 +1,71 @@
+"""A cohort: participants that share one encoder (``server.cohorts``), with its sampler and updater."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from fedmtl.core import protocol
+from fedmtl.data.participants import Participant
+from fedmtl.federation.sampling import Sampler
+from fedmtl.federation.screening import Accepted
+from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
+
+
+@dataclass
+class Cohort:
+    """``adopts``: the cohort's one member keeps its own encoder (local training): the member's trained
+    encoder becomes the cohort's exactly, with no aggregator and no server optimizer."""
+
+    key: str
+    members: tuple[Participant, ...]
+    sampler: Sampler
+    updater: ServerUpdater
+    adopts: bool = False
+    _global: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the encoder as sent, until it moves
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        """The cohort's encoder (one dict for every message of the round: engines serialise it once)."""
+        if self._global is None:
+            self._global = self.updater.global_state()
+        return self._global
+
+    def state_for(self, participant: int) -> dict[str, torch.Tensor]:
+        """What a member receives: the cohort's encoder, or its own (``server.personalisation``)."""
+        if self.updater.client_offset(participant) is None:
+            return self.global_state()
+        return self.updater.client_state(participant)
+
+    def received(self, participant: int) -> torch.Tensor:
+        """The flat encoder ``participant`` received this round."""
+        offset = self.updater.client_offset(participant)
+        current = self.updater.param.detach()
+        return current if offset is None else current + offset
+
+    def step(self, accepted: Sequence[Accepted]) -> RoundDiagnostics | None:
+        """Aggregate the members' accepted updates (rows in client order) and move the encoder."""
+        self._global = None
+        if self.adopts:
+            (only,) = accepted
+            with torch.no_grad():
+                self.updater.param.copy_(self.updater.layout.flatten(only.encoder))
+            return None
+        reports = [a.report for a in accepted]
+        has_losses = all(protocol.TRAIN_LOSS in r for r in reports)
+        diagnostics = self.updater.step(
+            client_ids=[a.participant for a in accepted],  # keys of the personal encoders
+            client_states=[a.encoder for a in accepted],
+            num_examples=[protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in reports],
+            losses=[protocol.as_number(r[protocol.TRAIN_LOSS]) for r in reports] if has_losses else None,
+        )
+        return replace(diagnostics, clients=tuple(a.client_id for a in accepted))
+
+    def state_dict(self) -> dict:
+        return {"updater": self.updater.state_dict(), "sampler": self.sampler.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._global = None
+        self.updater.load_state_dict(state["updater"])
+        self.sampler.rng.setstate(state["sampler"])

@@ -1,0 +1,76 @@
+"""The data a participant trains and evaluates on, from the clients' data (generated or loaded on first
+use in each process; a bounded cache keeps memory flat at scale)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.data.participants import Participant
+from fedmtl.data.partition import client_plan
+from fedmtl.data.suites import ClientData, TaskData
+
+DATA_CACHE_SIZE = 64
+_data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
+# clients settings that decide who trains, not what data a client holds
+_NOT_DATA = ("only_tasks", "members", "participants")
+
+
+def data_key(cfg: ExperimentConfig) -> str:
+    """What a client's data depends on (seed, data suite, clients but not who trains): the cache key,
+    shared by every arm and run of a study."""
+    plain = cfg.to_dict()
+    clients = {k: v for k, v in plain["clients"].items() if k not in _NOT_DATA}
+    payload = json.dumps({"seed": plain["seed"], "data": plain["data"], "clients": clients}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
+    """Every task client ``client_id`` holds, train and eval (a task's data never depends on which
+    other tasks a participant trains)."""
+    key = (data_key(cfg), client_id)
+    if key in _data_cache:
+        _data_cache.move_to_end(key)
+        return _data_cache[key]
+    data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
+    _data_cache[key] = data
+    if len(_data_cache) > DATA_CACHE_SIZE:
+        _data_cache.popitem(last=False)
+    return data
+
+
+@dataclass(frozen=True)
+class ParticipantData:
+    """What one participant trains on, and the held-out sets it evaluates, per client it speaks for."""
+
+    train: dict[str, TaskData]
+    evals: tuple[tuple[int, dict[str, TaskData]], ...]  # (client id, eval data of the client's tasks)
+
+
+def participant_data(cfg: ExperimentConfig, participant: Participant) -> ParticipantData:
+    """A participant's data: its client's data of its tasks, or (pooled) every member's training data
+    concatenated task by task in client order, and each member's own held-out data."""
+    tasks = set(participant.tasks)
+    per_client = {c: client_data(cfg, c) for c in participant.clients}
+    held = {c: [t for t in cfg.clients.tasks_of(c, cfg.data.task_names()) if t in tasks] for c in per_client}
+    evals = tuple((c, {t: per_client[c].eval[t] for t in held[c]}) for c in participant.clients)
+    if not participant.pooled:
+        (client,) = participant.clients
+        return ParticipantData({t: per_client[client].train[t] for t in participant.tasks}, evals)
+    trains = [{t: per_client[c].train[t] for t in held[c]} for c in sorted(participant.clients)]
+    return ParticipantData(pool(trains), evals)
+
+
+def pool(per_client: Sequence[dict[str, TaskData]]) -> dict[str, TaskData]:
+    """Concatenate every client's data of each task, in client order."""
+    parts: dict[str, list[TaskData]] = {}
+    for data in per_client:
+        for task, task_data in data.items():
+            parts.setdefault(task, []).append(task_data)
+    return {t: TaskData(torch.cat([d.x for d in ps]), torch.cat([d.y for d in ps])) for t, ps in parts.items()}

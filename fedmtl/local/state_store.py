@@ -1,0 +1,47 @@
+"""A participant's private state on disk, versioned by the round it was written after.
+
+Written after every round it trains (``<state_dir>/client-<participant>/round-<r>.pt``), so a run
+resumed from checkpoint round c gives each participant its newest state at or before c: exactly what it
+held when the checkpoint was written; a restarted SuperNode with the same state directory continues
+with its private heads. Versions older than that are pruned.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from fedmtl.core.files import atomic_write
+from fedmtl.core.layout import client_state_dir
+
+_VERSION = re.compile(r"round-(\d+)\.pt$")
+
+
+class ClientStateStore:
+    """One client's private state, versioned by the round it was written after."""
+
+    def __init__(self, directory: str | Path, participant: int) -> None:
+        self.directory = client_state_dir(directory, participant)
+
+    def versions(self) -> list[int]:
+        if not self.directory.exists():
+            return []
+        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _VERSION.search(p.name)))
+
+    def save(self, server_round: int, state: dict[str, torch.Tensor], durable_round: int) -> None:
+        """Write the state after ``server_round``; prune versions no checkpoint after ``durable_round`` needs."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.directory / f"round-{server_round:06d}.pt", lambda tmp: torch.save(state, tmp))
+        needed = [v for v in self.versions() if v <= durable_round]
+        floor = needed[-1] if needed else 0
+        for version in self.versions():
+            if version < floor:
+                (self.directory / f"round-{version:06d}.pt").unlink(missing_ok=True)
+
+    def load(self, at_most_round: int) -> dict[str, torch.Tensor] | None:
+        candidates = [v for v in self.versions() if v <= at_most_round]
+        if not candidates:
+            return None
+        return torch.load(self.directory / f"round-{candidates[-1]:06d}.pt", weights_only=True)

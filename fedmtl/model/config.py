@@ -1,0 +1,38 @@
+"""The model's configuration (config ``model``): encoder, heads, what is shared, how heads start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fedmtl.core.errors import require
+from fedmtl.methods.sharing import Hard, Sharing
+from fedmtl.model.encoders import Encoder, MLPEncoder
+from fedmtl.model.head_init import HeadInit, PerClient
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder_hidden: tuple[int, ...] = (64,)  # hidden widths of the shared MLP encoder
+    representation_dim: int = 16  # width of the encoder output fed to every head
+    head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
+    activation: Literal["relu", "tanh", "gelu"] = "relu"  # after every hidden layer of encoder, heads and adapters
+    # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
+    # per conv_channels entry, then a Linear block to representation_dim (image suites only).
+    encoder: Encoder = field(default_factory=MLPEncoder)
+    conv_channels: tuple[int, ...] = (16, 32)  # cnn only: output channels of each conv block
+    sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
+    # How a private head starts: client = drawn from (seed, client), so clients holding one task start
+    # from different heads; task = the round-0 head of the task, the same on every client that holds it
+    # (as when one initial model is sent to everyone, and as fed_full's server starts).
+    head_init: HeadInit = field(default_factory=PerClient)
+
+    def __post_init__(self) -> None:
+        require(self.representation_dim >= 1, "representation_dim", f"must be >= 1, got {self.representation_dim}")
+        for key in ("encoder_hidden", "head_hidden", "conv_channels"):
+            widths = getattr(self, key)
+            require(all(w >= 1 for w in widths), key, f"layer widths must be >= 1, got {list(widths)}")
+
+    @property
+    def num_encoder_blocks(self) -> int:
+        return self.encoder.num_blocks(self)

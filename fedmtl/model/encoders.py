@@ -1,0 +1,100 @@
+"""Shared encoders by name (``model.encoder``): each builds a list of blocks, block ``i``'s parameters
+being ``encoder.<i>.*`` (the unit of partial sharing and of per-task adapters)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import nn
+
+from fedmtl.core.registry import Component, Registry
+
+if TYPE_CHECKING:
+    from fedmtl.model.config import ModelConfig
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+ImageShape = tuple[int, int, int]
+
+
+def mlp(widths: list[int], activation: str, final_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2 or final_activation:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class Encoder(Component):
+    """An encoder architecture. Capabilities: ``needs_image`` (the suite must give an image shape),
+    ``supports_adapters`` (per-task residual adapters after every block)."""
+
+    REGISTRY: ClassVar[Registry] = Registry("encoder", (__name__,))
+    needs_image: ClassVar[bool] = False
+    supports_adapters: ClassVar[bool] = False
+
+    @abstractmethod
+    def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
+        """The blocks, in order."""
+
+    @abstractmethod
+    def num_blocks(self, model: ModelConfig) -> int:
+        """How many blocks :meth:`build` makes (``model.sharing`` checks partial sharing against it)."""
+
+    def block_widths(self, model: ModelConfig, input_dim: int) -> list[int]:
+        """The output width of each block (where adapters go)."""
+        raise NotImplementedError(f"the {self.name} encoder has no adapters")
+
+
+@dataclass(frozen=True)
+class MLPEncoder(Encoder):
+    """One ``Linear -> activation`` block per ``model.encoder_hidden`` width, then one to ``representation_dim``."""
+
+    name: ClassVar[str] = "mlp"
+    supports_adapters: ClassVar[bool] = True
+
+    def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
+        widths = [input_dim, *self.block_widths(model, input_dim)]
+        return nn.ModuleList(mlp([a, b], model.activation, final_activation=True) for a, b in zip(widths, widths[1:]))
+
+    def num_blocks(self, model: ModelConfig) -> int:
+        return len(model.encoder_hidden) + 1
+
+    def block_widths(self, model: ModelConfig, input_dim: int) -> list[int]:
+        return [*model.encoder_hidden, model.representation_dim]
+
+
+@dataclass(frozen=True)
+class CNNEncoder(Encoder):
+    """One ``conv3x3 -> activation (-> maxpool2)`` block per ``model.conv_channels`` entry on the
+    unflattened image, then ``Linear -> activation`` to ``representation_dim`` (image suites only)."""
+
+    name: ClassVar[str] = "cnn"
+    needs_image: ClassVar[bool] = True
+
+    def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
+        if image_shape is None:
+            raise ValueError("a cnn encoder needs the image shape")
+        channels, height, width = image_shape
+        blocks: list[nn.Module] = []
+        for i, out_channels in enumerate(model.conv_channels):
+            layers: list[nn.Module] = [nn.Unflatten(1, image_shape)] if i == 0 else []
+            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), ACTIVATIONS[model.activation]()]
+            if min(height, width) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            blocks.append(nn.Sequential(*layers))
+            channels = out_channels
+        last = nn.Linear(channels * height * width, model.representation_dim)
+        blocks.append(nn.Sequential(nn.Flatten(), last, ACTIVATIONS[model.activation]()))
+        return nn.ModuleList(blocks)
+
+    def num_blocks(self, model: ModelConfig) -> int:
+        return len(model.conv_channels) + 1
+
+
+ENCODERS = Encoder.REGISTRY
+for _encoder in (MLPEncoder, CNNEncoder):
+    ENCODERS.register(_encoder)

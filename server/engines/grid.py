@@ -1,0 +1,242 @@
+"""Every fedmtl engine carries Flower messages over a Flower ``Grid``: :class:`GridEngine` is the one
+adapter between the round driver's envelopes (:mod:`fedmtl.core.messages`) and Flower ``Message``
+objects, whichever grid it is given (fedmtl's direct or in-process grid, Flower's simulation grid, a
+deployed SuperLink's).
+
+Replies are pulled every ``pull_interval_s`` (0.1 s) from a deployed SuperLink: Flower's
+``HttpGrid.send_and_receive`` sleeps 3 s between pulls, which added up to 3 s to every message exchange
+(``benchmarks/deployment.py``). Other grids keep their own ``send_and_receive``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
+from flwr.superlink.grid.http_grid import HttpGrid
+
+from fedmtl.core import protocol
+from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
+from fedmtl.core.messages import EVALUATE, Exchange, Reply, Send
+from fedmtl.driver.engine import EngineCapabilities
+
+NODE_WAIT_S = 120.0
+SETTLE_S = 2.0  # a federation's node count is taken once it has not changed for this long
+PULL_INTERVAL_S = 0.1  # between pulls of replies from a deployed SuperLink (Flower's own: 3 s)
+DEAD_WORKER_MARKERS = ("ActorDiedError", "RayActorError", "actor died", "ActorUnavailableError", "WorkerCrashedError")
+MESSAGE_TYPES = {"train": MessageType.TRAIN, EVALUATE: MessageType.EVALUATE}
+
+
+class PlacedGrid(Grid):
+    """A grid that simulates its nodes itself (fedmtl's direct and in-process engines): it placed every
+    participant on a node, so nobody needs to be asked, and all of them are there from the start."""
+
+    CAPABILITIES = EngineCapabilities(places_nodes=True, fixed_size=True)
+    run_config: Mapping[str, Any]  # what the ServerApp's context carries (empty: the apps got their config)
+
+    @abstractmethod
+    def node_partitions(self) -> dict[int, int]:
+        """node id -> the partition (participant) it plays."""
+
+
+# What each kind of grid can do, declared once: fedmtl's own grids are placed; Flower's simulation grid
+# is a fixed federation whose nodes must be asked who they are; any other grid (a deployed SuperLink's)
+# may still be connecting nodes.
+SIMULATED = EngineCapabilities(places_nodes=False, fixed_size=True)
+DEPLOYED = EngineCapabilities(places_nodes=False, fixed_size=False)
+
+
+def capabilities_of(grid: Grid) -> EngineCapabilities:
+    if isinstance(grid, PlacedGrid):
+        return grid.CAPABILITIES
+    return SIMULATED if isinstance(grid, InMemoryGrid) else DEPLOYED
+
+
+def worker_died(replies: list[Message]) -> bool:
+    return any(m.has_error() and any(mark in (m.error.reason or "") for mark in DEAD_WORKER_MARKERS) for m in replies)
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(nodes)} SuperNodes connected within {timeout_s:.0f} s but the federation has {count} "
+                "participants: start one SuperNode per participant (check with `flwr supernode ls`)"
+            )
+        time.sleep(0.05)
+    return nodes
+
+
+def settled_nodes(grid: Grid, timeout_s: float = NODE_WAIT_S, settle_s: float = SETTLE_S) -> list[int]:
+    """The federation's nodes once there is at least one and their number has not changed for ``settle_s``
+    (a simulated federation registers its ``num-supernodes`` nodes while the ServerApp starts)."""
+    deadline = time.monotonic() + timeout_s
+    nodes: list[int] = []
+    since = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if len(current := sorted(grid.get_node_ids())) != len(nodes):
+            nodes, since = current, now
+        if nodes and now - since >= settle_s:
+            return nodes
+        if now > deadline:
+            raise FederationError(f"no SuperNode connected within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def federation_nodes(
+    grid: Grid,
+    count: int,
+    capabilities: EngineCapabilities,
+    key: str = "clients.count",
+    timeout_s: float = NODE_WAIT_S,
+    settle_s: float = SETTLE_S,
+) -> list[int]:
+    """The federation's nodes, exactly ``count`` of them, or one line naming both sizes. A fixed federation
+    is checked as soon as it has settled; a deployment may still be starting SuperNodes, so it is waited for."""
+    if capabilities.fixed_size and not capabilities.places_nodes:
+        nodes = settled_nodes(grid, timeout_s, settle_s)
+        if len(nodes) != count:
+            raise ConfigError(
+                key,
+                f"gives {count} participants but the simulated federation has {len(nodes)} SuperNodes "
+                f'(num-supernodes): run with --federation-config "num-supernodes={count}", or set {key} to match, '
+                "or leave clients.count unset to take it from the federation",
+            )
+        return nodes
+    nodes = wait_for_nodes(grid, count, timeout_s)
+    if len(nodes) > count:
+        raise ConfigError(
+            key,
+            f"gives {count} participants but {len(nodes)} SuperNodes are connected: every connected SuperNode must "
+            "play one participant, or leave clients.count unset to take it from the federation",
+        )
+    return nodes
+
+
+def exchange(
+    grid: Grid, messages: list[Message], timeout_s: float, pull_interval_s: float = PULL_INTERVAL_S
+) -> list[Message]:
+    """``grid.send_and_receive``; against a deployed SuperLink, pulling replies every ``pull_interval_s``."""
+    if not isinstance(grid, HttpGrid):
+        return list(grid.send_and_receive(messages, timeout=timeout_s))
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout_s
+    replies: list[Message] = []
+    while pending:
+        pulled = list(grid.pull_messages(pending))
+        replies += pulled
+        pending -= {m.metadata.reply_to_message_id for m in pulled}
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(pull_interval_s)
+    return replies
+
+
+def payload_bytes(messages: Sequence[Message]) -> int:
+    """Bytes of parameter arrays in ``messages`` (what the federation's communication cost is made of)."""
+    return sum(
+        len(array.data)
+        for m in messages
+        if not m.has_error()
+        for record in m.content.array_records.values()
+        for array in record.values()
+    )
+
+
+def metric_reports(message: Message) -> list[dict[str, Any]]:
+    """Every metrics record of a reply (``metrics``, then ``metrics.1`` ...: one per client it speaks for)."""
+    records = message.content.metric_records
+    keys = sorted((k for k in records if k == protocol.METRICS or k.startswith(protocol.METRICS + ".")), key=len)
+    return [dict(records[k]) for k in keys]
+
+
+def to_reply(message: Message, participant: int | None) -> Reply:
+    if message.has_error():
+        return Reply(participant, error=message.error.reason or f"error code {message.error.code}")
+    arrays_records = message.content.array_records
+    problem = None
+    if set(arrays_records) - {protocol.ARRAYS}:
+        problem = f"expected exactly one ArrayRecord '{protocol.ARRAYS}', got {sorted(arrays_records)}"
+    record = arrays_records.get(protocol.ARRAYS)
+    arrays = dict(record.to_torch_state_dict()) if record is not None and problem is None else None
+    return Reply(participant, arrays, metric_reports(message), problem=problem, payload_bytes=payload_bytes([message]))
+
+
+class GridEngine:
+    """:class:`fedmtl.driver.engine.Engine` over a Flower ``Grid``."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        capabilities: EngineCapabilities | None = None,
+        pull_interval_s: float = PULL_INTERVAL_S,
+        node_timeout_s: float = NODE_WAIT_S,
+        count_key: str = "clients.count",
+    ) -> None:
+        self.grid, self.pull_interval_s, self.node_timeout_s, self.count_key = (
+            grid,
+            pull_interval_s,
+            node_timeout_s,
+            count_key,
+        )
+        self.capabilities = capabilities or capabilities_of(grid)
+        self.node_of: dict[int, int] = {}  # participant -> node
+        self.known = False  # whether node_of is known to be right (else replies are taken at their word)
+
+    def connect(self, participants: int, interchangeable: bool) -> None:
+        nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
+        if isinstance(self.grid, PlacedGrid):
+            self.node_of = {partition: node for node, partition in self.grid.node_partitions().items()}
+            self.known = True
+        elif interchangeable:
+            self.node_of, self.known = dict(enumerate(nodes)), False
+        else:
+            self.node_of, self.known = self.identify(nodes), True
+
+    def identify(self, nodes: list[int]) -> dict[int, int]:
+        """participant -> node, one query per node: node ids are random per run, participants are not."""
+        content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 0})})
+        messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+        replies = exchange(self.grid, messages, self.node_timeout_s, self.pull_interval_s)
+        if worker_died(replies):
+            raise WorkerPoolDied("a worker died while the participants were being identified")
+        answered = {
+            int(
+                protocol.as_number(m.content.metric_records[protocol.METRICS][protocol.PARTICIPANT])
+            ): m.metadata.src_node_id
+            for m in replies
+            if not m.has_error()
+        }
+        if len(answered) < len(nodes):
+            raise FederationError(
+                f"only {len(answered)} of {len(nodes)} nodes answered when asked which participant they play"
+            )
+        return answered
+
+    def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+        records: dict[int, ArrayRecord] = {}  # one record per distinct state: serialised once
+        messages = []
+        for send in sends:
+            record = records.get(id(send.arrays))
+            if record is None:
+                record = records[id(send.arrays)] = ArrayRecord(dict(send.arrays))
+            content = RecordDict({protocol.ARRAYS: record, protocol.CONFIG: ConfigRecord(dict(send.config))})
+            messages.append(
+                Message(
+                    content=content, message_type=MESSAGE_TYPES[send.kind], dst_node_id=self.node_of[send.participant]
+                )
+            )
+        replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s)
+        if worker_died(replies):
+            round_ = sends[0].config.get(protocol.SERVER_ROUND, "?") if sends else "?"
+            raise WorkerPoolDied(f"round {round_}: a worker died")
+        participant_of = {node: p for p, node in self.node_of.items()} if self.known else {}
+        converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
+        return Exchange(converted, payload_bytes(messages))

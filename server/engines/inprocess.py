@@ -1,0 +1,104 @@
+"""The in-process engine: every participant's ClientApp in this process, one message after another.
+
+No Ray and no polling: the same ServerApp and ClientApp as the other engines, for debugging with a
+plain debugger, and for tests and small runs that should not start workers. A node's ``Context``
+persists across its messages, as in a real federation. There are no workers to lose, so injected
+worker deaths (``faults.worker_kill_round``) need another engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import ServerApp
+from flwr.supercore.run import Run
+
+from fedmtl.config.sections import ResourcesConfig
+from server.engines.grid import PlacedGrid
+from server.engines.launch import run_server_app
+
+
+class InProcessGrid(PlacedGrid):
+    """Nodes played by ``client_app`` in this process; node ids random per grid, as Flower's are per run."""
+
+    def __init__(
+        self, client_app: ClientApp, nodes: int, run_config: Mapping[str, Any] | None = None,
+        node_config: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        rng = random.SystemRandom()
+        self.client_app, self.run_config = client_app, dict(run_config or {})
+        self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        ids: dict[int, None] = {}
+        while len(ids) < nodes:
+            ids.setdefault(rng.getrandbits(63) | (1 << 62))
+        self.contexts = {
+            node: Context(
+                run_id=self._run.run_id,
+                node_id=node,
+                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+            for partition, node in enumerate(ids)
+        }
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def node_partitions(self) -> dict[int, int]:
+        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("the in-process grid answers in send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("the in-process grid answers in send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in self.contexts:
+                raise ValueError(f"message for unknown node {node}")
+            message.metadata.__dict__.update(
+                _message_id=uuid.uuid4().hex, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID
+            )  # what a SuperLink sets on a pushed message
+            try:
+                reply = self.client_app(message, self.contexts[node])
+            except Exception as err:  # noqa: BLE001 - the ClientApp raised: an error reply, as Flower's engines make
+                reply = Message(
+                    Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message
+                )
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            replies.append(reply)
+        return replies
+
+
+class InProcessEngine:
+    def run(
+        self, server_app: ServerApp, client_app: ClientApp, nodes: int, backend: dict[str, Any], verbose: bool
+    ) -> None:
+        run_server_app(server_app, InProcessGrid(client_app, nodes))
+
+    @contextlib.contextmanager
+    def session(self, resources: ResourcesConfig) -> Iterator[ResourcesConfig]:
+        yield resources
