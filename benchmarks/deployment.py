@@ -134,7 +134,7 @@ class Federation:
 def client_work_s(rounds: int) -> float:
     """Seconds one client's training takes per round in this process (median of ``rounds``)."""
     cfg = load_config(None, [*TINY, f"rounds={rounds}"])
-    client, shared = LocalClient(cfg, 0), ServerState.initial(cfg).global_state()
+    client, shared = LocalClient.for_client(cfg, 0), ServerState.initial(cfg).global_state()
     times, private = [], None
     for r in range(1, rounds + 1):
         started = time.perf_counter()

@@ -50,7 +50,7 @@ def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
     t0 = time.perf_counter()
     updater = ServerState.initial(cfg).updater  # the server's own encoder, aggregator and optimizer
-    clients = [LocalClient(cfg, c) for c in range(cfg.clients.count)]
+    clients = [LocalClient.for_client(cfg, c) for c in range(cfg.clients.count)]
     private: dict[int, dict | None] = dict.fromkeys(range(cfg.clients.count))
     for client in clients:
         client.evaluate(updater.global_state(), None)

@@ -123,3 +123,15 @@ def assert_no_leftover_processes(env: dict, grace_s: float = 20.0) -> None:
 
 
 RAY_PRIVATE_ENV = {"RAY_ADDRESS": "local"}  # OFFLINE_ENV already keeps Ray on loopback
+
+
+def federate_in_process(cfg) -> None:
+    """A study's ``federate``: the run ``cfg`` describes, on the in-process engine (no Ray), quietly."""
+    from dataclasses import replace
+
+    from fedmtl.config.engines import InProcessEngine
+    from fedmtl.runfiles.rundir import RunDirectory
+    from server.simulation import federate
+
+    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=InProcessEngine()))
+    federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)

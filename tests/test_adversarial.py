@@ -8,7 +8,6 @@ import typing
 
 import pytest
 import torch
-from fedmtl.runfiles.recorder import Recorder, attacking_clients
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import make_client_app
@@ -19,11 +18,11 @@ from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
 from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
+from fedmtl.driver.recording import attacking_clients
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.faults import ATTACKS, adversarial_clients, attack_generator, attack_update, draw_faults
 from fedmtl.methods.aggregation import FedAvg
 from fedmtl.model.networks import initial_encoder_state
-from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate, tiny_overrides
 
 # ----------------------------------------------------------------------------- who attacks
@@ -179,17 +178,14 @@ def test_the_server_aggregates_the_forged_update(tiny_config, flower_identity):
 
 
 def test_the_run_files_name_the_attackers(tmp_path):
-    run = RunDirectory(tmp_path)
-    reports = [
-        {protocol.CLIENT_ID: 2, protocol.NUM_EXAMPLES: 5.0, protocol.ATTACKED: 1.0},
-        {protocol.CLIENT_ID: 0, protocol.NUM_EXAMPLES: 5.0},
-    ]
+    from tests.loopback import run_in_process
+
+    attack = ("faults.attack=sign_flip", "faults.adversarial_clients=[2]", "server.min_fit_fraction=0.1")
+    run_dir = run_in_process(tmp_path, "run", *TINY_OVERRIDES, "rounds=1", *attack)
+    assert [(r["client"], r["attacked"]) for r in read_rows(run_dir / CLIENTS_FILE)] == [(0, False), (1, False), (2, True)]
+    assert read_rows(run_dir / SERVER_FILE)[0]["adversarial"] == [2]
+    reports = [{protocol.CLIENT_ID: 2.0, protocol.ATTACKED: 1.0}, {protocol.CLIENT_ID: 0.0}]
     assert attacking_clients(reports) == [2]
-    recorder = Recorder(run)
-    recorder.record_client_diagnostics(1, reports)
-    recorder.record_server(1, 2, 0, [], None, None, attacking_clients(reports))
-    assert [(r["client"], r["attacked"]) for r in read_rows(tmp_path / CLIENTS_FILE)] == [(0, False), (2, True)]
-    assert read_rows(tmp_path / SERVER_FILE)[0]["adversarial"] == [2]
 
 
 # ----------------------------------------------------------------------------- bad settings

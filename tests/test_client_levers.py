@@ -7,7 +7,7 @@ import torch
 
 from fedmtl.config.sections import ClientConfig
 from fedmtl.data.suites import TaskData
-from fedmtl.local.client import client_data
+from fedmtl.local.data import client_data
 from fedmtl.local.task_gradients import TaskGradientTracker, principal_angles
 from fedmtl.local.training import Proximal, train_local
 from fedmtl.methods.aggregation import FedAvg, PCGrad
@@ -155,7 +155,7 @@ def test_fitting_heads_before_evaluation_moves_only_the_heads_and_fits_the_recei
     from fedmtl.local.client import LocalClient
     from fedmtl.local.training import evaluate, fit_heads
 
-    client = LocalClient(tiny_config, 0)
+    client = LocalClient.for_client(tiny_config, 0)
     initial = {k: v for k, v in client.build_model({}, {}).state_dict().items() if client.is_shared(k)}
     outcome = client.train(initial, None, 1)
     shared = {k: v + 0.3 * torch.randn_like(v) for k, v in outcome.shared.items()}  # an encoder the heads never saw
@@ -173,20 +173,21 @@ def test_fitting_heads_before_evaluation_moves_only_the_heads_and_fits_the_recei
         assert after_loss[task]["loss"] < before_loss[task]["loss"]
 
     fitted = replace(tiny_config, client=replace(tiny_config.client, eval_head_steps=30))
-    as_left = LocalClient(tiny_config, 0).evaluate(dict(shared), outcome.private)
-    refitted = LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
-    assert refitted != as_left and refitted == LocalClient(fitted, 0).evaluate(dict(shared), outcome.private)
-    assert as_left == LocalClient(tiny_config, 0).evaluate(dict(shared), outcome.private)
+    as_left = LocalClient.for_client(tiny_config, 0).evaluate(dict(shared), outcome.private)
+    refitted = LocalClient.for_client(fitted, 0).evaluate(dict(shared), outcome.private)
+    assert refitted != as_left and refitted == LocalClient.for_client(fitted, 0).evaluate(dict(shared), outcome.private)
+    assert as_left == LocalClient.for_client(tiny_config, 0).evaluate(dict(shared), outcome.private)
 
 
 def test_head_init_task_gives_every_holder_of_a_task_the_same_first_head(tiny_config):
     from dataclasses import replace
 
     from fedmtl.local.client import LocalClient
+    from fedmtl.model.head_init import PerTask
     from fedmtl.model.networks import initial_head_state
 
     def first_heads(cfg, client_id: int) -> dict[str, torch.Tensor]:
-        state = LocalClient(cfg, client_id).build_model({}, {}).state_dict()
+        state = LocalClient.for_client(cfg, client_id).build_model({}, {}).state_dict()
         return {k: v for k, v in state.items() if k.startswith("heads.")}
 
     shared_task = "aligned"  # tiny config: client 0 holds anchor + aligned, client 1 aligned + orthogonal
@@ -194,7 +195,7 @@ def test_head_init_task_gives_every_holder_of_a_task_the_same_first_head(tiny_co
     keys = [k for k in by_client[0] if k.startswith(f"heads.{shared_task}.")]
     assert keys and all(not torch.equal(by_client[0][k], by_client[1][k]) for k in keys)
 
-    per_task = replace(tiny_config, model=replace(tiny_config.model, head_init="task"))
+    per_task = replace(tiny_config, model=replace(tiny_config.model, head_init=PerTask()))
     by_task = [first_heads(per_task, c) for c in (0, 1)]
     reference = initial_head_state(per_task.model, per_task.data.feature_dim(), per_task.data.task_specs(), 0)
     assert all(torch.equal(by_task[0][k], by_task[1][k]) and torch.equal(by_task[0][k], reference[k]) for k in keys)

@@ -38,7 +38,7 @@ RULES = [
     (["model.representation_dim=0"], "model.representation_dim", "must be >= 1"),
     (["model.encoder=cnn"], "model.encoder", "cnn needs an image suite"),
     (["data.name=digits", "model.encoder=cnn", "model.sharing={name: adapters}"], "model.sharing", "mlp encoder only"),
-    (["model.head_init=server"], "model.head_init", "must be one of 'client', 'task'"),
+    (["model.head_init=server"], "model.head_init.name", "unknown head initialisation 'server'; valid: client, task"),
     # client (local training)
     (["client.local_steps=0"], "client.local_steps", "must be >= 1"),
     (["client.batch_size=0"], "client.batch_size", "must be >= 1"),
@@ -48,7 +48,7 @@ RULES = [
     (["client.gradient_diagnostics_every=-1"], "client.gradient_diagnostics_every", "must be >= 0"),
     (["client.subspace_steps=0"], "client.subspace_steps", "must be >= 1"),
     (["client.eval_head_steps=-1"], "client.eval_head_steps", "must be >= 0"),
-    (["client.optimizer=lbfgs"], "client.optimizer", "must be one of 'sgd', 'adam'"),
+    (["client.optimizer=lbfgs"], "client.optimizer.name", "unknown optimizer 'lbfgs'; valid: adam, sgd"),
     (["client.surgery={name: krum}"], "client.surgery", "needs at least 5 tasks per client; a client holds 2"),
     # server
     (["server.optimizer.lr=0"], "server.optimizer.lr", "must be > 0"),
@@ -57,7 +57,7 @@ RULES = [
     (["server.optimizer.betas=[0.9, 1.0]"], "server.optimizer.betas", "must be in [0, 1)"),
     (["server.optimizer.betas=[0.9]"], "server.optimizer.betas", "must be a list of 2 items"),
     (["server.optimizer.eps=0"], "server.optimizer.eps", "must be > 0"),
-    (["server.optimizer.name=rmsprop"], "server.optimizer.name", "must be one of 'sgd', 'adam'"),
+    (["server.optimizer.name=rmsprop"], "server.optimizer.name", "must be one of sgd, adam, got 'rmsprop'"),
     (["server.fraction_fit=0"], "server.fraction_fit", "must be in (0, 1]"),
     (["server.fraction_evaluate=0"], "server.fraction_evaluate", "must be in (0, 1]"),
     (["server.fraction_evaluate=1.5"], "server.fraction_evaluate", "must be in (0, 1]"),
@@ -87,7 +87,7 @@ RULES = [
     (["resources.client_cpus=0"], "resources.client_cpus", "must be > 0"),
     (["resources.client_gpus=-1"], "resources.client_gpus", "must be >= 0"),
     (["resources.torch_threads=0"], "resources.torch_threads", "must be >= 1"),
-    (["simulation.engine=grpc"], "simulation.engine", "must be one of 'direct', 'flower'"),
+    (["simulation.engine=grpc"], "simulation.engine.name", "unknown simulation engine 'grpc'; valid: direct, flower, inprocess"),
     # faults
     (["faults.client_error_rate=2"], "faults.client_error_rate", "must be in [0, 1]"),
     (["faults.client_nan_rate=-0.1"], "faults.client_nan_rate", "must be in [0, 1]"),

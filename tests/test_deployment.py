@@ -40,7 +40,6 @@ from fedmtl.config.loading import load_config
 from fedmtl.config.run_config import config_from_run_config, resolve_config_file
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
-from fedmtl.data.partition import tasks_of_client
 from fedmtl.local.client import MODEL, LocalClient, strip_prefix
 from fedmtl.local.state_store import ClientStateStore
 from tests.helpers import (
@@ -250,7 +249,7 @@ def assert_complete_run(outcome: Outcome, run_dir: Path, reference: Path | None 
         assert (run_dir / name).is_file(), f"{name} missing in {run_dir}\n{outcome.explain()}"
     cfg = load_config(run_dir / "config.yaml")
     rows = read_rows(run_dir / "metrics.jsonl")
-    held = {(c, t) for c in range(cfg.clients.count) for t in tasks_of_client(cfg, c)}
+    held = {(c, t) for c in range(cfg.clients.count) for t in cfg.clients.tasks_of(c, cfg.data.task_names())}
     assert len(held) > cfg.clients.count  # clients hold several tasks each
     for r in sorted({0, cfg.rounds, *range(cfg.eval_every, cfg.rounds + 1, cfg.eval_every)}):
         evals = [row for row in rows if row["split"] == "eval" and row["round"] == r]
@@ -569,7 +568,7 @@ def test_supernode_private_heads_persist_across_rounds_and_never_leave(runs):
         assert heads and first.keys() == last.keys()
         assert not set(heads) & set(encoder), "a private parameter reached the server"
         assert any(not torch.equal(first[k], last[k]) for k in first), "round 2 did not train the heads"
-        client = LocalClient(cfg, client_id)
+        client = LocalClient.for_client(cfg, client_id)
         recorded = {row["task"]: row["loss"] for row in final_eval if row["client"] == client_id}
         with_saved_heads, with_fresh_heads = (eval_losses(client, encoder, private) for private in (last, None))
         assert with_saved_heads == pytest.approx(recorded, rel=1e-5), (

@@ -29,7 +29,7 @@ def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
 def test_task_labels_are_derived_from_the_digit():
     cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks_per_client=4"])
     data = cfg.data.client_data(
-        cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg, 0)
+        cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg.clients, cfg.data, cfg.seed, 0)
     )
     images, _ = load_digit_images()
     digit, parity = data.train["digit"].y, data.train["parity"].y
@@ -50,12 +50,12 @@ def test_task_sample_scale_subsamples_a_task():
             "clients.task_sample_scale={parity: 0.25}",
         ],
     )
-    data = LocalClient(cfg, 0)
-    from fedmtl.local.client import client_data
+    from fedmtl.data.partition import client_plan
+    from fedmtl.local.data import client_data
 
     train = client_data(cfg, 0).train
     assert len(train["parity"]) == pytest.approx(len(train["digit"]) * 0.25, abs=1)
-    assert data.plan.task_scale == (1.0, 0.25)
+    assert client_plan(cfg.clients, cfg.data, cfg.seed, 0).task_scale == (1.0, 0.25)
 
 
 def test_cnn_encoder_trains_on_digits_and_shares_conv_blocks():
@@ -72,7 +72,7 @@ def test_cnn_encoder_trains_on_digits_and_shares_conv_blocks():
     )
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     assert {k.split(".")[1] for k in shared} == {"0", "1"}, "the two conv blocks are shared, the linear block is not"
-    outcome = LocalClient(cfg, 1).train(shared, None, 1)
+    outcome = LocalClient.for_client(cfg, 1).train(shared, None, 1)
     assert outcome.shared.keys() == shared.keys()
     assert any(k.startswith("model.encoder.2.") for k in outcome.private)
 

@@ -14,8 +14,10 @@ from flwr.clientapp import ClientApp
 from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.files import read_rows
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
-from server import direct_engine
-from server.loop import identify_clients
+from server.engines import workers
+from server.engines.direct import DirectGrid
+from server.engines.grid import GridEngine, PlacedGrid
+from server.engines.inprocess import InProcessGrid
 from tests.helpers import TAG_VAR, assert_no_leftover_processes, set_args, simulate, stop_tagged, tiny_overrides
 
 
@@ -45,8 +47,8 @@ def pool():
     tag = uuid.uuid4().hex
     os.environ[TAG_VAR] = tag  # Ray's processes inherit it: leftovers are found by tag
     try:
-        with direct_engine.warm_workers():
-            yield direct_engine.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+        with workers.warm_workers():
+            yield workers.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
         assert not stop_tagged(tag), "Ray processes needed SIGKILL after the pool shut down"
     finally:
         del os.environ[TAG_VAR]
@@ -54,7 +56,7 @@ def pool():
 
 @pytest.fixture
 def grid(pool, flower_identity):
-    return direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=5)
+    return DirectGrid(pool, pool.load(counting_app()), num_nodes=5)
 
 
 def ask(grid, nodes, action: str = "", timeout: float | None = 60) -> list[Message]:
@@ -99,11 +101,11 @@ def test_a_timeout_returns_what_arrived_and_late_replies_are_dropped(grid):
 
 @pytest.mark.slow
 def test_a_run_that_ends_with_a_worker_still_busy_leaves_every_worker_to_the_next(pool, flower_identity):
-    grid = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
+    grid = DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
     assert ask(grid, sorted(grid.get_node_ids())[:1], "sleep", timeout=0.2) == []
     grid.close()  # the run ends while one worker still sleeps: it is replaced
     assert len(pool.idle) == len(pool.actors) == 2
-    following = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=4)
+    following = DirectGrid(pool, pool.load(counting_app()), num_nodes=4)
     replies = ask(following, following.get_node_ids(), timeout=60)
     assert len(replies) == 4 and not any(m.has_error() for m in replies)
     assert len({int(m.content["metrics"]["pid"]) for m in replies}) == 2
@@ -122,25 +124,25 @@ def test_a_dead_worker_is_reported_as_such_and_replaced(grid, pool):
 
 @pytest.mark.slow
 def test_runs_inside_warm_workers_reuse_the_same_processes(pool, flower_identity):
-    first = direct_engine.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+    first = workers.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
     assert first is pool  # same resources: the warm pool, not a new one
     pids = set(pool.wait_ready())
-    second_run = direct_engine.DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
+    second_run = DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
     replies = ask(second_run, second_run.get_node_ids())
     assert {int(m.content["metrics"]["calls"]) for m in replies} == {1}  # a new run: fresh node contexts
     assert {int(m.content["metrics"]["pid"]) for m in replies} <= pids == set(pool.wait_ready())
 
 
-def test_a_grid_that_placed_its_nodes_is_not_queried_for_client_ids():
-    class PlacedGrid:
-        def node_partitions(self):
-            return {101: 0, 202: 1}
-
+def test_a_grid_that_placed_its_nodes_is_not_queried_for_participants():
+    class Placed(InProcessGrid):
         def send_and_receive(self, *_args, **_kwargs):
             raise AssertionError("no query may be sent")
 
-    # partition i plays participants[i] (clients.members), as clients.client_app.client_id_of says
-    assert identify_clients(PlacedGrid(), [101, 202], timeout_s=1, participants=(5, 3)) == {5: 101, 3: 202}
+    grid = Placed(counting_app(), 2)
+    assert isinstance(grid, PlacedGrid)
+    engine = GridEngine(grid)
+    engine.connect(2, interchangeable=False)
+    assert engine.known and {grid.node_partitions()[node]: p for p, node in engine.node_of.items()} == {0: 0, 1: 1}
 
 
 @pytest.mark.slow
@@ -172,7 +174,7 @@ def test_both_engines_give_identical_metrics(tmp_path, simulate_env):
 
 @pytest.mark.slow
 def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(tmp_path, simulate_env):
-    """fed_stl runs one federation per task: every one attaches to the same cluster in one process."""
+    """Every arm's federation attaches to the same cluster in one process."""
     overrides = (
         *tiny_overrides(3),
         "rounds=2",
@@ -185,7 +187,7 @@ def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(t
         with private_ray_cluster(ResourcesConfig(num_cpus=2)) as address:
             result = simulate(*set_args((*overrides, f"resources.ray_address={address}")), env=simulate_env)
             assert result.returncode == 0, result.stderr[-2000:]
-            assert len(list((tmp_path / "study" / "arms" / "fed_stl").rglob("tasks/*/summary.json"))) == 4
+            assert (tmp_path / "study" / "arms" / "fed_stl" / "seed-0" / "summary.json").is_file()
     finally:
         if previous_tag is None:
             del os.environ[TAG_VAR]

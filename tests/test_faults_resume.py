@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,17 +11,17 @@ import time
 
 import pytest
 import torch
-from fedmtl.federation.rounds import ClientSampler, ServerState
-from flwr.app import ArrayRecord, ConfigRecord
-from server.strategy import EncoderStrategy
 
-from fedmtl.config.sections import FaultsConfig, ServerOptimizerConfig
+from clients.client_app import make_client_app
+from fedmtl.config.loading import load_config
+from fedmtl.config.sections import FaultsConfig
 from fedmtl.core.files import RowWriter, read_rows
-from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.local.faults import draw_faults
 from fedmtl.local.state_store import ClientStateStore
-from fedmtl.methods.aggregation import FedAvg
 from fedmtl.runfiles.checkpoint import truncate_rows_after
+from server.engines.grid import GridEngine
+from server.engines.inprocess import InProcessGrid
 from tests.helpers import (
     ROOT,
     assert_no_leftover_processes,
@@ -69,7 +68,7 @@ class _DyingEngine:
     def __init__(self, deaths: int) -> None:
         self.deaths, self.attempts = deaths, []
 
-    def run(self, server_app, client_app, cfg, backend, verbose) -> None:
+    def run(self, server_app, client_app, nodes, backend, verbose) -> None:
         from fedmtl.core.errors import WorkerPoolDied
 
         self.attempts.append(len(self.attempts))
@@ -84,9 +83,7 @@ def test_restarts_are_counted_against_checkpoint_restarts(tmp_path, monkeypatch,
     from server import simulation
 
     engine = _DyingEngine(deaths)
-    monkeypatch.setitem(
-        simulation.ENGINES, "direct", simulation.Engine(engine.run, simulation.ENGINES["direct"].session)
-    )
+    monkeypatch.setattr(simulation, "engine_for", lambda kind: engine)
     cfg = load_config(None, [*SMALL, f"checkpoint.restarts={restarts}", f"output.run_dir={tmp_path / 'run'}"])
     lines: list[str] = []
     if gives_up:
@@ -103,7 +100,7 @@ def test_restarts_are_counted_against_checkpoint_restarts(tmp_path, monkeypatch,
 
 
 def test_client_state_store_returns_the_state_a_checkpoint_saw(tmp_path):
-    store = ClientStateStore(tmp_path, client_id=3)
+    store = ClientStateStore(tmp_path, participant=3)
 
     def save(server_round: int) -> None:  # the last checkpoint is always after the previous round
         store.save(server_round, {"heads.t.w": torch.full((2,), float(server_round))}, durable_round=server_round - 1)
@@ -119,18 +116,15 @@ def test_client_state_store_returns_the_state_a_checkpoint_saw(tmp_path):
 
 
 def test_client_sampling_depends_on_client_ids_not_on_random_node_ids(flower_identity):
-    clients = range(10)
+    cfg = load_config(None, [*tiny_overrides(10), "server.fraction_fit=0.3"])
     picks = []
-    for node_seed in (1, 2):  # two runs: the same clients, other random node ids
-        client_nodes = dict(zip(clients, random.Random(node_seed).sample(range(10**9), 10), strict=True))
-        state = ServerState(
-            ServerUpdater({"w": torch.zeros(1)}, FedAvg(), ServerOptimizerConfig(), seed=5), ClientSampler(5, 0.3, 1.0)
-        )
-        messages = EncoderStrategy(state, client_nodes=client_nodes).configure_train(
-            1, ArrayRecord(), ConfigRecord(), grid=None
-        )
-        by_node = {node: client for client, node in client_nodes.items()}
-        picks.append([by_node[m.metadata.dst_node_id] for m in messages])
+    for _ in range(2):  # two runs: the same participants, other random node ids
+        grid = InProcessGrid(make_client_app(cfg), 10)
+        engine = GridEngine(grid)
+        engine.connect(10, interchangeable=False)
+        sends = ServerAlgorithm(cfg).train_sends(1, {})
+        assert all(grid.node_partitions()[engine.node_of[s.participant]] == s.participant for s in sends)
+        picks.append([s.participant for s in sends])
     assert picks[0] == picks[1] and len(picks[0]) == 3 and picks[0] == sorted(picks[0])
 
 

@@ -30,7 +30,8 @@ from flwr.superlink.grid.http_grid import HttpGrid
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
-from server.loop import config_for_federation, exchange
+from server.engines.grid import exchange
+from server.federation import config_for_federation
 from tests.helpers import ROOT, tiny_overrides
 from tests.loopback import LoopbackGrid, run_config, serve
 
@@ -77,7 +78,7 @@ def test_clients_count_that_disagrees_with_num_supernodes_fails_at_once_in_one_l
         )
     message = str(caught.value)
     assert caught.value.path == "clients.count" and "\n" not in message
-    assert f"is {count}" in message and "num-supernodes" in message and "2 SuperNodes" in message
+    assert f"gives {count} participants" in message and "num-supernodes" in message and "2 SuperNodes" in message
 
 
 def test_the_server_app_sends_the_federations_count_to_clients_whose_run_config_leaves_it_unset(tmp_path):
@@ -159,7 +160,7 @@ def test_replies_from_a_deployed_superlink_are_pulled_at_the_configured_interval
     """Between pulls the ServerApp sleeps ``pull_interval_s`` (Flower's own send_and_receive sleeps 3 s),
     and it stops pulling as soon as every reply is in."""
     sleeps: list[float] = []
-    monkeypatch.setattr("server.loop.time.sleep", sleeps.append)
+    monkeypatch.setattr("server.engines.grid.time.sleep", sleeps.append)
     grid = ReplyAfter(ready_at=4)
     messages = [Message(RecordDict(), dst_node_id=7, message_type="train")]
     replies = exchange(grid, messages, timeout_s=10, pull_interval_s=0.05)

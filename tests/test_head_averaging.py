@@ -70,7 +70,7 @@ def test_client_with_federated_heads_receives_and_sends_only_its_own_heads(tiny_
     specs = cfg.data.task_specs()
     heads = initial_head_state(cfg.model, cfg.data.feature_dim(), specs, cfg.seed)
     shared = {**initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed), **heads}
-    client = LocalClient(cfg, 0)
+    client = LocalClient.for_client(cfg, 0)
     outcome = client.train(shared, None, 1)
     sent_heads = {k.split(".")[1] for k in outcome.shared if k.startswith("heads.")}
     assert sent_heads == set(client.specs) and len(sent_heads) < len(specs)

@@ -72,7 +72,7 @@ def hub_config(dataset: Path | str, *overrides: str):
 
 
 def all_client_data(cfg):
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg, c)) for c in range(cfg.clients.count)]
+    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
 
 
 def test_image_tasks_and_natural_partitions(saved):
@@ -174,8 +174,8 @@ def test_a_hub_client_trains_a_cnn_and_evaluates(saved):
         "model.head_hidden=[]", "client.local_steps=2", "client.batch_size=8",
     )  # fmt: skip
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
-    client = LocalClient(cfg, 2)
+    client = LocalClient.for_client(cfg, 2)
     outcome = client.train(shared, None, 1)
     assert outcome.shared.keys() == shared.keys() and all(np.isfinite(v) for v in outcome.metrics.values())
-    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private), protocol.EVAL)
-    assert set(metrics) == set(client.plan.tasks) and all(0 <= m["accuracy"] <= 1 for m in metrics.values())
+    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private)[0], protocol.EVAL)
+    assert set(metrics) == set(client.participant.tasks) and all(0 <= m["accuracy"] <= 1 for m in metrics.values())

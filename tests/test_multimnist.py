@@ -16,7 +16,8 @@ from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import SUITES, MultiMNISTSuite
 from fedmtl.data.suites.digits import load_digit_images
 from fedmtl.data.suites.multimnist import Pairs
-from fedmtl.local.client import LocalClient, client_data
+from fedmtl.local.client import LocalClient
+from fedmtl.local.data import client_data, participant_data
 from fedmtl.model.networks import initial_shared_state
 from tests.helpers import assert_no_leftover_processes, set_args, simulate
 
@@ -28,7 +29,7 @@ def multimnist_config(*overrides: str):
 
 
 def every_client(cfg) -> list:
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg, c)) for c in range(cfg.clients.count)]
+    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
 
 
 def placed(image: np.ndarray, row: int, col: int, canvas: int) -> np.ndarray:
@@ -69,7 +70,7 @@ def test_examples_are_the_two_source_digits_placed_and_max_combined(shift):
     cfg = multimnist_config(ALL_TASKS, "clients.tasks_per_client=5", f"data.max_shift={shift}")
     images, digits = load_digit_images()
     for client in range(cfg.clients.count):
-        data = cfg.data.client_data(cfg.seed, client_plan(cfg, client))
+        data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client))
         train, evaluation = cfg.data.client_pairs(cfg.seed, client, cfg.clients.count)
         for split, pairs in ((data.train, train), (data.eval, evaluation)):
             assert np.all(pairs.left != pairs.right), "the two digits are different source images"
@@ -120,10 +121,12 @@ def test_a_task_keeps_its_data_whichever_other_tasks_are_trained_and_scale_subsa
     held = "clients.tasks=[[left, right], [left], [right], [right, left]]"
     full = multimnist_config(held)
     only = multimnist_config(held, "clients.only_tasks=[left]", "clients.members=[0, 1, 3]")
-    for client in (0, 1, 3):
-        a, b = client_data(full, client), client_data(only, client)
-        assert list(b.train) == ["left"]
-        assert torch.equal(a.train["left"].x, b.train["left"].x) and torch.equal(a.eval["left"].y, b.eval["left"].y)
+    for participant in only.participants():
+        (client,) = participant.clients
+        a, b = client_data(full, client), participant_data(only, participant)
+        assert list(b.train) == ["left"] and [c for c, _ in b.evals] == [client]
+        assert torch.equal(a.train["left"].x, b.train["left"].x) and torch.equal(a.eval["left"].y, b.evals[0][1]["left"].y)
+        assert set(client_data(only, client).train) == set(a.train)  # a client's data: every task it holds
     scaled = multimnist_config("clients.tasks_per_client=2", "clients.task_sample_scale={right: 0.25}")
     train = client_data(scaled, 0).train
     assert len(train["right"]) == pytest.approx(len(train["left"]) * 0.25, abs=1)
@@ -158,10 +161,10 @@ def test_a_cnn_client_trains_and_evaluates_on_both_digits():
         "clients.tasks_per_client=2", "model.encoder=cnn", "model.conv_channels=[4, 8]", "client.local_steps=3"
     )
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
-    client = LocalClient(cfg, 0)
+    client = LocalClient.for_client(cfg, 0)
     outcome = client.train(shared, None, 1)
     assert outcome.shared.keys() == shared.keys()
-    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private), protocol.EVAL)
+    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private)[0], protocol.EVAL)
     assert set(metrics) == {"left", "right"} and all(0 <= m["accuracy"] <= 1 for m in metrics.values())
 
 

@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from fedmtl.config.loading import load_config
 from fedmtl.config.sections import ServerOptimizerConfig
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
-from fedmtl.federation.rounds import ClientSampler, ServerState
+from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.client import LocalClient
 from fedmtl.methods.aggregation import FedAvg, PCGrad
 from fedmtl.methods.personalisation import Learned, Mixed, PersonalEncoders, hypergradient, personalised_encoder
 from fedmtl.model.networks import initial_shared_state
-from fedmtl.runfiles.checkpoint import load_server_checkpoint, save_server_checkpoint
-from fedmtl.runfiles.rundir import RunDirectory
-from server.loop import payload_bytes
-from server.strategy import EncoderStrategy
-from tests.helpers import TINY_OVERRIDES, set_args, simulate
+from server.engines.grid import GridEngine
+from server.engines.inprocess import InProcessGrid
+from tests.helpers import TINY_OVERRIDES, set_args, simulate, tiny_overrides
 
 W0 = torch.tensor([1.0, 2.0, 3.0])
 
@@ -143,61 +142,68 @@ def test_config_component_and_its_errors():
         load_config(None, ["server.personalisation=fedhca"])
 
 
-# ----------------------------------------------------------------------------- the Flower adapter
+# ----------------------------------------------------------------------------- the server algorithm and the wire
 
 
-def _personal_state(clients: int) -> ServerState:
-    state = ServerState(_updater(Mixed(0.5)), ClientSampler(0, 1.0, 1.0))
-    trained = list(range(clients - 1))  # the last client has not trained yet
-    state.updater.step(trained, [{"w": W0 + c + 1} for c in trained], [1.0] * len(trained))
-    return state
+def _personal_algorithm(clients: int, personalisation: str = "{name: mixed, alpha: 0.5}", *more: str) -> ServerAlgorithm:
+    """``clients`` participants; all but the last have trained once (their encoders differ)."""
+    cfg = load_config(None, [*tiny_overrides(clients), f"server.personalisation={personalisation}", *more])
+    algorithm = ServerAlgorithm(cfg)
+    cohort = algorithm.cohorts[0]
+    start = cohort.global_state()
+    trained = list(range(clients - 1))
+    cohort.updater.step(trained, [{k: v + c + 1 for k, v in start.items()} for c in trained], [1.0] * len(trained))
+    return algorithm
 
 
 def test_each_message_carries_its_clients_encoder_and_bytes_count_every_message(flower_identity):
-    state = _personal_state(4)
-    client_nodes = {c: 100 + c for c in range(4)}
-    strategy = EncoderStrategy(state, client_nodes=client_nodes)
-    arrays = ArrayRecord(state.global_state())
-    for configure in (strategy.configure_train, strategy.configure_evaluate):
-        messages = list(configure(2, arrays, ConfigRecord(), grid=None))
-        by_client = {m.metadata.dst_node_id - 100: m for m in messages}
-        assert sorted(by_client) == [0, 1, 2, 3]
-        for client, message in by_client.items():
-            sent = message.content[protocol.ARRAYS].to_torch_state_dict()["w"]
-            assert torch.equal(sent, state.updater.client_state(client)["w"])
-        encoders = [m.content[protocol.ARRAYS].to_torch_state_dict()["w"] for m in messages]
-        assert len({tuple(e.tolist()) for e in encoders[:3]}) == 3  # three trained clients, three encoders
-        assert torch.equal(encoders[3], state.updater.param.detach())  # not trained yet: the global encoder
-        assert payload_bytes(messages) == 4 * len(arrays["w"].data)  # a full encoder per message, each counted
+    algorithm = _personal_algorithm(4)
+    cohort = algorithm.cohorts[0]
+    echo = ClientApp()
+
+    @echo.train()
+    @echo.evaluate()
+    def reply(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)
+
+    engine = GridEngine(InProcessGrid(echo, 4))
+    engine.connect(4, algorithm.interchangeable)
+    encoder_bytes = payload_bytes_of(ArrayRecord(cohort.global_state()))
+    for sends in (algorithm.train_sends(2, {}), algorithm.evaluate_sends(2, {})):
+        assert [s.participant for s in sends] == [0, 1, 2, 3]
+        for send in sends:
+            assert all(torch.equal(send.arrays[k], v) for k, v in cohort.state_for(send.participant).items())
+        first = next(iter(cohort.global_state()))
+        encoders = [tuple(s.arrays[first].reshape(-1).tolist()) for s in sends]
+        assert len(set(encoders[:3])) == 3  # three trained clients, three encoders
+        assert sends[3].arrays is cohort.global_state()  # not trained yet: the global encoder
+        assert engine.exchange(sends, 10).payload_bytes == 4 * encoder_bytes  # a full encoder per message
 
 
-def test_norm_screen_measures_the_update_from_the_clients_own_encoder(flower_identity):
-    state = _personal_state(3)
-    strategy = EncoderStrategy(state, max_update_norm=0.01)
-    own = state.updater.client_state(0)
-    assert strategy._norm_violation(own, 0) is None
-    assert strategy._norm_violation(own, 2) is not None  # far from the global encoder client 2 received
+def test_norm_screen_measures_the_update_from_the_clients_own_encoder():
+    algorithm = _personal_algorithm(3, "{name: mixed, alpha: 0.5}", "server.max_update_norm=0.01")
+    own = algorithm.cohorts[0].state_for(0)
+    assert algorithm._update_norm(0, own) == pytest.approx(0.0, abs=1e-6)
+    assert algorithm._update_norm(2, own) > 0.01  # far from the global encoder participant 2 received
 
 
-def test_per_client_encoders_survive_a_checkpoint(tmp_path):
-    run = RunDirectory(tmp_path)
-    state = ServerState(_updater(Learned(0.5, lr=0.5)), ClientSampler(0, 1.0, 1.0))
+def test_per_client_encoders_survive_a_checkpoint():
+    learned = "{name: learned, alpha: 0.5, lr: 0.5}"
+    algorithm = _personal_algorithm(2, learned)
+    cohort = algorithm.cohorts[0]
+    start = cohort.global_state()
     for server_round in (1, 2):
-        state.updater.step([0, 1], [{"w": W0 * server_round}, {"w": -W0}], [1.0, 1.0])
-    save_server_checkpoint(run, state.checkpoint(2))
-    restored = ServerState(_updater(Learned(0.5, lr=0.5)), ClientSampler(0, 1.0, 1.0))
-    restored.restore(load_server_checkpoint(run))
+        cohort.updater.step([0, 1], [{k: v * server_round for k, v in start.items()}, {k: -v for k, v in start.items()}], [1.0, 1.0])
+    restored = _personal_algorithm(2, learned)
+    restored.load_state_dict(algorithm.state_dict())
     for client in (0, 1):
-        assert torch.equal(restored.updater.client_state(client)["w"], state.updater.client_state(client)["w"])
-        assert restored.updater.personal.alpha(client) == state.updater.personal.alpha(client)
-    assert state.updater.personal.alpha(0) != 0.5  # the weights did learn something worth restoring
-    same = [{"w": W0 * 3}, {"w": W0}]
-    assert state.updater.step([0, 1], same, [1.0, 1.0]) == restored.updater.step([0, 1], same, [1.0, 1.0])
-    plain = ServerState(_updater(Learned()), ClientSampler(0, 1.0, 1.0))
-    plain.updater.personal = None
-    save_server_checkpoint(run, plain.checkpoint(1))
+        assert all(torch.equal(restored.state_for(client)[k], v) for k, v in algorithm.state_for(client).items())
+        assert restored.cohorts[0].updater.personal.alpha(client) == cohort.updater.personal.alpha(client)
+    assert cohort.updater.personal.alpha(0) != 0.5  # the weights did learn something worth restoring
+    same = [{k: v * 3 for k, v in start.items()}, dict(start)]
+    assert cohort.updater.step([0, 1], same, [1.0, 1.0]) == restored.cohorts[0].updater.step([0, 1], same, [1.0, 1.0])
     with pytest.raises(ValueError, match="per-client encoders"):
-        restored.restore(load_server_checkpoint(run))
+        restored.load_state_dict(ServerAlgorithm(load_config(None, list(tiny_overrides(2)))).state_dict())
 
 
 # ----------------------------------------------------------------------------- slow: real runs
@@ -255,12 +261,13 @@ def test_alpha_one_equals_each_client_training_alone(runs):
     logged = _eval_rows(run_dir)
     initial = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     for client_id in range(cfg.clients.count):
-        client = LocalClient(cfg, client_id)
+        client = LocalClient.for_client(cfg, client_id)
         shared, private = dict(initial), None
         for server_round in range(1, cfg.rounds + 1):
             outcome = client.train(shared, private, server_round)
             shared, private = outcome.shared, outcome.private
-            metrics = protocol.unflatten_task_metrics(client.evaluate(shared, private), protocol.EVAL)
+            [report] = client.evaluate(shared, private)
+            metrics = protocol.unflatten_task_metrics(report, protocol.EVAL)
             for task, values in metrics.items():
                 assert logged[(server_round, client_id, task)]["loss"] == pytest.approx(values["loss"], rel=1e-4)
     plain = runs("none", "server.aggregator=pcgrad")

@@ -9,25 +9,17 @@ import json
 
 import pytest
 import torch
-from fedmtl.federation.rounds import ServerState
 
 from fedmtl.config.loading import load_config
-from fedmtl.core.errors import FederationError
 from fedmtl.core.files import read_rows
 from fedmtl.driver.schedule import evaluation_rounds
+from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
 from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
-from tests.loopback import LoopbackGrid, run_config, serve
+from tests.loopback import run_in_process
 
 TINY = tiny_overrides(3)
-
-
-def run_in_process(tmp_path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0, **keys):
-    run_dir = tmp_path / name
-    config = run_config(*overrides, f"output.run_dir={run_dir}", **keys)
-    serve(LoopbackGrid(config, nodes, tmp_path / f"{name}-state", fail_at_train), config)
-    return run_dir
 
 
 def eval_rounds_of(run_dir) -> list[int]:
@@ -109,8 +101,8 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path, extra):
     for key, value in torch.load(reference / "encoder.pt").items():
         assert torch.equal(torch.load(run_dir / "encoder.pt")[key], value)
     if "server.federate_heads=true" in extra:  # the federated heads came back from the checkpoint
-        heads = load_server_checkpoint(RunDirectory.open(str(run_dir))[0]).heads
-        expected = load_server_checkpoint(RunDirectory.open(str(reference))[0]).heads
+        heads = load_server_checkpoint(RunDirectory.open(str(run_dir))[0]).state["heads"]
+        expected = load_server_checkpoint(RunDirectory.open(str(reference))[0]).state["heads"]
         assert heads and heads.keys() == expected.keys()
         assert all(torch.equal(heads[k], expected[k]) for k in heads)
 
@@ -118,15 +110,21 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path, extra):
 def test_restoring_a_checkpoint_that_disagrees_on_federated_heads_is_refused():
     plain = load_config(None, list(TINY))
     full = load_config(None, [*TINY, "server.federate_heads=true"])
-    without_heads = ServerState.initial(plain).checkpoint(2)
-    with_heads = ServerState.initial(full).checkpoint(2)
-    assert with_heads.heads
-    with pytest.raises(FederationError, match="federate_heads"):
-        ServerState.initial(full).restore(without_heads)
-    with pytest.raises(FederationError, match="federate_heads"):
-        ServerState.initial(plain).restore(with_heads)
-    restored = ServerState.initial(full)
-    changed = {k: v + 1 for k, v in with_heads.heads.items()}
-    restored.restore(type(with_heads)(2, with_heads.updater, with_heads.sampler, changed))
-    assert restored.head_averager is not None
-    assert all(torch.equal(restored.head_averager.state_dict()[k], changed[k]) for k in changed)
+    without_heads = ServerAlgorithm(plain).state_dict()
+    with_heads = ServerAlgorithm(full).state_dict()
+    assert with_heads["heads"]
+    with pytest.raises(ValueError, match="federate_heads"):
+        ServerAlgorithm(full).load_state_dict(without_heads)
+    with pytest.raises(ValueError, match="federate_heads"):
+        ServerAlgorithm(plain).load_state_dict(with_heads)
+    restored = ServerAlgorithm(full)
+    changed = {k: v + 1 for k, v in with_heads["heads"].items()}
+    restored.load_state_dict({**with_heads, "heads": changed})
+    assert restored.heads is not None
+    assert all(torch.equal(restored.heads.state_dict()[k], changed[k]) for k in changed)
+
+
+def test_a_checkpoint_of_other_cohorts_is_refused():
+    stl = load_config(None, [*TINY, "clients.participants=client_tasks", "server.cohorts=task"])
+    with pytest.raises(ValueError, match="cohorts"):
+        ServerAlgorithm(load_config(None, list(TINY))).load_state_dict(ServerAlgorithm(stl).state_dict())

@@ -70,7 +70,7 @@ def test_partial_sharing_keeps_later_blocks_private_and_trains_them(flower_ident
     _, context, _ = run_rounds(cfg)
     private = context.state[protocol.PRIVATE_STATE].to_torch_state_dict()
     assert {"model.encoder.1.0.weight", "model.encoder.2.0.weight"} <= set(private)
-    fresh = LocalClient(cfg, 0).build_model({}, {})
+    fresh = LocalClient.for_client(cfg, 0).build_model({}, {})
     assert not torch.equal(private["model.encoder.1.0.weight"], fresh.state_dict()["encoder.1.0.weight"])
 
 
@@ -89,13 +89,13 @@ def test_soft_sharing_keeps_a_personal_copy_evaluated_separately(flower_identity
     shared, context, _ = run_rounds(cfg)
     private = context.state[protocol.PRIVATE_STATE].to_torch_state_dict()
     assert any(k.startswith("personal.encoder.") for k in private)
-    client = LocalClient(cfg, 0)
-    metrics = client.evaluate(shared, dict(private))
+    client = LocalClient.for_client(cfg, 0)
+    [metrics] = client.evaluate(shared, dict(private))
     assert protocol.unflatten_task_metrics(metrics, protocol.PERSONAL).keys() == {"anchor", "aligned"}
 
 
 def personal_after_round_two(cfg, round_two_global):
-    client = LocalClient(cfg, 0)
+    client = LocalClient.for_client(cfg, 0)
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)
     first = client.train(shared, None, 1)
     second = client.train(round_two_global(first.shared), first.private, 2)

@@ -13,12 +13,23 @@ from fedmtl.config.loading import load_config
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
 from fedmtl.experiments.runner import run_study, run_sweep
-from fedmtl.local.client import client_data
-from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
+from fedmtl.local.data import client_data, participant_data
+from fedmtl.report.report import write_report
+from fedmtl.report.sweep import write_sweep_report
+from tests.helpers import (
+    TINY_CLIENT_TASKS,
+    TINY_OVERRIDES,
+    assert_no_leftover_processes,
+    federate_in_process,
+    set_args,
+    simulate,
+)
 
 
-def no_federation(cfg, path):
-    raise AssertionError("an in-process arm must not federate")
+def run_and_report(cfg, study_dir, echo=lambda line: None) -> dict:
+    """A study on the in-process engine, then its report (as simulate.py does)."""
+    run_study(cfg, study_dir, federate_in_process, echo)
+    return write_report(study_dir)
 
 
 @pytest.mark.parametrize("suite", [[], ["data.name=digits", "clients.tasks_per_client=3"]], ids=["synthetic", "digits"])
@@ -26,11 +37,12 @@ def test_a_task_has_the_same_data_whichever_other_tasks_an_arm_trains(suite):
     full = load_config(None, [*TINY_OVERRIDES, *suite])
     task = full.data.task_names()[1]
     only = load_config(None, [*TINY_OVERRIDES, *suite, f"clients.only_tasks=[{task}]", "clients.members=[0, 1]"])
-    for client in (0, 1):
-        assert list(client_data(only, client).train) == [task]
-        for split in ("train", "eval"):
-            a, b = getattr(client_data(full, client), split)[task], getattr(client_data(only, client), split)[task]
-            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    for participant in only.participants():
+        (client,) = participant.clients
+        trained = participant_data(only, participant)
+        assert list(trained.train) == [task] and list(trained.evals[0][1]) == [task]
+        for a, b in ((client_data(full, client).train, trained.train), (client_data(full, client).eval, trained.evals[0][1])):
+            assert torch.equal(a[task].x, b[task].x) and torch.equal(a[task].y, b[task].y)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +64,7 @@ def test_bad_study_settings_name_their_key(override, path):
 @pytest.mark.parametrize(
     ("arms", "path", "words"),
     [
-        ("[fed_mtl, {name: x, set: {server.aggregator.name: nope}}]", "study.arms[1].set", "unknown Aggregator 'nope'"),
+        ("[fed_mtl, {name: x, set: {server.aggregator.name: nope}}]", "study.arms[1].set", "unknown aggregator 'nope'"),
         ("[fed_mtl, {name: x, set: {data.name: digits}}]", "study.arms[1].set.data.name", "cannot change"),
         ("[fed_mtl, {name: x, base: nope}]", "study.arms[1].base", "unknown base arm"),
         ("[fed_mtl, {name: fed_mtl}]", "study.arms[1].name", "built-in arm"),
@@ -70,9 +82,9 @@ def test_a_user_defined_arm_starts_from_its_base_arms_settings():
     arm = "{name: shared, base: fed_full, set: {server.heads_across_tasks: true}}"
     cfg = load_config(None, ["data.name=digits", "data.tasks=[parity, geq5]", f"study.arms=[fed_mtl, {arm}]"])
     spec = cfg.study.arm_spec("shared")
-    shared = arm_config(cfg.to_dict(), spec)
+    shared = arm_config(cfg, spec)
     assert shared.server.federate_heads and shared.server.heads_across_tasks
-    assert not arm_config(cfg.to_dict(), cfg.study.arm_spec("fed_mtl")).server.federate_heads
+    assert not arm_config(cfg, cfg.study.arm_spec("fed_mtl")).server.federate_heads
 
 
 def test_bad_compare_pairs_are_refused():
@@ -89,7 +101,7 @@ def test_user_defined_arms_run_their_base_with_their_settings(tmp_path):
     arms = "[local_stl, {name: slow, base: local_stl, set: {client.lr: 0.001}}, {name: fast, base: local_stl}]"
     cfg = load_config(None, [*TINY_OVERRIDES, "rounds=1", f"study.arms={arms}", "study.reference_arm=slow",
                              "study.compare=[[all, local_stl]]"])  # fmt: skip
-    summary = run_study(cfg, tmp_path, no_federation, lambda line: None)
+    summary = run_and_report(cfg, tmp_path)
     manifest = json.loads((tmp_path / "study.json").read_text())
     assert manifest["arm_specs"]["slow"] == {"base": "local_stl", "set": {"client.lr": 0.001}}
     assert manifest["single_task_arms"] == ["local_stl", "slow", "fast"]
@@ -115,7 +127,8 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
                  "study.seeds=[0, 1]", "sweep.grid={data.task_cosine: [0.8, 0.2]}"]  # fmt: skip
     cfg = load_config(None, overrides)
     lines: list[str] = []
-    rows = run_sweep(cfg, tmp_path, no_federation, lines.append)
+    run_sweep(cfg, tmp_path, federate_in_process, lines.append, on_study_done=write_report)
+    rows = write_sweep_report(tmp_path)
     for name in ("sweep.json", "sweep.md", "sweep.csv", "sweep.png"):
         assert (tmp_path / name).is_file(), name
     assert rows  # the combined table
@@ -132,7 +145,8 @@ def test_in_process_arms_and_a_sweep_write_every_report_file(tmp_path):
     # everything finished: running again does no work and rewrites the same report
     report = (tmp_path / "sweep.md").read_text()
     again: list[str] = []
-    run_sweep(cfg, tmp_path, no_federation, again.append)
+    run_sweep(cfg, tmp_path, federate_in_process, again.append, on_study_done=write_report)
+    write_sweep_report(tmp_path)
     assert not any("/8]" in line for line in again)
     assert (tmp_path / "sweep.md").read_text() == report
 
@@ -141,13 +155,13 @@ def test_an_interrupted_study_redoes_only_unfinished_runs(tmp_path):
     cfg = load_config(
         None, [*TINY_OVERRIDES, "rounds=1", "study.arms=[local_stl, central_mtl]", "study.reference_arm=central_mtl"]
     )
-    run_study(cfg, tmp_path, no_federation, lambda line: None)
+    run_and_report(cfg, tmp_path)
     manifest = json.loads((tmp_path / "study.json").read_text())
     manifest["runs"][1]["status"] = "pending"  # as if killed while central_mtl ran
     (tmp_path / "study.json").write_text(json.dumps(manifest))
     (tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl").write_text("{broken")
     lines: list[str] = []
-    run_study(cfg, tmp_path, no_federation, lines.append)
+    run_and_report(cfg, tmp_path, lines.append)
     assert [line.split(" | ")[1].split(":")[0] for line in lines] == ["central_mtl seed 0"]
     assert read_rows(tmp_path / manifest["runs"][1]["dir"] / "metrics.jsonl")
 

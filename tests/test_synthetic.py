@@ -93,7 +93,7 @@ def test_client_shift_moves_client_input_means_apart():
 
 def test_partition_holds_task_subsets_and_imbalance():
     cfg = load_config()
-    plans = [client_plan(cfg, c) for c in range(cfg.clients.count)]
+    plans = [client_plan(cfg.clients, cfg.data, cfg.seed, c) for c in range(cfg.clients.count)]
     assert len({p.tasks for p in plans}) > 1, "clients should hold different task subsets"
     assert all(len(p.tasks) == cfg.clients.tasks_per_client for p in plans)
     covered = {t for p in plans for t in p.tasks}

@@ -67,7 +67,7 @@ def table_config(path: Path, *overrides: str):
 
 
 def all_client_data(cfg):
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg, c)) for c in range(cfg.clients.count)]
+    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
 
 
 def raw_ids(data) -> list[int]:
@@ -117,7 +117,7 @@ def test_several_groups_per_client_and_too_few_groups(csv_file):
         csv_file, "data.features=[rid, a, b]", "data.standardize=none", "data.client_column=site", "clients.count=2"
     )
     assert two.data.check_clients(2) is None
-    data = two.data.client_data(two.seed, client_plan(two, 0))
+    data = two.data.client_data(two.seed, client_plan(two.clients, two.data, two.seed, 0))
     assert {row % 4 for row in raw_ids(data.train["y1"]) + raw_ids(data.eval["y1"])} == {0, 2}  # sites s0 and s2
     with pytest.raises(ConfigError, match=r"4 distinct values but clients.count is 5") as caught:
         table_config(csv_file, "data.client_column=site", "clients.count=5")  # refused when the config is built
@@ -265,9 +265,9 @@ def test_a_table_client_trains_and_evaluates(csv_file):
         "model.representation_dim=4",
     )
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)
-    client = LocalClient(cfg, 1)
+    client = LocalClient.for_client(cfg, 1)
     outcome = client.train(shared, None, 1)
     assert outcome.shared.keys() == shared.keys()
     assert all(np.isfinite(v) for v in outcome.metrics.values())
-    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private), protocol.EVAL)
-    assert set(metrics) == set(client.plan.tasks) and all(np.isfinite(m["num_examples"]) for m in metrics.values())
+    metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private)[0], protocol.EVAL)
+    assert set(metrics) == set(client.participant.tasks) and all(np.isfinite(m["num_examples"]) for m in metrics.values())

@@ -7,14 +7,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.client_app import make_client_app
-from fedmtl.config.sections import ServerOptimizerConfig
+from fedmtl.config.loading import load_config
 from fedmtl.core import protocol
 from fedmtl.core.params import ENCODER_PREFIX
-from fedmtl.federation.rounds import ClientSampler, ServerState
-from fedmtl.federation.server_update import ServerUpdater
-from fedmtl.methods.aggregation import FedAvg
+from fedmtl.federation.algorithm import ServerAlgorithm, TrainResult
 from fedmtl.model.networks import initial_encoder_state
-from server.strategy import EncoderStrategy
+from server.engines.grid import to_reply
+from tests.helpers import TINY_OVERRIDES
 
 
 def _train_message(arrays: dict, server_round: int) -> Message:
@@ -48,6 +47,7 @@ def test_client_round_trip_keeps_heads_private_and_sends_only_encoder(tiny_confi
     assert sent == set(encoder), "reply must carry exactly the encoder keys"
     assert all(key.startswith(ENCODER_PREFIX) for key in sent)
     assert list(reply.content.metric_records) == [protocol.METRICS]
+    assert reply.content[protocol.METRICS][protocol.PARTICIPANT] == 1
     assert not any("heads" in key for key in reply.content[protocol.METRICS])
 
     heads_after_round_1 = context.state[protocol.PRIVATE_STATE].to_torch_state_dict()
@@ -85,83 +85,103 @@ def test_outgoing_shared_refuses_private_parameters():
 
 
 def _reply(request: Message, arrays: dict, client: int, examples: float) -> Message:
-    metrics = MetricRecord({protocol.CLIENT_ID: client, protocol.NUM_EXAMPLES: examples, protocol.TRAIN_LOSS: 1.0})
+    metrics = MetricRecord(
+        {protocol.CLIENT_ID: client, protocol.PARTICIPANT: client, protocol.NUM_EXAMPLES: examples, protocol.TRAIN_LOSS: 1.0}
+    )
     return Message(RecordDict({protocol.ARRAYS: ArrayRecord(arrays), protocol.METRICS: metrics}), reply_to=request)
 
 
-def _strategy(initial: dict, max_update_norm: float | None = None) -> EncoderStrategy:
-    state = ServerState(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), ClientSampler(0, 1.0, 1.0))
-    return EncoderStrategy(state, max_update_norm)
+def _algorithm(*overrides: str) -> ServerAlgorithm:
+    return ServerAlgorithm(load_config(None, [*TINY_OVERRIDES, "server.aggregator={name: fedavg}", *overrides]))
+
+
+def _aggregate(algorithm: ServerAlgorithm, replies: list[Message], known: bool = False) -> TrainResult:
+    """The round's replies as the grid adapter converts them (``known``: the engine knows each node's
+    participant, here node 11 plays participant 0), screened and aggregated."""
+    sends = algorithm.train_sends(1, {})
+    return algorithm.aggregate(sends, [to_reply(m, 0 if known else None) for m in replies])
+
+
+def _shifted(state: dict, by: float) -> dict:
+    return {k: v + by for k, v in state.items()}
 
 
 def test_fedavg_over_encoder_deltas_is_the_example_weighted_mean(flower_identity):
+    algorithm = _algorithm()
+    initial = algorithm.cohorts[0].global_state()
     torch.manual_seed(0)
-    initial = {"encoder.w": torch.randn(3, 2), "encoder.b": torch.randn(3)}
     clients = [{k: v + torch.randn_like(v) for k, v in initial.items()} for _ in range(3)]
     counts = [10.0, 30.0, 60.0]
-    strategy = _strategy(initial)
     request = _train_message(initial, 1)
     replies = [_reply(request, state, cid, n) for cid, (state, n) in reversed(list(enumerate(zip(clients, counts))))]
 
-    arrays, summary = strategy.aggregate_train(1, replies)  # Flower's hook, as Strategy.start calls it
+    result = _aggregate(algorithm, replies)
 
-    result = arrays.to_torch_state_dict()
+    new = algorithm.cohorts[0].global_state()
     for key in initial:
         expected = sum(n * c[key] for n, c in zip(counts, clients)) / sum(counts)
-        assert torch.allclose(result[key], expected, atol=1e-6)
-    assert summary["num-accepted"] == 3
-    report = _strategy(initial).aggregate(1, replies)  # fedmtl's round driver reads the report
-    assert report.accepted == [0, 1, 2] and report.replies == 3
-    assert report.diagnostics.weights == pytest.approx([0.1, 0.3, 0.6])
+        assert torch.allclose(new[key], expected, atol=1e-6)
+    assert result.accepted == [0, 1, 2] and result.replies == 3 and result.sampled == 3
+    assert result.cohorts[0].diagnostics.weights == pytest.approx([0.1, 0.3, 0.6])
 
 
 @pytest.mark.parametrize(
     ("corrupt", "reason"),
     [
         (lambda s: {**s, "heads.t.weight": torch.zeros(1)}, "unexpected keys"),
-        (lambda s: {"encoder.w": s["encoder.w"]}, "missing keys"),
-        (lambda s: {**s, "encoder.b": torch.zeros(4)}, "shape"),
-        (lambda s: {**s, "encoder.b": torch.tensor([0.0, float("nan"), 0.0])}, "non-finite"),
+        (lambda s: dict(list(s.items())[1:]), "missing keys"),
+        (lambda s: {**s, next(iter(s)): torch.zeros(4)}, "shape"),
+        (lambda s: {k: torch.full_like(v, float("nan")) for k, v in s.items()}, "non-finite"),
     ],
 )
 def test_bad_replies_are_rejected_with_a_reason_and_the_round_goes_on(flower_identity, corrupt, reason):
-    initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
-    good = {k: v + 1.0 for k, v in initial.items()}
-    strategy = _strategy(initial)
+    algorithm = _algorithm()
+    initial = algorithm.cohorts[0].global_state()
+    good = _shifted(initial, 1.0)
     request = _train_message(initial, 1)
 
-    report = strategy.aggregate(1, [_reply(request, good, 0, 5.0), _reply(request, corrupt(good), 1, 5.0)])
+    result = _aggregate(algorithm, [_reply(request, good, 0, 5.0), _reply(request, corrupt(good), 1, 5.0)])
 
-    assert report.accepted == [0]
-    [(client, why)] = report.rejected
+    assert result.accepted == [0]
+    [(client, why)] = result.rejected
     assert client == 1 and reason in why
-    assert torch.equal(strategy.state.global_state()["encoder.b"], good["encoder.b"])
+    assert all(torch.equal(algorithm.cohorts[0].global_state()[k], good[k]) for k in good)
+
+
+def test_a_reply_with_other_array_records_is_rejected(flower_identity):
+    algorithm = _algorithm()
+    initial = algorithm.cohorts[0].global_state()
+    request = _train_message(initial, 1)
+    odd = _reply(request, _shifted(initial, 1.0), 1, 5.0)
+    odd.content["extra"] = ArrayRecord({"x": torch.zeros(1)})
+    result = _aggregate(algorithm, [_reply(request, _shifted(initial, 1.0), 0, 5.0), odd])
+    assert result.accepted == [0] and "exactly one ArrayRecord" in result.rejected[0][1]
 
 
 def test_updates_beyond_max_update_norm_are_rejected(flower_identity):
-    initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
-    small = {k: v + 0.1 for k, v in initial.items()}  # norm 0.1 * 3 = 0.3
-    large = {k: v + 10.0 for k, v in initial.items()}  # norm 30
-    strategy = _strategy(initial, max_update_norm=1.0)
+    algorithm = _algorithm("server.max_update_norm=1.0")
+    initial = algorithm.cohorts[0].global_state()
+    size = sum(v.numel() for v in initial.values())
+    small, large = _shifted(initial, 0.1 / size**0.5), _shifted(initial, 30.0 / size**0.5)  # norms 0.1 and 30
     request = _train_message(initial, 1)
 
-    report = strategy.aggregate(1, [_reply(request, small, 0, 5.0), _reply(request, large, 1, 5.0)])
+    result = _aggregate(algorithm, [_reply(request, small, 0, 5.0), _reply(request, large, 1, 5.0)])
 
-    assert report.accepted == [0]
-    [(client, why)] = report.rejected
+    assert result.accepted == [0]
+    [(client, why)] = result.rejected
     assert client == 1 and "server.max_update_norm" in why and "30" in why
-    assert torch.allclose(strategy.state.global_state()["encoder.b"], small["encoder.b"])
+    assert all(torch.allclose(algorithm.cohorts[0].global_state()[k], small[k]) for k in small)
 
 
-def test_a_reply_speaks_once_and_only_for_its_own_node(flower_identity):
-    initial = {"encoder.w": torch.zeros(3, 2), "encoder.b": torch.zeros(3)}
-    update = {k: v + 1.0 for k, v in initial.items()}
-    request = _train_message(initial, 1)  # addressed to node 11: every reply comes from node 11
+def test_a_reply_speaks_once_and_only_for_its_own_participant(flower_identity):
+    algorithm = _algorithm()
+    initial = algorithm.cohorts[0].global_state()
+    update = _shifted(initial, 1.0)
+    request = _train_message(initial, 1)
 
-    twice = _strategy(initial).aggregate(1, [_reply(request, update, 0, 5.0), _reply(request, update, 0, 5.0)])
-    assert twice.accepted == [0] and twice.rejected == [(0, "client id 0 already replied this round")]
+    twice = _aggregate(algorithm, [_reply(request, update, 0, 5.0), _reply(request, update, 0, 5.0)])
+    assert twice.accepted == [0] and twice.rejected == [(0, "participant 0 already replied this round")]
 
-    state = ServerState(ServerUpdater(initial, FedAvg(), ServerOptimizerConfig(), seed=0), ClientSampler(0, 1.0, 1.0))
-    strategy = EncoderStrategy(state, client_nodes={0: 11, 1: 12})
-    borrowed = strategy.aggregate(1, [_reply(request, update, 0, 5.0), _reply(request, update, 1, 5.0)])
-    assert borrowed.accepted == [0] and borrowed.rejected == [(1, "client id 1 does not belong to node 11")]
+    borrowed = _aggregate(_algorithm(), [_reply(request, update, 0, 5.0), _reply(request, update, 1, 5.0)], known=True)
+    assert borrowed.accepted == [0]
+    assert borrowed.rejected == [(1, "participant 1 does not belong to the node asked for participant 0")]

@@ -163,7 +163,7 @@ def parse_component(base: type[Component], data: Any, path: str) -> Any:
         raise ConfigError(path, f"must be a mapping with a 'name' (one of {', '.join(sorted(registry))})")
     name = data["name"]
     if name not in registry:
-        raise ConfigError(join(path, "name"), f"unknown {base.__name__} {name!r}; valid: {', '.join(sorted(registry))}")
+        raise ConfigError(join(path, "name"), f"unknown {registry.kind} {name!r}; valid: {', '.join(sorted(registry))}")
     params = {k: v for k, v in data.items() if k != "name"}
     return parse_dataclass(registry[name], params, path)
 

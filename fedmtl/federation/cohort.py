@@ -24,13 +24,15 @@ class Cohort:
     sampler: Sampler
     updater: ServerUpdater
     adopts: bool = False
-    _global: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the encoder as sent, until it moves
+    # the encoder as last sent, and the version of the flat parameter it was read at (moves with every step)
+    _global: tuple[int, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
 
     def global_state(self) -> dict[str, torch.Tensor]:
-        """The cohort's encoder (one dict for every message of the round: engines serialise it once)."""
-        if self._global is None:
-            self._global = self.updater.global_state()
-        return self._global
+        """The cohort's encoder (one dict for every message of a round: engines serialise it once)."""
+        version = self.updater.param._version
+        if self._global is None or self._global[0] != version:
+            self._global = (version, self.updater.global_state())
+        return self._global[1]
 
     def state_for(self, participant: int) -> dict[str, torch.Tensor]:
         """What a member receives: the cohort's encoder, or its own (``server.personalisation``)."""
@@ -46,7 +48,6 @@ class Cohort:
 
     def step(self, accepted: Sequence[Accepted]) -> RoundDiagnostics | None:
         """Aggregate the members' accepted updates (rows in client order) and move the encoder."""
-        self._global = None
         if self.adopts:
             (only,) = accepted
             with torch.no_grad():
@@ -66,6 +67,5 @@ class Cohort:
         return {"updater": self.updater.state_dict(), "sampler": self.sampler.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._global = None
         self.updater.load_state_dict(state["updater"])
         self.sampler.rng.setstate(state["sampler"])

@@ -96,6 +96,14 @@ class LocalClient:
         self.training = self._training_config(cfg, participant)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    @classmethod
+    def for_client(cls, cfg: ExperimentConfig, client_id: int) -> LocalClient:
+        """The participant that is client ``client_id`` with every task it trains (``clients.participants: clients``)."""
+        found = [p for p in cfg.participants() if p.clients == (client_id,) and not p.pooled]
+        if len(found) != 1:
+            raise ValueError(f"client {client_id} is not one participant in this layout ({len(found)} match)")
+        return cls(cfg, found[0])
+
     @staticmethod
     def _training_config(cfg: ExperimentConfig, participant: Participant) -> ClientConfig:
         """A pooled participant trains with the federation's compute: ``local_steps`` times the clients

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fedmtl.experiments.progress import Progress, format_duration, run_line
-
-from ._study import TASKS, write_study
 
 
 def test_durations_read_naturally() -> None:
@@ -30,8 +29,12 @@ def test_time_left_is_the_mean_time_per_run_times_the_runs_left() -> None:
 
 
 def test_run_line_names_the_final_metric_of_every_task(tmp_path: Path) -> None:
-    root = write_study(tmp_path / "s")
-    line = run_line("fed_mtl", 1, root / "arms/fed_mtl/seed-1", TASKS)
-    # weighted finals of tests/study/_study.py: cls 0.66, reg 1.25 + 0.03
-    assert line == "fed_mtl seed 1: cls accuracy 0.66, reg mse 1.28"
-    assert run_line("x", 0, tmp_path / "missing", TASKS).startswith("x seed 0: no metrics (")
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = [
+        {"task": "cls", "metric": "accuracy", "value_final": 0.66},
+        {"task": "reg", "metric": "mse", "value_final": 1.28},
+    ]
+    (run / "summary.json").write_text(json.dumps({"name": "x", "tasks": tasks}))
+    assert run_line("fed_mtl", 1, run) == "fed_mtl seed 1: cls accuracy 0.66, reg mse 1.28"
+    assert run_line("x", 0, tmp_path / "missing").startswith("x seed 0: no summary (")
