@@ -41,10 +41,9 @@ from fedmtl.runtime.offline import OFFLINE_ENV, set_offline_env  # noqa: E402
 
 set_offline_env()
 
-from fedmtl.federation.rounds import ServerState  # noqa: E402
-
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.config.loading import load_config  # noqa: E402
+from fedmtl.federation.algorithm import ServerAlgorithm  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -134,7 +133,7 @@ class Federation:
 def client_work_s(rounds: int) -> float:
     """Seconds one client's training takes per round in this process (median of ``rounds``)."""
     cfg = load_config(None, [*TINY, f"rounds={rounds}"])
-    client, shared = LocalClient.for_client(cfg, 0), ServerState.initial(cfg).global_state()
+    client, shared = LocalClient.for_client(cfg, 0), ServerAlgorithm(cfg).state_for(0)
     times, private = [], None
     for r in range(1, rounds + 1):
         started = time.perf_counter()

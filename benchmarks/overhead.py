@@ -1,7 +1,7 @@
 """What the simulation engines cost: each engine against a plain in-process PyTorch loop, in one run.
 
 Every side does the same work: the same clients (``fedmtl.local.client.LocalClient``), the same local
-steps and model, FedAvg through the same ``ServerState``, and evaluation after every round.
+steps and model, FedAvg through the same ``ServerUpdater``, and evaluation after every round.
 The in-process loop runs the clients one after another in this process, without Flower or Ray.
 Engines: ``direct`` started cold (its own Ray), ``direct`` attached to a Ray cluster that is
 already running (``resources.ray_address``), and Flower's own ``run_simulation`` (``flower``).
@@ -26,7 +26,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,13 +33,13 @@ from fedmtl.runtime.offline import set_offline_env  # noqa: E402
 
 set_offline_env()
 
-from fedmtl.federation.rounds import ServerState  # noqa: E402
-
 from benchmarks._report import machine_info, write_section  # noqa: E402
+from fedmtl.config.engines import ENGINE_KINDS  # noqa: E402
 from fedmtl.config.experiment import ExperimentConfig  # noqa: E402
 from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.core.files import read_rows  # noqa: E402
 from fedmtl.core.layout import SERVER_FILE  # noqa: E402
+from fedmtl.federation.algorithm import ServerAlgorithm  # noqa: E402
 from fedmtl.local.client import LocalClient  # noqa: E402
 from fedmtl.model.networks import initial_shared_state  # noqa: E402
 from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
@@ -49,7 +48,7 @@ from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
     t0 = time.perf_counter()
-    updater = ServerState.initial(cfg).updater  # the server's own encoder, aggregator and optimizer
+    updater = ServerAlgorithm(cfg).cohorts[0].updater  # the server's own encoder, aggregator and optimizer
     clients = [LocalClient.for_client(cfg, c) for c in range(cfg.clients.count)]
     private: dict[int, dict | None] = dict.fromkeys(range(cfg.clients.count))
     for client in clients:
@@ -130,8 +129,8 @@ def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
     return sides
 
 
-def with_engine(cfg: ExperimentConfig, engine: Literal["direct", "flower"]) -> ExperimentConfig:
-    return replace(cfg, simulation=replace(cfg.simulation, engine=engine))
+def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
+    return replace(cfg, simulation=replace(cfg.simulation, engine=ENGINE_KINDS[engine]()))
 
 
 def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]]) -> str:

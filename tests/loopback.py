@@ -46,7 +46,9 @@ def serve(grid: Grid, config: Mapping[str, Any]) -> None:
     make_server_app()(grid, context)
 
 
-def run_in_process(tmp_path: Path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0, **keys: Any) -> Path:
+def run_in_process(
+    tmp_path: Path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0, **keys: Any
+) -> Path:
     """Serve one run of ``overrides`` (plus ``output.run_dir``) over a :class:`LoopbackGrid`; its run directory."""
     run_dir = tmp_path / name
     config = run_config(*overrides, f"output.run_dir={run_dir}", **keys)

@@ -182,7 +182,11 @@ def test_the_run_files_name_the_attackers(tmp_path):
 
     attack = ("faults.attack=sign_flip", "faults.adversarial_clients=[2]", "server.min_fit_fraction=0.1")
     run_dir = run_in_process(tmp_path, "run", *TINY_OVERRIDES, "rounds=1", *attack)
-    assert [(r["client"], r["attacked"]) for r in read_rows(run_dir / CLIENTS_FILE)] == [(0, False), (1, False), (2, True)]
+    assert [(r["client"], r["attacked"]) for r in read_rows(run_dir / CLIENTS_FILE)] == [
+        (0, False),
+        (1, False),
+        (2, True),
+    ]
     assert read_rows(run_dir / SERVER_FILE)[0]["adversarial"] == [2]
     reports = [{protocol.CLIENT_ID: 2.0, protocol.ATTACKED: 1.0}, {protocol.CLIENT_ID: 0.0}]
     assert attacking_clients(reports) == [2]

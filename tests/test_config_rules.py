@@ -87,7 +87,11 @@ RULES = [
     (["resources.client_cpus=0"], "resources.client_cpus", "must be > 0"),
     (["resources.client_gpus=-1"], "resources.client_gpus", "must be >= 0"),
     (["resources.torch_threads=0"], "resources.torch_threads", "must be >= 1"),
-    (["simulation.engine=grpc"], "simulation.engine.name", "unknown simulation engine 'grpc'; valid: direct, flower, inprocess"),
+    (
+        ["simulation.engine=grpc"],
+        "simulation.engine.name",
+        "unknown simulation engine 'grpc'; valid: direct, flower, inprocess",
+    ),
     # faults
     (["faults.client_error_rate=2"], "faults.client_error_rate", "must be in [0, 1]"),
     (["faults.client_nan_rate=-0.1"], "faults.client_nan_rate", "must be in [0, 1]"),

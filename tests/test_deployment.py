@@ -269,7 +269,7 @@ def assert_complete_run(outcome: Outcome, run_dir: Path, reference: Path | None 
 def eval_losses(
     client: LocalClient, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None
 ) -> dict[str, float]:
-    metrics = client.evaluate(shared, private)
+    [metrics] = client.evaluate(shared, private)
     return {task: metrics[f"eval/{task}/loss"] for task in client.specs}
 
 

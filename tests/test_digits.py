@@ -29,7 +29,8 @@ def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
 def test_task_labels_are_derived_from_the_digit():
     cfg = load_config(None, ["data.name=digits", "clients.count=2", "clients.tasks_per_client=4"])
     data = cfg.data.client_data(
-        cfg.seed, __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg.clients, cfg.data, cfg.seed, 0)
+        cfg.seed,
+        __import__("fedmtl.data.partition", fromlist=["client_plan"]).client_plan(cfg.clients, cfg.data, cfg.seed, 0),
     )
     images, _ = load_digit_images()
     digit, parity = data.train["digit"].y, data.train["parity"].y

@@ -72,7 +72,10 @@ def hub_config(dataset: Path | str, *overrides: str):
 
 
 def all_client_data(cfg):
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
+    return [
+        cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c))
+        for c in range(cfg.clients.count)
+    ]
 
 
 def test_image_tasks_and_natural_partitions(saved):

@@ -29,7 +29,10 @@ def multimnist_config(*overrides: str):
 
 
 def every_client(cfg) -> list:
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
+    return [
+        cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c))
+        for c in range(cfg.clients.count)
+    ]
 
 
 def placed(image: np.ndarray, row: int, col: int, canvas: int) -> np.ndarray:
@@ -125,7 +128,9 @@ def test_a_task_keeps_its_data_whichever_other_tasks_are_trained_and_scale_subsa
         (client,) = participant.clients
         a, b = client_data(full, client), participant_data(only, participant)
         assert list(b.train) == ["left"] and [c for c, _ in b.evals] == [client]
-        assert torch.equal(a.train["left"].x, b.train["left"].x) and torch.equal(a.eval["left"].y, b.evals[0][1]["left"].y)
+        assert torch.equal(a.train["left"].x, b.train["left"].x) and torch.equal(
+            a.eval["left"].y, b.evals[0][1]["left"].y
+        )
         assert set(client_data(only, client).train) == set(a.train)  # a client's data: every task it holds
     scaled = multimnist_config("clients.tasks_per_client=2", "clients.task_sample_scale={right: 0.25}")
     train = client_data(scaled, 0).train

@@ -145,7 +145,9 @@ def test_config_component_and_its_errors():
 # ----------------------------------------------------------------------------- the server algorithm and the wire
 
 
-def _personal_algorithm(clients: int, personalisation: str = "{name: mixed, alpha: 0.5}", *more: str) -> ServerAlgorithm:
+def _personal_algorithm(
+    clients: int, personalisation: str = "{name: mixed, alpha: 0.5}", *more: str
+) -> ServerAlgorithm:
     """``clients`` participants; all but the last have trained once (their encoders differ)."""
     cfg = load_config(None, [*tiny_overrides(clients), f"server.personalisation={personalisation}", *more])
     algorithm = ServerAlgorithm(cfg)
@@ -193,7 +195,9 @@ def test_per_client_encoders_survive_a_checkpoint():
     cohort = algorithm.cohorts[0]
     start = cohort.global_state()
     for server_round in (1, 2):
-        cohort.updater.step([0, 1], [{k: v * server_round for k, v in start.items()}, {k: -v for k, v in start.items()}], [1.0, 1.0])
+        cohort.updater.step(
+            [0, 1], [{k: v * server_round for k, v in start.items()}, {k: -v for k, v in start.items()}], [1.0, 1.0]
+        )
     restored = _personal_algorithm(2, learned)
     restored.load_state_dict(algorithm.state_dict())
     for client in (0, 1):

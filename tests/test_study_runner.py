@@ -41,7 +41,10 @@ def test_a_task_has_the_same_data_whichever_other_tasks_an_arm_trains(suite):
         (client,) = participant.clients
         trained = participant_data(only, participant)
         assert list(trained.train) == [task] and list(trained.evals[0][1]) == [task]
-        for a, b in ((client_data(full, client).train, trained.train), (client_data(full, client).eval, trained.evals[0][1])):
+        for a, b in (
+            (client_data(full, client).train, trained.train),
+            (client_data(full, client).eval, trained.evals[0][1]),
+        ):
             assert torch.equal(a[task].x, b[task].x) and torch.equal(a[task].y, b[task].y)
 
 

@@ -67,7 +67,10 @@ def table_config(path: Path, *overrides: str):
 
 
 def all_client_data(cfg):
-    return [cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c)) for c in range(cfg.clients.count)]
+    return [
+        cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, c))
+        for c in range(cfg.clients.count)
+    ]
 
 
 def raw_ids(data) -> list[int]:
@@ -270,4 +273,6 @@ def test_a_table_client_trains_and_evaluates(csv_file):
     assert outcome.shared.keys() == shared.keys()
     assert all(np.isfinite(v) for v in outcome.metrics.values())
     metrics = protocol.unflatten_task_metrics(client.evaluate(outcome.shared, outcome.private)[0], protocol.EVAL)
-    assert set(metrics) == set(client.participant.tasks) and all(np.isfinite(m["num_examples"]) for m in metrics.values())
+    assert set(metrics) == set(client.participant.tasks) and all(
+        np.isfinite(m["num_examples"]) for m in metrics.values()
+    )

@@ -86,7 +86,12 @@ def test_outgoing_shared_refuses_private_parameters():
 
 def _reply(request: Message, arrays: dict, client: int, examples: float) -> Message:
     metrics = MetricRecord(
-        {protocol.CLIENT_ID: client, protocol.PARTICIPANT: client, protocol.NUM_EXAMPLES: examples, protocol.TRAIN_LOSS: 1.0}
+        {
+            protocol.CLIENT_ID: client,
+            protocol.PARTICIPANT: client,
+            protocol.NUM_EXAMPLES: examples,
+            protocol.TRAIN_LOSS: 1.0,
+        }
     )
     return Message(RecordDict({protocol.ARRAYS: ArrayRecord(arrays), protocol.METRICS: metrics}), reply_to=request)
 

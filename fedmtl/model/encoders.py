@@ -5,14 +5,28 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from torch import nn
 
 from fedmtl.core.registry import Component, Registry
 
-if TYPE_CHECKING:
-    from fedmtl.model.config import ModelConfig
+
+class ModelConfig(Protocol):
+    """What an encoder reads of ``model`` (:class:`fedmtl.model.config.ModelConfig` has it all)."""
+
+    @property
+    def encoder_hidden(self) -> tuple[int, ...]: ...
+
+    @property
+    def representation_dim(self) -> int: ...
+
+    @property
+    def activation(self) -> str: ...
+
+    @property
+    def conv_channels(self) -> tuple[int, ...]: ...
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 ImageShape = tuple[int, int, int]

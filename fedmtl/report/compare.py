@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmtl.core.layout import COMPARE_HTML, COMPARE_MD, STUDY_FILE
-from fedmtl.core.layout import SUMMARY_JSON as RUN_SUMMARY
+from fedmtl.core.layout import COMPARE_HTML, COMPARE_MD, STUDY_FILE, SUMMARY_JSON
 from fedmtl.report.collect import DONE, Run, RunResult, StudyError, Task, collect_study, read_json, read_run
 from fedmtl.report.deltas import Spread, mean_std
 from fedmtl.report.plots import band_line, new_figure, save_figure
@@ -43,7 +42,7 @@ def run_tasks(path: Path, payload: Any) -> tuple[Task, ...]:
     try:
         return tuple(Task(str(t["task"]), str(t["metric"]), bool(t["higher_is_better"])) for t in payload["tasks"])
     except (KeyError, TypeError):
-        raise StudyError(path / RUN_SUMMARY, "needs a 'tasks' list with task, metric and higher_is_better") from None
+        raise StudyError(path / SUMMARY_JSON, "needs a 'tasks' list with task, metric and higher_is_better") from None
 
 
 def load_entries(directory: str | Path) -> list[Entry]:
@@ -56,12 +55,12 @@ def load_entries(directory: str | Path) -> list[Entry]:
             for arm in data.study.arms
             if data.arm_results(arm)
         ]
-    if (path / RUN_SUMMARY).is_file():
-        payload = read_json(path / RUN_SUMMARY)
+    if (path / SUMMARY_JSON).is_file():
+        payload = read_json(path / SUMMARY_JSON)
         tasks = run_tasks(path, payload)
         seed = int(payload.get("seed", 0)) if isinstance(payload, dict) else 0
         return [Entry(path.name, path, tasks, (read_run(Run(path.name, seed, path, DONE), tasks),))]
-    raise StudyError(path, f"neither a study directory ({STUDY_FILE}) nor a finished run directory ({RUN_SUMMARY})")
+    raise StudyError(path, f"neither a study directory ({STUDY_FILE}) nor a finished run directory ({SUMMARY_JSON})")
 
 
 def gather(directories: Sequence[str | Path]) -> list[Entry]:

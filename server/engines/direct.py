@@ -20,7 +20,6 @@ same actors (torch imported, data caches kept).
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 import uuid
 from collections import deque
@@ -29,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import ServerApp
-from flwr.supercore.run import Run
 
 from fedmtl.config.sections import ResourcesConfig
 from server.engines import workers
@@ -57,8 +55,6 @@ class DirectGrid(PlacedGrid):
     app_key: str
     num_nodes: int
     run_config: Mapping[str, Any] = field(default_factory=dict)
-    _run: Run = field(init=False)
-    contexts: dict[int, Context] = field(init=False)
     queued: deque[str] = field(init=False, default_factory=deque)
     messages: dict[str, Message] = field(init=False, default_factory=dict)
     in_flight: dict[Any, _InFlight] = field(init=False, default_factory=dict)
@@ -66,41 +62,7 @@ class DirectGrid(PlacedGrid):
     busy_nodes: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        rng = random.SystemRandom()  # node ids are random per run, as Flower's are
-        node_ids: dict[int, None] = {}  # insertion-ordered set: partition i plays the i-th id
-        while len(node_ids) < self.num_nodes:
-            node_ids.setdefault(rng.getrandbits(63) | (1 << 62))  # never 0 or SUPERLINK_NODE_ID (1)
-        self._run = Run.create_empty(run_id=rng.getrandbits(63))
-        self.contexts = {
-            node: Context(
-                run_id=self._run.run_id,
-                node_id=node,
-                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: self.num_nodes},
-                state=RecordDict(),
-                run_config=dict(self.run_config),
-            )
-            for partition, node in enumerate(node_ids)
-        }
-
-    # --- Grid ---------------------------------------------------------------------------------
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def node_partitions(self) -> dict[int, int]:
-        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+        self.place(self.num_nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

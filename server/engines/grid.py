@@ -10,13 +10,15 @@ Replies are pulled every ``pull_interval_s`` (0.1 s) from a deployed SuperLink: 
 
 from __future__ import annotations
 
+import random
 import time
-from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
@@ -34,14 +36,50 @@ MESSAGE_TYPES = {"train": MessageType.TRAIN, EVALUATE: MessageType.EVALUATE}
 
 class PlacedGrid(Grid):
     """A grid that simulates its nodes itself (fedmtl's direct and in-process engines): it placed every
-    participant on a node, so nobody needs to be asked, and all of them are there from the start."""
+    participant on a node, so nobody needs to be asked, and all of them are there from the start. Node
+    ids are random per grid, as Flower's are per run; partition ``i`` (participant ``i``) plays the i-th."""
 
     CAPABILITIES = EngineCapabilities(places_nodes=True, fixed_size=True)
     run_config: Mapping[str, Any]  # what the ServerApp's context carries (empty: the apps got their config)
+    contexts: dict[int, Context]  # node -> its Context, which persists across the node's messages
+    _run: Run
 
-    @abstractmethod
+    def place(self, nodes: int, node_config: Mapping[str, Any] | None = None) -> None:
+        """Draw ``nodes`` node ids and a run id; give each node its context."""
+        rng = random.SystemRandom()
+        ids: dict[int, None] = {}  # insertion-ordered set
+        while len(ids) < nodes:
+            ids.setdefault(rng.getrandbits(63) | (1 << 62))  # never 0 or SUPERLINK_NODE_ID (1)
+        self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        self.contexts = {
+            node: Context(
+                run_id=self._run.run_id,
+                node_id=node,
+                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+            for partition, node in enumerate(ids)
+        }
+
     def node_partitions(self) -> dict[int, int]:
         """node id -> the partition (participant) it plays."""
+        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
 
 
 # What each kind of grid can do, declared once: fedmtl's own grids are placed; Flower's simulation grid

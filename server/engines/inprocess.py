@@ -9,16 +9,14 @@ worker deaths (``faults.worker_kill_round``) need another engine.
 from __future__ import annotations
 
 import contextlib
-import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import ServerApp
-from flwr.supercore.run import Run
 
 from fedmtl.config.sections import ResourcesConfig
 from server.engines.grid import PlacedGrid
@@ -32,40 +30,8 @@ class InProcessGrid(PlacedGrid):
         self, client_app: ClientApp, nodes: int, run_config: Mapping[str, Any] | None = None,
         node_config: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        rng = random.SystemRandom()
         self.client_app, self.run_config = client_app, dict(run_config or {})
-        self._run = Run.create_empty(run_id=rng.getrandbits(63))
-        ids: dict[int, None] = {}
-        while len(ids) < nodes:
-            ids.setdefault(rng.getrandbits(63) | (1 << 62))
-        self.contexts = {
-            node: Context(
-                run_id=self._run.run_id,
-                node_id=node,
-                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})},
-                state=RecordDict(),
-                run_config=dict(self.run_config),
-            )
-            for partition, node in enumerate(ids)
-        }
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def node_partitions(self) -> dict[int, int]:
-        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+        self.place(nodes, node_config)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("the in-process grid answers in send_and_receive")

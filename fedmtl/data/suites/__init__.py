@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
+from fedmtl.data.suites.columns import TargetColumn
 from fedmtl.data.suites.digits import DigitsSuite
 from fedmtl.data.suites.hub import HubSuite
 from fedmtl.data.suites.multimnist import MultiMNISTSuite
 from fedmtl.data.suites.synthetic import SyntheticSuite, SyntheticTask
-from fedmtl.data.suites.table import TableSuite, TargetColumn
+from fedmtl.data.suites.table import TableSuite
 
 SUITES = TaskSuite.REGISTRY
 for _suite in (SyntheticSuite, DigitsSuite, MultiMNISTSuite, TableSuite, HubSuite):

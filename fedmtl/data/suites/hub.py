@@ -35,20 +35,16 @@ import numpy as np
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskSuite
-from fedmtl.data.suites.table import (
+from fedmtl.data.suites.columns import (
     Column,
-    RowData,
     TargetColumn,
     TargetValues,
     arrow_column,
-    check_row_settings,
     data_key,
     encode_target,
-    layout_from,
-    numeric_features,
-    reserved_columns,
     unknown_column,
 )
+from fedmtl.data.suites.rows import RowData, check_row_settings, layout_from, numeric_features, reserved_columns
 from fedmtl.data.task_kinds import TaskSpec
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
