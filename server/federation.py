@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
+from fedmtl.core import protocol
 from fedmtl.driver.run import run_rounds
 from fedmtl.runfiles.rundir import RunDirectory
 from server.engines.grid import (
@@ -50,5 +51,6 @@ def run_federation(
 ) -> None:
     """Run the rounds of ``cfg`` over ``grid`` (from the last checkpoint when ``resume``) into ``run``."""
     key = "clients.members" if cfg.clients.members else "clients.count"
-    engine = GridEngine(grid, pull_interval_s=pull_interval_s, count_key=key)
+    query = {protocol.CLIENTS_COUNT: cfg.clients.count}
+    engine = GridEngine(grid, pull_interval_s=pull_interval_s, count_key=key, query_config=query)
     run_rounds(cfg, run, engine, resume=resume, attempt=attempt, state_dir=client_state_dir, echo=echo)

@@ -30,7 +30,8 @@ from flwr.superlink.grid.http_grid import HttpGrid
 from fedmtl.config.run_config import config_from_run_config, fixed_clients_count
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
-from server.engines.grid import exchange
+from fedmtl.driver.engine import EngineCapabilities
+from server.engines.grid import GridEngine, exchange
 from server.federation import config_for_federation
 from tests.helpers import ROOT, tiny_overrides
 from tests.loopback import LoopbackGrid, run_config, serve
@@ -213,3 +214,13 @@ def test_runtime_dependency_installation_is_refused_by_uv_at_once(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and "marked as unmanaged" in result.stderr, result.stderr
     assert not (tmp_path / "env").exists()  # stopped before creating an environment, let alone resolving
+
+
+def test_nodes_that_must_be_asked_answer_with_their_participant_even_without_clients_count(flower_identity):
+    """A grid that did not place its nodes (Flower's simulation, a deployment) asks each node which
+    participant it plays; the question carries ``clients.count`` for run configs that leave it unset."""
+    config = run_config(*TINY, "server.fraction_fit=0.5")  # sampling: the server must know who is who
+    grid = LoopbackGrid(config, 3, Path("unused"))
+    engine = GridEngine(grid, EngineCapabilities(places_nodes=False, fixed_size=False), query_config={"clients-count": 3})
+    engine.connect(3, interchangeable=False)
+    assert engine.known and {p: grid.node_partitions()[node] for p, node in engine.node_of.items()} == {0: 0, 1: 1, 2: 2}

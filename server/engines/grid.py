@@ -217,20 +217,19 @@ class GridEngine:
         pull_interval_s: float = PULL_INTERVAL_S,
         node_timeout_s: float = NODE_WAIT_S,
         count_key: str = "clients.count",
+        query_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.grid, self.pull_interval_s, self.node_timeout_s, self.count_key = (
-            grid,
-            pull_interval_s,
-            node_timeout_s,
-            count_key,
-        )
+        """``query_config``: what a node needs to know who it is when asked (``clients.count`` when the
+        run config leaves it to the federation)."""
+        self.grid, self.pull_interval_s, self.node_timeout_s = grid, pull_interval_s, node_timeout_s
+        self.count_key, self.query_config = count_key, dict(query_config or {})
         self.capabilities = capabilities or capabilities_of(grid)
         self.node_of: dict[int, int] = {}  # participant -> node
         self.known = False  # whether node_of is known to be right (else replies are taken at their word)
 
     def connect(self, participants: int, interchangeable: bool) -> None:
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
-        if isinstance(self.grid, PlacedGrid):
+        if self.capabilities.places_nodes and isinstance(self.grid, PlacedGrid):
             self.node_of = {partition: node for node, partition in self.grid.node_partitions().items()}
             self.known = True
         elif interchangeable:
@@ -240,7 +239,7 @@ class GridEngine:
 
     def identify(self, nodes: list[int]) -> dict[int, int]:
         """participant -> node, one query per node: node ids are random per run, participants are not."""
-        content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 0})})
+        content = RecordDict({protocol.CONFIG: ConfigRecord({**self.query_config, protocol.SERVER_ROUND: 0})})
         messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
         replies = exchange(self.grid, messages, self.node_timeout_s, self.pull_interval_s)
         if worker_died(replies):
