@@ -44,7 +44,18 @@ GROUPS = {  # group -> (module prefixes, goal)
     "methods": (("fedmtl.methods.",), 0.90),
     "statistics": (("fedmtl.report.deltas", "fedmtl.report.analysis"), 0.90),
     "server update": (("fedmtl.federation.server_update",), 0.80),
-    "round rules": (("fedmtl.federation.rounds",), 0.80),
+    "round rules": (
+        (
+            "fedmtl.federation.algorithm",
+            "fedmtl.federation.cohort",
+            "fedmtl.federation.sampling",
+            "fedmtl.federation.screening",
+            "fedmtl.driver.loop",
+            "fedmtl.driver.schedule",
+            "fedmtl.driver.checkpointing",
+        ),
+        0.80,
+    ),
 }
 _MUTANT = re.compile(r"^(?P<module>.+?)\.(?:x_|xǁ)(?P<rest>.+)__mutmut_\d+$")
 

@@ -31,7 +31,7 @@ from tests.helpers import (
 )
 
 # fraction_fit < 1: the resumed/restarted run has new random node ids, yet must sample the same clients
-SMALL = (*tiny_overrides(4), "rounds=5", "server.fraction_fit=0.75")
+SMALL = (*tiny_overrides(4), "rounds=5", "server.fraction_fit=0.75")  # seed 0 samples [0, 1, 3], then [1, 2, 3]
 
 
 def _rows_by_key(path) -> dict[tuple, dict]:
@@ -248,7 +248,7 @@ def test_repeated_deaths_before_the_first_checkpoint_start_over_and_change_nothi
     restart begins the run again from round 0, and the finished run equals an uninterrupted one."""
     run_dir = tmp_path / "twice-killed"
     faults = (
-        "faults.worker_kill_round=1", "faults.worker_kill_client=2", "faults.worker_kill_attempts=2",
+        "faults.worker_kill_round=1", "faults.worker_kill_client=1", "faults.worker_kill_attempts=2",
         "checkpoint.every=2", "checkpoint.restarts=2",
     )  # fmt: skip
     result = simulate(*set_args((*SMALL, *faults, f"output.run_dir={run_dir}")), env=module_env)
@@ -263,7 +263,7 @@ def test_repeated_deaths_before_the_first_checkpoint_start_over_and_change_nothi
 @pytest.mark.slow
 def test_running_out_of_restarts_stops_with_one_line_and_keeps_the_files(tmp_path, module_env):
     run_dir = tmp_path / "exhausted"
-    faults = ("faults.worker_kill_round=2", "faults.worker_kill_client=0", "faults.worker_kill_attempts=2")
+    faults = ("faults.worker_kill_round=2", "faults.worker_kill_client=1", "faults.worker_kill_attempts=2")
     result = simulate(
         *set_args((*SMALL, *faults, "checkpoint.restarts=1", f"output.run_dir={run_dir}")), env=module_env
     )

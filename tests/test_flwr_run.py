@@ -221,6 +221,12 @@ def test_nodes_that_must_be_asked_answer_with_their_participant_even_without_cli
     participant it plays; the question carries ``clients.count`` for run configs that leave it unset."""
     config = run_config(*TINY, "server.fraction_fit=0.5")  # sampling: the server must know who is who
     grid = LoopbackGrid(config, 3, Path("unused"))
-    engine = GridEngine(grid, EngineCapabilities(places_nodes=False, fixed_size=False), query_config={"clients-count": 3})
+    engine = GridEngine(
+        grid, EngineCapabilities(places_nodes=False, fixed_size=False), query_config={"clients-count": 3}
+    )
     engine.connect(3, interchangeable=False)
-    assert engine.known and {p: grid.node_partitions()[node] for p, node in engine.node_of.items()} == {0: 0, 1: 1, 2: 2}
+    assert engine.known and {p: grid.node_partitions()[node] for p, node in engine.node_of.items()} == {
+        0: 0,
+        1: 1,
+        2: 2,
+    }
