@@ -4,6 +4,8 @@ builds, checkpoint/resume, and the direction the learned weights move."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
@@ -206,7 +208,8 @@ def test_per_client_encoders_survive_a_checkpoint():
     assert cohort.updater.personal.alpha(0) != 0.5  # the weights did learn something worth restoring
     same = [{k: v * 3 for k, v in start.items()}, dict(start)]
     assert cohort.updater.step([0, 1], same, [1.0, 1.0]) == restored.cohorts[0].updater.step([0, 1], same, [1.0, 1.0])
-    with pytest.raises(ValueError, match="per-client encoders"):
+    message = "the checkpoint and server.personalisation disagree on per-client encoders: resume with the run's config"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         restored.load_state_dict(ServerAlgorithm(load_config(None, list(tiny_overrides(2)))).state_dict())
 
 

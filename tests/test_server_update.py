@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fedmtl.config.sections import ServerOptimizerConfig
-from fedmtl.federation.server_update import ServerUpdater, diagnose
-from fedmtl.methods.aggregation import FedAvg, PCGrad
+from fedmtl.core.errors import ConfigError
+from fedmtl.federation.server_update import FlatLayout, ServerUpdater, diagnose, resolve_device
+from fedmtl.methods.aggregation import MGDA, AggregationInput, FedAvg, FedFV, PCGrad
 from fedmtl.methods.aggregation.gramian import gramian
 
 INITIAL = {"a.weight": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b.bias": torch.tensor([0.25, -1.0, 2.0])}
@@ -182,6 +183,12 @@ def test_one_row_has_no_pairs_and_no_conflict():
     assert result.aggregate_norm == pytest.approx(5.0) and result.mean_norm == pytest.approx(5.0)
 
 
+def test_two_opposed_rows_are_one_pair_in_conflict():
+    matrix = torch.tensor([[1.0, 2.0], [-2.0, -4.0]], dtype=torch.float64)
+    result = diagnose([0, 1], matrix, matrix.mean(0), None, gramian(matrix, "float64"))
+    assert result.cosines_upper == pytest.approx((-1.0,)) and result.conflict_fraction == 1.0
+
+
 def test_a_steps_diagnostics_describe_the_rows_it_aggregated():
     """Through ``ServerUpdater.step``: rows are ``global - local``, the aggregate norm is FedAvg's mean row."""
     updater = ServerUpdater({"w": torch.zeros(2)}, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0)
@@ -194,3 +201,147 @@ def test_a_steps_diagnostics_describe_the_rows_it_aggregated():
     assert result.mean_norm == pytest.approx(1 / 3) and result.aggregate_norm == pytest.approx(1 / 3)
     assert result.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
     assert torch.allclose(updater.param.detach(), torch.tensor([0.0, -1 / 3]))
+
+
+# ----------------------------------------------------------------------------- what the aggregator is given
+
+# three rows in mutual conflict (every pair has a negative cosine), so that projection orders and
+# precisions show in the result
+CONFLICTING = [
+    [0.3, -1.1, 0.7, 2.2, -0.4, 0.9, 1.3],
+    [-0.8, 0.6, 1.9, -0.2, 0.5, -1.4, 0.1],
+    [1.7, 0.2, -0.9, 0.4, 1.1, 0.3, -2.0],
+]
+
+
+def one_step(updater: ServerUpdater, rows, counts, losses=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps ``updater`` (SGD, lr 1) on clients whose updates ``global - local`` are ``rows``; returns
+    the matrix of rows it aggregated (as it builds them) and the direction it stepped along."""
+    before = updater.param.detach().clone()
+    states = [as_state(list(before.double().numpy() - np.array(r))) for r in rows]
+    matrix = updater.update_matrix(states)
+    updater.step(list(range(len(rows))), states, counts, losses)
+    return matrix, before - updater.param.detach()
+
+
+def direct(aggregator, matrix, counts, **kwargs) -> torch.Tensor:
+    """The direction of the aggregator called on ``matrix`` directly (float64 counts and losses, as reported)."""
+    kwargs = {k: torch.tensor(v, dtype=torch.float64) if k == "losses" else v for k, v in kwargs.items()}
+    return aggregator(AggregationInput(matrix, torch.tensor(counts, dtype=torch.float64), **kwargs)).direction
+
+
+def assert_stepped_along(step: tuple[torch.Tensor, torch.Tensor], aggregator, counts, **kwargs) -> None:
+    matrix, stepped = step
+    torch.testing.assert_close(stepped, direct(aggregator, matrix, counts, **kwargs), rtol=0, atol=1e-6)
+
+
+def test_the_aggregator_draws_its_randomness_from_the_servers_seeded_generator():
+    """PCGrad's projection orders come from a generator seeded with the run's seed: round after round
+    the updater steps exactly as PCGrad fed with ``torch.Generator().manual_seed(seed)``, and unlike
+    PCGrad's fixed order without a generator."""
+    updater = ServerUpdater(INITIAL, PCGrad(), ServerOptimizerConfig(), seed=11)
+    generator = torch.Generator().manual_seed(11)
+    differs_from_fixed_order = False
+    for _ in range(4):
+        matrix, stepped = one_step(updater, CONFLICTING, [1.0] * 3)
+        assert_stepped_along((matrix, stepped), PCGrad(), [1.0] * 3, generator=generator)
+        differs_from_fixed_order |= not torch.allclose(stepped, direct(PCGrad(), matrix, [1.0] * 3), atol=1e-4)
+    assert differs_from_fixed_order
+
+
+def test_losses_reach_the_aggregator_in_full_precision():
+    """FedFV keeps the update of the client with the larger loss unprojected. Losses that differ below
+    float32's resolution still order the clients (client 0's is larger): the updater steps as FedFV
+    on the float64 losses, not as on rounded (tied) ones, and refuses to step without losses."""
+    rows, losses, fedfv = CONFLICTING[:2], [1.0 + 1e-9, 1.0], FedFV(alpha=0.5)
+    updater = ServerUpdater(INITIAL, fedfv, ServerOptimizerConfig(), seed=0)
+    matrix, stepped = one_step(updater, rows, [1.0, 1.0], losses)
+    assert_stepped_along((matrix, stepped), fedfv, [1.0, 1.0], losses=losses)
+    assert not torch.allclose(stepped, direct(fedfv, matrix, [1.0, 1.0], losses=[1.0, 1.0]), atol=1e-3)
+    with pytest.raises(ValueError, match="fedfv needs client losses"):
+        one_step(updater, rows, [1.0, 1.0])
+
+
+def test_example_counts_beyond_float32_integers_are_weighted_exactly():
+    """FedAvg's weights ``n_k / sum n`` from counts in float64: a count of 2^24 + 1 (not a float32)
+    gives client 1 the weight 3 / (2^24 + 4), to float32 rounding."""
+    updater = ServerUpdater(INITIAL, FedAvg(), ServerOptimizerConfig(), seed=0)
+    states, _ = ROUNDS[0]
+    result = updater.step([0, 1], [as_state(s) for s in states], [2**24 + 1, 3])
+    assert result.weights == (float(np.float32((2**24 + 1) / (2**24 + 4))), float(np.float32(3 / (2**24 + 4))))
+
+
+GRAMIANS = ("float32", "float64")
+
+
+@pytest.mark.parametrize("precision", [*GRAMIANS, None], ids=[*GRAMIANS, "default"])
+def test_the_gramian_precision_reaches_the_aggregator_and_the_diagnostics(precision):
+    """``server.gramian_precision`` (float32 by default) is the one MGDA's solver and the round's
+    cosines are computed with; the two precisions give different weights and cosines on these rows."""
+    kwargs = {} if precision is None else {"gramian_precision": precision}
+    used = precision or "float32"
+    states = [as_state(list(flat_initial() - np.array(r))) for r in CONFLICTING]
+    for aggregator in (MGDA(), FedAvg()):
+        updater = ServerUpdater(INITIAL, aggregator, ServerOptimizerConfig(), seed=0, **kwargs)
+        matrix = updater.update_matrix(states)  # the rows the step aggregates
+        expected = {}
+        for p in GRAMIANS:
+            result = aggregator(AggregationInput(matrix, torch.ones(3, dtype=torch.float64), gramian_precision=p))
+            expected[p] = diagnose([0, 1, 2], matrix, result.direction, result.weights, gramian(matrix, p))
+        assert expected["float32"].cosines_upper != expected["float64"].cosines_upper
+        got = updater.step([0, 1, 2], states, [1.0] * 3)
+        assert got.cosines_upper == expected[used].cosines_upper
+        assert got.weights == expected[used].weights
+    assert expected_mgda_weights_differ(states)
+
+
+def expected_mgda_weights_differ(states) -> bool:
+    """The lever matters: MGDA's weights on these rows depend on the precision."""
+    matrix = ServerUpdater(INITIAL, MGDA(), ServerOptimizerConfig(), seed=0).update_matrix(states)
+    weights = [
+        MGDA()(AggregationInput(matrix, torch.ones(3, dtype=torch.float64), gramian_precision=p)).weights
+        for p in GRAMIANS
+    ]
+    return not torch.equal(*weights)
+
+
+# ----------------------------------------------------------------------------- layout and device
+
+
+def test_a_state_dict_round_trips_through_the_flat_vector_in_float32():
+    """Keys in sorted order, each its shape, every dtype stored as float32 (the server's encoder)."""
+    state = {
+        "c.weight": torch.arange(6, dtype=torch.float64).reshape(2, 3),
+        "a.bias": torch.tensor([-1.0, -2.0], dtype=torch.float16),
+        "b.scale": torch.tensor([[7.0]]),
+    }
+    layout = FlatLayout.of(state)
+    flat = layout.flatten(state)
+    assert flat.dtype == torch.float32
+    assert flat.tolist() == [-1.0, -2.0, 7.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    back = layout.unflatten(flat)
+    assert list(back) == ["a.bias", "b.scale", "c.weight"]
+    for key, value in state.items():
+        assert back[key].dtype == torch.float32 and torch.equal(back[key], value.float())
+    assert ServerUpdater(state, FedAvg(), ServerOptimizerConfig(), seed=0).param.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["gpu", "no-gpu"])
+def test_auto_device_is_cuda_exactly_when_a_gpu_is_seen(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == torch.device("cuda" if cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_without_a_gpu_is_a_config_error_naming_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        resolve_device("cuda")
+    assert (caught.value.path, caught.value.message) == ("server.device", "is cuda but the server process sees no GPU")
+    with pytest.raises(ConfigError, match="^server.device: is cuda but the server process sees no GPU$"):
+        ServerUpdater(INITIAL, FedAvg(), ServerOptimizerConfig(), seed=0, device="cuda")
+
+
+def test_cuda_with_a_gpu_is_accepted(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda") == torch.device("cuda")
