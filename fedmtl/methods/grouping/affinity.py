@@ -1,0 +1,153 @@
+"""Affinity grouping: clients clustered once, after warm-up rounds, on how well their training
+agrees, into as many groups as the data support.
+
+Two signals:
+
+* ``updates``: the pairwise cosine of the clients' encoder updates, averaged over the warm-up rounds
+  in which both were aggregated (MaT-FL's grouping of clients with different tasks by the similarity
+  of their encoder updates: Cai et al., CVPR workshops 2023, github.com/VITA-Group/MaT-FL).
+* ``tasks``: the lookahead inter-task affinity that clients measure (TAG: Fifty et al., NeurIPS 2021;
+  measured on the clients during federated training and averaged over clients and rounds, as MAS
+  does: Zhuang et al., ICCV 2023). Two clients are as similar as their tasks' symmetric affinity
+  ``(Z(i->j) + Z(j->i)) / 2``, normalised by ``sqrt(Z(i->i) Z(j->j))`` and clipped to [-1, 1] (a task
+  is similar 1 to itself), averaged over their tasks' pairs. Needs ``client.affinity_every > 0``.
+
+The clients are then cut by complete linkage on the distance ``1 - similarity`` into ``k`` groups for
+every ``k`` from 2 to ``max_groups``; the ``k`` with the largest mean silhouette wins, and the
+federation stays one group when no cut reaches ``min_silhouette`` (Rousseeuw's silhouette as the
+rule for the number of clusters). A cut is allowed only when every group is at least the smallest
+group the server can aggregate. Where fedmtl differs from MAS: MAS splits *tasks* into groups and
+each client trains one model per group of its tasks; here *clients* are grouped (a client's encoder
+serves all its tasks), which coincides with MAS when every client holds one task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from fedmtl.core.errors import require
+from fedmtl.methods.grouping.base import Group, Grouping, GroupRound, Regrouper
+from fedmtl.methods.grouping.clustering import complete_linkage, cosines_from_gramian, silhouette
+
+
+def best_cut(
+    similarity: torch.Tensor, max_groups: int, min_silhouette: float, min_size: int
+) -> tuple[list[Group], float | None]:
+    """The complete-linkage cut of ``1 - similarity`` with the largest silhouette (indices into the
+    matrix), and that silhouette; one group (and None) when no cut of groups of at least ``min_size``
+    reaches ``min_silhouette``."""
+    n = similarity.shape[0]
+    distance = (1 - similarity.double()).clamp_min(0).fill_diagonal_(0)
+    best: tuple[list[Group], float | None] = ([tuple(range(n))], None)
+    for k in range(2, min(max_groups, n - 1) + 1):  # the silhouette needs a group with two items
+        cut = complete_linkage(distance, k)
+        if min(len(c) for c in cut) < min_size:
+            continue
+        score = silhouette(distance, cut)
+        if score >= min_silhouette and (best[1] is None or score > best[1]):
+            best = (cut, score)
+    return best
+
+
+def task_similarity(
+    tasks: Mapping[int, Sequence[str]], clients: Sequence[int], affinity: Mapping[tuple[str, str], float]
+) -> torch.Tensor:
+    """Client-by-client similarity from the task affinity (see the module's docstring)."""
+
+    def between(a: str, b: str) -> float:
+        if a == b:
+            return 1.0
+        mutual = (affinity.get((a, b), 0.0) + affinity.get((b, a), 0.0)) / 2
+        scale = math.sqrt(abs(affinity.get((a, a), 0.0)) * abs(affinity.get((b, b), 0.0)))
+        return 0.0 if scale == 0 else max(-1.0, min(1.0, mutual / scale))
+
+    n = len(clients)
+    matrix = torch.ones(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            pairs = [between(a, b) for a in tasks[clients[i]] for b in tasks[clients[j]]]
+            matrix[i, j] = matrix[j, i] = sum(pairs) / len(pairs)
+    return matrix
+
+
+@dataclass(frozen=True)
+class AffinityGrouping(Grouping):
+    """Clients clustered once, after ``warmup_rounds``, on update cosines or task affinity."""
+
+    name: ClassVar[str] = "affinity"
+    signal: Literal["updates", "tasks"] = "updates"
+    warmup_rounds: int = 5  # rounds whose signal is averaged; the groups form after the last of them
+    max_groups: int = 4  # groups at most
+    min_silhouette: float = 0.25  # below this for every cut, the federation stays one group
+
+    def __post_init__(self) -> None:
+        require(self.warmup_rounds >= 1, "warmup_rounds", f"must be >= 1, got {self.warmup_rounds}")
+        require(self.max_groups >= 2, "max_groups", f"must be >= 2, got {self.max_groups}")
+        score = self.min_silhouette
+        require(-1 <= score <= 1, "min_silhouette", f"must be in [-1, 1], got {score}")
+
+    def start(self) -> Regrouper:
+        return _AffinityState(self)
+
+    def check(self, clients: Sequence[int], fraction_fit: float) -> tuple[str, str] | None:
+        if self.max_groups > len(clients):
+            return "max_groups", f"is {self.max_groups} but there are {len(clients)} clients"
+        return None
+
+
+class _AffinityState(Regrouper):
+    """Sums of the signal per pair of clients (updates) or tasks (tasks) over the warm-up rounds."""
+
+    def __init__(self, rule: AffinityGrouping) -> None:
+        self.rule = rule
+        self.sums: dict[tuple[Any, Any], float] = {}
+        self.counts: dict[tuple[Any, Any], int] = {}
+
+    def _add(self, key: tuple[Any, Any], value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _mean(self, key: tuple[Any, Any]) -> float:
+        return self.sums[key] / self.counts[key] if key in self.counts else 0.0
+
+    def observe(self, server_round: int, group: GroupRound) -> list[Group] | None:
+        rule = self.rule
+        if server_round > rule.warmup_rounds or group.groups > 1:
+            return None
+        if rule.signal == "updates":
+            cosines = cosines_from_gramian(group.gramian)
+            for i, a in enumerate(group.clients):
+                for j, b in enumerate(group.clients):
+                    if a < b:
+                        self._add((a, b), float(cosines[i, j]))
+        else:
+            for pair, value in group.task_affinity.items():
+                self._add(pair, value)
+        if server_round < rule.warmup_rounds:
+            return None
+        members = list(group.members)
+        if rule.signal == "updates":
+            n = len(members)
+            similarity = torch.ones(n, n, dtype=torch.float64)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    similarity[i, j] = similarity[j, i] = self._mean((members[i], members[j]))
+        else:
+            affinity = {pair: self._mean(pair) for pair in self.counts}
+            similarity = task_similarity(group.tasks, members, affinity)
+        cut, _ = best_cut(similarity, rule.max_groups, rule.min_silhouette, group.min_size)
+        if len(cut) == 1:
+            return None
+        return [tuple(members[i] for i in c) for c in cut]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pairs": [[list(k), self.sums[k], self.counts[k]] for k in sorted(self.counts)]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums = {tuple(k): float(s) for k, s, _ in state["pairs"]}  # type: ignore[misc]
+        self.counts = {tuple(k): int(c) for k, _, c in state["pairs"]}  # type: ignore[misc]
