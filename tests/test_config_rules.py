@@ -153,6 +153,39 @@ RULES = [
     ([ARMS, "sweep.grid={output.dir: [a]}"], "sweep.grid.output.dir", "cannot sweep study, sweep or output"),
     ([ARMS, "sweep.grid={study.significance: [0.1]}"], "sweep.grid.study.significance", "cannot sweep"),
     ([ARMS, "sweep.grid={sweep.grid: [{}]}"], "sweep.grid.sweep.grid", "cannot sweep"),
+    # grouping
+    (["server.grouping={name: cfl, max_mean_ratio: 1.5}"], "server.grouping.max_mean_ratio", "must be in (0, 1)"),
+    (["server.grouping={name: cfl, max_groups: 9}"], "server.grouping.max_groups", "is 9 but there are 8 clients"),
+    (
+        ["server.grouping={name: cfl}", "server.fraction_fit=0.5"],
+        "server.grouping.name",
+        "needs server.fraction_fit: 1.0",
+    ),
+    (["server.grouping={name: affinity, min_silhouette: -2}"], "server.grouping.min_silhouette", "in [-1, 1]"),
+    (
+        ["clients.count=3", "server.grouping={name: given, groups: [[0, 1], [2, 9]]}"],
+        "server.grouping.groups[1]",
+        "names client 9, which does not take part",
+    ),
+    (
+        ["clients.count=3", "server.grouping={name: given, groups: [[0, 1]]}"],
+        "server.grouping.groups",
+        "leaves clients [2] in no group",
+    ),
+    (
+        [
+            "clients.count=3",
+            "server.grouping={name: given, groups: [[0, 1, 2]]}",
+            "server.aggregator={name: krum, f: 1}",
+        ],
+        "server.grouping",
+        "a group of 3 clients is sampled below the 5 updates",
+    ),
+    (
+        ["clients.participants=client_tasks", "server.cohorts=task", "server.grouping={name: cfl}"],
+        "server.grouping",
+        "server.cohorts is 'task', not 'one'",
+    ),
     # override syntax
     (["rounds=[1"], "rounds", "is not valid YAML"),
     (["a..b=1"], "--set", "bad key path 'a..b'"),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.typed import parse_dataclass
+from fedmtl.data.participants import Participant
 from fedmtl.model.encoders import ENCODERS
 
 
@@ -68,6 +69,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.server.cohorts.check(participants)
     if problem:
         raise ConfigError("server.cohorts", problem)
+    check_grouping(cfg, participants)
     cohort_sizes = Counter(cfg.server.cohorts.assign(participants).values()).values()
     per_round = min(sample_size(size, cfg.server.fraction_fit) for size in cohort_sizes)
     if not cfg.server.cohorts.adopts and per_round < cfg.server.aggregator.min_rows():
@@ -103,6 +105,28 @@ def check_consistency(cfg: ExperimentConfig) -> None:
                 f"faults.adversarial_clients[{i}]",
                 f"client {client} does not take part (clients.count {cfg.clients.count}, members {list(cfg.clients.members)})",
             )
+
+
+def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
+    grouping = cfg.server.grouping
+    if grouping.name == "none":
+        return
+    if cfg.server.cohorts.name != "one":
+        raise ConfigError(
+            "server.grouping",
+            f"groups clients that share an encoder; server.cohorts is {cfg.server.cohorts.name!r}, not 'one'",
+        )
+    problem = grouping.check([p.client_id for p in participants], cfg.server.fraction_fit)
+    if problem:
+        key, why = problem
+        raise ConfigError(f"server.grouping.{key}", why)
+    smallest = min(len(g) for g in grouping.initial([p.client_id for p in participants]))
+    if sample_size(smallest, cfg.server.fraction_fit) < cfg.server.aggregator.min_rows():
+        raise ConfigError(
+            "server.grouping",
+            f"a group of {smallest} clients is sampled below the {cfg.server.aggregator.min_rows()} updates "
+            f"{cfg.server.aggregator!r} needs per round",
+        )
 
 
 def parse_and_check(raw: Mapping[str, Any]) -> ExperimentConfig:

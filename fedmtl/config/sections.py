@@ -13,6 +13,7 @@ from fedmtl.core.layout import MetricsFormat
 from fedmtl.methods.aggregation import Aggregator, FedAvg
 from fedmtl.methods.balancing import Balancer, Static
 from fedmtl.methods.cohorts import Cohorts, OneCohort
+from fedmtl.methods.grouping import Grouping, NoGrouping
 from fedmtl.methods.optimizers import OPTIMIZERS, SGD, Optimizer
 from fedmtl.methods.personalisation import NoPersonalisation, Personalisation
 from fedmtl.methods.task_sampling import AllTasks, TaskSampler
@@ -36,6 +37,9 @@ class ClientConfig:
     # Measure per-task encoder gradients every k steps for the conflict diagnostics (0 = never).
     gradient_diagnostics_every: int = 5
     subspace_steps: int = 4  # measurements per task spanning its gradient subspace (principal angles)
+    # Measure TAG's lookahead task affinity Z(i -> j) on the encoder every k steps (0 = never): one
+    # extra gradient and T lookahead evaluations per probe (fedmtl/local/affinity.py).
+    affinity_every: int = 0
     # Before each evaluation, fit the private heads to the encoder as received for this many steps
     # (encoder frozen, the fitted heads discarded afterwards): FedRep's head update (Collins et al.,
     # ICML 2021) as an evaluation protocol. 0 = evaluate the heads as the last training left them.
@@ -47,7 +51,13 @@ class ClientConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        for key, least in (("gradient_diagnostics_every", 0), ("subspace_steps", 1), ("eval_head_steps", 0)):
+        at_least = (
+            ("gradient_diagnostics_every", 0),
+            ("subspace_steps", 1),
+            ("eval_head_steps", 0),
+            ("affinity_every", 0),
+        )
+        for key, least in at_least:
             require(getattr(self, key) >= least, key, f"must be >= {least}, got {getattr(self, key)}")
 
 
@@ -101,6 +111,10 @@ class ServerConfig:
     # Which participants share an encoder: one (the federation), task (one encoder per task: fed_stl)
     # or participant (each keeps its own, nothing aggregated: local training) (fedmtl/methods/cohorts.py).
     cohorts: Cohorts = field(default_factory=OneCohort)
+    # Groups of clients that each keep their own encoder, formed during the run: none | given (groups:
+    # [[0, 1], [2, 3]]) | cfl (clustered FL's split rule) | affinity (clustered once after warm-up on
+    # update cosines or task affinity) (fedmtl/methods/grouping/). Needs server.cohorts: one.
+    grouping: Grouping = field(default_factory=NoGrouping)
 
     def __post_init__(self) -> None:
         for key in ("fraction_fit", "fraction_evaluate"):

@@ -35,6 +35,7 @@ TRAIN, EVAL, PERSONAL = "train", "eval", "personal"  # splits; PERSONAL = a clie
 TASK_COSINE = "task-cosine"  # pairwise cosine of task gradients on the encoder, mean over a round
 TASK_ANGLE_MIN = "task-angle-min"  # smallest principal angle (degrees) between task-gradient subspaces
 TASK_ANGLE_MEAN = "task-angle-mean"  # mean principal angle (degrees)
+TASK_AFFINITY = "task-affinity"  # lookahead affinity Z(i -> j) on the encoder, mean over a round (TAG)
 
 
 class PrivacyViolation(RuntimeError):

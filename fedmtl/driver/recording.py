@@ -16,6 +16,7 @@ from fedmtl.core.messages import Exchange
 from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
+from fedmtl.federation.groups import mean_task_affinity
 
 log = logging.getLogger(__name__)
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")
@@ -26,6 +27,10 @@ SERVER_COLUMNS = (
     "personal_alphas",  # server.personalisation: each row's weight on its own update (null when off)
     "adversarial",  # ids of the clients whose reply this round carried a forged update (faults.attack)
     "cohorts",  # with several cohorts (server.cohorts): each one's diagnostics, the fields above
+    "update_norms",  # each aggregated row's L2 norm (row order: clients)
+    "groups",  # server.grouping: cohort key -> client ids after the round's regrouping
+    "splits",  # server.grouping: the groups split this round ({group, into})
+    "task_affinity",  # client.affinity_every: lookahead affinity per ordered task pair, mean over the replies
 )  # fmt: skip
 
 
@@ -39,6 +44,7 @@ CLIENT_COLUMNS = (
     "task_weights",
     "task_cosines",
     "attacked",  # the client forged its encoder update this round (faults.attack)
+    "task_affinity",  # client.affinity_every: lookahead affinity Z(from -> to) per ordered task pair
 )
 
 
@@ -103,6 +109,11 @@ class Recorder(Callback):
             bytes_down=exchange.payload_bytes,
             **server_diagnostics(result),
         )
+        if result.groups is not None:
+            state.row.update(groups=result.groups, splits=result.splits)
+        affinity = affinity_rows(mean_task_affinity(reports))
+        if affinity:
+            state.row["task_affinity"] = affinity
 
     def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
         for split in (protocol.EVAL, protocol.PERSONAL):
@@ -138,9 +149,15 @@ class Recorder(Callback):
                     "task_weights": {task: m.get("weight") for task, m in sorted(train.items())},
                     "task_cosines": pair_rows(report),
                     "attacked": bool(report.get(protocol.ATTACKED)),
+                    "task_affinity": affinity_rows(protocol.unflatten_pair_metrics(report, protocol.TASK_AFFINITY)),
                 }
             )
         self.clients.write(rows)
+
+
+def affinity_rows(affinity: Mapping[tuple[str, str], float]) -> list[dict[str, Any]]:
+    """``[{from, to, affinity}]`` per ordered task pair, sorted."""
+    return [{"from": a, "to": b, "affinity": v} for (a, b), v in sorted(affinity.items())]
 
 
 def server_diagnostics(result: TrainResult) -> dict[str, Any]:

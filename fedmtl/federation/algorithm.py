@@ -19,11 +19,13 @@ from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.core import protocol
 from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, Send
 from fedmtl.data.participants import Participant
+from fedmtl.federation import groups
 from fedmtl.federation.cohort import Cohort
 from fedmtl.federation.head_averaging import HeadAverager
 from fedmtl.federation.sampling import Sampler
 from fedmtl.federation.screening import Accepted, screen
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
+from fedmtl.methods.grouping import NoGrouping
 from fedmtl.model.networks import initial_head_state, initial_shared_state
 
 
@@ -47,6 +49,8 @@ class TrainResult:
     cohorts: list[CohortRound] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # every reply's metric reports
     failed: list[str] = field(default_factory=list)  # the failures' reasons (first line each)
+    groups: dict[str, list[int]] | None = None  # server.grouping: cohort key -> client ids after the round
+    splits: list[dict[str, Any]] = field(default_factory=list)  # groups split this round, and into what
 
 
 class ServerAlgorithm:
@@ -54,39 +58,54 @@ class ServerAlgorithm:
         self.cfg = cfg
         self.participants = cfg.participants()
         shape, dim = cfg.data.image_shape(), cfg.data.feature_dim()
-        initial = initial_shared_state(cfg.model, dim, cfg.seed, shape)
-        rule, server = cfg.server.cohorts, cfg.server
-        assignment = rule.assign(self.participants)
-        self.cohorts = [
-            Cohort(
-                key,
-                tuple(p for p in self.participants if assignment[p.index] == key),
-                Sampler(cfg.seed, server.fraction_fit, server.fraction_evaluate),
-                ServerUpdater(
-                    initial,
-                    server.aggregator,
-                    server.optimizer,
-                    seed=cfg.seed,
-                    device=server.device,
-                    gramian_precision=server.gramian_precision,
-                    personalisation=None if rule.adopts else server.personalisation,
-                ),  # fmt: skip
-                adopts=rule.adopts,
-            )
-            for key in sorted(set(assignment.values()))
-        ]
-        self.cohort_of = {p.index: c for c in self.cohorts for p in c.members}
+        self._initial = initial_shared_state(cfg.model, dim, cfg.seed, shape)
+        server = cfg.server
+        self.grouping = server.grouping
+        self.regrouper = server.grouping.start()
+        self.min_group = groups.smallest_group(server.aggregator.min_rows(), server.fraction_fit)
+        if isinstance(server.grouping, NoGrouping):
+            assignment = server.cohorts.assign(self.participants)
+            keyed = {
+                key: [p for p in self.participants if assignment[p.index] == key] for key in set(assignment.values())
+            }
+        else:
+            initial = server.grouping.initial([p.client_id for p in self.participants])
+            keys = groups.initial_keys(initial)
+            keyed = {key: list(groups.members_of(self.participants, g)) for key, g in zip(keys, initial)}
+        self.cohorts = [self._new_cohort(key, tuple(keyed[key])) for key in sorted(keyed)]
+        self._index_cohorts()
         self.heads = None
         if server.federate_heads:
             heads = initial_head_state(cfg.model, dim, cfg.data.task_specs(), cfg.seed, shape)
             self.heads = HeadAverager(heads, across_tasks=server.heads_across_tasks)
+
+    def _new_cohort(self, key: str, members: tuple[Participant, ...]) -> Cohort:
+        server, adopts = self.cfg.server, self.cfg.server.cohorts.adopts
+        updater = ServerUpdater(
+            self._initial,
+            server.aggregator,
+            server.optimizer,
+            seed=self.cfg.seed,
+            device=server.device,
+            gramian_precision=server.gramian_precision,
+            personalisation=None if adopts else server.personalisation,
+        )
+        return Cohort(key, members, self._sampler(key), updater, adopts=adopts)
+
+    def _sampler(self, key: str) -> Sampler:
+        server = self.cfg.server
+        return groups.sampler_for(self.cfg.seed, key, server.fraction_fit, server.fraction_evaluate)
+
+    def _index_cohorts(self) -> None:
+        self.cohort_of = {p.index: c for c in self.cohorts for p in c.members}
 
     @property
     def interchangeable(self) -> bool:
         """Every participant is sent the same thing every round, so an engine that cannot tell nodes apart
         may send to every node without asking which participant it plays."""
         (cohort, *others) = self.cohorts
-        return not others and not cohort.adopts and not cohort.sampler.samples and cohort.updater.personal is None
+        alone = not others and not cohort.adopts and not cohort.sampler.samples
+        return alone and cohort.updater.personal is None and not self.grouping.splits
 
     # --- what is sent ---------------------------------------------------------------------------
 
@@ -151,11 +170,37 @@ class ServerAlgorithm:
         sampled_by_cohort = {c.key: 0 for c in self.cohorts}
         for send in sent:
             sampled_by_cohort[self.cohort_of[send.participant].key] += 1
+        server_round = int(protocol.as_number(sent[0].config[protocol.SERVER_ROUND])) if sent else 0
+        regrouped: list[Cohort] = []
         for cohort in self.cohorts:
             mine = [a for a in accepted if self.cohort_of[a.participant] is cohort]
             diagnostics = cohort.step(mine) if mine else None
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
+            regrouped += self._regroup(server_round, cohort, diagnostics, [a.report for a in mine], result)
+        if not isinstance(self.grouping, NoGrouping):
+            self.cohorts = regrouped
+            self._index_cohorts()
+            result.groups = groups.membership(self.cohorts)
         return result
+
+    def _regroup(
+        self,
+        server_round: int,
+        cohort: Cohort,
+        diagnostics: RoundDiagnostics | None,
+        reports: list,
+        result: TrainResult,
+    ) -> list[Cohort]:
+        """``cohort``, or the cohorts it splits into after this round (``server.grouping``)."""
+        if not self.grouping.splits or diagnostics is None:
+            return [cohort]
+        seen = groups.group_round(cohort, diagnostics, reports, self.min_group, len(self.cohorts))
+        parts = self.regrouper.observe(server_round, seen)
+        if parts is None:
+            return [cohort]
+        children = groups.split(cohort, parts, self._sampler)
+        result.splits.append({"group": cohort.key, "into": groups.membership(children)})
+        return children
 
     def _update_norm(self, participant: int, encoder: dict[str, torch.Tensor]) -> float:
         cohort = self.cohort_of[participant]
@@ -171,9 +216,18 @@ class ServerAlgorithm:
         return {
             "cohorts": {c.key: c.state_dict() for c in self.cohorts},
             "heads": None if self.heads is None else self.heads.state_dict(),
+            "groups": groups.membership(self.cohorts),
+            "regrouper": self.regrouper.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.grouping.splits and "groups" in state:  # the groups formed before the checkpoint
+            self.cohorts = [
+                self._new_cohort(key, groups.members_of(self.participants, clients))
+                for key, clients in sorted(state["groups"].items())
+            ]
+            self._index_cohorts()
+            self.regrouper.load_state_dict(state["regrouper"])
         if set(state["cohorts"]) != {c.key for c in self.cohorts}:
             raise ValueError(
                 f"the checkpoint's cohorts {sorted(state['cohorts'])} are not this config's "

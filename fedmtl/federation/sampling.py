@@ -17,7 +17,7 @@ class Sampler:
     of their client ids, so that a sample depends on the seed and the clients, never on node ids.
     """
 
-    def __init__(self, seed: int, fraction_train: float, fraction_evaluate: float) -> None:
+    def __init__(self, seed: int | str, fraction_train: float, fraction_evaluate: float) -> None:
         self.seed = seed
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate

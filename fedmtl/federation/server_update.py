@@ -61,6 +61,7 @@ class RoundDiagnostics:
     aggregate_norm: float
     mean_norm: float
     personal_alphas: tuple[float, ...] | None = None  # each row's weight on its own update (server.personalisation)
+    update_norms: tuple[float, ...] = ()  # each row's L2 norm
 
 
 def resolve_device(device: str) -> torch.device:
@@ -204,4 +205,5 @@ def diagnose(
         conflict_fraction=float((upper < 0).double().mean()) if k > 1 else 0.0,
         aggregate_norm=float(direction.norm()),
         mean_norm=float(matrix.mean(dim=0).norm()),
+        update_norms=tuple(float(n) for n in gram.diagonal().clamp_min(0).sqrt()),
     )

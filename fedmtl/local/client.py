@@ -217,6 +217,7 @@ class LocalClient:
             protocol.ASSIGNED_GPU: assigned_gpu(),
             **protocol.flatten_task_metrics(protocol.TRAIN, per_task),
             **protocol.pair_metrics(protocol.TASK_COSINE, stats.task_cosines),
+            **protocol.pair_metrics(protocol.TASK_AFFINITY, stats.task_affinity),
             **protocol.pair_metrics(protocol.TASK_ANGLE_MIN, {pair: a[0] for pair, a in angles.items() if a}),
             **protocol.pair_metrics(
                 protocol.TASK_ANGLE_MEAN, {pair: float(np.mean(a)) for pair, a in angles.items() if a}

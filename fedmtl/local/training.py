@@ -17,6 +17,7 @@ import torch
 from fedmtl.config.sections import ClientConfig
 from fedmtl.data.suites import TaskData
 from fedmtl.data.task_kinds import TaskSpec
+from fedmtl.local.affinity import AffinityTracker, lookahead_affinity
 from fedmtl.local.task_gradients import TaskGradientTracker, task_gradient_matrix, write_flat_gradient
 from fedmtl.methods.aggregation import AggregationInput
 from fedmtl.methods.balancing import BalancerRound
@@ -39,6 +40,7 @@ class TrainStats:
     task_weights: dict[str, float] = field(default_factory=dict)  # balancer weights at the end of the round
     task_cosines: dict[tuple[str, str], float] = field(default_factory=dict)  # mean pairwise cosine
     subspace_angles: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # degrees
+    task_affinity: dict[tuple[str, str], float] = field(default_factory=dict)  # mean lookahead Z(i -> j)
 
 
 def batch_indices(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -73,6 +75,7 @@ def train_local(
     batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
     sizes = {task: len(d) for task, d in data.items()}
     tracker = TaskGradientTracker(cfg.subspace_steps)
+    affinity = AffinityTracker()
     totals, counts = dict.fromkeys(data, 0.0), dict.fromkeys(data, 0)
     last_layer = model.last_shared_layer_weight()
 
@@ -83,10 +86,13 @@ def train_local(
     for step in range(cfg.local_steps):
         tasks = cfg.task_sampling.choose(sizes, generator)
         optimizer.zero_grad(set_to_none=True)
-        losses = {}
+        losses, step_batches = {}, {}
         for task in tasks:
             index = next(batches[task])
-            losses[task] = specs[task].kind_impl.loss(model(data[task].x[index], task), data[task].y[index])
+            step_batches[task] = (data[task].x[index], data[task].y[index])
+            losses[task] = specs[task].kind_impl.loss(model(step_batches[task][0], task), step_batches[task][1])
+        if cfg.affinity_every > 0 and step % cfg.affinity_every == 0:
+            affinity.add(lookahead_affinity(model, step_batches, specs, encoder_params, cfg.lr, losses))
         terms = balancer.terms(losses)
         measure = cfg.gradient_diagnostics_every > 0 and step % cfg.gradient_diagnostics_every == 0
         surgery = cfg.surgery if len(tasks) > 1 else None
@@ -123,6 +129,7 @@ def train_local(
         task_weights=balancer.weights(),
         task_cosines=tracker.mean_cosines(),
         subspace_angles=tracker.subspace_angles(),
+        task_affinity=affinity.mean(),
     )
 
 

@@ -82,12 +82,13 @@ class AffinityGrouping(Grouping):
     name: ClassVar[str] = "affinity"
     signal: Literal["updates", "tasks"] = "updates"
     warmup_rounds: int = 5  # rounds whose signal is averaged; the groups form after the last of them
-    max_groups: int = 4  # groups at most
+    max_groups: int | None = None  # groups at most (default: no limit but the clients)
     min_silhouette: float = 0.25  # below this for every cut, the federation stays one group
 
     def __post_init__(self) -> None:
         require(self.warmup_rounds >= 1, "warmup_rounds", f"must be >= 1, got {self.warmup_rounds}")
-        require(self.max_groups >= 2, "max_groups", f"must be >= 2, got {self.max_groups}")
+        groups = self.max_groups
+        require(groups is None or groups >= 2, "max_groups", f"must be >= 2, got {groups}")
         score = self.min_silhouette
         require(-1 <= score <= 1, "min_silhouette", f"must be in [-1, 1], got {score}")
 
@@ -95,7 +96,7 @@ class AffinityGrouping(Grouping):
         return _AffinityState(self)
 
     def check(self, clients: Sequence[int], fraction_fit: float) -> tuple[str, str] | None:
-        if self.max_groups > len(clients):
+        if self.max_groups is not None and self.max_groups > len(clients):
             return "max_groups", f"is {self.max_groups} but there are {len(clients)} clients"
         return None
 
@@ -140,7 +141,8 @@ class _AffinityState(Regrouper):
         else:
             affinity = {pair: self._mean(pair) for pair in self.counts}
             similarity = task_similarity(group.tasks, members, affinity)
-        cut, _ = best_cut(similarity, rule.max_groups, rule.min_silhouette, group.min_size)
+        most = len(members) if rule.max_groups is None else rule.max_groups
+        cut, _ = best_cut(similarity, most, rule.min_silhouette, group.min_size)
         if len(cut) == 1:
             return None
         return [tuple(members[i] for i in c) for c in cut]

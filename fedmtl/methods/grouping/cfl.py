@@ -57,7 +57,7 @@ class ClusteredFL(Grouping):
     warmup_rounds: int = 5  # no split before this many rounds
     max_mean_ratio: float = 0.25  # split when |mean update| <= this x the largest update norm (eps_1 / eps_2)
     max_cross_cosine: float = 0.0  # ... and the bipartition's sides have no cosine above this
-    max_groups: int = 8  # groups at most
+    max_groups: int | None = None  # groups at most (default: no limit but the clients)
 
     def __post_init__(self) -> None:
         require(self.warmup_rounds >= 0, "warmup_rounds", f"must be >= 0, got {self.warmup_rounds}")
@@ -65,7 +65,8 @@ class ClusteredFL(Grouping):
         require(0 < ratio < 1, "max_mean_ratio", f"must be in (0, 1), got {ratio}")
         cross = self.max_cross_cosine
         require(-1 <= cross <= 1, "max_cross_cosine", f"must be in [-1, 1], got {cross}")
-        require(self.max_groups >= 1, "max_groups", f"must be >= 1, got {self.max_groups}")
+        groups = self.max_groups
+        require(groups is None or groups >= 1, "max_groups", f"must be >= 1, got {groups}")
 
     def start(self) -> Regrouper:
         return _CFLState(self)
@@ -73,7 +74,7 @@ class ClusteredFL(Grouping):
     def check(self, clients: Sequence[int], fraction_fit: float) -> tuple[str, str] | None:
         if fraction_fit < 1:
             return "name", "cfl compares every client of a group in one round: needs server.fraction_fit: 1.0"
-        if self.max_groups > len(clients):
+        if self.max_groups is not None and self.max_groups > len(clients):
             return "max_groups", f"is {self.max_groups} but there are {len(clients)} clients"
         return None
 
@@ -86,7 +87,8 @@ class _CFLState(Regrouper):
 
     def observe(self, server_round: int, group: GroupRound) -> list[Group] | None:
         rule = self.rule
-        if server_round <= rule.warmup_rounds or group.groups >= rule.max_groups or len(group.clients) <= 2:
+        full = rule.max_groups is not None and group.groups >= rule.max_groups
+        if server_round <= rule.warmup_rounds or full or len(group.clients) <= 2:
             return None
         if set(group.clients) != set(group.members):  # a client's update is missing this round
             return None

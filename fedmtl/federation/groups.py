@@ -1,0 +1,109 @@
+"""The server's glue for ``server.grouping``: which cohort each client is in, and a cohort's split.
+
+The rule (``fedmtl/methods/grouping/``) sees each group's round as a :class:`GroupRound`: the
+Gramian of the aggregated updates, rebuilt from the round's diagnostics (row norms and cosines), and
+the task affinity that the group's clients reported. A split gives every new group a copy of the
+parent's encoder, server-optimizer state and personal encoders, and a sampler of its own seeded by
+the run's seed and the group's key, so that a resumed run forms and samples the same groups.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fedmtl.config.experiment import sample_size
+from fedmtl.core import protocol
+from fedmtl.data.participants import Participant
+from fedmtl.federation.cohort import Cohort
+from fedmtl.federation.sampling import Sampler
+from fedmtl.federation.server_update import RoundDiagnostics
+from fedmtl.methods.grouping import Group, GroupRound
+
+ROOT = "all"  # the key of the one group every client starts in
+
+
+def initial_keys(groups: Sequence[Group]) -> list[str]:
+    """``all`` for one group, ``group-0``, ``group-1``, ... for several (named in the config)."""
+    return [ROOT] if len(groups) == 1 else [f"group-{i}" for i in range(len(groups))]
+
+
+def child_key(parent: str, index: int) -> str:
+    return f"{parent}.{index}"
+
+
+def sampler_for(seed: int, key: str, fraction_fit: float, fraction_evaluate: float) -> Sampler:
+    """The run's seed for the first group (sampling as without grouping), the seed and key after that."""
+    return Sampler(seed if key == ROOT else f"{seed}/{key}", fraction_fit, fraction_evaluate)
+
+
+def smallest_group(min_rows: int, fraction_fit: float) -> int:
+    """The fewest clients a group may have for its sample to feed the aggregator."""
+    size = 1
+    while sample_size(size, fraction_fit) < min_rows:
+        size += 1
+    return size
+
+
+def gramian_of(diagnostics: RoundDiagnostics) -> torch.Tensor:
+    """``G_ij = |u_i| |u_j| cos_ij`` from a round's diagnostics (row order: the diagnostics' clients)."""
+    norms = torch.tensor(diagnostics.update_norms, dtype=torch.float64)
+    k = len(norms)
+    cosines = torch.eye(k, dtype=torch.float64)
+    if k > 1:
+        rows, cols = torch.triu_indices(k, k, offset=1).unbind()
+        upper = torch.tensor(diagnostics.cosines_upper, dtype=torch.float64)
+        cosines[rows, cols] = upper
+        cosines[cols, rows] = upper
+    return torch.outer(norms, norms) * cosines
+
+
+def mean_task_affinity(reports: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """Each ordered task pair's affinity, averaged over the reports that measured it."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for report in reports:
+        for pair, value in protocol.unflatten_pair_metrics(report, protocol.TASK_AFFINITY).items():
+            sums.setdefault(pair, []).append(value)
+    return {pair: sum(values) / len(values) for pair, values in sorted(sums.items())}
+
+
+def group_round(
+    cohort: Cohort,
+    diagnostics: RoundDiagnostics,
+    reports: Sequence[Mapping[str, Any]],
+    min_size: int,
+    groups: int,
+) -> GroupRound:
+    return GroupRound(
+        members=tuple(sorted(p.client_id for p in cohort.members)),
+        clients=diagnostics.clients,
+        gramian=gramian_of(diagnostics),
+        min_size=min_size,
+        groups=groups,
+        tasks={p.client_id: p.tasks for p in cohort.members},
+        task_affinity=mean_task_affinity(reports),
+    )
+
+
+def split(cohort: Cohort, groups: Sequence[Group], samplers: Any) -> list[Cohort]:
+    """``cohort`` as one cohort per group of client ids, each starting from a copy of its encoder
+    and server state; ``samplers(key)`` gives each its sampler."""
+    children = []
+    for i, group in enumerate(groups):
+        key = child_key(cohort.key, i)
+        members = tuple(p for p in cohort.members if p.client_id in group)
+        children.append(Cohort(key, members, samplers(key), copy.deepcopy(cohort.updater), adopts=cohort.adopts))
+    return children
+
+
+def membership(cohorts: Sequence[Cohort]) -> dict[str, list[int]]:
+    """Cohort key -> its clients' ids (what ``server.jsonl`` and the checkpoint record)."""
+    return {c.key: sorted(p.client_id for p in c.members) for c in cohorts}
+
+
+def members_of(participants: Sequence[Participant], clients: Sequence[int]) -> tuple[Participant, ...]:
+    wanted = set(clients)
+    return tuple(p for p in participants if p.client_id in wanted)
