@@ -20,6 +20,27 @@ from fedmtl.methods.task_sampling import AllTasks, TaskSampler
 
 
 @dataclass(frozen=True)
+class RollbackConfig:
+    """Per-client roll-back (fedmtl/local/rollback.py): each client holds out a validation split of its
+    training data, trains a local model beside the federated one, and predicts each task with the
+    federated model, the local one or their mean output, whichever validates best."""
+
+    # Fraction of each task's training examples held out for the choice (0 = off: no roll-back).
+    validation_fraction: float = 0.0
+    # local or mix is chosen only when its validation loss is below the federated one by this fraction
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        fraction = self.validation_fraction
+        require(0 <= fraction < 1, "validation_fraction", f"must be in [0, 1), got {fraction}")
+        require(0 <= self.margin < 1, "margin", f"must be in [0, 1), got {self.margin}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.validation_fraction > 0
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """What each client does locally, per round (``clients:`` says who the clients are)."""
 
@@ -44,6 +65,7 @@ class ClientConfig:
     # (encoder frozen, the fitted heads discarded afterwards): FedRep's head update (Collins et al.,
     # ICML 2021) as an evaluation protocol. 0 = evaluate the heads as the last training left them.
     eval_head_steps: int = 0
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
     def __post_init__(self) -> None:
         require(self.local_steps >= 1, "local_steps", f"must be >= 1, got {self.local_steps}")

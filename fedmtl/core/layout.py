@@ -21,6 +21,7 @@ MetricsFormat = Literal["jsonl", "csv"]
 CONFIG_FILE = "config.yaml"
 SERVER_FILE = "server.jsonl"
 CLIENTS_FILE = "clients.jsonl"
+ROLLBACK_FILE = "rollback.jsonl"  # client.rollback: each evaluated client's choice per task, with its evidence
 ENCODER_FILE = "encoder.pt"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"

@@ -32,6 +32,7 @@ ON_GPU = "on-gpu"  # 1.0 when the client trained on a CUDA device
 ASSIGNED_GPU = "assigned-gpu"  # first id in CUDA_VISIBLE_DEVICES as Ray set it, -1 when none
 
 TRAIN, EVAL, PERSONAL = "train", "eval", "personal"  # splits; PERSONAL = a client's personalised copy
+ROLLBACK = "rollback"  # client.rollback: per task, the choice and each option's validation and evaluation loss
 TASK_COSINE = "task-cosine"  # pairwise cosine of task gradients on the encoder, mean over a round
 TASK_ANGLE_MIN = "task-angle-min"  # smallest principal angle (degrees) between task-gradient subspaces
 TASK_ANGLE_MEAN = "task-angle-mean"  # mean principal angle (degrees)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fedmtl.core.errors import FederationError
 from fedmtl.core.files import read_rows
-from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
+from fedmtl.core.layout import CLIENTS_FILE, ROLLBACK_FILE, SERVER_FILE
 from fedmtl.core.protocol import EVAL, PERSONAL
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.driver.schedule import is_checkpoint_round
@@ -17,7 +17,7 @@ from fedmtl.runfiles.checkpoint import (
     truncate_rows_after,
 )
 
-RUN_TABLES = (SERVER_FILE, CLIENTS_FILE)
+RUN_TABLES = (SERVER_FILE, CLIENTS_FILE, ROLLBACK_FILE)
 
 
 class Checkpointing(Callback):

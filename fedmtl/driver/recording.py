@@ -11,12 +11,13 @@ from typing import Any
 
 from fedmtl.core import protocol
 from fedmtl.core.files import RowWriter
-from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
+from fedmtl.core.layout import CLIENTS_FILE, ROLLBACK_FILE, SERVER_FILE
 from fedmtl.core.messages import Exchange
 from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
 from fedmtl.federation.groups import mean_task_affinity
+from fedmtl.local.rollback import OPTIONS
 
 log = logging.getLogger(__name__)
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")
@@ -46,6 +47,9 @@ CLIENT_COLUMNS = (
     "attacked",  # the client forged its encoder update this round (faults.attack)
     "task_affinity",  # client.affinity_every: lookahead affinity Z(from -> to) per ordered task pair
 )
+
+
+ROLLBACK_COLUMNS = ("round", "client", "task", "choice", *(f"{s}_{o}" for s in ("val", "eval") for o in OPTIONS))
 
 
 def attacking_clients(reports: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -86,6 +90,9 @@ class Recorder(Callback):
         self.metrics = RowWriter(run.metrics_path, BASE_COLUMNS + METRIC_COLUMNS)
         self.server = RowWriter(run.path / SERVER_FILE, SERVER_COLUMNS)
         self.clients = RowWriter(run.path / CLIENTS_FILE, CLIENT_COLUMNS)
+        self.rollback = (
+            RowWriter(run.path / ROLLBACK_FILE, ROLLBACK_COLUMNS) if state.cfg.client.rollback.enabled else None
+        )
         self._round_start, self._round_started_at = time.perf_counter(), time.time()
 
     def on_round_start(self, state: RunState, server_round: int) -> None:
@@ -118,6 +125,11 @@ class Recorder(Callback):
     def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
         for split in (protocol.EVAL, protocol.PERSONAL):
             state.metric_rows(self.record_clients(server_round, split, reports))
+        if self.rollback is not None:
+            rows = [row for report in reports for row in task_rows(server_round, protocol.ROLLBACK, report)]
+            for row in rows:
+                row["choice"] = OPTIONS[int(row["choice"])]
+            self.rollback.write(sorted(rows, key=lambda r: (r["client"], r["task"])))
         if server_round:
             state.row["bytes_down"] = state.row.get("bytes_down", 0) + exchange.payload_bytes
 

@@ -24,13 +24,15 @@ from fedmtl.core import protocol
 from fedmtl.core.params import is_head, task_of
 from fedmtl.data.participants import Participant
 from fedmtl.data.suites import TaskData
+from fedmtl.local import rollback
 from fedmtl.local.data import participant_data
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.model.networks import MultiTaskModel, initial_head_state
 
 _HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
-MODEL, BALANCER, PERSONAL = "model.", "balancer.", "personal."
+_LOCAL_STREAM, _VALIDATION_STREAM = 109, 113
+MODEL, BALANCER, PERSONAL, LOCAL = "model.", "balancer.", "personal.", "local."
 
 
 def assigned_gpu() -> float:
@@ -162,7 +164,7 @@ class LocalClient:
     ) -> TrainOutcome:
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
-        data = self._on_device(participant_data(self.cfg, self.participant).train)
+        data, _ = self._training_split(participant_data(self.cfg, self.participant).train)
         generator = torch.Generator().manual_seed(self.streams.round(server_round))
         model = self.build_model(shared, strip_prefix(MODEL, private))
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
@@ -171,6 +173,8 @@ class LocalClient:
         new_private = {**with_prefix(MODEL, self._private_part(model)), **with_prefix(BALANCER, balancer.state())}
         if self.sharing.personal_mu is not None:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
+        if self.training.rollback.enabled:
+            new_private.update(self._train_local_model(shared, private, data, server_round))
         outcome = TrainOutcome(
             shared=protocol.outgoing_shared(
                 {k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()
@@ -202,6 +206,35 @@ class LocalClient:
         train_local(personal, data, self.specs, self.training, generator, balancer, proximal)
         return with_prefix(PERSONAL, personal.state_dict())
 
+    def _training_split(self, train: dict[str, TaskData]) -> tuple[dict[str, TaskData], dict[str, TaskData]]:
+        """(what the models train on, the validation split) on the device; no validation without roll-back."""
+        settings = self.training.rollback
+        if not settings.enabled:
+            return self._on_device(train), {}
+        seed = derive_seed(self.cfg.seed, _VALIDATION_STREAM, self.client_id)
+        kept, validation = rollback.carve_validation(train, settings.validation_fraction, seed)
+        return self._on_device(kept), self._on_device(validation)
+
+    def _train_local_model(
+        self,
+        shared: dict[str, torch.Tensor],
+        private: dict[str, torch.Tensor] | None,
+        data: dict[str, TaskData],
+        server_round: int,
+    ) -> dict[str, torch.Tensor]:
+        """The roll-back option: a whole model (encoder and heads) that starts from the first encoder the
+        client receives and then trains on the client's own data alone."""
+        local_state = strip_prefix(LOCAL, private)
+        local = (
+            self.build_model(shared, {}, _LOCAL_STREAM)
+            if not local_state
+            else self.build_model({}, local_state, _LOCAL_STREAM)
+        )
+        generator = torch.Generator().manual_seed(derive_seed(self.streams.round(server_round), _LOCAL_STREAM))
+        balancer = self.training.balancing.start(list(self.specs), {})
+        train_local(local, data, self.specs, self.training, generator, balancer)
+        return with_prefix(LOCAL, local.state_dict())
+
     def _train_metrics(self, stats: TrainStats, data: dict[str, TaskData]) -> dict[str, float]:
         per_task = {
             task: {"loss": loss, "num_examples": float(len(data[task])), "weight": stats.task_weights.get(task, 1.0)}
@@ -232,19 +265,33 @@ class LocalClient:
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
         data = participant_data(self.cfg, self.participant)
+        train, validation = self._training_split(data.train)
         model = self.build_model(shared, strip_prefix(MODEL, private))
         if self.training.eval_head_steps:  # fitted on a throwaway copy: nothing here is kept
             generator = torch.Generator().manual_seed(self.streams.model(_EVAL_HEADS_STREAM))
             steps = self.training.eval_head_steps
-            fit_heads(model, self._on_device(data.train), self.specs, self.training, steps, generator)
+            fit_heads(model, train, self.specs, self.training, steps, generator)
         personal_state = strip_prefix(PERSONAL, private)
         personal = self.build_model({}, personal_state, _PERSONAL_STREAM) if personal_state else None
+        local_state = strip_prefix(LOCAL, private)
+        predictors = None
+        if local_state:  # roll-back: choose per task on the validation split, before any evaluation data
+            predictors = rollback.Predictors(model, self.build_model({}, local_state, _LOCAL_STREAM))
+            validation_losses = predictors.losses(validation, self.specs)
+            margin = self.training.rollback.margin
+            choices = {task: rollback.choose(losses, margin) for task, losses in validation_losses.items()}
         reports = []
         for client, held_out in data.evals:
             split = self._on_device(held_out)
             specs = {task: self.specs[task] for task in split}
-            results = evaluate(model, split, specs)
+            if predictors is None:
+                results = evaluate(model, split, specs)
+            else:
+                results = predictors.evaluate(choices, split, specs)
             metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
+            if predictors is not None:
+                evidence = rollback.evidence(choices, validation_losses, predictors.losses(split, specs))
+                metrics.update(protocol.flatten_task_metrics(protocol.ROLLBACK, evidence))
             if personal is not None:
                 metrics.update(protocol.flatten_task_metrics(protocol.PERSONAL, evaluate(personal, split, specs)))
             reports.append(
