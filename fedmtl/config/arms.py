@@ -43,6 +43,17 @@ ARMS: dict[str, Arm] = {
             {"server.federate_heads": True},
         ),
         Arm(
+            "adaptive",
+            "fed_mtl that avoids negative transfer: clients grouped on their update cosines after warm-up "
+            "(each group its own encoder), TAG task affinity measured, and per client and task a roll-back "
+            "to a local model when the federated one validates worse (defaults: docs/FINDINGS.md section 6)",
+            {
+                "server.grouping": {"name": "affinity", "signal": "updates", "warmup_rounds": 3},
+                "client.rollback": {"validation_fraction": 0.2, "margin": 0.0},
+                "client.affinity_every": 5,
+            },
+        ),
+        Arm(
             "central_mtl",
             "all clients' training data pooled into one multi-task model (the upper bound), trained with the "
             "federation's compute and evaluated on each client's held-out data",

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
 from fedmtl.report import plots
+from fedmtl.report.adaptive import adaptive_blocks
 from fedmtl.report.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
 from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
@@ -308,6 +309,7 @@ def build_blocks(
             "clients that hold the task."
         ),
         client_delta_table(all_comparisons),
+        *adaptive_blocks(data, all_comparisons),
         *communication_blocks(summary),
         *conflict_blocks(data),
     ]
