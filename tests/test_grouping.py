@@ -48,6 +48,7 @@ def round_of(rows: torch.Tensor, clients=None, members=None, min_size=1, groups=
         gramian=rows @ rows.T,
         min_size=min_size,
         groups=groups,
+        updates=rows,
     )
 
 
@@ -149,7 +150,7 @@ def test_cfl_checks_participation_and_group_count():
 @pytest.mark.parametrize(("clusters", "expected"), [(2, 2), (3, 3)])
 def test_affinity_finds_the_number_of_clusters(clusters, expected):
     directions = [axis(0), axis(0, -1), axis(1)][:clusters]
-    regrouper = AffinityGrouping(warmup_rounds=3, max_groups=4).start()
+    regrouper = AffinityGrouping(signal="cosines", warmup_rounds=3).start()
     groups = None
     for server_round in (1, 2, 3):
         rows = clustered_rows([3] * clusters, directions, noise=0.1, seed=server_round)
@@ -160,7 +161,7 @@ def test_affinity_finds_the_number_of_clusters(clusters, expected):
 
 
 def test_affinity_keeps_one_group_when_clients_agree():
-    regrouper = AffinityGrouping(warmup_rounds=2).start()
+    regrouper = AffinityGrouping(signal="cosines", warmup_rounds=2).start()
     for server_round in (1, 2):
         assert (
             regrouper.observe(server_round, round_of(clustered_rows([8], [axis(0)], noise=0.3, seed=server_round)))
@@ -169,7 +170,7 @@ def test_affinity_keeps_one_group_when_clients_agree():
 
 
 def test_affinity_groups_form_once():
-    regrouper = AffinityGrouping(warmup_rounds=1).start()
+    regrouper = AffinityGrouping(signal="cosines", warmup_rounds=1).start()
     assert regrouper.observe(1, round_of(OPPOSED)) is not None
     assert regrouper.observe(2, round_of(OPPOSED)) is None  # after warm-up nothing changes
 
@@ -177,7 +178,7 @@ def test_affinity_groups_form_once():
 def test_affinity_averages_only_the_pairs_it_saw():
     """Client 2 is aggregated only in round 1, with a cosine of -1 to client 0; rounds 1 and 2 give
     clients 0 and 1 the cosines 1 and 0: their similarity is 0.5, client 2's to client 0 is -1."""
-    regrouper = AffinityGrouping(warmup_rounds=2).start()
+    regrouper = AffinityGrouping(signal="cosines", warmup_rounds=2).start()
     a, b = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
     regrouper.observe(1, round_of(torch.stack([a, a, -a]), members=(0, 1, 2)))
     regrouper.observe(2, round_of(torch.stack([a, b]), clients=(0, 1), members=(0, 1, 2)))
@@ -186,13 +187,41 @@ def test_affinity_averages_only_the_pairs_it_saw():
     assert means == {(0, 1): pytest.approx(0.5), (0, 2): pytest.approx(-1.0), (1, 2): pytest.approx(-1.0)}
 
 
-def test_affinity_state_round_trips():
-    first = AffinityGrouping(warmup_rounds=2).start()
+@pytest.mark.parametrize("signal", ["updates", "cosines"])
+def test_affinity_state_round_trips(signal):
+    first = AffinityGrouping(signal=signal, warmup_rounds=2).start()
     first.observe(1, round_of(OPPOSED))
-    second = AffinityGrouping(warmup_rounds=2).start()
+    second = AffinityGrouping(signal=signal, warmup_rounds=2).start()
     second.load_state_dict(first.state_dict())
     rows = clustered_rows([3, 3], [axis(0), axis(0, -1.0)], seed=5)
     assert first.observe(2, round_of(rows)) == second.observe(2, round_of(rows)) == [(0, 1, 2), (3, 4, 5)]
+
+
+def noisy_rounds(rounds: int, signal: float = 0.3, noise: float = 1.0) -> list[torch.Tensor]:
+    """Two clusters of four clients whose per-round updates are mostly noise around opposite directions."""
+    return [
+        clustered_rows([4, 4], [axis(0, signal), axis(0, -signal)], noise=noise / 4, seed=r)  # noise norm ~ 1
+        for r in range(rounds)
+    ]
+
+
+def test_summed_updates_find_clusters_that_single_rounds_hide():
+    """Per round the two clusters' cosines are buried in noise (cosine signal about 0.08); summed over
+    ten rounds the noise averages down and the clusters separate. The per-round cosines, averaged, do not."""
+    summed, averaged = (
+        AffinityGrouping(warmup_rounds=10).start(),
+        AffinityGrouping(signal="cosines", warmup_rounds=10).start(),
+    )
+    for server_round, rows in enumerate(noisy_rounds(10), start=1):
+        by_sum, by_mean = summed.observe(server_round, round_of(rows)), averaged.observe(server_round, round_of(rows))
+    assert by_sum == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert by_mean != by_sum
+
+
+def test_summed_updates_wait_for_every_client():
+    regrouper = AffinityGrouping(warmup_rounds=1).start()
+    assert regrouper.wants_updates(1) and not regrouper.wants_updates(2)
+    assert regrouper.observe(1, round_of(OPPOSED[:5], members=range(6))) is None  # client 5 never trained
 
 
 def test_best_cut_scores_the_cut_by_its_silhouette():

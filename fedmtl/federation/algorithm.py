@@ -174,9 +174,12 @@ class ServerAlgorithm:
         regrouped: list[Cohort] = []
         for cohort in self.cohorts:
             mine = [a for a in accepted if self.cohort_of[a.participant] is cohort]
+            rows = None  # the update rows, taken before the step moves the encoder, when the rule wants them
+            if mine and self.regrouper.wants_updates(server_round):
+                rows = cohort.updater.update_matrix([a.encoder for a in mine]).cpu()
             diagnostics = cohort.step(mine) if mine else None
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
-            regrouped += self._regroup(server_round, cohort, diagnostics, [a.report for a in mine], result)
+            regrouped += self._regroup(server_round, cohort, diagnostics, [a.report for a in mine], result, rows)
         if not isinstance(self.grouping, NoGrouping):
             self.cohorts = regrouped
             self._index_cohorts()
@@ -190,11 +193,12 @@ class ServerAlgorithm:
         diagnostics: RoundDiagnostics | None,
         reports: list,
         result: TrainResult,
+        rows: torch.Tensor | None,
     ) -> list[Cohort]:
         """``cohort``, or the cohorts it splits into after this round (``server.grouping``)."""
         if not self.grouping.splits or diagnostics is None:
             return [cohort]
-        seen = groups.group_round(cohort, diagnostics, reports, self.min_group, len(self.cohorts))
+        seen = groups.group_round(cohort, diagnostics, reports, self.min_group, len(self.cohorts), rows)
         parts = self.regrouper.observe(server_round, seen)
         if parts is None:
             return [cohort]

@@ -76,6 +76,7 @@ def group_round(
     reports: Sequence[Mapping[str, Any]],
     min_size: int,
     groups: int,
+    updates: torch.Tensor | None = None,
 ) -> GroupRound:
     return GroupRound(
         members=tuple(sorted(p.client_id for p in cohort.members)),
@@ -85,6 +86,7 @@ def group_round(
         groups=groups,
         tasks={p.client_id: p.tasks for p in cohort.members},
         task_affinity=mean_task_affinity(reports),
+        updates=updates,
     )
 
 

@@ -1,11 +1,17 @@
 """Affinity grouping: clients clustered once, after warm-up rounds, on how well their training
 agrees, into as many groups as the data support.
 
-Two signals:
+Three signals:
 
-* ``updates``: the pairwise cosine of the clients' encoder updates, averaged over the warm-up rounds
-  in which both were aggregated (MaT-FL's grouping of clients with different tasks by the similarity
-  of their encoder updates: Cai et al., CVPR workshops 2023, github.com/VITA-Group/MaT-FL).
+* ``updates`` (default): the cosine between the clients' encoder updates summed over the warm-up
+  rounds. A single round's update is dominated by minibatch noise (measured on the setting of
+  configs/study_adaptive.yaml: same-task cosines of 0.1-0.5 per round, cross-task about 0); the
+  sum keeps what is systematic in a client's direction and averages the noise down (MaT-FL groups
+  clients with different tasks by the similarity of their encoder updates: Cai et al., CVPR
+  workshops 2023, github.com/VITA-Group/MaT-FL). The server keeps one summed update per client
+  during the warm-up only (``N x P`` floats).
+* ``cosines``: the pairwise cosine of the clients' updates in each round, averaged over the warm-up
+  rounds in which both were aggregated (only the round's Gramian is needed).
 * ``tasks``: the lookahead inter-task affinity that clients measure (TAG: Fifty et al., NeurIPS 2021;
   measured on the clients during federated training and averaged over clients and rounds, as MAS
   does: Zhuang et al., ICCV 2023). Two clients are as similar as their tasks' symmetric affinity
@@ -80,7 +86,7 @@ class AffinityGrouping(Grouping):
     """Clients clustered once, after ``warmup_rounds``, on update cosines or task affinity."""
 
     name: ClassVar[str] = "affinity"
-    signal: Literal["updates", "tasks"] = "updates"
+    signal: Literal["updates", "cosines", "tasks"] = "updates"
     warmup_rounds: int = 5  # rounds whose signal is averaged; the groups form after the last of them
     max_groups: int | None = None  # groups at most (default: no limit but the clients)
     min_silhouette: float = 0.25  # below this for every cut, the federation stays one group
@@ -108,6 +114,10 @@ class _AffinityState(Regrouper):
         self.rule = rule
         self.sums: dict[tuple[Any, Any], float] = {}
         self.counts: dict[tuple[Any, Any], int] = {}
+        self.updates: dict[int, torch.Tensor] = {}  # signal updates: each client's summed update
+
+    def wants_updates(self, server_round: int) -> bool:
+        return self.rule.signal == "updates" and server_round <= self.rule.warmup_rounds
 
     def _add(self, key: tuple[Any, Any], value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + value
@@ -121,6 +131,12 @@ class _AffinityState(Regrouper):
         if server_round > rule.warmup_rounds or group.groups > 1:
             return None
         if rule.signal == "updates":
+            if group.updates is None:
+                raise ValueError("affinity grouping on summed updates needs the round's update rows")
+            for client, row in zip(group.clients, group.updates):
+                total = self.updates.get(client)
+                self.updates[client] = row.double().clone() if total is None else total + row.double()
+        elif rule.signal == "cosines":
             cosines = cosines_from_gramian(group.gramian)
             for i, a in enumerate(group.clients):
                 for j, b in enumerate(group.clients):
@@ -133,6 +149,14 @@ class _AffinityState(Regrouper):
             return None
         members = list(group.members)
         if rule.signal == "updates":
+            summed = (
+                torch.stack([self.updates.get(c, torch.zeros(0)) for c in members]) if self._complete(members) else None
+            )
+            if summed is None:
+                return None  # a client never trained in the warm-up: nothing to compare it by
+            similarity = cosines_from_gramian(summed @ summed.T)
+            self.updates = {}  # needed no more
+        elif rule.signal == "cosines":
             n = len(members)
             similarity = torch.ones(n, n, dtype=torch.float64)
             for i in range(n):
@@ -147,9 +171,16 @@ class _AffinityState(Regrouper):
             return None
         return [tuple(members[i] for i in c) for c in cut]
 
+    def _complete(self, members: Sequence[int]) -> bool:
+        return all(c in self.updates for c in members)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"pairs": [[list(k), self.sums[k], self.counts[k]] for k in sorted(self.counts)]}
+        return {
+            "pairs": [[list(k), self.sums[k], self.counts[k]] for k in sorted(self.counts)],
+            "updates": {c: self.updates[c].clone() for c in sorted(self.updates)},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = {int(c): t.clone() for c, t in state.get("updates", {}).items()}
         self.sums = {tuple(k): float(s) for k, s, _ in state["pairs"]}  # type: ignore[misc]
         self.counts = {tuple(k): int(c) for k, _, c in state["pairs"]}  # type: ignore[misc]

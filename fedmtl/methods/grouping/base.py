@@ -34,10 +34,15 @@ class GroupRound:
     tasks: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # client id -> its tasks
     # the round's lookahead task affinity Z(i -> j), mean over the group's replies (client.affinity_every)
     task_affinity: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    updates: torch.Tensor | None = None  # [K, P] the rows themselves, when the rule asks (wants_updates)
 
 
 class Regrouper:
     """A grouping rule's state over a run; checkpointed with the server."""
+
+    def wants_updates(self, server_round: int) -> bool:
+        """Whether this round's :class:`GroupRound` must carry the update rows (they cost a copy)."""
+        return False
 
     def observe(self, server_round: int, group: GroupRound) -> list[Group] | None:
         """The group's split after this round (two or more groups covering its members), or None to keep it."""
