@@ -21,7 +21,10 @@ Three signals:
 The clients are then cut by complete linkage on the distance ``1 - similarity`` into ``k`` groups for
 every ``k`` from 2 to ``max_groups``; the ``k`` with the largest mean silhouette wins, and the
 federation stays one group when no cut reaches ``min_silhouette`` (Rousseeuw's silhouette as the
-rule for the number of clusters). A cut is allowed only when every group is at least the smallest
+rule for the number of clusters). Structure alone is not conflict: clients with little data update
+differently from the rest even when their task agrees with it, so a cut is also refused when its two
+closest groups still agree, their mean similarity above ``max_cross_similarity`` (the analogue of
+clustered FL's separation test). A cut is allowed only when every group is at least the smallest
 group the server can aggregate. Where fedmtl differs from MAS: MAS splits *tasks* into groups and
 each client trains one model per group of its tasks; here *clients* are grouped (a client's encoder
 serves all its tasks), which coincides with MAS when every client holds one task.
@@ -41,18 +44,23 @@ from fedmtl.methods.grouping.base import Group, Grouping, GroupRound, Regrouper
 from fedmtl.methods.grouping.clustering import complete_linkage, cosines_from_gramian, silhouette
 
 
+def largest_cross_similarity(similarity: torch.Tensor, cut: Sequence[Group]) -> float:
+    """The largest mean similarity between two groups of ``cut``: how much the closest groups still agree."""
+    return max(float(similarity[list(a)][:, list(b)].mean()) for i, a in enumerate(cut) for b in cut[i + 1 :])
+
+
 def best_cut(
-    similarity: torch.Tensor, max_groups: int, min_silhouette: float, min_size: int
+    similarity: torch.Tensor, max_groups: int, min_silhouette: float, min_size: int, max_cross: float = 1.0
 ) -> tuple[list[Group], float | None]:
     """The complete-linkage cut of ``1 - similarity`` with the largest silhouette (indices into the
     matrix), and that silhouette; one group (and None) when no cut of groups of at least ``min_size``
-    reaches ``min_silhouette``."""
+    whose closest groups agree at most ``max_cross`` (mean similarity) reaches ``min_silhouette``."""
     n = similarity.shape[0]
     distance = (1 - similarity.double()).clamp_min(0).fill_diagonal_(0)
     best: tuple[list[Group], float | None] = ([tuple(range(n))], None)
     for k in range(2, min(max_groups, n - 1) + 1):  # the silhouette needs a group with two items
         cut = complete_linkage(distance, k)
-        if min(len(c) for c in cut) < min_size:
+        if min(len(c) for c in cut) < min_size or largest_cross_similarity(similarity, cut) > max_cross:
             continue
         score = silhouette(distance, cut)
         if score >= min_silhouette and (best[1] is None or score > best[1]):
@@ -90,6 +98,9 @@ class AffinityGrouping(Grouping):
     warmup_rounds: int = 5  # rounds whose signal is averaged; the groups form after the last of them
     max_groups: int | None = None  # groups at most (default: no limit but the clients)
     min_silhouette: float = 0.25  # below this for every cut, the federation stays one group
+    # a cut whose two closest groups still agree more than this (mean similarity) is refused: groups
+    # are for clients that do not help each other (0.2: chosen on tuning seeds, docs/FINDINGS.md)
+    max_cross_similarity: float = 0.2
 
     def __post_init__(self) -> None:
         require(self.warmup_rounds >= 1, "warmup_rounds", f"must be >= 1, got {self.warmup_rounds}")
@@ -97,6 +108,8 @@ class AffinityGrouping(Grouping):
         require(groups is None or groups >= 2, "max_groups", f"must be >= 2, got {groups}")
         score = self.min_silhouette
         require(-1 <= score <= 1, "min_silhouette", f"must be in [-1, 1], got {score}")
+        cross = self.max_cross_similarity
+        require(-1 <= cross <= 1, "max_cross_similarity", f"must be in [-1, 1], got {cross}")
 
     def start(self) -> Regrouper:
         return _AffinityState(self)
@@ -166,7 +179,7 @@ class _AffinityState(Regrouper):
             affinity = {pair: self._mean(pair) for pair in self.counts}
             similarity = task_similarity(group.tasks, members, affinity)
         most = len(members) if rule.max_groups is None else rule.max_groups
-        cut, _ = best_cut(similarity, most, rule.min_silhouette, group.min_size)
+        cut, _ = best_cut(similarity, most, rule.min_silhouette, group.min_size, rule.max_cross_similarity)
         if len(cut) == 1:
             return None
         return [tuple(members[i] for i in c) for c in cut]
