@@ -327,9 +327,10 @@ def test_adjusted_rand_index_hand_values(labels, truth, expected):
 
 def test_groups_that_still_agree_are_not_split():
     """Blocks of similarity 0.9 inside and 0.5 across have a clear structure (silhouette 0.8) but agree:
-    the default bound 0.2 on the closest groups' mean similarity keeps one group; a bound of 0.6 splits."""
+    the rule's default bound 0.2 on the closest groups' mean similarity keeps one group; 0.6 splits."""
     block = torch.full((4, 4), 0.5, dtype=torch.float64)
     block[:2, :2] = block[2:, 2:] = 0.9
     block.fill_diagonal_(1.0)
-    assert best_cut(block, 3, 0.25, 1) == ([(0, 1, 2, 3)], None)
+    assert AffinityGrouping().max_cross_similarity == 0.2
+    assert best_cut(block, 3, 0.25, 1, max_cross=0.2) == ([(0, 1, 2, 3)], None)
     assert best_cut(block, 3, 0.25, 1, max_cross=0.6)[0] == [(0, 1), (2, 3)]
