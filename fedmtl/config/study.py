@@ -42,7 +42,7 @@ class StudyConfig:
     """Arms x seeds run one after another by one command (empty arms: a single run)."""
 
     # Built-in arm names (fed_mtl is this config as it stands, local_stl, fed_stl, fed_full,
-    # central_mtl) or user-defined arms {name: pcgrad, base: fed_mtl, set: {server.aggregator: pcgrad}}.
+    # central_mtl, adaptive) or user-defined arms {name: pcgrad, base: fed_mtl, set: {server.aggregator: pcgrad}}.
     arms: tuple[str | ArmSpec, ...] = ()
     seeds: tuple[int, ...] = ()  # default: the top-level seed only
     reference_arm: str = "fed_mtl"  # with compare empty: this arm is compared with every other arm
