@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from fedmtl.core.layout import CONFIG_FILE, ROLLBACK_FILE, SERVER_FILE
@@ -30,6 +31,7 @@ from fedmtl.report.analysis import Comparison, TaskDelta
 from fedmtl.report.collect import RunResult, StudyData
 from fedmtl.report.conflict import tasks_held
 from fedmtl.report.deltas import Spread, mean_std
+from fedmtl.report.plots import new_figure, save_figure
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 KEEP, ROLL_BACK, INCONCLUSIVE = "keep federated multi-task", "roll back to single-task", "inconclusive"
@@ -151,9 +153,9 @@ def rollback_rows(data: StudyData) -> list[list[str]]:
     return rows
 
 
-def affinity_rows(data: StudyData) -> list[list[str]]:
-    """Per arm: mean lookahead affinity Z(i -> j) per ordered task pair over rounds and seeds."""
-    rows = []
+def affinity_means(data: StudyData) -> dict[str, dict[tuple[str, str], tuple[float, int]]]:
+    """Arm -> ordered task pair -> (mean lookahead affinity over rounds and seeds, rows), for arms that measured it."""
+    found = {}
     for arm in data.study.arms:
         values: dict[tuple[str, str], list[float]] = {}
         for (name, _), result in sorted(data.results.items()):
@@ -162,9 +164,43 @@ def affinity_rows(data: StudyData) -> list[list[str]]:
             for r in _read_jsonl(result.run.dir / SERVER_FILE):
                 for pair in r.get("task_affinity") or ():
                     values.setdefault((pair["from"], pair["to"]), []).append(pair["affinity"])
-        for (source, target), v in sorted(values.items()):
-            rows.append([arm, source, target, f"{sum(v) / len(v):+.4f}", str(len(v))])
-    return rows
+        if values:
+            found[arm] = {pair: (sum(v) / len(v), len(v)) for pair, v in sorted(values.items())}
+    return found
+
+
+def affinity_rows(data: StudyData) -> list[list[str]]:
+    return [
+        [arm, source, target, f"{mean:+.4f}", str(count)]
+        for arm, pairs in affinity_means(data).items()
+        for (source, target), (mean, count) in pairs.items()
+    ]
+
+
+def plot_task_affinity(data: StudyData, path: Path) -> Path | None:
+    """One heatmap per arm that measured it: mean Z(row -> column) over rounds, clients and seeds."""
+    means = affinity_means(data)
+    if not means:
+        return None
+    fig, axes = new_figure(len(means), width=4.2, height=3.6)
+    for ax, (arm, pairs) in zip(axes, means.items()):
+        tasks = sorted({t for pair in pairs for t in pair})
+        grid = np.full((len(tasks), len(tasks)), np.nan)
+        for (source, target), (mean, _) in pairs.items():
+            grid[tasks.index(source), tasks.index(target)] = mean
+        bound = float(np.nanmax(np.abs(grid))) or 1.0
+        image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+        ax.set_yticks(range(len(tasks)), tasks)
+        ax.set_xlabel("to (loss measured)")
+        ax.set_ylabel("from (step taken)")
+        ax.set_title(arm)
+        for i in range(len(tasks)):
+            for j in range(len(tasks)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:+.3f}", ha="center", va="center", fontsize="small")
+        fig.colorbar(image, ax=ax)
+    return save_figure(fig, path)
 
 
 def balancing_of(data: StudyData) -> dict[str, str]:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedmtl.report.adaptive import INCONCLUSIVE, KEEP, ROLL_BACK, grouping_rows, rollback_rows, task_verdict
+from fedmtl.report.adaptive import (
+    INCONCLUSIVE,
+    KEEP,
+    ROLL_BACK,
+    affinity_rows,
+    grouping_rows,
+    rollback_rows,
+    task_verdict,
+)
 from fedmtl.report.analysis import comparisons
 from fedmtl.report.collect import collect_study
 from fedmtl.report.report import write_report
@@ -85,3 +93,15 @@ def test_the_report_carries_the_verdicts_and_answers(tmp_path):
     assert "| fed_mtl vs local_stl | reg | **roll back to single-task** |" in text
     assert "**How negative transfer was detected.** fed_mtl on reg:" in text
     assert "Groups of clients" not in text  # nothing grouped
+
+
+def test_task_affinity_is_averaged_over_rounds_and_seeds_and_drawn(tmp_path):
+    root = write_study(tmp_path / "s", seeds=(0, 1))
+    for seed, value in ((0, 0.1), (1, 0.3)):
+        pairs = [{"from": "cls", "to": "reg", "affinity": value}, {"from": "cls", "to": "cls", "affinity": 0.5}]
+        add_rows(root / f"arms/fed_mtl/seed-{seed}/server.jsonl", [{"task_affinity": pairs}] * 3)
+    data = collect_study(root)
+    assert affinity_rows(data) == [["fed_mtl", "cls", "cls", "+0.5000", "6"], ["fed_mtl", "cls", "reg", "+0.2000", "6"]]
+    summary = write_report(root)
+    assert summary["plots"]["task_affinity"] == "plots/task_affinity.png"
+    assert (root / "plots/task_affinity.png").stat().st_size > 0
