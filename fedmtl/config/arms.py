@@ -45,12 +45,11 @@ ARMS: dict[str, Arm] = {
         Arm(
             "adaptive",
             "fed_mtl that avoids negative transfer: clients grouped on their summed updates after warm-up "
-            "(each group its own encoder), TAG task affinity measured, per client and task a roll-back to a "
-            "local model when the federated one validates worse, heads initialised per task (defaults "
-            "chosen on tuning seeds: docs/FINDINGS.md section 6)",
+            "(each group its own encoder), TAG task affinity measured, heads initialised per task; per-client "
+            "roll-back (client.rollback) is off: on the tuning seeds it cost more than it saved (docs/FINDINGS.md "
+            "section 6)",
             {
                 "server.grouping": {"name": "affinity", "signal": "updates", "warmup_rounds": 3},
-                "client.rollback": {"validation_fraction": 0.2, "margin": 0.0},
                 "client.affinity_every": 5,
                 # same-task clients start from the same head, so that their encoder updates agree
                 "model.head_init": "task",
