@@ -65,19 +65,28 @@ def test_every_built_in_arm_is_a_valid_config_of_the_tiny_study():
             node = getattr(cfg, section)
             for part in field.split("."):
                 node = getattr(node, part)
-            assert getattr(node, "name", node) == value, (name, key)
+            if isinstance(value, dict):  # a component with its parameters
+                assert all(getattr(node, k) == v for k, v in value.items()), (name, key)
+            else:
+                assert getattr(node, "name", node) == value, (name, key)
 
 
 @pytest.mark.parametrize("metrics_format", ["csv", "jsonl"])
 def test_every_arm_writes_the_same_run_files_and_a_study_reports_them(tmp_path, metrics_format):
     import simulate
 
-    arms = "[local_stl, fed_stl, fed_mtl, fed_full, central_mtl]"
+    arms = f"[{', '.join(ARMS)}]"
     overrides = [*TINY_OVERRIDES, "rounds=2", f"study.arms={arms}", f"output.metrics_format={metrics_format}"]
     cfg = load_config(None, overrides)
     run_study(cfg, tmp_path, federate_in_process, lambda line: None)
     summary = write_report(tmp_path)
-    assert [c["baseline"] for c in summary["comparisons"]] == ["local_stl", "fed_stl", "fed_full", "central_mtl"]
+    assert [c["baseline"] for c in summary["comparisons"]] == [
+        "local_stl",
+        "fed_stl",
+        "fed_full",
+        "adaptive",
+        "central_mtl",
+    ]
     for arm in ARMS:
         run_dir = tmp_path / "arms" / arm / "seed-0"
         for name in ("config.yaml", f"metrics.{metrics_format}", "server.jsonl", "clients.jsonl", "encoder.pt"):
