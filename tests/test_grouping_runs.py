@@ -81,3 +81,11 @@ def test_a_split_copies_the_parents_encoder_and_server_state():
         assert torch.equal(half.updater.param, root.updater.param) and half.updater.param is not root.updater.param
         assert half.updater.optimizer.param_groups[0]["params"][0] is half.updater.param
     assert halves[0].sampler.seed == f"{cfg.seed}/all.0" and root.sampler.seed == cfg.seed
+
+
+def test_a_federation_that_may_split_is_never_sent_as_one():
+    """Engines that cannot tell nodes apart may send one message to all only when nothing can differ."""
+    assert ServerAlgorithm(load_config(None, list(FOUR))).interchangeable
+    assert not ServerAlgorithm(load_config(None, [*FOUR, FORCED_SPLIT])).interchangeable
+    given = "server.grouping={name: given, groups: [[0, 1], [2, 3]]}"
+    assert not ServerAlgorithm(load_config(None, [*FOUR, given])).interchangeable  # two encoders from the start
