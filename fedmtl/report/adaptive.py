@@ -31,7 +31,7 @@ from fedmtl.report.analysis import Comparison, TaskDelta
 from fedmtl.report.collect import RunResult, StudyData
 from fedmtl.report.conflict import tasks_held
 from fedmtl.report.deltas import Spread, mean_std
-from fedmtl.report.plots import new_figure, save_figure
+from fedmtl.report.plots import band_line, new_figure, save_figure
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 KEEP, ROLL_BACK, INCONCLUSIVE = "keep federated multi-task", "roll back to single-task", "inconclusive"
@@ -99,6 +99,42 @@ def final_groups(result: RunResult) -> dict[str, list[int]] | None:
     return rows[-1]["groups"] if rows else None
 
 
+def groups_by_round(result: RunResult) -> dict[int, dict[str, list[int]]]:
+    """Round -> the groups after it, for a run that grouped."""
+    return {int(r["round"]): r["groups"] for r in _read_jsonl(result.run.dir / SERVER_FILE) if r.get("groups")}
+
+
+def ari_against_tasks(result: RunResult, groups: dict[str, list[int]]) -> float:
+    """Adjusted Rand index of ``groups`` against the clients' task sets."""
+    held = tasks_held(result)
+    clients = sorted(c for members in groups.values() for c in members)
+    label = {c: key for key, members in groups.items() for c in members}
+    return adjusted_rand_index([label[c] for c in clients], [sorted(held.get(c, ())) for c in clients])
+
+
+def plot_grouping(data: StudyData, path: Path) -> Path | None:
+    """Per arm that grouped: the groups' ARI against the task split and their number, per round."""
+    series: dict[str, tuple[list[dict[int, float]], list[dict[int, float]]]] = {}
+    for (arm, _), result in sorted(data.results.items()):
+        rounds = groups_by_round(result)
+        if rounds:
+            aris, counts = series.setdefault(arm, ([], []))
+            aris.append({r: ari_against_tasks(result, g) for r, g in rounds.items()})
+            counts.append({r: float(len(g)) for r, g in rounds.items()})
+    if not series:
+        return None
+    fig, (left, right) = new_figure(2)
+    for arm, (aris, counts) in series.items():
+        band_line(left, aris, arm)
+        band_line(right, counts, arm)
+    left.set_ylabel("ARI of the groups vs the task split")
+    right.set_ylabel("groups")
+    for ax in (left, right):
+        ax.set_xlabel("round")
+        ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
 def first_split_round(result: RunResult) -> int | None:
     rows = [r for r in _read_jsonl(result.run.dir / SERVER_FILE) if r.get("splits")]
     return int(rows[0]["round"]) if rows else None
@@ -114,11 +150,8 @@ def grouping_rows(data: StudyData) -> list[list[str]]:
             if groups is None:
                 continue
             seeds += 1
-            held = tasks_held(result)
-            clients = sorted(c for members in groups.values() for c in members)
-            label = {c: key for key, members in groups.items() for c in members}
             counts.append(float(len(groups)))
-            scores.append(adjusted_rand_index([label[c] for c in clients], [sorted(held.get(c, ())) for c in clients]))
+            scores.append(ari_against_tasks(result, groups))
             first = first_split_round(result)
             if first is not None:
                 splits.append(float(first))

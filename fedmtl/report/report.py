@@ -16,7 +16,7 @@ from typing import Any
 
 from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
 from fedmtl.report import plots
-from fedmtl.report.adaptive import adaptive_blocks, plot_task_affinity
+from fedmtl.report.adaptive import adaptive_blocks, plot_grouping, plot_task_affinity
 from fedmtl.report.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
 from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
@@ -251,6 +251,7 @@ def draw_plots(data: StudyData, shown: Sequence[Comparison], plot_dir: Path) -> 
         "conflict_fraction": plots.plot_conflict_fraction(data, plot_dir / "conflict_fraction.png"),
         "task_cosines": plots.plot_task_cosines(data, plot_dir / "task_cosines.png"),
         "task_affinity": plot_task_affinity(data, plot_dir / "task_affinity.png"),
+        "grouping": plot_grouping(data, plot_dir / "grouping.png"),
     }
     return {name: path for name, path in drawn.items() if path is not None}
 
@@ -265,6 +266,8 @@ CAPTIONS = {
     "client_cosines": "Cosine between client updates per client pair and round (mean over seeds).",
     "conflict_fraction": "Fraction of client-update pairs with negative cosine per round (mean ± 1 std over seeds).",
     "task_cosines": "Cosine between task gradients inside clients per round (client mean; band: ± 1 std over seeds).",
+    "grouping": "Groups of clients per round (server.grouping): adjusted Rand index against the clients' task sets "
+    "(1 = the task split) and the number of groups, mean ± 1 std over seeds.",
     "task_affinity": (
         "Lookahead task affinity Z(from → to) = 1 − L_to(after a step on from) / L_to (TAG), mean over clients, "
         "rounds and seeds; blue: a step on the row's task lowers the column's loss."

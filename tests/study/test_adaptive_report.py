@@ -67,6 +67,8 @@ def test_grouping_rows_score_the_final_groups_against_the_task_split(tmp_path):
     (row,) = grouping_rows(collect_study(root))
     # seed 0: two groups, ARI 1 (the task split exactly); seed 1: one group, ARI 0
     assert row == ["fed_mtl", "1.50 ± 0.71", "0.50 ± 0.71", "2.0 (1/2 seeds split)"]
+    summary = write_report(root)
+    assert summary["plots"]["grouping"] == "plots/grouping.png" and (root / "plots/grouping.png").stat().st_size > 0
 
 
 def test_rollback_rows_count_the_last_rounds_choices(tmp_path):
