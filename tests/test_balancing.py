@@ -140,3 +140,11 @@ def test_gradnorm_settings():
         with pytest.raises(ValueError) as raised:
             GradNorm(alpha=alpha, lr=lr)
         assert str(raised.value) == "need alpha >= 0 and lr > 0"
+
+
+def test_dwa_settings():
+    DWA(temperature=0.5)  # below 1: sharper weights, allowed
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError) as raised:
+            DWA(temperature=temperature)
+        assert str(raised.value) == f"temperature must be > 0, got {temperature}"
