@@ -224,3 +224,18 @@ def test_sampler_settings_messages():
     with pytest.raises(ValueError) as raised:
         Proportional(tasks_per_step=0)
     assert str(raised.value) == "tasks_per_step must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_optimizer_weight_decay_pulls_parameters_with_a_zero_gradient(name):
+    from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
+
+    param = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    optimizer = OPTIMIZERS[name]().make([param], OptimizerSettings(lr=0.01, weight_decay=0.1))
+    param.grad = torch.zeros(1, dtype=torch.float64)
+    optimizer.step()
+    # L2 decay: the gradient becomes 0.1 * 2 = 0.2. SGD: 2 - 0.01 * 0.2. Adam's first step, bias
+    # corrected: m = 0.2, v = 0.04, so 2 - 0.01 * 0.2 / (0.2 + eps).
+    eps = OptimizerSettings(lr=0.01).eps
+    expected = 2 - 0.01 * 0.2 if name == "sgd" else 2 - 0.01 * 0.2 / (0.2 + eps)
+    assert float(param) == pytest.approx(expected, rel=1e-12)
