@@ -97,3 +97,54 @@ def test_dwa_formula_and_history():
     second.end_round({"a": 1.0, "b": 2.0})
     third = dwa.start(["a", "b"], second.state())
     assert list(third.weights().values()) == pytest.approx(expected.tolist())
+
+
+def test_gradnorm_round_by_hand_with_one_task_absent():
+    """Tasks a, b, c; c has no loss this round. Weights (1.2, 0.5, 1.3), initial losses a 0.5, b 0.25.
+    Losses a 0.4, b 0.3: ratios (0.8, 1.2), relative rates (0.8, 1.2). Gradient norms 1 and 2.4, so
+    the weighted norms are (1.2, 1.2), their mean 1.2 and the targets (alpha = 1) (0.96, 1.44): the L1
+    gradient is (+1, -2.4), the step (lr 0.1) gives (1.1, 0.74); renormalised, a and b keep their
+    share 1.7 of the total: (1.1, 0.74) * 1.7 / 1.84. c keeps 1.3."""
+    state = {
+        "gradnorm_weight.a": torch.tensor(1.2),
+        "gradnorm_weight.b": torch.tensor(0.5),
+        "gradnorm_weight.c": torch.tensor(1.3),
+        "gradnorm_initial_loss.a": torch.tensor(0.5),
+        "gradnorm_initial_loss.b": torch.tensor(0.25),
+    }
+    round_ = GradNorm(alpha=1.0, lr=0.1).start(["a", "b", "c"], state)
+    losses = {"a": torch.tensor(0.4), "b": torch.tensor(0.3)}
+    terms = round_.terms(losses)
+    assert set(terms) == {"a", "b"}
+    assert float(terms["a"]) == pytest.approx(1.2 * 0.4) and float(terms["b"]) == pytest.approx(0.5 * 0.3)
+    gradients = {id(losses["a"]): torch.tensor([0.6, 0.8]), id(losses["b"]): torch.tensor([2.4, 0.0])}
+    round_.after_backward(losses, lambda loss: gradients[id(loss)])
+    weights = round_.weights()
+    assert weights["a"] == pytest.approx(1.1 * 1.7 / 1.84, rel=1e-6)
+    assert weights["b"] == pytest.approx(0.74 * 1.7 / 1.84, rel=1e-6)
+    assert weights["c"] == pytest.approx(1.3)
+
+
+def test_gradnorm_round_with_fewer_than_two_losses_keeps_its_weights():
+    round_ = GradNorm().start(["a", "b"], {})
+    losses = {"a": torch.tensor(0.4)}
+    round_.terms(losses)
+    round_.after_backward(losses, lambda loss: torch.tensor([1.0]))
+    assert round_.weights() == {"a": 1.0, "b": 1.0}
+
+
+def test_gradnorm_settings():
+    GradNorm(alpha=0.0)  # no balancing pressure: allowed
+    GradNorm(alpha=0.5)
+    for alpha, lr in [(-0.1, 0.025), (1.5, 0.0), (1.5, -1.0)]:
+        with pytest.raises(ValueError) as raised:
+            GradNorm(alpha=alpha, lr=lr)
+        assert str(raised.value) == "need alpha >= 0 and lr > 0"
+
+
+def test_dwa_settings():
+    DWA(temperature=0.5)  # below 1: sharper weights, allowed
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError) as raised:
+            DWA(temperature=temperature)
+        assert str(raised.value) == f"temperature must be > 0, got {temperature}"

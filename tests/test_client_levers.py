@@ -199,3 +199,43 @@ def test_head_init_task_gives_every_holder_of_a_task_the_same_first_head(tiny_co
     by_task = [first_heads(per_task, c) for c in (0, 1)]
     reference = initial_head_state(per_task.model, per_task.data.feature_dim(), per_task.data.task_specs(), 0)
     assert all(torch.equal(by_task[0][k], by_task[1][k]) and torch.equal(by_task[0][k], reference[k]) for k in keys)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_samplers_draw_distinct_tasks_from_the_seeded_generator(seed):
+    sizes = {"a": 10, "b": 40, "c": 50, "d": 100}
+    for sampler, probabilities in [
+        (Proportional(tasks_per_step=2), [0.05, 0.2, 0.25, 0.5]),
+        (Temperature(temperature=0.5, tasks_per_step=2), [n**2 / 13600 for n in (10, 40, 50, 100)]),
+    ]:
+        expected = torch.multinomial(
+            torch.tensor(probabilities, dtype=torch.float64), 2, generator=torch.Generator().manual_seed(seed)
+        )
+        picked = sampler.choose(sizes, torch.Generator().manual_seed(seed))
+        assert picked == [list(sizes)[i] for i in sorted(expected.tolist())]
+    assert Uniform(tasks_per_step=4).choose(sizes, torch.Generator().manual_seed(seed)) == ["a", "b", "c", "d"]
+
+
+def test_sampler_settings_messages():
+    Temperature(temperature=0.5)  # below 1 sharpens towards large tasks: allowed
+    with pytest.raises(ValueError) as raised:
+        Temperature(temperature=0.0)
+    assert str(raised.value) == "temperature must be > 0, got 0.0"
+    with pytest.raises(ValueError) as raised:
+        Proportional(tasks_per_step=0)
+    assert str(raised.value) == "tasks_per_step must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_optimizer_weight_decay_pulls_parameters_with_a_zero_gradient(name):
+    from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
+
+    param = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    optimizer = OPTIMIZERS[name]().make([param], OptimizerSettings(lr=0.01, weight_decay=0.1))
+    param.grad = torch.zeros(1, dtype=torch.float64)
+    optimizer.step()
+    # L2 decay: the gradient becomes 0.1 * 2 = 0.2. SGD: 2 - 0.01 * 0.2. Adam's first step, bias
+    # corrected: m = 0.2, v = 0.04, so 2 - 0.01 * 0.2 / (0.2 + eps).
+    eps = OptimizerSettings(lr=0.01).eps
+    expected = 2 - 0.01 * 0.2 if name == "sgd" else 2 - 0.01 * 0.2 / (0.2 + eps)
+    assert float(param) == pytest.approx(expected, rel=1e-12)

@@ -75,3 +75,23 @@ def test_client_with_federated_heads_receives_and_sends_only_its_own_heads(tiny_
     sent_heads = {k.split(".")[1] for k in outcome.shared if k.startswith("heads.")}
     assert sent_heads == set(client.specs) and len(sent_heads) < len(specs)
     assert not any(k.startswith("model.heads.") for k in outcome.private)  # heads are not private any more
+
+
+def test_federated_heads_are_sent_with_the_encoder_and_a_checkpoint_must_agree_on_them():
+    import re
+
+    from fedmtl.federation.algorithm import ServerAlgorithm
+    from fedmtl.model.networks import initial_head_state
+    from tests.helpers import tiny_overrides
+
+    plain_cfg = load_config(None, list(tiny_overrides(2)))
+    heads_cfg = load_config(None, [*tiny_overrides(2), "server.federate_heads=true"])
+    plain, with_heads = ServerAlgorithm(plain_cfg), ServerAlgorithm(heads_cfg)
+    head_keys = set(initial_head_state(heads_cfg.model, heads_cfg.data.feature_dim(), heads_cfg.data.task_specs(), 0))
+    assert head_keys and all(k.startswith("heads.") for k in head_keys)
+    assert set(with_heads.state_for(0)) == set(plain.state_for(0)) | head_keys
+    assert not head_keys & set(plain.state_for(0))
+    message = "the checkpoint and server.federate_heads disagree on federated heads: resume with the run's config"
+    for run, checkpoint in [(with_heads, plain), (plain, with_heads)]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            run.load_state_dict(checkpoint.state_dict())

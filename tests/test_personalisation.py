@@ -301,3 +301,42 @@ def test_learned_run_restarted_from_its_checkpoint_changes_nothing(runs):
     alphas = [r["personal_alphas"] for r in read_rows(uninterrupted / "server.jsonl")]
     assert [r["personal_alphas"] for r in read_rows(killed / "server.jsonl")] == alphas
     assert alphas[0] == [0.5, 0.5, 0.5] and alphas[-1] != alphas[0]  # the weights learned
+
+
+def test_learned_weights_keep_moving_from_the_clients_current_weight():
+    """Client 7, alpha 0.5, lr 0.1, one coordinate. Round 1: own 1, step 2: no feedback yet, direction
+    step - own = 1. Round 2: own 1 -> feedback 1 * 1 = 1, alpha 0.5 - 0.1 = 0.4; direction 3 - 1 = 2.
+    Round 3: own 0.5 -> feedback 0.5 * 2 = 1, alpha 0.4 - 0.1 = 0.3 (from the client's 0.4, not 0.5)."""
+    encoders = PersonalEncoders(0.5, 0.1, False)
+    used = [
+        encoders.observe([7], torch.tensor([[own]], dtype=torch.float64), torch.tensor([step], dtype=torch.float64))
+        for own, step in [(1.0, 2.0), (1.0, 3.0), (0.5, 0.0)]
+    ]
+    assert [u[0] for u in used] == pytest.approx([0.5, 0.4, 0.3])
+    offset = encoders.offset(7)
+    assert offset.dtype == torch.float32  # offsets live beside the float32 flat encoder
+    # offsets add alpha * (step - own): 0.5 * 1 + 0.4 * 2 + 0.3 * (-0.5)
+    assert float(offset[0]) == pytest.approx(0.5 + 0.8 - 0.15)
+
+
+def test_observe_refuses_rows_that_do_not_match_the_clients_or_the_step():
+    encoders = PersonalEncoders(0.5)
+    for rows, clients, step in [(torch.zeros(2, 3), [1, 2], torch.zeros(4)), (torch.zeros(2, 3), [1], torch.zeros(3))]:
+        with pytest.raises(ValueError) as raised:
+            encoders.observe(clients, rows, step)
+        assert str(raised.value) == f"rows (2, 3) do not match {len(clients)} clients and step ({step.shape[0]},)"
+
+
+def test_personalisation_settings_messages():
+    with pytest.raises(ValueError) as raised:
+        Mixed(alpha=1.5)
+    assert str(raised.value) == "alpha must be in [0, 1], got 1.5"
+    with pytest.raises(ValueError) as raised:
+        Learned(lr=0.0)
+    assert str(raised.value) == "lr must be > 0, got 0.0"
+
+
+def test_normalised_hypergradient_is_the_cosine_also_for_short_vectors():
+    # norms product 0.25 * 0.5 < 1: still divided by it
+    assert hypergradient(torch.tensor([0.25, 0.0]), torch.tensor([0.3, 0.4]), normalize=True) == pytest.approx(0.6)
+    assert hypergradient(torch.zeros(2), torch.tensor([0.3, 0.4]), normalize=True) == 0.0

@@ -110,3 +110,19 @@ def test_soft_with_mu_zero_is_plain_local_training(mu, independent):
     perturbed = personal_after_round_two(cfg, lambda s: {k: v + 0.5 for k, v in s.items()})
     same = all(torch.equal(as_sent[k], perturbed[k]) for k in as_sent)
     assert same is independent
+
+
+def test_sharing_settings_and_encoder_check():
+    from fedmtl.methods.sharing import Adapters, Partial, Soft
+
+    assert Adapters(rank=1).rank == 1
+    for make, message in [
+        (lambda: Adapters(rank=0), "rank must be >= 1, got 0"),
+        (lambda: Partial(shared_blocks=0), "shared_blocks must be >= 1, got 0"),
+        (lambda: Soft(mu=-0.5), "mu must be >= 0, got -0.5"),
+    ]:
+        with pytest.raises(ValueError) as raised:
+            make()
+        assert str(raised.value) == message
+    assert Partial(shared_blocks=3).check(3) is None  # every block shared: allowed
+    assert Partial(shared_blocks=4).check(3) == "shared_blocks is 4 but the encoder has 3 blocks"

@@ -133,3 +133,41 @@ def test_zero_c_is_the_mean() -> None:
 def test_negative_c_is_rejected() -> None:
     with pytest.raises(ValueError, match="c must be >= 0, got -1"):
         CAGrad(c=-1)
+
+
+def test_one_row_gets_all_the_weight_without_a_solver() -> None:
+    from fedmtl.methods.aggregation.cagrad import conflict_averse_weights
+
+    w = conflict_averse_weights(np.array([[2.0]]), 0.5)
+    assert w.shape == (1,) and w[0] == 1.0
+
+
+def test_slsqp_receives_the_gradient_of_the_inner_objective(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedmtl.methods.aggregation import cagrad
+
+    seen = {}
+
+    def spy(fun, jac, start, lower, upper):  # noqa: ANN001, ANN202
+        seen.update(fun=fun, jac=jac)
+        return start
+
+    monkeypatch.setattr(cagrad, "minimize_on_simplex", spy)
+    gram = np.array([[2.0, -0.5, 0.3], [-0.5, 1.0, -0.2], [0.3, -0.2, 1.5]])
+    cagrad.conflict_averse_weights(gram, 0.4)
+    v = np.array([0.2, 0.5, 0.3])
+    # the objective w . G 1/K + r sqrt(w^T G w), by hand, and its central differences
+    assert seen["fun"](v) == pytest.approx(v @ gram @ np.full(3, 1 / 3) + 0.4 * np.sqrt(v @ gram @ v), rel=1e-12)
+    h = 1e-6
+    central = np.array([(seen["fun"](v + h * e) - seen["fun"](v - h * e)) / (2 * h) for e in np.eye(3)])
+    np.testing.assert_allclose(seen["jac"](v), central, rtol=0, atol=1e-8)
+
+
+def test_bad_settings_say_what_is_valid() -> None:
+    for settings, message in [
+        ({"c": -0.1}, "c must be >= 0, got -0.1"),
+        ({"rescale": 3}, "rescale must be one of [0, 1, 2], got 3"),
+        ({"rescale": True}, "rescale must be one of [0, 1, 2], got True"),  # a bool is not a mode
+    ]:
+        with pytest.raises(ValueError) as raised:
+            CAGrad(**settings)
+        assert str(raised.value) == message

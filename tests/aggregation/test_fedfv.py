@@ -78,3 +78,45 @@ def test_collinear_conflicting_updates_give_zero_not_rescaled_noise(dtype: torch
     losses = torch.rand(10, generator=generator, dtype=torch.float64)
     direction = FedFV()(AggregationInput(rows, torch.ones(10), losses=losses)).direction
     torch.testing.assert_close(direction, torch.zeros(1, dtype=dtype), rtol=0, atol=0)
+
+
+def test_tied_losses_rank_by_row_index() -> None:
+    # equal losses: the order a < b < c, as in test_three_clients_by_hand
+    torch.testing.assert_close(
+        FedFV()(three_clients(losses=[0.5, 0.5, 0.5])).direction,
+        FedFV()(three_clients()).direction,
+        rtol=0,
+        atol=0,
+    )
+    many = AggregationInput(
+        matrix=torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        num_examples=torch.ones(40),
+        losses=torch.ones(40, dtype=torch.float64),
+    )
+    in_index_order = AggregationInput(many.matrix, many.num_examples, torch.arange(40, dtype=torch.float64))
+    torch.testing.assert_close(FedFV()(many).direction, FedFV()(in_index_order).direction, rtol=0, atol=0)
+
+
+def test_the_kept_share_is_counted_as_in_the_official_code() -> None:
+    from fedmtl.methods.aggregation.fedfv import kept_clients
+
+    ascending = torch.arange(10)
+    # order[ceil((K - 1) * (1 - alpha)):]: K = 10, alpha = 0.1 -> ceil(8.1) = 9: one client
+    assert kept_clients(ascending, 0.1).tolist() == [9]
+    assert kept_clients(ascending, 0.5).tolist() == [5, 6, 7, 8, 9]  # ceil(4.5) = 5
+    assert kept_clients(ascending, 1.0).tolist() == list(range(10))
+    assert kept_clients(ascending, 0.0).tolist() == []
+
+
+def test_bad_settings_name_the_value() -> None:
+    for settings, message in [
+        ({"alpha": 1.5}, "alpha must be in [0, 1], got 1.5"),
+        ({"alpha": -0.1}, "alpha must be in [0, 1], got -0.1"),
+        ({"tau": -1}, "tau must be >= 0, got -1"),
+    ]:
+        with pytest.raises(ValueError) as raised:
+            FedFV(**settings)
+        assert str(raised.value) == message
+    with pytest.raises(ValueError) as raised:
+        FedFV()(three_clients(losses=None))
+    assert str(raised.value) == "fedfv needs client losses"

@@ -185,3 +185,14 @@ def test_huge_float32_rows_do_not_overflow_the_gramian(spec: Spec) -> None:
     inputs = AggregationInput(inputs.matrix, inputs.num_examples, inputs.losses, inputs.generator, "float32")
     direction = build(spec.config)(inputs).direction
     assert direction.dtype == torch.float32 and bool(torch.isfinite(direction).all())
+
+
+def test_non_finite_messages_name_the_rows_or_the_overflow() -> None:
+    rows = torch.tensor([[1.0, 2.0, 3.0, 4.0], [float("nan"), 0.0, 0.0, 0.0], [0.0, float("inf"), 0.0, 0.0]])
+    refused = NonFiniteAggregate(rows)
+    assert str(refused) == "rows [1, 2] of 3 hold NaN or infinite entries"
+    assert refused.rows == [1, 2]
+    finite_rows = torch.tensor([[3e38, 0.0], [0.0, 1e38]])  # float32: their sum of squares overflows
+    overflow = NonFiniteAggregate(finite_rows)
+    assert str(overflow) == "the aggregate of finite rows overflowed torch.float32 (largest row norm 3e+38)"
+    assert overflow.rows == []

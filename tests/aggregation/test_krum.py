@@ -159,3 +159,100 @@ def test_a_config_that_can_never_give_krum_enough_updates_is_refused_before_trai
         load_config(None, ["client.surgery={name: krum, f: 1}"])  # default clients hold 2 tasks; Krum needs 5
     assert caught.value.path == "client.surgery"
     assert load_config(None, ["server.aggregator={name: krum, f: 2, m: 4}"]).server.aggregator.min_rows() == 7
+
+
+def test_the_messages_name_the_rule_and_the_way_out() -> None:
+    with pytest.raises(ValueError) as raised:
+        Krum(f=1)(inputs(torch.randn(4, 3, dtype=torch.float64)))
+    assert str(raised.value) == (
+        "krum with f=1 needs more than 2f + 2 = 4 rows (client updates), got 4: "
+        "lower f or aggregate more clients per round"
+    )
+    for settings, message in [
+        ({"f": -1}, "f must be >= 0, got -1"),
+        ({"m": 0}, "m must be >= 1, got 0"),
+        ({"then": PCGrad()}, "then=PCGrad() would combine a single selected row: set m >= 2"),
+    ]:
+        with pytest.raises(ValueError) as raised:
+            Krum(**settings)
+        assert str(raised.value) == message
+
+
+def test_ties_go_to_the_lower_row_index() -> None:
+    # f = 1, K = 6: the 3 nearest others count. Rows 1, 3 and 4 coincide: scores 0 + 0 + 1 = 1 each;
+    # row 2 (distance 1 from each of them) scores 3; rows 0 and 5 are far.
+    rows = torch.tensor([[50.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 60.0]])
+    rows = rows.double()
+    assert Krum(f=1)(inputs(rows)).weights.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert Krum(f=1, m=2)(inputs(rows)).weights.tolist() == [0.0, 0.5, 0.0, 0.5, 0.0, 0.0]
+    many = torch.zeros(40, 2, dtype=torch.float64)  # 40 identical rows: every score 0, the first m win
+    assert Krum(f=3, m=5)(inputs(many)).weights.nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+
+
+def conflicting_rows_and_an_outlier() -> torch.Tensor:
+    """Six small rows in three dimensions that conflict pairwise in varied orders, and one far row."""
+    generator = torch.Generator().manual_seed(5)
+    small = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    return torch.cat([small, torch.full((1, 3), 1e3, dtype=torch.float64)])
+
+
+def test_the_inner_aggregator_draws_from_the_callers_generator() -> None:
+    rows = conflicting_rows_and_an_outlier()
+    index = torch.tensor(published_selection(rows, f=1, m=4))
+    counts = torch.ones(7, dtype=torch.float64)
+    composed = Krum(f=1, m=4, then=PCGrad())(inputs(rows, counts, torch.Generator().manual_seed(5))).direction
+    seeded = PCGrad()(inputs(rows[index], counts[index], torch.Generator().manual_seed(5))).direction
+    fixed_order = PCGrad()(inputs(rows[index], counts[index])).direction
+    assert not torch.allclose(seeded, fixed_order)  # the visiting order matters for these rows
+    torch.testing.assert_close(composed, seeded, rtol=0, atol=1e-15)
+
+
+def test_the_inner_aggregator_receives_the_selected_rows_losses() -> None:
+    from fedmtl.methods.aggregation import MGDA
+
+    rows = conflicting_rows_and_an_outlier() + 2.0  # the origin outside the hull: a non-zero min-norm point
+    index = torch.tensor(published_selection(rows, f=1, m=4))
+    losses = torch.tensor([0.5, 2.0, 1.0, 4.0, 0.25, 3.0, 1.5], dtype=torch.float64)
+    counts = torch.ones(7, dtype=torch.float64)
+    composed = Krum(f=1, m=4, then=MGDA(normalization="loss"))(AggregationInput(rows, counts, losses=losses))
+    # MGDA with loss normalisation on the selected rows: min-norm point of the rows g_i / loss_i
+    alone = MGDA(normalization="loss")(AggregationInput(rows[index], counts[index], losses=losses[index]))
+    unit = MGDA(normalization="loss")(AggregationInput(rows[index], counts[index], losses=torch.ones(4)))
+    assert not torch.allclose(alone.direction, unit.direction)
+    torch.testing.assert_close(composed.direction, alone.direction, rtol=0, atol=1e-12)
+    # without losses the selection and the default mean need none
+    plain = Krum(f=1, m=4)(AggregationInput(rows, counts))
+    torch.testing.assert_close(plain.direction, rows[index].mean(dim=0))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_the_gramian_precision_reaches_the_scores_and_the_inner_aggregator(precision: str) -> None:
+    generator = torch.Generator().manual_seed(12)
+    rows = torch.randn(7, 50, generator=generator).float()
+    counts = torch.ones(7, dtype=torch.float64)
+    index = torch.tensor(published_selection(rows.double(), f=1, m=4))
+
+    def given(matrix: torch.Tensor, n: torch.Tensor) -> AggregationInput:
+        return AggregationInput(matrix, n, gramian_precision=precision)
+
+    result = Krum(f=1, m=4, then=UPGrad(solver="nnls"))(given(rows, counts))
+    exact = rows.double() @ rows.double().T  # float64 products of the float32 rows
+    single = (rows @ rows.T).double()  # one float32 product (well conditioned rows: kept as is)
+    assert not torch.equal(exact, single)
+    torch.testing.assert_close(result.gramian, exact if precision == "float64" else single, rtol=1e-15, atol=0)
+    alone = UPGrad(solver="nnls")(given(rows[index], counts[index]))
+    torch.testing.assert_close(result.direction, alone.direction, rtol=0, atol=0)
+    other = "float32" if precision == "float64" else "float64"
+    different = UPGrad(solver="nnls")(AggregationInput(rows[index], counts[index], gramian_precision=other))
+    assert not torch.equal(alone.direction, different.direction)
+
+
+def test_scores_are_float64_sums_of_squared_distances_from_a_float32_gramian() -> None:
+    from fedmtl.methods.aggregation.krum import krum_scores
+
+    # entries exact in float32, but their sums need more than 24 bits: 2^24 + 1 rounds to 2^24 in float32
+    gram = torch.tensor([[2.0**24, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 4.0]], dtype=torch.float32)
+    scores = krum_scores(gram, f=0)  # K - f - 2 = 1 nearest other row
+    assert scores.dtype == torch.float64
+    # squared distances: 0-1 2^24 + 1, 0-2 2^24 + 4, 1-2 5
+    assert scores.tolist() == [2.0**24 + 1, 5.0, 5.0]

@@ -7,6 +7,7 @@ the min-norm point of a convex hull (``d`` in the hull with ``g_i . d >= ||d||^2
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -134,3 +135,48 @@ def test_fedmgda_plus_can_center_on_the_example_shares() -> None:
 def test_negative_max_deviation_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_deviation must be >= 0"):
         MGDA(max_deviation=-0.1)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_loss_normalisations_need_positive_losses_and_say_which(bad: float) -> None:
+    rows = random_rows(2, 4, seed=1)
+    for normalization in ("loss", "loss+"):
+        with pytest.raises(ValueError) as raised:
+            MGDA(normalization=normalization)(inputs(rows, losses=torch.tensor([1.0, bad])))
+        assert str(raised.value) == f"mgda normalization {normalization!r} needs positive losses, got [1.0, {bad}]"
+
+
+def test_the_fedmgda_box_is_the_deviation_clipped_to_the_unit_interval() -> None:
+    from fedmtl.methods.aggregation.mgda import deviation_box
+
+    lower, upper = deviation_box(np.array([0.05, 0.5, 0.95]), 0.1)
+    np.testing.assert_allclose(lower, [0.0, 0.4, 0.85], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(upper, [0.15, 0.6, 1.0], rtol=0, atol=1e-15)
+
+
+def test_a_uniform_box_centre_ignores_the_example_counts() -> None:
+    rows = random_rows(4, 6, seed=3)
+    counts = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    weights = MGDA(max_deviation=0.0, deviation_center="uniform")(inputs(rows, counts=counts)).weights
+    torch.testing.assert_close(weights, torch.full((4,), 0.25, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_zero_rows_count_as_norm_one_also_when_rounding_makes_their_diagonal_negative() -> None:
+    from fedmtl.methods.aggregation.mgda import row_scales
+
+    gram = np.array([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, -1e-20]])
+    given = inputs(torch.zeros(3, 2, dtype=torch.float64), losses=torch.tensor([0.5, 2.0, 3.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no square root of a negative number
+        np.testing.assert_array_equal(row_scales(gram, given, "l2"), [2.0, 1.0, 1.0])
+        np.testing.assert_array_equal(row_scales(gram, given, "loss+"), [1.0, 2.0, 3.0])
+        np.testing.assert_array_equal(row_scales(gram, given, "none"), [1.0, 1.0, 1.0])
+
+
+def test_losses_in_bfloat16_divide_the_rows_as_their_float64_values() -> None:
+    rows = random_rows(3, 4, seed=5)
+    losses = torch.tensor([0.5, 2.0, 1.25], dtype=torch.bfloat16)  # exact in bfloat16
+    for normalization in ("loss", "loss+"):
+        low = MGDA(normalization=normalization)(inputs(rows, losses=losses))
+        high = MGDA(normalization=normalization)(inputs(rows, losses=losses.double()))
+        torch.testing.assert_close(low.direction, high.direction, rtol=0, atol=0)

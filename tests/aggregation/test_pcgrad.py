@@ -62,3 +62,13 @@ def test_different_seeds_can_give_different_results() -> None:
     rows = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     directions = {tuple(PCGrad()(inputs(rows, torch.Generator().manual_seed(s))).direction.tolist()) for s in range(10)}
     assert len(directions) > 1
+
+
+def test_each_rows_visiting_order_sorts_float64_uniform_draws_from_the_generator() -> None:
+    from fedmtl.methods.aggregation.pcgrad import pcgrad_orders
+
+    k = 6
+    keys = torch.rand(k, k, generator=torch.Generator().manual_seed(3), dtype=torch.float64).tolist()
+    expected = [sorted((j for j in range(k) if j != i), key=lambda j: keys[i][j]) for i in range(k)]
+    assert pcgrad_orders(k, torch.Generator().manual_seed(3)).tolist() == expected
+    assert pcgrad_orders(3, None).tolist() == [[1, 2], [0, 2], [0, 1]]

@@ -183,3 +183,13 @@ def test_pcgrad_is_reproducible_from_the_generator_seed() -> None:
         torch.testing.assert_close(first, second, rtol=0, atol=0)
 
     for_each_case([c for c in CONFLICTING if c.num_rows > 2], check)
+
+
+def test_fedavg_weights_are_count_shares_in_float64_reported_in_the_rows_dtype() -> None:
+    from fedmtl.methods.aggregation import AggregationInput, FedAvg
+
+    counts = torch.tensor([1.0, 2.0])  # float32 counts: 1 / 3 must still be exact to float64
+    rows64 = torch.tensor([[3.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    result = FedAvg()(AggregationInput(rows64, counts))
+    torch.testing.assert_close(result.weights, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64), rtol=0, atol=1e-16)
+    assert FedAvg()(AggregationInput(rows64.float(), counts)).weights.dtype == torch.float32

@@ -131,3 +131,51 @@ def test_aligned_mtl_equals_torchjd(scale_mode: str) -> None:
         expected = tjd.AlignedMTL(scale_mode=scale_mode)(rows)
         result = AlignedMTL(scale_mode=scale_mode)(inputs(rows)).direction
         torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9 * float(rows.norm(dim=1).max()))
+
+
+def test_upgrad_settings_errors_say_what_is_valid(monkeypatch) -> None:
+    with pytest.raises(ValueError) as raised:
+        UPGrad(reg_eps=-1.0)
+    assert str(raised.value) == "reg_eps must be >= 0, got -1.0"
+    with pytest.raises(ValueError) as raised:
+        UPGrad(solver="cvxpy")  # type: ignore[arg-type]
+    assert str(raised.value) == "solver must be one of ['nnls', 'quadprog'], got 'cvxpy'"
+    monkeypatch.setattr(torchjd_methods, "find_spec", lambda name: None)
+    with pytest.raises(ImportError) as missing:
+        UPGrad()
+    assert str(missing.value) == (
+        "upgrad with solver 'quadprog' needs the missing package(s) qpsolvers, quadprog; "
+        'install them with pip install "torchjd[quadprog_projector]==0.18.0", '
+        "or set solver: nnls (same QP, solved with SciPy)"
+    )
+
+
+@pytest.mark.skipif(not HAS_QUADPROG, reason="torchjd's UPGrad needs qpsolvers and quadprog")
+def test_upgrad_quadprog_uses_the_configured_regulariser() -> None:
+    rows = random_rows(3, 5, seed=4)
+    directions = []
+    for reg_eps in (0.0, 0.5):
+        expected = UPGrad(solver="nnls", reg_eps=reg_eps)(inputs(rows)).direction  # the same QP, solved by NNLS
+        torch.testing.assert_close(UPGrad(solver="quadprog", reg_eps=reg_eps)(inputs(rows)).direction, expected)
+        directions.append(expected)
+    assert not torch.allclose(*directions)  # the regulariser matters for these rows
+
+
+def test_nnls_projector_normalises_a_gramian_whose_trace_is_exactly_the_threshold() -> None:
+    # trace 1e-4 is not below torchjd's threshold: normalised like any larger Gramian, not zeroed
+    projector = torchjd_methods.NNLSDualConeProjector(reg_eps=0.0)
+    gram = torch.tensor([[5e-5, -4e-5], [-4e-5, 5e-5]], dtype=torch.float64)
+    assert float(gram.trace()) == torchjd_methods.TORCHJD_NORM_EPS
+    u = torch.eye(2, dtype=torch.float64) / 2
+    torch.testing.assert_close(projector(u, gram), projector(u, gram * 1e4), rtol=0, atol=1e-12)
+    # by hand: rows at cosine -0.8; e_1 / 2 projected onto {v: G v >= 0 in weight space} needs v_2 = 0.4 v_1
+    torch.testing.assert_close(projector(u, gram)[0], torch.tensor([0.5, 0.4], dtype=torch.float64))
+
+
+def test_nnls_projector_keeps_the_shape_and_dtype_it_is_given() -> None:
+    projector = torchjd_methods.NNLSDualConeProjector(reg_eps=0.0)
+    gram = torch.tensor([[1.0, -0.8], [-0.8, 1.0]])  # float32
+    u = torch.tensor([0.5, 0.0], dtype=torch.bfloat16)  # one vector of weights, in any float dtype
+    projected = projector(u, gram)
+    assert projected.shape == (2,) and projected.dtype == torch.float32
+    torch.testing.assert_close(projected, torch.tensor([0.5, 0.4]), rtol=0, atol=1e-6)

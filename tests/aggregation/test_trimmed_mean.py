@@ -65,3 +65,10 @@ def test_matches_torchjds_trimmed_mean_in_chunks(k: int, beta: float, monkeypatc
     rows = torch.randn(k, 100, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
     expected = Reference(trim_number=trim_count(beta, k))(rows)
     torch.testing.assert_close(TrimmedMean(beta=beta)(inputs(rows)).direction, expected)
+
+
+def test_trim_count_leaves_at_least_one_row_and_is_an_integer() -> None:
+    # beta 0.5 asks for half of each end: capped at (K - 1) // 2 so that one row remains
+    for beta, rows, expected in [(0.5, 4, 1), (0.5, 5, 2), (0.5, 2, 0), (0.3, 10, 3)]:
+        count = trim_count(beta, rows)
+        assert count == expected and isinstance(count, int)
