@@ -88,8 +88,8 @@ def main() -> None:
     ]
     for name, runs in results.items():
         seconds = statistics.median(s for s, _ in runs)
-        groups = "/".join(str(g) for _, g in runs)
-        lines.append(f"| {name} | {seconds:.3f} | {seconds / base:.2f} | {groups} |")
+        formed = "/".join(str(g) for _, g in runs)
+        lines.append(f"| {name} | {seconds:.3f} | {seconds / base:.2f} | {formed} |")
     lines += [
         "",
         "The adaptive arm probes affinity every 5 steps (the second row); the goal of issue #29 is at most 1.5x "
