@@ -174,15 +174,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def report(directory: str) -> int:
-    """Re-render the report of a finished (or partly finished) study or sweep, without running anything."""
+    """Re-render the report of a finished (or partly finished) study or sweep, without running anything:
+    of a sweep, every point's study report and then the sweep's."""
     from fedmtl.core.layout import REPORT_MD, STUDY_FILE, SWEEP_FILE, SWEEP_MD
     from fedmtl.report.collect import StudyError
     from fedmtl.report.report import write_report
-    from fedmtl.report.sweep import write_sweep_report
+    from fedmtl.report.sweep import load_sweep, write_sweep_report
 
     path = Path(directory)
     try:
         if (path / SWEEP_FILE).is_file():
+            for point in load_sweep(path).points:
+                if (point.study_dir / STUDY_FILE).is_file():
+                    write_report(point.study_dir)
             write_sweep_report(path)
             print(f"report: {path / SWEEP_MD}")
         elif (path / STUDY_FILE).is_file():

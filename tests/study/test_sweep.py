@@ -92,3 +92,15 @@ def test_missing_point_study_is_an_error(tmp_path: Path) -> None:
     )
     with pytest.raises(StudyError, match=r"points\[0\] has no value for k"):
         load_sweep(root)
+
+
+def test_the_report_command_re_renders_every_points_report_and_the_sweep(tmp_path: Path) -> None:
+    import simulate
+
+    root = write_sweep(
+        tmp_path / "sweep", ["client.local_steps"], [{"client.local_steps": 1}, {"client.local_steps": 4}]
+    )
+    assert simulate.report(str(root)) == 0
+    for index in (0, 1):
+        assert "## Verdict per task" in (root / "points" / str(index) / "report.md").read_text()
+    assert (root / "sweep.md").is_file()
