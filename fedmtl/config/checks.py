@@ -109,7 +109,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
     grouping = cfg.server.grouping
-    if grouping.name == "none":
+    if not grouping.groups_clients:
         return
     if cfg.server.cohorts.name != "one":
         raise ConfigError(

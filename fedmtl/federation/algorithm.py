@@ -25,7 +25,6 @@ from fedmtl.federation.head_averaging import HeadAverager
 from fedmtl.federation.sampling import Sampler
 from fedmtl.federation.screening import Accepted, screen
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
-from fedmtl.methods.grouping import NoGrouping
 from fedmtl.model.networks import initial_head_state, initial_shared_state
 
 
@@ -63,7 +62,7 @@ class ServerAlgorithm:
         self.grouping = server.grouping
         self.regrouper = server.grouping.start()
         self.min_group = groups.smallest_group(server.aggregator.min_rows(), server.fraction_fit)
-        if isinstance(server.grouping, NoGrouping):
+        if not server.grouping.groups_clients:
             assignment = server.cohorts.assign(self.participants)
             keyed = {
                 key: [p for p in self.participants if assignment[p.index] == key] for key in set(assignment.values())
@@ -180,7 +179,7 @@ class ServerAlgorithm:
             diagnostics = cohort.step(mine) if mine else None
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
             regrouped += self._regroup(server_round, cohort, diagnostics, [a.report for a in mine], result, rows)
-        if not isinstance(self.grouping, NoGrouping):
+        if self.grouping.groups_clients:
             self.cohorts = regrouped
             self._index_cohorts()
             result.groups = groups.membership(self.cohorts)

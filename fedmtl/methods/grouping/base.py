@@ -60,6 +60,7 @@ class Grouping(Component):
 
     REGISTRY: ClassVar[Registry] = Registry("grouping rule", ("fedmtl.methods.grouping",))
     splits: ClassVar[bool] = True
+    groups_clients: ClassVar[bool] = True  # False: server.cohorts decides who shares an encoder
 
     def initial(self, clients: Sequence[int]) -> list[Group]:
         """The groups at the first round: every client together."""
@@ -80,6 +81,7 @@ class NoGrouping(Grouping):
 
     name: ClassVar[str] = "none"
     splits: ClassVar[bool] = False
+    groups_clients: ClassVar[bool] = False
 
     def start(self) -> Regrouper:
         return Regrouper()
