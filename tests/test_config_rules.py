@@ -162,6 +162,18 @@ RULES = [
         "needs server.fraction_fit: 1.0",
     ),
     (["server.grouping={name: affinity, min_silhouette: -2}"], "server.grouping.min_silhouette", "in [-1, 1]"),
+    (["server.shared_across_groups=-1"], "server.shared_across_groups", "must be >= 0"),
+    (["server.shared_across_groups=1"], "server.shared_across_groups", "server.grouping (none) forms no groups"),
+    (
+        ["server.grouping={name: cfl}", "server.shared_across_groups=3"],
+        "server.shared_across_groups",
+        "only 2 of the encoder's 2 blocks are federated",
+    ),
+    (
+        ["server.grouping={name: cfl}", "server.shared_across_groups=2", "model.sharing={name: partial}"],
+        "server.shared_across_groups",
+        "only 1 of the encoder's 2 blocks are federated (model.sharing)",
+    ),
     (
         ["clients.count=3", "server.grouping={name: given, groups: [[0, 1], [2, 9]]}"],
         "server.grouping.groups[1]",

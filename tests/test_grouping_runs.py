@@ -36,6 +36,44 @@ def test_given_groups_keep_their_own_encoders(tmp_path):
     assert any(not torch.equal(encoders["group-0"][k], encoders["group-1"][k]) for k in encoders["group-0"])
 
 
+def test_the_lower_blocks_stay_federated_across_groups(tmp_path):
+    """server.shared_across_groups: 1: block 0 is one encoder for both groups, block 1 each group's own."""
+    run_dir = run_in_process(
+        tmp_path, "run", *FOUR, "rounds=2", "server.grouping={name: given, groups: [[0, 2], [1, 3]]}",
+        "server.shared_across_groups=1", nodes=4,
+    )  # fmt: skip
+    encoders = torch.load(run_dir / "encoder.pt")
+    first, second = encoders["group-0"], encoders["group-1"]
+    lower = [k for k in first if k.startswith("encoder.0.")]
+    upper = [k for k in first if k.startswith("encoder.1.")]
+    assert lower and upper
+    assert all(torch.equal(first[k], second[k]) for k in lower)
+    assert all(not torch.equal(first[k], second[k]) for k in upper)
+
+
+def test_sharing_across_groups_averages_their_steps_by_examples():
+    """The shared coordinates become the example-weighted mean of the groups' values; a group that
+    aggregated nothing takes the mean; the other coordinates stay each group's own."""
+    cfg = load_config(None, [*FOUR, "server.grouping={name: given, groups: [[0, 1], [2], [3]]}"])
+    algorithm = ServerAlgorithm(cfg)
+    from fedmtl.federation import groups
+
+    cohorts = algorithm.cohorts
+    layout = cohorts[0].updater.layout
+    mask = groups.lower_blocks_mask(layout, 1)
+    sizes = dict(zip(layout.keys, (s.numel() for s in layout.shapes)))
+    assert int(mask.sum()) == sum(n for k, n in sizes.items() if k.startswith("encoder.0."))
+    with torch.no_grad():
+        for value, cohort in zip((1.0, 4.0, 100.0), cohorts):
+            cohort.updater.param.fill_(value)
+    groups.share_across(cohorts, mask, [1.0, 3.0, 0.0])
+    expected = (1.0 * 1 + 4.0 * 3) / 4
+    for value, cohort in zip((1.0, 4.0, 100.0), cohorts):
+        param = cohort.updater.param.detach()
+        assert torch.allclose(param[mask], torch.full_like(param[mask], expected))
+        assert torch.equal(param[~mask], torch.full_like(param[~mask], value))
+
+
 def test_a_group_splits_after_warmup_and_the_halves_train_apart(tmp_path):
     run_dir = run_in_process(tmp_path, "run", *FOUR, "rounds=3", FORCED_SPLIT, nodes=4)
     rows = read_rows(run_dir / "server.jsonl")
@@ -50,7 +88,7 @@ def test_a_group_splits_after_warmup_and_the_halves_train_apart(tmp_path):
 
 
 def test_a_resumed_grouped_run_ends_as_an_uninterrupted_one(tmp_path):
-    common = (*FOUR, "rounds=4", "checkpoint.every=1", FORCED_SPLIT)
+    common = (*FOUR, "rounds=4", "checkpoint.every=1", FORCED_SPLIT, "server.shared_across_groups=1")
     reference = run_in_process(tmp_path, "reference", *common, nodes=4)
     with pytest.raises(ConnectionError):
         run_in_process(tmp_path, "run", *common, nodes=4, fail_at_train=3)

@@ -8,6 +8,7 @@ from typing import Any
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core.errors import ConfigError
+from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
 from fedmtl.data.participants import Participant
 from fedmtl.model.encoders import ENCODERS
@@ -109,6 +110,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
     grouping = cfg.server.grouping
+    check_shared_across_groups(cfg)
     if not grouping.groups_clients:
         return
     if cfg.server.cohorts.name != "one":
@@ -126,6 +128,24 @@ def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -
             "server.grouping",
             f"a group of {smallest} clients is sampled below the {cfg.server.aggregator.min_rows()} updates "
             f"{cfg.server.aggregator!r} needs per round",
+        )
+
+
+def check_shared_across_groups(cfg: ExperimentConfig) -> None:
+    shared = cfg.server.shared_across_groups
+    if shared == 0:
+        return
+    if not cfg.server.grouping.groups_clients:
+        raise ConfigError(
+            "server.shared_across_groups",
+            f"is {shared} but server.grouping ({cfg.server.grouping.name}) forms no groups of clients",
+        )
+    blocks = cfg.model.num_encoder_blocks
+    federated = sum(cfg.model.sharing.is_shared(f"{ENCODER_PREFIX}{i}.weight") for i in range(blocks))
+    if shared > federated:
+        raise ConfigError(
+            "server.shared_across_groups",
+            f"is {shared} but only {federated} of the encoder's {blocks} blocks are federated (model.sharing)",
         )
 
 

@@ -137,6 +137,10 @@ class ServerConfig:
     # [[0, 1], [2, 3]]) | cfl (clustered FL's split rule) | affinity (clustered once after warm-up on
     # update cosines or task affinity) (fedmtl/methods/grouping/). Needs server.cohorts: one.
     grouping: Grouping = field(default_factory=NoGrouping)
+    # With a grouping: the lowest this many encoder blocks stay federated across all groups (averaged
+    # over the groups after each round, weighted by their clients' examples); the blocks above are each
+    # group's own. 0: groups share nothing.
+    shared_across_groups: int = 0
 
     def __post_init__(self) -> None:
         for key in ("fraction_fit", "fraction_evaluate"):
@@ -145,6 +149,8 @@ class ServerConfig:
         norm = self.max_update_norm
         require(norm is None or norm > 0, "max_update_norm", f"must be > 0, got {norm}")
         require(self.round_timeout_s > 0, "round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        shared = self.shared_across_groups
+        require(shared >= 0, "shared_across_groups", f"must be >= 0, got {shared}")
 
 
 @dataclass(frozen=True)

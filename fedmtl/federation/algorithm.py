@@ -73,6 +73,10 @@ class ServerAlgorithm:
             keyed = {key: list(groups.members_of(self.participants, g)) for key, g in zip(keys, initial)}
         self.cohorts = [self._new_cohort(key, tuple(keyed[key])) for key in sorted(keyed)]
         self._index_cohorts()
+        self._shared_mask = None  # server.shared_across_groups: the coordinates every group shares
+        if server.shared_across_groups > 0:
+            layout = self.cohorts[0].updater.layout
+            self._shared_mask = groups.lower_blocks_mask(layout, server.shared_across_groups)
         self.heads = None
         if server.federate_heads:
             heads = initial_head_state(cfg.model, dim, cfg.data.task_specs(), cfg.seed, shape)
@@ -170,7 +174,7 @@ class ServerAlgorithm:
         for send in sent:
             sampled_by_cohort[self.cohort_of[send.participant].key] += 1
         server_round = int(protocol.as_number(sent[0].config[protocol.SERVER_ROUND])) if sent else 0
-        regrouped: list[Cohort] = []
+        stepped = []
         for cohort in self.cohorts:
             mine = [a for a in accepted if self.cohort_of[a.participant] is cohort]
             rows = None  # the update rows, taken before the step moves the encoder, when the rule wants them
@@ -178,7 +182,13 @@ class ServerAlgorithm:
                 rows = cohort.updater.update_matrix([a.encoder for a in mine]).cpu()
             diagnostics = cohort.step(mine) if mine else None
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
-            regrouped += self._regroup(server_round, cohort, diagnostics, [a.report for a in mine], result, rows)
+            stepped.append((cohort, diagnostics, [a.report for a in mine], rows))
+        if self._shared_mask is not None:
+            examples = [sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in reports) for _, _, reports, _ in stepped]
+            groups.share_across(self.cohorts, self._shared_mask, examples)
+        regrouped: list[Cohort] = []
+        for cohort, diagnostics, reports, rows in stepped:
+            regrouped += self._regroup(server_round, cohort, diagnostics, reports, result, rows)
         if self.grouping.groups_clients:
             self.cohorts = regrouped
             self._index_cohorts()

@@ -17,10 +17,11 @@ import torch
 
 from fedmtl.config.experiment import sample_size
 from fedmtl.core import protocol
+from fedmtl.core.params import block_index
 from fedmtl.data.participants import Participant
 from fedmtl.federation.cohort import Cohort
 from fedmtl.federation.sampling import Sampler
-from fedmtl.federation.server_update import RoundDiagnostics
+from fedmtl.federation.server_update import FlatLayout, RoundDiagnostics
 from fedmtl.methods.grouping import Group, GroupRound
 
 ROOT = "all"  # the key of the one group every client starts in
@@ -109,3 +110,28 @@ def membership(cohorts: Sequence[Cohort]) -> dict[str, list[int]]:
 def members_of(participants: Sequence[Participant], clients: Sequence[int]) -> tuple[Participant, ...]:
     wanted = set(clients)
     return tuple(p for p in participants if p.client_id in wanted)
+
+
+def lower_blocks_mask(layout: FlatLayout, blocks: int) -> torch.Tensor:
+    """The flat encoder's coordinates that belong to its lowest ``blocks`` blocks (bool, one per coordinate)."""
+    parts = []
+    for key, shape in zip(layout.keys, layout.shapes):
+        index = block_index(key)
+        parts.append(torch.full((shape.numel(),), index is not None and index < blocks, dtype=torch.bool))
+    return torch.cat(parts)
+
+
+def share_across(cohorts: Sequence[Cohort], mask: torch.Tensor, weights: Sequence[float]) -> None:
+    """Set the ``mask`` coordinates of every cohort's encoder to their ``weights``-weighted mean
+    (``server.shared_across_groups``). The cohorts held equal values there before the round, so this
+    averages the groups' aggregated steps on those coordinates; a cohort with weight 0 (nothing
+    aggregated this round) takes the mean. Each group's server-optimizer state stays its own."""
+    total = float(sum(weights))
+    if len(cohorts) < 2 or total <= 0:
+        return
+    with torch.no_grad():
+        params = [c.updater.param for c in cohorts]
+        index = mask.to(params[0].device)
+        mean = sum(w / total * p[index] for w, p in zip(weights, params) if w > 0)
+        for param in params:
+            param[index] = mean
