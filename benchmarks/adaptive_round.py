@@ -1,5 +1,6 @@
-"""What avoiding negative transfer costs per round: FedAvg against grouping with task affinity, and
-against the whole adaptive arm (grouping, affinity and per-client roll-back), in one run.
+"""What avoiding negative transfer costs per round: FedAvg against grouping with task affinity, client
+affinity (server.client_affinity_every), and the whole adaptive arm (grouping, affinity and per-client
+roll-back), in one run.
 
     .venv/bin/python benchmarks/adaptive_round.py [--repeats 3] [--write]
 
@@ -35,6 +36,11 @@ SETTINGS = {
     "FedAvg": (),
     "grouping + task affinity (every 5 steps)": (GROUPING, "client.affinity_every=5"),
     "grouping + task affinity (every step)": (GROUPING, "client.affinity_every=1"),
+    "client affinity (every round: the group's 8 encoders in each message)": ("server.client_affinity_every=1",),
+    "grouping on client affinity (every round)": (
+        "server.grouping={name: affinity, signal: clients, warmup_rounds: 3}",
+        "server.client_affinity_every=1",
+    ),
     "adaptive_rollback (+ roll-back: a local model trained beside)": (
         GROUPING,
         "client.affinity_every=5",

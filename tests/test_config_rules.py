@@ -163,6 +163,22 @@ RULES = [
     ),
     (["server.grouping={name: affinity, min_silhouette: -2}"], "server.grouping.min_silhouette", "in [-1, 1]"),
     (["server.shared_across_groups=-1"], "server.shared_across_groups", "must be >= 0"),
+    (["server.client_affinity_every=-1"], "server.client_affinity_every", "must be >= 0"),
+    (
+        ["server.client_affinity_every=1", "server.personalisation={name: mixed}"],
+        "server.client_affinity_every",
+        "server.personalisation (mixed) sends each client its own",
+    ),
+    (
+        ["server.grouping={name: affinity, signal: clients}"],
+        "server.grouping.signal",
+        "is 'clients', which needs server.client_affinity_every > 0",
+    ),
+    (
+        ["server.grouping={name: affinity, signal: tasks}"],
+        "server.grouping.signal",
+        "is 'tasks', which needs client.affinity_every > 0",
+    ),
     (["server.shared_across_groups=1"], "server.shared_across_groups", "server.grouping (none) forms no groups"),
     (
         ["server.grouping={name: cfl}", "server.shared_across_groups=3"],

@@ -111,6 +111,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
     grouping = cfg.server.grouping
     check_shared_across_groups(cfg)
+    check_client_affinity(cfg)
     if not grouping.groups_clients:
         return
     if cfg.server.cohorts.name != "one":
@@ -118,6 +119,10 @@ def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -
             "server.grouping",
             f"groups clients that share an encoder; server.cohorts is {cfg.server.cohorts.name!r}, not 'one'",
         )
+    needed = grouping.needs_setting()
+    if needed is not None and not _setting(cfg, needed[1]) > 0:
+        key, setting = needed
+        raise ConfigError(f"server.grouping.{key}", f"is {getattr(grouping, key)!r}, which needs {setting} > 0")
     problem = grouping.check([p.client_id for p in participants], cfg.server.fraction_fit)
     if problem:
         key, why = problem
@@ -128,6 +133,21 @@ def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -
             "server.grouping",
             f"a group of {smallest} clients is sampled below the {cfg.server.aggregator.min_rows()} updates "
             f"{cfg.server.aggregator!r} needs per round",
+        )
+
+
+def _setting(cfg: ExperimentConfig, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_client_affinity(cfg: ExperimentConfig) -> None:
+    if cfg.server.client_affinity_every > 0 and cfg.server.personalisation.start() is not None:
+        raise ConfigError(
+            "server.client_affinity_every",
+            f"probes one encoder per group; server.personalisation ({cfg.server.personalisation.name}) sends each client its own",
         )
 
 

@@ -141,6 +141,11 @@ class ServerConfig:
     # over the groups after each round, weighted by their clients' examples); the blocks above are each
     # group's own. 0: groups share nothing.
     shared_across_groups: int = 0
+    # > 0: client affinity Z(i -> j), how much client i's round update lowers client j's losses, measured
+    # by j on its own data (every this many rounds, probed in the round after). Each training message of
+    # the next round then carries the updates of the client's group: the clients see each other's
+    # trained encoders (never heads or data). 0: off (docs/METHODS.md).
+    client_affinity_every: int = 0
 
     def __post_init__(self) -> None:
         for key in ("fraction_fit", "fraction_evaluate"):
@@ -151,6 +156,8 @@ class ServerConfig:
         require(self.round_timeout_s > 0, "round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
         shared = self.shared_across_groups
         require(shared >= 0, "shared_across_groups", f"must be >= 0, got {shared}")
+        every = self.client_affinity_every
+        require(every >= 0, "client_affinity_every", f"must be >= 0, got {every}")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,13 @@ TASK_COSINE = "task-cosine"  # pairwise cosine of task gradients on the encoder,
 TASK_ANGLE_MIN = "task-angle-min"  # smallest principal angle (degrees) between task-gradient subspaces
 TASK_ANGLE_MEAN = "task-angle-mean"  # mean principal angle (degrees)
 TASK_AFFINITY = "task-affinity"  # lookahead affinity Z(i -> j) on the encoder, mean over a round (TAG)
+# server.client_affinity_every: Z(i -> j) of client i's last round update on client j's loss, reported by j
+CLIENT_AFFINITY = "client-affinity"
+# server.client_affinity_every: arrays of a training message that are probes, not the encoder to train:
+# ``probe/base/<key>`` the encoder the cohort was sent last round, ``probe/<client id>/<key>`` what each
+# of its clients trained from it. Never trained on, never sent back.
+PROBE_PREFIX = "probe/"
+PROBE_BASE = "base"
 
 
 class PrivacyViolation(RuntimeError):
@@ -99,6 +106,35 @@ def unflatten_task_metrics(flat: Mapping[str, object], split: str) -> dict[str, 
         if len(parts) == 3 and parts[0] == split:
             per_task.setdefault(parts[1], {})[parts[2]] = float(value)  # type: ignore[arg-type]
     return per_task
+
+
+def probe_arrays(
+    base: Mapping[str, torch.Tensor], trained: Mapping[int, Mapping[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The probe arrays of a training message (:data:`PROBE_PREFIX`)."""
+    arrays = {f"{PROBE_PREFIX}{PROBE_BASE}/{k}": v for k, v in base.items()}
+    for client, state in sorted(trained.items()):
+        arrays.update({f"{PROBE_PREFIX}{client}/{k}": v for k, v in state.items()})
+    return arrays
+
+
+def split_probes(
+    arrays: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+    """``(the arrays to train, the probes' base encoder, client id -> its trained encoder)``."""
+    shared: dict[str, torch.Tensor] = {}
+    base: dict[str, torch.Tensor] = {}
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        if not key.startswith(PROBE_PREFIX):
+            shared[key] = value
+            continue
+        owner, name = key[len(PROBE_PREFIX) :].split("/", 1)
+        if owner == PROBE_BASE:
+            base[name] = value
+        else:
+            trained.setdefault(int(owner), {})[name] = value
+    return shared, base, trained
 
 
 def pair_metrics(kind: str, values: Mapping[tuple[str, str], float]) -> dict[str, float]:

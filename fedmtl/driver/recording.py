@@ -16,7 +16,7 @@ from fedmtl.core.messages import Exchange
 from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
-from fedmtl.federation.groups import mean_task_affinity
+from fedmtl.federation.groups import client_affinity, mean_task_affinity
 from fedmtl.local.rollback import OPTIONS
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ SERVER_COLUMNS = (
     "groups",  # server.grouping: cohort key -> client ids after the round's regrouping
     "splits",  # server.grouping: the groups split this round ({group, into})
     "task_affinity",  # client.affinity_every: lookahead affinity per ordered task pair, mean over the replies
+    "client_affinity",  # server.client_affinity_every: Z(from -> to) of last round's updates per client pair
 )  # fmt: skip
 
 
@@ -121,6 +122,9 @@ class Recorder(Callback):
         affinity = affinity_rows(mean_task_affinity(reports))
         if affinity:
             state.row["task_affinity"] = affinity
+        between_clients = affinity_rows(client_affinity(reports))
+        if between_clients:
+            state.row["client_affinity"] = between_clients
 
     def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
         for split in (protocol.EVAL, protocol.PERSONAL):
@@ -167,8 +171,8 @@ class Recorder(Callback):
         self.clients.write(rows)
 
 
-def affinity_rows(affinity: Mapping[tuple[str, str], float]) -> list[dict[str, Any]]:
-    """``[{from, to, affinity}]`` per ordered task pair, sorted."""
+def affinity_rows(affinity: Mapping[tuple[Any, Any], float]) -> list[dict[str, Any]]:
+    """``[{from, to, affinity}]`` per ordered pair (of tasks or clients), sorted."""
     return [{"from": a, "to": b, "affinity": v} for (a, b), v in sorted(affinity.items())]
 
 

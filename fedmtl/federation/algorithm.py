@@ -73,6 +73,9 @@ class ServerAlgorithm:
             keyed = {key: list(groups.members_of(self.participants, g)) for key, g in zip(keys, initial)}
         self.cohorts = [self._new_cohort(key, tuple(keyed[key])) for key in sorted(keyed)]
         self._index_cohorts()
+        # server.client_affinity_every: cohort key -> (the encoder it sent, client id -> the encoder
+        # that client trained from it) of the last round, probed by the cohort's clients this round
+        self._probes: dict[str, tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]] = {}
         self._shared_mask = None  # server.shared_across_groups: the coordinates every group shares
         if server.shared_across_groups > 0:
             layout = self.cohorts[0].updater.layout
@@ -128,10 +131,19 @@ class ServerAlgorithm:
                 else cohort.sampler.evaluate(cohort.members, server_round)
             )
             shared = cohort.global_state() if heads is None else {**cohort.global_state(), **heads}
+            probes = self._probes_for(cohort.key) if kind == TRAIN else None
+            if probes is not None:
+                shared = {**shared, **protocol.probe_arrays(*probes)}
             for p in chosen:
                 arrays = shared if cohort.updater.client_offset(p.index) is None else self.state_for(p.index)
                 sends.append(Send(p.index, kind, arrays, {**config, protocol.SERVER_ROUND: server_round}))
         return sends
+
+    def _probes_for(self, key: str) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]] | None:
+        """Last round's probes of cohort ``key``, or of the group it split from."""
+        while key not in self._probes and "." in key:
+            key = key.rsplit(".", 1)[0]
+        return self._probes.get(key)
 
     def train_sends(self, server_round: int, config: Config) -> list[Send]:
         return self.sends(TRAIN, server_round, config)
@@ -175,8 +187,12 @@ class ServerAlgorithm:
             sampled_by_cohort[self.cohort_of[send.participant].key] += 1
         server_round = int(protocol.as_number(sent[0].config[protocol.SERVER_ROUND])) if sent else 0
         stepped = []
+        every = self.cfg.server.client_affinity_every
+        self._probes = {}
         for cohort in self.cohorts:
             mine = [a for a in accepted if self.cohort_of[a.participant] is cohort]
+            if every and server_round % every == 0 and len(mine) > 1:
+                self._probes[cohort.key] = (cohort.global_state(), {a.client_id: dict(a.encoder) for a in mine})
             rows = None  # the update rows, taken before the step moves the encoder, when the rule wants them
             if mine and self.regrouper.wants_updates(server_round):
                 rows = cohort.updater.update_matrix([a.encoder for a in mine]).cpu()
@@ -184,8 +200,11 @@ class ServerAlgorithm:
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
             stepped.append((cohort, diagnostics, [a.report for a in mine], rows))
         if self._shared_mask is not None:
-            examples = [sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in reports) for _, _, reports, _ in stepped]
-            groups.share_across(self.cohorts, self._shared_mask, examples)
+            aggregated = [
+                float(sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in sent_back))
+                for _, _, sent_back, _ in stepped
+            ]
+            groups.share_across(self.cohorts, self._shared_mask, aggregated)
         regrouped: list[Cohort] = []
         for cohort, diagnostics, reports, rows in stepped:
             regrouped += self._regroup(server_round, cohort, diagnostics, reports, result, rows)
@@ -231,6 +250,7 @@ class ServerAlgorithm:
             "heads": None if self.heads is None else self.heads.state_dict(),
             "groups": groups.membership(self.cohorts),
             "regrouper": self.regrouper.state_dict(),
+            "probes": self._probes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -252,6 +272,7 @@ class ServerAlgorithm:
             )
         for cohort in self.cohorts:
             cohort.load_state_dict(state["cohorts"][cohort.key])
+        self._probes = state.get("probes", {})
         if self.heads is not None:
             self.heads.load_state_dict(state["heads"])
 

@@ -71,6 +71,15 @@ def mean_task_affinity(reports: Sequence[Mapping[str, Any]]) -> dict[tuple[str, 
     return {pair: sum(values) / len(values) for pair, values in sorted(sums.items())}
 
 
+def client_affinity(reports: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], float]:
+    """``(from client, to client) -> Z`` from the round's replies (each reports its own column)."""
+    pairs = {}
+    for report in reports:
+        for (source, target), value in protocol.unflatten_pair_metrics(report, protocol.CLIENT_AFFINITY).items():
+            pairs[(int(source), int(target))] = value
+    return dict(sorted(pairs.items()))
+
+
 def group_round(
     cohort: Cohort,
     diagnostics: RoundDiagnostics,
@@ -88,6 +97,7 @@ def group_round(
         tasks={p.client_id: p.tasks for p in cohort.members},
         task_affinity=mean_task_affinity(reports),
         updates=updates,
+        client_affinity=client_affinity(reports),
     )
 
 

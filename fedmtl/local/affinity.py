@@ -93,3 +93,32 @@ class AffinityTracker:
 
     def mean(self) -> dict[tuple[str, str], float]:
         return {pair: self.sums[pair] / self.counts[pair] for pair in sorted(self.sums)}
+
+
+def client_lookahead_affinity(
+    model: MultiTaskModel,
+    batches: Mapping[str, Batch],
+    specs: Mapping[str, TaskSpec],
+    base: Mapping[str, torch.Tensor],
+    trained: Mapping[int, Mapping[str, torch.Tensor]],
+) -> dict[int, float]:
+    """Client affinity (``server.client_affinity_every``): for each other client ``i`` of the cohort,
+    ``Z(i -> me) = mean over my tasks t of 1 - L_t(theta_i) / L_t(theta)``, with ``theta`` the encoder
+    the cohort was sent last round, ``theta_i`` what client ``i`` trained from it (its whole round's
+    update as the lookahead step, TAG's rule with clients in place of tasks), and this client's own
+    heads and data. Positive: ``i``'s round would have lowered my losses. The evaluation of other
+    clients' models on one's own data is FedFomo's (Zhang et al., ICLR 2021). The model's parameters
+    are never touched; losses in evaluation mode."""
+    was_training = model.training
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    model.eval()
+    try:
+        before = _losses(model, batches, specs, {**params, **base})
+        affinity = {}
+        for client, state in sorted(trained.items()):
+            after = _losses(model, batches, specs, {**params, **state})
+            ratios = [1.0 - after[t] / loss if loss > 0 else 0.0 for t, loss in before.items()]
+            affinity[client] = sum(ratios) / len(ratios)
+    finally:
+        model.train(was_training)
+    return affinity

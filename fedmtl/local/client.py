@@ -25,6 +25,7 @@ from fedmtl.core.params import is_head, task_of
 from fedmtl.data.participants import Participant
 from fedmtl.data.suites import TaskData
 from fedmtl.local import rollback
+from fedmtl.local.affinity import client_lookahead_affinity
 from fedmtl.local.data import participant_data
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
@@ -32,6 +33,7 @@ from fedmtl.model.networks import MultiTaskModel, initial_head_state
 
 _HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
 _LOCAL_STREAM, _VALIDATION_STREAM = 109, 113
+PROBE_EXAMPLES = 256  # per task, for client affinity (server.client_affinity_every)
 MODEL, BALANCER, PERSONAL, LOCAL = "model.", "balancer.", "personal.", "local."
 
 
@@ -163,10 +165,16 @@ class LocalClient:
         self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None, server_round: int
     ) -> TrainOutcome:
         torch.set_num_threads(self.cfg.resources.torch_threads)
+        shared, probe_base, probed = protocol.split_probes(shared)
         shared = self.own(shared)
         data, _ = self._training_split(participant_data(self.cfg, self.participant).train)
         generator = torch.Generator().manual_seed(self.streams.round(server_round))
         model = self.build_model(shared, strip_prefix(MODEL, private))
+        client_affinity = (
+            client_lookahead_affinity(model, self._probe_batches(data), self.specs, self.own(probe_base), probed)
+            if probed
+            else {}
+        )
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
         balancer = self.training.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
         stats = train_local(model, data, self.specs, self.training, generator, balancer)
@@ -180,10 +188,18 @@ class LocalClient:
                 {k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()
             ),
             private=new_private,
-            metrics=self._train_metrics(stats, data),
+            metrics={
+                **self._train_metrics(stats, data),
+                **{f"{protocol.CLIENT_AFFINITY}/{i}/{self.client_id}": z for i, z in client_affinity.items()},
+            },
         )
         self._release_device_memory()
         return outcome
+
+    @staticmethod
+    def _probe_batches(data: dict[str, TaskData]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The examples client affinity is measured on: each task's first ``PROBE_EXAMPLES`` (no draw)."""
+        return {task: (d.x[:PROBE_EXAMPLES], d.y[:PROBE_EXAMPLES]) for task, d in data.items()}
 
     def _train_personal(
         self,

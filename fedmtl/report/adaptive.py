@@ -18,7 +18,7 @@ worst client's mean delta and how many seeds moved the task the same way as the 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +186,19 @@ def rollback_rows(data: StudyData) -> list[list[str]]:
     return rows
 
 
-def affinity_means(data: StudyData) -> dict[str, dict[tuple[str, str], tuple[float, int]]]:
-    """Arm -> ordered task pair -> (mean lookahead affinity over rounds and seeds, rows), for arms that measured it."""
+def affinity_means(
+    data: StudyData, column: str = "task_affinity"
+) -> dict[str, dict[tuple[Any, Any], tuple[float, int]]]:
+    """Arm -> ordered pair (of tasks, or of clients for ``client_affinity``) -> (mean lookahead affinity
+    over rounds and seeds, rows), for arms that measured it."""
     found = {}
     for arm in data.study.arms:
-        values: dict[tuple[str, str], list[float]] = {}
+        values: dict[tuple[Any, Any], list[float]] = {}
         for (name, _), result in sorted(data.results.items()):
             if name != arm:
                 continue
             for r in _read_jsonl(result.run.dir / SERVER_FILE):
-                for pair in r.get("task_affinity") or ():
+                for pair in r.get(column) or ():
                     values.setdefault((pair["from"], pair["to"]), []).append(pair["affinity"])
         if values:
             found[arm] = {pair: (sum(v) / len(v), len(v)) for pair, v in sorted(values.items())}
@@ -212,7 +215,15 @@ def affinity_rows(data: StudyData) -> list[list[str]]:
 
 def plot_task_affinity(data: StudyData, path: Path) -> Path | None:
     """One heatmap per arm that measured it: mean Z(row -> column) over rounds, clients and seeds."""
-    means = affinity_means(data)
+    return plot_affinity(affinity_means(data), path)
+
+
+def plot_client_affinity(data: StudyData, path: Path) -> Path | None:
+    """One heatmap per arm that measured it: mean Z(client row -> client column) over probed rounds and seeds."""
+    return plot_affinity(affinity_means(data, "client_affinity"), path)
+
+
+def plot_affinity(means: Mapping[str, Mapping[tuple[Any, Any], tuple[float, int]]], path: Path) -> Path | None:
     if not means:
         return None
     fig, axes = new_figure(len(means), width=4.2, height=3.6)
@@ -228,7 +239,7 @@ def plot_task_affinity(data: StudyData, path: Path) -> Path | None:
         ax.set_xlabel("to (loss measured)")
         ax.set_ylabel("from (step taken)")
         ax.set_title(arm)
-        for i in range(len(tasks)):
+        for i in range(len(tasks)) if len(tasks) <= 8 else ():  # numbers only where they fit
             for j in range(len(tasks)):
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:+.3f}", ha="center", va="center", fontsize="small")

@@ -16,7 +16,7 @@ from typing import Any
 
 from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
 from fedmtl.report import plots
-from fedmtl.report.adaptive import adaptive_blocks, plot_grouping, plot_task_affinity
+from fedmtl.report.adaptive import adaptive_blocks, plot_client_affinity, plot_grouping, plot_task_affinity
 from fedmtl.report.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
 from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
@@ -251,6 +251,7 @@ def draw_plots(data: StudyData, shown: Sequence[Comparison], plot_dir: Path) -> 
         "conflict_fraction": plots.plot_conflict_fraction(data, plot_dir / "conflict_fraction.png"),
         "task_cosines": plots.plot_task_cosines(data, plot_dir / "task_cosines.png"),
         "task_affinity": plot_task_affinity(data, plot_dir / "task_affinity.png"),
+        "client_affinity": plot_client_affinity(data, plot_dir / "client_affinity.png"),
         "grouping": plot_grouping(data, plot_dir / "grouping.png"),
     }
     return {name: path for name, path in drawn.items() if path is not None}
@@ -271,6 +272,11 @@ CAPTIONS = {
     "task_affinity": (
         "Lookahead task affinity Z(from → to) = 1 − L_to(after a step on from) / L_to (TAG), mean over clients, "
         "rounds and seeds; blue: a step on the row's task lowers the column's loss."
+    ),
+    "client_affinity": (
+        "Lookahead client affinity Z(from → to) = mean over the column client's tasks of 1 − L(the row client's "
+        "trained encoder) / L(the encoder it started from), on the column client's data "
+        "(server.client_affinity_every), mean over probed rounds and seeds; blue: the row's round helps the column."
     ),
 }
 

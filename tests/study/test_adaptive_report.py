@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fedmtl.report.adaptive import (
     INCONCLUSIVE,
     KEEP,
     ROLL_BACK,
+    affinity_means,
     affinity_rows,
     grouping_rows,
     rollback_rows,
@@ -107,3 +110,16 @@ def test_task_affinity_is_averaged_over_rounds_and_seeds_and_drawn(tmp_path):
     summary = write_report(root)
     assert summary["plots"]["task_affinity"] == "plots/task_affinity.png"
     assert (root / "plots/task_affinity.png").stat().st_size > 0
+
+
+def test_client_affinity_is_averaged_over_probed_rounds_and_seeds_and_drawn(tmp_path):
+    root = write_study(tmp_path / "s", seeds=(0, 1))
+    for seed, value in ((0, -0.1), (1, 0.3)):
+        pairs = [{"from": 0, "to": 1, "affinity": value}, {"from": 1, "to": 1, "affinity": 0.4}]
+        add_rows(root / f"arms/fed_mtl/seed-{seed}/server.jsonl", [{"client_affinity": pairs}, {}, {}])
+    means = affinity_means(collect_study(root), "client_affinity")
+    assert means == {"fed_mtl": {(0, 1): (pytest.approx(0.1), 2), (1, 1): (pytest.approx(0.4), 2)}}
+    summary = write_report(root)
+    assert summary["plots"]["client_affinity"] == "plots/client_affinity.png"
+    assert (root / "plots/client_affinity.png").stat().st_size > 0
+    assert "client_affinity" not in write_report(write_study(tmp_path / "plain", seeds=(0,)))["plots"]

@@ -17,6 +17,11 @@ Three signals:
   does: Zhuang et al., ICCV 2023). Two clients are as similar as their tasks' symmetric affinity
   ``(Z(i->j) + Z(j->i)) / 2``, normalised by ``sqrt(Z(i->i) Z(j->j))`` and clipped to [-1, 1] (a task
   is similar 1 to itself), averaged over their tasks' pairs. Needs ``client.affinity_every > 0``.
+* ``clients``: the lookahead affinity between clients (``server.client_affinity_every``): how much
+  client ``a``'s round update lowers client ``b``'s losses on ``b``'s data, averaged over the warm-up;
+  two clients are as similar as ``(Z(a->b) + Z(b->a)) / 2`` normalised by ``sqrt(Z(a->a) Z(b->b))``
+  and clipped to [-1, 1], as for tasks. Each client probes the updates of the previous round, so
+  the warm-up needs two rounds at least.
 
 The clients are then cut by complete linkage on the distance ``1 - similarity`` into ``k`` groups for
 every ``k`` from 2 to ``max_groups``; the ``k`` with the largest mean silhouette wins, and the
@@ -68,24 +73,36 @@ def best_cut(
     return best
 
 
+def normalised_affinity(affinity: Mapping[tuple[Any, Any], float], a: Any, b: Any) -> float:
+    """``(Z(a->b) + Z(b->a)) / 2 / sqrt(|Z(a->a)| |Z(b->b)|)`` clipped to [-1, 1]; 1 for ``a == b``, 0
+    when either has made no progress on itself."""
+    if a == b:
+        return 1.0
+    mutual = (affinity.get((a, b), 0.0) + affinity.get((b, a), 0.0)) / 2
+    scale = math.sqrt(abs(affinity.get((a, a), 0.0)) * abs(affinity.get((b, b), 0.0)))
+    return 0.0 if scale == 0 else max(-1.0, min(1.0, mutual / scale))
+
+
 def task_similarity(
     tasks: Mapping[int, Sequence[str]], clients: Sequence[int], affinity: Mapping[tuple[str, str], float]
 ) -> torch.Tensor:
     """Client-by-client similarity from the task affinity (see the module's docstring)."""
-
-    def between(a: str, b: str) -> float:
-        if a == b:
-            return 1.0
-        mutual = (affinity.get((a, b), 0.0) + affinity.get((b, a), 0.0)) / 2
-        scale = math.sqrt(abs(affinity.get((a, a), 0.0)) * abs(affinity.get((b, b), 0.0)))
-        return 0.0 if scale == 0 else max(-1.0, min(1.0, mutual / scale))
-
     n = len(clients)
     matrix = torch.ones(n, n, dtype=torch.float64)
     for i in range(n):
         for j in range(i + 1, n):
-            pairs = [between(a, b) for a in tasks[clients[i]] for b in tasks[clients[j]]]
+            pairs = [normalised_affinity(affinity, a, b) for a in tasks[clients[i]] for b in tasks[clients[j]]]
             matrix[i, j] = matrix[j, i] = sum(pairs) / len(pairs)
+    return matrix
+
+
+def client_similarity(clients: Sequence[int], affinity: Mapping[tuple[int, int], float]) -> torch.Tensor:
+    """Client-by-client similarity from the client affinity (see the module's docstring)."""
+    n = len(clients)
+    matrix = torch.ones(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            matrix[i, j] = matrix[j, i] = normalised_affinity(affinity, clients[i], clients[j])
     return matrix
 
 
@@ -94,7 +111,7 @@ class AffinityGrouping(Grouping):
     """Clients clustered once, after ``warmup_rounds``, on update cosines or task affinity."""
 
     name: ClassVar[str] = "affinity"
-    signal: Literal["updates", "cosines", "tasks"] = "updates"
+    signal: Literal["updates", "cosines", "tasks", "clients"] = "updates"
     warmup_rounds: int = 5  # rounds whose signal is averaged; the groups form after the last of them
     max_groups: int | None = None  # groups at most (default: no limit but the clients)
     min_silhouette: float = 0.25  # below this for every cut, the federation stays one group
@@ -118,6 +135,10 @@ class AffinityGrouping(Grouping):
         if self.max_groups is not None and self.max_groups > len(clients):
             return "max_groups", f"is {self.max_groups} but there are {len(clients)} clients"
         return None
+
+    def needs_setting(self) -> tuple[str, str] | None:
+        needed = {"tasks": "client.affinity_every", "clients": "server.client_affinity_every"}.get(self.signal)
+        return None if needed is None else ("signal", needed)
 
 
 class _AffinityState(Regrouper):
@@ -156,7 +177,8 @@ class _AffinityState(Regrouper):
                     if a < b:
                         self._add((a, b), float(cosines[i, j]))
         else:
-            for pair, value in group.task_affinity.items():
+            measured = group.task_affinity if rule.signal == "tasks" else group.client_affinity
+            for pair, value in measured.items():
                 self._add(pair, value)
         if server_round < rule.warmup_rounds:
             return None
@@ -177,7 +199,10 @@ class _AffinityState(Regrouper):
                     similarity[i, j] = similarity[j, i] = self._mean((members[i], members[j]))
         else:
             affinity = {pair: self._mean(pair) for pair in self.counts}
-            similarity = task_similarity(group.tasks, members, affinity)
+            if rule.signal == "tasks":
+                similarity = task_similarity(group.tasks, members, affinity)
+            else:
+                similarity = client_similarity(members, affinity)
         most = len(members) if rule.max_groups is None else rule.max_groups
         cut, _ = best_cut(similarity, most, rule.min_silhouette, group.min_size, rule.max_cross_similarity)
         if len(cut) == 1:

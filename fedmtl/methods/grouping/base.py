@@ -35,6 +35,8 @@ class GroupRound:
     # the round's lookahead task affinity Z(i -> j), mean over the group's replies (client.affinity_every)
     task_affinity: Mapping[tuple[str, str], float] = field(default_factory=dict)
     updates: torch.Tensor | None = None  # [K, P] the rows themselves, when the rule asks (wants_updates)
+    # client affinity Z(i -> j) by client id, reported this round (server.client_affinity_every)
+    client_affinity: Mapping[tuple[int, int], float] = field(default_factory=dict)
 
 
 class Regrouper:
@@ -72,6 +74,11 @@ class Grouping(Component):
 
     def check(self, clients: Sequence[int], fraction_fit: float) -> tuple[str, str] | None:
         """``(key under server.grouping, why)`` when this rule cannot group these clients, or None."""
+        return None
+
+    def needs_setting(self) -> tuple[str, str] | None:
+        """``(key under server.grouping, config key)``: a setting (a count of rounds or steps) that must be
+        > 0 for what that key chose, or None."""
         return None
 
 
