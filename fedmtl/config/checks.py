@@ -63,7 +63,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
-    problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks)
+    problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape()))
     if problem:
         raise ConfigError("model.sharing", problem)
     participants = cfg.participants()
@@ -160,7 +160,7 @@ def check_shared_across_groups(cfg: ExperimentConfig) -> None:
             "server.shared_across_groups",
             f"is {shared} but server.grouping ({cfg.server.grouping.name}) forms no groups of clients",
         )
-    blocks = cfg.model.num_encoder_blocks
+    blocks = cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape())
     federated = sum(cfg.model.sharing.is_shared(f"{ENCODER_PREFIX}{i}.weight") for i in range(blocks))
     if shared > federated:
         raise ConfigError(

@@ -18,7 +18,8 @@ class ModelConfig:
     head_hidden: tuple[int, ...] = (16,)  # hidden widths of each private task head
     activation: Literal["relu", "tanh", "gelu"] = "relu"  # after every hidden layer of encoder, heads and adapters
     # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
-    # per conv_channels entry, then a Linear block to representation_dim (image suites only).
+    # per conv_channels entry, then a Linear block to representation_dim (image suites only);
+    # {name: module, path: my_pkg.models:Encoder, kwargs: {...}}: your own nn.Module with its blocks.
     encoder: Encoder = field(default_factory=MLPEncoder)
     conv_channels: tuple[int, ...] = (16, 32)  # cnn only: output channels of each conv block
     sharing: Sharing = field(default_factory=Hard)  # {name: hard | partial | adapters | soft}
@@ -33,6 +34,5 @@ class ModelConfig:
             widths = getattr(self, key)
             require(all(w >= 1 for w in widths), key, f"layer widths must be >= 1, got {list(widths)}")
 
-    @property
-    def num_encoder_blocks(self) -> int:
-        return self.encoder.num_blocks(self)
+    def num_encoder_blocks(self, input_dim: int, image_shape: tuple[int, int, int] | None) -> int:
+        return self.encoder.num_blocks(self, input_dim, image_shape)

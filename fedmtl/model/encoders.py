@@ -1,14 +1,18 @@
 """Shared encoders by name (``model.encoder``): each builds a list of blocks, block ``i``'s parameters
-being ``encoder.<i>.*`` (the unit of partial sharing and of per-task adapters)."""
+being ``encoder.<i>.*`` (the unit of partial sharing and of per-task adapters). ``module`` is the
+user's own ``nn.Module``, named by import path, that declares its blocks."""
 
 from __future__ import annotations
 
+import importlib
 from abc import abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
+from fedmtl.core.errors import ConfigError, FieldError, require
 from fedmtl.core.registry import Component, Registry
 
 
@@ -53,9 +57,9 @@ class Encoder(Component):
     def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
         """The blocks, in order."""
 
-    @abstractmethod
-    def num_blocks(self, model: ModelConfig) -> int:
+    def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         """How many blocks :meth:`build` makes (``model.sharing`` checks partial sharing against it)."""
+        return len(self.build(model, input_dim, image_shape))
 
     def block_widths(self, model: ModelConfig, input_dim: int) -> list[int]:
         """The output width of each block (where adapters go)."""
@@ -73,7 +77,7 @@ class MLPEncoder(Encoder):
         widths = [input_dim, *self.block_widths(model, input_dim)]
         return nn.ModuleList(mlp([a, b], model.activation, final_activation=True) for a, b in zip(widths, widths[1:]))
 
-    def num_blocks(self, model: ModelConfig) -> int:
+    def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         return len(model.encoder_hidden) + 1
 
     def block_widths(self, model: ModelConfig, input_dim: int) -> list[int]:
@@ -105,10 +109,60 @@ class CNNEncoder(Encoder):
         blocks.append(nn.Sequential(nn.Flatten(), last, ACTIVATIONS[model.activation]()))
         return nn.ModuleList(blocks)
 
-    def num_blocks(self, model: ModelConfig) -> int:
+    def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         return len(model.conv_channels) + 1
 
 
+def import_object(path: str) -> Any:
+    """``package.module:Name`` -> the object; ImportError or AttributeError when it is not there."""
+    module_name, _, attribute = path.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@dataclass(frozen=True)
+class ModuleEncoder(Encoder):
+    """The user's own encoder: ``path: my_pkg.models:Encoder`` names a class (or any callable) called as
+    ``Encoder(input_dim=..., representation_dim=..., image_shape=..., **kwargs)``; the module it returns
+    must declare its blocks as ``blocks``, an ``nn.ModuleList`` applied in order to the flat input
+    ``[batch, input_dim]`` (image suites: reshape in the first block to ``image_shape``, ``(C, H, W)``),
+    the last giving ``[batch, representation_dim]``. Blocks are the unit of partial sharing
+    (``model.sharing: partial``) and of ``server.shared_across_groups``; the module's other attributes
+    are not used. Its weights start as the module initialises them (load a local file in ``__init__``
+    to start from pretrained weights; fedmtl never downloads). The module must be importable wherever
+    clients run (Ray workers and SuperNodes: on ``PYTHONPATH``)."""
+
+    name: ClassVar[str] = "module"
+    path: str = ""  # package.module:Name
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # passed to it besides the three above
+
+    def __post_init__(self) -> None:
+        module_name, colon, attribute = self.path.partition(":")
+        require(bool(module_name and colon and attribute), "path", f"must be 'package.module:Name', got {self.path!r}")
+        try:
+            found = import_object(self.path)
+        except (ImportError, AttributeError) as err:
+            raise FieldError("path", f"cannot import {self.path!r}: {err}") from None
+        require(callable(found), "path", f"{self.path!r} is not a class or function")
+
+    def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
+        try:
+            built = import_object(self.path)(
+                input_dim=input_dim, representation_dim=model.representation_dim, image_shape=image_shape, **self.kwargs
+            )
+        except TypeError as err:  # most often an argument it does not take
+            raise ConfigError("model.encoder.kwargs", f"{self.path} refused its arguments: {err}") from None
+        blocks = getattr(built, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise ConfigError(
+                "model.encoder.path",
+                f"{self.path} declares no blocks: its module needs `blocks`, a non-empty nn.ModuleList applied in order",
+            )
+        return blocks
+
+
 ENCODERS = Encoder.REGISTRY
-for _encoder in (MLPEncoder, CNNEncoder):
+for _encoder in (MLPEncoder, CNNEncoder, ModuleEncoder):
     ENCODERS.register(_encoder)
