@@ -50,11 +50,32 @@ class Regression(TaskKind):
         return {"mse": mse, "r2": 1.0 - mse / variance if variance > 0 else float("nan")}
 
 
+ECE_BINS = 15  # Guo et al. 2017's choice
+
+
+def expected_calibration_error(probabilities: torch.Tensor, target: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """``sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|`` over ``bins`` equal-width bins of the top
+    class's probability (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern Neural
+    Networks", ICML 2017); each bin ``(lo, hi]``, the first closed at 0."""
+    confidence, predicted = probabilities.max(-1)
+    correct = (predicted == target).double()
+    confidence = confidence.double()
+    bin_of = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    total = torch.zeros((), dtype=torch.float64)
+    for b in range(bins):
+        members = bin_of == b
+        if members.any():
+            total += members.sum() * (correct[members].mean() - confidence[members].mean()).abs()
+    return float(total / len(target))
+
+
 class Classification(TaskKind):
-    """Multi-class classification, cross-entropy; headline metric accuracy."""
+    """Multi-class classification, cross-entropy; headline metric accuracy. Beside it, calibration:
+    negative log-likelihood (the mean cross-entropy) and expected calibration error (``ece``, 15 bins);
+    both lower is better (:data:`CALIBRATION_METRICS`)."""
 
     name = "classification"
-    metric_names = ("accuracy",)
+    metric_names = ("accuracy", "nll", "ece")
     headline_metric = "accuracy"
     higher_is_better = True
 
@@ -65,7 +86,17 @@ class Classification(TaskKind):
         return F.cross_entropy(prediction, target)
 
     def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        return {"accuracy": (prediction.argmax(-1) == target).float().mean().item()}
+        return {
+            "accuracy": (prediction.argmax(-1) == target).float().mean().item(),
+            "nll": F.cross_entropy(prediction, target).item(),
+            "ece": expected_calibration_error(prediction.softmax(-1), target),
+        }
+
+
+CALIBRATION_METRICS = {
+    "nll": False,
+    "ece": False,
+}  # metric -> higher is better (the study report compares arms on them)
 
 
 TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Regression(), Classification())}

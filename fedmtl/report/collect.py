@@ -362,8 +362,9 @@ def read_task_cosines(path: Path) -> tuple[TaskCosine, ...]:
     return tuple(cosines)
 
 
-def read_run(run: Run, tasks: Sequence[Task]) -> RunResult:
-    """One run directory: final metrics, learning curves, server rounds and task-gradient cosines."""
+def read_run(run: Run, tasks: Sequence[Task], diagnostics: bool = True) -> RunResult:
+    """One run directory: final metrics, learning curves, and (``diagnostics``) server rounds and
+    task-gradient cosines."""
     if not run.dir.is_dir():
         raise StudyError(run.dir, f"run directory of arm {run.arm!r} seed {run.seed} not found")
     rows = [
@@ -383,8 +384,8 @@ def read_run(run: Run, tasks: Sequence[Task]) -> RunResult:
         final=final,
         final_by_client=by_client,
         curves=curves,
-        server=read_server(run.dir / SERVER_FILE),
-        task_cosines=read_task_cosines(run.dir / CLIENTS_FILE),
+        server=read_server(run.dir / SERVER_FILE) if diagnostics else (),
+        task_cosines=read_task_cosines(run.dir / CLIENTS_FILE) if diagnostics else (),
     )
 
 

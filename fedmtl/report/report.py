@@ -17,7 +17,16 @@ from typing import Any
 from fedmtl.core.layout import PLOTS_DIR, REPORT_HTML, REPORT_MD, SUMMARY_JSON
 from fedmtl.report import plots
 from fedmtl.report.adaptive import adaptive_blocks, plot_client_affinity, plot_grouping, plot_task_affinity
-from fedmtl.report.analysis import DELTA_SIGN, Comparison, comparisons, flag_rule, json_ready, summarize
+from fedmtl.report.analysis import (
+    DELTA_SIGN,
+    Comparison,
+    comparison_dict,
+    comparisons,
+    flag_rule,
+    json_ready,
+    summarize,
+)
+from fedmtl.report.calibration import CALIBRATION_METRICS, calibration_comparisons
 from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
 from fedmtl.report.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
@@ -282,7 +291,11 @@ CAPTIONS = {
 
 
 def build_blocks(
-    data: StudyData, all_comparisons: Sequence[Comparison], summary: dict[str, Any], plot_paths: dict[str, Path]
+    data: StudyData,
+    all_comparisons: Sequence[Comparison],
+    summary: dict[str, Any],
+    plot_paths: dict[str, Path],
+    calibration: dict[str, list[Comparison]] | None = None,
 ) -> list[Block]:
     study = data.study
     intro = (
@@ -323,6 +336,7 @@ def build_blocks(
             "clients that hold the task."
         ),
         client_delta_table(all_comparisons),
+        *calibration_blocks(calibration or {}),
         *adaptive_blocks(data, all_comparisons),
         *communication_blocks(summary),
         *conflict_blocks(data),
@@ -334,16 +348,34 @@ def build_blocks(
     return blocks
 
 
+def calibration_blocks(found: dict[str, list[Comparison]]) -> list[Block]:
+    """The paired comparisons on the calibration metrics, where classification tasks report them."""
+    if not found:
+        return []
+    blocks: list[Block] = [
+        Heading("Calibration"),
+        Paragraph(
+            "The same paired comparisons on the calibration of classification tasks (lower is better for both; "
+            "Δ > 0: the arm is better calibrated than its baseline; Δm: mean over the tasks shown)."
+        ),
+    ]
+    for metric, shown in found.items():
+        blocks += [Paragraph(f"**{metric}**: {CALIBRATION_METRICS[metric]}."), comparison_table(shown)]
+    return blocks
+
+
 def write_report(study_dir: str | Path) -> dict[str, Any]:
     """Write report.md, report.html, plots/*.png and summary.json into ``study_dir``; return the summary."""
     root = Path(study_dir)
     data = collect_study(root)
     all_comparisons = comparisons(data)
     summary = summarize(data, all_comparisons)
+    calibration = calibration_comparisons(data)
+    summary["calibration"] = {metric: [comparison_dict(c) for c in shown] for metric, shown in calibration.items()}
     plot_paths = draw_plots(data, all_comparisons, root / PLOTS_DIR)
     summary["plots"] = {name: path.relative_to(root).as_posix() for name, path in plot_paths.items()}
     summary = json_ready(summary)
-    blocks = build_blocks(data, all_comparisons, summary, plot_paths)
+    blocks = build_blocks(data, all_comparisons, summary, plot_paths, calibration)
     (root / REPORT_MD).write_text(to_markdown(blocks, root))
     (root / REPORT_HTML).write_text(to_html(blocks, f"Study report: {data.study.name}"))
     (root / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
