@@ -66,6 +66,10 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape()))
     if problem:
         raise ConfigError("model.sharing", problem)
+    for i, issue in enumerate(cfg.data_issues):
+        found = issue.check(cfg.data.task_specs(), cfg.clients.member_ids())
+        if found is not None:
+            raise ConfigError(f"data_issues[{i}].{found[0]}", found[1])
     participants = cfg.participants()
     problem = cfg.server.cohorts.check(participants)
     if problem:

@@ -21,6 +21,7 @@ from fedmtl.config.study import StudyConfig, SweepConfig
 from fedmtl.core.errors import require
 from fedmtl.core.typed import to_plain
 from fedmtl.data.clients import ClientsConfig
+from fedmtl.data.issues import DataIssue
 from fedmtl.data.participants import Participant
 from fedmtl.data.suites import SyntheticSuite, TaskSuite
 from fedmtl.model.config import ModelConfig
@@ -34,6 +35,9 @@ class ExperimentConfig:
     eval_every: int = 1  # evaluate every k rounds (and at round 0): the encoder each client receives, its private heads
     data: TaskSuite = field(default_factory=SyntheticSuite)  # {name: synthetic, ...}
     clients: ClientsConfig = field(default_factory=ClientsConfig)
+    # Issues injected into chosen clients' data: [{name: label_noise | annotation | leakage, task: ...,
+    # clients: [...], ...}] (fedmtl/data/issues.py); applied after the suite makes a client's data.
+    data_issues: tuple[DataIssue, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -56,7 +60,7 @@ class ExperimentConfig:
         """Stable hash of what the clients' data depends on (seed, data suite, clients): the key of the
         per-process client-data cache, shared by every run of a study that uses the same data."""
         plain = self.to_dict()
-        return _digest({key: plain[key] for key in ("seed", "data", "clients")})
+        return _digest({key: plain[key] for key in ("seed", "data", "clients", "data_issues")})
 
     def participants(self) -> tuple[Participant, ...]:
         """Who trains and evaluates, in node partition order (``clients.participants``)."""

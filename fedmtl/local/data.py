@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.data.issues import apply_issues
 from fedmtl.data.participants import Participant
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import ClientData, TaskData
@@ -27,7 +28,10 @@ def data_key(cfg: ExperimentConfig) -> str:
     shared by every arm and run of a study."""
     plain = cfg.to_dict()
     clients = {k: v for k, v in plain["clients"].items() if k not in _NOT_DATA}
-    payload = json.dumps({"seed": plain["seed"], "data": plain["data"], "clients": clients}, sort_keys=True)
+    payload = json.dumps(
+        {"seed": plain["seed"], "data": plain["data"], "clients": clients, "data_issues": plain["data_issues"]},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -39,6 +43,7 @@ def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
         _data_cache.move_to_end(key)
         return _data_cache[key]
     data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
+    data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data)
     _data_cache[key] = data
     if len(_data_cache) > DATA_CACHE_SIZE:
         _data_cache.popitem(last=False)

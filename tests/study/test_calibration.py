@@ -23,9 +23,7 @@ def test_ece_matches_a_hand_computed_case():
     assert expected_calibration_error(probabilities, target) == pytest.approx((0.1 + 0.62 + 0.3 + 0.45) / 4)
     # two in one bin: 0.56 and 0.55 share (8/15, 9/15]: |mean correct - mean confidence| counted twice
     probabilities[1] = torch.tensor([0.56, 0.44])
-    assert expected_calibration_error(probabilities, target) == pytest.approx(
-        (0.1 + 2 * abs(0.5 - 0.555) + 0.3) / 4
-    )
+    assert expected_calibration_error(probabilities, target) == pytest.approx((0.1 + 2 * abs(0.5 - 0.555) + 0.3) / 4)
 
 
 def test_confident_and_right_is_calibrated_and_nll_is_the_cross_entropy():

@@ -1,0 +1,223 @@
+"""Data issues that multi-task learning amplifies, injected on chosen clients (config ``data_issues``).
+
+Each issue is a component applied to a client's data after the suite made it, so it works with every
+suite, seeded by ``(seed, issue index, client)`` and recorded in the run's config. Empty ``clients``
+means every client. A client that does not hold the issue's task is left as it is.
+
+* ``label_noise`` (different noise regimes): training labels only; classification flips each label
+  with probability ``rate``, uniformly to another class or to class ``to``; regression adds Gaussian
+  noise of standard deviation ``scale`` times the client's target standard deviation.
+* ``annotation`` (inconsistent annotation standards): the client labels the task by another
+  standard, in its training *and* evaluation data (its own ground truth): classes permuted by a
+  seeded permutation (``permute``) or merged (``merge: [[0, 1], ...]``: each group becomes its first
+  class); regression targets rescaled and shifted (``y * scale + offset``).
+* ``leakage`` (label leakage): the last input feature of the task's training examples is replaced
+  by a code of their own label (classification ``2 y / (C - 1) - 1``, regression the standardised
+  target) times ``strength``: a shortcut the shared encoder can learn. At evaluation the feature
+  carries the code of a scrambled (permuted) label, so the shortcut does not transfer. Only a task's
+  own label can leak: the suites' tasks do not share examples, so another task's label is not
+  defined for an example.
+
+Temporal skew is not here yet (the suites make a client's data once per run).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedmtl.core.errors import require
+from fedmtl.core.registry import Component, Registry
+from fedmtl.data.suites.base import ClientData, TaskData
+from fedmtl.data.task_kinds import TaskSpec
+
+CLASSIFICATION = "classification"
+
+
+def issue_generator(seed: int, index: int, client: int) -> torch.Generator:
+    """The issue's random stream on one client (independent of every other draw of the run)."""
+    mixed = np.random.SeedSequence([seed, 7919, index, client]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
+    return torch.Generator().manual_seed(int(mixed))
+
+
+class DataIssue(Component):
+    """One injected issue: ``task`` on ``clients`` (empty: every client)."""
+
+    REGISTRY: ClassVar[Registry] = Registry("data issue", (__name__,))
+    task: str
+    clients: tuple[int, ...]
+    kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION, "regression")  # the task kinds it applies to
+
+    def applies_to(self, client: int, data: ClientData) -> bool:
+        return (not self.clients or client in self.clients) and self.task in data.train
+
+    @abstractmethod
+    def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
+        """The client's data with the issue (a new object; ``data`` is never modified)."""
+
+    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
+        """``(key, why)`` when the issue cannot apply to this experiment, or None."""
+        by_name = {s.name: s for s in specs}
+        if self.task not in by_name:
+            return "task", f"unknown task {self.task!r}; tasks: {', '.join(by_name)}"
+        if by_name[self.task].kind not in self.kinds:
+            return (
+                "task",
+                f"{self.task} is a {by_name[self.task].kind} task; {self.name} applies to {' and '.join(self.kinds)}",
+            )
+        for i, client in enumerate(self.clients):
+            if client not in members:
+                return f"clients[{i}]", f"client {client} does not take part (clients: {list(members)})"
+        return None
+
+
+def with_task(
+    data: ClientData, task: str, train: TaskData | None = None, evaluation: TaskData | None = None
+) -> ClientData:
+    return ClientData(
+        {**data.train, task: train if train is not None else data.train[task]},
+        {**data.eval, task: evaluation if evaluation is not None else data.eval[task]},
+    )
+
+
+@dataclass(frozen=True)
+class LabelNoise(DataIssue):
+    """Noisy training labels (symmetric or to one class; Gaussian for regression)."""
+
+    name: ClassVar[str] = "label_noise"
+    task: str = ""
+    clients: tuple[int, ...] = ()
+    rate: float = 0.0  # classification: the probability that a training label is flipped
+    to: int | None = None  # classification: flip to this class (default: uniformly to another class)
+    scale: float = 0.0  # regression: noise std in units of the client's target std
+
+    def __post_init__(self) -> None:
+        require(0 <= self.rate <= 1, "rate", f"must be in [0, 1], got {self.rate}")
+        require(self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
+
+    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
+        problem = super().check(specs, members)
+        spec = next((s for s in specs if s.name == self.task), None)
+        if problem is None and self.to is not None and spec is not None and not 0 <= self.to < spec.num_classes:
+            return "to", f"must be a class of {self.task} in [0, {spec.num_classes}), got {self.to}"
+        return problem
+
+    def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
+        train = data.train[self.task]
+        y = train.y.clone()
+        if spec.kind == CLASSIFICATION:
+            flip = torch.rand(len(y), generator=generator) < self.rate
+            if self.to is not None:
+                y[flip] = self.to
+            else:  # uniformly to one of the other classes
+                shift = torch.randint(1, max(spec.num_classes, 2), (len(y),), generator=generator)
+                y[flip] = (y[flip] + shift[flip]) % spec.num_classes
+        else:
+            std = float(y.std()) if len(y) > 1 else 0.0
+            y = y + self.scale * std * torch.randn(len(y), generator=generator, dtype=y.dtype)
+        return with_task(data, self.task, train=TaskData(train.x, y))
+
+
+@dataclass(frozen=True)
+class Annotation(DataIssue):
+    """The client's own labelling standard for the task, in its training and evaluation data."""
+
+    name: ClassVar[str] = "annotation"
+    task: str = ""
+    clients: tuple[int, ...] = ()
+    permute: bool = False  # classification: classes permuted (one seeded permutation per client)
+    merge: tuple[tuple[int, ...], ...] = ()  # classification: each group of classes becomes its first
+    scale: float = 1.0  # regression: y * scale + offset
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(len(self.clients) >= 1, "clients", "must name the clients that annotate differently")
+        for i, group in enumerate(self.merge):
+            require(len(group) >= 2, f"merge[{i}]", f"must name two classes or more, got {list(group)}")
+
+    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
+        problem = super().check(specs, members)
+        spec = next((s for s in specs if s.name == self.task), None)
+        if problem is not None or spec is None:
+            return problem
+        if spec.kind == CLASSIFICATION and not (self.permute or self.merge):
+            return "permute", "a classification task needs permute: true or merge: [[a, b], ...]"
+        for i, group in enumerate(self.merge):
+            if any(not 0 <= c < spec.num_classes for c in group):
+                return f"merge[{i}]", f"classes of {self.task} are in [0, {spec.num_classes}), got {list(group)}"
+        return None
+
+    def relabel(self, y: torch.Tensor, spec: TaskSpec, permutation: torch.Tensor) -> torch.Tensor:
+        if spec.kind != CLASSIFICATION:
+            return y * self.scale + self.offset
+        mapping = permutation.clone() if self.permute else torch.arange(spec.num_classes)
+        for group in self.merge:
+            for c in group:
+                mapping[c] = mapping[group[0]]
+        return mapping[y]
+
+    def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
+        permutation = torch.randperm(spec.num_classes, generator=generator)
+        train, evaluation = data.train[self.task], data.eval[self.task]
+        return with_task(
+            data,
+            self.task,
+            train=TaskData(train.x, self.relabel(train.y, spec, permutation)),
+            evaluation=TaskData(evaluation.x, self.relabel(evaluation.y, spec, permutation)),
+        )
+
+
+@dataclass(frozen=True)
+class Leakage(DataIssue):
+    """The task's label written into the last input feature of its training examples (scrambled at evaluation)."""
+
+    name: ClassVar[str] = "leakage"
+    task: str = ""
+    clients: tuple[int, ...] = ()
+    strength: float = 1.0  # the code's scale in the input feature
+
+    def __post_init__(self) -> None:
+        require(self.strength > 0, "strength", f"must be > 0, got {self.strength}")
+
+    def code(self, y: torch.Tensor, spec: TaskSpec, reference: torch.Tensor) -> torch.Tensor:
+        if spec.kind == CLASSIFICATION:
+            return self.strength * (2 * y.double() / max(spec.num_classes - 1, 1) - 1)
+        std = float(reference.std()) if len(reference) > 1 else 1.0
+        return self.strength * (y.double() - float(reference.mean())) / (std or 1.0)
+
+    @staticmethod
+    def written(x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[:, -1] = feature.to(x.dtype)
+        return x
+
+    def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
+        train, evaluation = data.train[self.task], data.eval[self.task]
+        scrambled = evaluation.y[torch.randperm(len(evaluation.y), generator=generator)]
+        return with_task(
+            data,
+            self.task,
+            train=TaskData(self.written(train.x, self.code(train.y, spec, train.y)), train.y),
+            evaluation=TaskData(self.written(evaluation.x, self.code(scrambled, spec, train.y)), evaluation.y),
+        )
+
+
+def apply_issues(
+    issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData
+) -> ClientData:
+    """``data`` of ``client`` with every issue that applies to it, in config order."""
+    by_name = {s.name: s for s in specs}
+    for index, issue in enumerate(issues):
+        if issue.applies_to(client, data):
+            data = issue.apply(data, by_name[issue.task], issue_generator(seed, index, client))
+    return data
+
+
+DATA_ISSUES = DataIssue.REGISTRY
+for _issue in (LabelNoise, Annotation, Leakage):
+    DATA_ISSUES.register(_issue)

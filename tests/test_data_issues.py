@@ -1,0 +1,143 @@
+"""Data issues as knobs (``data_issues``, fedmtl/data/issues.py): each changes exactly what it says on
+the clients it names, nothing when off, the same way from the same seed; bad settings are refused with
+their key path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.config.loading import load_config
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
+from fedmtl.data.issues import issue_generator
+from fedmtl.local.data import client_data
+from tests.helpers import tiny_overrides
+from tests.loopback import run_in_process
+
+DIGITS = ("data.name=digits", "clients.count=4")  # tasks digit (10 classes), parity, geq5, loops
+
+
+def data_with(*issues: str, seed: int = 0):
+    cfg = load_config(None, [*DIGITS, f"seed={seed}", f"data_issues=[{', '.join(issues)}]"])
+    return cfg, {c: client_data(cfg, c) for c in range(4)}
+
+
+def same(a, b) -> bool:
+    return torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_off_or_zero_changes_nothing():
+    _, clean = data_with()
+    _, zero = data_with("{name: label_noise, task: digit, rate: 0.0}")
+    for c in range(4):
+        for split in ("train", "eval"):
+            a, b = getattr(clean[c], split), getattr(zero[c], split)
+            assert a.keys() == b.keys() and all(same(a[t], b[t]) for t in a)
+
+
+def test_label_noise_flips_the_named_clients_training_labels_at_the_rate():
+    _, clean = data_with()
+    _, noisy = data_with("{name: label_noise, task: digit, clients: [0, 2], rate: 0.3}")
+    for c in range(4):
+        for task in clean[c].train:
+            before, after = clean[c].train[task], noisy[c].train[task]
+            assert torch.equal(before.x, after.x) and same(clean[c].eval[task], noisy[c].eval[task])
+            flipped = (before.y != after.y).float().mean().item()
+            if task == "digit" and c in (0, 2):
+                assert 0.2 < flipped < 0.4  # ~250 labels at rate 0.3 (every flip goes to another class)
+            else:
+                assert flipped == 0.0
+    _, to_one = data_with("{name: label_noise, task: digit, clients: [3], rate: 0.5, to: 3}")
+    changed = clean[3].train["digit"].y != to_one[3].train["digit"].y
+    assert changed.any() and (to_one[3].train["digit"].y[changed] == 3).all()
+
+
+def test_regression_noise_has_the_scale_of_the_targets_spread():
+    cfg = load_config(None, [*tiny_overrides(2), "clients.samples_per_task=2000"])
+    clean = client_data(cfg, 0).train["anchor"]
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides(2),
+            "clients.samples_per_task=2000",
+            "data_issues=[{name: label_noise, task: anchor, scale: 0.5}]",
+        ],
+    )
+    noisy = client_data(cfg, 0).train["anchor"]
+    assert float((noisy.y - clean.y).std()) == pytest.approx(0.5 * float(clean.y.std()), rel=0.1)
+
+
+def test_annotation_relabels_train_and_eval_with_one_mapping():
+    _, clean = data_with()
+    _, permuted = data_with("{name: annotation, task: digit, clients: [3], permute: true}")
+    mapping = {}
+    for split in ("train", "eval"):
+        for a, b in zip(getattr(clean[3], split)["digit"].y.tolist(), getattr(permuted[3], split)["digit"].y.tolist()):
+            assert mapping.setdefault(a, b) == b  # one consistent relabelling
+    assert sorted(mapping.values()) == sorted(mapping) and any(a != b for a, b in mapping.items())  # a permutation
+    assert same(clean[0].train["digit"], permuted[0].train["digit"])  # other clients keep the standard
+    _, merged = data_with("{name: annotation, task: digit, clients: [3], merge: [[4, 7, 9]]}")
+    y, z = clean[3].eval["digit"].y, merged[3].eval["digit"].y
+    assert torch.equal(z, torch.where((y == 7) | (y == 9), torch.tensor(4), y))
+
+
+def test_leakage_writes_the_label_code_in_training_and_a_scrambled_one_at_evaluation():
+    _, clean = data_with()
+    _, leaky = data_with("{name: leakage, task: parity, clients: [0], strength: 2.0}")
+    train, before = leaky[0].train["parity"], clean[0].train["parity"]
+    assert torch.equal(train.y, before.y) and torch.equal(train.x[:, :-1], before.x[:, :-1])
+    assert torch.equal(train.x[:, -1], 2.0 * (2 * before.y.float() - 1))  # two classes: codes -2 and +2
+    evaluation = leaky[0].eval["parity"]
+    codes = evaluation.x[:, -1]
+    assert sorted(codes.tolist()) == sorted((2.0 * (2 * evaluation.y.float() - 1)).tolist())  # same labels, shuffled
+    agree = (codes > 0).long() == evaluation.y
+    assert 0.3 < agree.float().mean().item() < 0.7  # no longer predicts the label
+    assert same(leaky[0].train["digit"], clean[0].train["digit"]) and same(
+        leaky[1].train["parity"], clean[1].train["parity"]
+    )
+
+
+def test_issues_are_reproducible_from_the_seed():
+    issue = "{name: label_noise, task: digit, rate: 0.3}"
+    _, first = data_with(issue)
+    _, again = data_with(issue)
+    assert torch.equal(first[0].train["digit"].y, again[0].train["digit"].y)
+    draws = {
+        (s, i, c): torch.rand(4, generator=issue_generator(s, i, c)) for s in (0, 1) for i in (0, 1) for c in (0, 1)
+    }
+    assert len({tuple(v.tolist()) for v in draws.values()}) == len(draws)  # one stream per seed, issue and client
+
+
+def test_a_run_records_its_issues_and_trains_on_them(tmp_path):
+    issue = "data_issues=[{name: label_noise, task: orthogonal, clients: [1], rate: 0.4}]"
+    run_dir = run_in_process(tmp_path, "run", *tiny_overrides(3), "rounds=1", issue)
+    assert "label_noise" in (run_dir / "config.yaml").read_text()
+    plain = run_in_process(tmp_path, "plain", *tiny_overrides(3), "rounds=1")
+    loss = {
+        name: {(r["client"], r["task"]): r["loss"] for r in read_rows(d / "metrics.jsonl") if r["split"] == "train"}
+        for name, d in (("issue", run_dir), ("plain", plain))
+    }
+    assert loss["issue"][(1, "orthogonal")] != loss["plain"][(1, "orthogonal")]
+    assert loss["issue"][(0, "anchor")] == loss["plain"][(0, "anchor")]  # client 0 trains on the same data
+
+
+@pytest.mark.parametrize(
+    ("issue", "key", "message"),
+    [
+        ("{name: label_noise, task: nope}", "data_issues[0].task", "unknown task 'nope'"),
+        ("{name: label_noise, task: digit, rate: 1.5}", "data_issues[0].rate", "must be in [0, 1]"),
+        ("{name: label_noise, task: digit, clients: [9]}", "data_issues[0].clients[0]", "does not take part"),
+        ("{name: label_noise, task: digit, to: 10}", "data_issues[0].to", "in [0, 10)"),
+        ("{name: annotation, task: digit}", "data_issues[0].clients", "must name the clients"),
+        ("{name: annotation, task: digit, clients: [0]}", "data_issues[0].permute", "needs permute: true or merge"),
+        ("{name: annotation, task: digit, clients: [0], merge: [[1]]}", "data_issues[0].merge[0]", "two classes"),
+        ("{name: annotation, task: digit, clients: [0], merge: [[1, 12]]}", "data_issues[0].merge[0]", "in [0, 10)"),
+        ("{name: leakage, task: parity, strength: 0}", "data_issues[0].strength", "must be > 0"),
+        ("{name: drift, task: parity}", "data_issues[0].name", "drift"),
+    ],
+)
+def test_bad_issues_are_refused_with_their_key(issue, key, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [*DIGITS, f"data_issues=[{issue}]"])
+    assert raised.value.path == key and message in str(raised.value)
