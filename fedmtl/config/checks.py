@@ -12,6 +12,7 @@ from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
 from fedmtl.data.participants import Participant
 from fedmtl.model.encoders import ENCODERS
+from fedmtl.model.networks import initial_encoder_state
 
 
 def check_consistency(cfg: ExperimentConfig) -> None:
@@ -66,6 +67,8 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape()))
     if problem:
         raise ConfigError("model.sharing", problem)
+    if cfg.model.init_from is not None:  # the file fits the encoder (ConfigError naming model.init_from)
+        initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     for i, issue in enumerate(cfg.data_issues):
         found = issue.check(cfg.data.task_specs(), cfg.clients.member_ids())
         if found is not None:

@@ -66,6 +66,9 @@ class ClientConfig:
     # ICML 2021) as an evaluation protocol. 0 = evaluate the heads as the last training left them.
     eval_head_steps: int = 0
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
+    # false: the encoder stays as received (frozen) and only the private heads train: heads on frozen
+    # shared embeddings, the alternative to multi-task training with a pretrained encoder (model.init_from).
+    train_encoder: bool = True
 
     def __post_init__(self) -> None:
         require(self.local_steps >= 1, "local_steps", f"must be >= 1, got {self.local_steps}")

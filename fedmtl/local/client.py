@@ -29,7 +29,7 @@ from fedmtl.local.affinity import client_lookahead_affinity
 from fedmtl.local.data import participant_data
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
-from fedmtl.model.networks import MultiTaskModel, initial_head_state
+from fedmtl.model.networks import MultiTaskModel, initial_encoder_state, initial_head_state
 
 _HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
 _LOCAL_STREAM, _VALIDATION_STREAM = 109, 113
@@ -133,6 +133,10 @@ class LocalClient:
         if stream == _HEAD_INIT_STREAM:
             first = [k for k in state if is_head(k) and k not in shared and k not in private_model]
             state.update(self.cfg.model.head_init.first_heads(first, self._round_zero_heads))
+        if self.cfg.model.init_from is not None:  # private encoder blocks start from the file too
+            cfg = self.cfg
+            initial = initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
+            state.update({k: v for k, v in initial.items() if k not in shared and k not in private_model})
         unexpected = sorted(k for k in shared if k not in state or not self.is_shared(k))
         if unexpected:
             raise KeyError(f"server sent parameters this client does not share: {unexpected[:3]}")

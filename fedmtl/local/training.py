@@ -71,7 +71,9 @@ def train_local(
 ) -> TrainStats:
     data = {task: d for task, d in data.items() if len(d) > 0}  # a real split can leave a task empty
     encoder_params = model.encoder_parameters()
-    optimizer = make_optimizer(cfg, [*model.parameters(), *balancer.parameters()])
+    frozen = set() if cfg.train_encoder else {id(p) for p in encoder_params}
+    trained = [p for p in model.parameters() if id(p) not in frozen]
+    optimizer = make_optimizer(cfg, [*trained, *balancer.parameters()])
     batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
     sizes = {task: len(d) for task, d in data.items()}
     tracker = TaskGradientTracker(cfg.subspace_steps)

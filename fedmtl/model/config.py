@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from fedmtl.core.errors import require
@@ -27,8 +28,13 @@ class ModelConfig:
     # from different heads; task = the round-0 head of the task, the same on every client that holds it
     # (as when one initial model is sent to everyone, and as fed_full's server starts).
     head_init: HeadInit = field(default_factory=PerClient)
+    # A local file to start the encoder from instead of its random initialisation: a state dict of the
+    # encoder, or a run's encoder.pt (one group's: {key: state}). Never downloaded; the shapes must match.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_from is not None:
+            require(Path(self.init_from).is_file(), "init_from", f"no such file: {self.init_from}")
         require(self.representation_dim >= 1, "representation_dim", f"must be >= 1, got {self.representation_dim}")
         for key in ("encoder_hidden", "head_hidden", "conv_channels"):
             widths = getattr(self, key)

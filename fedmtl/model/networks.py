@@ -6,12 +6,13 @@ Parameter names are the contract with the wire format: ``encoder.<block>.*`` may
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 import torch
 from torch import nn
 
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX, HEADS_PREFIX
 from fedmtl.data.task_kinds import TaskSpec
 from fedmtl.model.config import ModelConfig
@@ -97,10 +98,40 @@ def initial_shared_state(
 def initial_encoder_state(
     cfg: ModelConfig, input_dim: int, seed: int, image_shape: ImageShape | None = None
 ) -> dict[str, torch.Tensor]:
-    """The round-0 encoder, identical for every client (the server sends its shared part)."""
+    """The round-0 encoder, identical for every client (the server sends its shared part): drawn from
+    ``seed``, or read from ``cfg.init_from``."""
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, input_dim, image_shape)
-    return {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    state = {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    if cfg.init_from is None:
+        return state
+    return encoder_from_file(cfg.init_from, state)
+
+
+def encoder_from_file(path: str, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder in ``path`` (a state dict, or an ``encoder.pt`` of one group), checked against the
+    keys and shapes of ``expected``; ConfigError (``model.init_from``) when it does not fit."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same config error
+        raise ConfigError("model.init_from", f"cannot read {path}: {err}") from None
+    if isinstance(loaded, Mapping) and loaded and all(isinstance(v, Mapping) for v in loaded.values()):
+        if len(loaded) != 1:  # an encoder.pt of several groups
+            raise ConfigError("model.init_from", f"{path} holds the encoders of {sorted(loaded)}: save one")
+        (loaded,) = loaded.values()
+    if not isinstance(loaded, Mapping):
+        raise ConfigError("model.init_from", f"{path} is not a state dict")
+    state = {k: v for k, v in loaded.items() if k in expected}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ConfigError("model.init_from", f"{path} lacks encoder parameters {missing[:3]}")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ConfigError(
+            "model.init_from", f"{path}: {k} has shape {tuple(state[k].shape)}, the encoder {tuple(expected[k].shape)}"
+        )
+    return {k: state[k].detach().clone().to(expected[k].dtype) for k in expected}
 
 
 def initial_head_state(
