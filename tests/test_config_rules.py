@@ -181,14 +181,29 @@ RULES = [
     ),
     (["server.shared_across_groups=1"], "server.shared_across_groups", "server.grouping (none) forms no groups"),
     (
-        ["server.grouping={name: cfl}", "server.shared_across_groups=3"],
+        ["server.grouping={name: cfl}", "server.shared_across_groups=2"],
         "server.shared_across_groups",
-        "only 2 of the encoder's 2 blocks are federated",
+        "must be below the 2 federated blocks of the encoder's 2",
     ),
     (
-        ["server.grouping={name: cfl}", "server.shared_across_groups=2", "model.sharing={name: partial}"],
+        ["server.grouping={name: cfl}", "server.shared_across_groups=1", "model.sharing={name: partial}"],
         "server.shared_across_groups",
-        "only 1 of the encoder's 2 blocks are federated (model.sharing)",
+        "must be below the 1 federated blocks of the encoder's 2 (model.sharing)",
+    ),
+    (
+        ["server.grouping={name: cfl}", "server.shared_across_groups=1", "server.personalisation={name: mixed}"],
+        "server.shared_across_groups",
+        "server.personalisation (mixed) gives each client its own",
+    ),
+    (
+        ["server.client_affinity_every=1", "clients.participants=client_tasks"],
+        "server.client_affinity_every",
+        "needs one participant per client",
+    ),
+    (
+        ["server.client_affinity_every=3", "server.grouping={name: affinity, signal: clients, warmup_rounds: 3}"],
+        "server.grouping.warmup_rounds",
+        "client affinity is first measured in round 4",
     ),
     (
         ["clients.count=3", "server.grouping={name: given, groups: [[0, 1], [2, 9]]}"],

@@ -139,6 +139,14 @@ def test_truncate_rows_after_keeps_earlier_rounds_in_both_formats(tmp_path):
         assert [r["round"] for r in read_rows(path)] == [0, 1, 2, 3]
 
 
+def test_a_csv_table_written_with_fewer_columns_keeps_its_header_when_appended(tmp_path):
+    """A run resumed after fedmtl added metric columns appends under the file's own header."""
+    path = tmp_path / "metrics.csv"
+    RowWriter(path, ("round", "loss")).write([{"round": 0, "loss": 1.0}])
+    RowWriter(path, ("round", "loss", "ece")).write([{"round": 1, "loss": 0.5, "ece": 0.1}])
+    assert read_rows(path) == [{"round": 0, "loss": 1.0}, {"round": 1, "loss": 0.5}]
+
+
 def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
     result = simulate("--resume", str(tmp_path), env=simulate_env)
     assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr

@@ -43,6 +43,12 @@ USER_MODULE = textwrap.dedent(
             self.blocks = nn.ModuleList(blocks)
 
 
+    class Broken(nn.Module):
+        def __init__(self, input_dim, representation_dim, image_shape):
+            super().__init__()
+            raise TypeError("a bug inside the user's code")
+
+
     class NoBlocks(nn.Module):
         def __init__(self, input_dim, representation_dim, image_shape):
             super().__init__()
@@ -104,9 +110,35 @@ def test_simulate_runs_the_users_encoder_on_ray_workers(user_package, tmp_path, 
         ("{name: module, path: 'user_models:Missing'}", "model.encoder.path", "cannot import"),
         ("{name: module, path: 'user_models:NoBlocks'}", "model.encoder.path", "declares no blocks"),
         ("{name: module, path: 'user_models:Encoder', kwargs: {colour: 3}}", "model.encoder.kwargs", "colour"),
+        ("{name: module, path: 'user_models:Broken'}", "model.encoder.path", "failed to build"),
     ],
 )
 def test_bad_user_encoders_are_refused_with_the_key(user_package, encoder, key, message):
     with pytest.raises(ConfigError) as raised:
         load_config(None, [*TINY_OVERRIDES, f"model.encoder={encoder}"])
     assert raised.value.path.startswith(key) and message in str(raised.value)
+
+
+def test_gradnorm_needs_a_linear_last_block_and_is_refused_without_one(user_package, tmp_path):
+    (user_package / "norm_last.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+
+            class Encoder(nn.Module):
+                def __init__(self, input_dim, representation_dim, image_shape):
+                    super().__init__()
+                    self.blocks = nn.ModuleList(
+                        [nn.Sequential(nn.Linear(input_dim, representation_dim), nn.ReLU()), nn.LayerNorm(representation_dim)]
+                    )
+            """
+        )
+    )
+    encoder = "model.encoder={name: module, path: 'norm_last:Encoder'}"
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [*TINY_OVERRIDES, encoder, "client.balancing={name: gradnorm}"])
+    assert raised.value.path == "client.balancing" and "nn.Linear" in str(raised.value)
+    run_dir = run_in_process(tmp_path, "run", *tiny_overrides(2), "rounds=1", encoder, nodes=2)  # static weights: fine
+    assert (run_dir / "encoder.pt").is_file()
+    sys.modules.pop("norm_last", None)

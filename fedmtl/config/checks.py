@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX
@@ -67,6 +69,14 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.model.sharing.check(cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape()))
     if problem:
         raise ConfigError("model.sharing", problem)
+    balancer = cfg.client.balancing.start(list(cfg.data.task_names()), {})
+    if balancer.differentiates_after_backward:  # GradNorm: the gradient of the encoder's last linear layer
+        blocks = encoder.build(cfg.model, cfg.data.feature_dim(), cfg.data.image_shape())
+        if not any(isinstance(m, torch.nn.Linear) for m in blocks[-1].modules()):
+            raise ConfigError(
+                "client.balancing",
+                f"{cfg.client.balancing.name} needs an nn.Linear in the encoder's last block; model.encoder's has none",
+            )
     if cfg.model.init_from is not None:  # the file fits the encoder (ConfigError naming model.init_from)
         initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     for i, issue in enumerate(cfg.data_issues):
@@ -118,7 +128,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
     grouping = cfg.server.grouping
     check_shared_across_groups(cfg)
-    check_client_affinity(cfg)
+    check_client_affinity(cfg, participants)
     if not grouping.groups_clients:
         return
     if cfg.server.cohorts.name != "one":
@@ -126,10 +136,9 @@ def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -
             "server.grouping",
             f"groups clients that share an encoder; server.cohorts is {cfg.server.cohorts.name!r}, not 'one'",
         )
-    needed = grouping.needs_setting()
-    if needed is not None and not _setting(cfg, needed[1]) > 0:
-        key, setting = needed
-        raise ConfigError(f"server.grouping.{key}", f"is {getattr(grouping, key)!r}, which needs {setting} > 0")
+    unmet = grouping.check_settings(lambda path: _setting(cfg, path))
+    if unmet is not None:
+        raise ConfigError(f"server.grouping.{unmet[0]}", unmet[1])
     problem = grouping.check([p.client_id for p in participants], cfg.server.fraction_fit)
     if problem:
         key, why = problem
@@ -150,11 +159,19 @@ def _setting(cfg: ExperimentConfig, path: str) -> Any:
     return value
 
 
-def check_client_affinity(cfg: ExperimentConfig) -> None:
-    if cfg.server.client_affinity_every > 0 and cfg.server.personalisation.start() is not None:
+def check_client_affinity(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:
+    if cfg.server.client_affinity_every == 0:
+        return
+    if cfg.server.personalisation.start() is not None:
         raise ConfigError(
             "server.client_affinity_every",
             f"probes one encoder per group; server.personalisation ({cfg.server.personalisation.name}) sends each client its own",
+        )
+    ids = [p.client_id for p in participants]
+    if any(p.pooled or len(p.clients) != 1 for p in participants) or len(set(ids)) != len(ids):
+        raise ConfigError(
+            "server.client_affinity_every",
+            "measures affinity between clients: needs one participant per client (clients.participants: clients)",
         )
 
 
@@ -167,12 +184,19 @@ def check_shared_across_groups(cfg: ExperimentConfig) -> None:
             "server.shared_across_groups",
             f"is {shared} but server.grouping ({cfg.server.grouping.name}) forms no groups of clients",
         )
-    blocks = cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape())
-    federated = sum(cfg.model.sharing.is_shared(f"{ENCODER_PREFIX}{i}.weight") for i in range(blocks))
-    if shared > federated:
+    if cfg.server.personalisation.start() is not None:
         raise ConfigError(
             "server.shared_across_groups",
-            f"is {shared} but only {federated} of the encoder's {blocks} blocks are federated (model.sharing)",
+            f"shares blocks of one encoder per group; server.personalisation ({cfg.server.personalisation.name}) "
+            "gives each client its own",
+        )
+    blocks = cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape())
+    federated = sum(cfg.model.sharing.is_shared(f"{ENCODER_PREFIX}{i}.weight") for i in range(blocks))
+    if shared >= federated:
+        raise ConfigError(
+            "server.shared_across_groups",
+            f"is {shared} but must be below the {federated} federated blocks of the encoder's {blocks} "
+            "(model.sharing): groups would share every federated block",
         )
 
 

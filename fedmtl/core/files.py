@@ -35,6 +35,9 @@ class RowWriter:
         if self.csv and not path.exists():
             with path.open("w", newline="") as handle:
                 csv.writer(handle).writerow(self.columns)
+        elif self.csv and path.stat().st_size:  # appending (a resumed run): keep the header the file has
+            with path.open(newline="") as handle:
+                self.columns = tuple(next(csv.reader(handle), self.columns))
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         with self.path.open("a", newline="") as handle:

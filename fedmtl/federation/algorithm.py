@@ -132,8 +132,11 @@ class ServerAlgorithm:
             )
             shared = cohort.global_state() if heads is None else {**cohort.global_state(), **heads}
             probes = self._probes_for(cohort.key) if kind == TRAIN else None
-            if probes is not None:
-                shared = {**shared, **protocol.probe_arrays(*probes)}
+            if probes is not None:  # the group's own members only (after a split: not the sibling group's)
+                base, trained = probes
+                members = {p.client_id for p in cohort.members}
+                mine = {c: state for c, state in trained.items() if c in members}
+                shared = {**shared, **protocol.probe_arrays(base, mine)}
             for p in chosen:
                 arrays = shared if cohort.updater.client_offset(p.index) is None else self.state_for(p.index)
                 sends.append(Send(p.index, kind, arrays, {**config, protocol.SERVER_ROUND: server_round}))

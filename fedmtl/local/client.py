@@ -174,11 +174,11 @@ class LocalClient:
         data, _ = self._training_split(participant_data(self.cfg, self.participant).train)
         generator = torch.Generator().manual_seed(self.streams.round(server_round))
         model = self.build_model(shared, strip_prefix(MODEL, private))
-        client_affinity = (
-            client_lookahead_affinity(model, self._probe_batches(data), self.specs, self.own(probe_base), probed)
-            if probed
-            else {}
-        )
+        client_affinity = {}
+        if probed:  # the probes arrive on the CPU; the model may be on a GPU
+            base = {k: v.to(self.device) for k, v in probe_base.items()}
+            trained = {c: {k: v.to(self.device) for k, v in state.items()} for c, state in probed.items()}
+            client_affinity = client_lookahead_affinity(model, self._probe_batches(data), self.specs, base, trained)
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
         balancer = self.training.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
         stats = train_local(model, data, self.specs, self.training, generator, balancer)

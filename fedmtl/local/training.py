@@ -79,10 +79,9 @@ def train_local(
     tracker = TaskGradientTracker(cfg.subspace_steps)
     affinity = AffinityTracker()
     totals, counts = dict.fromkeys(data, 0.0), dict.fromkeys(data, 0)
-    last_layer = model.last_shared_layer_weight()
 
-    def shared_layer_grad(loss: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.grad(loss, last_layer, retain_graph=True)[0]
+    def shared_layer_grad(loss: torch.Tensor) -> torch.Tensor:  # looked up only when a balancer asks (GradNorm)
+        return torch.autograd.grad(loss, model.last_shared_layer_weight(), retain_graph=True)[0]
 
     model.train()
     for step in range(cfg.local_steps):

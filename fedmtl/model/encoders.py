@@ -5,6 +5,7 @@ user's own ``nn.Module``, named by import path, that declares its blocks."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,12 +149,25 @@ class ModuleEncoder(Encoder):
         require(callable(found), "path", f"{self.path!r} is not a class or function")
 
     def build(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> nn.ModuleList:
+        factory = import_object(self.path)
+        arguments = {
+            "input_dim": input_dim,
+            "representation_dim": model.representation_dim,
+            "image_shape": image_shape,
+            **self.kwargs,
+        }
         try:
-            built = import_object(self.path)(
-                input_dim=input_dim, representation_dim=model.representation_dim, image_shape=image_shape, **self.kwargs
-            )
-        except TypeError as err:  # most often an argument it does not take
-            raise ConfigError("model.encoder.kwargs", f"{self.path} refused its arguments: {err}") from None
+            inspect.signature(factory).bind(**arguments)
+        except TypeError as err:  # an argument it does not take, or one it needs that is not given
+            raise ConfigError("model.encoder.kwargs", f"{self.path} refuses these arguments: {err}") from None
+        except ValueError:  # no signature to read (a builtin): let the call decide
+            pass
+        try:
+            built = factory(**arguments)
+        except Exception as err:  # noqa: BLE001 - the user's code: any failure is this config's error
+            raise ConfigError(
+                "model.encoder.path", f"{self.path} failed to build: {type(err).__name__}: {err}"
+            ) from None
         blocks = getattr(built, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
             raise ConfigError(

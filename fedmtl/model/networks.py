@@ -82,9 +82,10 @@ class MultiTaskModel(nn.Module):
     def last_shared_layer_weight(self) -> nn.Parameter:
         """GradNorm's ``W``: the weight of the encoder's last linear layer."""
         last_block = cast(nn.Module, self.encoder[-1])
-        return cast(
-            nn.Parameter, next(m for m in reversed(list(last_block.modules())) if isinstance(m, nn.Linear)).weight
-        )
+        linear = next((m for m in reversed(list(last_block.modules())) if isinstance(m, nn.Linear)), None)
+        if linear is None:
+            raise ValueError("GradNorm needs an nn.Linear in the encoder's last block; this encoder's has none")
+        return cast(nn.Parameter, linear.weight)
 
 
 def initial_shared_state(

@@ -92,11 +92,11 @@ def _adjusted(tests: Sequence[d.PairedTest], study: Study) -> list[float | None]
 
 
 def compare_clients(data: StudyData, arm: str, baseline: str, task: str) -> dict[int, ClientDelta]:
-    higher = data.study.task(task).higher_is_better
+    spec = data.study.task(task)
     ours, theirs = data.final_by_client(arm, task), data.final_by_client(baseline, task)
     per_client: dict[int, dict[int, float]] = {}
     for seed in sorted(set(ours) & set(theirs)):
-        for client, delta in d.paired_deltas(ours[seed], theirs[seed], higher).items():
+        for client, delta in d.paired_deltas(ours[seed], theirs[seed], spec.higher_is_better, spec.relative).items():
             per_client[client] = {**per_client.get(client, {}), seed: delta}
     clients = sorted(per_client)
     tests = [d.paired_t_test(list(per_client[c].values()), "seeds") for c in clients]
@@ -143,8 +143,10 @@ def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
     names = [task.name for task in study.tasks]
     per_seed, clients, tests = {}, {}, []
     for name in names:
-        higher = study.task(name).higher_is_better
-        per_seed[name] = d.paired_deltas(data.final(arm, name), data.final(baseline, name), higher)
+        spec = study.task(name)
+        per_seed[name] = d.paired_deltas(
+            data.final(arm, name), data.final(baseline, name), spec.higher_is_better, spec.relative
+        )
         clients[name] = compare_clients(data, arm, baseline, name)
         client_means = [c.spread.mean for c in clients[name].values()]
         tests.append(d.paired_test(list(per_seed[name].values()), client_means))

@@ -47,6 +47,7 @@ class Task:
     name: str
     metric: str
     higher_is_better: bool
+    relative: bool = True  # deltas relative to the baseline's value; False: absolute differences (a metric near 0)
 
 
 @dataclass(frozen=True)

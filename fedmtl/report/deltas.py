@@ -55,10 +55,14 @@ def relative_delta(value: float, baseline: float, higher_is_better: bool) -> flo
 
 
 def paired_deltas(
-    reference: Mapping[Key, float], baseline: Mapping[Key, float], higher_is_better: bool
+    reference: Mapping[Key, float], baseline: Mapping[Key, float], higher_is_better: bool, relative: bool = True
 ) -> dict[Key, float]:
-    """Relative delta per shared key (seed or client), keys sorted; keys present on one side only are dropped."""
+    """Relative delta per shared key (seed or client), keys sorted; keys present on one side only are dropped.
+    ``relative=False``: the signed absolute difference ``(-1)^l (value - baseline)`` instead."""
     shared = sorted(set(reference) & set(baseline))  # type: ignore[type-var]
+    if not relative:
+        sign = 1.0 if higher_is_better else -1.0
+        return {key: sign * (reference[key] - baseline[key]) for key in shared}
     return {key: relative_delta(reference[key], baseline[key], higher_is_better) for key in shared}
 
 

@@ -21,7 +21,8 @@ Three signals:
   client ``a``'s round update lowers client ``b``'s losses on ``b``'s data, averaged over the warm-up;
   two clients are as similar as ``(Z(a->b) + Z(b->a)) / 2`` normalised by ``sqrt(Z(a->a) Z(b->b))``
   and clipped to [-1, 1], as for tasks. Each client probes the updates of the previous round, so
-  the warm-up needs two rounds at least.
+  the warm-up must last past the first probed round; a client whose own progress ``Z(a->a)`` was
+  never measured in the warm-up (not sampled in two consecutive rounds) leaves the group whole.
 
 The clients are then cut by complete linkage on the distance ``1 - similarity`` into ``k`` groups for
 every ``k`` from 2 to ``max_groups``; the ``k`` with the largest mean silhouette wins, and the
@@ -38,7 +39,7 @@ serves all its tasks), which coincides with MAS when every client holds one task
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -136,9 +137,20 @@ class AffinityGrouping(Grouping):
             return "max_groups", f"is {self.max_groups} but there are {len(clients)} clients"
         return None
 
-    def needs_setting(self) -> tuple[str, str] | None:
+    def check_settings(self, setting: Callable[[str], Any]) -> tuple[str, str] | None:
         needed = {"tasks": "client.affinity_every", "clients": "server.client_affinity_every"}.get(self.signal)
-        return None if needed is None else ("signal", needed)
+        if needed is None:
+            return None
+        every = setting(needed)
+        if not every > 0:
+            return "signal", f"is {self.signal!r}, which needs {needed} > 0"
+        if self.signal == "clients" and self.warmup_rounds <= every:  # round r's updates are probed in round r + 1
+            return (
+                "warmup_rounds",
+                f"is {self.warmup_rounds}, but client affinity is first measured in round {every + 1} "
+                f"({needed}: {every}): the warm-up must last past it",
+            )
+        return None
 
 
 class _AffinityState(Regrouper):
@@ -201,8 +213,10 @@ class _AffinityState(Regrouper):
             affinity = {pair: self._mean(pair) for pair in self.counts}
             if rule.signal == "tasks":
                 similarity = task_similarity(group.tasks, members, affinity)
-            else:
+            elif all((c, c) in affinity for c in members):
                 similarity = client_similarity(members, affinity)
+            else:
+                return None  # a client's own progress was never measured in the warm-up: nothing to compare it by
         most = len(members) if rule.max_groups is None else rule.max_groups
         cut, _ = best_cut(similarity, most, rule.min_silhouette, group.min_size, rule.max_cross_similarity)
         if len(cut) == 1:

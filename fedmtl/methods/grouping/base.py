@@ -10,7 +10,7 @@ server's glue is ``fedmtl/federation/grouping.py``.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,9 +76,9 @@ class Grouping(Component):
         """``(key under server.grouping, why)`` when this rule cannot group these clients, or None."""
         return None
 
-    def needs_setting(self) -> tuple[str, str] | None:
-        """``(key under server.grouping, config key)``: a setting (a count of rounds or steps) that must be
-        > 0 for what that key chose, or None."""
+    def check_settings(self, setting: Callable[[str], Any]) -> tuple[str, str] | None:
+        """``(key under server.grouping, why)`` when the rest of the config does not give this rule what it
+        needs; ``setting("client.affinity_every")`` reads any config value by its key path."""
         return None
 
 
