@@ -17,11 +17,17 @@ from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
 from fedmtl.federation.groups import client_affinity, mean_task_affinity
+from fedmtl.local.data_checks import SHORTCUT_CHANCE, SHORTCUT_EVAL, SHORTCUT_TRAIN
 from fedmtl.local.rollback import OPTIONS
 
 log = logging.getLogger(__name__)
 BASE_COLUMNS = ("round", "split", "client", "task", "num_examples", "loss", "weight")
-METRIC_COLUMNS = tuple(dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names))
+METRIC_COLUMNS = (
+    *dict.fromkeys(name for kind in TASK_KINDS.values() for name in kind.metric_names),
+    SHORTCUT_TRAIN,  # the data check (eval rows): the best single input feature's share of the label, training data
+    SHORTCUT_EVAL,  # ... the same feature's on the client's held-out data (a leaked label: high, then low)
+    SHORTCUT_CHANCE,  # ... and the best feature's share with the training labels shuffled (chance level)
+)
 SERVER_COLUMNS = (
     "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",
     "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper", "bytes_up", "bytes_down",

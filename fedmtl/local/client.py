@@ -27,6 +27,7 @@ from fedmtl.data.suites import TaskData
 from fedmtl.local import rollback
 from fedmtl.local.affinity import client_lookahead_affinity
 from fedmtl.local.data import participant_data
+from fedmtl.local.data_checks import shortcut_check
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.model.networks import MultiTaskModel, initial_encoder_state, initial_head_state
@@ -308,6 +309,8 @@ class LocalClient:
                 results = evaluate(model, split, specs)
             else:
                 results = predictors.evaluate(choices, split, specs)
+            for task, result in results.items():  # the data check (only its numbers leave the client)
+                result.update(shortcut_check(train[task], split[task], self.specs[task]) if task in train else {})
             metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
             if predictors is not None:
                 evidence = rollback.evidence(choices, validation_losses, predictors.losses(split, specs))

@@ -29,6 +29,7 @@ from fedmtl.report.analysis import (
 from fedmtl.report.calibration import CALIBRATION_METRICS, calibration_comparisons
 from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
+from fedmtl.report.data_checks import data_check_blocks
 from fedmtl.report.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
 from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
@@ -305,7 +306,7 @@ def build_blocks(
     if data.skipped:
         skipped = ", ".join(f"{r.arm}/seed-{r.seed} ({r.status or 'no status'})" for r in data.skipped)
         intro += f" Skipped (not done): {skipped}."
-    blocks: list[Block] = [Heading(f"Study report: {study.name}", level=1), Paragraph(intro)]
+    blocks: list[Block] = [Heading(f"Study report: {study.name}", level=1), Paragraph(intro), *data_check_blocks(data)]
     if "forest" in plot_paths:
         blocks.append(Image(plot_paths["forest"], CAPTIONS["forest"]))
     blocks += [

@@ -1,0 +1,105 @@
+"""The report's data checks, before any comparison of arms (issue #22): what the clients' own checks
+found in their data (``fedmtl/local/data_checks.py``; only the numbers left the clients).
+
+Shortcut (label leakage): a task on a client is flagged when, on at least half of the seeds, one input
+feature alone explains at least ``SHORTCUT_MIN`` of the label in the client's training data, and at
+least ``SHORTCUT_DROP`` more than it does on the client's held-out data and than the best feature does
+by chance (labels shuffled). The checks are computed on the study's first arm
+with runs (every arm of a study sees the same data), at its first evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedmtl.core.layout import find_metrics_file
+from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
+from fedmtl.report.render import Block, Heading, Paragraph, Table
+
+SHORTCUT_MIN = 0.9  # share of the label one feature explains in training
+SHORTCUT_DROP = 0.3  # ... and how much less it explains at evaluation
+TRAIN, HELD_OUT, CHANCE = "shortcut_train", "shortcut_eval", "shortcut_chance"
+
+
+@dataclass(frozen=True)
+class ShortcutCheck:
+    task: str
+    client: int
+    train: float  # mean over seeds
+    held_out: float
+    chance: float
+    flagged_seeds: int
+    seeds: int
+
+    @property
+    def flagged(self) -> bool:
+        return 2 * self.flagged_seeds >= self.seeds and self.flagged_seeds > 0
+
+
+def is_shortcut(train: float, held_out: float, chance: float) -> bool:
+    return train >= SHORTCUT_MIN and train - max(held_out, chance) >= SHORTCUT_DROP
+
+
+def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
+    """One check per (task, client) that reported it, sorted."""
+    arm = next((a for a in data.study.arms if data.arm_results(a)), None)
+    if arm is None:
+        return []
+    found: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for result in data.arm_results(arm):
+        rows = [
+            r
+            for r in read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task"))
+            if r["split"] == EVAL_SPLIT and all(r.get(k) is not None for k in (TRAIN, HELD_OUT, CHANCE))
+        ]
+        if not rows:
+            continue
+        first = min(r["round"] for r in rows)
+        for r in rows:
+            if r["round"] == first:
+                shares = (float(r[TRAIN]), float(r[HELD_OUT]), float(r[CHANCE]))
+                found.setdefault((r["task"], int(r["client"])), []).append(shares)
+    checks = []
+    for (task, client), values in sorted(found.items()):
+        flagged = sum(is_shortcut(*shares) for shares in values)
+        means = [sum(v[i] for v in values) / len(values) for i in range(3)]
+        checks.append(ShortcutCheck(task, client, *means, flagged, len(values)))  # type: ignore[arg-type]
+    return checks
+
+
+def data_check_blocks(data: StudyData) -> list[Block]:
+    """The clients' own data checks, flagged issues first (before any comparison of arms)."""
+    checks = shortcut_checks(data)
+    if not checks:
+        return []
+    flagged = [c for c in checks if c.flagged]
+    strongest = max(checks, key=lambda c: c.train - c.held_out)
+    rows = [
+        [
+            c.task,
+            str(c.client),
+            f"{c.train:.2f}",
+            f"{c.held_out:.2f}",
+            f"{c.chance:.2f}",
+            f"{c.flagged_seeds} / {c.seeds}",
+        ]
+        for c in (flagged or [strongest])
+    ]
+    verdict = (
+        f"**Possible label leakage** on {len(flagged)} (task, client) pair(s): one input feature alone explains "
+        "most of the label in training but not on held-out data. Check these clients' data before comparing arms."
+        if flagged
+        else "No shortcut found: no single input feature explains a label in training and not on held-out data "
+        "(the strongest case is shown)."
+    )
+    return [
+        Heading("Data checks"),
+        Paragraph(
+            f"Computed on each client from its own data; only the numbers left it. Shortcut: the share of a task's "
+            f"label that the best single input feature explains in the client's training data (η² or r²) and the "
+            f"same feature's share on its held-out data, beside the best share with the labels shuffled (chance); "
+            f"flagged when at least {SHORTCUT_MIN} and {SHORTCUT_DROP} above both, on at least half of the seeds. "
+            f"{verdict}"
+        ),
+        Table(["task", "client", "share in training", "share held out", "by chance", "seeds flagged"], rows),
+    ]

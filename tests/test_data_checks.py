@@ -1,0 +1,100 @@
+"""The clients' shortcut check (``fedmtl/local/data_checks.py``) and the report's data checks: an injected
+label leakage is flagged on the client and task where it sits, and clean data is quiet, over seeds and
+suites; the report opens with the section."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedmtl.config.loading import load_config
+from fedmtl.data.suites import TaskData
+from fedmtl.data.task_kinds import TaskSpec
+from fedmtl.local.data import client_data
+from fedmtl.local.data_checks import explained, shortcut_check
+from fedmtl.report.data_checks import is_shortcut
+from fedmtl.report.report import write_report
+from tests.helpers import tiny_overrides
+from tests.study._study import write_jsonl, write_study
+
+SUITES = {
+    "digits": ("data.name=digits", "clients.count=4"),
+    "synthetic": (*tiny_overrides(4), "clients.samples_per_task=200"),  # a check on 8 examples cannot tell
+}
+
+
+def flagged(check: dict[str, float]) -> bool:
+    return is_shortcut(check["shortcut_train"], check["shortcut_eval"], check["shortcut_chance"])
+
+
+def test_explained_share_is_eta_squared_and_r_squared():
+    x = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 5.0], [6.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # feature 0: class means 1 and 5 around 3: between 4 * 4 = 16 of total 20; feature 1: all of it
+    assert explained(x, y, classification=True).tolist() == pytest.approx([16 / 20, 1.0])
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained(x, target, classification=False)[0] == pytest.approx(1.0)  # x0 = 2 (y - 1): r = 1
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_data_is_quiet_and_a_leak_is_flagged_where_it_sits(suite, seed):
+    base = [*SUITES[suite], f"seed={seed}"]
+    clean = load_config(None, base)
+    task = clean.data.task_names()[1]
+    leaky = load_config(None, [*base, f"data_issues=[{{name: leakage, task: {task}, clients: [1]}}]"])
+    specs = {s.name: s for s in clean.data.task_specs()}
+    for cfg, leaked in ((clean, set()), (leaky, {(1, task)})):
+        found = set()
+        for client in range(4):
+            data = client_data(cfg, client)
+            for name in data.train:
+                if flagged(shortcut_check(data.train[name], data.eval[name], specs[name])):
+                    found.add((client, name))
+        assert found == leaked
+
+
+def test_a_constant_or_tiny_task_gives_no_check():
+    spec = TaskSpec("t", "classification", 2)
+    assert (
+        shortcut_check(
+            TaskData(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long)),
+            TaskData(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)),
+            spec,
+        )
+        == {}
+    )
+    constant = shortcut_check(
+        TaskData(torch.ones(6, 3), torch.tensor([0, 1] * 3)), TaskData(torch.ones(4, 3), torch.tensor([0, 1] * 2)), spec
+    )
+    assert constant == {"shortcut_train": 0.0, "shortcut_eval": 0.0, "shortcut_chance": 0.0}
+
+
+def with_shortcuts(root, shares):
+    """Give every eval row of each run the shortcut shares ``shares[(task, client)]`` (train, eval)."""
+    for path in root.glob("arms/*/seed-*/metrics.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            if row["split"] == "eval":
+                train, held_out = shares.get((row["task"], row["client"]), (0.3, 0.2))
+                row["shortcut_train"], row["shortcut_eval"], row["shortcut_chance"] = train, held_out, 0.1
+        write_jsonl(path, rows)
+
+
+def test_the_report_opens_with_the_data_checks(tmp_path):
+    root = write_study(tmp_path / "leaky")
+    with_shortcuts(root, {("cls", 1): (0.97, 0.05)})
+    write_report(root)
+    text = (root / "report.md").read_text()
+    assert text.index("## Data checks") < text.index("## Paired comparisons")
+    assert "**Possible label leakage** on 1 (task, client) pair(s)" in text
+    assert "| cls | 1 | 0.97 | 0.05 | 0.10 | 3 / 3 |" in text
+    clean = write_study(tmp_path / "clean")
+    with_shortcuts(clean, {})
+    write_report(clean)
+    assert "No shortcut found" in (clean / "report.md").read_text()
+    plain = write_study(tmp_path / "none")  # runs written before the check existed: no section
+    write_report(plain)
+    assert "## Data checks" not in (plain / "report.md").read_text()
