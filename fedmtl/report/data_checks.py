@@ -62,8 +62,8 @@ def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
     checks = []
     for (task, client), values in sorted(found.items()):
         flagged = sum(is_shortcut(*shares) for shares in values)
-        means = [sum(v[i] for v in values) / len(values) for i in range(3)]
-        checks.append(ShortcutCheck(task, client, *means, flagged, len(values)))  # type: ignore[arg-type]
+        train, held_out, chance = (sum(v[i] for v in values) / len(values) for i in range(3))
+        checks.append(ShortcutCheck(task, client, train, held_out, chance, flagged, len(values)))
     return checks
 
 
