@@ -30,12 +30,22 @@ def flagged(check: dict[str, float]) -> bool:
 
 
 def test_explained_share_is_eta_squared_and_r_squared():
-    x = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 5.0], [6.0, 5.0]])
-    y = torch.tensor([0, 0, 1, 1])
-    # feature 0: class means 1 and 5 around 3: between 4 * 4 = 16 of total 20; feature 1: all of it
-    assert explained(x, y, classification=True).tolist() == pytest.approx([16 / 20, 1.0])
-    target = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert explained(x, target, classification=False)[0] == pytest.approx(1.0)  # x0 = 2 (y - 1): r = 1
+    x = torch.tensor([[v, 1.0] for v in (0, 2, 0, 2, 1)] + [[v, 5.0] for v in (4, 6, 4, 6, 5)])
+    y = torch.tensor([0] * 5 + [1] * 5)
+    # feature 0: class means 1 and 5 around 3: between 5 * 4 + 5 * 4 = 40 of total 24 + 24; feature 1: all of it
+    assert explained(x, y, classification=True).tolist() == pytest.approx([40 / 48, 1.0])
+    target = torch.arange(10, dtype=torch.float32)
+    assert explained(2 * target[:, None] + 1, target, classification=False)[0] == pytest.approx(1.0)
+
+
+def test_a_rare_class_lighting_a_lone_feature_is_no_shortcut():
+    """One example of a third class with a feature nobody else has: eta^2 would be 1 with it."""
+    x = torch.zeros(11, 3)
+    x[:, 0] = torch.tensor([0.0, 1.0] * 5 + [0.0])
+    x[10, 2] = 9.0  # the lone example's own pixel
+    y = torch.tensor([0, 1] * 5 + [2])
+    shares = explained(x, y, classification=True)
+    assert shares[2] < 0.5 and shares[0] == pytest.approx(1.0)  # the rare class is left out; feature 0 is real
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))

@@ -22,9 +22,20 @@ SHORTCUT_TRAIN, SHORTCUT_EVAL, SHORTCUT_CHANCE = "shortcut_train", "shortcut_eva
 CHANCE_DRAWS = 20
 
 
+MIN_CLASS_EXAMPLES = 5  # classes with fewer examples are left out of eta^2
+
+
 def explained(x: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
     """Per feature of ``x`` [N, D], the share of its variance (classification: eta^2) or of the target's
-    (regression: r^2) that the label explains; 0 for a constant feature."""
+    (regression: r^2) that the label explains; 0 for a constant feature. Classification counts only
+    the classes with at least ``MIN_CLASS_EXAMPLES`` examples (and needs two of them): one example of a
+    rare class that happens to light a pixel nothing else lights would otherwise give ``eta^2 = 1``."""
+    if classification:
+        labels, counts = y.unique(return_counts=True)
+        kept = torch.isin(y, labels[counts >= MIN_CLASS_EXAMPLES])
+        if int((counts >= MIN_CLASS_EXAMPLES).sum()) < 2:
+            return torch.zeros(x.reshape(len(x), -1).shape[1], dtype=torch.float64)
+        x, y = x[kept], y[kept]
     x = x.double().reshape(len(x), -1)
     centred = x - x.mean(0)
     total = (centred**2).sum(0)
