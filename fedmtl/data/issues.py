@@ -60,6 +60,10 @@ class DataIssue(Component):
     def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
         """The client's data with the issue (a new object; ``data`` is never modified)."""
 
+    def spec_in(self, specs: Sequence[TaskSpec]) -> TaskSpec | None:
+        """The issue's task among ``specs``, or None."""
+        return next((s for s in specs if s.name == self.task), None)
+
     def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
         """``(key, why)`` when the issue cannot apply to this experiment, or None."""
         by_name = {s.name: s for s in specs}
@@ -102,7 +106,7 @@ class LabelNoise(DataIssue):
 
     def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
         problem = super().check(specs, members)
-        spec = next((s for s in specs if s.name == self.task), None)
+        spec = self.spec_in(specs)
         if problem is None and self.to is not None and spec is not None and not 0 <= self.to < spec.num_classes:
             return "to", f"must be a class of {self.task} in [0, {spec.num_classes}), got {self.to}"
         return problem
@@ -142,7 +146,7 @@ class Annotation(DataIssue):
 
     def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
         problem = super().check(specs, members)
-        spec = next((s for s in specs if s.name == self.task), None)
+        spec = self.spec_in(specs)
         if problem is not None or spec is None:
             return problem
         if spec.kind == CLASSIFICATION and not (self.permute or self.merge):
