@@ -6,15 +6,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
 from fedmtl.data.participants import Participant
 from fedmtl.model.encoders import ENCODERS
-from fedmtl.model.networks import initial_encoder_state
+from fedmtl.model.networks import head_problem, initial_encoder_state, last_weighted_layer, representation_shape
 
 
 def check_consistency(cfg: ExperimentConfig) -> None:
@@ -63,6 +61,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "model.encoder", f"{encoder.name} needs an image suite; data suite {cfg.data.name!r} has flat inputs"
         )
+    check_heads(cfg)
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
@@ -72,10 +71,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     balancer = cfg.client.balancing.start(list(cfg.data.task_names()), {})
     if balancer.differentiates_after_backward:  # GradNorm: the gradient of the encoder's last linear layer
         blocks = encoder.build(cfg.model, cfg.data.feature_dim(), cfg.data.image_shape())
-        if not any(isinstance(m, torch.nn.Linear) for m in blocks[-1].modules()):
+        if last_weighted_layer(blocks[-1]) is None:
             raise ConfigError(
                 "client.balancing",
-                f"{cfg.client.balancing.name} needs an nn.Linear in the encoder's last block; model.encoder's has none",
+                f"{cfg.client.balancing.name} needs an nn.Linear or nn.Conv2d in the encoder's last block; "
+                "model.encoder's has none",
             )
     if cfg.model.init_from is not None:  # the file fits the encoder (ConfigError naming model.init_from)
         initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
@@ -123,6 +123,16 @@ def check_consistency(cfg: ExperimentConfig) -> None:
                 f"faults.adversarial_clients[{i}]",
                 f"client {client} does not take part (clients.count {cfg.clients.count}, members {list(cfg.clients.members)})",
             )
+
+
+def check_heads(cfg: ExperimentConfig) -> None:
+    """Every task's head fits the encoder's output (a per-pixel task needs a feature map)."""
+    blocks = cfg.model.encoder.build(cfg.model, cfg.data.feature_dim(), cfg.data.image_shape())
+    representation = representation_shape(blocks, cfg.data.feature_dim())
+    for spec in cfg.data.task_specs():
+        problem = head_problem(spec, representation, cfg.data.image_shape())
+        if problem:
+            raise ConfigError("model.encoder", problem)
 
 
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:

@@ -6,28 +6,15 @@ and never branches on the kind.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from fedmtl.data.dense_kinds import DENSE_KINDS
+from fedmtl.data.kind_base import TaskKind, expected_calibration_error
 
-class TaskKind(ABC):
-    name: ClassVar[str]
-    metric_names: ClassVar[tuple[str, ...]]
-    headline_metric: ClassVar[str]
-    higher_is_better: ClassVar[bool]
-
-    @abstractmethod
-    def output_dim(self, num_classes: int) -> int: ...
-
-    @abstractmethod
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
-
-    @abstractmethod
-    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]: ...
+__all__ = ["CALIBRATION_METRICS", "TASK_KINDS", "TaskKind", "TaskSpec", "expected_calibration_error"]
 
 
 class Regression(TaskKind):
@@ -48,25 +35,6 @@ class Regression(TaskKind):
         mse = F.mse_loss(prediction.squeeze(-1), target).item()
         variance = target.var(unbiased=False).item()
         return {"mse": mse, "r2": 1.0 - mse / variance if variance > 0 else float("nan")}
-
-
-ECE_BINS = 15  # Guo et al. 2017's choice
-
-
-def expected_calibration_error(probabilities: torch.Tensor, target: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """``sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|`` over ``bins`` equal-width bins of the top
-    class's probability (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern Neural
-    Networks", ICML 2017); each bin ``(lo, hi]``, the first closed at 0."""
-    confidence, predicted = probabilities.max(-1)
-    correct = (predicted == target).double()
-    confidence = confidence.double()
-    bin_of = (confidence * bins).ceil().long().clamp(1, bins) - 1
-    total = torch.zeros((), dtype=torch.float64)
-    for b in range(bins):
-        members = bin_of == b
-        if members.any():
-            total += members.sum() * (correct[members].mean() - confidence[members].mean()).abs()
-    return float(total / len(target))
 
 
 class Classification(TaskKind):
@@ -99,7 +67,7 @@ CALIBRATION_METRICS = {
 }  # metric -> higher is better (the study report compares arms on them)
 
 
-TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Regression(), Classification())}
+TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Regression(), Classification(), *DENSE_KINDS)}
 
 
 @dataclass(frozen=True)

@@ -150,5 +150,10 @@ class RoundDriver:
         state = self.state
         sends = state.algorithm.evaluate_sends(server_round, state.round_config())
         exchange = self.engine.exchange(sends, state.cfg.server.round_timeout_s)
+        failed = [reply for reply in exchange.replies if reply.error is not None]
+        if exchange.replies and len(failed) == len(exchange.replies):  # nothing to record: say why
+            raise FederationError(
+                f"round {server_round}: every evaluation failed; participant {failed[0].participant}: {failed[0].error}"
+            )
         reports = [report for reply in exchange.replies if reply.error is None for report in reply.reports]
         self._each(lambda c: c.on_evaluated(state, server_round, reports, exchange))

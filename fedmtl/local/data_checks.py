@@ -52,9 +52,10 @@ def explained(x: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.T
 
 
 def shortcut_check(train: TaskData, held_out: TaskData, spec: TaskSpec) -> dict[str, float]:
-    """The best single feature's share on the training data, and the same feature's on ``held_out``."""
+    """The best single feature's share on the training data, and the same feature's on ``held_out``
+    (none for a per-pixel task: its label is a map, not one value a feature could encode)."""
     classification = spec.kind == "classification"
-    if len(train) < 2 or len(held_out) < 2:
+    if len(train) < 2 or len(held_out) < 2 or spec.kind_impl.dense:
         return {}
     shares = explained(train.x, train.y, classification)
     best = int(shares.argmax())

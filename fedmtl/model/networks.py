@@ -24,8 +24,72 @@ def build_encoder(cfg: ModelConfig, input_dim: int, image_shape: ImageShape | No
     return cfg.encoder.build(cfg, input_dim, image_shape)
 
 
-def build_head(cfg: ModelConfig, spec: TaskSpec) -> nn.Sequential:
-    return mlp([cfg.representation_dim, *cfg.head_hidden, spec.output_dim], cfg.activation, final_activation=False)
+def representation_shape(encoder: nn.ModuleList, input_dim: int) -> tuple[int, ...]:
+    """The shape of one example's encoder output: ``(width,)``, or ``(channels, height, width)`` for an
+    encoder that keeps a feature map (found by running two zero inputs through it)."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        h = torch.zeros(2, input_dim)
+        for block in encoder:
+            h = block(h)
+    encoder.train(was_training)
+    return tuple(h.shape[1:])
+
+
+class DenseHead(nn.Module):
+    """A per-pixel decoder: ``conv3x3 -> activation`` per ``head_hidden`` width at the feature map's
+    resolution, a ``1x1`` conv to the task's channels, then bilinear upsampling to the image's size (the
+    heads of FCN and of MTI-Net / FedHCA²'s task decoders, at small scale)."""
+
+    def __init__(self, channels: int, hidden: tuple[int, ...], out: int, size: tuple[int, int], activation: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Conv2d(channels, width, 3, padding=1), ACTIVATIONS[activation]()]
+            channels = width
+        layers.append(nn.Conv2d(channels, out, 1))
+        self.decode = nn.Sequential(*layers)
+        self.size = size
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(self.decode(h), size=self.size, mode="bilinear", align_corners=False)
+
+
+def head_problem(spec: TaskSpec, representation: tuple[int, ...], image_shape: ImageShape | None) -> str | None:
+    """Why ``spec``'s head cannot sit on an encoder whose output is ``representation``, or None."""
+    if spec.kind_impl.dense and (image_shape is None or len(representation) != 3):
+        return (
+            f"task {spec.name!r} is per-pixel ({spec.kind}): it needs an image suite and an encoder whose "
+            f"output is a feature map [channels, height, width]; this encoder's output is {list(representation)}"
+        )
+    if len(representation) not in (1, 3):
+        return (
+            f"the encoder's output per example must be [width] or [channels, height, width], got {list(representation)}"
+        )
+    return None
+
+
+def build_head(
+    cfg: ModelConfig, spec: TaskSpec, representation: tuple[int, ...], image_shape: ImageShape | None = None
+) -> nn.Module:
+    """An MLP on a vector representation; on a feature map, a :class:`DenseHead` for a per-pixel task and
+    global average pooling then the MLP for any other."""
+    problem = head_problem(spec, representation, image_shape)
+    if problem:
+        raise ValueError(problem)
+    if spec.kind_impl.dense and image_shape is not None:
+        return DenseHead(representation[0], cfg.head_hidden, spec.output_dim, image_shape[1:], cfg.activation)
+    head = mlp([representation[0], *cfg.head_hidden, spec.output_dim], cfg.activation, final_activation=False)
+    if len(representation) == 1:
+        return head
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+
+
+def last_weighted_layer(block: nn.Module) -> nn.Linear | nn.Conv2d | None:
+    """The last ``nn.Linear`` or ``nn.Conv2d`` of ``block`` (GradNorm's ``W``), or None."""
+    layers = [m for m in block.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return layers[-1] if layers else None
 
 
 class Adapter(nn.Module):
@@ -57,7 +121,8 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         specs = list(tasks)
         self.encoder = build_encoder(cfg, input_dim, image_shape)
-        self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec) for spec in specs})
+        representation = representation_shape(self.encoder, input_dim)
+        self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec, representation, image_shape) for spec in specs})
         widths = cfg.encoder.block_widths(cfg, input_dim) if adapter_rank > 0 else []
         self.adapters = nn.ModuleDict(
             {
@@ -80,12 +145,11 @@ class MultiTaskModel(nn.Module):
         return list(self.encoder.parameters())
 
     def last_shared_layer_weight(self) -> nn.Parameter:
-        """GradNorm's ``W``: the weight of the encoder's last linear layer."""
-        last_block = cast(nn.Module, self.encoder[-1])
-        linear = next((m for m in reversed(list(last_block.modules())) if isinstance(m, nn.Linear)), None)
-        if linear is None:
-            raise ValueError("GradNorm needs an nn.Linear in the encoder's last block; this encoder's has none")
-        return cast(nn.Parameter, linear.weight)
+        """GradNorm's ``W``: the weight of the encoder's last linear or convolutional layer."""
+        layer = last_weighted_layer(cast(nn.Module, self.encoder[-1]))
+        if layer is None:
+            raise ValueError("GradNorm needs an nn.Linear or nn.Conv2d in the encoder's last block; this one has none")
+        return cast(nn.Parameter, layer.weight)
 
 
 def initial_shared_state(
