@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from fedmtl.config.loading import load_config
+from fedmtl.core.errors import FederationError
 from fedmtl.core.files import read_rows
 from fedmtl.driver.schedule import evaluation_rounds
 from fedmtl.federation.algorithm import ServerAlgorithm
+from fedmtl.local.client import LocalClient
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
 from fedmtl.runfiles.rundir import RunDirectory
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
@@ -128,3 +130,12 @@ def test_a_checkpoint_of_other_cohorts_is_refused():
     stl = load_config(None, [*TINY, "clients.participants=client_tasks", "server.cohorts=task"])
     with pytest.raises(ValueError, match="cohorts"):
         ServerAlgorithm(load_config(None, list(TINY))).load_state_dict(ServerAlgorithm(stl).state_dict())
+
+
+def test_a_run_whose_every_evaluation_fails_stops_with_the_error(tmp_path, monkeypatch):
+    def broken(self, shared, private):
+        raise RuntimeError("the held-out data cannot be read")
+
+    monkeypatch.setattr(LocalClient, "evaluate", broken)
+    with pytest.raises(FederationError, match="every evaluation failed.*cannot be read"):
+        run_in_process(tmp_path, "run", *TINY, "rounds=1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -125,13 +126,13 @@ class SurfaceNormals(TaskKind):
         return (1 - self._cosines(prediction, target)).mean()
 
     def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        cosine = self._cosines(prediction.double(), target.double())
+        cosine = self._cosines(prediction.detach().double().cpu(), target.double().cpu())
         if len(cosine) == 0:
             return dict.fromkeys(self.metric_names, float("nan"))
         angle = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
         return {
             "mean_angle": angle.mean().item(),
-            "median_angle": angle.median().item(),
+            "median_angle": float(np.median(angle.numpy())),  # the midpoint of the two middle values
             "within_11_25": (angle < ANGLE_WITHIN).double().mean().item(),
         }
 

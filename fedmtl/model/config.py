@@ -20,6 +20,8 @@ class ModelConfig:
     activation: Literal["relu", "tanh", "gelu"] = "relu"  # after every hidden layer of encoder, heads and adapters
     # mlp: one Linear block per encoder_hidden width; cnn: one 3x3 conv block (+ 2x2 max-pool)
     # per conv_channels entry, then a Linear block to representation_dim (image suites only);
+    # {name: resnet, depth: 18, width: 64, stem: imagenet | small, norm: group | batch, weights: null}:
+    # torchvision's ResNet layout, its layer4 feature map the output (image suites; docs/METHODS.md);
     # {name: module, path: my_pkg.models:Encoder, kwargs: {...}}: your own nn.Module with its blocks.
     encoder: Encoder = field(default_factory=MLPEncoder)
     conv_channels: tuple[int, ...] = (16, 32)  # cnn only: output channels of each conv block

@@ -129,7 +129,7 @@ class ModuleEncoder(Encoder):
     ``Encoder(input_dim=..., representation_dim=..., image_shape=..., **kwargs)``; the module it returns
     must declare its blocks as ``blocks``, an ``nn.ModuleList`` applied in order to the flat input
     ``[batch, input_dim]`` (image suites: reshape in the first block to ``image_shape``, ``(C, H, W)``),
-    the last giving ``[batch, representation_dim]``. Blocks are the unit of partial sharing
+    the last giving ``[batch, representation_dim]`` or, for per-pixel tasks, a feature map ``[batch, C, h, w]``. Blocks are the unit of partial sharing
     (``model.sharing: partial``) and of ``server.shared_across_groups``; the module's other attributes
     are not used. Its weights start as the module initialises them (load a local file in ``__init__``
     to start from pretrained weights; fedmtl never downloads). The module must be importable wherever

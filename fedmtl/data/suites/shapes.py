@@ -32,6 +32,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from fedmtl.core.errors import require
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
 from fedmtl.data.task_kinds import TaskSpec
 
@@ -84,18 +85,18 @@ class ShapesSuite(TaskSuite):
     noise: float = 0.03  # pixel noise (standard deviation)
 
     def __post_init__(self) -> None:
-        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError("tasks must be a non-empty list without repeats")
-        if self.canvas < 8:
-            raise ValueError(f"canvas must be >= 8 pixels, got {self.canvas}")
-        if not 1 <= self.classes <= len(_PALETTE):
-            raise ValueError(f"classes must be in [1, {len(_PALETTE)}], got {self.classes}")
-        if self.shapes_per_image < 1:
-            raise ValueError(f"shapes_per_image must be >= 1, got {self.shapes_per_image}")
-        if not 0.0 <= self.relatedness <= 1.0:
-            raise ValueError(f"relatedness must be in [0, 1], got {self.relatedness}")
-        if self.dirichlet_alpha <= 0 or self.client_shift < 0 or self.noise < 0:
-            raise ValueError("need dirichlet_alpha > 0, client_shift >= 0 and noise >= 0")
+        require(
+            bool(self.tasks) and len(set(self.tasks)) == len(self.tasks),
+            "tasks",
+            "must be a non-empty list without repeats",
+        )
+        require(self.canvas >= 8, "canvas", f"must be >= 8 pixels, got {self.canvas}")
+        require(1 <= self.classes <= len(_PALETTE), "classes", f"must be in [1, {len(_PALETTE)}], got {self.classes}")
+        require(self.shapes_per_image >= 1, "shapes_per_image", f"must be >= 1, got {self.shapes_per_image}")
+        require(0.0 <= self.relatedness <= 1.0, "relatedness", f"must be in [0, 1], got {self.relatedness}")
+        require(self.dirichlet_alpha > 0, "dirichlet_alpha", f"must be > 0, got {self.dirichlet_alpha}")
+        require(self.client_shift >= 0, "client_shift", f"must be >= 0, got {self.client_shift}")
+        require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
 
     def task_specs(self) -> tuple[TaskSpec, ...]:
         return tuple(TaskSpec(t, _KIND[t], self.classes + 1 if t == "segmentation" else 1) for t in self.tasks)
