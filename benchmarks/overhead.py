@@ -5,8 +5,9 @@ steps and model, FedAvg through the same ``ServerUpdater``, and evaluation after
 The in-process loop runs the clients one after another in this process, without Flower or Ray.
 Engines: ``direct`` started cold (its own Ray), ``direct`` attached to a Ray cluster that is
 already running (``resources.ray_address``), and Flower's own ``run_simulation`` (``flower``).
-Two workloads: the default config (a 2,640-parameter MLP encoder) and a CNN encoder of about
-1e6 parameters on the digits suite.
+Three workloads: the default config (a 2,640-parameter MLP encoder), a CNN encoder of about 1e6
+parameters on the digits suite, and ``configs/fedhca2_small.yaml`` (a ResNet-18 encoder over four
+per-pixel tasks on the shapes suite).
 
     python benchmarks/overhead.py [--rounds 10] [--workload default|cnn ...] [--no-write]
 
@@ -89,8 +90,10 @@ def steady(rounds: list[float]) -> float:
     return statistics.median(rounds[1:] if len(rounds) > 1 else rounds)
 
 
+CONFIG_FILES = {"resnet18": "configs/fedhca2_small.yaml"}  # workloads that start from a config file
 WORKLOADS = {
     "default": [],
+    "resnet18": ["eval_every=1"],
     # about 1e6 encoder parameters: two 3x3 conv blocks (192, 512 channels) on the 8x8 digits
     "cnn": [
         "data.name=digits",
@@ -164,7 +167,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     tables = []
     for name in args.workload:
-        cfg = load_config(None, [f"rounds={args.rounds}", *WORKLOADS[name], *args.set])
+        config_file = CONFIG_FILES.get(name)
+        path = Path(__file__).resolve().parents[1] / config_file if config_file else None
+        cfg = load_config(path, [f"rounds={args.rounds}", *WORKLOADS[name], *args.set])
         tables.append(table(name, cfg, measure(cfg)))
         print(tables[-1], flush=True)
     text = "\n\n".join(

@@ -128,7 +128,13 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 def check_heads(cfg: ExperimentConfig) -> None:
     """Every task's head fits the encoder's output (a per-pixel task needs a feature map)."""
     blocks = cfg.model.encoder.build(cfg.model, cfg.data.feature_dim(), cfg.data.image_shape())
-    representation = representation_shape(blocks, cfg.data.feature_dim())
+    try:
+        representation = representation_shape(blocks, cfg.data.feature_dim(), cfg.data.example_input())
+    except (RuntimeError, IndexError, ValueError) as err:  # e.g. a token id beyond the encoder's vocabulary
+        hint = " (a token id beyond the encoder's vocabulary?)" if isinstance(err, IndexError) else ""
+        raise ConfigError(
+            "model.encoder", f"fails on the inputs of data suite {cfg.data.name!r}: {type(err).__name__}: {err}{hint}"
+        ) from None
     for spec in cfg.data.task_specs():
         problem = head_problem(spec, representation, cfg.data.image_shape())
         if problem:

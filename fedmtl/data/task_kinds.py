@@ -61,13 +61,48 @@ class Classification(TaskKind):
         }
 
 
+def f1(hits: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """``2 TP / (predicted + true)`` elementwise (NaN where both are 0)."""
+    return 2 * hits / (predicted + true)
+
+
+class MultiLabel(TaskKind):
+    """Several yes/no labels per example (``num_classes`` of them): binary cross-entropy per label;
+    headline micro-averaged F1 at probability 0.5, beside it macro F1 (over the labels that occur in the
+    targets or the predictions) and subset accuracy (every label right)."""
+
+    name = "multilabel"
+    metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
+    headline_metric = "micro_f1"
+    higher_is_better = True
+
+    def output_dim(self, num_classes: int) -> int:
+        return num_classes
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(prediction, target.float())
+
+    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        predicted, true = prediction > 0, target > 0.5
+        hits = (predicted & true).double()
+        per_label = f1(hits.sum(0), predicted.double().sum(0), true.double().sum(0))
+        occurring = ~per_label.isnan()
+        return {
+            "micro_f1": float(f1(hits.sum(), predicted.double().sum(), true.double().sum()).nan_to_num(0.0)),
+            "macro_f1": float(per_label[occurring].mean()) if occurring.any() else float("nan"),
+            "subset_accuracy": (predicted == true).all(-1).double().mean().item(),
+        }
+
+
 CALIBRATION_METRICS = {
     "nll": False,
     "ece": False,
 }  # metric -> higher is better (the study report compares arms on them)
 
 
-TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Regression(), Classification(), *DENSE_KINDS)}
+TASK_KINDS: dict[str, TaskKind] = {
+    kind.name: kind for kind in (Regression(), Classification(), MultiLabel(), *DENSE_KINDS)
+}
 
 
 @dataclass(frozen=True)

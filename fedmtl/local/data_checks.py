@@ -20,6 +20,7 @@ from fedmtl.data.task_kinds import TaskSpec
 
 SHORTCUT_TRAIN, SHORTCUT_EVAL, SHORTCUT_CHANCE = "shortcut_train", "shortcut_eval", "shortcut_chance"
 CHANCE_DRAWS = 20
+SCALAR_KINDS = ("classification", "regression")  # the kinds the shortcut check applies to
 
 
 MIN_CLASS_EXAMPLES = 5  # classes with fewer examples are left out of eta^2
@@ -53,9 +54,10 @@ def explained(x: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.T
 
 def shortcut_check(train: TaskData, held_out: TaskData, spec: TaskSpec) -> dict[str, float]:
     """The best single feature's share on the training data, and the same feature's on ``held_out``
-    (none for a per-pixel task: its label is a map, not one value a feature could encode)."""
+    (classification and regression only: a per-pixel or multi-label target is not one value that a
+    single feature could encode)."""
     classification = spec.kind == "classification"
-    if len(train) < 2 or len(held_out) < 2 or spec.kind_impl.dense:
+    if len(train) < 2 or len(held_out) < 2 or spec.kind not in SCALAR_KINDS:
         return {}
     shares = explained(train.x, train.y, classification)
     best = int(shares.argmax())

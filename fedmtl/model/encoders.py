@@ -50,7 +50,7 @@ class Encoder(Component):
     """An encoder architecture. Capabilities: ``needs_image`` (the suite must give an image shape),
     ``supports_adapters`` (per-task residual adapters after every block)."""
 
-    REGISTRY: ClassVar[Registry] = Registry("encoder", (__name__, "fedmtl.model.resnet"))
+    REGISTRY: ClassVar[Registry] = Registry("encoder", (__name__, "fedmtl.model.resnet", "fedmtl.model.huggingface"))
     needs_image: ClassVar[bool] = False
     supports_adapters: ClassVar[bool] = False
 

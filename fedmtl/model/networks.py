@@ -24,13 +24,15 @@ def build_encoder(cfg: ModelConfig, input_dim: int, image_shape: ImageShape | No
     return cfg.encoder.build(cfg, input_dim, image_shape)
 
 
-def representation_shape(encoder: nn.ModuleList, input_dim: int) -> tuple[int, ...]:
+def representation_shape(
+    encoder: nn.ModuleList, input_dim: int, example: torch.Tensor | None = None
+) -> tuple[int, ...]:
     """The shape of one example's encoder output: ``(width,)``, or ``(channels, height, width)`` for an
-    encoder that keeps a feature map (found by running two zero inputs through it)."""
+    encoder that keeps a feature map (found by running ``example``, by default two zero inputs, through it)."""
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
-        h = torch.zeros(2, input_dim)
+        h = torch.zeros(2, input_dim) if example is None else example
         for block in encoder:
             h = block(h)
     encoder.train(was_training)

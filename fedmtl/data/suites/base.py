@@ -64,6 +64,12 @@ class TaskSuite(Component):
         """``(channels, height, width)`` when inputs are flattened images (a CNN encoder needs it)."""
         return None
 
+    def example_input(self) -> torch.Tensor:
+        """Two inputs that reach the extremes of this suite's values, run through the encoder when the
+        config is checked (zeros; a text suite gives its largest token id, which the encoder's vocabulary
+        must hold)."""
+        return torch.zeros(2, self.feature_dim())
+
     def default_sample_scale(self, task: str) -> float:
         """Multiplier on a task's training samples when ``clients.task_sample_scale`` does not set one."""
         return 1.0

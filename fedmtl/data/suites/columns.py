@@ -37,7 +37,10 @@ class TargetColumn:
     """One task: the column holding its targets (also the task's name) and its kind."""
 
     column: str
-    kind: Literal["regression", "classification"]
+    kind: Literal["regression", "classification", "multilabel"]
+    # multilabel: the labels of a row in one cell, split at this (``toxic|insult``; a row with no
+    # label writes the separator alone, an empty cell is a missing row as for every kind)
+    separator: str = "|"
 
 
 # --- columns ------------------------------------------------------------------------------------
@@ -184,22 +187,44 @@ def categories(column: Column) -> tuple[np.ndarray, tuple[str, ...]]:
 class TargetValues:
     """One task's targets for every row: ``float64`` (NaN = missing) or class codes (``-1`` = missing)."""
 
-    kind: Literal["regression", "classification"]
-    values: np.ndarray
+    kind: Literal["regression", "classification", "multilabel"]
+    values: np.ndarray  # multilabel: [rows, labels] of 0/1, NaN rows missing
     classes: tuple[str, ...] = ()
 
     def present(self, rows: np.ndarray) -> np.ndarray:
         picked = self.values[rows]
+        if self.kind == "multilabel":
+            return ~np.isnan(picked[:, 0])
         return ~np.isnan(picked) if self.kind == "regression" else picked >= 0
 
     def tensor(self, rows: np.ndarray) -> torch.Tensor:
-        if self.kind == "regression":
-            return torch.from_numpy(self.values[rows].astype(np.float32))
-        return torch.from_numpy(self.values[rows].astype(np.int64))
+        if self.kind == "classification":
+            return torch.from_numpy(self.values[rows].astype(np.int64))
+        return torch.from_numpy(self.values[rows].astype(np.float32))
 
     @property
     def spec_classes(self) -> int:
-        return len(self.classes) if self.kind == "classification" else 1
+        return len(self.classes) if self.kind != "regression" else 1
+
+
+def label_sets(column: Column, target: TargetColumn, where: str) -> TargetValues:
+    """A multilabel column: each present cell split at ``target.separator`` into its labels."""
+    missing = column.missing()
+    cells = [
+        None if m else [p.strip() for p in str(v).split(target.separator) if p.strip()]
+        for v, m in zip(column.values, missing)
+    ]
+    names = tuple(sorted({label for cell in cells if cell is not None for label in cell}))
+    if not names:
+        raise ConfigError(where, f"column {target.column!r} names no label")
+    index = {name: i for i, name in enumerate(names)}
+    values = np.zeros((len(cells), len(names)))
+    for row, cell in enumerate(cells):
+        if cell is None:
+            values[row] = np.nan
+        else:
+            values[row, [index[label] for label in cell]] = 1.0
+    return TargetValues("multilabel", values, names)
 
 
 def encode_target(column: Column, target: TargetColumn, where: str) -> TargetValues:
@@ -216,6 +241,8 @@ def encode_target(column: Column, target: TargetColumn, where: str) -> TargetVal
         if np.isinf(column.values).any():
             raise ConfigError(where, f"column {target.column!r} has infinite values")
         return TargetValues("regression", column.values)
+    if target.kind == "multilabel":
+        return label_sets(column, target, where)
     codes, names = categories(column)
     if len(names) < 2:
         raise ConfigError(

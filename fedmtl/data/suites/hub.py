@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskSuite
@@ -45,6 +46,7 @@ from fedmtl.data.suites.columns import (
     unknown_column,
 )
 from fedmtl.data.suites.rows import RowData, check_row_settings, layout_from, numeric_features, reserved_columns
+from fedmtl.data.suites.text import TextInput, check_text_settings, largest_token
 from fedmtl.data.task_kinds import TaskSpec
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -217,7 +219,7 @@ def hub_rows(suite: HubSuite, signature: tuple[str, int]) -> HubRows:
         scalars, len(dataset), suite.targets, suite.client_column, suite.dirichlet_alpha, suite.dirichlet_column
     )
     reserved = reserved_columns(suite.targets, suite.client_column, suite.dirichlet_column)
-    names = pick_features(suite, dataset, scalars, reserved, datasets)
+    names = pick_features(suite, dataset, scalars, reserved, datasets) if suite.text is None else ()
     if any(isinstance(dataset.features[name], datasets.Image) for name in names):
         if len(names) != 1:
             raise ConfigError(data_key("features"), f"an image column must be the only feature, got {list(names)}")
@@ -225,7 +227,16 @@ def hub_rows(suite: HubSuite, signature: tuple[str, int]) -> HubRows:
         read(np.arange(1))  # decode one now: a broken image column fails before Flower or Ray start
         shape = (1 if suite.grayscale else 3, suite.image_size, suite.image_size)
         return HubRows(RowData(targets, layout, read, int(np.prod(shape))), shape)
-    matrix = numeric_features(scalars, names, bool(suite.features), reserved)
+    if suite.text is not None:
+        if suite.text.column not in scalars:
+            feature = require_column(dataset, suite.text.column, data_key("text", "column"))
+            raise ConfigError(
+                data_key("text", "column"),
+                f"column {suite.text.column!r} holds {type(feature).__name__} values, not text",
+            )
+        matrix = suite.text.token_ids(scalars[suite.text.column])
+    else:
+        matrix = numeric_features(scalars, names, bool(suite.features), reserved)
     return HubRows(RowData(targets, layout, lambda rows: matrix[rows], matrix.shape[1]), None)
 
 
@@ -247,6 +258,9 @@ class HubSuite(TaskSuite):
     # Fitted on train rows only (see the table suite); auto = none for images (already in [0, 1]), global otherwise.
     standardize: Literal["auto", "global", "client", "none"] = "auto"
     max_examples: int | None = None  # keep the first rows of the split only
+    # {column: text, max_length: 64, vocab_size: 10000, tokenizer: null}: the input is this column's text as
+    # token ids (for model.encoder: huggingface), as in the table suite
+    text: TextInput | None = None
     _source: str = field(default="", init=False, repr=False, compare=False)  # a local ``dataset`` resolved
 
     def __post_init__(self) -> None:
@@ -259,6 +273,7 @@ class HubSuite(TaskSuite):
             raise ConfigError(data_key("image_size"), f"must be >= 1, got {self.image_size}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigError(data_key("max_examples"), f"must be >= 1, got {self.max_examples}")
+        check_text_settings(self.text, self.features)
         object.__setattr__(self, "_source", source_signature(self.dataset)[0])
         self.loaded()  # read labels and partitions now: a bad dataset or column fails before Flower or Ray start
 
@@ -281,7 +296,11 @@ class HubSuite(TaskSuite):
         """Why ``clients.count`` does not fit the natural partitions, or None."""
         return self.loaded().rows.layout.check_clients(count)
 
+    def example_input(self) -> torch.Tensor:
+        return largest_token(self.loaded().rows) if self.text is not None else super().example_input()
+
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
         loaded = self.loaded()
         standardize = self.standardize if self.standardize != "auto" else ("none" if loaded.image_shape else "global")
+        standardize = "none" if self.text is not None else standardize
         return loaded.rows.client_data(seed, plan, self.dirichlet_alpha, self.eval_fraction, standardize)

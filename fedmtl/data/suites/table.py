@@ -37,10 +37,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+
 from fedmtl.core.errors import ConfigError
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskSuite
 from fedmtl.data.suites.columns import Standardize, TargetColumn, column_of, data_key, encode_target, read_table
 from fedmtl.data.suites.rows import RowData, check_row_settings, layout_from, numeric_features, reserved_columns
+from fedmtl.data.suites.text import TextInput, check_text_settings, largest_token
 from fedmtl.data.task_kinds import TaskSpec
 
 # --- the suite ----------------------------------------------------------------------------------
@@ -71,7 +74,10 @@ def table_rows(suite: TableSuite, signature: tuple[str, int, int]) -> RowData:
     )
     reserved = reserved_columns(suite.targets, suite.client_column, suite.dirichlet_column)
     names = suite.features or tuple(name for name in columns if name not in reserved)
-    matrix = numeric_features(columns, names, bool(suite.features), reserved)
+    if suite.text is not None:
+        matrix = suite.text.token_ids(column_of(columns, suite.text.column, data_key("text", "column")))
+    else:
+        matrix = numeric_features(columns, names, bool(suite.features), reserved)
     return RowData(targets, layout, lambda rows: matrix[rows], matrix.shape[1])
 
 
@@ -86,6 +92,9 @@ class TableSuite(TaskSuite):
     dirichlet_column: str | None = None  # column the Dirichlet split skews; default: first classification target
     eval_fraction: float = 0.3  # share of each client's rows held out for evaluation
     standardize: Standardize = "global"  # fitted on train rows only: all clients' (global), own (client), or none
+    # {column: review, max_length: 64, vocab_size: 10000, tokenizer: null}: the input is this column's text as
+    # token ids (for model.encoder: huggingface) instead of numeric features; standardize does not apply
+    text: TextInput | None = None
     _file: str = field(default="", init=False, repr=False, compare=False)  # ``path`` resolved when the config was built
 
     def __post_init__(self) -> None:
@@ -94,6 +103,7 @@ class TableSuite(TaskSuite):
         check_row_settings(
             self.targets, self.client_column, self.dirichlet_alpha, self.dirichlet_column, self.eval_fraction
         )
+        check_text_settings(self.text, self.features)
         object.__setattr__(self, "_file", str(Path(self.path).expanduser().resolve()))
         self.rows()  # read and check the table now: a bad file or column fails before Flower or Ray start
 
@@ -114,5 +124,9 @@ class TableSuite(TaskSuite):
         """Why ``clients.count`` does not fit the natural partitions, or None."""
         return self.rows().layout.check_clients(count)
 
+    def example_input(self) -> torch.Tensor:
+        return largest_token(self.rows()) if self.text is not None else super().example_input()
+
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
-        return self.rows().client_data(seed, plan, self.dirichlet_alpha, self.eval_fraction, self.standardize)
+        standardize = "none" if self.text is not None else self.standardize
+        return self.rows().client_data(seed, plan, self.dirichlet_alpha, self.eval_fraction, standardize)
