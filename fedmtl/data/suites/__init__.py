@@ -7,12 +7,13 @@ from fedmtl.data.suites.columns import TargetColumn
 from fedmtl.data.suites.digits import DigitsSuite
 from fedmtl.data.suites.hub import HubSuite
 from fedmtl.data.suites.multimnist import MultiMNISTSuite
+from fedmtl.data.suites.nyud import NYUDSuite
 from fedmtl.data.suites.shapes import ShapesSuite
 from fedmtl.data.suites.synthetic import SyntheticSuite, SyntheticTask
 from fedmtl.data.suites.table import TableSuite
 
 SUITES = TaskSuite.REGISTRY
-for _suite in (SyntheticSuite, DigitsSuite, MultiMNISTSuite, ShapesSuite, TableSuite, HubSuite):
+for _suite in (SyntheticSuite, DigitsSuite, MultiMNISTSuite, ShapesSuite, NYUDSuite, TableSuite, HubSuite):
     SUITES.register(_suite)
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DigitsSuite",
     "HubSuite",
     "MultiMNISTSuite",
+    "NYUDSuite",
     "ShapesSuite",
     "SyntheticSuite",
     "SyntheticTask",
