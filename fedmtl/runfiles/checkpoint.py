@@ -6,13 +6,14 @@ atomically. Clients keep their own (:mod:`fedmtl.local.state_store`).
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedmtl.core.errors import FederationError
+from fedmtl.core.errors import ConfigError, FederationError
 from fedmtl.core.files import atomic_write, read_rows, write_rows
 from fedmtl.core.layout import CHECKPOINT_FILE
 from fedmtl.runfiles.rundir import RunDirectory
@@ -33,8 +34,16 @@ def load_server_checkpoint(run: RunDirectory) -> ServerCheckpoint | None:
     path = run.path / CHECKPOINT_FILE
     if not path.exists():
         return None
-    raw = torch.load(path, weights_only=False)
-    if "server" not in raw:
+    try:  # tensors and plain containers only: a checkpoint from elsewhere cannot run code through pickle
+        raw = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch names what it refused on a line "Unsupported global: ..."
+        found = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        raise ConfigError(
+            "--resume",
+            f"{path} holds more than tensors and plain values; refusing to load it"
+            + (f" ({found[0].rstrip('.')})" if found else ""),
+        ) from None
+    if not isinstance(raw, dict) or "server" not in raw:
         raise FederationError(f"{path} was written by an older fedmtl (before cohorts): start the run again")
     return ServerCheckpoint(raw["round"], raw["server"])
 
