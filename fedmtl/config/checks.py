@@ -62,6 +62,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
             "model.encoder", f"{encoder.name} needs an image suite; data suite {cfg.data.name!r} has flat inputs"
         )
     check_heads(cfg)
+    check_privacy(cfg)
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
@@ -139,6 +140,36 @@ def check_heads(cfg: ExperimentConfig) -> None:
         problem = head_problem(spec, representation, cfg.data.image_shape())
         if problem:
             raise ConfigError("model.encoder", problem)
+
+
+def check_privacy(cfg: ExperimentConfig) -> None:
+    """Client-level DP: nothing that releases or reads raw updates around the mechanism."""
+    privacy, server = cfg.privacy, cfg.server
+    if not privacy.enabled:
+        return
+    if server.federate_heads:
+        raise ConfigError(
+            "server.federate_heads", "would release the heads without privacy: heads stay private under privacy"
+        )
+    if not privacy.central:
+        return
+    if not server.aggregator.uniform_mean:
+        raise ConfigError(
+            "server.aggregator",
+            f"is {server.aggregator!r}; noise at the server is calibrated to the uniform mean of clipped updates "
+            "(fedavg with weighted: false); other aggregators need privacy.noise_at: client",
+        )
+    reads_raw = {
+        "server.personalisation": server.personalisation.start() is not None,
+        "server.grouping": server.grouping.groups_clients,
+        "server.client_affinity_every": server.client_affinity_every > 0,
+    }
+    for key, used in reads_raw.items():
+        if used:
+            raise ConfigError(
+                key,
+                "uses each client's update outside the mean that privacy.noise_at: server noises; use noise_at: client",
+            )
 
 
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:

@@ -13,6 +13,7 @@ from fedmtl.config.sections import (
     ClientConfig,
     FaultsConfig,
     OutputConfig,
+    PrivacyConfig,
     ResourcesConfig,
     ServerConfig,
     SimulationConfig,
@@ -41,6 +42,9 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    # Client-level differential privacy of encoder updates: {clip_norm: 1.0, noise_multiplier: 1.0,
+    # noise_at: server | client, delta: 1e-5, epsilon_budget: null} (docs/METHODS.md, "Privacy").
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -164,6 +164,43 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy of the encoder updates (DP-FedAvg; fedmtl/methods/privacy.py)."""
+
+    # L2 bound C on each client's encoder update (clipped to it); null = no privacy mechanism
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0  # z: Gaussian noise of std z * C on the sum of the clipped updates
+    # server: the server clips every update and adds the noise to their uniform mean (a trusted server);
+    # client: each client clips its own update and adds N(0, (z C)^2) before sending it (an untrusted server)
+    noise_at: Literal["server", "client"] = "server"
+    delta: float = 1e-5  # the delta at which epsilon is reported
+    epsilon_budget: float | None = None  # stop the run before the round that would spend more than this
+
+    def __post_init__(self) -> None:
+        bound = self.clip_norm
+        require(bound is None or bound > 0, "clip_norm", f"must be > 0, got {bound}")
+        require(self.noise_multiplier >= 0, "noise_multiplier", f"must be >= 0, got {self.noise_multiplier}")
+        require(bound is not None or self.noise_multiplier == 0, "noise_multiplier", "needs privacy.clip_norm")
+        require(0 < self.delta < 1, "delta", f"must be in (0, 1), got {self.delta}")
+        budget = self.epsilon_budget
+        require(budget is None or budget > 0, "epsilon_budget", f"must be > 0, got {budget}")
+        require(budget is None or self.noise_multiplier > 0, "epsilon_budget", "needs privacy.noise_multiplier > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip_norm is not None
+
+    @property
+    def central(self) -> bool:
+        """The server clips and adds noise (rather than each client)."""
+        return self.enabled and self.noise_at == "server"
+
+    @property
+    def local(self) -> bool:
+        return self.enabled and self.noise_at == "client"
+
+
+@dataclass(frozen=True)
 class ResourcesConfig:
     """Ray backend of Flower's simulation engine."""
 

@@ -120,7 +120,7 @@ class RoundDriver:
             for callback in self.callbacks:
                 callback.on_round_start(state, server_round)
             self._train(server_round)
-            if is_evaluation_round(cfg, server_round):
+            if is_evaluation_round(cfg, server_round) or state.stopped:  # a run that stops early ends evaluated
                 self._evaluate(server_round)
             for callback in self.callbacks:
                 callback.on_round_end(state, server_round)

@@ -8,6 +8,7 @@ from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.driver.checkpointing import Checkpointing
 from fedmtl.driver.engine import Engine
 from fedmtl.driver.loop import Callback, RoundDriver, RunState
+from fedmtl.driver.privacy import PrivacyAccounting
 from fedmtl.driver.recording import Recorder
 from fedmtl.driver.summary import Progress, Summary
 from fedmtl.driver.tensorboard import TensorBoard
@@ -16,10 +17,13 @@ from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runfiles.summary import EvalCurves
 
 
-def run_callbacks(run: RunDirectory, echo: Callable[[str], None] | None) -> list[Callback]:
+def run_callbacks(cfg: ExperimentConfig, run: RunDirectory, echo: Callable[[str], None] | None) -> list[Callback]:
     """What every run does besides training, in the order it happens at each point: rows are written
-    before the checkpoint that covers them, TensorBoard mirrors the written rows, the summary comes last."""
+    before the checkpoint that covers them (the privacy spent is in the round's row before it is written),
+    TensorBoard mirrors the written rows, the summary comes last."""
     callbacks: list[Callback] = [Recorder(), Checkpointing()]
+    if cfg.privacy.noise_multiplier > 0:
+        callbacks.append(PrivacyAccounting(cfg))
     if run.tensorboard:
         callbacks.append(TensorBoard())
     callbacks.append(Summary())
@@ -41,5 +45,5 @@ def run_rounds(
 ) -> RunState:
     """Run ``cfg``'s rounds over ``engine`` into ``run`` (from its checkpoint when ``resume``)."""
     state = RunState(cfg, run, ServerAlgorithm(cfg), EvalCurves(cfg.data.task_specs()), resume, attempt, state_dir)
-    RoundDriver(state, engine, [*run_callbacks(run, echo), *extra]).run()
+    RoundDriver(state, engine, [*run_callbacks(cfg, run, echo), *extra]).run()
     return state

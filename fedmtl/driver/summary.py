@@ -21,16 +21,22 @@ class Summary(Callback):
     def on_run_end(self, state: RunState) -> None:
         encoders = state.algorithm.encoders()
         state.run.save_encoder(next(iter(encoders.values())) if len(encoders) == 1 else encoders)
-        write_run_summary(state.run, state.cfg, state.curves)
+        write_run_summary(state.run, state.cfg, state.curves, state.stopped)
 
 
-def write_run_summary(run: RunDirectory, cfg: ExperimentConfig, curves: EvalCurves) -> list[dict]:
-    """``summary.json``/``summary.md`` from the evaluation curves; returns the per-task summary."""
+def write_run_summary(
+    run: RunDirectory, cfg: ExperimentConfig, curves: EvalCurves, stopped: str | None = None
+) -> list[dict]:
+    """``summary.json``/``summary.md`` from the evaluation curves (and why the run stopped early, if it
+    did); returns the per-task summary."""
     specs = cfg.data.task_specs()
     summary = task_summary(curves, specs, protocol.EVAL)
     personal = task_summary(curves, specs, protocol.PERSONAL)
     overview: dict[str, Any] = {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary}
     text = f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n"
+    if stopped:
+        overview["stopped"] = stopped
+        text += f"\nStopped early: {stopped}.\n"
     if personal:  # soft sharing: each client's personalised copy, evaluated on the same data
         overview["personal"] = personal
         text += f"\n## Personalised copies (model.sharing soft)\n\n{format_table(personal)}\n"
@@ -46,10 +52,13 @@ class Progress(Callback):
         self.echo = echo
 
     def on_round_end(self, state: RunState, server_round: int) -> None:
-        if state.failed or not (state.cfg.output.progress and is_evaluation_round(state.cfg, server_round)):
+        evaluated = is_evaluation_round(state.cfg, server_round) or state.stopped
+        if state.failed or not (state.cfg.output.progress and evaluated):
             return
         summary = task_summary(state.curves, state.cfg.data.task_specs(), protocol.EVAL)
         self.echo(progress_line(server_round, state.cfg.rounds, state.seconds, summary))
+        if state.stopped:
+            self.echo(f"stopped after round {server_round}: {state.stopped}")
 
 
 def progress_line(server_round: int, rounds: int, seconds: float, summary: Sequence[Mapping[str, Any]]) -> str:

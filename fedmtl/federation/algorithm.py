@@ -95,6 +95,7 @@ class ServerAlgorithm:
             device=server.device,
             gramian_precision=server.gramian_precision,
             personalisation=None if adopts else server.personalisation,
+            central_privacy=self.cfg.privacy if self.cfg.privacy.central and not adopts else None,
         )
         return Cohort(key, members, self._sampler(key), updater, adopts=adopts)
 

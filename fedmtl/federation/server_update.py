@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedmtl.config.sections import ServerOptimizerConfig
+from fedmtl.config.sections import PrivacyConfig, ServerOptimizerConfig
 from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
 from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
 from fedmtl.methods.personalisation import Personalisation
+from fedmtl.methods.privacy import central_noise_std, clip_rows, gaussian
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,10 @@ class ServerUpdater:
         device: str = "cpu",
         gramian_precision: GramianPrecision = "float32",
         personalisation: Personalisation | None = None,
+        central_privacy: PrivacyConfig | None = None,
     ) -> None:
         self.layout = FlatLayout.of(initial)
+        self.privacy = central_privacy  # the server clips every row and noises the mean (privacy.noise_at: server)
         self.gramian_precision = gramian_precision
         self.aggregator = aggregator
         self.param = torch.nn.Parameter(self.layout.flatten(initial))
@@ -124,6 +127,8 @@ class ServerUpdater:
         with personalisation, rows are taken against each client's own encoder and its offset moves."""
         offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
         matrix = self.update_matrix(client_states, offsets)
+        if self.privacy is not None and self.privacy.clip_norm is not None:
+            clip_rows(matrix, self.privacy.clip_norm)
         before = None if self.personal is None else self.param.detach().clone()
         inputs = AggregationInput(
             matrix=matrix,
@@ -133,8 +138,12 @@ class ServerUpdater:
             gramian_precision=self.gramian_precision,
         )
         result = self.aggregator(inputs)
+        direction = result.direction
+        if self.privacy is not None and self.privacy.clip_norm is not None and self.privacy.noise_multiplier > 0:
+            std = central_noise_std(self.privacy.noise_multiplier, self.privacy.clip_norm, len(client_ids))
+            direction = direction + gaussian(direction, std, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        self.param.grad = result.direction.to(self.param.dtype).reshape(self.param.shape).cpu()
+        self.param.grad = direction.to(self.param.dtype).reshape(self.param.shape).cpu()
         self.optimizer.step()
         gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
         diagnostics = diagnose(client_ids, matrix, result.direction, result.weights, gram)

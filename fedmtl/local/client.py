@@ -30,10 +30,11 @@ from fedmtl.local.data import participant_data
 from fedmtl.local.data_checks import shortcut_check
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
+from fedmtl.methods.privacy import privatise_update
 from fedmtl.model.networks import MultiTaskModel, initial_encoder_state, initial_head_state
 
 _HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
-_LOCAL_STREAM, _VALIDATION_STREAM = 109, 113
+_LOCAL_STREAM, _VALIDATION_STREAM, _PRIVACY_STREAM = 109, 113, 127
 PROBE_EXAMPLES = 256  # per task, for client affinity (server.client_affinity_every)
 MODEL, BALANCER, PERSONAL, LOCAL = "model.", "balancer.", "personal.", "local."
 
@@ -188,10 +189,11 @@ class LocalClient:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
         if self.training.rollback.enabled:
             new_private.update(self._train_local_model(shared, private, data, server_round))
+        outgoing = {k: v for k, v in model.state_dict().items() if k in shared}
+        if self.cfg.privacy.local:
+            outgoing = self._privatised(shared, outgoing, server_round)
         outcome = TrainOutcome(
-            shared=protocol.outgoing_shared(
-                {k: v for k, v in model.state_dict().items() if k in shared}, shared.keys()
-            ),
+            shared=protocol.outgoing_shared(outgoing, shared.keys()),
             private=new_private,
             metrics={
                 **self._train_metrics(stats, data),
@@ -200,6 +202,27 @@ class LocalClient:
         )
         self._release_device_memory()
         return outcome
+
+    def _privatised(
+        self, received: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], server_round: int
+    ) -> dict[str, torch.Tensor]:
+        """``privacy.noise_at: client``: the update ``received - trained`` clipped and noised here, so the
+        server only ever sees ``received - noised update`` (fedmtl/methods/privacy.py)."""
+        keys = sorted(trained)
+        start = torch.cat([received[k].detach().reshape(-1).float().cpu() for k in keys])
+        update = start - torch.cat([trained[k].detach().reshape(-1).float().cpu() for k in keys])
+        privacy = self.cfg.privacy
+        assert privacy.clip_norm is not None
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.cfg.seed, _PRIVACY_STREAM, self.client_id, server_round)
+        )
+        sent = start - privatise_update(update, privacy.clip_norm, privacy.noise_multiplier, generator)
+        out, offset = {}, 0
+        for key in keys:
+            size = trained[key].numel()
+            out[key] = sent[offset : offset + size].reshape(trained[key].shape).to(trained[key].dtype)
+            offset += size
+        return out
 
     @staticmethod
     def _probe_batches(data: dict[str, TaskData]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -115,6 +115,12 @@ class Aggregator(Component):
         """The fewest rows this method is defined for (checked against the config before a run starts)."""
         return 1
 
+    @property
+    def uniform_mean(self) -> bool:
+        """The direction is the plain mean of the rows, so one client moves it by at most ``C / K`` when
+        rows are clipped to ``C`` (what noise at the server is calibrated to)."""
+        return False
+
 
 class GramianAggregator(Aggregator):
     """An aggregator whose weights depend on the rows only through the Gramian ``G G^T``.

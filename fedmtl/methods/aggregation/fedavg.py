@@ -18,6 +18,10 @@ class FedAvg(Aggregator):
     name: ClassVar[str] = "fedavg"
     weighted: bool = True
 
+    @property
+    def uniform_mean(self) -> bool:
+        return not self.weighted
+
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
         counts = inputs.num_examples.to(torch.float64)
         if not self.weighted:

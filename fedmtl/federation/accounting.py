@@ -1,0 +1,55 @@
+"""The privacy spent by client-level DP (``privacy``), from Google's ``dp_accounting`` library (pinned).
+
+Noise at the server: each round is the sampled Gaussian mechanism on the clients' clipped updates,
+``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` with ``q`` the fraction of clients sampled, composed
+over the rounds and converted to ``(epsilon, delta)`` by the RDP accountant (Mironov, CSF 2017; the
+DP-FedAvg accounting of McMahan et al., ICLR 2018). fedmtl samples a fixed number of clients without
+replacement; Poisson sampling at the same rate is the usual stand-in (as in DP-FedAvg's and TensorFlow
+Privacy's reporting), not an exact bound for fixed-size sampling.
+
+Noise on each client: the server sees who took part, so no amplification by sampling is claimed; a
+client that sent ``n`` updates has spent ``n`` compositions of ``GaussianDpEvent(z)``, and the run
+reports the largest over the clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dp_accounting
+from dp_accounting import rdp
+
+
+@contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """The library logs a warning for every Renyi order it cannot evaluate; those orders are simply left out."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def central_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon after ``rounds`` rounds of the sampled Gaussian mechanism (noise at the server)."""
+    if rounds == 0:
+        return 0.0
+    event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    accountant = rdp.RdpAccountant()
+    accountant.compose(event, rounds)
+    with _quiet_absl():
+        return float(accountant.get_epsilon(delta))
+
+
+def local_epsilon(noise_multiplier: float, updates_sent: int, delta: float) -> float:
+    """One client's epsilon after sending ``updates_sent`` locally noised updates (noise on the client)."""
+    if updates_sent == 0:
+        return 0.0
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), updates_sent)
+    with _quiet_absl():
+        return float(accountant.get_epsilon(delta))

@@ -1,0 +1,148 @@
+"""Client-level differential privacy (DP-FedAvg): what leaves a client under local noise, the noise on
+the server's aggregate under central noise, the accountant against the library's own computation, the
+budget that stops a run, and the combinations refused before training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import dp_accounting
+import pytest
+import torch
+from dp_accounting import rdp
+
+from fedmtl.config.loading import load_config
+from fedmtl.config.sections import PrivacyConfig, ServerOptimizerConfig
+from fedmtl.core.errors import ConfigError
+from fedmtl.federation.accounting import central_epsilon, local_epsilon
+from fedmtl.federation.server_update import ServerUpdater
+from fedmtl.local.client import LocalClient
+from fedmtl.methods.aggregation.fedavg import FedAvg
+from fedmtl.methods.privacy import clip_rows, privatise_update
+from fedmtl.model.networks import initial_shared_state
+from tests.helpers import TINY_OVERRIDES
+from tests.loopback import run_in_process
+
+
+def test_clipping_scales_long_rows_to_the_bound_and_leaves_short_ones():
+    matrix = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    clip_rows(matrix, 1.0)
+    assert torch.allclose(matrix, torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
+
+
+def test_a_locally_noised_update_is_the_clipped_update_plus_noise_of_std_z_c():
+    update = torch.full((4000,), 0.5)  # norm sqrt(1000) ~ 31.6, clipped to 2
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([privatise_update(update, 2.0, 0.25, generator) for _ in range(200)])
+    clipped = update * (2.0 / update.norm())
+    noise = draws - clipped
+    assert noise.mean().abs() < 3 * 0.5 / math.sqrt(noise.numel())  # mean 0 (std 0.5, 800k draws)
+    assert noise.std().item() == pytest.approx(0.25 * 2.0, rel=0.01)
+    assert torch.allclose(draws.mean(0), clipped, atol=4 * 0.5 / math.sqrt(200))
+
+
+def test_every_update_leaving_a_client_under_local_noise_carries_the_bound_plus_its_noise():
+    cfg = load_config(None, [*TINY_OVERRIDES, "privacy={clip_norm: 0.05, noise_multiplier: 2.0, noise_at: client}"])
+    received = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)
+    keys = sorted(received)
+    start = torch.cat([received[k].reshape(-1) for k in keys])
+    deviations = []
+    for server_round in range(1, 31):
+        sent = LocalClient.for_client(cfg, 0).train(received, None, server_round).shared
+        update = start - torch.cat([sent[k].reshape(-1) for k in keys])
+        deviations.append(update)
+    updates = torch.stack(deviations)
+    # the noise dominates: per coordinate std z C = 0.1, and the clipped part has norm <= 0.05 in all
+    per_coordinate = updates - updates.mean(0)
+    assert per_coordinate.std().item() == pytest.approx(0.1, rel=0.05)
+    assert updates.mean(0).norm().item() <= 0.05 + 4 * 0.1 * math.sqrt(start.numel() / 30)
+    plain = load_config(None, list(TINY_OVERRIDES))
+    unclipped = LocalClient.for_client(plain, 0).train(received, None, 1).shared
+    assert (start - torch.cat([unclipped[k].reshape(-1) for k in keys])).norm() > 0.05  # so clipping mattered
+
+
+def test_central_noise_on_the_mean_has_std_z_c_over_k():
+    initial = {"w": torch.zeros(20000)}
+    privacy = PrivacyConfig(clip_norm=1.0, noise_multiplier=3.0)
+    updater = ServerUpdater(initial, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0, central_privacy=privacy)
+    states = [{"w": torch.full((20000,), -1.0)} for _ in range(4)]  # update +1 per coordinate, norm 141 -> 1
+    updater.step([0, 1, 2, 3], states, [10.0, 1.0, 1.0, 1.0])
+    moved = updater.param.detach()
+    clipped_mean = 1.0 / math.sqrt(20000)  # each row clipped to norm 1, all equal: the mean is one of them
+    assert moved.mean().item() == pytest.approx(clipped_mean, abs=4 * 0.75 / math.sqrt(20000))
+    assert (moved - clipped_mean).std().item() == pytest.approx(3.0 * 1.0 / 4, rel=0.02)  # z C / K
+
+
+def test_the_accountant_matches_the_library_for_the_same_schedule():
+    event = dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.1))
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, 30))
+    assert central_epsilon(1.1, 0.25, 30, 1e-5) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    alone = rdp.RdpAccountant()
+    alone.compose(dp_accounting.GaussianDpEvent(2.0), 7)
+    assert local_epsilon(2.0, 7, 1e-6) == pytest.approx(alone.get_epsilon(1e-6), rel=1e-9)
+    assert central_epsilon(1.1, 0.25, 0, 1e-5) == local_epsilon(2.0, 0, 1e-5) == 0.0
+
+
+def server_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "server.jsonl").read_text().splitlines()]
+
+
+def test_epsilon_is_recorded_every_round_and_the_budget_stops_the_run_evaluated(tmp_path):
+    privacy = "privacy={clip_norm: 1.0, noise_multiplier: 1.0, epsilon_budget: 14}"
+    run_dir = run_in_process(
+        tmp_path,
+        "run",
+        *TINY_OVERRIDES,
+        "rounds=10",
+        "eval_every=5",
+        "server.aggregator={name: fedavg, weighted: false}",
+        privacy,
+    )
+    rows = server_rows(run_dir)
+    epsilons = [row["epsilon"] for row in rows]
+    expected = [central_epsilon(1.0, 1.0, r, 1e-5) for r in range(1, 11)]
+    last = max(r for r, e in enumerate(expected, 1) if e <= 14)  # 6 (13.8; round 7 would be 15.2)
+    assert last < 10 and len(rows) == last
+    assert epsilons == pytest.approx(expected[:last])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["round"] for r in metrics if r["split"] == "eval") == last  # evaluated before stopping
+    assert "privacy budget" in json.loads((run_dir / "summary.json").read_text())["stopped"]
+
+
+def test_local_noise_counts_each_clients_updates(tmp_path):
+    privacy = "privacy={clip_norm: 1.0, noise_multiplier: 2.0, noise_at: client}"
+    run_dir = run_in_process(
+        tmp_path, "run", *TINY_OVERRIDES, "rounds=3", "server.fraction_fit=0.67", "server.aggregator=upgrad", privacy
+    )
+    sent: dict[int, int] = {}
+    for row in server_rows(run_dir):
+        for client in row["clients"]:
+            sent[client] = sent.get(client, 0) + 1
+        assert row["epsilon"] == pytest.approx(local_epsilon(2.0, max(sent.values()), 1e-5))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["privacy={clip_norm: 1.0, noise_multiplier: 1.0}"], "server.aggregator"),  # weighted fedavg
+        (["privacy={clip_norm: 1.0}", "server.aggregator=pcgrad"], "server.aggregator"),
+        (
+            [
+                "privacy={clip_norm: 1.0}",
+                "server.aggregator={name: fedavg, weighted: false}",
+                "server.personalisation={name: mixed}",
+            ],
+            "server.personalisation",
+        ),
+        (["privacy={clip_norm: 1.0, noise_at: client}", "server.federate_heads=true"], "server.federate_heads"),
+        (["privacy={noise_multiplier: 1.0}"], "privacy.noise_multiplier"),
+        (["privacy={clip_norm: 1.0, epsilon_budget: 3}"], "privacy.epsilon_budget"),
+        (["privacy={clip_norm: -1}"], "privacy.clip_norm"),
+    ],
+)
+def test_refused_combinations_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [*TINY_OVERRIDES, *overrides])
+    assert raised.value.path == key
