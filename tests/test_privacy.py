@@ -108,7 +108,9 @@ def test_epsilon_is_recorded_every_round_and_the_budget_stops_the_run_evaluated(
     assert epsilons == pytest.approx(expected[:last])
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(r["round"] for r in metrics if r["split"] == "eval") == last  # evaluated before stopping
-    assert "privacy budget" in json.loads((run_dir / "summary.json").read_text())["stopped"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "privacy budget" in summary["stopped"]
+    assert summary["privacy"] == {"epsilon": pytest.approx(expected[last - 1]), "delta": 1e-5}
 
 
 def test_local_noise_counts_each_clients_updates(tmp_path):

@@ -41,6 +41,7 @@ class RunState:
     row: dict[str, Any] = field(default_factory=dict)  # the current round's server row, filled by callbacks
     failed: bool = False  # the current round failed (too few valid updates): the run stops after it
     stopped: str | None = None
+    epsilon: float | None = None  # privacy with noise: the (epsilon, privacy.delta) spent so far
     seconds: float = 0.0  # the last round's wall time
     round_rows: list[dict[str, Any]] = field(default_factory=list)  # the metric rows recorded this round
 

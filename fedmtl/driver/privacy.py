@@ -41,7 +41,7 @@ class PrivacyAccounting(Callback):
         self.rounds_done = server_round
         self.sent.update(result.accepted)
         spent = self.epsilon(self.rounds_done, self.sent)
-        state.row["epsilon"] = spent
+        state.row["epsilon"] = state.epsilon = spent
         budget = self.privacy.epsilon_budget
         if budget is None or server_round >= state.cfg.rounds:
             return

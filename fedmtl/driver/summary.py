@@ -21,19 +21,28 @@ class Summary(Callback):
     def on_run_end(self, state: RunState) -> None:
         encoders = state.algorithm.encoders()
         state.run.save_encoder(next(iter(encoders.values())) if len(encoders) == 1 else encoders)
-        write_run_summary(state.run, state.cfg, state.curves, state.stopped)
+        write_run_summary(state.run, state.cfg, state.curves, state.stopped, state.epsilon)
 
 
 def write_run_summary(
-    run: RunDirectory, cfg: ExperimentConfig, curves: EvalCurves, stopped: str | None = None
+    run: RunDirectory,
+    cfg: ExperimentConfig,
+    curves: EvalCurves,
+    stopped: str | None = None,
+    epsilon: float | None = None,
 ) -> list[dict]:
-    """``summary.json``/``summary.md`` from the evaluation curves (and why the run stopped early, if it
-    did); returns the per-task summary."""
+    """``summary.json``/``summary.md`` from the evaluation curves (why the run stopped early, if it did, and
+    the privacy spent, with noise); returns the per-task summary."""
     specs = cfg.data.task_specs()
     summary = task_summary(curves, specs, protocol.EVAL)
     personal = task_summary(curves, specs, protocol.PERSONAL)
     overview: dict[str, Any] = {"name": cfg.name, "seed": cfg.seed, "rounds": cfg.rounds, "tasks": summary}
     text = f"# {cfg.name}: per-task summary\n\n{format_table(summary)}\n"
+    if epsilon is not None:
+        overview["privacy"] = {"epsilon": epsilon, "delta": cfg.privacy.delta}
+        text += (
+            f"\nPrivacy spent: epsilon {epsilon:.3g} at delta {cfg.privacy.delta:g} ({cfg.privacy.noise_at} noise).\n"
+        )
     if stopped:
         overview["stopped"] = stopped
         text += f"\nStopped early: {stopped}.\n"
