@@ -148,3 +148,47 @@ def test_refused_combinations_name_their_key(overrides, key):
     with pytest.raises(ConfigError) as raised:
         load_config(None, [*TINY_OVERRIDES, *overrides])
     assert raised.value.path == key
+
+
+def test_adaptive_clipping_moves_the_bound_towards_the_target_quantile_of_update_norms():
+    from fedmtl.methods.privacy import CentralMechanism, update_noise_multiplier
+
+    mechanism = CentralMechanism(1.0, 0.0, target_quantile=0.5, clip_lr=0.2, count_noise=0.0)  # no noise: exact
+    generator = torch.Generator().manual_seed(0)
+    norms = torch.tensor([0.5, 2.0, 4.0, 8.0])  # the median lies between 2 and 4
+    bounds = []
+    for _ in range(60):
+        matrix = torch.diag(norms)  # row k has norm norms[k]
+        bounds.append(mechanism.clip(matrix))
+        mechanism.noise(torch.zeros(4), 4, generator)
+    # one round by hand: 1 of 4 rows within 1.0, so C <- 1.0 * exp(-0.2 * (0.25 - 0.5))
+    assert bounds[1] == pytest.approx(math.exp(0.05))
+    assert 2.0 <= bounds[-1] <= 4.0 * math.exp(0.1)
+    # the update's multiplier: z_D = (z^-2 - (2 sigma_b)^-2)^(-1/2)
+    assert update_noise_multiplier(1.0, 1.0) == pytest.approx((1 - 0.25) ** -0.5)
+    assert update_noise_multiplier(1.0, 0.4) == math.inf
+
+
+def test_a_count_noise_that_spends_the_whole_budget_is_refused():
+    with pytest.raises(ConfigError) as raised:
+        load_config(
+            None,
+            [
+                *TINY_OVERRIDES,
+                "server.aggregator={name: fedavg, weighted: false}",
+                "privacy={clip_norm: 1.0, noise_multiplier: 1.0, target_quantile: 0.5}",  # sigma_b = 3 / 20
+            ],
+        )
+    assert raised.value.path == "privacy.count_noise" and "2 * count_noise" in str(raised.value)
+
+
+def test_adaptive_clipping_is_recorded_and_checkpointed(tmp_path):
+    privacy = "privacy={clip_norm: 0.01, noise_multiplier: 0.5, target_quantile: 0.5, count_noise: 0.5}"
+    run_dir = run_in_process(
+        tmp_path, "run", *TINY_OVERRIDES, "rounds=3", "server.aggregator={name: fedavg, weighted: false}", privacy
+    )
+    bounds = [row["clip_norm"] for row in server_rows(run_dir)]
+    assert bounds[0] == 0.01 and bounds[2] > bounds[1] > bounds[0]  # every update is longer than 0.01
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["server"]
+    (cohort,) = state["cohorts"].values()
+    assert cohort["updater"]["privacy"]["clip_norm"] > bounds[2]

@@ -159,6 +159,14 @@ def check_privacy(cfg: ExperimentConfig) -> None:
             f"is {server.aggregator!r}; noise at the server is calibrated to the uniform mean of clipped updates "
             "(fedavg with weighted: false); other aggregators need privacy.noise_at: client",
         )
+    if privacy.target_quantile is not None and privacy.noise_multiplier > 0:
+        count_noise = privacy.count_noise or sample_size(len(cfg.clients.member_ids()), server.fraction_fit) / 20
+        if 2 * count_noise <= privacy.noise_multiplier:
+            raise ConfigError(
+                "privacy.count_noise",
+                f"is {count_noise:g}; adaptive clipping needs 2 * count_noise > noise_multiplier "
+                f"({privacy.noise_multiplier:g}), or the count's noise spends the whole budget",
+            )
     reads_raw = {
         "server.personalisation": server.personalisation.start() is not None,
         "server.grouping": server.grouping.groups_clients,

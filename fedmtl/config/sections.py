@@ -174,6 +174,12 @@ class PrivacyConfig:
     # client: each client clips its own update and adds N(0, (z C)^2) before sending it (an untrusted server)
     noise_at: Literal["server", "client"] = "server"
     delta: float = 1e-5  # the delta at which epsilon is reported
+    # Adaptive clipping (noise_at: server; Andrew et al., NeurIPS 2021): the bound follows this quantile of
+    # the update norms, starting at clip_norm; null = the bound stays clip_norm
+    target_quantile: float | None = None
+    clip_lr: float = 0.2  # adaptive clipping: the geometric step of the bound per round
+    # adaptive clipping: std of the noise on the count of updates within the bound; null = clients per round / 20
+    count_noise: float | None = None
     epsilon_budget: float | None = None  # stop the run before the round that would spend more than this
 
     def __post_init__(self) -> None:
@@ -185,6 +191,13 @@ class PrivacyConfig:
         budget = self.epsilon_budget
         require(budget is None or budget > 0, "epsilon_budget", f"must be > 0, got {budget}")
         require(budget is None or self.noise_multiplier > 0, "epsilon_budget", "needs privacy.noise_multiplier > 0")
+        quantile = self.target_quantile
+        require(quantile is None or 0 < quantile < 1, "target_quantile", f"must be in (0, 1), got {quantile}")
+        require(
+            quantile is None or self.noise_at == "server", "target_quantile", "adaptive clipping needs noise_at: server"
+        )
+        require(self.clip_lr > 0, "clip_lr", f"must be > 0, got {self.clip_lr}")
+        require(self.count_noise is None or self.count_noise > 0, "count_noise", f"must be > 0, got {self.count_noise}")
 
     @property
     def enabled(self) -> bool:

@@ -39,6 +39,7 @@ SERVER_COLUMNS = (
     "splits",  # server.grouping: the groups split this round ({group, into})
     "task_affinity",  # client.affinity_every: lookahead affinity per ordered task pair, mean over the replies
     "client_affinity",  # server.client_affinity_every: Z(from -> to) of last round's updates per client pair
+    "clip_norm",  # privacy.noise_at: server: the bound the updates were clipped to (adaptive clipping moves it)
     "epsilon",  # privacy with noise: the (epsilon, privacy.delta) spent after this round
 )  # fmt: skip
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core import protocol
 from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, Send
 from fedmtl.data.participants import Participant
@@ -96,6 +96,7 @@ class ServerAlgorithm:
             gramian_precision=server.gramian_precision,
             personalisation=None if adopts else server.personalisation,
             central_privacy=self.cfg.privacy if self.cfg.privacy.central and not adopts else None,
+            rows_per_round=sample_size(len(members), server.fraction_fit),
         )
         return Cohort(key, members, self._sampler(key), updater, adopts=adopts)
 

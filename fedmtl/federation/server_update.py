@@ -20,7 +20,7 @@ from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
 from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
 from fedmtl.methods.personalisation import Personalisation
-from fedmtl.methods.privacy import central_noise_std, clip_rows, gaussian
+from fedmtl.methods.privacy import CentralMechanism
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,16 @@ class RoundDiagnostics:
     mean_norm: float
     personal_alphas: tuple[float, ...] | None = None  # each row's weight on its own update (server.personalisation)
     update_norms: tuple[float, ...] = ()  # each row's L2 norm
+    clip_norm: float | None = None  # privacy.noise_at: server: the bound the rows were clipped to this round
+
+
+def central_mechanism(privacy: PrivacyConfig, rows_per_round: int) -> CentralMechanism:
+    """The server's DP mechanism for ``privacy`` (``count_noise`` defaults to Andrew et al.'s ``K / 20``)."""
+    assert privacy.clip_norm is not None
+    count_noise = privacy.count_noise if privacy.count_noise is not None else rows_per_round / 20
+    return CentralMechanism(
+        privacy.clip_norm, privacy.noise_multiplier, privacy.target_quantile, privacy.clip_lr, count_noise
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,9 +103,11 @@ class ServerUpdater:
         gramian_precision: GramianPrecision = "float32",
         personalisation: Personalisation | None = None,
         central_privacy: PrivacyConfig | None = None,
+        rows_per_round: int = 1,
     ) -> None:
         self.layout = FlatLayout.of(initial)
-        self.privacy = central_privacy  # the server clips every row and noises the mean (privacy.noise_at: server)
+        # privacy.noise_at: server: the server clips every row and noises the mean
+        self.privacy = None if central_privacy is None else central_mechanism(central_privacy, rows_per_round)
         self.gramian_precision = gramian_precision
         self.aggregator = aggregator
         self.param = torch.nn.Parameter(self.layout.flatten(initial))
@@ -127,8 +139,7 @@ class ServerUpdater:
         with personalisation, rows are taken against each client's own encoder and its offset moves."""
         offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
         matrix = self.update_matrix(client_states, offsets)
-        if self.privacy is not None and self.privacy.clip_norm is not None:
-            clip_rows(matrix, self.privacy.clip_norm)
+        bound = None if self.privacy is None else self.privacy.clip(matrix)
         before = None if self.personal is None else self.param.detach().clone()
         inputs = AggregationInput(
             matrix=matrix,
@@ -139,14 +150,13 @@ class ServerUpdater:
         )
         result = self.aggregator(inputs)
         direction = result.direction
-        if self.privacy is not None and self.privacy.clip_norm is not None and self.privacy.noise_multiplier > 0:
-            std = central_noise_std(self.privacy.noise_multiplier, self.privacy.clip_norm, len(client_ids))
-            direction = direction + gaussian(direction, std, self.generator)
+        if self.privacy is not None:
+            direction = self.privacy.noise(direction, len(client_ids), self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.param.grad = direction.to(self.param.dtype).reshape(self.param.shape).cpu()
         self.optimizer.step()
         gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
-        diagnostics = diagnose(client_ids, matrix, result.direction, result.weights, gram)
+        diagnostics = replace(diagnose(client_ids, matrix, result.direction, result.weights, gram), clip_norm=bound)
         if self.personal is None or before is None:  # no personalisation (both checks narrow the types)
             return diagnostics
         alphas = self.personal.observe(client_ids, matrix, before - self.param.detach())
@@ -181,6 +191,8 @@ class ServerUpdater:
         }
         if self.personal is not None:
             state["personal"] = self.personal.state_dict()
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -194,6 +206,8 @@ class ServerUpdater:
             )
         if self.personal is not None:
             self.personal.load_state_dict(state["personal"])
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
 
 
 def diagnose(
