@@ -19,6 +19,7 @@ client; a missing file or folder is a config error naming ``data.root`` when the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -45,6 +46,13 @@ def read_ids(root: Path, split: str) -> list[str]:
     if not path.is_file():
         raise ConfigError(data_key("root"), f"no {path.relative_to(root)} in {root} (NYUD-v2 as FedHCA² lays it out)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@lru_cache(maxsize=8)
+def image_size_of(path: str) -> tuple[int, int]:
+    """(width, height) of an image file, read once per process (the input size is asked for often)."""
+    with Image.open(path) as image:
+        return image.size
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class NYUDSuite(TaskSuite):
     def image_shape(self) -> tuple[int, int, int]:
         if self.image_size is not None:
             return (3, *self.image_size)
-        width, height = Image.open(self.file("images", self.ids("train")[0])).size
+        width, height = image_size_of(str(self.file("images", self.ids("train")[0])))
         return (3, height, width)
 
     def feature_dim(self) -> int:
