@@ -192,3 +192,20 @@ def test_adaptive_clipping_is_recorded_and_checkpointed(tmp_path):
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["server"]
     (cohort,) = state["cohorts"].values()
     assert cohort["updater"]["privacy"]["clip_norm"] > bounds[2]
+
+
+def test_the_study_report_lists_the_privacy_each_arm_spent(tmp_path):
+    from fedmtl.report.report import write_report
+    from tests.study._study import write_study
+
+    root = write_study(tmp_path / "s")
+    assert "Privacy spent" not in (write_report(root) and (root / "report.md").read_text())
+    for seed, epsilon in ((0, 3.0), (1, 4.0), (2, 5.0)):
+        path = root / f"arms/fed_mtl/seed-{seed}/summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**summary, "privacy": {"epsilon": epsilon, "delta": 1e-5}}))
+    write_report(root)
+    text = (root / "report.md").read_text()
+    assert "## Privacy spent" in text
+    assert "| fed_mtl | 4 (min 3, max 5) | 1e-05 | 3 |" in text
+    assert "| local_stl |" not in text.split("## Privacy spent")[1].split("##")[0]

@@ -1,0 +1,45 @@
+"""The privacy each arm spent (runs with client-level DP noise, ``privacy``): epsilon at the end of each
+run, from its ``summary.json``, beside the study's metrics."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from fedmtl.core.layout import SUMMARY_JSON
+from fedmtl.report.collect import StudyData
+from fedmtl.report.render import Block, Heading, Paragraph, Table
+
+
+def privacy_spent(data: StudyData) -> dict[str, list[tuple[float, float]]]:
+    """Arm -> (epsilon, delta) of each of its runs that spent privacy, in seed order."""
+    spent: dict[str, list[tuple[float, float]]] = {}
+    for (arm, _), result in sorted(data.results.items()):
+        path = result.run.dir / SUMMARY_JSON
+        privacy = json.loads(path.read_text()).get("privacy") if path.exists() else None
+        if privacy:
+            spent.setdefault(arm, []).append((float(privacy["epsilon"]), float(privacy["delta"])))
+    return spent
+
+
+def privacy_blocks(data: StudyData) -> list[Block]:
+    """A table of the epsilon each arm spent, where any did."""
+    spent = privacy_spent(data)
+    if not spent:
+        return []
+    rows = []
+    for arm, values in spent.items():
+        epsilons = [e for e, _ in values]
+        deltas = sorted({d for _, d in values})
+        shown = f"{statistics.mean(epsilons):.3g}" + (
+            f" (min {min(epsilons):.3g}, max {max(epsilons):.3g})" if len(set(epsilons)) > 1 else ""
+        )
+        rows.append([arm, shown, ", ".join(f"{d:g}" for d in deltas), str(len(values))])
+    return [
+        Heading("Privacy spent"),
+        Paragraph(
+            "The (epsilon, delta) of client-level differential privacy each arm's runs spent by their last round "
+            "(`privacy`, docs/METHODS.md): mean over seeds; arms without noise are not listed."
+        ),
+        Table(["arm", "epsilon", "delta", "runs"], rows),
+    ]
