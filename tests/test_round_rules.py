@@ -139,3 +139,18 @@ def test_a_run_whose_every_evaluation_fails_stops_with_the_error(tmp_path, monke
     monkeypatch.setattr(LocalClient, "evaluate", broken)
     with pytest.raises(FederationError, match="every evaluation failed.*cannot be read"):
         run_in_process(tmp_path, "run", *TINY, "rounds=1")
+
+
+def test_a_partial_evaluation_failure_is_logged_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    original = LocalClient.evaluate
+
+    def fails_on_client_1(self, shared, private):
+        if self.client_id == 1:
+            raise RuntimeError("client 1's held-out data cannot be read")
+        return original(self, shared, private)
+
+    monkeypatch.setattr(LocalClient, "evaluate", fails_on_client_1)
+    with caplog.at_level("WARNING"):
+        run_dir = run_in_process(tmp_path, "run", *TINY, "rounds=1")
+    assert {r["client"] for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"} == {0, 2}
+    assert any("evaluation failed" in m and "cannot be read" in m for m in caplog.messages)

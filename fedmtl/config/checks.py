@@ -118,6 +118,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.data.check_clients(cfg.clients.count)
     if problem:
         raise ConfigError("clients.count", problem)
+    for client in cfg.clients.member_ids():
+        problem = cfg.data.check_client_tasks(client, cfg.clients.tasks_held(client, task_names))
+        if problem:
+            where = f"clients.tasks[{client}]" if cfg.clients.tasks else "clients.tasks"
+            raise ConfigError(where, problem)
     for i, client in enumerate(cfg.faults.adversarial_clients):
         if client not in cfg.clients.member_ids():
             raise ConfigError(

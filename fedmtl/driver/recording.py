@@ -135,6 +135,11 @@ class Recorder(Callback):
             state.row["client_affinity"] = between_clients
 
     def on_evaluated(self, state: RunState, server_round: int, reports: Sequence[dict], exchange: Exchange) -> None:
+        for reply in exchange.replies:
+            if reply.error is not None:
+                log.warning(
+                    "round %d: evaluation failed on participant %s: %s", server_round, reply.participant, reply.error
+                )
         for split in (protocol.EVAL, protocol.PERSONAL):
             state.metric_rows(self.record_clients(server_round, split, reports))
         if self.rollback is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
 from fedmtl.data.suites.columns import TargetColumn
+from fedmtl.data.suites.composite import CompositeSuite, Part
 from fedmtl.data.suites.digits import DigitsSuite
 from fedmtl.data.suites.hub import HubSuite
 from fedmtl.data.suites.multimnist import MultiMNISTSuite
@@ -13,17 +14,28 @@ from fedmtl.data.suites.synthetic import SyntheticSuite, SyntheticTask
 from fedmtl.data.suites.table import TableSuite
 
 SUITES = TaskSuite.REGISTRY
-for _suite in (SyntheticSuite, DigitsSuite, MultiMNISTSuite, ShapesSuite, NYUDSuite, TableSuite, HubSuite):
+for _suite in (
+    SyntheticSuite,
+    DigitsSuite,
+    MultiMNISTSuite,
+    ShapesSuite,
+    NYUDSuite,
+    TableSuite,
+    HubSuite,
+    CompositeSuite,
+):
     SUITES.register(_suite)
 
 __all__ = [
     "SUITES",
     "ClientData",
     "ClientPlan",
+    "CompositeSuite",
     "DigitsSuite",
     "HubSuite",
     "MultiMNISTSuite",
     "NYUDSuite",
+    "Part",
     "ShapesSuite",
     "SyntheticSuite",
     "SyntheticTask",

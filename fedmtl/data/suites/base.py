@@ -78,5 +78,9 @@ class TaskSuite(Component):
         """Why this suite cannot serve ``count`` clients (e.g. too few natural partitions), or None."""
         return None
 
+    def check_client_tasks(self, client_id: int, tasks: tuple[str, ...]) -> str | None:
+        """Why client ``client_id`` cannot hold ``tasks`` (e.g. they belong to another client's dataset), or None."""
+        return None
+
     def task_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.task_specs())
