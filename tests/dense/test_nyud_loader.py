@@ -138,3 +138,9 @@ def test_a_broken_layout_is_refused_naming_the_root(nyud, tmp_path):
     with pytest.raises(ConfigError) as raised:
         nyud_config(nyud)
     assert raised.value.path == "data.root" and "val.txt" in str(raised.value)
+
+
+def test_a_client_without_evaluation_images_gets_empty_targets_of_the_right_shape(nyud):
+    cfg = nyud_config(nyud, "clients.count=4", "clients.tasks=[[normals], [normals], [normals], [normals]]")
+    data = cfg.data.client_data(0, client_plan(cfg.clients, cfg.data, 0, 3))  # 3 val images, 4 clients
+    assert len(data.eval["normals"]) == 0 and data.eval["normals"].y.shape == (0, 3, HEIGHT, WIDTH)

@@ -9,6 +9,7 @@ from fedmtl.data.suites.digits import DigitsSuite
 from fedmtl.data.suites.hub import HubSuite
 from fedmtl.data.suites.multimnist import MultiMNISTSuite
 from fedmtl.data.suites.nyud import NYUDSuite
+from fedmtl.data.suites.pascal_context import PascalContextSuite
 from fedmtl.data.suites.shapes import ShapesSuite
 from fedmtl.data.suites.synthetic import SyntheticSuite, SyntheticTask
 from fedmtl.data.suites.table import TableSuite
@@ -20,6 +21,7 @@ for _suite in (
     MultiMNISTSuite,
     ShapesSuite,
     NYUDSuite,
+    PascalContextSuite,
     TableSuite,
     HubSuite,
     CompositeSuite,
@@ -36,6 +38,7 @@ __all__ = [
     "MultiMNISTSuite",
     "NYUDSuite",
     "Part",
+    "PascalContextSuite",
     "ShapesSuite",
     "SyntheticSuite",
     "SyntheticTask",
