@@ -187,6 +187,8 @@ def main() -> None:
     )
     if not args.no_write:
         title = "Simulation overhead" + (" on a GPU" if "gpu" in args.section else "")
+        if args.workload != ["default", "cnn"]:
+            title += f": {', '.join(args.workload)}"
         write_section(args.section, f"## {title} (`benchmarks/overhead.py`)\n\n" + text)
 
 
