@@ -145,3 +145,22 @@ def test_a_dense_federation_with_partial_sharing_and_gradnorm_trains_and_reports
     assert all(math.isfinite(row[headline[task]]) for (_, task), row in final.items())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {t["task"]: t["metric"] for t in summary["tasks"]} == headline
+
+
+@pytest.mark.slow
+def test_the_fedhca2_small_config_runs_from_the_command_line(tmp_path, simulate_env):
+    """configs/fedhca2_small.yaml as shipped (ResNet-18, shapes suite, Ray workers), shortened to one round."""
+    from tests.helpers import assert_no_leftover_processes, simulate
+
+    run_dir = tmp_path / "run"
+    result = simulate(
+        "--config", "configs/fedhca2_small.yaml",
+        "--set", "rounds=1", "--set", "clients.samples_per_task=8", "--set", "clients.eval_samples_per_task=4",
+        "--set", "client.local_steps=1", "--set", f"output.run_dir={run_dir}",
+        env=simulate_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [t["task"] for t in summary["tasks"]] == ["segmentation", "depth", "normals", "edges"]
+    assert all(math.isfinite(t["value_final"]) for t in summary["tasks"])
+    assert_no_leftover_processes(simulate_env)
