@@ -108,3 +108,25 @@ def test_the_report_opens_with_the_data_checks(tmp_path):
     plain = write_study(tmp_path / "none")  # runs written before the check existed: no section
     write_report(plain)
     assert "## Data checks" not in (plain / "report.md").read_text()
+
+
+def test_the_check_is_computed_once_per_client_and_task_and_reused(monkeypatch):
+    import fedmtl.local.client as client_module
+    from fedmtl.config.loading import load_config
+    from fedmtl.local.client import LocalClient
+    from fedmtl.model.networks import initial_shared_state
+    from tests.helpers import TINY_OVERRIDES
+
+    calls = []
+    real = client_module.shortcut_check
+    monkeypatch.setattr(client_module, "shortcut_check", lambda *a: calls.append(a[2].name) or real(*a))
+    monkeypatch.setattr(client_module, "_shortcut_checks", {})
+    cfg = load_config(None, [*TINY_OVERRIDES, "seed=12345"])
+    shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)
+    client = LocalClient.for_client(cfg, 0)
+    first = client.evaluate(shared, None)
+    again = client.evaluate(shared, None)
+    assert sorted(calls) == sorted(cfg.clients.tasks_of(0, cfg.data.task_names()))  # once per task
+    assert [{k: v for k, v in r.items() if "shortcut" in k} for r in first] == [
+        {k: v for k, v in r.items() if "shortcut" in k} for r in again
+    ]

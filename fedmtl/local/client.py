@@ -26,7 +26,7 @@ from fedmtl.data.participants import Participant
 from fedmtl.data.suites import TaskData
 from fedmtl.local import rollback
 from fedmtl.local.affinity import client_lookahead_affinity
-from fedmtl.local.data import participant_data
+from fedmtl.local.data import data_key, participant_data
 from fedmtl.local.data_checks import shortcut_check
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
@@ -35,6 +35,8 @@ from fedmtl.model.networks import MultiTaskModel, initial_encoder_state, initial
 
 _HEAD_INIT_STREAM, _PERSONAL_STREAM, _EVAL_HEADS_STREAM, _POOLED_STREAM = 101, 103, 107, 211
 _LOCAL_STREAM, _VALIDATION_STREAM, _PRIVACY_STREAM = 109, 113, 127
+SHORTCUT_CACHE_SIZE = 4096  # (data, participant, client, task) -> its data check, per process
+_shortcut_checks: dict[tuple, dict[str, float]] = {}
 PROBE_EXAMPLES = 256  # per task, for client affinity (server.client_affinity_every)
 MODEL, BALANCER, PERSONAL, LOCAL = "model.", "balancer.", "personal.", "local."
 
@@ -203,6 +205,26 @@ class LocalClient:
         self._release_device_memory()
         return outcome
 
+    def _shortcut_check(
+        self, train: dict[str, TaskData], held_out: dict[str, TaskData], client: int, task: str
+    ) -> dict[str, float]:
+        """The data check of ``task`` on ``client``'s held-out data: it depends on the data only, so it is
+        computed once per process and reused at every later evaluation."""
+        rollback = self.training.rollback
+        key = (
+            data_key(self.cfg),
+            self.participant.clients,
+            self.participant.pooled,
+            rollback.validation_fraction if rollback.enabled else None,
+            client,
+            task,
+        )
+        if key not in _shortcut_checks:
+            if len(_shortcut_checks) >= SHORTCUT_CACHE_SIZE:
+                _shortcut_checks.pop(next(iter(_shortcut_checks)))
+            _shortcut_checks[key] = shortcut_check(train[task], held_out[task], self.specs[task])
+        return dict(_shortcut_checks[key])
+
     def _privatised(
         self, received: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], server_round: int
     ) -> dict[str, torch.Tensor]:
@@ -333,7 +355,7 @@ class LocalClient:
             else:
                 results = predictors.evaluate(choices, split, specs)
             for task, result in results.items():  # the data check (only its numbers leave the client)
-                result.update(shortcut_check(train[task], split[task], self.specs[task]) if task in train else {})
+                result.update(self._shortcut_check(train, split, client, task) if task in train else {})
             metrics = protocol.flatten_task_metrics(protocol.EVAL, results)
             if predictors is not None:
                 evidence = rollback.evidence(choices, validation_losses, predictors.losses(split, specs))
