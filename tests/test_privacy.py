@@ -209,3 +209,32 @@ def test_the_study_report_lists_the_privacy_each_arm_spent(tmp_path):
     assert "## Privacy spent" in text
     assert "| fed_mtl | 4 (min 3, max 5) | 1e-05 | 3 |" in text
     assert "| local_stl |" not in text.split("## Privacy spent")[1].split("##")[0]
+
+
+def test_a_sweep_over_noise_draws_each_tasks_delta_against_local_training_over_epsilon(tmp_path):
+    from fedmtl.report.sweep import PRIVACY_UTILITY_PNG, write_sweep_report
+    from tests.study.test_sweep import write_sweep
+
+    root = write_sweep(
+        tmp_path / "sweep",
+        ["privacy.noise_multiplier"],
+        [{"privacy.noise_multiplier": 0.5}, {"privacy.noise_multiplier": 2.0}],
+    )
+    write_sweep_report(root)
+    assert not (root / PRIVACY_UTILITY_PNG).exists()  # no run spent privacy: no trade-off to draw
+    for point, epsilon in ((0, 20.0), (1, 2.0)):
+        for seed in (0, 1, 2):
+            path = root / f"points/{point}/arms/fed_mtl/seed-{seed}/summary.json"
+            summary = json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(json.dumps({**summary, "privacy": {"epsilon": epsilon, "delta": 1e-5}}))
+    write_sweep_report(root)
+    assert (root / PRIVACY_UTILITY_PNG).stat().st_size > 0
+    assert "Privacy–utility" in (root / "sweep.md").read_text()
+    from fedmtl.report.analysis import comparisons
+    from fedmtl.report.collect import collect_study
+    from fedmtl.report.privacy import privacy_utility_series
+
+    studies = [collect_study(root / f"points/{i}") for i in (0, 1)]
+    lines = privacy_utility_series([(s, comparisons(s)) for s in studies])
+    assert {line.label for line in lines} == {"fed_mtl · cls", "fed_mtl · reg"}
+    assert all(line.x == [20.0, 2.0] for line in lines)

@@ -327,3 +327,18 @@ def plot_sweep_conflict(series: Sequence[ConflictSeries], x_label: str, arm: str
         axes[0], x_label, "cosine (mean ± std over seeds)", f"{arm}: gradient conflict vs {x_label}", categories
     )
     return save_figure(fig, path)
+
+
+def plot_privacy_utility(series: Sequence[SweepSeries], path: Path) -> Path | None:
+    """Each task's delta against local training (%) over the epsilon spent, one line per arm and task
+    (``SweepSeries.delta_m`` holds the task's delta here); epsilon on a log axis."""
+    if not series:
+        return None
+    fig, axes = new_figure(1, width=6.5, columns=1)
+    for line in series:
+        _errorbar_line(axes[0], line.x, line.delta_m, line.label, None, 100.0)
+    _swept_axis(
+        axes[0], "epsilon (delta as configured)", "Δ vs local training (%, mean ± std)", "privacy–utility", None
+    )
+    axes[0].set_xscale("log")
+    return save_figure(fig, path)

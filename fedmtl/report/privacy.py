@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 
 from fedmtl.core.layout import SUMMARY_JSON
+from fedmtl.report.analysis import Comparison
 from fedmtl.report.collect import StudyData
+from fedmtl.report.plots import SweepSeries
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 
@@ -43,3 +46,23 @@ def privacy_blocks(data: StudyData) -> list[Block]:
         ),
         Table(["arm", "epsilon", "delta", "runs"], rows),
     ]
+
+
+def privacy_utility_series(
+    points: Sequence[tuple[StudyData, Sequence[Comparison]]],
+) -> list[SweepSeries]:
+    """Per (arm, task): the task's delta against a single-task arm (local training) over the mean epsilon
+    the arm spent, one x per sweep point where it spent any (``delta_m`` carries the task's delta)."""
+    lines: dict[str, SweepSeries] = {}
+    for data, found in points:
+        spent = privacy_spent(data)
+        for comparison in found:
+            if not comparison.single_task or comparison.arm not in spent:
+                continue
+            epsilon = statistics.mean(e for e, _ in spent[comparison.arm])
+            for task, delta in comparison.tasks.items():
+                label = f"{comparison.arm} · {task}"
+                line = lines.setdefault(label, SweepSeries(label, [], [], []))
+                line.x.append(epsilon)
+                line.delta_m.append((delta.spread.mean, delta.spread.std))
+    return list(lines.values())

@@ -29,11 +29,13 @@ from fedmtl.report.conflict import (
     cosine_columns,
     summarize_conflict,
 )
-from fedmtl.report.plots import ConflictSeries, SweepSeries, plot_sweep, plot_sweep_conflict
+from fedmtl.report.plots import ConflictSeries, SweepSeries, plot_privacy_utility, plot_sweep, plot_sweep_conflict
+from fedmtl.report.privacy import privacy_utility_series
 from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_markdown
 from fedmtl.report.report import NOT_AVAILABLE, format_cosine, format_delta, format_test, format_verdict
 
 SWEEP_CONFLICT_PNG = "sweep_conflict.png"
+PRIVACY_UTILITY_PNG = "privacy_utility.png"
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,11 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     ]
     if figure is not None:
         blocks.append(Image(figure, f"Δm and worst-task delta against {sweep.keys[0]} (mean ± std over seeds)."))
+    tradeoff = privacy_utility_series([(studies[p.index], results[p.index]) for p in sweep.points])
+    privacy_figure = plot_privacy_utility(tradeoff, sweep.path / PRIVACY_UTILITY_PNG)
+    if privacy_figure is not None:
+        caption = "Privacy–utility: each task's Δ against local training over the epsilon its arm spent (mean ± std over seeds)."
+        blocks.append(Image(privacy_figure, caption))
     reference = next(iter(conflicts.values())).arm if conflicts else None
     blocks += [
         Heading(f"Conflict diagnostics ({reference})", level=2),
