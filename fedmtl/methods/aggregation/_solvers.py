@@ -121,9 +121,22 @@ def minimize_on_simplex(
     return w / w.sum()
 
 
+NNLS_RIDGE = 1e-12  # on a trace-normalised Gramian: moves the optimum's value by ~1e-12, no more
+
+
 def nonneg_shift_qp(gram_sqrt: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """Exact ``argmin_{v >= lower} v^T S^T S v`` with ``S = gram_sqrt``: NNLS on ``z = v - lower``."""
+    """``argmin_{v >= lower} v^T S^T S v`` with ``S = gram_sqrt``: NNLS on ``z = v - lower``.
+
+    A singular ``S`` (zero rows, antiparallel rows) leaves the NNLS subproblems rank-deficient, where
+    SciPy's Lawson-Hanson returns huge, non-optimal ``z`` (found by a property test: the direction then
+    depended on the order of the rows). A ridge ``NNLS_RIDGE ||z||^2`` makes every subproblem full-rank
+    and picks the smallest shift among equal optima; on a trace-normalised Gramian it changes the
+    optimum's value by about ``1e-12``.
+    """
     from scipy.optimize import nnls  # imported when a solver first runs
 
-    z, _ = nnls(gram_sqrt, -gram_sqrt @ lower, maxiter=NNLS_MAXITER_PER_ROW * lower.shape[0])
+    k = lower.shape[0]
+    design = np.vstack([gram_sqrt, np.sqrt(NNLS_RIDGE) * np.eye(k)])
+    target = np.concatenate([-gram_sqrt @ lower, np.zeros(k)])
+    z, _ = nnls(design, target, maxiter=NNLS_MAXITER_PER_ROW * k)
     return lower + z
