@@ -60,6 +60,10 @@ def test_every_update_leaving_a_client_under_local_noise_carries_the_bound_plus_
     plain = load_config(None, list(TINY_OVERRIDES))
     unclipped = LocalClient.for_client(plain, 0).train(received, None, 1).shared
     assert (start - torch.cat([unclipped[k].reshape(-1) for k in keys])).norm() > 0.05  # so clipping mattered
+    # without noise, what leaves the client is the clipped update itself: norm exactly at the bound
+    clip_only = load_config(None, [*TINY_OVERRIDES, "privacy={clip_norm: 0.05, noise_at: client}"])
+    sent = LocalClient.for_client(clip_only, 0).train(received, None, 1).shared
+    assert (start - torch.cat([sent[k].reshape(-1) for k in keys])).norm().item() == pytest.approx(0.05, rel=1e-5)
 
 
 def test_central_noise_on_the_mean_has_std_z_c_over_k():

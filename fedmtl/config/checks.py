@@ -165,7 +165,7 @@ def check_privacy(cfg: ExperimentConfig) -> None:
             "(fedavg with weighted: false); other aggregators need privacy.noise_at: client",
         )
     if privacy.target_quantile is not None and privacy.noise_multiplier > 0:
-        count_noise = privacy.count_noise or sample_size(len(cfg.clients.member_ids()), server.fraction_fit) / 20
+        count_noise = privacy.count_noise_for(sample_size(len(cfg.clients.member_ids()), server.fraction_fit))
         if 2 * count_noise <= privacy.noise_multiplier:
             raise ConfigError(
                 "privacy.count_noise",

@@ -212,6 +212,10 @@ class PrivacyConfig:
     def local(self) -> bool:
         return self.enabled and self.noise_at == "client"
 
+    def count_noise_for(self, clients_per_round: int) -> float:
+        """Adaptive clipping's noise on the count: ``count_noise``, or Andrew et al.'s clients per round / 20."""
+        return self.count_noise if self.count_noise is not None else clients_per_round / 20
+
 
 @dataclass(frozen=True)
 class ResourcesConfig:

@@ -24,6 +24,18 @@ F_BETA_SQUARED = 0.3  # masks: the saliency F-measure's beta^2 (Achanta et al., 
 F_THRESHOLDS = torch.linspace(0.05, 0.95, 19)  # masks: thresholds max_f searches
 
 
+def label_boundary(labels: np.ndarray) -> np.ndarray:
+    """``int64`` 1 where a 4-neighbour (along the last two axes) has another label: the edge map of a
+    label map, ``[..., H, W]``, two pixels wide (one on each side of a change)."""
+    edge = np.zeros(labels.shape, dtype=np.int64)
+    down, right = labels[..., 1:, :] != labels[..., :-1, :], labels[..., :, 1:] != labels[..., :, :-1]
+    edge[..., 1:, :] |= down
+    edge[..., :-1, :] |= down
+    edge[..., :, 1:] |= right
+    edge[..., :, :-1] |= right
+    return edge
+
+
 def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
     """``[classes, classes]`` counts, rows the true class; ``predicted`` and ``target`` flat, valid only."""
     return torch.bincount(target * classes + predicted, minlength=classes * classes).reshape(classes, classes)
@@ -60,7 +72,7 @@ class Segmentation(TaskKind):
         valid = labels != IGNORE_INDEX
         logits, labels = logits[valid], labels[valid]
         if len(labels) == 0:
-            return dict.fromkeys(self.metric_names, float("nan"))
+            return self.no_valid_pixel()
         predicted = logits.argmax(-1)
         return {
             "miou": mean_iou(confusion_matrix(predicted, labels, classes)),
@@ -91,7 +103,7 @@ class Depth(TaskKind):
         valid = target > 0
         predicted, truth = prediction[:, 0][valid].double(), target[valid].double()
         if len(truth) == 0:
-            return dict.fromkeys(self.metric_names, float("nan"))
+            return self.no_valid_pixel()
         error = predicted - truth
         positive = predicted.clamp_min(1e-9)  # a prediction <= 0 is never within the ratio
         ratio = torch.maximum(positive / truth, truth / positive)
@@ -128,7 +140,7 @@ class SurfaceNormals(TaskKind):
     def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         cosine = self._cosines(prediction.detach().double().cpu(), target.double().cpu())
         if len(cosine) == 0:
-            return dict.fromkeys(self.metric_names, float("nan"))
+            return self.no_valid_pixel()
         angle = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
         return {
             "mean_angle": angle.mean().item(),
@@ -172,7 +184,7 @@ class BinaryMask(TaskKind):
         valid = target != IGNORE_INDEX
         probability, truth = prediction[:, 0][valid].sigmoid(), target[valid] > 0.5
         if len(truth) == 0:
-            return dict.fromkeys(self.metric_names, float("nan"))
+            return self.no_valid_pixel()
         predicted = probability > 0.5
         union = float((predicted | truth).sum())
         return {

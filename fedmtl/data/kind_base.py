@@ -27,6 +27,10 @@ class TaskKind(ABC):
     @abstractmethod
     def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]: ...
 
+    def no_valid_pixel(self) -> dict[str, float]:
+        """Every metric NaN: what a set without one valid label gives."""
+        return dict.fromkeys(self.metric_names, float("nan"))
+
 
 ECE_BINS = 15  # Guo et al. 2017's choice
 

@@ -67,9 +67,9 @@ class RoundDiagnostics:
 
 
 def central_mechanism(privacy: PrivacyConfig, rows_per_round: int) -> CentralMechanism:
-    """The server's DP mechanism for ``privacy`` (``count_noise`` defaults to Andrew et al.'s ``K / 20``)."""
+    """The server's DP mechanism for ``privacy``."""
     assert privacy.clip_norm is not None
-    count_noise = privacy.count_noise if privacy.count_noise is not None else rows_per_round / 20
+    count_noise = privacy.count_noise_for(rows_per_round)
     return CentralMechanism(
         privacy.clip_norm, privacy.noise_multiplier, privacy.target_quantile, privacy.clip_lr, count_noise
     )

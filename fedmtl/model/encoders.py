@@ -66,6 +66,13 @@ class Encoder(Component):
         """The output width of each block (where adapters go)."""
         raise NotImplementedError(f"the {self.name} encoder has no adapters")
 
+    def output_shape(
+        self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None
+    ) -> tuple[int, ...] | None:
+        """One example's output shape when the architecture fixes it (the heads are built from it); None:
+        found by running the built encoder (a user's module, a transformer)."""
+        return None
+
 
 @dataclass(frozen=True)
 class MLPEncoder(Encoder):
@@ -80,6 +87,9 @@ class MLPEncoder(Encoder):
 
     def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         return len(model.encoder_hidden) + 1
+
+    def output_shape(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> tuple[int, ...]:
+        return (model.representation_dim,)
 
     def block_widths(self, model: ModelConfig, input_dim: int) -> list[int]:
         return [*model.encoder_hidden, model.representation_dim]
@@ -112,6 +122,9 @@ class CNNEncoder(Encoder):
 
     def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         return len(model.conv_channels) + 1
+
+    def output_shape(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> tuple[int, ...]:
+        return (model.representation_dim,)
 
 
 def import_object(path: str) -> Any:

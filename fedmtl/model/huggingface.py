@@ -10,6 +10,8 @@ the mean pooling. Between blocks the attention mask travels as one extra channel
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,6 +69,14 @@ class Pool(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+@functools.lru_cache(maxsize=2)
+def pretrained(path: str) -> Any:
+    """The model saved in ``path`` (local files only), loaded once per process: encoders are built every round."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+
+
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
     """The model's list of transformer layers (BERT / RoBERTa: ``encoder.layer``; DistilBERT: ``transformer.layer``)."""
     for owner in ("encoder", "transformer"):
@@ -109,8 +119,8 @@ class HuggingFaceEncoder(Encoder):
         from transformers import AutoConfig, AutoModel
 
         try:
-            if self.path is not None:
-                network = AutoModel.from_pretrained(self.path, local_files_only=True, attn_implementation="eager")
+            if self.path is not None:  # read once per process; every build gets its own copy
+                network = copy.deepcopy(pretrained(self.path))
             else:
                 settings = dict(self.config)
                 config = AutoConfig.for_model(settings.pop("model_type"), **settings)

@@ -123,7 +123,8 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         specs = list(tasks)
         self.encoder = build_encoder(cfg, input_dim, image_shape)
-        representation = representation_shape(self.encoder, input_dim)
+        declared = cfg.encoder.output_shape(cfg, input_dim, image_shape)  # no forward pass on every build
+        representation = declared if declared is not None else representation_shape(self.encoder, input_dim)
         self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec, representation, image_shape) for spec in specs})
         widths = cfg.encoder.block_widths(cfg, input_dim) if adapter_rank > 0 else []
         self.adapters = nn.ModuleDict(

@@ -173,6 +173,20 @@ class ResNetEncoder(Encoder):
     def num_blocks(self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None) -> int:
         return 1 + len(LAYERS[self.depth][1])
 
+    def output_shape(
+        self, model: ModelConfig, input_dim: int, image_shape: ImageShape | None
+    ) -> tuple[int, ...] | None:
+        """``layer4``'s map: every stride-2 step (the 7x7 stem and its max-pool, then layer2-4's first
+        convolution) takes a side ``s`` to ``(s - 1) // 2 + 1``."""
+        if image_shape is None:
+            return None
+        halvings = 3 + (0 if self.stem == "small" else 2)
+        height, width = image_shape[1:]
+        for _ in range(halvings):
+            height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+        expansion = 1 if LAYERS[self.depth][0] == "basic" else 4
+        return (self.width * 8 * expansion, height, width)
+
     def _checkpoint(self, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The checkpoint's encoder part under this encoder's keys, checked key by key and shape by shape."""
         assert self.weights is not None

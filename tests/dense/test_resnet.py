@@ -164,3 +164,25 @@ def test_the_fedhca2_small_config_runs_from_the_command_line(tmp_path, simulate_
     assert [t["task"] for t in summary["tasks"]] == ["segmentation", "depth", "normals", "edges"]
     assert all(math.isfinite(t["value_final"]) for t in summary["tasks"])
     assert_no_leftover_processes(simulate_env)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "image"),
+    [
+        ({"name": "mlp"}, None),
+        ({"name": "cnn"}, (1, 12, 12)),
+        ({"name": "resnet", "width": 4}, (3, 32, 32)),
+        ({"name": "resnet", "width": 4}, (3, 37, 23)),
+        ({"name": "resnet", "width": 4, "stem": "small"}, (3, 17, 9)),
+        ({"name": "resnet", "depth": 50, "width": 4}, (1, 64, 48)),
+    ],
+)
+def test_a_declared_output_shape_is_what_the_built_encoder_gives(encoder, image):
+    from fedmtl.core.typed import parse_component
+    from fedmtl.model.encoders import Encoder
+
+    component = parse_component(Encoder, encoder, "model.encoder")
+    model = ModelConfig(encoder=component)
+    input_dim = math.prod(image) if image is not None else 5
+    declared = component.output_shape(model, input_dim, image)
+    assert declared == representation_shape(component.build(model, input_dim, image), input_dim)

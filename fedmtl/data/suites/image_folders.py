@@ -37,6 +37,12 @@ def image_size_of(path: str) -> tuple[int, int]:
         return image.size
 
 
+@lru_cache(maxsize=16)
+def read_ids(path: str, modified_ns: int, size: int) -> tuple[str, ...]:
+    """A split list's ids, read once per version of the file (the signature is part of the key)."""
+    return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+
+
 def read_array(path: Path) -> np.ndarray:
     """A label file as float32: ``.npy`` as saved, an image as its pixel values."""
     if path.suffix == ".npy":
@@ -109,8 +115,9 @@ class ImageFolderSuite(TaskSuite):
                 data_key("root"),
                 f"no {path.relative_to(self.root)} in {self.root} ({self.DATASET} as FedHCA² lays it out)",
             )
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return ids[: self.max_images] if self.max_images is not None else ids
+        stat = path.stat()
+        ids = read_ids(str(path), stat.st_mtime_ns, stat.st_size)  # asked for on every model build
+        return list(ids[: self.max_images] if self.max_images is not None else ids)
 
     def task_specs(self) -> tuple[TaskSpec, ...]:
         return tuple(TaskSpec(t, self.KINDS[t], self.CLASSES.get(t, 1)) for t in self.tasks_held)

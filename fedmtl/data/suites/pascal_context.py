@@ -28,22 +28,12 @@ import numpy as np
 import scipy.io
 import torch
 
+from fedmtl.data.dense_kinds import label_boundary
 from fedmtl.data.suites.image_folders import ImageFolderSuite, read_array
 from fedmtl.data.suites.nyud import unit_normals
 
 PascalTask = Literal["semseg", "sal", "normals", "edge"]
 SEMSEG_CLASSES = 21
-
-
-def label_boundary(labels: np.ndarray) -> np.ndarray:
-    """``[H, W]`` 1 where a 4-neighbour has another label."""
-    edge = np.zeros(labels.shape, dtype=np.float32)
-    down, right = labels[1:, :] != labels[:-1, :], labels[:, 1:] != labels[:, :-1]
-    edge[1:, :] = np.maximum(edge[1:, :], down)
-    edge[:-1, :] = np.maximum(edge[:-1, :], down)
-    edge[:, 1:] = np.maximum(edge[:, 1:], right)
-    edge[:, :-1] = np.maximum(edge[:, :-1], right)
-    return edge
 
 
 @dataclass(frozen=True)
@@ -112,4 +102,4 @@ class PascalContextSuite(ImageFolderSuite):
             return unit_normals(labels)
         if task == "sal":
             return torch.from_numpy((labels / 255.0 > 0.5).astype(np.int64))
-        return torch.from_numpy((labels > 0.5).astype(np.int64))
+        return torch.from_numpy((labels > 0.5).astype(np.int64))  # edge maps, already 0 / 1

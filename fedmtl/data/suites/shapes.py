@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fedmtl.core.errors import require
+from fedmtl.data.dense_kinds import label_boundary
 from fedmtl.data.suites.base import ClientData, ClientPlan, TaskData, TaskSuite
 from fedmtl.data.task_kinds import TaskSpec
 
@@ -46,6 +47,14 @@ _LIGHT = np.array([-0.4, -0.5, 0.77]) / np.linalg.norm([-0.4, -0.5, 0.77])
 _WAVES = 3
 
 
+def surface_normals(height: np.ndarray) -> np.ndarray:
+    """``[N, 3, H, W]`` unit normals of ``[N, H, W]`` height surfaces (heights per unit of canvas side)."""
+    side = height.shape[-1]
+    dy, dx = np.gradient(height * side, axis=(1, 2))
+    normal = np.stack([-dx, -dy, np.ones_like(dx)], axis=1)
+    return normal / np.linalg.norm(normal, axis=1, keepdims=True)
+
+
 @dataclass(frozen=True)
 class Scenes:
     """``count`` rendered scenes: image ``[N, 3, H, W]``, labels ``[N, H, W]``, height ``[N, H, W]``."""
@@ -55,21 +64,11 @@ class Scenes:
     height: np.ndarray
 
     def normals(self) -> np.ndarray:
-        """``[N, 3, H, W]`` unit normals of the height surface (heights per unit of canvas side)."""
-        side = self.height.shape[-1]
-        dy, dx = np.gradient(self.height * side, axis=(1, 2))
-        normal = np.stack([-dx, -dy, np.ones_like(dx)], axis=1)
-        return normal / np.linalg.norm(normal, axis=1, keepdims=True)
+        return surface_normals(self.height)
 
     def edges(self) -> np.ndarray:
         """``[N, H, W]`` 1 where a 4-neighbour has another label."""
-        labels, edge = self.labels, np.zeros(self.labels.shape, dtype=np.int64)
-        down, right = labels[:, 1:, :] != labels[:, :-1, :], labels[:, :, 1:] != labels[:, :, :-1]
-        edge[:, 1:, :] |= down
-        edge[:, :-1, :] |= down
-        edge[:, :, 1:] |= right
-        edge[:, :, :-1] |= right
-        return edge
+        return label_boundary(self.labels)
 
 
 @dataclass(frozen=True)
@@ -144,13 +143,13 @@ class ShapesSuite(TaskSuite):
             frequency = rng.uniform(1.0, 3.0, size=(count, 2, 1, 1)) * np.pi
             phase = rng.uniform(0, 2 * np.pi, size=(count, 1, 1))
             waves += 0.25 * np.sin(frequency[:, 0] * ys + frequency[:, 1] * xs + phase)
-        scenes = Scenes(np.empty(0), labels, self.relatedness * shape_height + (1 - self.relatedness) * (waves + 0.4))
+        height = self.relatedness * shape_height + (1 - self.relatedness) * (waves + 0.4)
         albedo = np.concatenate([_BACKGROUND[None], _PALETTE[: self.classes]])[labels] + shift  # [N, H, W, 3]
-        shading = 0.35 + 0.65 * np.clip(np.einsum("nchw,c->nhw", scenes.normals(), _LIGHT), 0, None)
+        shading = 0.35 + 0.65 * np.clip(np.einsum("nchw,c->nhw", surface_normals(height), _LIGHT), 0, None)
         image = albedo.transpose(0, 3, 1, 2) * shading[:, None] + self.noise * rng.standard_normal(
             (count, 3, side, side)
         )
-        return Scenes(image, labels, scenes.height)
+        return Scenes(image, labels, height)
 
     @staticmethod
     def _task_data(task: str, scenes: Scenes, count: int) -> TaskData:
