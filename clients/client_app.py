@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import PARTITION_ID_KEY
 
+from clients.secure import secure_reply, secure_request, secure_train_mod
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
 from fedmtl.core import protocol
@@ -96,10 +97,11 @@ def _reports(reports: list[dict[str, float]]) -> RecordDict:
 def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=[secure_train_mod])
     @replies_errors
     def train(msg: Message, context: Context) -> Message:
-        config = msg.content.config_records[protocol.CONFIG]
+        secure = secure_request(msg)  # privacy.secure_aggregation: the request in SecAgg+'s layout
+        config = secure[0] if secure else msg.content.config_records[protocol.CONFIG]
         client = _client(cfg, context, config)
         server_round = int(protocol.as_number(config[protocol.SERVER_ROUND]))
         attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
@@ -113,7 +115,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         if faults.error:
             raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
         store = _store(context, config, client.participant.index)
-        shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+        shared = secure[1] if secure else dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         outcome = client.train(shared, _private_state(context, store, config), server_round)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
@@ -125,6 +127,9 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
             attacked = {protocol.ATTACKED: 1.0}
         if faults.nan:
             sent = {k: torch.full_like(v, float("nan")) for k, v in sent.items()}
+        if secure:
+            metrics = {**outcome.metrics, **attacked}
+            return secure_reply(msg, config, shared, sent, [metrics], metrics[protocol.NUM_EXAMPLES])
         reply = RecordDict(
             {protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord({**outcome.metrics, **attacked})}
         )
@@ -145,8 +150,11 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         """Which participant this node plays (the server samples by participant, not by random node id)."""
         config = msg.content.config_records[protocol.CONFIG]
-        participant = participant_of(run_config_of(cfg, context, config), context)
+        experiment = run_config_of(cfg, context, config)
+        participant = participant_of(experiment, context)
         metrics = MetricRecord({protocol.PARTICIPANT: participant.index, protocol.CLIENT_ID: participant.client_id})
+        if protocol.NUM_EXAMPLES in config:  # asked before secure aggregation: the weight bound's input
+            metrics[protocol.NUM_EXAMPLES] = LocalClient(experiment, participant).num_train_examples()
         return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app

@@ -52,5 +52,13 @@ def run_federation(
     """Run the rounds of ``cfg`` over ``grid`` (from the last checkpoint when ``resume``) into ``run``."""
     key = "clients.members" if cfg.clients.members else "clients.count"
     query = {protocol.CLIENTS_COUNT: cfg.clients.count}
-    engine = GridEngine(grid, pull_interval_s=pull_interval_s, count_key=key, query_config=query)
+    secure = cfg.privacy.secure_aggregation
+    engine = GridEngine(
+        grid,
+        pull_interval_s=pull_interval_s,
+        count_key=key,
+        query_config=query,
+        secure=secure if secure.enabled else None,
+        secure_weighted=not cfg.server.aggregator.uniform_mean,
+    )
     run_rounds(cfg, run, engine, resume=resume, attempt=attempt, state_dir=client_state_dir, echo=echo)

@@ -61,11 +61,12 @@ def test_every_built_in_arm_is_a_valid_config_of_the_tiny_study():
     for name, arm in ARMS.items():
         cfg = arm_config(study, ArmSpec(name=name, base=name))
         for key, value in arm.settings.items():  # each setting reached the config
-            section, field = key.split(".", 1)
-            node = getattr(cfg, section)
-            for part in field.split("."):
+            node = cfg
+            for part in key.split("."):
                 node = getattr(node, part)
-            if isinstance(value, dict):  # a component with its parameters
+            if value == {}:  # a whole section back to its defaults
+                assert node == type(node)(), (name, key)
+            elif isinstance(value, dict):  # a component with its parameters
                 assert all(getattr(node, k) == v for k, v in value.items()), (name, key)
             else:
                 assert getattr(node, "name", node) == value, (name, key)

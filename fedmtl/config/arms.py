@@ -26,8 +26,9 @@ ARMS: dict[str, Arm] = {
     for arm in (
         Arm(
             "local_stl",
-            "each client trains each of its tasks alone, no federation",
-            {"clients.participants": "client_tasks", "server.cohorts": "participant"},
+            "each client trains each of its tasks alone, no federation (nothing is released, so no privacy "
+            "mechanism: the reference a private federation is measured against)",
+            {"clients.participants": "client_tasks", "server.cohorts": "participant", "privacy": {}},
             single_task=True,
         ),
         Arm(
@@ -58,8 +59,9 @@ ARMS: dict[str, Arm] = {
         Arm(
             "central_mtl",
             "all clients' training data pooled into one multi-task model (the upper bound), trained with the "
-            "federation's compute and evaluated on each client's held-out data",
-            {"clients.participants": "pooled", "server.cohorts": "participant"},
+            "federation's compute and evaluated on each client's held-out data (no privacy mechanism: pooling "
+            "is the non-private bound)",
+            {"clients.participants": "pooled", "server.cohorts": "participant", "privacy": {}},
         ),
     )
 }

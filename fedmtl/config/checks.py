@@ -11,6 +11,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
 from fedmtl.data.participants import Participant
+from fedmtl.methods.cohorts import OneCohort
 from fedmtl.model.encoders import ENCODERS
 from fedmtl.model.networks import head_problem, initial_encoder_state, last_weighted_layer, representation_shape
 
@@ -63,6 +64,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         )
     check_heads(cfg)
     check_privacy(cfg)
+    check_secure_aggregation(cfg)
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
@@ -183,6 +185,39 @@ def check_privacy(cfg: ExperimentConfig) -> None:
                 key,
                 "uses each client's update outside the mean that privacy.noise_at: server noises; use noise_at: client",
             )
+
+
+def check_secure_aggregation(cfg: ExperimentConfig) -> None:
+    """SecAgg+ gives the server the mean of the sampled clients' encoder updates and nothing else."""
+    privacy, server = cfg.privacy, cfg.server
+    if not privacy.secure_aggregation.enabled:
+        return
+    if not server.aggregator.mean_of_rows:
+        raise ConfigError(
+            "server.aggregator",
+            f"is {server.aggregator!r}, which needs each client's update; under privacy.secure_aggregation the "
+            "server sees only their mean: use fedavg",
+        )
+    if privacy.central:
+        raise ConfigError(
+            "privacy.noise_at", "server clips each update, which secure aggregation hides: use noise_at: client"
+        )
+    reads_rows = {
+        "server.federate_heads": server.federate_heads,
+        "server.personalisation": server.personalisation.start() is not None,
+        "server.grouping": server.grouping.groups_clients,
+        "server.cohorts": not isinstance(server.cohorts, OneCohort),
+        "server.client_affinity_every": server.client_affinity_every > 0,
+        "server.max_update_norm": server.max_update_norm is not None,
+    }
+    for key, used in reads_rows.items():
+        if used:
+            raise ConfigError(key, "needs each client's update, which privacy.secure_aggregation hides from the server")
+    sampled = sample_size(len(cfg.participants()), server.fraction_fit)
+    if sampled < 2:
+        raise ConfigError(
+            "server.fraction_fit", f"samples {sampled} client a round; secure aggregation needs at least 2"
+        )
 
 
 def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -> None:

@@ -164,6 +164,36 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """Flower's SecAgg+ (Bell et al., CCS 2020) on the encoder updates: the server learns only their
+    (weighted) mean, never one client's update (server/engines/secure.py; docs/METHODS.md, "Privacy")."""
+
+    enabled: bool = False  # true: training rounds aggregate the encoder updates with SecAgg+
+    # each client's secrets are shared with this fraction of the clients sampled in the round (Flower's num_shares)
+    num_shares: float = 1.0
+    # the fraction of a client's shares needed to reconstruct its mask (Flower's reconstruction_threshold)
+    reconstruction_threshold: float = 0.5
+    # every update coordinate (times its weight over the largest weight) must lie in +-clipping_range: a
+    # value outside is cut to it (counted in server.jsonl as secure_aggregation.clipped_values)
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304  # 2^22 levels over [-clipping_range, clipping_range]
+    modulus_range: int = 4294967296  # 2^32: the masked sums wrap modulo this (a power of 2)
+
+    def __post_init__(self) -> None:
+        require(0 < self.num_shares <= 1, "num_shares", f"must be a fraction in (0, 1], got {self.num_shares}")
+        threshold = self.reconstruction_threshold
+        require(0 < threshold <= 1, "reconstruction_threshold", f"must be a fraction in (0, 1], got {threshold}")
+        require(self.clipping_range > 0, "clipping_range", f"must be > 0, got {self.clipping_range}")
+        require(self.quantization_range > 0, "quantization_range", f"must be > 0, got {self.quantization_range}")
+        modulus = self.modulus_range
+        require(
+            modulus > self.quantization_range and modulus & (modulus - 1) == 0,
+            "modulus_range",
+            f"must be a power of 2 above quantization_range, got {modulus}",
+        )
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """Client-level differential privacy of the encoder updates (DP-FedAvg; fedmtl/methods/privacy.py)."""
 
@@ -181,6 +211,8 @@ class PrivacyConfig:
     # adaptive clipping: std of the noise on the count of updates within the bound; null = clients per round / 20
     count_noise: float | None = None
     epsilon_budget: float | None = None  # stop the run before the round that would spend more than this
+    # SecAgg+: {enabled: true, ...}; with FedAvg only, alone or with noise_at: client (docs/METHODS.md)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         bound = self.clip_norm

@@ -41,8 +41,20 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class SecureMean:
+    """What secure aggregation gives the server of a training round: the weighted mean of the participants'
+    encoder updates (``received - trained``; the weights are their example counts, or 1 each), and the
+    protocol's own figures (contributors, values clipped, seconds)."""
+
+    update: dict[str, torch.Tensor]
+    info: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Exchange:
-    """One exchange's replies (in no particular order) and the bytes of parameter arrays sent."""
+    """One exchange's replies (in no particular order) and the bytes of parameter arrays sent. Under
+    secure aggregation a training exchange's replies carry reports only, and ``secure`` the mean update."""
 
     replies: list[Reply]
     payload_bytes: int = 0
+    secure: SecureMean | None = None

@@ -44,6 +44,13 @@ CLIENT_AFFINITY = "client-affinity"
 # of its clients trained from it. Never trained on, never sent back.
 PROBE_PREFIX = "probe/"
 PROBE_BASE = "base"
+# privacy.secure_aggregation: the keys of the encoder in the order of the SecAgg+ parameter list (JSON),
+# the weight bound the round quantizes against (1: every client weighs 1), the clipping range, and in the
+# reply the number of update values cut to the clipping range
+SECURE_KEYS = "secure-keys"
+SECURE_MAX_WEIGHT = "secure-max-weight"
+SECURE_CLIPPING_RANGE = "secure-clipping-range"
+SECURE_CLIPPED = "secure-clipped"
 
 
 class PrivacyViolation(RuntimeError):
@@ -155,3 +162,18 @@ def as_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def encode_reports(reports: Iterable[Mapping[str, object]]) -> dict[str, object]:
+    """Reports as one flat mapping (report ``i``'s ``key`` as ``i/key``): what a legacy Flower reply
+    (SecAgg+'s) can carry in place of one metrics record per report."""
+    return {f"{i}/{key}": value for i, report in enumerate(reports) for key, value in report.items()}
+
+
+def decode_reports(flat: Mapping[str, object]) -> list[dict[str, object]]:
+    """The inverse of :func:`encode_reports`."""
+    reports: dict[int, dict[str, object]] = {}
+    for name, value in flat.items():
+        index, _, key = name.partition("/")
+        reports.setdefault(int(index), {})[key] = value
+    return [reports[i] for i in sorted(reports)]

@@ -41,6 +41,8 @@ SERVER_COLUMNS = (
     "client_affinity",  # server.client_affinity_every: Z(from -> to) of last round's updates per client pair
     "clip_norm",  # privacy.noise_at: server: the bound the updates were clipped to (adaptive clipping moves it)
     "epsilon",  # privacy with noise: the (epsilon, privacy.delta) spent after this round
+    # privacy.secure_aggregation: {contributors, clipped_values, seconds, mean_update_norm} of the SecAgg+ round
+    "secure_aggregation",
 )  # fmt: skip
 
 
@@ -127,6 +129,8 @@ class Recorder(Callback):
         )
         if result.groups is not None:
             state.row.update(groups=result.groups, splits=result.splits)
+        if result.secure is not None:
+            state.row["secure_aggregation"] = result.secure
         affinity = affinity_rows(mean_task_affinity(reports))
         if affinity:
             state.row["task_affinity"] = affinity

@@ -17,7 +17,7 @@ import torch
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core import protocol
-from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, Send
+from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, SecureMean, Send
 from fedmtl.data.participants import Participant
 from fedmtl.federation import groups
 from fedmtl.federation.cohort import Cohort
@@ -50,6 +50,7 @@ class TrainResult:
     failed: list[str] = field(default_factory=list)  # the failures' reasons (first line each)
     groups: dict[str, list[int]] | None = None  # server.grouping: cohort key -> client ids after the round
     splits: list[dict[str, Any]] = field(default_factory=list)  # groups split this round, and into what
+    secure: dict[str, Any] | None = None  # privacy.secure_aggregation: the protocol's figures for the round
 
 
 class ServerAlgorithm:
@@ -158,8 +159,13 @@ class ServerAlgorithm:
 
     # --- what comes back ------------------------------------------------------------------------
 
-    def aggregate(self, sent: Sequence[Send], replies: Sequence[Reply]) -> TrainResult:
-        """Screen every reply, aggregate each cohort's accepted updates (stepping its encoder)."""
+    def aggregate(
+        self, sent: Sequence[Send], replies: Sequence[Reply], secure: SecureMean | None = None
+    ) -> TrainResult:
+        """Screen every reply, aggregate each cohort's accepted updates (stepping its encoder); under
+        secure aggregation, step the one cohort with the ``secure`` mean update."""
+        if secure is not None:
+            return self._aggregate_secure(sent, replies, secure)
         result = TrainResult(sampled=len(sent))
         accepted: list[Accepted] = []
         expected = self.cohorts[0].updater.layout.expected_shapes
@@ -217,6 +223,28 @@ class ServerAlgorithm:
             self.cohorts = regrouped
             self._index_cohorts()
             result.groups = groups.membership(self.cohorts)
+        return result
+
+    def _aggregate_secure(self, sent: Sequence[Send], replies: Sequence[Reply], secure: SecureMean) -> TrainResult:
+        """The server never saw a row: the mean update is the one row FedAvg averages (the config checks
+        allow nothing else under secure aggregation), weighted by every contributor's examples."""
+        (cohort,) = self.cohorts
+        result = TrainResult(sampled=len(sent))
+        for reply in replies:
+            result.replies += 1
+            result.reports += reply.reports
+            if reply.error is not None:
+                result.failures += 1
+                result.failed.append(reply.error.splitlines()[0][:200])
+        contributed = [r for reply in replies if reply.error is None for r in reply.reports]
+        result.accepted = sorted(int(protocol.as_number(r[protocol.CLIENT_ID])) for r in contributed)
+        layout = cohort.updater.layout
+        mean_update = layout.flatten(secure.update)
+        encoder = layout.unflatten(cohort.updater.param.detach() - mean_update)
+        examples = sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in contributed)
+        cohort.step([Accepted(-1, -1, encoder, {}, {protocol.NUM_EXAMPLES: examples})])
+        result.cohorts.append(CohortRound(cohort.key, len(sent), int(secure.info["contributors"]), None))
+        result.secure = {**secure.info, "mean_update_norm": round(float(mean_update.norm()), 6)}
         return result
 
     def _regroup(

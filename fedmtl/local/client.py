@@ -272,6 +272,11 @@ class LocalClient:
         train_local(personal, data, self.specs, self.training, generator, balancer, proximal)
         return with_prefix(PERSONAL, personal.state_dict())
 
+    def num_train_examples(self) -> int:
+        """The examples this participant trains on (FedAvg's weight): what its training reports as ``num_examples``."""
+        data, _ = self._training_split(participant_data(self.cfg, self.participant).train)
+        return sum(len(d) for d in data.values())
+
     def _training_split(self, train: dict[str, TaskData]) -> tuple[dict[str, TaskData], dict[str, TaskData]]:
         """(what the models train on, the validation split) on the device; no validation without roll-back."""
         settings = self.training.rollback

@@ -22,10 +22,12 @@ from flwr.supercore.run import Run
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
+from fedmtl.config.sections import SecureAggregationConfig
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
-from fedmtl.core.messages import EVALUATE, Exchange, Reply, Send
+from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
 from fedmtl.driver.engine import EngineCapabilities
+from server.engines.secure import secure_round
 
 NODE_WAIT_S = 120.0
 SETTLE_S = 2.0  # a federation's node count is taken once it has not changed for this long
@@ -218,14 +220,19 @@ class GridEngine:
         node_timeout_s: float = NODE_WAIT_S,
         count_key: str = "clients.count",
         query_config: Mapping[str, Any] | None = None,
+        secure: SecureAggregationConfig | None = None,
+        secure_weighted: bool = True,
     ) -> None:
         """``query_config``: what a node needs to know who it is when asked (``clients.count`` when the
-        run config leaves it to the federation)."""
+        run config leaves it to the federation). ``secure``: training rounds go through SecAgg+, the mean
+        weighted by example counts when ``secure_weighted``, else plain."""
         self.grid, self.pull_interval_s, self.node_timeout_s = grid, pull_interval_s, node_timeout_s
         self.count_key, self.query_config = count_key, dict(query_config or {})
         self.capabilities = capabilities or capabilities_of(grid)
         self.node_of: dict[int, int] = {}  # participant -> node
         self.known = False  # whether node_of is known to be right (else replies are taken at their word)
+        self.secure, self.secure_weighted = secure, secure_weighted
+        self.max_weight: float | None = None if secure_weighted else 1.0
 
     def connect(self, participants: int, interchangeable: bool) -> None:
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
@@ -237,27 +244,40 @@ class GridEngine:
         else:
             self.node_of, self.known = self.identify(nodes), True
 
-    def identify(self, nodes: list[int]) -> dict[int, int]:
-        """participant -> node, one query per node: node ids are random per run, participants are not."""
-        content = RecordDict({protocol.CONFIG: ConfigRecord({**self.query_config, protocol.SERVER_ROUND: 0})})
+    def _ask(self, nodes: Iterable[int], extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every node's answer to a query (which participant it plays; ``extra`` asks for more)."""
+        config = {**self.query_config, protocol.SERVER_ROUND: 0, **(extra or {})}
+        content = RecordDict({protocol.CONFIG: ConfigRecord(config)})
+        nodes = list(nodes)
         messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
         replies = exchange(self.grid, messages, self.node_timeout_s, self.pull_interval_s)
         if worker_died(replies):
-            raise WorkerPoolDied("a worker died while the participants were being identified")
-        answered = {
-            int(
-                protocol.as_number(m.content.metric_records[protocol.METRICS][protocol.PARTICIPANT])
-            ): m.metadata.src_node_id
+            raise WorkerPoolDied("a worker died while the participants were being asked")
+        answers = [
+            {**m.content.metric_records[protocol.METRICS], "node": m.metadata.src_node_id}
             for m in replies
             if not m.has_error()
-        }
-        if len(answered) < len(nodes):
-            raise FederationError(
-                f"only {len(answered)} of {len(nodes)} nodes answered when asked which participant they play"
-            )
-        return answered
+        ]
+        if len(answers) < len(nodes):
+            failed = next((m.error.reason for m in replies if m.has_error()), "no reply")
+            raise FederationError(f"only {len(answers)} of {len(nodes)} nodes answered a query: {failed}")
+        return answers
+
+    def identify(self, nodes: list[int]) -> dict[int, int]:
+        """participant -> node, one query per node: node ids are random per run, participants are not."""
+        return {int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in self._ask(nodes)}
+
+    def _secure_max_weight(self) -> float:
+        """The largest example count of any participant (asked once): SecAgg+ quantizes each weight
+        against it, so the tightest bound keeps the weights exact."""
+        if self.max_weight is None:
+            answers = self._ask(self.node_of.values(), {protocol.NUM_EXAMPLES: True})
+            self.max_weight = float(max(protocol.as_number(a[protocol.NUM_EXAMPLES]) for a in answers))
+        return self.max_weight
 
     def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+        if self.secure is not None and sends and sends[0].kind == TRAIN:
+            return self._secure_exchange(sends, timeout_s)
         records: dict[int, ArrayRecord] = {}  # one record per distinct state: serialised once
         messages = []
         for send in sends:
@@ -277,3 +297,24 @@ class GridEngine:
         participant_of = {node: p for p, node in self.node_of.items()} if self.known else {}
         converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
         return Exchange(converted, payload_bytes(messages))
+
+    def _secure_exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+        """A training round through SecAgg+ (server/engines/secure.py)."""
+        assert self.secure is not None
+        if not self.known:  # every reply is a contribution to one sum: the server must know who sent it
+            self.node_of, self.known = self.identify(list(self.node_of.values())), True
+        found = secure_round(
+            lambda messages, timeout: self._carry(messages, timeout_s if timeout is None else timeout),
+            sends,
+            self.node_of,
+            self.secure,
+            self._secure_max_weight(),
+            timeout_s,
+        )
+        return Exchange(found.replies, found.bytes_down, found.mean)
+
+    def _carry(self, messages: list[Message], timeout_s: float) -> list[Message]:
+        replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s)
+        if worker_died(replies):
+            raise WorkerPoolDied("a worker died during secure aggregation")
+        return replies

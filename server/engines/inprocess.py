@@ -9,6 +9,7 @@ worker deaths (``faults.worker_kill_round``) need another engine.
 from __future__ import annotations
 
 import contextlib
+import copy
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -48,8 +49,12 @@ class InProcessGrid(PlacedGrid):
             message.metadata.__dict__.update(
                 _message_id=uuid.uuid4().hex, _run_id=self._run.run_id, _src_node_id=SUPERLINK_NODE_ID
             )  # what a SuperLink sets on a pushed message
+            # each node gets its own copy, as over a wire: the SecAgg+ mod edits the records it is sent, and
+            # Flower's workflow sends every node the same ones
+            delivered = Message(copy.deepcopy(message.content), node, message.metadata.message_type)
+            delivered.metadata.__dict__.update(message.metadata.__dict__)
             try:
-                reply = self.client_app(message, self.contexts[node])
+                reply = self.client_app(delivered, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - the ClientApp raised: an error reply, as Flower's engines make
                 reply = Message(
                     Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message

@@ -121,6 +121,12 @@ class Aggregator(Component):
         rows are clipped to ``C`` (what noise at the server is calibrated to)."""
         return False
 
+    @property
+    def mean_of_rows(self) -> bool:
+        """The direction is a mean of the rows weighted by their example counts or by nothing, which the
+        server can have from secure aggregation without seeing any row."""
+        return False
+
 
 class GramianAggregator(Aggregator):
     """An aggregator whose weights depend on the rows only through the Gramian ``G G^T``.

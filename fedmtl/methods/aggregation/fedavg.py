@@ -22,6 +22,10 @@ class FedAvg(Aggregator):
     def uniform_mean(self) -> bool:
         return not self.weighted
 
+    @property
+    def mean_of_rows(self) -> bool:
+        return True
+
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
         counts = inputs.num_examples.to(torch.float64)
         if not self.weighted:

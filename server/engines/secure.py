@@ -1,0 +1,201 @@
+"""Secure aggregation of a training round with Flower's SecAgg+ (Bell et al., CCS 2020).
+
+The server drives Flower's ``SecAggPlusWorkflow`` (four message exchanges: setup, key sharing, masked
+vectors, unmasking) through the engine's exchange, over whatever grid it holds, and learns only the weighted mean of the
+sampled clients' encoder updates; each client's update leaves it masked (``secaggplus_mod`` on the
+ClientApp's train handler, :func:`clients.secure.secure_train_mod`). The workflow is Flower's legacy
+API, so it is handed a one-shot stand-in for a strategy that returns this round's instructions and keeps
+the results.
+
+What the server still sees: which clients took part, their example counts (SecAgg+ sends them in the
+clear) and their training metrics. Values are quantized to ``quantization_range`` levels over
+``[-clipping_range, clipping_range]`` (error at most ``2 * clipping_range / quantization_range`` per
+coordinate and client) and anything outside that range is cut to it: clients count such values and the
+server row reports the count. Flower's masks are seeded from 32-bit values: a simulation of the
+protocol's flow and cost, not a hardened implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+
+from fedmtl.config.sections import SecureAggregationConfig
+from fedmtl.core import protocol
+from fedmtl.core.messages import Reply, SecureMean, Send
+
+
+@dataclass(frozen=True)
+class _Node:
+    """What the workflow needs of a legacy client proxy: its node id."""
+
+    node_id: int
+
+
+@dataclass
+class _OneRound:
+    """The strategy calls ``SecAggPlusWorkflow`` makes: this round's instructions out, the results kept."""
+
+    instructions: list[tuple[_Node, FitIns]]
+    results: list[tuple[_Node, FitRes]] | None = None
+    failures: list[Any] = field(default_factory=list)
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[_Node, FitIns]]:
+        return self.instructions
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        self.results, self.failures = results, failures
+        return (results[0][1].parameters if results else None), {}
+
+
+class _Carrier:
+    """The engine's grid as the workflow sees it: ``send_and_receive`` through the engine's own exchange
+    (fast pulls from a SuperLink), counting the bytes each way."""
+
+    def __init__(self, exchange: Callable[[list[Message], float | None], list[Message]]) -> None:
+        self._exchange = exchange
+        self.bytes_down = 0
+        self.bytes_up: dict[int, int] = {}  # node -> bytes it sent
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        self.bytes_down += sum(message_bytes(m) for m in messages)
+        replies = self._exchange(messages, timeout)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            self.bytes_up[node] = self.bytes_up.get(node, 0) + message_bytes(reply)
+        return replies
+
+
+def message_bytes(message: Message) -> int:
+    """Bytes of arrays and of byte strings in a message (SecAgg+'s masked vectors and key shares travel as bytes)."""
+    if message.has_error():
+        return 0
+    content = message.content
+    arrays = sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    raw = 0
+    for record in content.config_records.values():
+        for value in record.values():
+            items = value if isinstance(value, list) else [value]
+            raw += sum(len(v) for v in items if isinstance(v, bytes))
+    return arrays + raw
+
+
+@contextmanager
+def _quiet_flower() -> Iterator[None]:
+    """The workflow logs every stage at INFO; fedmtl reports the round itself."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def secure_fit_config(
+    send: Send, keys: Sequence[str], max_weight: float, settings: SecureAggregationConfig
+) -> dict[str, Any]:
+    """The round's config as a client's secure train handler reads it."""
+    return {
+        **send.config,
+        protocol.SECURE_KEYS: json.dumps([[k, list(send.arrays[k].shape)] for k in keys]),
+        protocol.SECURE_MAX_WEIGHT: float(max_weight),
+        protocol.SECURE_CLIPPING_RANGE: float(settings.clipping_range),
+    }
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    mean: SecureMean | None
+    replies: list[Reply]  # reports only, one per participant (failures included)
+    bytes_down: int
+
+
+def secure_round(
+    exchange: Callable[[list[Message], float | None], list[Message]],
+    sends: Sequence[Send],
+    node_of: Mapping[int, int],
+    settings: SecureAggregationConfig,
+    max_weight: float,
+    timeout_s: float,
+) -> SecureRound:
+    """One training round under SecAgg+: the weighted mean of the sampled participants' encoder updates
+    (``received - trained``) and one report-only reply per participant (failures included)."""
+    arrays = sends[0].arrays
+    keys = sorted(arrays)
+    participant_of = {node_of[s.participant]: s.participant for s in sends}
+    instructions = [
+        (
+            _Node(node_of[s.participant]),
+            FitIns(
+                ndarrays_to_parameters([_wire(arrays[k]) for k in keys]),
+                secure_fit_config(s, keys, max_weight, settings),
+            ),
+        )
+        for s in sends
+    ]
+    strategy = _OneRound(instructions)
+    run_config: dict[str, Any] = {}
+    legacy = LegacyContext(Context(0, 0, {}, RecordDict(), run_config), strategy=strategy)  # type: ignore[arg-type]
+    server_round = int(protocol.as_number(sends[0].config[protocol.SERVER_ROUND]))
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        instructions[0][1].parameters, True
+    )
+    workflow = SecAggPlusWorkflow(
+        num_shares=float(settings.num_shares),
+        reconstruction_threshold=float(settings.reconstruction_threshold),
+        max_weight=max_weight,
+        clipping_range=settings.clipping_range,
+        quantization_range=settings.quantization_range,
+        modulus_range=settings.modulus_range,
+        timeout=timeout_s,
+    )
+    carrier = _Carrier(exchange)
+    started = time.perf_counter()
+    with _quiet_flower():
+        workflow(carrier, legacy)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - started
+    results = strategy.results or []
+    replies = [
+        Reply(
+            participant_of.get(node.node_id),
+            reports=protocol.decode_reports(res.metrics),
+            payload_bytes=carrier.bytes_up.get(node.node_id, 0),
+        )
+        for node, res in results
+    ]
+    answered = {node.node_id for node, _ in results}
+    reason = "dropped out of secure aggregation" if results else "secure aggregation halted (too few clients answered)"
+    replies += [Reply(p, error=reason) for node, p in participant_of.items() if node not in answered]
+    if not results:
+        return SecureRound(None, replies, carrier.bytes_down)
+    flat = parameters_to_ndarrays(results[0][1].parameters)  # every result carries the aggregate
+    mean = {
+        k: torch.from_numpy(np.asarray(v, dtype=np.float64)).to(arrays[k].dtype).reshape(arrays[k].shape)
+        for k, v in zip(keys, flat)
+    }
+    clipped = sum(int(protocol.as_number(r.reports[0].get(protocol.SECURE_CLIPPED, 0))) for r in replies if r.reports)
+    info = {"contributors": len(results), "clipped_values": clipped, "seconds": round(seconds, 4)}
+    return SecureRound(SecureMean(mean, info), replies, carrier.bytes_down)
+
+
+def _wire(tensor: torch.Tensor) -> np.ndarray:
+    """Flower 1.41's unmasking skips 0-d arrays (secaggplus_workflow.py): every array goes as at least 1-d."""
+    return np.atleast_1d(tensor.detach().cpu().numpy())
