@@ -25,11 +25,23 @@ SECAGG_CONFIGS = "secaggplus_configs"  # the record the SecAgg+ workflow puts it
 FIT_PARAMETERS, FIT_CONFIG = "fitins.parameters", "fitins.config"
 
 
+class SecureTrainingFailed(RuntimeError):
+    """The handler failed in a secure round: raised so that the failure's reason reaches the server
+    (``secaggplus_mod`` cannot pass an error reply on)."""
+
+
 def secure_train_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """SecAgg+ on the messages of a secure round; every other message goes straight to the handler."""
-    if msg.metadata.message_type == MessageType.TRAIN and SECAGG_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
+    if msg.metadata.message_type != MessageType.TRAIN or SECAGG_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+
+    def handler(request: Message, handler_context: Context) -> Message:
+        reply = call_next(request, handler_context)
+        if reply.has_error():
+            raise SecureTrainingFailed(reply.error.reason)
+        return reply
+
+    return secaggplus_mod(msg, context, handler)
 
 
 def secure_request(msg: Message) -> tuple[ConfigRecord, dict[str, torch.Tensor]] | None:

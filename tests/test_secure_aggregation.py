@@ -17,7 +17,7 @@ from fedmtl.config.expansion import arm_config
 from fedmtl.config.loading import load_config
 from fedmtl.config.study import ArmSpec
 from fedmtl.core import protocol
-from fedmtl.core.errors import ConfigError
+from fedmtl.core.errors import ConfigError, FederationError
 from fedmtl.core.files import read_rows
 from fedmtl.local.client import LocalClient
 from server.engines.secure import message_bytes
@@ -146,3 +146,13 @@ def test_the_reports_a_legacy_reply_carries_round_trip():
     reports = [{protocol.CLIENT_ID: 2, "train/a/loss": 0.5}, {protocol.CLIENT_ID: 3, "x": "y"}]
     assert protocol.decode_reports(protocol.encode_reports(reports)) == reports
     assert json.dumps(protocol.encode_reports(reports))  # flat and serialisable
+
+
+def test_a_round_whose_clients_all_fail_stops_with_their_reason(tmp_path, caplog):
+    # client_error_rate 0.5 with seed 2: all three clients raise in round 1
+    with pytest.raises(FederationError, match="only 0 of 3 sampled clients"):
+        serve_run(tmp_path, "secure", *ONE_ROUND, "seed=2", "faults.client_error_rate=0.5", SECURE)
+    [row] = read_rows(tmp_path / "secure" / "server.jsonl")
+    assert row["failures"] == 3 and row.get("secure_aggregation") is None
+    failed = [r.getMessage() for r in caplog.records if "a participant failed" in r.getMessage()]
+    assert len(failed) == 3 and all("injected error" in m and "halted" in m for m in failed), failed

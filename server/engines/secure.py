@@ -71,6 +71,7 @@ class _Carrier:
         self._exchange = exchange
         self.bytes_down = 0
         self.bytes_up: dict[int, int] = {}  # node -> bytes it sent
+        self.errors: dict[int, str] = {}  # node -> why it failed, the first time it did
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
@@ -79,6 +80,8 @@ class _Carrier:
         for reply in replies:
             node = reply.metadata.src_node_id
             self.bytes_up[node] = self.bytes_up.get(node, 0) + message_bytes(reply)
+            if reply.has_error():
+                self.errors.setdefault(node, reply.error.reason or f"error code {reply.error.code}")
         return replies
 
 
@@ -182,8 +185,12 @@ def secure_round(
         for node, res in results
     ]
     answered = {node.node_id for node, _ in results}
-    reason = "dropped out of secure aggregation" if results else "secure aggregation halted (too few clients answered)"
-    replies += [Reply(p, error=reason) for node, p in participant_of.items() if node not in answered]
+    halted = "" if results else "; secure aggregation halted: too few clients left"
+    replies += [
+        Reply(p, error=carrier.errors.get(node, "dropped out of secure aggregation") + halted)
+        for node, p in participant_of.items()
+        if node not in answered
+    ]
     if not results:
         return SecureRound(None, replies, carrier.bytes_down)
     flat = parameters_to_ndarrays(results[0][1].parameters)  # every result carries the aggregate
