@@ -239,6 +239,9 @@ def test_a_sweep_over_noise_draws_each_tasks_delta_against_local_training_over_e
     from fedmtl.report.privacy import privacy_utility_series
 
     studies = [collect_study(root / f"points/{i}") for i in (0, 1)]
-    lines = privacy_utility_series([(s, comparisons(s)) for s in studies])
+    lines = privacy_utility_series([(s, comparisons(s), "") for s in studies])
     assert {line.label for line in lines} == {"fed_mtl · cls", "fed_mtl · reg"}
     assert all(line.x == [20.0, 2.0] for line in lines)
+    # points that differ in another swept key are never joined into one line
+    apart = privacy_utility_series([(s, comparisons(s), f"data.task_cosine={c}") for s, c in zip(studies, (1, 0))])
+    assert len(apart) == 4 and all(len(line.x) == 1 for line in apart)

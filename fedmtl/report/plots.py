@@ -331,14 +331,20 @@ def plot_sweep_conflict(series: Sequence[ConflictSeries], x_label: str, arm: str
 
 def plot_privacy_utility(series: Sequence[SweepSeries], path: Path) -> Path | None:
     """Each task's delta against local training (%) over the epsilon spent, one line per arm and task
-    (``SweepSeries.delta_m`` holds the task's delta here); epsilon on a log axis."""
+    (``SweepSeries.delta_m`` holds the task's delta here); epsilon on a log axis. Lines labelled
+    ``arm · task · setting`` go to one panel per setting (what else the sweep varied)."""
     if not series:
         return None
-    fig, axes = new_figure(1, width=6.5, columns=1)
+    panels: dict[str, list[SweepSeries]] = {}
     for line in series:
-        _errorbar_line(axes[0], line.x, line.delta_m, line.label, None, 100.0)
-    _swept_axis(
-        axes[0], "epsilon (delta as configured)", "Δ vs local training (%, mean ± std)", "privacy–utility", None
-    )
-    axes[0].set_xscale("log")
+        parts = line.label.split(" · ", 2)
+        panels.setdefault(parts[2] if len(parts) == 3 else "", []).append(line)
+    fig, axes = new_figure(len(panels), width=6.5, height=4.2, columns=2)
+    for ax, (setting, lines) in zip(axes, panels.items()):
+        for line in lines:
+            label = " · ".join(line.label.split(" · ", 2)[:2])
+            _errorbar_line(ax, line.x, line.delta_m, label, None, 100.0)
+        title = f"privacy–utility, {setting}" if setting else "privacy–utility"
+        _swept_axis(ax, "epsilon (delta as configured)", "Δ vs local training (%, mean ± std)", title, None)
+        ax.set_xscale("log")
     return save_figure(fig, path)

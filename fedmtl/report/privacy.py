@@ -49,19 +49,21 @@ def privacy_blocks(data: StudyData) -> list[Block]:
 
 
 def privacy_utility_series(
-    points: Sequence[tuple[StudyData, Sequence[Comparison]]],
+    points: Sequence[tuple[StudyData, Sequence[Comparison], str]],
 ) -> list[SweepSeries]:
-    """Per (arm, task): the task's delta against a single-task arm (local training) over the mean epsilon
-    the arm spent, one x per sweep point where it spent any (``delta_m`` carries the task's delta)."""
+    """Per (arm, task, setting): the task's delta against a single-task arm (local training) over the mean
+    epsilon the arm spent, one x per sweep point where it spent any (``delta_m`` carries the task's delta).
+    A point's ``setting`` names what else the sweep varied there (``data.task_cosine=0.0``), so that
+    points of different settings are not joined into one line."""
     lines: dict[str, SweepSeries] = {}
-    for data, found in points:
+    for data, found, setting in points:
         spent = privacy_spent(data)
         for comparison in found:
             if not comparison.single_task or comparison.arm not in spent:
                 continue
             epsilon = statistics.mean(e for e, _ in spent[comparison.arm])
             for task, delta in comparison.tasks.items():
-                label = f"{comparison.arm} · {task}"
+                label = f"{comparison.arm} · {task}" + (f" · {setting}" if setting else "")
                 line = lines.setdefault(label, SweepSeries(label, [], [], []))
                 line.x.append(epsilon)
                 line.delta_m.append((delta.spread.mean, delta.spread.std))

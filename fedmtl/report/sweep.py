@@ -228,7 +228,7 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     ]
     if figure is not None:
         blocks.append(Image(figure, f"Δm and worst-task delta against {sweep.keys[0]} (mean ± std over seeds)."))
-    tradeoff = privacy_utility_series([(studies[p.index], results[p.index]) for p in sweep.points])
+    tradeoff = privacy_utility_series([(studies[p.index], results[p.index], other_settings(p)) for p in sweep.points])
     privacy_figure = plot_privacy_utility(tradeoff, sweep.path / PRIVACY_UTILITY_PNG)
     if privacy_figure is not None:
         caption = "Privacy–utility: each task's Δ against local training over the epsilon its arm spent (mean ± std over seeds)."
@@ -248,3 +248,8 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
         )
     (sweep.path / SWEEP_MD).write_text(to_markdown(blocks, sweep.path))
     return rows
+
+
+def other_settings(point: SweepPoint) -> str:
+    """What a sweep point sets besides the privacy mechanism (``privacy.*``), as ``key=value, ...``."""
+    return ", ".join(f"{key}={value}" for key, value in point.values.items() if not key.startswith("privacy."))
