@@ -15,9 +15,9 @@ from dp_accounting import rdp
 from fedmtl.config.loading import load_config
 from fedmtl.config.sections import PrivacyConfig, ServerOptimizerConfig
 from fedmtl.core.errors import ConfigError
-from fedmtl.federation.accounting import central_epsilon, local_epsilon
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.client import LocalClient
+from fedmtl.methods.accounting import central_epsilon, local_epsilon
 from fedmtl.methods.aggregation.fedavg import FedAvg
 from fedmtl.methods.privacy import clip_rows, privatise_update
 from fedmtl.model.networks import initial_shared_state

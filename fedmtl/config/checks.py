@@ -11,6 +11,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
 from fedmtl.data.participants import Participant
+from fedmtl.methods.balancing import Static
 from fedmtl.methods.cohorts import OneCohort
 from fedmtl.model.encoders import ENCODERS
 from fedmtl.model.networks import head_problem, initial_encoder_state, last_weighted_layer, representation_shape
@@ -65,6 +66,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     check_heads(cfg)
     check_privacy(cfg)
     check_secure_aggregation(cfg)
+    check_sample_level(cfg)
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
@@ -185,6 +187,28 @@ def check_privacy(cfg: ExperimentConfig) -> None:
                 key,
                 "uses each client's update outside the mean that privacy.noise_at: server noises; use noise_at: client",
             )
+
+
+def check_sample_level(cfg: ExperimentConfig) -> None:
+    """DP-SGD clips each example's gradient of a fixed weighted sum of task losses, and nothing else may
+    read the training data's gradients around it."""
+    if not cfg.privacy.sample_level.enabled:
+        return
+    client = cfg.client
+    if not isinstance(client.balancing, Static):
+        raise ConfigError(
+            "client.balancing",
+            f"is {client.balancing!r}; per-example clipping (privacy.sample_level) takes fixed task weights: static",
+        )
+    reads_gradients = {"client.surgery": client.surgery is not None, "client.affinity_every": client.affinity_every > 0}
+    for key, used in reads_gradients.items():
+        if used:
+            raise ConfigError(key, "works on batch gradients that privacy.sample_level does not clip or noise")
+    if getattr(cfg.model.encoder, "norm", None) == "batch":
+        raise ConfigError(
+            "model.encoder.norm",
+            "batch statistics mix the examples of a batch: per-example gradients (privacy.sample_level) need norm: group",
+        )
 
 
 def check_secure_aggregation(cfg: ExperimentConfig) -> None:

@@ -194,6 +194,24 @@ class SecureAggregationConfig:
 
 
 @dataclass(frozen=True)
+class SampleLevelConfig:
+    """DP-SGD inside each client (Abadi et al., CCS 2016): every example's gradient clipped, Gaussian noise
+    on their sum, each client's own epsilon (fedmtl/local/dp_sgd.py; docs/METHODS.md, "Privacy")."""
+
+    clip_norm: float | None = None  # L2 bound on one example's gradient (all trained parameters); null = off
+    noise_multiplier: float = 1.0  # sigma: noise of std sigma * clip_norm on each step's sum of clipped gradients
+
+    def __post_init__(self) -> None:
+        bound = self.clip_norm
+        require(bound is None or bound > 0, "clip_norm", f"must be > 0, got {bound}")
+        require(self.noise_multiplier >= 0, "noise_multiplier", f"must be >= 0, got {self.noise_multiplier}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip_norm is not None
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """Client-level differential privacy of the encoder updates (DP-FedAvg; fedmtl/methods/privacy.py)."""
 
@@ -213,6 +231,8 @@ class PrivacyConfig:
     epsilon_budget: float | None = None  # stop the run before the round that would spend more than this
     # SecAgg+: {enabled: true, ...}; with FedAvg only, alone or with noise_at: client (docs/METHODS.md)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    # DP-SGD inside each client: {clip_norm: 1.0, noise_multiplier: 1.0}; epsilon per client at privacy.delta
+    sample_level: SampleLevelConfig = field(default_factory=SampleLevelConfig)
 
     def __post_init__(self) -> None:
         bound = self.clip_norm

@@ -29,6 +29,7 @@ PARTICIPANT = "participant"  # the participant (node partition) that sent a repl
 TRAIN_LOSS = "train-loss"  # mean of the client's task losses (FedFV orders clients by it)
 ATTACKED = "attacked"  # 1.0 in a training reply whose encoder update an injected attack forged (faults.attack)
 ON_GPU = "on-gpu"  # 1.0 when the client trained on a CUDA device
+SAMPLE_EPSILON = "sample-epsilon"  # privacy.sample_level: the epsilon this client's DP-SGD has spent so far
 ASSIGNED_GPU = "assigned-gpu"  # first id in CUDA_VISIBLE_DEVICES as Ray set it, -1 when none
 
 TRAIN, EVAL, PERSONAL = "train", "eval", "personal"  # splits; PERSONAL = a client's personalised copy

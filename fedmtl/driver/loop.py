@@ -42,6 +42,7 @@ class RunState:
     failed: bool = False  # the current round failed (too few valid updates): the run stops after it
     stopped: str | None = None
     epsilon: float | None = None  # privacy with noise: the (epsilon, privacy.delta) spent so far
+    sample_epsilon: dict[int, float] = field(default_factory=dict)  # privacy.sample_level: client -> its epsilon
     seconds: float = 0.0  # the last round's wall time
     round_rows: list[dict[str, Any]] = field(default_factory=list)  # the metric rows recorded this round
 

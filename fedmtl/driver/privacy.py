@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections import Counter
 
 from fedmtl.config.experiment import ExperimentConfig, sample_size
+from fedmtl.core import protocol
 from fedmtl.core.files import read_rows
-from fedmtl.core.layout import SERVER_FILE
+from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
 from fedmtl.core.messages import Exchange
 from fedmtl.driver.loop import Callback, RunState
-from fedmtl.federation.accounting import central_epsilon, local_epsilon
 from fedmtl.federation.algorithm import TrainResult
+from fedmtl.methods.accounting import central_epsilon, local_epsilon
 
 
 class PrivacyAccounting(Callback):
@@ -35,7 +36,8 @@ class PrivacyAccounting(Callback):
         for row in read_rows(state.run.path / SERVER_FILE):
             if row["round"] <= state.done:
                 self.rounds_done = max(self.rounds_done, row["round"])
-                self.sent.update(row.get("clients") or [])
+                secure = row.get("secure_aggregation") or {}  # the server saw no rows: the contributors
+                self.sent.update(row.get("clients") or secure.get("clients") or [])
 
     def on_trained(self, state: RunState, server_round: int, result: TrainResult, exchange: Exchange) -> None:
         self.rounds_done = server_round
@@ -52,3 +54,20 @@ class PrivacyAccounting(Callback):
                 f"privacy budget: epsilon {spent:.3g} after round {server_round}; "
                 f"round {server_round + 1} would reach {following:.3g} > {budget:g}"
             )
+
+
+class SampleLevelAccounting(Callback):
+    """``privacy.sample_level``: each client's own epsilon, as its last training report gave it."""
+
+    def on_run_start(self, state: RunState) -> None:
+        if state.done == 0:
+            return
+        for row in read_rows(state.run.path / CLIENTS_FILE):
+            if row["round"] <= state.done and row.get("sample_epsilon") is not None:
+                state.sample_epsilon[int(row["client"])] = float(row["sample_epsilon"])
+
+    def on_trained(self, state: RunState, server_round: int, result: TrainResult, exchange: Exchange) -> None:
+        for report in result.reports:
+            if protocol.SAMPLE_EPSILON in report:
+                client = int(protocol.as_number(report[protocol.CLIENT_ID]))
+                state.sample_epsilon[client] = float(protocol.as_number(report[protocol.SAMPLE_EPSILON]))

@@ -57,6 +57,7 @@ CLIENT_COLUMNS = (
     "task_cosines",
     "attacked",  # the client forged its encoder update this round (faults.attack)
     "task_affinity",  # client.affinity_every: lookahead affinity Z(from -> to) per ordered task pair
+    "sample_epsilon",  # privacy.sample_level: the epsilon the client's DP-SGD has spent by this round
 )
 
 
@@ -182,6 +183,7 @@ class Recorder(Callback):
                     "task_weights": {task: m.get("weight") for task, m in sorted(train.items())},
                     "task_cosines": pair_rows(report),
                     "attacked": bool(report.get(protocol.ATTACKED)),
+                    "sample_epsilon": report.get(protocol.SAMPLE_EPSILON),
                     "task_affinity": affinity_rows(protocol.unflatten_pair_metrics(report, protocol.TASK_AFFINITY)),
                 }
             )

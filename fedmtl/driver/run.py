@@ -8,7 +8,7 @@ from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.driver.checkpointing import Checkpointing
 from fedmtl.driver.engine import Engine
 from fedmtl.driver.loop import Callback, RoundDriver, RunState
-from fedmtl.driver.privacy import PrivacyAccounting
+from fedmtl.driver.privacy import PrivacyAccounting, SampleLevelAccounting
 from fedmtl.driver.recording import Recorder
 from fedmtl.driver.summary import Progress, Summary
 from fedmtl.driver.tensorboard import TensorBoard
@@ -24,6 +24,8 @@ def run_callbacks(cfg: ExperimentConfig, run: RunDirectory, echo: Callable[[str]
     callbacks: list[Callback] = [Recorder(), Checkpointing()]
     if cfg.privacy.noise_multiplier > 0:
         callbacks.append(PrivacyAccounting(cfg))
+    if cfg.privacy.sample_level.enabled:
+        callbacks.append(SampleLevelAccounting())
     if run.tensorboard:
         callbacks.append(TensorBoard())
     callbacks.append(Summary())

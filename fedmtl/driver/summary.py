@@ -21,7 +21,7 @@ class Summary(Callback):
     def on_run_end(self, state: RunState) -> None:
         encoders = state.algorithm.encoders()
         state.run.save_encoder(next(iter(encoders.values())) if len(encoders) == 1 else encoders)
-        write_run_summary(state.run, state.cfg, state.curves, state.stopped, state.epsilon)
+        write_run_summary(state.run, state.cfg, state.curves, state.stopped, state.epsilon, state.sample_epsilon)
 
 
 def write_run_summary(
@@ -30,6 +30,7 @@ def write_run_summary(
     curves: EvalCurves,
     stopped: str | None = None,
     epsilon: float | None = None,
+    sample_epsilon: Mapping[int, float] | None = None,
 ) -> list[dict]:
     """``summary.json``/``summary.md`` from the evaluation curves (why the run stopped early, if it did, and
     the privacy spent, with noise); returns the per-task summary."""
@@ -42,6 +43,16 @@ def write_run_summary(
         overview["privacy"] = {"epsilon": epsilon, "delta": cfg.privacy.delta}
         text += (
             f"\nPrivacy spent: epsilon {epsilon:.3g} at delta {cfg.privacy.delta:g} ({cfg.privacy.noise_at} noise).\n"
+        )
+    if sample_epsilon:
+        worst = max(sample_epsilon.values())
+        overview.setdefault("privacy", {"delta": cfg.privacy.delta})["sample_level"] = {
+            "epsilon_max": worst,
+            "epsilon_by_client": {str(c): e for c, e in sorted(sample_epsilon.items())},
+        }
+        text += (
+            f"\nSample-level DP inside the clients: epsilon up to {worst:.3g} at delta {cfg.privacy.delta:g} "
+            "(each client's own, clients.jsonl).\n"
         )
     if stopped:
         overview["stopped"] = stopped

@@ -244,7 +244,11 @@ class ServerAlgorithm:
         examples = sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in contributed)
         cohort.step([Accepted(-1, -1, encoder, {}, {protocol.NUM_EXAMPLES: examples})])
         result.cohorts.append(CohortRound(cohort.key, len(sent), int(secure.info["contributors"]), None))
-        result.secure = {**secure.info, "mean_update_norm": round(float(mean_update.norm()), 6)}
+        result.secure = {
+            **secure.info,
+            "clients": result.accepted,
+            "mean_update_norm": round(float(mean_update.norm()), 6),
+        }
         return result
 
     def _regroup(

@@ -24,7 +24,7 @@ from fedmtl.core import protocol
 from fedmtl.core.params import is_head, task_of
 from fedmtl.data.participants import Participant
 from fedmtl.data.suites import TaskData
-from fedmtl.local import rollback
+from fedmtl.local import dp_sgd, rollback
 from fedmtl.local.affinity import client_lookahead_affinity
 from fedmtl.local.data import data_key, participant_data
 from fedmtl.local.data_checks import shortcut_check
@@ -185,8 +185,15 @@ class LocalClient:
             client_affinity = client_lookahead_affinity(model, self._probe_batches(data), self.specs, base, trained)
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
         balancer = self.training.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
-        stats = train_local(model, data, self.specs, self.training, generator, balancer)
+        sample_level, accounted = self.cfg.privacy.sample_level, dict[str, float]()
+        if sample_level.enabled:  # DP-SGD: each example's gradient clipped and noised (fedmtl/local/dp_sgd.py)
+            stats = dp_sgd.train_local_dp(model, data, self.specs, self.training, generator, balancer, sample_level)
+        else:
+            stats = train_local(model, data, self.specs, self.training, generator, balancer)
         new_private = {**with_prefix(MODEL, self._private_part(model)), **with_prefix(BALANCER, balancer.state())}
+        if sample_level.enabled:
+            steps, accounted = dp_sgd.account(private, data, self.training, sample_level, self.cfg.privacy.delta)
+            new_private.update(steps)
         if self.sharing.personal_mu is not None:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
         if self.training.rollback.enabled:
@@ -199,6 +206,7 @@ class LocalClient:
             private=new_private,
             metrics={
                 **self._train_metrics(stats, data),
+                **accounted,
                 **{f"{protocol.CLIENT_AFFINITY}/{i}/{self.client_id}": z for i, z in client_affinity.items()},
             },
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from fedmtl.core.layout import SUMMARY_JSON
 from fedmtl.report.analysis import Comparison
@@ -14,22 +15,51 @@ from fedmtl.report.plots import SweepSeries
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 
-def privacy_spent(data: StudyData) -> dict[str, list[tuple[float, float]]]:
-    """Arm -> (epsilon, delta) of each of its runs that spent privacy, in seed order."""
-    spent: dict[str, list[tuple[float, float]]] = {}
+def _privacy_of_runs(data: StudyData) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(arm, the ``privacy`` of its ``summary.json``) of every run that spent any, in seed order."""
     for (arm, _), result in sorted(data.results.items()):
         path = result.run.dir / SUMMARY_JSON
         privacy = json.loads(path.read_text()).get("privacy") if path.exists() else None
         if privacy:
+            yield arm, privacy
+
+
+def privacy_spent(data: StudyData) -> dict[str, list[tuple[float, float]]]:
+    """Arm -> (epsilon, delta) of each of its runs that spent client-level privacy, in seed order."""
+    spent: dict[str, list[tuple[float, float]]] = {}
+    for arm, privacy in _privacy_of_runs(data):
+        if "epsilon" in privacy:
             spent.setdefault(arm, []).append((float(privacy["epsilon"]), float(privacy["delta"])))
+    return spent
+
+
+def sample_level_spent(data: StudyData) -> dict[str, list[float]]:
+    """Arm -> the largest per-client epsilon of sample-level DP (``privacy.sample_level``) of each run."""
+    spent: dict[str, list[float]] = {}
+    for arm, privacy in _privacy_of_runs(data):
+        if "sample_level" in privacy:
+            spent.setdefault(arm, []).append(float(privacy["sample_level"]["epsilon_max"]))
     return spent
 
 
 def privacy_blocks(data: StudyData) -> list[Block]:
     """A table of the epsilon each arm spent, where any did."""
     spent = privacy_spent(data)
+    inside = sample_level_spent(data)
+    blocks: list[Block] = []
+    if inside:
+        blocks = [
+            Paragraph(
+                "Sample-level DP inside the clients (`privacy.sample_level`): the largest epsilon any client of a "
+                "run spent, mean over seeds."
+            ),
+            Table(
+                ["arm", "epsilon (largest client)", "runs"],
+                [[a, f"{statistics.mean(e):.3g}", str(len(e))] for a, e in inside.items()],
+            ),
+        ]
     if not spent:
-        return []
+        return [Heading("Privacy spent"), *blocks] if blocks else []
     rows = []
     for arm, values in spent.items():
         epsilons = [e for e, _ in values]
@@ -45,6 +75,7 @@ def privacy_blocks(data: StudyData) -> list[Block]:
             "(`privacy`, docs/METHODS.md): mean over seeds; arms without noise are not listed."
         ),
         Table(["arm", "epsilon", "delta", "runs"], rows),
+        *blocks,
     ]
 
 

@@ -1,4 +1,5 @@
-"""The privacy spent by client-level DP (``privacy``), from Google's ``dp_accounting`` library (pinned).
+"""The privacy spent by client-level DP (``privacy``) and by sample-level DP inside a client
+(``privacy.sample_level``), from Google's ``dp_accounting`` library (pinned).
 
 Noise at the server: each round is the sampled Gaussian mechanism on the clients' clipped updates,
 ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` with ``q`` the fraction of clients sampled, composed
@@ -40,8 +41,8 @@ def central_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, 
         return 0.0
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = rdp.RdpAccountant()
-    accountant.compose(event, rounds)
-    with _quiet_absl():
+    with _quiet_absl():  # the orders are evaluated as the events are composed
+        accountant.compose(event, rounds)
         return float(accountant.get_epsilon(delta))
 
 
@@ -50,6 +51,14 @@ def local_epsilon(noise_multiplier: float, updates_sent: int, delta: float) -> f
     if updates_sent == 0:
         return 0.0
     accountant = rdp.RdpAccountant()
-    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), updates_sent)
     with _quiet_absl():
+        accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), updates_sent)
         return float(accountant.get_epsilon(delta))
+
+
+def sample_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
+    """One client's epsilon after ``steps`` steps of DP-SGD (Abadi et al., CCS 2016) on its own data: the
+    same sampled Gaussian mechanism, at ``sampling_rate`` (batch size over examples), composed ``steps``
+    times. Batches are drawn by shuffling, for which Poisson sampling at the same rate is the usual
+    stand-in (as in Opacus' and TensorFlow Privacy's reporting), not an exact bound."""
+    return central_epsilon(noise_multiplier, min(sampling_rate, 1.0), steps, delta)
