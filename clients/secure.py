@@ -20,6 +20,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedmtl.core import protocol
+from fedmtl.core.params import is_head, task_of
 
 SECAGG_CONFIGS = "secaggplus_configs"  # the record the SecAgg+ workflow puts its stage settings in
 FIT_PARAMETERS, FIT_CONFIG = "fitins.parameters", "fitins.config"
@@ -65,12 +66,26 @@ def secure_reply(
 ) -> Message:
     """The reply ``secaggplus_mod`` masks: the update ``received - sent`` in the request's key order, the
     weight (example count, or 1 when the round is a plain mean) and the reports, with the count of update
-    values the protocol's clipping range will cut."""
-    keys = [key for key, _ in json.loads(str(config[protocol.SECURE_KEYS]))]
+    values the protocol's clipping range will cut. Federated heads (:func:`head_factor`) follow the
+    encoder, each scaled by its task's examples, then one weight per head."""
+    layout = json.loads(str(config[protocol.SECURE_KEYS]))
     max_weight = float(protocol.as_number(config[protocol.SECURE_MAX_WEIGHT]))
     weight = 1 if max_weight == 1.0 else int(num_examples)
     clipping_range = float(protocol.as_number(config[protocol.SECURE_CLIPPING_RANGE]))
-    update = [np.atleast_1d((received[k].double() - sent[k].double()).numpy()) for k in keys]
+    task_examples = {
+        task: float(protocol.as_number(values["num_examples"]))
+        for task, values in protocol.unflatten_task_metrics(reports[0], protocol.TRAIN).items()
+    }
+    update, head_weights = [], []
+    for key, shape in layout:
+        if not is_head(key):
+            update.append(np.atleast_1d((received[key].double() - sent[key].double()).numpy()))
+            continue
+        factor = head_factor(config, weight / max_weight, task_examples.get(task_of(key), 0.0) if key in sent else 0.0)
+        moved = (received[key].double() - sent[key].double()) * factor if key in sent else torch.zeros(shape)
+        update.append(np.atleast_1d(moved.double().numpy()))
+        head_weights.append(np.atleast_1d(np.float64(factor)))
+    update += head_weights
     clipped = sum(int((np.abs(u) * (weight / max_weight) > clipping_range).sum()) for u in update)
     first = {**reports[0], protocol.SECURE_CLIPPED: float(clipped)}
     content = RecordDict(
@@ -82,3 +97,10 @@ def secure_reply(
         }
     )
     return Message(content, reply_to=msg)
+
+
+def head_factor(config: ConfigRecord, weight_ratio: float, task_examples: float) -> float:
+    """What a head's update and its weight are multiplied by so that, after SecAgg+ scales everything by the
+    client's weight ratio, each carries ``task_examples / the largest example count``: the ratio of the
+    two means is then the example-weighted average of the head (``server.federate_heads``)."""
+    return task_examples / (float(protocol.as_number(config[protocol.SECURE_HEAD_SCALE])) * weight_ratio)

@@ -120,7 +120,6 @@ def test_values_beyond_the_clipping_range_are_counted(tmp_path):
         (["server.aggregator=upgrad"], "server.aggregator"),
         (["server.aggregator=median"], "server.aggregator"),
         (["privacy.clip_norm=1.0", "server.aggregator={name: fedavg, weighted: false}"], "privacy.noise_at"),
-        (["server.federate_heads=true"], "server.federate_heads"),
         (["server.personalisation={name: mixed}"], "server.personalisation"),
         (["server.grouping={name: affinity, warmup_rounds: 1}"], "server.grouping"),
         (["server.cohorts=task"], "server.cohorts"),
@@ -156,3 +155,25 @@ def test_a_round_whose_clients_all_fail_stops_with_their_reason(tmp_path, caplog
     assert row["failures"] == 3 and row.get("secure_aggregation") is None
     failed = [r.getMessage() for r in caplog.records if "a participant failed" in r.getMessage()]
     assert len(failed) == 3 and all("injected error" in m and "halted" in m for m in failed), failed
+
+
+@pytest.mark.parametrize("across_tasks", [False, True])
+def test_federated_heads_average_per_task_under_secure_aggregation_as_in_the_clear(tmp_path, across_tasks):
+    heads = (
+        "server.federate_heads=true",
+        f"server.heads_across_tasks={str(across_tasks).lower()}",
+        "data.tasks=[{name: a, kind: regression}, {name: b, kind: regression}, {name: c, kind: regression}]",
+        "data.task_cosine=0.5",
+        "clients.tasks=[[a, b], [b, c], [c, a]]",  # one head shape for heads_across_tasks
+    )
+    plain, _ = serve_run(tmp_path, "plain", *ONE_ROUND, *heads)
+    secure, _ = serve_run(tmp_path, "secure", *ONE_ROUND, *heads, SECURE)
+    assert largest_difference(plain, secure) <= quantization_bound(secure, range(3))
+    evaluated = [
+        [row for row in read_rows(run / "metrics.jsonl") if row["split"] == "eval" and row["round"] == 1]
+        for run in (plain, secure)
+    ]
+    assert len(evaluated[0]) == len(evaluated[1]) > 0
+    for clear, masked in zip(*evaluated):  # every task's loss with the averaged heads, to the quantization
+        assert (clear["client"], clear["task"]) == (masked["client"], masked["task"])
+        assert masked["loss"] == pytest.approx(clear["loss"], rel=1e-4)

@@ -227,7 +227,6 @@ def check_secure_aggregation(cfg: ExperimentConfig) -> None:
             "privacy.noise_at", "server clips each update, which secure aggregation hides: use noise_at: client"
         )
     reads_rows = {
-        "server.federate_heads": server.federate_heads,
         "server.personalisation": server.personalisation.start() is not None,
         "server.grouping": server.grouping.groups_clients,
         "server.cohorts": not isinstance(server.cohorts, OneCohort),

@@ -52,6 +52,10 @@ SECURE_KEYS = "secure-keys"
 SECURE_MAX_WEIGHT = "secure-max-weight"
 SECURE_CLIPPING_RANGE = "secure-clipping-range"
 SECURE_CLIPPED = "secure-clipped"
+# federated heads under secure aggregation: the largest example count (heads are weighted by each task's
+# examples over it), and the prefix of the per-head weight that travels beside each head's update
+SECURE_HEAD_SCALE = "secure-head-scale"
+SECURE_WEIGHT_PREFIX = "secure-weight/"
 
 
 class PrivacyViolation(RuntimeError):

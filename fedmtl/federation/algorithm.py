@@ -227,7 +227,8 @@ class ServerAlgorithm:
 
     def _aggregate_secure(self, sent: Sequence[Send], replies: Sequence[Reply], secure: SecureMean) -> TrainResult:
         """The server never saw a row: the mean update is the one row FedAvg averages (the config checks
-        allow nothing else under secure aggregation), weighted by every contributor's examples."""
+        allow nothing else under secure aggregation), weighted by every contributor's examples; federated
+        heads average per task from their weighted sums."""
         (cohort,) = self.cohorts
         result = TrainResult(sampled=len(sent))
         for reply in replies:
@@ -239,7 +240,11 @@ class ServerAlgorithm:
         contributed = [r for reply in replies if reply.error is None for r in reply.reports]
         result.accepted = sorted(int(protocol.as_number(r[protocol.CLIENT_ID])) for r in contributed)
         layout = cohort.updater.layout
-        mean_update = layout.flatten(secure.update)
+        if self.heads is not None:  # each head's weighted mean update beside the mean of its weights
+            prefix = protocol.SECURE_WEIGHT_PREFIX
+            weights = {k[len(prefix) :]: float(v.sum()) for k, v in secure.update.items() if k.startswith(prefix)}
+            self.heads.step_from_means({k: secure.update[k] for k in weights}, weights)
+        mean_update = layout.flatten({k: secure.update[k] for k in layout.keys})
         encoder = layout.unflatten(cohort.updater.param.detach() - mean_update)
         examples = sum(protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in contributed)
         cohort.step([Accepted(-1, -1, encoder, {}, {protocol.NUM_EXAMPLES: examples})])

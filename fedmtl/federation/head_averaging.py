@@ -53,6 +53,20 @@ class HeadAverager:
                 for key in keys:
                     self.heads[key] = mean.clone()
 
+    def step_from_means(self, weighted_updates: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> None:
+        """The same average from what secure aggregation gives: per head key, the mean over clients of
+        ``w_ik * (sent head - trained head)`` and of ``w_ik`` (``w_ik``: client i's examples of the key's
+        task, 0 when it does not hold it, all over one common scale). A group's average is the head sent
+        minus their ratio; a head nobody held keeps its value."""
+        for keys in self.groups.values():
+            total = sum(weights.get(key, 0.0) for key in keys)
+            if total > 0:
+                start = torch.zeros_like(self.heads[keys[0]])
+                moved = sum((weighted_updates[key].float() for key in keys), start) / total
+                mean = self.heads[keys[0]] - moved
+                for key in keys:
+                    self.heads[key] = mean.clone()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.heads.items()}
 

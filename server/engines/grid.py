@@ -26,6 +26,7 @@ from fedmtl.config.sections import SecureAggregationConfig
 from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
 from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
+from fedmtl.core.params import is_head
 from fedmtl.driver.engine import EngineCapabilities
 from server.engines.secure import secure_round
 
@@ -232,7 +233,7 @@ class GridEngine:
         self.node_of: dict[int, int] = {}  # participant -> node
         self.known = False  # whether node_of is known to be right (else replies are taken at their word)
         self.secure, self.secure_weighted = secure, secure_weighted
-        self.max_weight: float | None = None if secure_weighted else 1.0
+        self.largest_examples: float | None = None  # asked of the participants before the first secure round
 
     def connect(self, participants: int, interchangeable: bool) -> None:
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
@@ -267,13 +268,13 @@ class GridEngine:
         """participant -> node, one query per node: node ids are random per run, participants are not."""
         return {int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in self._ask(nodes)}
 
-    def _secure_max_weight(self) -> float:
+    def _largest_examples(self) -> float:
         """The largest example count of any participant (asked once): SecAgg+ quantizes each weight
         against it, so the tightest bound keeps the weights exact."""
-        if self.max_weight is None:
+        if self.largest_examples is None:
             answers = self._ask(self.node_of.values(), {protocol.NUM_EXAMPLES: True})
-            self.max_weight = float(max(protocol.as_number(a[protocol.NUM_EXAMPLES]) for a in answers))
-        return self.max_weight
+            self.largest_examples = float(max(protocol.as_number(a[protocol.NUM_EXAMPLES]) for a in answers))
+        return self.largest_examples
 
     def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
         if self.secure is not None and sends and sends[0].kind == TRAIN:
@@ -308,7 +309,8 @@ class GridEngine:
             sends,
             self.node_of,
             self.secure,
-            self._secure_max_weight(),
+            self._largest_examples() if self.secure_weighted else 1.0,
+            self._largest_examples() if any(is_head(k) for k in sends[0].arrays) else None,
             timeout_s,
         )
         return Exchange(found.replies, found.bytes_down, found.mean)

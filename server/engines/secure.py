@@ -38,6 +38,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from fedmtl.config.sections import SecureAggregationConfig
 from fedmtl.core import protocol
 from fedmtl.core.messages import Reply, SecureMean, Send
+from fedmtl.core.params import is_head
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,18 @@ def _quiet_flower() -> Iterator[None]:
 
 
 def secure_fit_config(
-    send: Send, keys: Sequence[str], max_weight: float, settings: SecureAggregationConfig
+    send: Send, keys: Sequence[str], max_weight: float, head_scale: float | None, settings: SecureAggregationConfig
 ) -> dict[str, Any]:
     """The round's config as a client's secure train handler reads it."""
-    return {
+    config = {
         **send.config,
         protocol.SECURE_KEYS: json.dumps([[k, list(send.arrays[k].shape)] for k in keys]),
         protocol.SECURE_MAX_WEIGHT: float(max_weight),
         protocol.SECURE_CLIPPING_RANGE: float(settings.clipping_range),
     }
+    if head_scale is not None:
+        config[protocol.SECURE_HEAD_SCALE] = float(head_scale)
+    return config
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,13 @@ def secure_round(
     node_of: Mapping[int, int],
     settings: SecureAggregationConfig,
     max_weight: float,
+    head_scale: float | None,
     timeout_s: float,
 ) -> SecureRound:
     """One training round under SecAgg+: the weighted mean of the sampled participants' encoder updates
-    (``received - trained``) and one report-only reply per participant (failures included)."""
+    (``received - trained``) and one report-only reply per participant (failures included). With federated
+    heads (``head_scale``: the largest example count), each head's example-weighted update and its weight
+    follow, the weights under ``protocol.SECURE_WEIGHT_PREFIX``."""
     arrays = sends[0].arrays
     keys = sorted(arrays)
     participant_of = {node_of[s.participant]: s.participant for s in sends}
@@ -148,7 +155,7 @@ def secure_round(
             _Node(node_of[s.participant]),
             FitIns(
                 ndarrays_to_parameters([_wire(arrays[k]) for k in keys]),
-                secure_fit_config(s, keys, max_weight, settings),
+                secure_fit_config(s, keys, max_weight, head_scale, settings),
             ),
         )
         for s in sends
@@ -194,10 +201,9 @@ def secure_round(
     if not results:
         return SecureRound(None, replies, carrier.bytes_down)
     flat = parameters_to_ndarrays(results[0][1].parameters)  # every result carries the aggregate
-    mean = {
-        k: torch.from_numpy(np.asarray(v, dtype=np.float64)).to(arrays[k].dtype).reshape(arrays[k].shape)
-        for k, v in zip(keys, flat)
-    }
+    names = [*keys, *(protocol.SECURE_WEIGHT_PREFIX + k for k in keys if is_head(k))]
+    shapes = {**{k: arrays[k].shape for k in keys}, **{n: torch.Size([1]) for n in names[len(keys) :]}}
+    mean = {n: torch.from_numpy(np.asarray(v, dtype=np.float64)).reshape(shapes[n]) for n, v in zip(names, flat)}
     clipped = sum(int(protocol.as_number(r.reports[0].get(protocol.SECURE_CLIPPED, 0))) for r in replies if r.reports)
     info = {"contributors": len(results), "clipped_values": clipped, "seconds": round(seconds, 4)}
     return SecureRound(SecureMean(mean, info), replies, carrier.bytes_down)
