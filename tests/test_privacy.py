@@ -15,6 +15,7 @@ from dp_accounting import rdp
 from fedmtl.config.loading import load_config
 from fedmtl.config.sections import PrivacyConfig, ServerOptimizerConfig
 from fedmtl.core.errors import ConfigError
+from fedmtl.core.files import read_rows
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.client import LocalClient
 from fedmtl.methods.accounting import central_epsilon, local_epsilon
@@ -208,11 +209,21 @@ def test_the_study_report_lists_the_privacy_each_arm_spent(tmp_path):
         path = root / f"arms/fed_mtl/seed-{seed}/summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps({**summary, "privacy": {"epsilon": epsilon, "delta": 1e-5}}))
+        server = root / f"arms/fed_mtl/seed-{seed}/server.jsonl"
+        rows = [json.loads(line) for line in server.read_text().splitlines()]  # epsilon r * (seed + 1) after round r
+        server.write_text("".join(json.dumps({**r, "epsilon": r["round"] * (seed + 1.0)}) + "\n" for r in rows))
+        path = root / f"arms/local_stl/seed-{seed}/summary.json"  # sample-level DP: each client's own
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        sample_level = {"epsilon_max": 2.0 * seed, "epsilon_by_client": {"0": 2.0 * seed}}
+        path.write_text(json.dumps({**summary, "privacy": {"delta": 1e-5, "sample_level": sample_level}}))
     write_report(root)
     text = (root / "report.md").read_text()
     assert "## Privacy spent" in text
     assert "| fed_mtl | 4 (min 3, max 5) | 1e-05 | 3 |" in text
-    assert "| local_stl |" not in text.split("## Privacy spent")[1].split("##")[0]
+    assert "| local_stl |" not in text.split("## Privacy spent")[1].split("| arm | epsilon (largest client)")[0]
+    assert "| local_stl | 2 | 3 |" in text  # the mean over seeds of the largest client epsilon
+    last = max(r["round"] for r in read_rows(root / "arms/fed_mtl/seed-0/metrics.jsonl") if r["split"] == "eval")
+    assert f"| {last} | {2 * last:g} |" in text  # after the last round, epsilon r * (1 + 2 + 3) / 3
 
 
 def test_a_sweep_over_noise_draws_each_tasks_delta_against_local_training_over_epsilon(tmp_path):

@@ -90,6 +90,7 @@ class ServerRound:
     cosines: np.ndarray | None
     bytes_up: int | None
     bytes_down: int | None
+    epsilon: float | None = None  # privacy with noise: the epsilon spent by this round
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,7 @@ def read_server(path: Path) -> tuple[ServerRound, ...]:
                 cosines=None if upper is None else cosine_matrix(path, int(row["round"]), upper, clients),
                 bytes_up=row.get("bytes_up"),
                 bytes_down=row.get("bytes_down"),
+                epsilon=row.get("epsilon"),
             )
         )
     return tuple(rounds)

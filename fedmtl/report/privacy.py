@@ -76,6 +76,28 @@ def privacy_blocks(data: StudyData) -> list[Block]:
         ),
         Table(["arm", "epsilon", "delta", "runs"], rows),
         *blocks,
+        *(block for arm in spent for block in epsilon_by_round(data, arm)),
+    ]
+
+
+def epsilon_by_round(data: StudyData, arm: str) -> list[Block]:
+    """``arm``'s epsilon after each evaluated round beside each task's headline metric there (means over seeds)."""
+    results = data.arm_results(arm)
+    tasks = sorted({task for result in results for task in result.curves})
+    rounds = sorted({r for result in results for curve in result.curves.values() for r in curve})
+    rows = []
+    for r in rounds:
+        spent = [s.epsilon for result in results for s in result.server if s.round == r and s.epsilon is not None]
+        cells = []
+        for task in tasks:
+            values = [result.curves[task][r] for result in results if r in result.curves.get(task, {})]
+            cells.append(f"{statistics.mean(values):.4g}" if values else "–")
+        rows.append([str(r), f"{statistics.mean(spent):.3g}" if spent else ("0" if r == 0 else "–"), *cells])
+    return [
+        Paragraph(
+            f"`{arm}`: epsilon after each evaluated round beside each task's headline metric (means over seeds)."
+        ),
+        Table(["round", "epsilon", *tasks], rows),
     ]
 
 
