@@ -86,6 +86,8 @@ def secure_reply(
         update.append(np.atleast_1d(moved.double().numpy()))
         head_weights.append(np.atleast_1d(np.float64(factor)))
     update += head_weights
+    if not all(np.isfinite(u).all() for u in update):  # masked, it would corrupt every client's sum unseen
+        raise ValueError("the update is not finite: not sent to secure aggregation")
     clipped = sum(int((np.abs(u) * (weight / max_weight) > clipping_range).sum()) for u in update)
     first = {**reports[0], protocol.SECURE_CLIPPED: float(clipped)}
     content = RecordDict(

@@ -177,3 +177,11 @@ def test_federated_heads_average_per_task_under_secure_aggregation_as_in_the_cle
     for clear, masked in zip(*evaluated):  # every task's loss with the averaged heads, to the quantization
         assert (clear["client"], clear["task"]) == (masked["client"], masked["task"])
         assert masked["loss"] == pytest.approx(clear["loss"], rel=1e-4)
+
+
+def test_a_client_whose_update_is_not_finite_drops_out_instead_of_corrupting_the_sum(tmp_path):
+    # client_nan_rate 0.5 with seed 1: client 0's update is NaN in round 1 (the same draw as the error test)
+    run_dir, _ = serve_run(tmp_path, "secure", *ONE_ROUND, "seed=1", "faults.client_nan_rate=0.5", SECURE)
+    [row] = read_rows(run_dir / "server.jsonl")
+    assert row["failures"] == 1 and row["secure_aggregation"]["contributors"] == 2
+    assert all(torch.isfinite(v).all() for v in encoder(run_dir).values())
