@@ -150,13 +150,11 @@ def secure_round(
     arrays = sends[0].arrays
     keys = sorted(arrays)
     participant_of = {node_of[s.participant]: s.participant for s in sends}
+    parameters = ndarrays_to_parameters([_wire(arrays[k]) for k in keys])  # the same for all: serialised once
     instructions = [
         (
             _Node(node_of[s.participant]),
-            FitIns(
-                ndarrays_to_parameters([_wire(arrays[k]) for k in keys]),
-                secure_fit_config(s, keys, max_weight, head_scale, settings),
-            ),
+            FitIns(parameters, secure_fit_config(s, keys, max_weight, head_scale, settings)),
         )
         for s in sends
     ]
@@ -165,9 +163,7 @@ def secure_round(
     legacy = LegacyContext(Context(0, 0, {}, RecordDict(), run_config), strategy=strategy)  # type: ignore[arg-type]
     server_round = int(protocol.as_number(sends[0].config[protocol.SERVER_ROUND]))
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
-    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        instructions[0][1].parameters, True
-    )
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)
     workflow = SecAggPlusWorkflow(
         num_shares=float(settings.num_shares),
         reconstruction_threshold=float(settings.reconstruction_threshold),
