@@ -62,6 +62,12 @@ TINY_2 = (
     "rounds=2",
     "eval_every=2",
 )
+SECURE_AGGREGATION = (
+    "privacy.secure_aggregation.enabled=true",
+    "server.aggregator={name: fedavg, weighted: false}",
+    "rounds=1",
+    "eval_every=1",
+)
 RUN_TIMEOUT_S = 400  # from launch; one deployment run takes 70-160 s on a busy 2-core machine
 START_TIMEOUT_S = 90
 # A private Ray instance on loopback: without RAY_ADDRESS=local, ray.init() joins the cluster that the
@@ -241,9 +247,8 @@ class Launch:
 # ----------------------------------------------------------------------------- run checks
 
 
-def assert_complete_run(outcome: Outcome, run_dir: Path, reference: Path | None = None, rel: float = 0.0) -> None:
-    """Finished, with eval metrics for every (client, task) held at every evaluated round; with a
-    ``reference`` run, its metrics (equal, or within ``rel`` where secure aggregation quantized)."""
+def assert_complete_run(outcome: Outcome, run_dir: Path, reference: Path | None = None) -> None:
+    """Finished, with eval metrics for every (client, task) held at every evaluated round."""
     assert outcome.returncode == 0, outcome.explain()
     assert outcome.status.get("status") == "finished:completed", outcome.explain()
     for name in ("config.yaml", "metrics.jsonl", "server.jsonl", "encoder.pt", "summary.json", "summary.md"):
@@ -264,15 +269,7 @@ def assert_complete_run(outcome: Outcome, run_dir: Path, reference: Path | None 
         # Same config and seed, same metrics as on the simulation engine (where context.state lives
         # in the engine): every evaluation and the round-2 training start from the private heads.
         assert (reference / "metrics.jsonl").is_file(), "no reference: the run on the simulation engine failed"
-        expected = read_rows(reference / "metrics.jsonl")
-        if rel == 0.0:
-            assert rows == expected, "metrics differ from the simulation engine's run"
-        assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in rows] == [
-            {k: v for k, v in r.items() if not isinstance(v, float)} for r in expected
-        ]
-        for got, want in zip(rows, expected):
-            numbers = {k: v for k, v in want.items() if isinstance(v, float)}
-            assert {k: got[k] for k in numbers} == pytest.approx(numbers, rel=rel), (got, want)
+        assert rows == read_rows(reference / "metrics.jsonl"), "metrics differ from the simulation engine's run"
 
 
 def eval_losses(
@@ -529,9 +526,10 @@ def runs(tmp_path_factory) -> Iterator[Runs]:
         insecure_run = insecure.launch(run_config_args(insecure.root / "run"))
         secure_nodes = secure.wait_supernodes(2)
         # the TLS run reads the experiment from a YAML file (absolute path), the run directory from an
-        # override; it also aggregates with SecAgg+ (privacy.secure_aggregation)
+        # override; it also aggregates with SecAgg+ (privacy.secure_aggregation): one round, a plain mean
+        # (no example counts to ask for), since every SecAgg+ stage starts a ClientApp process per node
         config_file = secure.root / "tiny.yaml"
-        secure_config = load_config(None, [*TINY_2, "privacy.secure_aggregation.enabled=true"])
+        secure_config = load_config(None, [*TINY_2, *SECURE_AGGREGATION])
         config_file.write_text(yaml.safe_dump(secure_config.to_dict(), sort_keys=False))
         secure_run = secure.launch(run_config_args(secure.root / "run", overrides=(), config_file=config_file))
         yield Runs(simulation, insecure, insecure_run, secure, secure_run, keys, secure_nodes)
@@ -604,10 +602,10 @@ def test_supernode_with_unregistered_key_is_refused(runs):
 def test_secure_deployment_with_tls_supernode_auth_and_secure_aggregation(runs, tmp_path):
     fed = runs.secure
     outcome = runs.secure_run.outcome()
-    # SecAgg+ quantizes each update to 2^22 levels over [-8, 8]: the metrics move by far less than 1e-3
-    assert_complete_run(outcome, runs.secure_run.run_dir, reference=runs.simulation.run_dir, rel=1e-3)
-    rows = read_rows(runs.secure_run.run_dir / "server.jsonl")
-    assert all(r["secure_aggregation"]["contributors"] == 2 and r["clients"] is None for r in rows), rows
+    assert_complete_run(outcome, runs.secure_run.run_dir)  # the encoder's precision: test_secure_aggregation.py
+    [row] = read_rows(runs.secure_run.run_dir / "server.jsonl")
+    assert row["secure_aggregation"]["contributors"] == 2 and row["clients"] is None, row
+    assert row["bytes_up"] > 0 and row["failures"] == 0
     # the SuperLink speaks TLS only: a client without TLS gets no answer
     write_flower_config(tmp_path / "plain-home", "plain", {"address": f"127.0.0.1:{fed.port}", "insecure": True})
     assert not flwr_json("ls", "plain", env=fed.procs.env(tmp_path / "plain-home"))
