@@ -76,19 +76,19 @@ def secure_reply(
         task: float(protocol.as_number(values["num_examples"]))
         for task, values in protocol.unflatten_task_metrics(reports[0], protocol.TRAIN).items()
     }
+    ratio = weight / max_weight
     update, head_weights = [], []
     for key, shape in layout:
-        if not is_head(key):
-            update.append(np.atleast_1d((received[key].double() - sent[key].double()).numpy()))
-            continue
-        factor = head_factor(config, weight / max_weight, task_examples.get(task_of(key), 0.0) if key in sent else 0.0)
-        moved = (received[key].double() - sent[key].double()) * factor if key in sent else torch.zeros(shape)
-        update.append(np.atleast_1d(moved.double().numpy()))
-        head_weights.append(np.atleast_1d(np.float64(factor)))
+        moved = received[key].double() - sent[key].double() if key in sent else torch.zeros(shape, dtype=torch.float64)
+        if is_head(key):  # another task's head (not sent back) moves nothing and weighs nothing
+            factor = head_factor(config, ratio, task_examples.get(task_of(key), 0.0) if key in sent else 0.0)
+            moved = moved * factor
+            head_weights.append(np.atleast_1d(np.float64(factor)))
+        update.append(np.atleast_1d(moved.numpy()))
     update += head_weights
     if not all(np.isfinite(u).all() for u in update):  # masked, it would corrupt every client's sum unseen
         raise ValueError("the update is not finite: not sent to secure aggregation")
-    clipped = sum(int((np.abs(u) * (weight / max_weight) > clipping_range).sum()) for u in update)
+    clipped = sum(int((np.abs(u) * ratio > clipping_range).sum()) for u in update)
     first = {**reports[0], protocol.SECURE_CLIPPED: float(clipped)}
     content = RecordDict(
         {

@@ -51,11 +51,12 @@ def test_per_example_gradients_equal_autograd_one_example_at_a_time(encoder):
     data = participant_data(cfg, client.participant).train[task]
     x, y = data.x[:5], data.y[:5]
     params = {name: p.detach() for name, p in model.named_parameters()}
-    batched = per_example_gradients(model, params, task, client.specs[task], 0.7, x, y)
+    batched, losses = per_example_gradients(model, params, task, client.specs[task], 0.7, x, y)
     for i in range(len(x)):
         model.zero_grad()
         loss = 0.7 * client.specs[task].kind_impl.loss(model(x[i : i + 1], task), y[i : i + 1])
         loss.backward()
+        assert losses[i].item() == pytest.approx(loss.item() / 0.7, rel=1e-5)  # unweighted, from the same pass
         for name, p in model.named_parameters():
             expected = torch.zeros_like(p) if p.grad is None else p.grad  # another task's head: no gradient
             assert torch.allclose(batched[name][i], expected, atol=1e-6), (name, i)

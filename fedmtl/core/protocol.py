@@ -45,7 +45,7 @@ CLIENT_AFFINITY = "client-affinity"
 # of its clients trained from it. Never trained on, never sent back.
 PROBE_PREFIX = "probe/"
 PROBE_BASE = "base"
-# privacy.secure_aggregation: the keys of the encoder in the order of the SecAgg+ parameter list (JSON),
+# privacy.secure_aggregation: the keys and shapes of the arrays in the order of the SecAgg+ parameter list (JSON),
 # the weight bound the round quantizes against (1: every client weighs 1), the clipping range, and in the
 # reply the number of update values cut to the clipping range
 SECURE_KEYS = "secure-keys"

@@ -41,7 +41,7 @@ SERVER_COLUMNS = (
     "client_affinity",  # server.client_affinity_every: Z(from -> to) of last round's updates per client pair
     "clip_norm",  # privacy.noise_at: server: the bound the updates were clipped to (adaptive clipping moves it)
     "epsilon",  # privacy with noise: the (epsilon, privacy.delta) spent after this round
-    # privacy.secure_aggregation: {contributors, clipped_values, seconds, mean_update_norm} of the SecAgg+ round
+    # privacy.secure_aggregation: {contributors, clipped_values, seconds, clients, mean_update_norm} of the round
     "secure_aggregation",
 )  # fmt: skip
 

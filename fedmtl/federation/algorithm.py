@@ -52,6 +52,16 @@ class TrainResult:
     splits: list[dict[str, Any]] = field(default_factory=list)  # groups split this round, and into what
     secure: dict[str, Any] | None = None  # privacy.secure_aggregation: the protocol's figures for the round
 
+    def count(self, reply: Reply) -> bool:
+        """Count ``reply`` and its reports; False (and the reason's first line kept) when it failed."""
+        self.replies += 1
+        self.reports += reply.reports
+        if reply.error is None:
+            return True
+        self.failures += 1
+        self.failed.append(reply.error.splitlines()[0][:200] if reply.error else "?")
+        return False
+
 
 class ServerAlgorithm:
     def __init__(self, cfg: ExperimentConfig) -> None:
@@ -171,11 +181,7 @@ class ServerAlgorithm:
         expected = self.cohorts[0].updater.layout.expected_shapes
         optional = self.heads.expected_shapes if self.heads else None
         for reply in replies:
-            result.replies += 1
-            result.reports += reply.reports
-            if reply.error is not None:
-                result.failures += 1
-                result.failed.append(reply.error.splitlines()[0][:200] if reply.error else "?")
+            if not result.count(reply):
                 continue
             outcome = screen(
                 reply, {a.participant for a in accepted}, expected, optional, self._update_norm,
@@ -231,13 +237,10 @@ class ServerAlgorithm:
         heads average per task from their weighted sums."""
         (cohort,) = self.cohorts
         result = TrainResult(sampled=len(sent))
+        contributed: list[dict[str, Any]] = []
         for reply in replies:
-            result.replies += 1
-            result.reports += reply.reports
-            if reply.error is not None:
-                result.failures += 1
-                result.failed.append(reply.error.splitlines()[0][:200])
-        contributed = [r for reply in replies if reply.error is None for r in reply.reports]
+            if result.count(reply):
+                contributed += reply.reports
         result.accepted = sorted(int(protocol.as_number(r[protocol.CLIENT_ID])) for r in contributed)
         layout = cohort.updater.layout
         if self.heads is not None:  # each head's weighted mean update beside the mean of its weights

@@ -185,15 +185,17 @@ class LocalClient:
             client_affinity = client_lookahead_affinity(model, self._probe_batches(data), self.specs, base, trained)
         global_encoder = [p.detach().clone() for p in model.encoder_parameters()]
         balancer = self.training.balancing.start(list(self.specs), strip_prefix(BALANCER, private))
-        sample_level, accounted = self.cfg.privacy.sample_level, dict[str, float]()
+        sample_level, steps, accounted = self.cfg.privacy.sample_level, dict[str, torch.Tensor](), dict[str, float]()
         if sample_level.enabled:  # DP-SGD: each example's gradient clipped and noised (fedmtl/local/dp_sgd.py)
             stats = dp_sgd.train_local_dp(model, data, self.specs, self.training, generator, balancer, sample_level)
+            steps, accounted = dp_sgd.account(private, data, self.training, sample_level, self.cfg.privacy.delta)
         else:
             stats = train_local(model, data, self.specs, self.training, generator, balancer)
-        new_private = {**with_prefix(MODEL, self._private_part(model)), **with_prefix(BALANCER, balancer.state())}
-        if sample_level.enabled:
-            steps, accounted = dp_sgd.account(private, data, self.training, sample_level, self.cfg.privacy.delta)
-            new_private.update(steps)
+        new_private = {
+            **with_prefix(MODEL, self._private_part(model)),
+            **with_prefix(BALANCER, balancer.state()),
+            **steps,
+        }
         if self.sharing.personal_mu is not None:
             new_private.update(self._train_personal(shared, private, data, generator, global_encoder))
         if self.training.rollback.enabled:

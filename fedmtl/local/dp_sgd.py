@@ -28,7 +28,7 @@ from fedmtl.config.sections import ClientConfig, SampleLevelConfig
 from fedmtl.core import protocol
 from fedmtl.data.suites import TaskData
 from fedmtl.data.task_kinds import TaskSpec
-from fedmtl.local.training import TrainStats, batch_indices, make_optimizer
+from fedmtl.local.training import TrainStats, make_optimizer, task_batches, trained_parameters
 from fedmtl.methods.accounting import sample_epsilon
 from fedmtl.methods.balancing import BalancerRound
 from fedmtl.model.networks import MultiTaskModel
@@ -44,15 +44,20 @@ def per_example_gradients(
     weight: float,
     x: torch.Tensor,
     y: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """``name -> [B, *shape]``: each example's gradient of ``weight * loss`` on ``task``."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(``name -> [B, *shape]``: each example's gradient of ``weight * loss`` on ``task``, ``[B]``: each
+    example's unweighted loss, from the same pass)."""
     buffers = dict(model.named_buffers())
 
-    def loss_of_one(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        prediction = functional_call(model, (dict(p), buffers), (xi.unsqueeze(0), task))
-        return weight * spec.kind_impl.loss(prediction, yi.unsqueeze(0))
+    def loss_of_one(
+        p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = spec.kind_impl.loss(functional_call(model, (dict(p), buffers), (xi.unsqueeze(0), task)), yi.unsqueeze(0))
+        return weight * loss, loss.detach()
 
-    return vmap(grad(loss_of_one), in_dims=(None, 0, 0), randomness="different")(dict(params), x, y)
+    per_example = vmap(grad(loss_of_one, has_aux=True), in_dims=(None, 0, 0), randomness="different")
+    gradients, losses = per_example(dict(params), x, y)
+    return gradients, losses
 
 
 def clip_and_sum(gradients: Mapping[str, torch.Tensor], clip_norm: float) -> dict[str, torch.Tensor]:
@@ -75,12 +80,9 @@ def train_local_dp(
     assert settings.clip_norm is not None
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("privacy.sample_level: the model has batch-statistics normalisation, which mixes examples")
-    data = {task: d for task, d in data.items() if len(d) > 0}
-    frozen = set() if cfg.train_encoder else {id(p) for p in model.encoder_parameters()}
-    trained = {name: p for name, p in model.named_parameters() if id(p) not in frozen}
+    data, batches, sizes = task_batches(data, cfg, generator)
+    trained = trained_parameters(model, cfg)
     optimizer = make_optimizer(cfg, list(trained.values()))
-    batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
-    sizes = {task: len(d) for task, d in data.items()}
     weights = balancer.weights()
     totals, counts = dict.fromkeys(data, 0.0), dict.fromkeys(data, 0)
     noise_std = settings.noise_multiplier * settings.clip_norm
@@ -92,11 +94,10 @@ def train_local_dp(
         for task in tasks:
             index = next(batches[task])
             x, y = data[task].x[index], data[task].y[index]
-            gradients = per_example_gradients(model, params, task, specs[task], weights.get(task, 1.0), x, y)
+            gradients, losses = per_example_gradients(model, params, task, specs[task], weights.get(task, 1.0), x, y)
             for name, g in clip_and_sum(gradients, settings.clip_norm).items():
                 summed[name] += g
-            with torch.no_grad():
-                totals[task] += specs[task].kind_impl.loss(model(x, task), y).item()
+            totals[task] += losses.mean().item()
             counts[task] += 1
         optimizer.zero_grad(set_to_none=True)
         for name, p in trained.items():
@@ -119,8 +120,8 @@ def account(
     reported without noise)."""
     steps = int((private or {}).get(STEPS_KEY, torch.tensor(0)).item()) + cfg.local_steps
     state = {STEPS_KEY: torch.tensor(steps)}
-    smallest = min(len(d) for d in data.values() if len(d) > 0)
     if settings.noise_multiplier == 0:
         return state, {}
+    smallest = min(len(d) for d in data.values() if len(d) > 0)
     epsilon = sample_epsilon(settings.noise_multiplier, cfg.batch_size / smallest, steps, delta)
     return state, {protocol.SAMPLE_EPSILON: epsilon}

@@ -60,6 +60,21 @@ def make_optimizer(cfg: ClientConfig, params: list[torch.nn.Parameter]) -> torch
     )
 
 
+def trained_parameters(model: MultiTaskModel, cfg: ClientConfig) -> dict[str, torch.nn.Parameter]:
+    """The parameters local training moves: all of the model's, the encoder's only with ``train_encoder``."""
+    frozen = set() if cfg.train_encoder else {id(p) for p in model.encoder_parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in frozen}
+
+
+def task_batches(
+    data: Mapping[str, TaskData], cfg: ClientConfig, generator: torch.Generator
+) -> tuple[dict[str, TaskData], dict[str, Iterator[torch.Tensor]], dict[str, int]]:
+    """The tasks with data (a real split can leave one empty), each one's endless batches, and sizes."""
+    data = {task: d for task, d in data.items() if len(d) > 0}
+    batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
+    return data, batches, {task: len(d) for task, d in data.items()}
+
+
 def train_local(
     model: MultiTaskModel,
     data: Mapping[str, TaskData],
@@ -69,13 +84,9 @@ def train_local(
     balancer: BalancerRound,
     proximal: Proximal | None = None,
 ) -> TrainStats:
-    data = {task: d for task, d in data.items() if len(d) > 0}  # a real split can leave a task empty
+    data, batches, sizes = task_batches(data, cfg, generator)
     encoder_params = model.encoder_parameters()
-    frozen = set() if cfg.train_encoder else {id(p) for p in encoder_params}
-    trained = [p for p in model.parameters() if id(p) not in frozen]
-    optimizer = make_optimizer(cfg, [*trained, *balancer.parameters()])
-    batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
-    sizes = {task: len(d) for task, d in data.items()}
+    optimizer = make_optimizer(cfg, [*trained_parameters(model, cfg).values(), *balancer.parameters()])
     tracker = TaskGradientTracker(cfg.subspace_steps)
     affinity = AffinityTracker()
     totals, counts = dict.fromkeys(data, 0.0), dict.fromkeys(data, 0)

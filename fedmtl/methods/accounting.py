@@ -15,24 +15,10 @@ reports the largest over the clients.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import dp_accounting
 from dp_accounting import rdp
 
-
-@contextmanager
-def _quiet_absl() -> Iterator[None]:
-    """The library logs a warning for every Renyi order it cannot evaluate; those orders are simply left out."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+from fedmtl.core.logs import quieted
 
 
 def central_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
@@ -41,7 +27,7 @@ def central_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, 
         return 0.0
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = rdp.RdpAccountant()
-    with _quiet_absl():  # the orders are evaluated as the events are composed
+    with quieted("absl"):  # it warns for every Renyi order it cannot evaluate (left out), as events compose
         accountant.compose(event, rounds)
         return float(accountant.get_epsilon(delta))
 
@@ -51,7 +37,7 @@ def local_epsilon(noise_multiplier: float, updates_sent: int, delta: float) -> f
     if updates_sent == 0:
         return 0.0
     accountant = rdp.RdpAccountant()
-    with _quiet_absl():
+    with quieted("absl"):
         accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), updates_sent)
         return float(accountant.get_epsilon(delta))
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 
 from fedmtl.config.sections import SecureAggregationConfig
 from fedmtl.core import protocol
+from fedmtl.core.logs import quieted
 from fedmtl.core.messages import Reply, SecureMean, Send
 from fedmtl.core.params import is_head
 
@@ -100,18 +100,6 @@ def message_bytes(message: Message) -> int:
     return arrays + raw
 
 
-@contextmanager
-def _quiet_flower() -> Iterator[None]:
-    """The workflow logs every stage at INFO; fedmtl reports the round itself."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def secure_fit_config(
     send: Send, keys: Sequence[str], max_weight: float, head_scale: float | None, settings: SecureAggregationConfig
 ) -> dict[str, Any]:
@@ -159,8 +147,7 @@ def secure_round(
         for s in sends
     ]
     strategy = _OneRound(instructions)
-    run_config: dict[str, Any] = {}
-    legacy = LegacyContext(Context(0, 0, {}, RecordDict(), run_config), strategy=strategy)  # type: ignore[arg-type]
+    legacy = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy)  # type: ignore[arg-type]
     server_round = int(protocol.as_number(sends[0].config[protocol.SERVER_ROUND]))
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)
@@ -175,7 +162,7 @@ def secure_round(
     )
     carrier = _Carrier(exchange)
     started = time.perf_counter()
-    with _quiet_flower():
+    with quieted("flwr", logging.WARNING):  # the workflow logs every stage at INFO
         workflow(carrier, legacy)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     results = strategy.results or []
