@@ -29,6 +29,8 @@ TINY_OVERRIDES = (
 )
 
 
+IN_PROCESS = "simulation.engine=inprocess"  # for end-to-end runs whose subject is not Ray (CI time)
+
 # (client, task) pairs of the tiny config: client c holds tasks c and c + 1 of the four (wrapping)
 TINY_CLIENT_TASKS = {
     (0, "anchor"),

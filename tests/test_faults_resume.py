@@ -23,6 +23,7 @@ from fedmtl.runfiles.checkpoint import truncate_rows_after
 from server.engines.grid import GridEngine
 from server.engines.inprocess import InProcessGrid
 from tests.helpers import (
+    IN_PROCESS,
     ROOT,
     assert_no_leftover_processes,
     set_args,
@@ -160,7 +161,7 @@ def test_resume_rejects_a_directory_without_a_run(tmp_path, simulate_env):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, module_env):
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    result = simulate(*set_args((*SMALL, f"output.run_dir={run_dir}")), env=module_env)
+    result = simulate(*set_args((*SMALL, IN_PROCESS, f"output.run_dir={run_dir}")), env=module_env)
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -174,6 +175,7 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
         "faults.client_error_rate=0.25",
         "faults.client_nan_rate=0.25",
         "server.min_fit_fraction=0.25",
+        IN_PROCESS,
     )
     result = simulate(*set_args((*overrides, f"output.run_dir={run_dir}")), env=simulate_env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -197,7 +199,7 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
 def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_env):
     run_dir = tmp_path / "starved"
     result = simulate(
-        *set_args((*SMALL, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")),
+        *set_args((*SMALL, IN_PROCESS, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")),
         env=simulate_env,
     )
     assert result.returncode == 1
@@ -227,7 +229,7 @@ def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path
 def test_killed_simulate_resumes_to_the_same_final_metrics(tmp_path, module_env, uninterrupted):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "simulate.py"), *set_args((*SMALL, "faults.client_delay_s=0.3", f"output.run_dir={run_dir}"))],
+        [sys.executable, str(ROOT / "simulate.py"), *set_args((*SMALL, IN_PROCESS, "faults.client_delay_s=0.3", f"output.run_dir={run_dir}"))],
         cwd=ROOT, env=module_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

@@ -24,7 +24,7 @@ from fedmtl.methods.personalisation import Learned, Mixed, PersonalEncoders, hyp
 from fedmtl.model.networks import initial_shared_state
 from server.engines.grid import GridEngine
 from server.engines.inprocess import InProcessGrid
-from tests.helpers import TINY_OVERRIDES, set_args, simulate, tiny_overrides
+from tests.helpers import IN_PROCESS, TINY_OVERRIDES, set_args, simulate, tiny_overrides
 
 W0 = torch.tensor([1.0, 2.0, 3.0])
 
@@ -215,7 +215,7 @@ def test_per_client_encoders_survive_a_checkpoint():
 
 # ----------------------------------------------------------------------------- slow: real runs
 
-TINY = (*TINY_OVERRIDES, "rounds=3", "eval_every=1")
+TINY = (*TINY_OVERRIDES, "rounds=3", "eval_every=1", IN_PROCESS)  # no Ray but where a test names an engine
 
 
 @pytest.fixture(scope="module")

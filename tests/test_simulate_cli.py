@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fedmtl.core.files import read_rows
-from tests.helpers import TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
+from tests.helpers import IN_PROCESS, TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
 
 @pytest.mark.slow
 def test_soft_sharing_summarises_the_personalised_copies_apart(tmp_path, simulate_env):
-    result, run_dir = tiny_run(tmp_path, "soft", simulate_env, "model.sharing={name: soft, mu: 0.1}")
+    result, run_dir = tiny_run(tmp_path, "soft", simulate_env, "model.sharing={name: soft, mu: 0.1}", IN_PROCESS)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [r for r in read_rows(run_dir / "metrics.jsonl") if r["round"] == 2 and r["task"] == "anchor"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -113,7 +113,7 @@ def test_soft_sharing_summarises_the_personalised_copies_apart(tmp_path, simulat
 
 @pytest.mark.slow
 def test_csv_metrics_format(tmp_path, simulate_env):
-    result, run_dir = tiny_run(tmp_path, "csv", simulate_env, "output.metrics_format=csv", "rounds=1")
+    result, run_dir = tiny_run(tmp_path, "csv", simulate_env, "output.metrics_format=csv", "rounds=1", IN_PROCESS)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_rows(run_dir / "metrics.csv")
     assert rows and {"round", "split", "client", "task", "loss"} <= set(rows[0])
