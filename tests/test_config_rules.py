@@ -191,6 +191,12 @@ RULES = [
         "must be below the 1 federated blocks of the encoder's 2 (model.sharing)",
     ),
     (
+        ["server.grouping={name: cfl}", "server.shared_across_groups=1", "model.sharing={name: mmoe}"],
+        "server.shared_across_groups",
+        "model.sharing (mmoe) splits the encoder into experts",
+    ),
+    (["model.sharing={name: mmoe, experts: 1}"], "model.sharing", "experts must be >= 2, got 1"),
+    (
         ["server.grouping={name: cfl}", "server.shared_across_groups=1", "server.personalisation={name: mixed}"],
         "server.shared_across_groups",
         "server.personalisation (mixed) gives each client its own",

@@ -49,6 +49,7 @@ def sent_keys(reply: Message) -> set[str]:
         ("{name: partial, shared_blocks: 2}", ("encoder.0.", "encoder.1.")),
         ("{name: adapters, rank: 2}", ("encoder.0.", "encoder.1.", "encoder.2.")),
         ("{name: soft, mu: 0.5}", ("encoder.0.", "encoder.1.", "encoder.2.")),
+        ("{name: mmoe, experts: 2}", ("encoder.0.", "encoder.1.")),  # the experts (each of 3 blocks)
     ],
 )
 def test_exactly_the_configured_parameters_are_sent(sharing, shared_prefixes, flower_identity):

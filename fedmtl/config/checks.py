@@ -308,6 +308,11 @@ def check_shared_across_groups(cfg: ExperimentConfig) -> None:
             f"shares blocks of one encoder per group; server.personalisation ({cfg.server.personalisation.name}) "
             "gives each client its own",
         )
+    if cfg.model.sharing.num_experts:
+        raise ConfigError(
+            "server.shared_across_groups",
+            f"shares the lowest encoder blocks; model.sharing ({cfg.model.sharing.name}) splits the encoder into experts",
+        )
     blocks = cfg.model.num_encoder_blocks(cfg.data.feature_dim(), cfg.data.image_shape())
     federated = sum(cfg.model.sharing.is_shared(f"{ENCODER_PREFIX}{i}.weight") for i in range(blocks))
     if shared >= federated:

@@ -37,6 +37,7 @@ ROLLBACK = "rollback"  # client.rollback: per task, the choice and each option's
 TASK_COSINE = "task-cosine"  # pairwise cosine of task gradients on the encoder, mean over a round
 TASK_ANGLE_MIN = "task-angle-min"  # smallest principal angle (degrees) between task-gradient subspaces
 TASK_ANGLE_MEAN = "task-angle-mean"  # mean principal angle (degrees)
+GATE = "gate"  # model.sharing mmoe: per task, the gate's expert usage and entropy on the training data
 TASK_AFFINITY = "task-affinity"  # lookahead affinity Z(i -> j) on the encoder, mean over a round (TAG)
 # server.client_affinity_every: Z(i -> j) of client i's last round update on client j's loss, reported by j
 CLIENT_AFFINITY = "client-affinity"

@@ -18,6 +18,7 @@ from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
 from fedmtl.federation.groups import client_affinity, mean_task_affinity
 from fedmtl.local.data_checks import SHORTCUT_CHANCE, SHORTCUT_EVAL, SHORTCUT_TRAIN
+from fedmtl.local.gates import unpack
 from fedmtl.local.rollback import OPTIONS
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ CLIENT_COLUMNS = (
     "attacked",  # the client forged its encoder update this round (faults.attack)
     "task_affinity",  # client.affinity_every: lookahead affinity Z(from -> to) per ordered task pair
     "sample_epsilon",  # privacy.sample_level: the epsilon the client's DP-SGD has spent by this round
+    "gates",  # model.sharing mmoe: per task, {usage: mean gate weight per expert, entropy, uniform_entropy}
 )
 
 
@@ -172,6 +174,7 @@ class Recorder(Callback):
         rows = []
         for report in sorted(reports, key=lambda r: (r[protocol.CLIENT_ID], r.get(protocol.PARTICIPANT, 0))):
             train = protocol.unflatten_task_metrics(report, protocol.TRAIN)
+            gates = protocol.unflatten_task_metrics(report, protocol.GATE)
             rows.append(
                 {
                     "round": server_round,
@@ -185,6 +188,7 @@ class Recorder(Callback):
                     "attacked": bool(report.get(protocol.ATTACKED)),
                     "sample_epsilon": report.get(protocol.SAMPLE_EPSILON),
                     "task_affinity": affinity_rows(protocol.unflatten_pair_metrics(report, protocol.TASK_AFFINITY)),
+                    "gates": {task: unpack(m) for task, m in sorted(gates.items())} or None,
                 }
             )
         self.clients.write(rows)

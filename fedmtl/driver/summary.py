@@ -4,13 +4,15 @@ evaluated round."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.core import protocol
-from fedmtl.core.layout import SUMMARY_JSON, SUMMARY_MD
+from fedmtl.core.layout import CLIENTS_FILE, SUMMARY_JSON, SUMMARY_MD
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.driver.schedule import is_evaluation_round
+from fedmtl.runfiles.gates import final_readings, gates_table, per_task
 from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runfiles.summary import EvalCurves, format_table, task_summary
 
@@ -57,6 +59,10 @@ def write_run_summary(
     if stopped:
         overview["stopped"] = stopped
         text += f"\nStopped early: {stopped}.\n"
+    gates = per_task(final_readings(run.path / CLIENTS_FILE)) if cfg.model.sharing.num_experts else []
+    if gates:  # a mixture of experts: how each task's gates weigh the experts at the end (clients' means)
+        overview["gates"] = [asdict(g) for g in gates]
+        text += f"\n## Expert gates (model.sharing mmoe; clients.jsonl)\n\n{gates_table(gates)}\n"
     if personal:  # soft sharing: each client's personalised copy, evaluated on the same data
         overview["personal"] = personal
         text += f"\n## Personalised copies (model.sharing soft)\n\n{format_table(personal)}\n"

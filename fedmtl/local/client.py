@@ -28,6 +28,7 @@ from fedmtl.local import dp_sgd, rollback
 from fedmtl.local.affinity import client_lookahead_affinity
 from fedmtl.local.data import data_key, participant_data
 from fedmtl.local.data_checks import shortcut_check
+from fedmtl.local.gates import gate_diagnostics
 from fedmtl.local.training import Proximal, TrainStats, evaluate, fit_heads, train_local
 from fedmtl.methods.balancing import Static
 from fedmtl.methods.privacy import privatise_update
@@ -210,6 +211,7 @@ class LocalClient:
                 **self._train_metrics(stats, data),
                 **accounted,
                 **{f"{protocol.CLIENT_AFFINITY}/{i}/{self.client_id}": z for i, z in client_affinity.items()},
+                **protocol.flatten_task_metrics(protocol.GATE, gate_diagnostics(model, data)),
             },
         )
         self._release_device_memory()

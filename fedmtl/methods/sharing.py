@@ -3,7 +3,7 @@
 Each mode is a frozen dataclass that answers two questions through capabilities, never through
 its name: which encoder parameters are shared (``is_shared``), and what the model and client
 must build besides (``adapter_rank`` for per-task adapters, ``personal_mu`` for a personalised
-encoder copy). Everything not shared stays in the client's private state and is never sent.
+encoder copy, ``num_experts`` for a mixture of encoder copies with a private gate per task). Everything not shared stays in the client's private state and is never sent.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class Sharing(Component):
     def personal_mu(self) -> float | None:
         """Not None: keep a personalised copy trained with this proximal pull to the global encoder."""
         return None
+
+    @property
+    def num_experts(self) -> int:
+        """> 0: the encoder is this many experts (copies of its architecture), mixed per task by a gate."""
+        return 0
 
     @abstractmethod
     def is_shared(self, key: str) -> bool:
@@ -113,6 +118,29 @@ class Soft(Sharing):
         return key.startswith(ENCODER_PREFIX)
 
 
+@dataclass(frozen=True)
+class MultiGateMixture(Sharing):
+    """Multi-gate mixture of experts (MMoE; Ma et al., "Modeling Task Relationships in Multi-task
+    Learning with Multi-gate Mixture-of-Experts", KDD 2018): the encoder is ``experts`` copies of its
+    architecture, each drawn apart; task ``t`` sees ``sum_e softmax(W_t x)_e expert_e(x)``. The experts
+    are federated; each task's gate ``W_t`` (a linear map of the input, zero at the start: every task
+    begins with the uniform mixture) stays private on the client, so the routing is learned per client."""
+
+    name: ClassVar[str] = "mmoe"
+    experts: int = 4
+
+    def __post_init__(self) -> None:
+        if self.experts < 2:
+            raise ValueError(f"experts must be >= 2, got {self.experts}")
+
+    @property
+    def num_experts(self) -> int:
+        return self.experts
+
+    def is_shared(self, key: str) -> bool:
+        return key.startswith(ENCODER_PREFIX)
+
+
 SHARING_MODES = Sharing.REGISTRY
-for _mode in (Hard, Partial, Adapters, Soft):
+for _mode in (Hard, Partial, Adapters, Soft, MultiGateMixture):
     SHARING_MODES.register(_mode)

@@ -1,7 +1,8 @@
-"""Shared encoder + one private head per task (+ optional private per-task adapters).
+"""Shared encoder + one private head per task (+ optional private per-task adapters or gates).
 
 Parameter names are the contract with the wire format: ``encoder.<block>.*`` may be shared
-(``model.sharing`` decides which blocks), ``heads.*`` and ``adapters.*`` always stay on the client.
+(``model.sharing`` decides which blocks; under a mixture of experts ``encoder.<expert>.<block>.*``),
+``heads.*``, ``adapters.*`` and ``gates.*`` always stay on the client.
 """
 
 from __future__ import annotations
@@ -20,12 +21,34 @@ from fedmtl.model.encoders import ACTIVATIONS, ImageShape, mlp
 
 
 def build_encoder(cfg: ModelConfig, input_dim: int, image_shape: ImageShape | None = None) -> nn.ModuleList:
-    """A list of blocks; block i's parameters are ``encoder.<i>.*`` (the unit of partial sharing)."""
+    """A list of blocks; block i's parameters are ``encoder.<i>.*`` (the unit of partial sharing). Under a
+    mixture of experts (``model.sharing.num_experts``), a list of experts, each the blocks in sequence."""
+    experts = cfg.sharing.num_experts
+    if experts:
+        return nn.ModuleList(nn.Sequential(*cfg.encoder.build(cfg, input_dim, image_shape)) for _ in range(experts))
     return cfg.encoder.build(cfg, input_dim, image_shape)
 
 
+def mixture_weights(gate: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A task's gate on a batch: ``softmax(W_t x)``, one row of expert weights per example."""
+    return torch.softmax(gate(x.flatten(1).float()), dim=1)
+
+
+def mixed(experts: nn.ModuleList, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_e weights[:, e] * expert_e(x)`` for outputs of any shape (vectors or feature maps)."""
+    out = torch.stack([expert(x) for expert in experts], dim=1)
+    return (weights.reshape(*weights.shape, *([1] * (out.dim() - 2))) * out).sum(dim=1)
+
+
+def zero_gate(input_dim: int, experts: int) -> nn.Linear:
+    gate = nn.Linear(input_dim, experts)
+    nn.init.zeros_(gate.weight)
+    nn.init.zeros_(gate.bias)
+    return gate
+
+
 def representation_shape(
-    encoder: nn.ModuleList, input_dim: int, example: torch.Tensor | None = None
+    encoder: nn.ModuleList | nn.Sequential, input_dim: int, example: torch.Tensor | None = None
 ) -> tuple[int, ...]:
     """The shape of one example's encoder output: ``(width,)``, or ``(channels, height, width)`` for an
     encoder that keeps a feature map (found by running ``example``, by default two zero inputs, through it)."""
@@ -123,8 +146,13 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         specs = list(tasks)
         self.encoder = build_encoder(cfg, input_dim, image_shape)
+        experts = cfg.sharing.num_experts
         declared = cfg.encoder.output_shape(cfg, input_dim, image_shape)  # no forward pass on every build
-        representation = declared if declared is not None else representation_shape(self.encoder, input_dim)
+        if declared is not None:
+            representation = declared
+        else:
+            one_expert = cast(nn.Sequential, self.encoder[0]) if experts else self.encoder
+            representation = representation_shape(one_expert, input_dim)
         self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec, representation, image_shape) for spec in specs})
         widths = cfg.encoder.block_widths(cfg, input_dim) if adapter_rank > 0 else []
         self.adapters = nn.ModuleDict(
@@ -133,8 +161,11 @@ class MultiTaskModel(nn.Module):
                 for spec in (specs if adapter_rank > 0 else [])
             }
         )
+        self.gates = nn.ModuleDict({spec.name: zero_gate(input_dim, experts) for spec in (specs if experts else [])})
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        if task in self.gates:
+            return self.heads[task](mixed(self.encoder, self.gate_weights(x, task), x))
         adapters = cast(nn.ModuleList, self.adapters[task]) if task in self.adapters else None
         h = x
         for i, block in enumerate(self.encoder):
@@ -143,12 +174,17 @@ class MultiTaskModel(nn.Module):
                 h = adapters[i](h)
         return self.heads[task](h)
 
+    def gate_weights(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """``[batch, experts]``: how ``task``'s gate mixes the experts on ``x`` (mixture of experts only)."""
+        return mixture_weights(self.gates[task], x)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters every held task shares (the target of in-client gradient surgery)."""
         return list(self.encoder.parameters())
 
     def last_shared_layer_weight(self) -> nn.Parameter:
-        """GradNorm's ``W``: the weight of the encoder's last linear or convolutional layer."""
+        """GradNorm's ``W``: the weight of the encoder's last linear or convolutional layer (under a mixture
+        of experts, the last expert's)."""
         layer = last_weighted_layer(cast(nn.Module, self.encoder[-1]))
         if layer is None:
             raise ValueError("GradNorm needs an nn.Linear or nn.Conv2d in the encoder's last block; this one has none")

@@ -91,6 +91,11 @@ def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
         )
         for s in summary
     ]
+    return format_grid(header, lines)
+
+
+def format_grid(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """Cells padded to their column's width, as a markdown table."""
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
 
     def fmt(row: Sequence[str]) -> str:
