@@ -199,7 +199,9 @@ def test_failing_and_corrupt_clients_are_counted_and_the_run_goes_on(tmp_path, s
 def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_env):
     run_dir = tmp_path / "starved"
     result = simulate(
-        *set_args((*SMALL, IN_PROCESS, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")),
+        *set_args(
+            (*SMALL, IN_PROCESS, "server.fraction_fit=1.0", "faults.client_nan_rate=1.0", f"output.run_dir={run_dir}")
+        ),
         env=simulate_env,
     )
     assert result.returncode == 1

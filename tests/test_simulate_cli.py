@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from fedmtl.core.files import read_rows
-from tests.helpers import IN_PROCESS, TINY_CLIENT_TASKS, TINY_OVERRIDES, assert_no_leftover_processes, set_args, simulate
+from tests.helpers import (
+    IN_PROCESS,
+    TINY_CLIENT_TASKS,
+    TINY_OVERRIDES,
+    assert_no_leftover_processes,
+    set_args,
+    simulate,
+)
 
 
 @pytest.mark.parametrize(
