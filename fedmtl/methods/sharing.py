@@ -127,7 +127,7 @@ class MultiGateMixture(Sharing):
     begins with the uniform mixture) stays private on the client, so the routing is learned per client."""
 
     name: ClassVar[str] = "mmoe"
-    experts: int = 4
+    experts: int = 4  # how many experts (copies of model.encoder), all federated
 
     def __post_init__(self) -> None:
         if self.experts < 2:

@@ -31,6 +31,7 @@ from fedmtl.report.collect import StudyData, collect_study
 from fedmtl.report.conflict import COLUMNS_EXPLAINED, conflict_columns, summarize_conflict
 from fedmtl.report.data_checks import data_check_blocks
 from fedmtl.report.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, PairedTest, Spread, Verdict, mean_std
+from fedmtl.report.gates import gate_blocks
 from fedmtl.report.privacy import privacy_blocks
 from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 
@@ -340,6 +341,7 @@ def build_blocks(
         client_delta_table(all_comparisons),
         *calibration_blocks(calibration or {}),
         *privacy_blocks(data),
+        *gate_blocks(data),
         *adaptive_blocks(data, all_comparisons),
         *communication_blocks(summary),
         *conflict_blocks(data),
