@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fedmtl.core.layout import find_metrics_file
 from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
+from fedmtl.report.label_checks import DISAGREE_RATIO, NOISE_RATIO, LabelCheck, label_checks
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 SHORTCUT_MIN = 0.9  # share of the label one feature explains in training
@@ -69,9 +70,18 @@ def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
 
 def data_check_blocks(data: StudyData) -> list[Block]:
     """The clients' own data checks, flagged issues first (before any comparison of arms)."""
-    checks = shortcut_checks(data)
-    if not checks:
+    shortcuts, labels = shortcut_checks(data), label_checks(data)
+    if not shortcuts and not labels:
         return []
+    blocks: list[Block] = [Heading("Data checks")]
+    if shortcuts:
+        blocks += shortcut_blocks(shortcuts)
+    if labels:
+        blocks += label_check_blocks(labels)
+    return blocks
+
+
+def shortcut_blocks(checks: list[ShortcutCheck]) -> list[Block]:
     flagged = [c for c in checks if c.flagged]
     strongest = max(checks, key=lambda c: c.train - c.held_out)
     rows = [
@@ -93,7 +103,6 @@ def data_check_blocks(data: StudyData) -> list[Block]:
         "(the strongest case is shown)."
     )
     return [
-        Heading("Data checks"),
         Paragraph(
             f"Computed on each client from its own data; only the numbers left it. Shortcut: the share of a task's "
             f"label that the best single input feature explains in the client's training data (η² or r²) and the "
@@ -102,4 +111,43 @@ def data_check_blocks(data: StudyData) -> list[Block]:
             f"{verdict}"
         ),
         Table(["task", "client", "share in training", "share held out", "by chance", "seeds flagged"], rows),
+    ]
+
+
+def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
+    """Flagged (check, arm, task, client)s, or the largest ratio of each check when nothing is flagged."""
+    flagged = [c for c in checks if c.flagged]
+    shown = flagged or [
+        max((c for c in checks if c.name == name), key=lambda c: c.loss / c.peers if c.peers > 0 else 0.0)
+        for name in dict.fromkeys(c.name for c in checks)
+    ]
+    rows = [
+        [
+            c.name,
+            c.arm,
+            c.task,
+            str(c.client),
+            f"{c.loss:.4g}",
+            f"{c.peers:.4g}",
+            f"{c.loss / c.peers:.2f}" if c.peers > 0 else "n/a",
+            f"{c.flagged_seeds} / {c.seeds}",
+        ]
+        for c in shown
+    ]
+    clients = sorted({(c.task, c.client) for c in flagged})
+    verdict = (
+        f"**{len(clients)} (task, client) pair(s) flagged**: "
+        + ", ".join(f"{task} on client {client}" for task, client in clients)
+        + ". Check their labels before comparing arms."
+        if flagged
+        else "Nothing flagged (the largest ratio of each check is shown)."
+    )
+    return [
+        Paragraph(
+            "Labels, from each client's own final losses against the other holders of the task (the median of "
+            f"theirs, the client left out): **noisy labels** when its training loss is at least {NOISE_RATIO}x, "
+            f"**disagreeing labels** when its held-out loss is at least {DISAGREE_RATIO}x, on at least half of the "
+            f"seeds. A relabelling that a private head learns leaves no trace in the losses. {verdict}"
+        ),
+        Table(["check", "arm", "task", "client", "loss", "others' median", "ratio", "seeds flagged"], rows),
     ]

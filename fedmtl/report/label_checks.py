@@ -1,0 +1,96 @@
+"""Label checks from what the federation already sees: each client's own losses per task, against the
+other clients that hold the task (issue #22). No data leaves a client; the losses are in the run files.
+
+* **Noisy labels**: a client whose final *training* loss on a task is at least ``NOISE_RATIO`` times the
+  median of the other holders' (a higher floor of irreducible loss: its labels disagree with its inputs
+  more often than its peers'). Flipped or noised training labels raise it on any arm.
+* **Disagreeing labels**: a client whose final *held-out* loss on a task is at least ``DISAGREE_RATIO``
+  times the other holders' median: its own data, labelled by its own standard, is fitted far worse than
+  its peers' by what it shares with them. A relabelling that a private head can learn (permuted classes
+  with heads kept private) leaves no trace here, and no harm either; once heads are shared, it shows.
+
+The other holders' median leaves the client out, so two affected clients among four holders do not hide
+each other. A (task, client) is flagged when the ratio is reached on at least half of the seeds. The
+ratios were chosen on tuning seeds of configs/study_data_issues.yaml that docs/FINDINGS.md does not report.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fedmtl.core.layout import find_metrics_file
+from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
+
+NOISE_RATIO = 2.0
+DISAGREE_RATIO = 2.0
+MIN_PEERS = 2  # other holders a client is compared with (fewer: no check)
+TRAIN_SPLIT = "train"
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    name: str  # "noisy labels" or "disagreeing labels"
+    arm: str
+    task: str
+    client: int
+    loss: float  # the client's final loss, mean over seeds
+    peers: float  # the other holders' median final loss, mean over seeds
+    flagged_seeds: int
+    seeds: int
+
+    @property
+    def flagged(self) -> bool:
+        return self.flagged_seeds > 0 and 2 * self.flagged_seeds >= self.seeds
+
+
+CHECKS = (("noisy labels", TRAIN_SPLIT, NOISE_RATIO), ("disagreeing labels", EVAL_SPLIT, DISAGREE_RATIO))
+
+
+def final_losses(rows: Iterable[Mapping], split: str) -> dict[str, dict[int, float]]:
+    """Task -> client -> the loss of the client's last row of ``split`` for the task."""
+    last: dict[tuple[str, int], tuple[int, float]] = {}
+    for row in rows:
+        if row["split"] != split or row.get("loss") is None:
+            continue
+        key = (row["task"], int(row["client"]))
+        if key not in last or int(row["round"]) >= last[key][0]:
+            last[key] = (int(row["round"]), float(row["loss"]))
+    out: dict[str, dict[int, float]] = {}
+    for (task, client), (_, loss) in sorted(last.items()):
+        out.setdefault(task, {})[client] = loss
+    return out
+
+
+def against_peers(losses: Mapping[int, float]) -> dict[int, tuple[float, float]]:
+    """Client -> (its loss, the median of the other holders'), for clients with ``MIN_PEERS`` others."""
+    if len(losses) <= MIN_PEERS:
+        return {}
+    return {c: (loss, statistics.median(v for o, v in losses.items() if o != c)) for c, loss in losses.items()}
+
+
+def label_checks(data: StudyData) -> list[LabelCheck]:
+    """Every (check, arm, task, client) that could be checked, in arm order."""
+    found: dict[tuple[str, str, str, int], list[tuple[float, float, bool]]] = {}
+    for arm in data.study.arms:
+        for result in data.arm_results(arm):
+            rows = list(read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task")))
+            for name, split, ratio in CHECKS:
+                for task, losses in final_losses(rows, split).items():
+                    for client, (loss, peers) in against_peers(losses).items():
+                        flagged = peers > 0 and loss >= ratio * peers
+                        found.setdefault((name, arm, task, client), []).append((loss, peers, flagged))
+    return [
+        LabelCheck(
+            name,
+            arm,
+            task,
+            client,
+            statistics.fmean(v[0] for v in values),
+            statistics.fmean(v[1] for v in values),
+            sum(v[2] for v in values),
+            len(values),
+        )
+        for (name, arm, task, client), values in found.items()
+    ]
