@@ -142,7 +142,8 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         client = _client(cfg, context, config)
         store = _store(context, config, client.participant.index)
         shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
-        reports = client.evaluate(shared, _private_state(context, store, config))
+        server_round = int(protocol.as_number(config.get(protocol.SERVER_ROUND, 0)))
+        reports = client.evaluate(shared, _private_state(context, store, config), server_round)
         return Message(_reports(reports), reply_to=msg)
 
     @app.query()

@@ -122,6 +122,58 @@ def test_a_run_records_its_issues_and_trains_on_them(tmp_path):
     assert loss["issue"][(0, "anchor")] == loss["plain"][(0, "anchor")]  # client 0 trains on the same data
 
 
+def test_drift_relabels_a_growing_share_of_the_clients_train_and_eval_labels():
+    cfg, clean = data_with()
+    drift, _ = data_with("{name: drift, task: digit, clients: [3], per_round: 0.25, start_round: 2}")  # 0, 3 hold digit
+    moved_before, checked = None, 0
+    for server_round, share in ((0, 0.0), (1, 0.0), (2, 0.25), (3, 0.5), (6, 1.0), (9, 1.0)):
+        for c in range(4):
+            now = client_data(drift, c, server_round)
+            for split in ("train", "eval"):
+                for task, before in getattr(clean[c], split).items():
+                    after = getattr(now, split)[task]
+                    assert torch.equal(before.x, after.x)
+                    moved = before.y != after.y
+                    if c == 3 and task == "digit":
+                        checked += 1
+                        assert abs(moved.float().mean().item() - share) < 0.1, (server_round, split)
+                        assert torch.equal(after.y[moved], (before.y[moved] + 1) % 10)  # to the next class
+                        if split == "train" and moved_before is not None:
+                            assert bool((moved | ~moved_before).all())  # the relabelled set only grows
+                        if split == "train":
+                            moved_before = moved
+                    else:
+                        assert not moved.any()
+    assert checked == 12  # six rounds x (train, eval)
+    assert client_data(drift, 3).train["digit"].y.equal(clean[3].train["digit"].y)  # the cache is undrifted
+
+
+def test_regression_drift_offsets_the_targets_in_their_spread():
+    base = (*tiny_overrides(2), "clients.samples_per_task=500")
+    clean = client_data(load_config(None, list(base)), 0)
+    cfg = load_config(None, [*base, "data_issues=[{name: drift, task: anchor, per_round: 0.5}]"])
+    std = float(clean.train["anchor"].y.std())
+    for server_round in (0, 1, 4):
+        now = client_data(cfg, 0, server_round)
+        for split in ("train", "eval"):
+            shift = getattr(now, split)["anchor"].y - getattr(clean, split)["anchor"].y
+            assert torch.allclose(shift, torch.full_like(shift, 0.5 * server_round * std), atol=1e-5)
+
+
+def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
+    issue = "data_issues=[{name: drift, task: orthogonal, clients: [1], per_round: 0.5}]"
+    drifted = run_in_process(tmp_path, "drift", *tiny_overrides(3), "rounds=2", "eval_every=1", issue)
+    plain = run_in_process(tmp_path, "plain", *tiny_overrides(3), "rounds=2", "eval_every=1")
+    loss = {
+        name: {(r["round"], r["split"], r["client"], r["task"]): r["loss"] for r in read_rows(d / "metrics.jsonl")}
+        for name, d in (("drift", drifted), ("plain", plain))
+    }
+    assert loss["drift"][0, "eval", 1, "orthogonal"] == loss["plain"][0, "eval", 1, "orthogonal"]  # round 0: none
+    for key in ((1, "train", 1, "orthogonal"), (1, "eval", 1, "orthogonal"), (2, "eval", 1, "orthogonal")):
+        assert loss["drift"][key] != loss["plain"][key], key
+    assert loss["drift"][1, "train", 2, "orthogonal"] == loss["plain"][1, "train", 2, "orthogonal"]
+
+
 @pytest.mark.parametrize(
     ("issue", "key", "message"),
     [
@@ -134,7 +186,9 @@ def test_a_run_records_its_issues_and_trains_on_them(tmp_path):
         ("{name: annotation, task: digit, clients: [0], merge: [[1]]}", "data_issues[0].merge[0]", "two classes"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1, 12]]}", "data_issues[0].merge[0]", "in [0, 10)"),
         ("{name: leakage, task: parity, strength: 0}", "data_issues[0].strength", "must be > 0"),
-        ("{name: drift, task: parity}", "data_issues[0].name", "drift"),
+        ("{name: drift, task: parity, per_round: -0.1}", "data_issues[0].per_round", "must be >= 0"),
+        ("{name: drift, task: parity, start_round: 0}", "data_issues[0].start_round", "must be >= 1"),
+        ("{name: drift, task: parity, clients: [7]}", "data_issues[0].clients[0]", "does not take part"),
     ],
 )
 def test_bad_issues_are_refused_with_their_key(issue, key, message):

@@ -18,7 +18,13 @@ means every client. A client that does not hold the issue's task is left as it i
   own label can leak: the suites' tasks do not share examples, so another task's label is not
   defined for an example.
 
-Temporal skew is not here yet (the suites make a client's data once per run).
+* ``drift`` (temporal skew): the client's labelling of the task moves with the rounds, in its training
+  and evaluation data alike (the current period is its ground truth). From ``start_round`` on, each
+  round adds ``per_round`` to the share of its examples (classification) relabelled to the next class,
+  ``(y + 1) mod C``, the examples chosen once by a seeded draw so that the relabelled set only grows; or
+  (regression) to an offset of the targets in units of the client's target standard deviation. Round 0,
+  the evaluation before any training, is the undrifted data. Tasks from different periods are a drift
+  that stands still: ``annotation`` with an ``offset``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class DataIssue(Component):
     task: str
     clients: tuple[int, ...]
     kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION, "regression")  # the task kinds it applies to
+    drifts: ClassVar[bool] = False  # True: the issue depends on the round (:meth:`at_round`), not :meth:`apply`
 
     def applies_to(self, client: int, data: ClientData) -> bool:
         return (not self.clients or client in self.clients) and self.task in data.train
@@ -59,6 +66,10 @@ class DataIssue(Component):
     @abstractmethod
     def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
         """The client's data with the issue (a new object; ``data`` is never modified)."""
+
+    def at_round(self, data: ClientData, spec: TaskSpec, generator: torch.Generator, server_round: int) -> ClientData:
+        """The client's data in round ``server_round`` (issues that drift; the others are in :meth:`apply`)."""
+        return data
 
     def spec_in(self, specs: Sequence[TaskSpec]) -> TaskSpec | None:
         """The issue's task among ``specs``, or None."""
@@ -211,6 +222,43 @@ class Leakage(DataIssue):
         )
 
 
+@dataclass(frozen=True)
+class Drift(DataIssue):
+    """The client's labels of the task drift over the rounds (training and evaluation data alike)."""
+
+    name: ClassVar[str] = "drift"
+    drifts: ClassVar[bool] = True
+    task: str = ""
+    clients: tuple[int, ...] = ()
+    per_round: float = 0.1  # classification: share relabelled added per round; regression: offset in target stds
+    start_round: int = 1  # the first round whose data has drifted
+
+    def __post_init__(self) -> None:
+        require(self.per_round >= 0, "per_round", f"must be >= 0, got {self.per_round}")
+        require(self.start_round >= 1, "start_round", f"must be >= 1, got {self.start_round}")
+
+    def periods(self, server_round: int) -> int:
+        """How many rounds of drift the data of ``server_round`` carries."""
+        return max(0, server_round - self.start_round + 1)
+
+    def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
+        return data
+
+    def at_round(self, data: ClientData, spec: TaskSpec, generator: torch.Generator, server_round: int) -> ClientData:
+        train, evaluation = data.train[self.task], data.eval[self.task]
+        amount = self.per_round * self.periods(server_round)
+        if spec.kind == CLASSIFICATION:  # the same draws every round: the relabelled examples only grow
+            share = min(1.0, amount)
+            moved = [torch.rand(len(d.y), generator=generator) < share for d in (train, evaluation)]
+            relabel = [torch.where(m, (d.y + 1) % spec.num_classes, d.y) for m, d in zip(moved, (train, evaluation))]
+        else:
+            std = float(train.y.std()) if len(train.y) > 1 else 1.0
+            relabel = [d.y + amount * std for d in (train, evaluation)]
+        return with_task(
+            data, self.task, train=TaskData(train.x, relabel[0]), evaluation=TaskData(evaluation.x, relabel[1])
+        )
+
+
 def apply_issues(
     issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData
 ) -> ClientData:
@@ -222,6 +270,18 @@ def apply_issues(
     return data
 
 
+def apply_drift(
+    issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData, server_round: int
+) -> ClientData:
+    """``data`` of ``client`` as it is in round ``server_round``: every drifting issue that applies to it."""
+    by_name = {s.name: s for s in specs}
+    for index, issue in enumerate(issues):
+        if issue.drifts and issue.applies_to(client, data):
+            generator = issue_generator(seed, index, client)
+            data = issue.at_round(data, by_name[issue.task], generator, server_round)
+    return data
+
+
 DATA_ISSUES = DataIssue.REGISTRY
-for _issue in (LabelNoise, Annotation, Leakage):
+for _issue in (LabelNoise, Annotation, Leakage, Drift):
     DATA_ISSUES.register(_issue)

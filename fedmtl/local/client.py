@@ -176,7 +176,7 @@ class LocalClient:
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared, probe_base, probed = protocol.split_probes(shared)
         shared = self.own(shared)
-        data, _ = self._training_split(participant_data(self.cfg, self.participant).train)
+        data, _ = self._training_split(participant_data(self.cfg, self.participant, server_round).train)
         generator = torch.Generator().manual_seed(self.streams.round(server_round))
         model = self.build_model(shared, strip_prefix(MODEL, private))
         client_affinity = {}
@@ -341,13 +341,13 @@ class LocalClient:
         }
 
     def evaluate(
-        self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None
+        self, shared: dict[str, torch.Tensor], private: dict[str, torch.Tensor] | None, server_round: int = 0
     ) -> list[dict[str, float]]:
-        """One report per client the participant speaks for: its held-out data, evaluated with the
-        encoder as received and the participant's private parts."""
+        """One report per client the participant speaks for: its held-out data of round ``server_round``,
+        evaluated with the encoder as received and the participant's private parts."""
         torch.set_num_threads(self.cfg.resources.torch_threads)
         shared = self.own(shared)
-        data = participant_data(self.cfg, self.participant)
+        data = participant_data(self.cfg, self.participant, server_round)
         train, validation = self._training_split(data.train)
         model = self.build_model(shared, strip_prefix(MODEL, private))
         if self.training.eval_head_steps:  # fitted on a throwaway copy: nothing here is kept

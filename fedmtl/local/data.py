@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmtl.config.experiment import ExperimentConfig
-from fedmtl.data.issues import apply_issues
+from fedmtl.data.issues import apply_drift, apply_issues
 from fedmtl.data.participants import Participant
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import ClientData, TaskData
@@ -35,19 +35,20 @@ def data_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def client_data(cfg: ExperimentConfig, client_id: int) -> ClientData:
-    """Every task client ``client_id`` holds, train and eval (a task's data never depends on which
-    other tasks a participant trains)."""
+def client_data(cfg: ExperimentConfig, client_id: int, server_round: int = 0) -> ClientData:
+    """Every task client ``client_id`` holds, train and eval, as it is in round ``server_round`` (a task's
+    data never depends on which other tasks a participant trains; only a ``drift`` issue on the round)."""
     key = (data_key(cfg), client_id)
     if key in _data_cache:
         _data_cache.move_to_end(key)
-        return _data_cache[key]
-    data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
-    data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data)
-    _data_cache[key] = data
-    if len(_data_cache) > DATA_CACHE_SIZE:
-        _data_cache.popitem(last=False)
-    return data
+        data = _data_cache[key]
+    else:
+        data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
+        data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data)
+        _data_cache[key] = data
+        if len(_data_cache) > DATA_CACHE_SIZE:
+            _data_cache.popitem(last=False)
+    return apply_drift(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, server_round)
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ class ParticipantData:
     evals: tuple[tuple[int, dict[str, TaskData]], ...]  # (client id, eval data of the client's tasks)
 
 
-def participant_data(cfg: ExperimentConfig, participant: Participant) -> ParticipantData:
-    """A participant's data: its client's data of its tasks, or (pooled) every member's training data
-    concatenated task by task in client order, and each member's own held-out data."""
+def participant_data(cfg: ExperimentConfig, participant: Participant, server_round: int = 0) -> ParticipantData:
+    """A participant's data in round ``server_round``: its client's data of its tasks, or (pooled) every
+    member's training data concatenated task by task in client order, and each member's own held-out data."""
     tasks = set(participant.tasks)
-    per_client = {c: client_data(cfg, c) for c in participant.clients}
+    per_client = {c: client_data(cfg, c, server_round) for c in participant.clients}
     held = {c: [t for t in cfg.clients.tasks_of(c, cfg.data.task_names()) if t in tasks] for c in per_client}
     evals = tuple((c, {t: per_client[c].eval[t] for t in held[c]}) for c in participant.clients)
     if not participant.pooled:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fedmtl.core.layout import find_metrics_file
 from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
-from fedmtl.report.label_checks import DISAGREE_RATIO, NOISE_RATIO, LabelCheck, label_checks
+from fedmtl.report.label_checks import DISAGREE_RATIO, DRIFT_RATIO, NOISE_RATIO, LabelCheck, label_checks
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 SHORTCUT_MIN = 0.9  # share of the label one feature explains in training
@@ -118,7 +118,7 @@ def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
     """Flagged (check, arm, task, client)s, or the largest ratio of each check when nothing is flagged."""
     flagged = [c for c in checks if c.flagged]
     shown = flagged or [
-        max((c for c in checks if c.name == name), key=lambda c: c.loss / c.peers if c.peers > 0 else 0.0)
+        max((c for c in checks if c.name == name), key=lambda c: c.value / c.peers if c.peers > 0 else 0.0)
         for name in dict.fromkeys(c.name for c in checks)
     ]
     rows = [
@@ -127,9 +127,9 @@ def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
             c.arm,
             c.task,
             str(c.client),
-            f"{c.loss:.4g}",
+            f"{c.value:.4g}",
             f"{c.peers:.4g}",
-            f"{c.loss / c.peers:.2f}" if c.peers > 0 else "n/a",
+            f"{c.value / c.peers:.2f}" if c.peers > 0 else "n/a",
             f"{c.flagged_seeds} / {c.seeds}",
         ]
         for c in shown
@@ -144,10 +144,12 @@ def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
     )
     return [
         Paragraph(
-            "Labels, from each client's own final losses against the other holders of the task (the median of "
-            f"theirs, the client left out): **noisy labels** when its training loss is at least {NOISE_RATIO}x, "
-            f"**disagreeing labels** when its held-out loss is at least {DISAGREE_RATIO}x, on at least half of the "
-            f"seeds. A relabelling that a private head learns leaves no trace in the losses. {verdict}"
+            "Labels, from each client's own losses against the other holders of the task (the median of theirs, "
+            f"the client left out): **noisy labels** when its final training loss is at least {NOISE_RATIO}x, "
+            f"**disagreeing labels** when its final held-out loss is at least {DISAGREE_RATIO}x, **drifting labels** "
+            "when its held-out loss worsened (final over its best at an earlier round after round 0) at least "
+            f"{DRIFT_RATIO}x as much, on at least half of the seeds. A relabelling that a private head learns leaves "
+            f"no trace in the losses. {verdict}"
         ),
-        Table(["check", "arm", "task", "client", "loss", "others' median", "ratio", "seeds flagged"], rows),
+        Table(["check", "arm", "task", "client", "value", "others' median", "ratio", "seeds flagged"], rows),
     ]

@@ -8,6 +8,10 @@ other clients that hold the task (issue #22). No data leaves a client; the losse
   times the other holders' median: its own data, labelled by its own standard, is fitted far worse than
   its peers' by what it shares with them. A relabelling that a private head can learn (permuted classes
   with heads kept private) leaves no trace here, and no harm either; once heads are shared, it shows.
+* **Drifting labels**: a client whose held-out loss *worsened* over the run (its final held-out loss over
+  its best one at an earlier evaluated round after round 0) at least ``DRIFT_RATIO`` times as much as the
+  other holders' median: its data moved away from what it learned (the metric on time windows). Needs
+  three evaluated rounds or more (round 0, one to be best at, the last).
 
 The other holders' median leaves the client out, so two affected clients among four holders do not hide
 each other. A (task, client) is flagged when the ratio is reached on at least half of the seeds. The
@@ -25,18 +29,19 @@ from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
 
 NOISE_RATIO = 2.0
 DISAGREE_RATIO = 2.0
+DRIFT_RATIO = 1.5
 MIN_PEERS = 2  # other holders a client is compared with (fewer: no check)
 TRAIN_SPLIT = "train"
 
 
 @dataclass(frozen=True)
 class LabelCheck:
-    name: str  # "noisy labels" or "disagreeing labels"
+    name: str  # "noisy labels", "disagreeing labels" or "drifting labels"
     arm: str
     task: str
     client: int
-    loss: float  # the client's final loss, mean over seeds
-    peers: float  # the other holders' median final loss, mean over seeds
+    value: float  # the client's value (a final loss; drift: its worsening), mean over seeds
+    peers: float  # the other holders' median value, mean over seeds
     flagged_seeds: int
     seeds: int
 
@@ -45,22 +50,39 @@ class LabelCheck:
         return self.flagged_seeds > 0 and 2 * self.flagged_seeds >= self.seeds
 
 
-CHECKS = (("noisy labels", TRAIN_SPLIT, NOISE_RATIO), ("disagreeing labels", EVAL_SPLIT, DISAGREE_RATIO))
-
-
 def final_losses(rows: Iterable[Mapping], split: str) -> dict[str, dict[int, float]]:
     """Task -> client -> the loss of the client's last row of ``split`` for the task."""
-    last: dict[tuple[str, int], tuple[int, float]] = {}
-    for row in rows:
-        if row["split"] != split or row.get("loss") is None:
-            continue
-        key = (row["task"], int(row["client"]))
-        if key not in last or int(row["round"]) >= last[key][0]:
-            last[key] = (int(row["round"]), float(row["loss"]))
+    return {
+        task: {c: curve[max(curve)] for c, curve in by_client.items()}
+        for task, by_client in curves(rows, split).items()
+    }
+
+
+def worsening(rows: Iterable[Mapping]) -> dict[str, dict[int, float]]:
+    """Task -> client -> final held-out loss over the best at an earlier evaluated round after round 0."""
     out: dict[str, dict[int, float]] = {}
-    for (task, client), (_, loss) in sorted(last.items()):
-        out.setdefault(task, {})[client] = loss
+    for task, by_client in curves(rows, EVAL_SPLIT).items():
+        for client, curve in by_client.items():
+            earlier = [loss for r, loss in curve.items() if 0 < r < max(curve)]
+            if earlier and min(earlier) > 0:
+                out.setdefault(task, {})[client] = curve[max(curve)] / min(earlier)
     return out
+
+
+def curves(rows: Iterable[Mapping], split: str) -> dict[str, dict[int, dict[int, float]]]:
+    """Task -> client -> round -> loss, from the rows of ``split``."""
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for row in rows:
+        if row["split"] == split and row.get("loss") is not None:
+            out.setdefault(row["task"], {}).setdefault(int(row["client"]), {})[int(row["round"])] = float(row["loss"])
+    return out
+
+
+CHECKS = (
+    ("noisy labels", lambda rows: final_losses(rows, TRAIN_SPLIT), NOISE_RATIO),
+    ("disagreeing labels", lambda rows: final_losses(rows, EVAL_SPLIT), DISAGREE_RATIO),
+    ("drifting labels", worsening, DRIFT_RATIO),
+)
 
 
 def against_peers(losses: Mapping[int, float]) -> dict[int, tuple[float, float]]:
@@ -76,8 +98,8 @@ def label_checks(data: StudyData) -> list[LabelCheck]:
     for arm in data.study.arms:
         for result in data.arm_results(arm):
             rows = list(read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task")))
-            for name, split, ratio in CHECKS:
-                for task, losses in final_losses(rows, split).items():
+            for name, values_of, ratio in CHECKS:
+                for task, losses in values_of(rows).items():
                     for client, (loss, peers) in against_peers(losses).items():
                         flagged = peers > 0 and loss >= ratio * peers
                         found.setdefault((name, arm, task, client), []).append((loss, peers, flagged))

@@ -52,7 +52,7 @@ def test_a_noisy_client_is_flagged_on_half_the_seeds_and_named(tmp_path):
     checks = label_checks(fake_study(tmp_path, train, lambda s, c: 1.0))
     noisy = [c for c in checks if c.name == "noisy labels" and c.arm == "fed_mtl" and c.client == 1]
     assert len(noisy) == 1 and noisy[0].flagged_seeds == 2 and noisy[0].seeds == 3 and noisy[0].flagged
-    assert noisy[0].loss == pytest.approx(7.5 / 3) and noisy[0].peers == pytest.approx(1.0)
+    assert noisy[0].value == pytest.approx(7.5 / 3) and noisy[0].peers == pytest.approx(1.0)
     assert [c for c in checks if c.flagged] == [c for c in checks if c.flagged and c.client == 1 and c.task == "cls"]
     assert not any(c.flagged for c in checks if c.name == "disagreeing labels")
 
@@ -74,3 +74,21 @@ def test_clean_clients_flag_nothing(tmp_path):
     assert not any(c.flagged for c in label_checks(data))
     [table] = [b for b in data_check_blocks(data) if isinstance(b, Table) and "check" in b.header]
     assert len(table.rows) == 2  # nothing flagged: the largest ratio of each check
+
+
+def test_a_client_whose_held_out_loss_turns_up_is_flagged_as_drifting(tmp_path):
+    root = write_study(tmp_path / "study", arms=("fed_mtl", "local_stl"), seeds=(0, 1))
+    curve = {0: 2.0, 5: 0.8, 10: 0.7, 15: 0.6}  # round -> held-out loss of a steady client
+    drifting = {0: 2.0, 5: 0.8, 10: 1.2, 15: 1.6}  # best 0.8 at round 5, then worse: 1.6 / 0.8 = 2
+    for arm in ("fed_mtl", "local_stl"):
+        for seed in (0, 1):
+            rows = [
+                loss_row(r, "eval", c, "cls", (drifting if c == 2 else curve)[r]) for r in curve for c in range(4)
+            ]
+            write_jsonl(root / "arms" / arm / f"seed-{seed}" / "metrics.jsonl", rows)
+    checks = [c for c in label_checks(collect_study(root)) if c.name == "drifting labels" and c.arm == "fed_mtl"]
+    by_client = {c.client: c for c in checks}
+    assert by_client[2].value == pytest.approx(2.0) and by_client[2].peers == pytest.approx(0.6 / 0.7)
+    assert [c.client for c in checks if c.flagged] == [2]
+    # round 0 is never the best: a loss that only fell since round 0 is not a drift
+    assert by_client[0].value == pytest.approx(0.6 / 0.7)
