@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 from fedmtl.core.layout import find_metrics_file
 from fedmtl.report.collect import EVAL_SPLIT, StudyData, read_table
-from fedmtl.report.label_checks import DISAGREE_RATIO, DRIFT_RATIO, NOISE_RATIO, LabelCheck, label_checks
+from fedmtl.report.label_checks import (
+    DISAGREE_MARGIN,
+    DISAGREE_RATIO,
+    DRIFT_MARGIN,
+    DRIFT_RATIO,
+    NOISE_MARGIN,
+    NOISE_RATIO,
+    LabelCheck,
+    label_checks,
+)
 from fedmtl.report.render import Block, Heading, Paragraph, Table
 
 SHORTCUT_MIN = 0.9  # share of the label one feature explains in training
@@ -145,11 +154,12 @@ def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
     return [
         Paragraph(
             "Labels, from each client's own losses against the other holders of the task (the median of theirs, "
-            f"the client left out): **noisy labels** when its final training loss is at least {NOISE_RATIO}x, "
-            f"**disagreeing labels** when its final held-out loss is at least {DISAGREE_RATIO}x, **drifting labels** "
-            "when its held-out loss worsened (final over its best at an earlier round after round 0) at least "
-            f"{DRIFT_RATIO}x as much, on at least half of the seeds. A relabelling that a private head learns leaves "
-            f"no trace in the losses. {verdict}"
+            f"the client left out): **noisy labels** when its final training loss is at least {NOISE_RATIO}x theirs "
+            f"and {NOISE_MARGIN} above, **disagreeing labels** when its final held-out loss is at least "
+            f"{DISAGREE_RATIO}x and {DISAGREE_MARGIN} above, **drifting labels** when its held-out loss worsened (final "
+            f"over its best at an earlier round after round 0) at least {DRIFT_RATIO}x as much and by {DRIFT_MARGIN} "
+            "more, on at least half of the seeds. A relabelling that a private head learns leaves no trace in the "
+            f"losses. {verdict}"
         ),
         Table(["check", "arm", "task", "client", "value", "others' median", "ratio", "seeds flagged"], rows),
     ]
