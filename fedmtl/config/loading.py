@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.config.checks import parse_and_check
-from fedmtl.config.expansion import UNSWEPT_SECTIONS, arm_config, point_config
+from fedmtl.config.expansion import UNSWEPT_SECTIONS, arm_config, point_config, pretrain_config
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.raw import apply_override, load_raw
 from fedmtl.config.study import ArmSpec
@@ -45,6 +45,13 @@ def check_arms(cfg: ExperimentConfig) -> None:
         except ConfigError as err:
             where = f"study.arms[{i}].set" if isinstance(entry, ArmSpec) else f"study.arms[{i}]"
             raise ConfigError(where, f"arm {arm.name!r} gives an invalid config: {err}") from None
+        if arm.pretrain is not None:
+            try:
+                pretrain_config(cfg, arm)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"study.arms[{i}].pretrain", f"arm {arm.name!r}'s pretraining gives an invalid config: {err}"
+                ) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

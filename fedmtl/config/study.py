@@ -13,13 +13,31 @@ from fedmtl.core.errors import ConfigError, require
 
 
 @dataclass(frozen=True)
+class Pretraining:
+    """A federated pretraining phase before the arm's own run (sequential transfer; heads on a pretrained,
+    frozen encoder): the study's federation as it stands (``fed_mtl``), for ``rounds`` rounds, on ``tasks``
+    only, among the clients that hold one of them. The arm's run then starts its encoder from the
+    phase's ``encoder.pt`` (``model.init_from``); the phase's run directory is
+    ``<study>/pretrain/arms/<arm>/seed-<seed>``."""
+
+    tasks: tuple[str, ...] = ()  # the source tasks (empty: every task)
+    rounds: int = 5  # rounds of the pretraining phase (on top of the arm's own rounds)
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
+
+
+@dataclass(frozen=True)
 class ArmSpec:
     """A user-defined arm: built-in arm ``base`` run on the study's config with ``set`` applied
-    (``{server.aggregator: {name: pcgrad}}``: any ``key.path: value`` outside the locked sections)."""
+    (``{server.aggregator: {name: pcgrad}}``: any ``key.path: value`` outside the locked sections),
+    optionally after a federated pretraining phase (``pretrain``)."""
 
     name: str  # the arm's name in the report and its folder arms/<name>/
     base: str = "fed_mtl"  # the built-in arm whose settings it starts from (fedmtl/config/arms.py)
     set: Mapping[str, Any] = field(default_factory=dict)  # key.path -> value, as --set takes them
+    # {tasks: [...], rounds: n}: first federate only these tasks for n rounds, then run the arm from that encoder
+    pretrain: Pretraining | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -35,6 +53,11 @@ class ArmSpec:
                 f"an arm cannot change {', '.join(ARM_LOCKED_SECTIONS)} "
                 "(arms share the study's data, clients and seeds so that their runs pair)",
             )
+        require(
+            self.pretrain is None or "model.init_from" not in self.set,
+            "set.model.init_from",
+            "the arm starts from its pretraining phase's encoder (pretrain); set one or the other",
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ A run directory::
     checkpoint.pt  client_state/client-<id>/round-<r>.pt  tensorboard/
 
 A study directory: ``config.yaml  study.json  report.md  report.html  summary.json  plots/`` and one run
-directory per arm and seed, ``arms/<arm>/seed-<seed>/``. A sweep directory: ``config.yaml  sweep.json
+directory per arm and seed, ``arms/<arm>/seed-<seed>/`` (an arm with a pretraining phase also writes that
+phase's run to ``pretrain/arms/<arm>/seed-<seed>/``). A sweep directory: ``config.yaml  sweep.json
 sweep.md  sweep.csv  sweep.png`` and one study per grid point, ``points/<i>/``.
 """
 
@@ -23,6 +24,7 @@ SERVER_FILE = "server.jsonl"
 CLIENTS_FILE = "clients.jsonl"
 ROLLBACK_FILE = "rollback.jsonl"  # client.rollback: each evaluated client's choice per task, with its evidence
 ENCODER_FILE = "encoder.pt"
+PRETRAIN_DIR = "pretrain"  # <study>/pretrain/arms/<arm>/seed-<seed>: an arm's pretraining phase
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 CHECKPOINT_FILE = "checkpoint.pt"

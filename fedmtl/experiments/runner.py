@@ -28,10 +28,18 @@ from typing import Any
 import yaml
 
 from fedmtl.config.arms import ARMS
-from fedmtl.config.expansion import arm_config, point_config
+from fedmtl.config.expansion import arm_config, point_config, pretrain_config
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.core.files import atomic_write_text
-from fedmtl.core.layout import CONFIG_FILE, STUDY_FILE, SWEEP_FILE, arm_run_dir, sweep_point_dir
+from fedmtl.core.layout import (
+    CONFIG_FILE,
+    ENCODER_FILE,
+    PRETRAIN_DIR,
+    STUDY_FILE,
+    SWEEP_FILE,
+    arm_run_dir,
+    sweep_point_dir,
+)
 from fedmtl.experiments.progress import Progress, run_line
 
 DONE = "done"
@@ -68,7 +76,15 @@ def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
     return {
         "name": cfg.name,
         "arms": list(names),
-        "arm_specs": {name: {"base": spec.base, "set": dict(spec.set)} for name, spec in specs.items()},
+        "arm_specs": {
+            name: {"base": spec.base, "set": dict(spec.set)}
+            | (
+                {"pretrain": {"tasks": list(spec.pretrain.tasks), "rounds": spec.pretrain.rounds}}
+                if spec.pretrain
+                else {}
+            )
+            for name, spec in specs.items()
+        },
         "single_task_arms": [name for name, spec in specs.items() if ARMS[spec.base].single_task],
         "seeds": seeds,
         "reference_arm": study.reference_arm,
@@ -103,13 +119,19 @@ def run_study(
     for entry in manifest["runs"]:
         if entry["status"] == DONE:
             continue
-        run_dir = study_dir / entry["dir"]
-        if run_dir.exists():  # interrupted: start this run over
-            shutil.rmtree(run_dir)
+        run_dir, pretrain_dir = study_dir / entry["dir"], study_dir / PRETRAIN_DIR / entry["dir"]
+        for stale in (run_dir, pretrain_dir):  # interrupted: start this run over
+            if stale.exists():
+                shutil.rmtree(stale)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        arm = arm_config(replace(cfg, seed=entry["seed"]), cfg.study.arm_spec(entry["arm"]))
-        federate(at(arm, run_dir))
+        seeded, spec = replace(cfg, seed=entry["seed"]), cfg.study.arm_spec(entry["arm"])
+        pretrained = None
+        if spec.pretrain is not None:  # the phase first; the arm starts from its encoder
+            pretrain_dir.parent.mkdir(parents=True, exist_ok=True)
+            federate(at(pretrain_config(seeded, spec), pretrain_dir))
+            pretrained = str(pretrain_dir / ENCODER_FILE)
+        federate(at(arm_config(seeded, spec, pretrained), run_dir))
         entry["status"] = DONE
         _write(manifest_path, manifest)
         progress.finished(time.perf_counter() - started)
