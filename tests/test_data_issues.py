@@ -179,7 +179,7 @@ def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
     [
         ("{name: label_noise, task: nope}", "data_issues[0].task", "unknown task 'nope'"),
         ("{name: label_noise, task: digit, rate: 1.5}", "data_issues[0].rate", "must be in [0, 1]"),
-        ("{name: label_noise, task: digit, clients: [9]}", "data_issues[0].clients[0]", "does not take part"),
+        ("{name: label_noise, task: digit, clients: [9]}", "data_issues[0].clients[0]", "there is no client 9"),
         ("{name: label_noise, task: digit, to: 10}", "data_issues[0].to", "in [0, 10)"),
         ("{name: annotation, task: digit}", "data_issues[0].clients", "must name the clients"),
         ("{name: annotation, task: digit, clients: [0]}", "data_issues[0].permute", "needs permute: true or merge"),
@@ -188,10 +188,22 @@ def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
         ("{name: leakage, task: parity, strength: 0}", "data_issues[0].strength", "must be > 0"),
         ("{name: drift, task: parity, per_round: -0.1}", "data_issues[0].per_round", "must be >= 0"),
         ("{name: drift, task: parity, start_round: 0}", "data_issues[0].start_round", "must be >= 1"),
-        ("{name: drift, task: parity, clients: [7]}", "data_issues[0].clients[0]", "does not take part"),
+        ("{name: drift, task: parity, clients: [7]}", "data_issues[0].clients[0]", "clients.count is 4"),
     ],
 )
 def test_bad_issues_are_refused_with_their_key(issue, key, message):
     with pytest.raises(ConfigError) as raised:
         load_config(None, [*DIGITS, f"data_issues=[{issue}]"])
     assert raised.value.path == key and message in str(raised.value)
+
+
+def test_an_issue_may_sit_on_a_client_that_does_not_take_part():
+    """An issue belongs to a client's data, which does not depend on who takes part: a sweep over
+    clients.members may leave the affected clients out, and the others' data stay as they were."""
+    cfg = load_config(
+        None,
+        [*DIGITS, "clients.members=[2, 3]", "data_issues=[{name: label_noise, task: digit, clients: [0], rate: 0.4}]"],
+    )
+    clean = load_config(None, list(DIGITS))
+    assert same(client_data(cfg, 3).train["digit"], client_data(clean, 3).train["digit"])
+    assert not same(client_data(cfg, 0).train["digit"], client_data(clean, 0).train["digit"])

@@ -85,7 +85,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if cfg.model.init_from is not None:  # the file fits the encoder (ConfigError naming model.init_from)
         initial_encoder_state(cfg.model, cfg.data.feature_dim(), cfg.seed, cfg.data.image_shape())
     for i, issue in enumerate(cfg.data_issues):
-        found = issue.check(cfg.data.task_specs(), cfg.clients.member_ids())
+        found = issue.check(cfg.data.task_specs(), range(cfg.clients.count))  # a client's data, member or not
         if found is not None:
             raise ConfigError(f"data_issues[{i}].{found[0]}", found[1])
     participants = cfg.participants()

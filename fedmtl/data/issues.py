@@ -75,8 +75,9 @@ class DataIssue(Component):
         """The issue's task among ``specs``, or None."""
         return next((s for s in specs if s.name == self.task), None)
 
-    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
-        """``(key, why)`` when the issue cannot apply to this experiment, or None."""
+    def check(self, specs: Sequence[TaskSpec], clients: Sequence[int]) -> tuple[str, str] | None:
+        """``(key, why)`` when the issue cannot apply to this experiment (``clients``: every client id, member
+        or not: an issue sits in a client's data, which does not depend on who takes part), or None."""
         by_name = {s.name: s for s in specs}
         if self.task not in by_name:
             return "task", f"unknown task {self.task!r}; tasks: {', '.join(by_name)}"
@@ -86,8 +87,8 @@ class DataIssue(Component):
                 f"{self.task} is a {by_name[self.task].kind} task; {self.name} applies to {' and '.join(self.kinds)}",
             )
         for i, client in enumerate(self.clients):
-            if client not in members:
-                return f"clients[{i}]", f"client {client} does not take part (clients: {list(members)})"
+            if client not in clients:
+                return f"clients[{i}]", f"there is no client {client} (clients.count is {len(clients)})"
         return None
 
 
@@ -115,8 +116,8 @@ class LabelNoise(DataIssue):
         require(0 <= self.rate <= 1, "rate", f"must be in [0, 1], got {self.rate}")
         require(self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
 
-    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
-        problem = super().check(specs, members)
+    def check(self, specs: Sequence[TaskSpec], clients: Sequence[int]) -> tuple[str, str] | None:
+        problem = super().check(specs, clients)
         spec = self.spec_in(specs)
         if problem is None and self.to is not None and spec is not None and not 0 <= self.to < spec.num_classes:
             return "to", f"must be a class of {self.task} in [0, {spec.num_classes}), got {self.to}"
@@ -155,8 +156,8 @@ class Annotation(DataIssue):
         for i, group in enumerate(self.merge):
             require(len(group) >= 2, f"merge[{i}]", f"must name two classes or more, got {list(group)}")
 
-    def check(self, specs: Sequence[TaskSpec], members: Sequence[int]) -> tuple[str, str] | None:
-        problem = super().check(specs, members)
+    def check(self, specs: Sequence[TaskSpec], clients: Sequence[int]) -> tuple[str, str] | None:
+        problem = super().check(specs, clients)
         spec = self.spec_in(specs)
         if problem is not None or spec is None:
             return problem
