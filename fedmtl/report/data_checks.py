@@ -136,8 +136,8 @@ def label_check_blocks(checks: list[LabelCheck]) -> list[Block]:
             c.arm,
             c.task,
             str(c.client),
-            f"{c.value:.4g}",
-            f"{c.peers:.4g}",
+            f"{c.value:.3f}",
+            f"{c.peers:.3f}",
             f"{c.value / c.peers:.2f}" if c.peers > 0 else "n/a",
             f"{c.flagged_seeds} / {c.seeds}",
         ]
