@@ -15,16 +15,26 @@ reports the largest over the clients.
 
 from __future__ import annotations
 
-import dp_accounting
-from dp_accounting import rdp
+from typing import Any
 
 from fedmtl.core.logs import quieted
+
+
+def _library() -> tuple[Any, Any]:
+    """``(dp_accounting, dp_accounting.rdp)``, imported on first use: the library pulls in SciPy (about
+    1.3 s), which every ClientApp process would pay at start-up, DP or not (a deployment starts one per
+    message)."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    return dp_accounting, rdp
 
 
 def central_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
     """Epsilon after ``rounds`` rounds of the sampled Gaussian mechanism (noise at the server)."""
     if rounds == 0:
         return 0.0
+    dp_accounting, rdp = _library()
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = rdp.RdpAccountant()
     with quieted("absl"):  # it warns for every Renyi order it cannot evaluate (left out), as events compose
@@ -36,6 +46,7 @@ def local_epsilon(noise_multiplier: float, updates_sent: int, delta: float) -> f
     """One client's epsilon after sending ``updates_sent`` locally noised updates (noise on the client)."""
     if updates_sent == 0:
         return 0.0
+    dp_accounting, rdp = _library()
     accountant = rdp.RdpAccountant()
     with quieted("absl"):
         accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), updates_sent)
