@@ -133,7 +133,7 @@ def test_a_checkpoint_of_other_cohorts_is_refused():
 
 
 def test_a_run_whose_every_evaluation_fails_stops_with_the_error(tmp_path, monkeypatch):
-    def broken(self, shared, private):
+    def broken(self, shared, private, server_round=0):
         raise RuntimeError("the held-out data cannot be read")
 
     monkeypatch.setattr(LocalClient, "evaluate", broken)
@@ -144,10 +144,10 @@ def test_a_run_whose_every_evaluation_fails_stops_with_the_error(tmp_path, monke
 def test_a_partial_evaluation_failure_is_logged_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
     original = LocalClient.evaluate
 
-    def fails_on_client_1(self, shared, private):
+    def fails_on_client_1(self, shared, private, server_round=0):
         if self.client_id == 1:
             raise RuntimeError("client 1's held-out data cannot be read")
-        return original(self, shared, private)
+        return original(self, shared, private, server_round)
 
     monkeypatch.setattr(LocalClient, "evaluate", fails_on_client_1)
     with caplog.at_level("WARNING"):
