@@ -49,7 +49,7 @@ def test_defaults_are_valid_and_round_trip_through_plain_data():
         (["client.surgery={name: cagrad, c: -1}"], "client.surgery", "c"),
         (["client.task_sampling={name: temperature, temperature: 0}"], "client.task_sampling", "temperature"),
         (["model.sharing={name: partial, shared_blocks: 3}"], "model.sharing", "encoder has 2 blocks"),
-        (["model.sharing.name=sideways"], "model.sharing.name", "valid: adapters, hard, partial, soft"),
+        (["model.sharing.name=sideways"], "model.sharing.name", "valid: adapters, hard, mmoe, partial, soft"),
         (["resources.client_cpus=0"], "resources.client_cpus", "must be > 0"),
         (["output.metrics_format=xml"], "output.metrics_format", "jsonl"),
     ],

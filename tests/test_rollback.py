@@ -97,8 +97,8 @@ def test_the_choice_never_reads_evaluation_data(monkeypatch):
     (plain,) = client.evaluate(shared, private)
     real = client_module.participant_data
 
-    def scrambled(cfg, participant):
-        data = real(cfg, participant)
+    def scrambled(cfg, participant, server_round=0):
+        data = real(cfg, participant, server_round)
         evals = tuple((c, {t: TaskData(d.x * -3 + 1, d.y) for t, d in held.items()}) for c, held in data.evals)
         return ParticipantData(data.train, evals)
 
