@@ -215,10 +215,10 @@ def test_too_few_valid_updates_stop_the_run_with_valid_files(tmp_path, simulate_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["direct", "flower"])
-def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted, engine):
+def test_a_dead_worker_restarts_from_the_checkpoint_and_changes_nothing(tmp_path, module_env, uninterrupted):
+    """On the direct engine; under Flower's engine in tests/test_personalisation.py (a learned run restarted)."""
     run_dir = tmp_path / "killed-worker"
-    faults = ("faults.worker_kill_round=3", "faults.worker_kill_client=2", f"simulation.engine={engine}")
+    faults = ("faults.worker_kill_round=3", "faults.worker_kill_client=2", "simulation.engine=direct")
     result = simulate(*set_args((*SMALL, *faults, f"output.run_dir={run_dir}")), env=module_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 3: a worker died; restarting from the last checkpoint" in result.stdout

@@ -98,7 +98,8 @@ def test_two_round_run_writes_the_run_directory_and_is_reproducible(tmp_path, si
     assert aligned["value_final"] == pytest.approx(expected) and aligned["clients"] == 2
     assert "personal" not in summary  # only soft sharing evaluates personalised copies
 
-    second, run_dir2 = tiny_run(tmp_path, "second", simulate_env)
+    # reproducible, and the same without Ray (tests/test_direct_engine.py compares the Ray engines)
+    second, run_dir2 = tiny_run(tmp_path, "second", simulate_env, IN_PROCESS)
     assert second.returncode == 0
     assert (run_dir / "metrics.jsonl").read_bytes() == (run_dir2 / "metrics.jsonl").read_bytes()
     assert_no_leftover_processes(simulate_env)
