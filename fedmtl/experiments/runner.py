@@ -21,7 +21,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,11 @@ def study_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
         "name": cfg.name,
         "arms": list(names),
         "arm_specs": {
-            name: {"base": spec.base, "set": dict(spec.set)}
-            | (
-                {"pretrain": {"tasks": list(spec.pretrain.tasks), "rounds": spec.pretrain.rounds}}
-                if spec.pretrain
-                else {}
-            )
+            name: {
+                "base": spec.base,
+                "set": dict(spec.set),
+                **({"pretrain": asdict(spec.pretrain)} if spec.pretrain else {}),
+            }
             for name, spec in specs.items()
         },
         "single_task_arms": [name for name, spec in specs.items() if ARMS[spec.base].single_task],

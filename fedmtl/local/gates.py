@@ -42,5 +42,5 @@ def gate_diagnostics(model: MultiTaskModel, data: dict[str, TaskData]) -> dict[s
 
 def unpack(metrics: dict[str, float]) -> dict[str, object]:
     """``{entropy, expert_0, ...}`` -> ``{usage: [...], entropy, uniform_entropy}`` for ``clients.jsonl``."""
-    usage = [metrics[usage_key(e)] for e in range(sum(1 for k in metrics if k.startswith("expert_")))]
+    usage = [metrics[usage_key(e)] for e in range(len(metrics) - 1)]  # every key but the entropy
     return {"usage": usage, ENTROPY: metrics[ENTROPY], "uniform_entropy": math.log(len(usage)) if usage else None}

@@ -88,11 +88,11 @@ CHECKS = (
 )
 
 
-def against_peers(losses: Mapping[int, float]) -> dict[int, tuple[float, float]]:
-    """Client -> (its loss, the median of the other holders'), for clients with ``MIN_PEERS`` others."""
-    if len(losses) <= MIN_PEERS:
+def against_peers(values: Mapping[int, float]) -> dict[int, tuple[float, float]]:
+    """Client -> (its value, the median of the other holders'), for clients with ``MIN_PEERS`` others."""
+    if len(values) <= MIN_PEERS:
         return {}
-    return {c: (loss, statistics.median(v for o, v in losses.items() if o != c)) for c, loss in losses.items()}
+    return {c: (value, statistics.median(v for o, v in values.items() if o != c)) for c, value in values.items()}
 
 
 def label_checks(data: StudyData) -> list[LabelCheck]:
@@ -102,10 +102,10 @@ def label_checks(data: StudyData) -> list[LabelCheck]:
         for result in data.arm_results(arm):
             rows = list(read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task")))
             for name, values_of, ratio, margin in CHECKS:
-                for task, losses in values_of(rows).items():
-                    for client, (loss, peers) in against_peers(losses).items():
-                        flagged = peers > 0 and loss >= ratio * peers and loss - peers >= margin
-                        found.setdefault((name, arm, task, client), []).append((loss, peers, flagged))
+                for task, values in values_of(rows).items():
+                    for client, (value, peers) in against_peers(values).items():
+                        flagged = peers > 0 and value >= ratio * peers and value - peers >= margin
+                        found.setdefault((name, arm, task, client), []).append((value, peers, flagged))
     return [
         LabelCheck(
             name,

@@ -11,7 +11,7 @@ holders do).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 from pathlib import Path
@@ -96,16 +96,6 @@ def task_overlaps(readings: Sequence[GateReading]) -> dict[tuple[str, str], floa
         if values:
             out[a, b] = sum(values) / len(values)
     return out
-
-
-def mean_overlaps(runs: Sequence[Mapping[tuple[str, str], float]]) -> dict[tuple[str, str], tuple[float, int]]:
-    """Per task pair: the mean over runs (seeds) and how many runs had it."""
-    pairs = list(dict.fromkeys(pair for run in runs for pair in run))
-    return {
-        pair: (sum(run[pair] for run in runs if pair in run) / n, n)
-        for pair in pairs
-        if (n := sum(pair in run for run in runs))
-    }
 
 
 def gates_table(gates: Sequence[TaskGates]) -> str:
