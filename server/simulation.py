@@ -74,19 +74,25 @@ def federate(
     Raises :class:`FederationError` when the federation cannot go on.
     """
     engine = engine_for(cfg.simulation.engine)
-    backend = backend_config(cfg.resources)
     client_state_dir = str((run_dir.path / CLIENT_STATE_DIR).resolve())
     nodes = len(cfg.participants())
     attempt = 0
-    while True:
-        try:
-            server_app = make_server_app(cfg, run_dir, resume or attempt > 0, attempt, client_state_dir, echo)
-            engine.run(server_app, make_client_app(cfg), nodes, backend, verbose)
-            return
-        except WorkerPoolDied as died:
-            if attempt >= cfg.checkpoint.restarts:
-                raise RestartsExhausted(f"{died}; gave up after {attempt} restarts (checkpoint.restarts)") from None
-            attempt += 1
-            echo(
-                f"fedmtl: {died}; restarting from the last checkpoint (restart {attempt} of {cfg.checkpoint.restarts})"
-            )
+    # Restarts reuse the engine's session: Ray and the live workers stay up (a dead worker is replaced), so Ray
+    # is not shut down and started again in this process between attempts (a restart test once hung between a
+    # worker's death and the restart, where that happened) and a restart costs no Ray start-up. Inside a
+    # study's session this one only nests.
+    with engine.session(cfg.resources) as resources:
+        backend = backend_config(resources)
+        while True:
+            try:
+                server_app = make_server_app(cfg, run_dir, resume or attempt > 0, attempt, client_state_dir, echo)
+                engine.run(server_app, make_client_app(cfg), nodes, backend, verbose)
+                return
+            except WorkerPoolDied as died:
+                if attempt >= cfg.checkpoint.restarts:
+                    raise RestartsExhausted(f"{died}; gave up after {attempt} restarts (checkpoint.restarts)") from None
+                attempt += 1
+                echo(
+                    f"fedmtl: {died}; restarting from the last checkpoint "
+                    f"(restart {attempt} of {cfg.checkpoint.restarts})"
+                )

@@ -72,7 +72,7 @@ def test_upgrad_equals_torchjds_own_upgrad() -> None:
         rows = case.matrix.double()
         expected = tjd.UPGrad()(rows)  # trace >= 1e-4 on these inputs, where the trace normalisation is a no-op
         scale = float(rows.norm(dim=1).max())
-        for solver in ("quadprog", "nnls"):
+        for solver in ("quadprog", "nnls", "batched"):
             result = UPGrad(solver=solver)(inputs(rows))
             torch.testing.assert_close(result.direction, expected, rtol=0, atol=1e-6 * scale)
 
@@ -98,8 +98,9 @@ def test_upgrad_quadprog_needs_its_packages_or_says_which(monkeypatch) -> None:
         torchjd_methods, "find_spec", lambda name: None if name in ("qpsolvers", "quadprog") else real_find_spec(name)
     )
     with pytest.raises(ImportError, match="qpsolvers, quadprog"):
-        UPGrad()
-    assert UPGrad(solver="nnls").solver == "nnls"  # the SciPy solver needs neither
+        UPGrad(solver="quadprog")
+    assert UPGrad().solver == "batched"  # the default solver needs neither
+    assert UPGrad(solver="nnls").solver == "nnls"  # nor does the SciPy one
 
 
 @pytest.mark.parametrize("case", RANDOM + CONFLICTING, ids=lambda c: c.id)
@@ -139,14 +140,14 @@ def test_upgrad_settings_errors_say_what_is_valid(monkeypatch) -> None:
     assert str(raised.value) == "reg_eps must be >= 0, got -1.0"
     with pytest.raises(ValueError) as raised:
         UPGrad(solver="cvxpy")  # type: ignore[arg-type]
-    assert str(raised.value) == "solver must be one of ['nnls', 'quadprog'], got 'cvxpy'"
+    assert str(raised.value) == "solver must be one of ['batched', 'nnls', 'quadprog'], got 'cvxpy'"
     monkeypatch.setattr(torchjd_methods, "find_spec", lambda name: None)
     with pytest.raises(ImportError) as missing:
-        UPGrad()
+        UPGrad(solver="quadprog")
     assert str(missing.value) == (
         "upgrad with solver 'quadprog' needs the missing package(s) qpsolvers, quadprog; "
         'install them with pip install "torchjd[quadprog_projector]==0.18.0", '
-        "or set solver: nnls (same QP, solved with SciPy)"
+        "or set solver: batched (the default; same QP, solved in torch)"
     )
 
 
@@ -161,9 +162,12 @@ def test_upgrad_quadprog_uses_the_configured_regulariser() -> None:
     assert not torch.allclose(*directions)  # the regulariser matters for these rows
 
 
-def test_nnls_projector_normalises_a_gramian_whose_trace_is_exactly_the_threshold() -> None:
+@pytest.mark.parametrize(
+    "projector_class", [torchjd_methods.NNLSDualConeProjector, torchjd_methods.BatchedDualConeProjector]
+)
+def test_projector_normalises_a_gramian_whose_trace_is_exactly_the_threshold(projector_class) -> None:
     # trace 1e-4 is not below torchjd's threshold: normalised like any larger Gramian, not zeroed
-    projector = torchjd_methods.NNLSDualConeProjector(reg_eps=0.0)
+    projector = projector_class(reg_eps=0.0)
     gram = torch.tensor([[5e-5, -4e-5], [-4e-5, 5e-5]], dtype=torch.float64)
     assert float(gram.trace()) == torchjd_methods.TORCHJD_NORM_EPS
     u = torch.eye(2, dtype=torch.float64) / 2
@@ -172,8 +176,11 @@ def test_nnls_projector_normalises_a_gramian_whose_trace_is_exactly_the_threshol
     torch.testing.assert_close(projector(u, gram)[0], torch.tensor([0.5, 0.4], dtype=torch.float64))
 
 
-def test_nnls_projector_keeps_the_shape_and_dtype_it_is_given() -> None:
-    projector = torchjd_methods.NNLSDualConeProjector(reg_eps=0.0)
+@pytest.mark.parametrize(
+    "projector_class", [torchjd_methods.NNLSDualConeProjector, torchjd_methods.BatchedDualConeProjector]
+)
+def test_projector_keeps_the_shape_and_dtype_it_is_given(projector_class) -> None:
+    projector = projector_class(reg_eps=0.0)
     gram = torch.tensor([[1.0, -0.8], [-0.8, 1.0]])  # float32
     u = torch.tensor([0.5, 0.0], dtype=torch.bfloat16)  # one vector of weights, in any float dtype
     projected = projector(u, gram)

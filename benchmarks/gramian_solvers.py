@@ -1,0 +1,114 @@
+"""Milliseconds of the solve on the ``K x K`` Gramian, per Gramian-based aggregator: everything after the
+Gramian product and before the combine pass (``weights_from_gramian``).
+
+The Gramian of ``K`` float32 rows of ``P = 1e5`` (Gaussian rows, cosines about 0, or ``--rows similar``,
+cosines about 0.97) is built once, untimed, as the aggregators build it; then each method's solve is
+timed: one untimed warm-up call, the median of ``--repeats`` calls. A method is not timed at the next K
+when its time there, extrapolated as K cubed, would exceed ``--budget-s`` (listed). IMTL-G, a closed-form solve (one
+pseudo-inverse), is the yardstick: each row shows its ratio to IMTL-G's time.
+
+    python benchmarks/gramian_solvers.py [--k 50 200 1000] [--rows gaussian|similar] [--repeats 3]
+                                         [--budget-s 20] [--no-write]
+
+Prints a table and writes it to BENCHMARKS.md between ``<!-- gramian_solvers[_similar]:start -->`` and
+``... :end -->``. Nothing here is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import machine_info, write_section  # noqa: E402
+from benchmarks.aggregation import ROWS, Method, make_inputs, methods  # noqa: E402
+from fedmtl.methods.aggregation import AGGREGATORS  # noqa: E402
+from fedmtl.methods.aggregation.base import GramianAggregator  # noqa: E402
+from fedmtl.methods.aggregation.gramian import gramian  # noqa: E402
+
+P = 100_000
+YARDSTICK = "imtl_g"
+SOLVER_VARIANTS = ({"name": "upgrad", "solver": "nnls"}, {"name": "upgrad", "solver": "quadprog"})
+
+
+def gramian_methods() -> tuple[list[Method], list[str]]:
+    configs = [{"name": name} for name in AGGREGATORS] + list(SOLVER_VARIANTS)
+    built, unavailable = methods(configs)
+    return [m for m in built if isinstance(m.aggregator, GramianAggregator) and m.precision == "float32"], unavailable
+
+
+def seconds(method: Method, gram: torch.Tensor, inputs, repeats: int) -> float:
+    aggregator = method.aggregator
+    assert isinstance(aggregator, GramianAggregator)
+
+    def timed() -> float:
+        start = time.perf_counter()
+        aggregator.weights_from_gramian(gram, inputs)
+        return time.perf_counter() - start
+
+    first = timed()  # warm-up (imports, caches); also the only call when it is slow
+    return first if first > 2.0 else statistics.median(timed() for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--rows", choices=sorted(ROWS), default="gaussian")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=30.0, help="skip a K where a solve would take longer")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    to_time, unavailable = gramian_methods()
+    times: dict[tuple[str, int], float] = {}
+    over_budget: dict[str, int] = {}
+    ks = sorted(args.k)
+    for k, next_k in zip(ks, [*ks[1:], None]):
+        inputs = make_inputs(k, P, torch.device("cpu"), args.rows)
+        gram = gramian(inputs.matrix, "float32")
+        for method in to_time:
+            if method.label in over_budget:
+                continue
+            times[method.label, k] = value = seconds(method, gram, inputs, args.repeats)
+            print(f"K={k} {method.label}: {value * 1e3:.1f} ms", flush=True)
+            if next_k is not None and value * (next_k / k) ** 3 > args.budget_s:
+                over_budget[method.label] = next_k
+    lines = [
+        f"Machine: {machine_info()}; load average {load:.2f} at start. Rows: {args.rows}, P = {P:,}; "
+        f"median of {args.repeats} calls after a warm-up (one call when it took over 2 s). "
+        f"Ratio: to `{YARDSTICK}` at the same K.",
+        "",
+        "| method | " + " | ".join(f"K = {k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for method in to_time:
+        cells = []
+        for k in ks:
+            value = times.get((method.label, k))
+            base = times.get((YARDSTICK, k))
+            cells.append(
+                "not timed" if value is None else f"{value * 1e3:.1f} ms ({value / base:.1f}x)" if base else "?"
+            )
+        lines.append(f"| `{method.label}` | " + " | ".join(cells) + " |")
+    if over_budget:
+        slow = ", ".join(f"`{m}` at K = {k} (extrapolated over {args.budget_s:g} s)" for m, k in over_budget.items())
+        lines += ["", f"Not timed at larger K: {slow}."]
+    if unavailable:
+        lines += ["", "Not timed (optional solver packages missing): " + "; ".join(unavailable)]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        suffix = "" if args.rows == "gaussian" else f"_{args.rows}"
+        command = "benchmarks/gramian_solvers.py" + (f" --rows {args.rows}" if suffix else "")
+        write_section(f"gramian_solvers{suffix}", f"## Solves on the K x K Gramian (`{command}`)\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
