@@ -91,10 +91,14 @@ def main() -> None:
     for method in to_time:
         cells = []
         for k in ks:
-            value = times.get((method.label, k))
+            measured = times.get((method.label, k))
             base = times.get((YARDSTICK, k))
             cells.append(
-                "not timed" if value is None else f"{value * 1e3:.1f} ms ({value / base:.1f}x)" if base else "?"
+                "not timed"
+                if measured is None
+                else f"{measured * 1e3:.1f} ms ({measured / base:.1f}x)"
+                if base
+                else "?"
             )
         lines.append(f"| `{method.label}` | " + " | ".join(cells) + " |")
     if over_budget:
