@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ class _DyingEngine:
     """An engine whose worker pool dies in the first ``deaths`` runs (no Ray: the restart loop alone)."""
 
     def __init__(self, deaths: int) -> None:
-        self.deaths, self.attempts = deaths, []
+        self.deaths, self.attempts, self.sessions = deaths, [], 0
 
     def run(self, server_app, client_app, nodes, backend, verbose) -> None:
         from fedmtl.core.errors import WorkerPoolDied
@@ -75,6 +76,11 @@ class _DyingEngine:
         self.attempts.append(len(self.attempts))
         if len(self.attempts) <= self.deaths:
             raise WorkerPoolDied(f"round 1: a worker died (death {len(self.attempts)})")
+
+    @contextlib.contextmanager
+    def session(self, resources):
+        self.sessions += 1
+        yield resources
 
 
 @pytest.mark.parametrize(("deaths", "restarts", "gives_up"), [(2, 2, False), (3, 2, True), (1, 0, True), (0, 0, False)])
@@ -94,6 +100,7 @@ def test_restarts_are_counted_against_checkpoint_restarts(tmp_path, monkeypatch,
     else:
         simulation.federate(cfg, RunDirectory.create(cfg), echo=lines.append)
         assert len(engine.attempts) == deaths + 1
+    assert engine.sessions == 1  # every attempt ran in one engine session: Ray is not restarted in between
     assert lines == [
         f"fedmtl: round 1: a worker died (death {n}); restarting from the last checkpoint (restart {n} of {restarts})"
         for n in range(1, min(deaths, restarts) + 1)

@@ -2,7 +2,10 @@
 ``configs/study_aggregators.yaml`` (shortened to two rounds and one seed) must give exactly the final
 evaluation metrics recorded in ``tests/pinned/baselines.json``, row for row. The file was written by
 the code before the round driver was unified (every arm through one driver), so a refactor that
-changes any number fails here.
+changes any number fails here. Numbers agree to a relative 1e-5, not bit for bit: float32 kernels differ
+in their last bits between CPUs (an AMD EPYC with AVX-512 gives losses about 1e-7 apart from the
+machine the pins were written on, in every arm, training-free pooled ones included), while a change in
+what a run computes moves its final losses by far more.
 
 Regenerate deliberately, after a change that is meant to change results, with
 ``FEDMTL_WRITE_PINS=1 pytest tests/test_pinned_baselines.py`` (and say why in the commit).
@@ -66,4 +69,9 @@ def test_the_arms_numbers_are_unchanged(study, tmp_path, module_env):
         PINS.parent.mkdir(exist_ok=True)
         PINS.write_text(json.dumps({**pins, study: got}, indent=1) + "\n")
         pytest.skip(f"wrote {PINS}")
-    assert got == json.loads(PINS.read_text())[study]
+    pinned = json.loads(PINS.read_text())[study]
+    assert sorted(got) == sorted(pinned)
+    for arm, rows in pinned.items():
+        assert [row[:2] for row in got[arm]] == [row[:2] for row in rows], arm  # the same (client, task) rows
+        values = [[v for v in row[2:] if v is not None] for row in got[arm]]
+        assert values == [pytest.approx([v for v in row[2:] if v is not None], rel=1e-5) for row in rows], arm

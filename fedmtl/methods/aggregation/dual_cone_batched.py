@@ -25,6 +25,7 @@ import torch
 from fedmtl.methods.aggregation._solvers import nonneg_shift_qp, psd_sqrt
 
 MAX_NEWTON_STEPS = 50  # far above what converging problems need (2-12 on the tests and benchmarks)
+GUESS_STEPS = 8  # projected-gradient steps that guess the free sets before the first Newton step
 BLOCK_BYTES = 256 * 2**20  # the gathered free-set blocks of one batch: problems are chunked to stay below
 
 
@@ -57,7 +58,7 @@ def _newton(gram: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torc
     """Primal-dual active-set steps for every problem of ``lower`` at once: the shifts ``z`` (``[B, K]``)
     and which problems settled (their free set repeated, so ``z`` satisfies the KKT conditions)."""
     linear = lower @ gram  # G u per problem (G symmetric)
-    free = linear < 0  # from z = 0: the bounds whose multiplier would be negative
+    free = _guess_free_sets(gram, linear)
     shift = torch.zeros_like(lower)
     settled = torch.zeros(lower.shape[0], dtype=torch.bool, device=lower.device)
     active = torch.arange(lower.shape[0], device=lower.device)  # problems still iterating
@@ -74,6 +75,22 @@ def _newton(gram: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torc
         if active.numel() == 0:
             break
     return shift, settled
+
+
+def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """Where ``z > 0`` after a few accelerated projected-gradient steps from ``z = 0`` (FISTA; Beck &
+    Teboulle, SIAM J. Imaging Sci. 2009), all problems at once by matrix products. Only a starting guess:
+    on well-conditioned Gramians it is usually the final free set, so one Newton step settles; elsewhere
+    the Newton steps correct it."""
+    step = 1.0 / max(float(gram.abs().sum(dim=1).max()), 1e-300)  # Gershgorin: >= the largest eigenvalue
+    z = torch.zeros_like(linear)
+    momentum, t = z, 1.0
+    for _ in range(GUESS_STEPS):
+        following = torch.clamp(momentum - step * (momentum @ gram + linear), min=0)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        momentum = following + ((t - 1) / t_next) * (following - z)
+        z, t = following, t_next
+    return z > 0
 
 
 def _solve_on_free_sets(
