@@ -23,7 +23,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from clients.secure import secure_reply, secure_request, secure_train_mod
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
-from fedmtl.core import protocol
+from fedmtl.core import protocol, timeline
 from fedmtl.data.participants import Participant
 from fedmtl.local.client import LocalClient
 from fedmtl.local.faults import InjectedFault, adversarial_clients, attack_generator, attack_update, draw_faults
@@ -102,8 +102,11 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         secure = secure_request(msg)  # privacy.secure_aggregation: the request in SecAgg+'s layout
         config = secure[0] if secure else msg.content.config_records[protocol.CONFIG]
-        client = _client(cfg, context, config)
         server_round = int(protocol.as_number(config[protocol.SERVER_ROUND]))
+        node = {"round": server_round, "partition": int(context.node_config.get(PARTITION_ID_KEY, -1))}
+        if timeline.enabled():
+            timeline.mark("clientapp_handler", process_started=timeline.process_started_at(), **node)
+        client = _client(cfg, context, config)
         attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
         adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.member_ids())
         # a pooled participant (client id -1) draws its faults as a client id nobody else has
@@ -116,7 +119,9 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
             raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
         store = _store(context, config, client.participant.index)
         shared = secure[1] if secure else dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+        timeline.mark("train_start", **node)
         outcome = client.train(shared, _private_state(context, store, config), server_round)
+        timeline.mark("train_end", **node)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
             store.save(server_round, outcome.private, int(protocol.as_number(config.get(protocol.DURABLE_ROUND, 0))))
@@ -133,6 +138,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         reply = RecordDict(
             {protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord({**outcome.metrics, **attacked})}
         )
+        timeline.mark("clientapp_reply", **node)
         return Message(reply, reply_to=msg)
 
     @app.evaluate()

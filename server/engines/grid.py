@@ -23,7 +23,7 @@ from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from fedmtl.config.sections import SecureAggregationConfig
-from fedmtl.core import protocol
+from fedmtl.core import protocol, timeline
 from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
 from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
 from fedmtl.core.params import is_head
@@ -168,10 +168,13 @@ def exchange(
     if not isinstance(grid, HttpGrid):
         return list(grid.send_and_receive(messages, timeout=timeout_s))
     pending = set(grid.push_messages(messages))
+    timeline.mark("server_pushed")
     deadline = time.monotonic() + timeout_s
     replies: list[Message] = []
     while pending:
         pulled = list(grid.pull_messages(pending))
+        for message in pulled:
+            timeline.mark("server_pulled", node=message.metadata.src_node_id)
         replies += pulled
         pending -= {m.metadata.reply_to_message_id for m in pulled}
         if not pending or time.monotonic() >= deadline:
@@ -291,9 +294,11 @@ class GridEngine:
                     content=content, message_type=MESSAGE_TYPES[send.kind], dst_node_id=self.node_of[send.participant]
                 )
             )
+        round_ = sends[0].config.get(protocol.SERVER_ROUND, "?") if sends else "?"
+        timeline.mark("server_send", round=round_, kind=sends[0].kind if sends else "?")
         replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s)
+        timeline.mark("server_replies", round=round_)
         if worker_died(replies):
-            round_ = sends[0].config.get(protocol.SERVER_ROUND, "?") if sends else "?"
             raise WorkerPoolDied(f"round {round_}: a worker died")
         participant_of = {node: p for p, node in self.node_of.items()} if self.known else {}
         converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
