@@ -242,7 +242,9 @@ def main() -> None:
         "process isolation; `flwr-clientapp` takes one token and exits), which pays Python's start-up and the "
         "imports; and the wait for the message's data retries after a hard-coded 1 s "
         "(`flwr/supercore/constant.py`). fedmtl's parts are the pull interval (now 0.1 s, run-config "
-        "`pull-interval`), the ClientApp's imports (the DP accountant is imported lazily) and the training.",
+        "`pull-interval`), the ClientApp's imports (the DP accountant is imported lazily) and the training, of "
+        "which about 1 s is torch importing `torch._dynamo` for the fresh process's first optimizer "
+        "(docs/DEPLOYMENT.md).",
     ]
     text = "\n".join(lines)
     print(text)

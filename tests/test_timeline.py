@@ -48,7 +48,12 @@ def test_a_run_marks_every_training_rounds_steps_in_order(tmp_path, monkeypatch)
     for round_ in (1, 2):
         for partition in (0, 1):
             steps = [line for line in lines if line.get("round") == round_ and line.get("partition") == partition]
-            assert [line["step"] for line in steps] == ["clientapp_handler", "train_start", "train_end", "clientapp_reply"]
+            assert [line["step"] for line in steps] == [
+                "clientapp_handler",
+                "train_start",
+                "train_end",
+                "clientapp_reply",
+            ]
             assert [line["t"] for line in steps] == sorted(line["t"] for line in steps)
             assert steps[0]["process_started"] <= steps[0]["t"]
         send = next(line for line in sends if line["round"] == round_)
