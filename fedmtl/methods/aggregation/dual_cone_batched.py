@@ -82,6 +82,11 @@ def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
     Teboulle, SIAM J. Imaging Sci. 2009), all problems at once by matrix products. Only a starting guess:
     on well-conditioned Gramians it is usually the final free set, so one Newton step settles; elsewhere
     the Newton steps correct it."""
+    free = linear < 0  # a problem without any is solved by z = 0 (its multipliers G u are all >= 0)
+    conflicted = free.any(dim=1)
+    if not bool(conflicted.any()):
+        return free
+    linear = linear[conflicted]
     step = 1.0 / max(float(gram.abs().sum(dim=1).max()), 1e-300)  # Gershgorin: >= the largest eigenvalue
     z = torch.zeros_like(linear)
     momentum, t = z, 1.0
@@ -90,7 +95,8 @@ def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         momentum = following + ((t - 1) / t_next) * (following - z)
         z, t = following, t_next
-    return z > 0
+    free[conflicted] = z > 0
+    return free
 
 
 def _solve_on_free_sets(
