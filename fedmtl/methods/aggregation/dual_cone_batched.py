@@ -25,7 +25,10 @@ import torch
 from fedmtl.methods.aggregation._solvers import nonneg_shift_qp, psd_sqrt
 
 MAX_NEWTON_STEPS = 50  # far above what converging problems need (2-12 on the tests and benchmarks)
-GUESS_STEPS = 8  # projected-gradient steps that guess the free sets before the first Newton step
+# projected-gradient steps that guess the free sets before the first Newton step: until the guess has not
+# moved over GUESS_CHECK_EVERY steps, at most MAX_GUESS_STEPS
+GUESS_CHECK_EVERY = 8
+MAX_GUESS_STEPS = 64
 BLOCK_BYTES = 256 * 2**20  # the gathered free-set blocks of one batch: problems are chunked to stay below
 
 
@@ -78,7 +81,7 @@ def _newton(gram: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
-    """Where ``z > 0`` after a few accelerated projected-gradient steps from ``z = 0`` (FISTA; Beck &
+    """Where ``z > 0`` after some accelerated projected-gradient steps from ``z = 0`` (FISTA; Beck &
     Teboulle, SIAM J. Imaging Sci. 2009), all problems at once by matrix products. Only a starting guess:
     on well-conditioned Gramians it is usually the final free set, so one Newton step settles; elsewhere
     the Newton steps correct it."""
@@ -89,12 +92,16 @@ def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
     linear = linear[conflicted]
     step = 1.0 / max(float(gram.abs().sum(dim=1).max()), 1e-300)  # Gershgorin: >= the largest eigenvalue
     z = torch.zeros_like(linear)
-    momentum, t = z, 1.0
-    for _ in range(GUESS_STEPS):
+    momentum, t, guess = z, 1.0, None
+    for done in range(1, MAX_GUESS_STEPS + 1):
         following = torch.clamp(momentum - step * (momentum @ gram + linear), min=0)
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         momentum = following + ((t - 1) / t_next) * (following - z)
         z, t = following, t_next
+        if done % GUESS_CHECK_EVERY == 0:  # stop once the guessed sets no longer move
+            previous, guess = guess, z > 0
+            if previous is not None and torch.equal(previous, guess):
+                break
     free[conflicted] = z > 0
     return free
 
