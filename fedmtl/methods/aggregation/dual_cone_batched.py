@@ -112,22 +112,25 @@ def _solve_on_free_sets(
     """``z`` with ``z_F = -(G_FF)^{-1} (G u)_F`` and ``z = 0`` off each problem's free set ``F``; and which
     problems' blocks had a Cholesky factor."""
     problems, k = linear.shape
-    z = torch.zeros_like(linear)
     counts = free.sum(dim=1)
     width = int(counts.max()) if problems else 0
     if width == 0:
-        return z, torch.ones(problems, dtype=torch.bool, device=linear.device)
-    # each problem's free indices first (in order), then padding
-    index = torch.argsort((~free).to(torch.int8), dim=1, stable=True)[:, :width]
-    real = torch.arange(width, device=linear.device)[None, :] < counts[:, None]
-    block = gram[index[:, :, None], index[:, None, :]]
-    eye = torch.eye(width, dtype=gram.dtype, device=gram.device)
-    block = torch.where(real[:, :, None] & real[:, None, :], block, eye)  # padding: identity rows, zero rhs
-    rhs = torch.where(real, -linear.gather(1, index), torch.zeros((), dtype=linear.dtype, device=linear.device))
+        return torch.zeros_like(linear), torch.ones(problems, dtype=torch.bool, device=linear.device)
+    # Padding without masks: slot j past a problem's free indices points at coordinate k + j of a Gramian
+    # extended by an identity block (and a zero right-hand side), so a gathered block is [[G_FF, 0], [0, I]].
+    extended = torch.zeros(k + width, k + width, dtype=gram.dtype, device=gram.device)
+    extended[:k, :k] = gram
+    extended[k:, k:] = torch.eye(width, dtype=gram.dtype, device=gram.device)
+    slots = torch.arange(width, device=linear.device)
+    real = slots[None, :] < counts[:, None]
+    free_first = torch.argsort((~free).to(torch.int8), dim=1, stable=True)[:, :width]
+    index = torch.where(real, free_first, k + slots[None, :])
+    block = extended[index[:, :, None], index[:, None, :]]
+    rhs = -torch.cat([linear, torch.zeros(problems, width, dtype=linear.dtype, device=linear.device)], dim=1)
     factor, info = torch.linalg.cholesky_ex(block)
     solvable = info == 0
-    solved = torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0]
-    solved = torch.where(real & solvable[:, None], solved, torch.zeros((), dtype=solved.dtype, device=solved.device))
-    owner = torch.arange(problems, device=linear.device)[:, None].expand(problems, width)
-    z[owner[real], index[real]] = solved[real]
-    return z, solvable
+    solved = torch.cholesky_solve(rhs.gather(1, index)[:, :, None], factor)[:, :, 0]
+    solved[~solvable] = 0  # no factor: the problem goes to the fallback
+    z = torch.zeros(problems, k + width, dtype=linear.dtype, device=linear.device)
+    z.scatter_(1, index, solved)
+    return z[:, :k], solvable
