@@ -24,7 +24,7 @@ import torch
 
 from fedmtl.methods.aggregation._solvers import nonneg_shift_qp, psd_sqrt
 
-MAX_NEWTON_STEPS = 50  # far above what converging problems need (2-12 on the tests and benchmarks)
+MAX_NEWTON_STEPS = 50  # a cap against cycling: converging problems need a few (one or two on the benchmark Gramians)
 # projected-gradient steps that guess the free sets before the first Newton step: until the guess has not
 # moved over GUESS_CHECK_EVERY steps, at most MAX_GUESS_STEPS
 GUESS_CHECK_EVERY = 8
