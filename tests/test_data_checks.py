@@ -61,35 +61,57 @@ def test_clean_data_is_quiet_and_a_leak_is_flagged_where_it_sits(suite, seed):
         for client in range(4):
             data = client_data(cfg, client)
             for name in data.train:
-                if flagged(shortcut_check(data.train[name], data.eval[name], specs[name])):
+                if flagged(shortcut_check(data.train, data.eval, specs, name)):
                     found.add((client, name))
         assert found == leaked
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_label_leaked_between_tasks_is_flagged_where_it_sits_and_named(seed):
+    """The digit written into geq5's inputs on client 1: geq5's own label is explained only in part (the
+    code is a function of the digit), so only the check against the other tasks' labels finds it. Clients
+    hold all four tasks, so every task's inputs are checked against every label: clean ones stay quiet."""
+    base = ["data.name=digits", "clients.count=4", "clients.tasks_per_client=4", f"seed={seed}"]
+    leaky = load_config(None, [*base, "data_issues=[{name: leakage, task: geq5, source: digit, clients: [1]}]"])
+    specs = {s.name: s for s in leaky.data.task_specs()}
+    order = leaky.data.task_names()
+    for cfg, leaked in ((load_config(None, base), {}), (leaky, {(1, "geq5"): "digit"})):
+        found, own_only = {}, set()
+        for client in range(4):
+            data = client_data(cfg, client)
+            for name in data.train:
+                check = shortcut_check(data.train, data.eval, specs, name, order, shared_examples=True)
+                if flagged(check):
+                    found[(client, name)] = order[int(check["shortcut_source"])]
+                if flagged(shortcut_check(data.train, data.eval, specs, name)):
+                    own_only.add((client, name))
+        assert found == leaked and not own_only
+
+
 def test_a_constant_or_tiny_task_gives_no_check():
-    spec = TaskSpec("t", "classification", 2)
-    assert (
-        shortcut_check(
-            TaskData(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long)),
-            TaskData(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)),
-            spec,
-        )
-        == {}
-    )
+    spec = {"t": TaskSpec("t", "classification", 2)}
+    tiny = {"t": TaskData(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))}
+    assert shortcut_check(tiny, {"t": TaskData(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))}, spec, "t") == {}
     constant = shortcut_check(
-        TaskData(torch.ones(6, 3), torch.tensor([0, 1] * 3)), TaskData(torch.ones(4, 3), torch.tensor([0, 1] * 2)), spec
+        {"t": TaskData(torch.ones(6, 3), torch.tensor([0, 1] * 3))},
+        {"t": TaskData(torch.ones(4, 3), torch.tensor([0, 1] * 2))},
+        spec,
+        "t",
     )
-    assert constant == {"shortcut_train": 0.0, "shortcut_eval": 0.0, "shortcut_chance": 0.0}
+    assert constant == {"shortcut_train": 0.0, "shortcut_eval": 0.0, "shortcut_chance": 0.0, "shortcut_source": 0.0}
 
 
-def with_shortcuts(root, shares):
-    """Give every eval row of each run the shortcut shares ``shares[(task, client)]`` (train, eval)."""
-    for path in root.glob("arms/*/seed-*/metrics.jsonl"):
+def with_shortcuts(root, shares, arms="*", source=None):
+    """Give every eval row of each run of ``arms`` the shortcut shares ``shares[(task, client)]`` (train,
+    eval), of the label of the study's task at position ``source`` (None: no source column)."""
+    for path in root.glob(f"arms/{arms}/seed-*/metrics.jsonl"):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         for row in rows:
             if row["split"] == "eval":
                 train, held_out = shares.get((row["task"], row["client"]), (0.3, 0.2))
                 row["shortcut_train"], row["shortcut_eval"], row["shortcut_chance"] = train, held_out, 0.1
+                if source is not None:
+                    row["shortcut_source"] = source
         write_jsonl(path, rows)
 
 
@@ -100,11 +122,17 @@ def test_the_report_opens_with_the_data_checks(tmp_path):
     text = (root / "report.md").read_text()
     assert text.index("## Data checks") < text.index("## Paired comparisons")
     assert "**Possible label leakage** on 1 (task, client) pair(s)" in text
-    assert "| cls | 1 | 0.97 | 0.05 | 0.10 | 3 / 3 |" in text
+    assert "| cls | cls | 1 | 0.97 | 0.05 | 0.10 | 3 / 3 |" in text
     clean = write_study(tmp_path / "clean")
     with_shortcuts(clean, {})
     write_report(clean)
     assert "No shortcut found" in (clean / "report.md").read_text()
+    across = write_study(tmp_path / "across")  # the second arm alone finds a leak: its check counts
+    with_shortcuts(across, {})
+    with_shortcuts(across, {("cls", 1): (0.97, 0.05)}, arms="local_stl", source=1)
+    write_report(across)
+    names = [t["name"] for t in json.loads((across / "study.json").read_text())["tasks"]]
+    assert f"| cls | {names[1]} | 1 | 0.97 | 0.05 | 0.10 | 3 / 3 |" in (across / "report.md").read_text()
     plain = write_study(tmp_path / "none")  # runs written before the check existed: no section
     write_report(plain)
     assert "## Data checks" not in (plain / "report.md").read_text()
@@ -119,7 +147,7 @@ def test_the_check_is_computed_once_per_client_and_task_and_reused(monkeypatch):
 
     calls = []
     real = client_module.shortcut_check
-    monkeypatch.setattr(client_module, "shortcut_check", lambda *a: calls.append(a[2].name) or real(*a))
+    monkeypatch.setattr(client_module, "shortcut_check", lambda *a: calls.append(a[3]) or real(*a))
     monkeypatch.setattr(client_module, "_shortcut_checks", {})
     cfg = load_config(None, [*TINY_OVERRIDES, "seed=12345"])
     shared = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed)

@@ -98,6 +98,38 @@ def test_leakage_writes_the_label_code_in_training_and_a_scrambled_one_at_evalua
     )
 
 
+def test_leakage_from_another_task_writes_that_tasks_label_of_the_same_examples():
+    """The digit (10 classes: code 2 d / 9 - 1) of each geq5 example in its inputs; geq5's labels, the digit
+    task and clients that do not hold both tasks untouched; at evaluation the codes of the digits, shuffled."""
+    base = ["clients.tasks=[[digit, geq5], [geq5], [digit, parity], [digit, geq5]]"]
+    cfg = load_config(None, [*DIGITS, *base])
+    clean = {c: client_data(cfg, c) for c in range(4)}
+    leak = "{name: leakage, task: geq5, source: digit, clients: [0, 1]}"
+    leaky_cfg = load_config(None, [*DIGITS, *base, f"data_issues=[{leak}]"])
+    leaky = {c: client_data(leaky_cfg, c) for c in range(4)}
+    train, digit = leaky[0].train["geq5"], clean[0].train["digit"]
+    assert torch.equal(train.y, clean[0].train["geq5"].y) and torch.equal(train.x[:, :-1], digit.x[:, :-1])
+    assert torch.allclose(train.x[:, -1], 2 * digit.y.float() / 9 - 1)
+    assert len(train.x[:, -1].unique()) > 2  # the digit's code (geq5 is its sign), not geq5's own two classes
+    codes, digits = leaky[0].eval["geq5"].x[:, -1], clean[0].eval["digit"].y
+    assert sorted(codes.tolist()) == pytest.approx(sorted((2 * digits.float() / 9 - 1).tolist()))
+    assert same(leaky[0].train["digit"], clean[0].train["digit"])
+    assert same(leaky[1].train["geq5"], clean[1].train["geq5"])  # client 1 holds no digit label
+    assert same(leaky[3].train["geq5"], clean[3].train["geq5"])  # not named
+
+
+def test_a_subsampled_task_leaks_the_label_of_its_own_examples():
+    """geq5 keeps the first half of the examples: each carries its own digit."""
+    leak = "{name: leakage, task: geq5, source: digit}"
+    overrides = ["clients.tasks_per_client=4", "clients.task_sample_scale={geq5: 0.5}", f"data_issues=[{leak}]"]
+    cfg = load_config(None, [*DIGITS, *overrides])
+    for c in range(4):
+        data = client_data(cfg, c)
+        n = len(data.train["geq5"])
+        assert n < len(data.train["digit"])
+        assert torch.allclose(data.train["geq5"].x[:, -1], 2 * data.train["digit"].y[:n].float() / 9 - 1)
+
+
 def test_issues_are_reproducible_from_the_seed():
     issue = "{name: label_noise, task: digit, rate: 0.3}"
     _, first = data_with(issue)
@@ -186,6 +218,8 @@ def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
         ("{name: annotation, task: digit, clients: [0], merge: [[1]]}", "data_issues[0].merge[0]", "two classes"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1, 12]]}", "data_issues[0].merge[0]", "in [0, 10)"),
         ("{name: leakage, task: parity, strength: 0}", "data_issues[0].strength", "must be > 0"),
+        ("{name: leakage, task: parity, source: nope}", "data_issues[0].source", "unknown task 'nope'"),
+        ("{name: leakage, task: parity, source: digit, clients: [1]}", "data_issues[0].source", "holds both"),
         ("{name: drift, task: parity, per_round: -0.1}", "data_issues[0].per_round", "must be >= 0"),
         ("{name: drift, task: parity, start_round: 0}", "data_issues[0].start_round", "must be >= 1"),
         ("{name: drift, task: parity, clients: [7]}", "data_issues[0].clients[0]", "clients.count is 4"),
@@ -195,6 +229,27 @@ def test_bad_issues_are_refused_with_their_key(issue, key, message):
     with pytest.raises(ConfigError) as raised:
         load_config(None, [*DIGITS, f"data_issues=[{issue}]"])
     assert raised.value.path == key and message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            [*tiny_overrides(4), "data_issues=[{name: leakage, task: aligned, source: anchor}]"],
+            "the synthetic suite's tasks each have their own",
+        ),
+        (
+            [*DIGITS, "clients.tasks_per_client=4", "clients.task_sample_scale={digit: 0.5}",
+             "data_issues=[{name: leakage, task: geq5, source: digit}]"],
+            "digit keeps fewer training examples than geq5",
+        ),
+    ],
+)  # fmt: skip
+def test_a_leak_between_tasks_needs_their_examples_shared(overrides, message):
+    """Another task's label is defined for an example only where the tasks share their examples."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, overrides)
+    assert raised.value.path == "data_issues[0].source" and message in str(raised.value)
 
 
 def test_an_issue_may_sit_on_a_client_that_does_not_take_part():

@@ -88,6 +88,17 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         found = issue.check(cfg.data.task_specs(), range(cfg.clients.count))  # a client's data, member or not
         if found is not None:
             raise ConfigError(f"data_issues[{i}].{found[0]}", found[1])
+        if issue.label_task != issue.task:  # another task's label: only leakage's source reads one
+            problem = shared_examples_problem(cfg, issue.label_task, (issue.task,))
+            holders = [
+                c
+                for c in issue.clients or range(cfg.clients.count)
+                if {issue.task, issue.label_task} <= set(cfg.clients.tasks_held(c, task_names))
+            ]
+            if not problem and not holders:
+                problem = f"no client it names holds both {issue.task} and {issue.label_task}"
+            if problem:
+                raise ConfigError(f"data_issues[{i}].source", problem)
     participants = cfg.participants()
     problem = cfg.server.cohorts.check(participants)
     if problem:
@@ -329,3 +340,22 @@ def parse_and_check(raw: Mapping[str, Any]) -> ExperimentConfig:
     cfg = parse_dataclass(ExperimentConfig, raw, "")
     check_consistency(cfg)
     return cfg
+
+
+def shared_examples_problem(cfg: ExperimentConfig, source: str, tasks: Sequence[str]) -> str | None:
+    """Why ``source``'s labels are not defined for every training example of ``tasks``, or None: they are
+    when the suite's tasks share their examples and ``source`` keeps at least as many of them."""
+    if not cfg.data.tasks_share_examples:
+        return f"needs tasks that share their examples; the {cfg.data.name} suite's tasks each have their own"
+
+    def scale(task: str) -> float:
+        return cfg.clients.task_sample_scale.get(task, cfg.data.default_sample_scale(task))
+
+    fewer = [task for task in tasks if scale(task) > scale(source)]
+    if fewer:
+        return (
+            f"{source} keeps fewer training examples than {fewer[0]} (clients.task_sample_scale), so some of "
+            f"{fewer[0]}'s examples have no {source} label"
+        )
+    return None
+

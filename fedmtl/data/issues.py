@@ -12,11 +12,13 @@ means every client. A client that does not hold the issue's task is left as it i
   seeded permutation (``permute``) or merged (``merge: [[0, 1], ...]``: each group becomes its first
   class); regression targets rescaled and shifted (``y * scale + offset``).
 * ``leakage`` (label leakage): the last input feature of the task's training examples is replaced
-  by a code of their own label (classification ``2 y / (C - 1) - 1``, regression the standardised
-  target) times ``strength``: a shortcut the shared encoder can learn. At evaluation the feature
-  carries the code of a scrambled (permuted) label, so the shortcut does not transfer. Only a task's
-  own label can leak: the suites' tasks do not share examples, so another task's label is not
-  defined for an example.
+  by a code of a label of the same examples (classification ``2 y / (C - 1) - 1``, regression the
+  standardised target) times ``strength``: a shortcut the shared encoder can learn. The label is the
+  task's own, or with ``source`` another task's (leakage between tasks: e.g. the digit's label in the
+  inputs of ``geq5``), which needs a suite whose tasks are questions about the same examples
+  (``TaskSuite.tasks_share_examples``: digits, MultiMNIST) and applies on the clients that hold both
+  tasks. At evaluation the feature carries the code
+  of a scrambled (permuted) label, so the shortcut does not transfer.
 
 * ``drift`` (temporal skew): the client's labelling of the task moves with the rounds, in its training
   and evaluation data alike (the current period is its ground truth). From ``start_round`` on, each
@@ -63,9 +65,15 @@ class DataIssue(Component):
     def applies_to(self, client: int, data: ClientData) -> bool:
         return (not self.clients or client in self.clients) and self.task in data.train
 
+    @property
+    def label_task(self) -> str:
+        """The task whose labels the issue reads or changes (its ``spec`` in :meth:`apply`)."""
+        return self.task
+
     @abstractmethod
     def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
-        """The client's data with the issue (a new object; ``data`` is never modified)."""
+        """The client's data with the issue (a new object; ``data`` is never modified); ``spec``: the
+        :attr:`label_task`'s."""
 
     def at_round(self, data: ClientData, spec: TaskSpec, generator: torch.Generator, server_round: int) -> ClientData:
         """The client's data in round ``server_round`` (issues that drift; the others are in :meth:`apply`)."""
@@ -190,15 +198,50 @@ class Annotation(DataIssue):
 
 @dataclass(frozen=True)
 class Leakage(DataIssue):
-    """The task's label written into the last input feature of its training examples (scrambled at evaluation)."""
+    """A label of the task's examples (its own or ``source``'s) written into the last input feature of its
+    training examples (scrambled at evaluation)."""
 
     name: ClassVar[str] = "leakage"
     task: str = ""
     clients: tuple[int, ...] = ()
     strength: float = 1.0  # the code's scale in the input feature
+    # the task whose label leaks into the task's inputs; empty: the task's own. Another task's needs a suite
+    # whose tasks share their examples (digits, multimnist) and a source with at least the task's examples.
+    source: str = ""
 
     def __post_init__(self) -> None:
         require(self.strength > 0, "strength", f"must be > 0, got {self.strength}")
+
+    @property
+    def label_task(self) -> str:
+        return self.source or self.task
+
+    def applies_to(self, client: int, data: ClientData) -> bool:  # the source's label exists where it is held
+        return super().applies_to(client, data) and self.label_task in data.train
+
+    def check(self, specs: Sequence[TaskSpec], clients: Sequence[int]) -> tuple[str, str] | None:
+        problem = super().check(specs, clients)
+        source = next((s for s in specs if s.name == self.label_task), None)
+        if problem is None and source is None:
+            return "source", f"unknown task {self.source!r}; tasks: {', '.join(s.name for s in specs)}"
+        if problem is None and source is not None and source.kind not in self.kinds:
+            return "source", f"{self.source} is a {source.kind} task; its label is not one value to leak"
+        return problem
+
+    def source_labels(self, data: ClientData) -> tuple[torch.Tensor, torch.Tensor]:
+        """The leaking labels of the task's training and evaluation examples (the source task's labels of
+        the same examples: the task's examples are the first of the source's, all features but the last,
+        which an earlier leak may have written, equal)."""
+        labels = []
+        for split in (data.train, data.eval):
+            task, source = split[self.task], split[self.label_task]
+            n = len(task)
+            if len(source) < n or not torch.equal(source.x[:n, ..., :-1], task.x[..., :-1]):
+                raise ValueError(
+                    f"leakage of {self.source} into {self.task}: the tasks do not share their examples on this client"
+                )
+            labels.append(source.y[:n])
+        return labels[0], labels[1]
 
     def code(self, y: torch.Tensor, spec: TaskSpec, reference: torch.Tensor) -> torch.Tensor:
         if spec.kind == CLASSIFICATION:
@@ -214,12 +257,13 @@ class Leakage(DataIssue):
 
     def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
         train, evaluation = data.train[self.task], data.eval[self.task]
-        scrambled = evaluation.y[torch.randperm(len(evaluation.y), generator=generator)]
+        leaked, held_out = self.source_labels(data)
+        scrambled = held_out[torch.randperm(len(held_out), generator=generator)]
         return with_task(
             data,
             self.task,
-            train=TaskData(self.written(train.x, self.code(train.y, spec, train.y)), train.y),
-            evaluation=TaskData(self.written(evaluation.x, self.code(scrambled, spec, train.y)), evaluation.y),
+            train=TaskData(self.written(train.x, self.code(leaked, spec, leaked)), train.y),
+            evaluation=TaskData(self.written(evaluation.x, self.code(scrambled, spec, leaked)), evaluation.y),
         )
 
 
@@ -267,7 +311,7 @@ def apply_issues(
     by_name = {s.name: s for s in specs}
     for index, issue in enumerate(issues):
         if issue.applies_to(client, data):
-            data = issue.apply(data, by_name[issue.task], issue_generator(seed, index, client))
+            data = issue.apply(data, by_name[issue.label_task], issue_generator(seed, index, client))
     return data
 
 

@@ -17,7 +17,7 @@ from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
 from fedmtl.federation.groups import client_affinity, mean_task_affinity
-from fedmtl.local.data_checks import SHORTCUT_CHANCE, SHORTCUT_EVAL, SHORTCUT_TRAIN
+from fedmtl.local.data_checks import SHORTCUT_CHANCE, SHORTCUT_EVAL, SHORTCUT_SOURCE, SHORTCUT_TRAIN
 from fedmtl.local.gates import unpack
 from fedmtl.local.rollback import OPTIONS
 
@@ -28,6 +28,7 @@ METRIC_COLUMNS = (
     SHORTCUT_TRAIN,  # the data check (eval rows): the best single input feature's share of the label, training data
     SHORTCUT_EVAL,  # ... the same feature's on the client's held-out data (a leaked label: high, then low)
     SHORTCUT_CHANCE,  # ... and the best feature's share with the training labels shuffled (chance level)
+    SHORTCUT_SOURCE,  # ... of which task's label (its position in the suite's tasks; another's: a leak between tasks)
 )
 SERVER_COLUMNS = (
     "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",

@@ -234,7 +234,10 @@ class LocalClient:
         if key not in _shortcut_checks:
             if len(_shortcut_checks) >= SHORTCUT_CACHE_SIZE:
                 _shortcut_checks.pop(next(iter(_shortcut_checks)))
-            _shortcut_checks[key] = shortcut_check(train[task], held_out[task], self.specs[task])
+            # the same examples, in the same order, for every task: not pooled clients or carved validation
+            shared = self.cfg.data.tasks_share_examples and not self.participant.pooled and not rollback.enabled
+            order = self.cfg.data.task_names()
+            _shortcut_checks[key] = shortcut_check(train, held_out, self.specs, task, order, shared)
         return dict(_shortcut_checks[key])
 
     def _privatised(

@@ -4,8 +4,9 @@ found in their data (``fedmtl/local/data_checks.py``; only the numbers left the 
 Shortcut (label leakage): a task on a client is flagged when, on at least half of the seeds, one input
 feature alone explains at least ``SHORTCUT_MIN`` of the label in the client's training data, and at
 least ``SHORTCUT_DROP`` more than it does on the client's held-out data and than the best feature does
-by chance (labels shuffled). The checks are computed on the study's first arm
-with runs (every arm of a study sees the same data), at its first evaluation.
+by chance (labels shuffled); the label may be another task's where a client's tasks share their examples
+(a leak between tasks). Every arm of a study sees the same data, so each seed keeps the strongest check
+any arm reported, at its first evaluation (only arms holding several tasks check the labels across tasks).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fedmtl.report.render import Block, Heading, Paragraph, Table
 SHORTCUT_MIN = 0.9  # share of the label one feature explains in training
 SHORTCUT_DROP = 0.3  # ... and how much less it explains at evaluation
 TRAIN, HELD_OUT, CHANCE = "shortcut_train", "shortcut_eval", "shortcut_chance"
+SOURCE = "shortcut_source"  # the position of the explained label's task among the study's tasks
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ShortcutCheck:
     chance: float
     flagged_seeds: int
     seeds: int
+    label: str = ""  # the task whose label the feature explains (another task's: a leak between tasks)
 
     @property
     def flagged(self) -> bool:
@@ -51,30 +54,44 @@ def is_shortcut(train: float, held_out: float, chance: float) -> bool:
 
 
 def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
-    """One check per (task, client) that reported it, sorted."""
-    arm = next((a for a in data.study.arms if data.arm_results(a)), None)
-    if arm is None:
-        return []
-    found: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-    for result in data.arm_results(arm):
-        rows = [
-            r
-            for r in read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task"))
-            if r["split"] == EVAL_SPLIT and all(r.get(k) is not None for k in (TRAIN, HELD_OUT, CHANCE))
-        ]
-        if not rows:
-            continue
-        first = min(r["round"] for r in rows)
-        for r in rows:
-            if r["round"] == first:
-                shares = (float(r[TRAIN]), float(r[HELD_OUT]), float(r[CHANCE]))
-                found.setdefault((r["task"], int(r["client"])), []).append(shares)
+    """One check per (task, client) that reported it, sorted. Every arm sees the same data, but only a
+    participant holding several tasks can check one task's inputs against another's labels (a leak between
+    tasks), so each seed keeps the strongest check of any arm (training share above held-out and chance)."""
+    names = [t.name for t in data.study.tasks]
+    strongest: dict[tuple[str, int, int], tuple[float, float, float, str]] = {}
+    for arm in data.study.arms:
+        for result in data.arm_results(arm):
+            rows = [
+                r
+                for r in read_table(find_metrics_file(result.run.dir), ("round", "split", "client", "task"))
+                if r["split"] == EVAL_SPLIT and all(r.get(k) is not None for k in (TRAIN, HELD_OUT, CHANCE))
+            ]
+            first = min((r["round"] for r in rows), default=None)
+            for r in rows:
+                if r["round"] != first:
+                    continue
+                index = r.get(SOURCE)
+                label = names[int(index)] if index is not None and 0 <= int(index) < len(names) else r["task"]
+                found = (float(r[TRAIN]), float(r[HELD_OUT]), float(r[CHANCE]), label)
+                key = (r["task"], int(r["client"]), result.run.seed)
+                if key not in strongest or margin(found) > margin(strongest[key]):
+                    strongest[key] = found
+    per_pair: dict[tuple[str, int], list[tuple[float, float, float, str]]] = {}
+    for (task, client, _), found in sorted(strongest.items()):
+        per_pair.setdefault((task, client), []).append(found)
     checks = []
-    for (task, client), values in sorted(found.items()):
-        flagged = sum(is_shortcut(*shares) for shares in values)
+    for (task, client), values in sorted(per_pair.items()):
+        flagged = [v for v in values if is_shortcut(*v[:3])]
         train, held_out, chance = (sum(v[i] for v in values) / len(values) for i in range(3))
-        checks.append(ShortcutCheck(task, client, train, held_out, chance, flagged, len(values)))
+        labels = [v[3] for v in flagged or values]
+        label = max(set(labels), key=labels.count)
+        checks.append(ShortcutCheck(task, client, train, held_out, chance, len(flagged), len(values), label))
     return checks
+
+
+def margin(found: tuple[float, float, float, str]) -> float:
+    """How far the training share stands above the larger of the held-out and chance shares."""
+    return found[0] - max(found[1], found[2])
 
 
 def data_check_blocks(data: StudyData) -> list[Block]:
@@ -96,6 +113,7 @@ def shortcut_blocks(checks: list[ShortcutCheck]) -> list[Block]:
     rows = [
         [
             c.task,
+            c.label or c.task,
             str(c.client),
             f"{c.train:.2f}",
             f"{c.held_out:.2f}",
@@ -114,12 +132,13 @@ def shortcut_blocks(checks: list[ShortcutCheck]) -> list[Block]:
     return [
         Paragraph(
             f"Computed on each client from its own data; only the numbers left it. Shortcut: the share of a task's "
-            f"label that the best single input feature explains in the client's training data (η² or r²) and the "
+            f"label (or, where the tasks share their examples, another task's label) that the best single input "
+            f"feature explains in the client's training data (η² or r²) and the "
             f"same feature's share on its held-out data, beside the best share with the labels shuffled (chance); "
             f"flagged when at least {SHORTCUT_MIN} and {SHORTCUT_DROP} above both, on at least half of the seeds. "
             f"{verdict}"
         ),
-        Table(["task", "client", "share in training", "share held out", "by chance", "seeds flagged"], rows),
+        Table(["task", "label explained", "client", "share in training", "share held out", "by chance", "seeds flagged"], rows),
     ]
 
 

@@ -47,6 +47,10 @@ class ClientData:
 
 class TaskSuite(Component):
     REGISTRY: ClassVar[Registry] = Registry("data suite", ("fedmtl.data.suites",))
+    # True when a client's tasks are questions about the same examples in the same order (a task that
+    # clients.task_sample_scale subsamples keeps a prefix), so that each example has every task's label:
+    # what another task's leaked label (data_issues: leakage) and a joint head (model.joint_heads) need.
+    tasks_share_examples: ClassVar[bool] = False
 
     @abstractmethod
     def task_specs(self) -> tuple[TaskSpec, ...]:

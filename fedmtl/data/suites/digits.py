@@ -61,6 +61,7 @@ def dirichlet_partition(
 @dataclass(frozen=True)
 class DigitsSuite(TaskSuite):
     name: ClassVar[str] = "digits"
+    tasks_share_examples: ClassVar[bool] = True
     tasks: tuple[DigitTask, ...] = ("digit", "parity", "geq5", "loops")
     dirichlet_alpha: float = 0.5
     eval_fraction: float = 0.3

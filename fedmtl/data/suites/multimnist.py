@@ -77,6 +77,7 @@ def overlay(images: np.ndarray, pairs: Pairs, canvas: int) -> np.ndarray:
 @dataclass(frozen=True)
 class MultiMNISTSuite(TaskSuite):
     name: ClassVar[str] = "multimnist"
+    tasks_share_examples: ClassVar[bool] = True
     tasks: tuple[MultiDigitTask, ...] = ("left", "right")  # left_parity, left_geq5, left_loops ask about the left digit
     canvas: int = 12  # side of the square canvas in pixels (the digits are 8x8)
     max_shift: int = 1  # each digit moves 0 .. max_shift pixels towards the centre, per axis

@@ -74,6 +74,7 @@ class Scenes:
 @dataclass(frozen=True)
 class ShapesSuite(TaskSuite):
     name: ClassVar[str] = "shapes"
+    tasks_share_examples: ClassVar[bool] = True
     tasks: tuple[DenseTask, ...] = ("segmentation", "depth", "normals", "edges")
     canvas: int = 32  # side of the square image in pixels
     classes: int = 3  # shape classes: circle, square, triangle (the first `classes` of them)
