@@ -67,6 +67,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     check_privacy(cfg)
     check_secure_aggregation(cfg)
     check_sample_level(cfg)
+    check_joint_heads(cfg)
     if cfg.model.sharing.adapter_rank > 0 and not encoder.supports_adapters:
         supported = ", ".join(name for name, kind in ENCODERS.items() if kind.supports_adapters)
         raise ConfigError("model.sharing", f"adapters are defined for the {supported} encoder only")
@@ -359,3 +360,33 @@ def shared_examples_problem(cfg: ExperimentConfig, source: str, tasks: Sequence[
         )
     return None
 
+
+def check_joint_heads(cfg: ExperimentConfig) -> None:
+    """``model.joint_heads``: classification tasks of the suite that share their examples, heads that stay
+    private and start per client (a joint head has no per-task round-0 head or per-task average)."""
+    specs = {spec.name: spec for spec in cfg.data.task_specs()}
+    for i, group in enumerate(cfg.model.joint_heads):
+        for j, task in enumerate(group):
+            if task not in specs:
+                raise ConfigError(f"model.joint_heads[{i}][{j}]", f"unknown task {task!r}; tasks: {', '.join(specs)}")
+            if specs[task].kind != "classification":
+                raise ConfigError(
+                    f"model.joint_heads[{i}][{j}]",
+                    f"{task} is a {specs[task].kind} task; a joint head is for classification",
+                )
+        problem = shared_examples_problem(cfg, group[0], ())  # one network over the label sets of an example
+        if problem:
+            raise ConfigError(f"model.joint_heads[{i}]", problem)
+    if not cfg.model.joint_heads:
+        return
+    refused = {
+        "server.federate_heads": (cfg.server.federate_heads, "averages heads per task; a joint head stays private"),
+        "model.head_init": (
+            cfg.model.head_init.name != "client",
+            "a joint head has no per-task round-0 head: use client",
+        ),
+        "privacy.sample_level": (cfg.privacy.sample_level.enabled, "does not clip per example through a joint head"),
+    }
+    for key, (on, why) in refused.items():
+        if on:
+            raise ConfigError(key, f"with model.joint_heads: {why}")

@@ -9,7 +9,8 @@ per-task gradient conflicts every ``gradient_diagnostics_every`` steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -67,11 +68,22 @@ def trained_parameters(model: MultiTaskModel, cfg: ClientConfig) -> dict[str, to
 
 
 def task_batches(
-    data: Mapping[str, TaskData], cfg: ClientConfig, generator: torch.Generator
+    data: Mapping[str, TaskData],
+    cfg: ClientConfig,
+    generator: torch.Generator,
+    joint_groups: Sequence[Sequence[str]] = (),
 ) -> tuple[dict[str, TaskData], dict[str, Iterator[torch.Tensor]], dict[str, int]]:
-    """The tasks with data (a real split can leave one empty), each one's endless batches, and sizes."""
+    """The tasks with data (a real split can leave one empty), each one's endless batches, and sizes. The
+    tasks of a joint head (``joint_groups``) with as many examples as each other, the same examples, draw
+    one stream of batches: a step trains every label set of the same examples (multi-label training)."""
     data = {task: d for task, d in data.items() if len(d) > 0}
     batches = {task: batch_indices(len(d), cfg.batch_size, generator) for task, d in data.items()}
+    for group in joint_groups:
+        sizes = {task: len(data[task]) for task in group if task in data}
+        for size in set(sizes.values()):
+            same = [task for task, n in sizes.items() if n == size]
+            if len(same) >= 2:
+                batches.update(zip(same, itertools.tee(batch_indices(size, cfg.batch_size, generator), len(same))))
     return data, batches, {task: len(d) for task, d in data.items()}
 
 
@@ -84,7 +96,7 @@ def train_local(
     balancer: BalancerRound,
     proximal: Proximal | None = None,
 ) -> TrainStats:
-    data, batches, sizes = task_batches(data, cfg, generator)
+    data, batches, sizes = task_batches(data, cfg, generator, model.joint_groups)
     encoder_params = model.encoder_parameters()
     optimizer = make_optimizer(cfg, [*trained_parameters(model, cfg).values(), *balancer.parameters()])
     tracker = TaskGradientTracker(cfg.subspace_steps)

@@ -33,14 +33,30 @@ class ModelConfig:
     # A local file to start the encoder from instead of its random initialisation: a state dict of the
     # encoder, or a run's encoder.pt (one group's: {key: state}). Never downloaded; the shapes must match.
     init_from: str | None = None
+    # Groups of classification tasks with one joint head (multi-label classification: one network outputs
+    # every label set of an example, each task reading its slice, trained on the same batch of examples).
+    # Needs a suite whose tasks share their examples; a client holding part of a group trains its slices.
+    joint_heads: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.init_from is not None:
             require(Path(self.init_from).is_file(), "init_from", f"no such file: {self.init_from}")
         require(self.representation_dim >= 1, "representation_dim", f"must be >= 1, got {self.representation_dim}")
+        for i, group in enumerate(self.joint_heads):
+            require(
+                len(set(group)) == len(group) >= 2,
+                f"joint_heads[{i}]",
+                f"must name two tasks or more, got {list(group)}",
+            )
+        grouped = [task for group in self.joint_heads for task in group]
+        require(len(set(grouped)) == len(grouped), "joint_heads", "a task may sit in one joint head only")
         for key in ("encoder_hidden", "head_hidden", "conv_channels"):
             widths = getattr(self, key)
             require(all(w >= 1 for w in widths), key, f"layer widths must be >= 1, got {list(widths)}")
 
     def num_encoder_blocks(self, input_dim: int, image_shape: tuple[int, int, int] | None) -> int:
         return self.encoder.num_blocks(self, input_dim, image_shape)
+
+    def joint_group(self, task: str) -> tuple[str, ...] | None:
+        """The joint head ``task`` reads a slice of, or None (its own head)."""
+        return next((group for group in self.joint_heads if task in group), None)

@@ -8,6 +8,7 @@ Parameter names are the contract with the wire format: ``encoder.<block>.*`` may
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import cast
 
 import torch
@@ -132,6 +133,38 @@ class Adapter(nn.Module):
         return h + self.up(self.act(self.down(h)))
 
 
+class JointSlice(nn.Module):
+    """One task's slice ``[start, stop)`` of a joint head's output (``model.joint_heads``): every task of the
+    group holds the same ``joint`` module, so its parameters are one tensor under each task's key."""
+
+    def __init__(self, joint: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        self.joint, self.start, self.stop = joint, start, stop
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.joint(h)[:, self.start : self.stop]
+
+
+def build_heads(
+    cfg: ModelConfig, specs: list[TaskSpec], representation: tuple[int, ...], image_shape: ImageShape | None
+) -> dict[str, nn.Module]:
+    """Each task's head: its own, or its slice of a joint head (``model.joint_heads``) that outputs the
+    classes of the group's tasks this participant holds, in the group's order (one held: its own head)."""
+    by_name = {spec.name: spec for spec in specs}
+    heads: dict[str, nn.Module] = {}
+    for group in cfg.joint_heads:
+        held = [by_name[t] for t in group if t in by_name]
+        if len(held) < 2:
+            continue
+        joint_spec = replace(held[0], name="+".join(s.name for s in held), num_classes=sum(s.output_dim for s in held))
+        joint = build_head(cfg, joint_spec, representation, image_shape)
+        start = 0
+        for spec in held:
+            heads[spec.name] = JointSlice(joint, start, start + spec.output_dim)
+            start += spec.output_dim
+    return {spec.name: heads.get(spec.name) or build_head(cfg, spec, representation, image_shape) for spec in specs}
+
+
 class MultiTaskModel(nn.Module):
     """``heads[task](encoder(x; adapters[task]))`` for the tasks one client holds."""
 
@@ -153,7 +186,11 @@ class MultiTaskModel(nn.Module):
         else:
             one_expert = cast(nn.Sequential, self.encoder[0]) if experts else self.encoder
             representation = representation_shape(one_expert, input_dim)
-        self.heads = nn.ModuleDict({spec.name: build_head(cfg, spec, representation, image_shape) for spec in specs})
+        self.heads = nn.ModuleDict(build_heads(cfg, specs, representation, image_shape))
+        # the held tasks of each joint head, which train on the same batch of examples
+        self.joint_groups = tuple(
+            held for group in cfg.joint_heads if len(held := tuple(t for t in group if t in self.heads)) >= 2
+        )
         widths = cfg.encoder.block_widths(cfg, input_dim) if adapter_rank > 0 else []
         self.adapters = nn.ModuleDict(
             {

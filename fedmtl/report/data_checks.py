@@ -138,7 +138,10 @@ def shortcut_blocks(checks: list[ShortcutCheck]) -> list[Block]:
             f"flagged when at least {SHORTCUT_MIN} and {SHORTCUT_DROP} above both, on at least half of the seeds. "
             f"{verdict}"
         ),
-        Table(["task", "label explained", "client", "share in training", "share held out", "by chance", "seeds flagged"], rows),
+        Table(
+            ["task", "label explained", "client", "share in training", "share held out", "by chance", "seeds flagged"],
+            rows,
+        ),
     ]
 
 
