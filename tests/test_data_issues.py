@@ -82,6 +82,16 @@ def test_annotation_relabels_train_and_eval_with_one_mapping():
     assert torch.equal(z, torch.where((y == 7) | (y == 9), torch.tensor(4), y))
 
 
+def test_annotation_shifts_the_decision_thresholds_of_ordered_classes():
+    """shift: 2 on the digit: 0..7 read as 2..9, 8 and 9 stay 9; train and eval alike, client 0 only."""
+    _, clean = data_with()
+    _, shifted = data_with("{name: annotation, task: digit, clients: [0], shift: 2}")
+    for split in ("train", "eval"):
+        y, before = getattr(shifted[0], split)["digit"].y, getattr(clean[0], split)["digit"].y
+        assert torch.equal(y, torch.tensor([min(v + 2, 9) for v in before.tolist()]))
+    assert same(shifted[3].train["digit"], clean[3].train["digit"])
+
+
 def test_leakage_writes_the_label_code_in_training_and_a_scrambled_one_at_evaluation():
     _, clean = data_with()
     _, leaky = data_with("{name: leakage, task: parity, clients: [0], strength: 2.0}")
@@ -214,9 +224,11 @@ def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
         ("{name: label_noise, task: digit, clients: [9]}", "data_issues[0].clients[0]", "there is no client 9"),
         ("{name: label_noise, task: digit, to: 10}", "data_issues[0].to", "in [0, 10)"),
         ("{name: annotation, task: digit}", "data_issues[0].clients", "must name the clients"),
-        ("{name: annotation, task: digit, clients: [0]}", "data_issues[0].permute", "needs permute: true or merge"),
+        ("{name: annotation, task: digit, clients: [0]}", "data_issues[0].permute", "needs permute: true, merge"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1]]}", "data_issues[0].merge[0]", "two classes"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1, 12]]}", "data_issues[0].merge[0]", "in [0, 10)"),
+        ("{name: annotation, task: digit, clients: [0], shift: 9}", "data_issues[0].shift", "1 to 8 classes"),
+        ("{name: annotation, task: parity, clients: [0], shift: 1}", "data_issues[0].shift", "every example one class"),
         ("{name: leakage, task: parity, strength: 0}", "data_issues[0].strength", "must be > 0"),
         ("{name: leakage, task: parity, source: nope}", "data_issues[0].source", "unknown task 'nope'"),
         ("{name: leakage, task: parity, source: digit, clients: [1]}", "data_issues[0].source", "holds both"),

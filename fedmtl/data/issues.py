@@ -10,7 +10,9 @@ means every client. A client that does not hold the issue's task is left as it i
 * ``annotation`` (inconsistent annotation standards): the client labels the task by another
   standard, in its training *and* evaluation data (its own ground truth): classes permuted by a
   seeded permutation (``permute``) or merged (``merge: [[0, 1], ...]``: each group becomes its first
-  class); regression targets rescaled and shifted (``y * scale + offset``).
+  class), or, for ordered classes, decision thresholds shifted (``shift: k``: ``y + k`` clipped to the
+  classes; a binary task has no inner threshold to move); regression targets rescaled and shifted
+  (``y * scale + offset``).
 * ``leakage`` (label leakage): the last input feature of the task's training examples is replaced
   by a code of a label of the same examples (classification ``2 y / (C - 1) - 1``, regression the
   standardised target) times ``strength``: a shortcut the shared encoder can learn. The label is the
@@ -156,6 +158,9 @@ class Annotation(DataIssue):
     clients: tuple[int, ...] = ()
     permute: bool = False  # classification: classes permuted (one seeded permutation per client)
     merge: tuple[tuple[int, ...], ...] = ()  # classification: each group of classes becomes its first
+    # classification with ordered classes (grades): every boundary between neighbouring classes moved by
+    # ``shift`` classes, ``y + shift`` clipped to [0, C - 1] (a stricter or laxer annotator)
+    shift: int = 0
     scale: float = 1.0  # regression: y * scale + offset
     offset: float = 0.0
 
@@ -169,8 +174,13 @@ class Annotation(DataIssue):
         spec = self.spec_in(specs)
         if problem is not None or spec is None:
             return problem
-        if spec.kind == CLASSIFICATION and not (self.permute or self.merge):
-            return "permute", "a classification task needs permute: true or merge: [[a, b], ...]"
+        if spec.kind == CLASSIFICATION and not (self.permute or self.merge or self.shift):
+            return "permute", "a classification task needs permute: true, merge: [[a, b], ...] or shift: k"
+        if self.shift and not 0 < abs(self.shift) < spec.num_classes - 1:
+            return "shift", (
+                f"must move the boundaries by 1 to {spec.num_classes - 2} classes of {self.task}'s {spec.num_classes} "
+                f"(more would give every example one class), got {self.shift}"
+            )
         for i, group in enumerate(self.merge):
             if any(not 0 <= c < spec.num_classes for c in group):
                 return f"merge[{i}]", f"classes of {self.task} are in [0, {spec.num_classes}), got {list(group)}"
@@ -183,7 +193,7 @@ class Annotation(DataIssue):
         for group in self.merge:
             for c in group:
                 mapping[c] = mapping[group[0]]
-        return mapping[y]
+        return (mapping[y] + self.shift).clamp(0, spec.num_classes - 1)
 
     def apply(self, data: ClientData, spec: TaskSpec, generator: torch.Generator) -> ClientData:
         permutation = torch.randperm(spec.num_classes, generator=generator)
