@@ -82,7 +82,7 @@ def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
     checks = []
     for (task, client), values in sorted(per_pair.items()):
         flagged = [v for v in values if is_shortcut(*v[:3])]
-        train, held_out, chance = (sum(v[i] for v in values) / len(values) for i in range(3))
+        train, held_out, chance = (sum(shares) / len(values) for shares in list(zip(*values))[:3])
         labels = [v[3] for v in flagged or values]
         label = max(set(labels), key=labels.count)
         checks.append(ShortcutCheck(task, client, train, held_out, chance, len(flagged), len(values), label))
