@@ -50,17 +50,19 @@ def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[
 
 def _store(context: Context, config: ConfigRecord, participant: int) -> ClientStateStore | None:
     directory = context.node_config.get(protocol.STATE_DIR) or config.get(protocol.STATE_DIR)
-    return ClientStateStore(str(directory), participant) if directory else None
+    run_key = str(config.get(protocol.RUN_KEY, ""))
+    return ClientStateStore(str(directory), participant, run_key) if directory else None
 
 
 def _private_state(
-    context: Context, store: ClientStateStore | None, config: ConfigRecord
+    context: Context, store: ClientStateStore | None, at_most_round: int
 ) -> dict[str, torch.Tensor] | None:
+    """The node's private state: in its context, else (a resumed run, a restarted SuperNode) this run's
+    newest saved state at or before ``at_most_round`` (none in round 1 of a fresh run)."""
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
     if record is not None:
         return dict(record.to_torch_state_dict())
-    resume_round = int(protocol.as_number(config.get(protocol.RESUME_ROUND, 0)))
-    return store.load(resume_round) if store is not None and resume_round > 0 else None
+    return store.load(at_most_round) if store is not None and at_most_round > 0 else None
 
 
 def participant_of(cfg: ExperimentConfig, context: Context) -> Participant:
@@ -120,7 +122,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         store = _store(context, config, client.participant.index)
         shared = secure[1] if secure else dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         timeline.mark("train_start", **node)
-        outcome = client.train(shared, _private_state(context, store, config), server_round)
+        outcome = client.train(shared, _private_state(context, store, server_round - 1), server_round)
         timeline.mark("train_end", **node)
         context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
         if store is not None:
@@ -149,7 +151,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         store = _store(context, config, client.participant.index)
         shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         server_round = int(protocol.as_number(config.get(protocol.SERVER_ROUND, 0)))
-        reports = client.evaluate(shared, _private_state(context, store, config), server_round)
+        reports = client.evaluate(shared, _private_state(context, store, server_round), server_round)
         return Message(_reports(reports), reply_to=msg)
 
     @app.query()

@@ -19,7 +19,7 @@ PRIVATE_STATE = "fedmtl.private"  # context.state key of the client's private pa
 
 SERVER_ROUND = "server-round"
 STATE_DIR = "state-dir"  # where a client persists its private state (simulation: inside the run directory)
-RESUME_ROUND = "resume-round"  # > 0: a client without state loads its newest saved state at or before this round
+RUN_KEY = "run-key"  # which run a client's saved private state belongs to (the run directory's name)
 DURABLE_ROUND = "durable-round"  # the server's last checkpoint round (older client states can be pruned)
 ATTEMPT = "attempt"  # 0 for the first start, +1 for every automatic restart
 CLIENTS_COUNT = "clients-count"  # the run's clients.count, for clients whose run config leaves it to the federation

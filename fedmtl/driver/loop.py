@@ -57,10 +57,10 @@ class RunState:
 
     def round_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
-            protocol.RESUME_ROUND: self.done,
             protocol.DURABLE_ROUND: self.durable,
             protocol.ATTEMPT: self.attempt,
             protocol.CLIENTS_COUNT: self.cfg.clients.count,
+            protocol.RUN_KEY: self.run.path.name,
         }
         if self.state_dir:
             config[protocol.STATE_DIR] = self.state_dir

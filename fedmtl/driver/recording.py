@@ -33,6 +33,7 @@ METRIC_COLUMNS = (
 SERVER_COLUMNS = (
     "round", "started_at", "seconds", "replies", "failures", "rejected", "clients", "weights",
     "conflict_fraction", "aggregate_norm", "mean_norm", "cosines_upper", "bytes_up", "bytes_down",
+    "failed",  # each failed training reply's reason (a timeout names the node and its participant)
     "personal_alphas",  # server.personalisation: each row's weight on its own update (null when off)
     "adversarial",  # ids of the clients whose reply this round carried a forged update (faults.attack)
     "cohorts",  # with several cohorts (server.cohorts): each one's diagnostics, the fields above
@@ -125,6 +126,7 @@ class Recorder(Callback):
         state.row.update(
             replies=result.replies,
             failures=result.failures,
+            failed=result.failed,
             rejected=[{"client": c, "reason": r} for c, r in result.rejected],
             adversarial=attacking_clients(reports),
             bytes_up=sum(reply.payload_bytes for reply in exchange.replies),

@@ -237,6 +237,7 @@ class GridEngine:
         self.known = False  # whether node_of is known to be right (else replies are taken at their word)
         self.secure, self.secure_weighted = secure, secure_weighted
         self.largest_examples: float | None = None  # asked of the participants before the first secure round
+        self.silent: set[int] = set()  # nodes that missed a reply: places a rejoining SuperNode may take
 
     def connect(self, participants: int, interchangeable: bool) -> None:
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
@@ -248,13 +249,20 @@ class GridEngine:
         else:
             self.node_of, self.known = self.identify(nodes), True
 
-    def _ask(self, nodes: Iterable[int], extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every node's answer to a query (which participant it plays; ``extra`` asks for more)."""
+    def _ask(
+        self,
+        nodes: Iterable[int],
+        extra: Mapping[str, Any] | None = None,
+        tolerant: bool = False,
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every node's answer to a query (which participant it plays; ``extra`` asks for more); with
+        ``tolerant``, the answers that came (a node may be gone again), else all of them or an error."""
         config = {**self.query_config, protocol.SERVER_ROUND: 0, **(extra or {})}
         content = RecordDict({protocol.CONFIG: ConfigRecord(config)})
         nodes = list(nodes)
         messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
-        replies = exchange(self.grid, messages, self.node_timeout_s, self.pull_interval_s)
+        replies = exchange(self.grid, messages, timeout_s or self.node_timeout_s, self.pull_interval_s)
         if worker_died(replies):
             raise WorkerPoolDied("a worker died while the participants were being asked")
         answers = [
@@ -262,7 +270,7 @@ class GridEngine:
             for m in replies
             if not m.has_error()
         ]
-        if len(answers) < len(nodes):
+        if len(answers) < len(nodes) and not tolerant:
             failed = next((m.error.reason for m in replies if m.has_error()), "no reply")
             raise FederationError(f"only {len(answers)} of {len(nodes)} nodes answered a query: {failed}")
         return answers
@@ -279,7 +287,26 @@ class GridEngine:
             self.largest_examples = float(max(protocol.as_number(a[protocol.NUM_EXAMPLES]) for a in answers))
         return self.largest_examples
 
+    def rejoin(self, timeout_s: float) -> None:
+        """A SuperNode that restarted comes back with a new node id (its old one goes silent): nodes the
+        federation has not seen take over the participants they play (asked, when participants are told
+        apart) or the places of silent nodes (when any node may stand for any participant)."""
+        if self.capabilities.places_nodes:
+            return
+        current = set(self.grid.get_node_ids())
+        new = sorted(current - set(self.node_of.values()))
+        if not new:
+            return
+        if self.known:
+            answers = self._ask(new, tolerant=True, timeout_s=timeout_s)
+            self.node_of.update({int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in answers})
+        else:
+            places = [p for p, node in self.node_of.items() if node not in current or node in self.silent]
+            self.node_of.update(zip(places, new))
+        self.silent -= set(self.node_of.values())
+
     def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+        self.rejoin(timeout_s)
         if self.secure is not None and sends and sends[0].kind == TRAIN:
             return self._secure_exchange(sends, timeout_s)
         records: dict[int, ArrayRecord] = {}  # one record per distinct state: serialised once
@@ -302,6 +329,14 @@ class GridEngine:
             raise WorkerPoolDied(f"round {round_}: a worker died")
         participant_of = {node: p for p, node in self.node_of.items()} if self.known else {}
         converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
+        answered = {m.metadata.src_node_id for m in replies}
+        for send in sends:  # no reply within the timeout: a failure that names the node (and its participant)
+            node = self.node_of[send.participant]
+            if node not in answered:
+                self.silent.add(node)
+                who = f"participant {send.participant} on node {node}" if self.known else f"node {node}"
+                error = f"no reply from {who} within {timeout_s:g} s"
+                converted.append(Reply(send.participant if self.known else None, error=error))
         return Exchange(converted, payload_bytes(messages))
 
     def _secure_exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
