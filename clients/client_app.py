@@ -62,7 +62,11 @@ def _private_state(
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
     if record is not None:
         return dict(record.to_torch_state_dict())
-    return store.load(at_most_round) if store is not None and at_most_round > 0 else None
+    version = store.newest(at_most_round) if store is not None and at_most_round > 0 else None
+    if store is None or version is None:
+        return None
+    timeline.mark("state_restored", participant=store.directory.name, version=version)
+    return store.load(version)
 
 
 def participant_of(cfg: ExperimentConfig, context: Context) -> Participant:

@@ -1,9 +1,11 @@
 """Timestamps of a deployed round's steps, taken on fedmtl's own side, for ``benchmarks/deployment.py``.
 
 Off unless ``FEDMTL_TIMELINE`` names a file: then the ServerApp (message sent, replies in) and every
-ClientApp process (its start, the handler's start, training's start and end, the reply handed back)
-append one JSON line per step to that file. On one machine (loopback) the processes share a wall clock,
-so the lines of one round line up into where its seconds went. Nothing else reads the file.
+ClientApp process (its start, the handler's start, training's start and end, the reply handed back,
+a private state restored from the state directory) append one JSON line per step to that file. On one
+machine (loopback) the processes share a wall clock, so the lines of one round line up into where its
+seconds went; the deployment fault tests read the steps as events (when to kill a SuperNode, what a
+restarted one restored). Nothing else reads the file.
 """
 
 from __future__ import annotations

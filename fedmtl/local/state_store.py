@@ -59,11 +59,15 @@ class ClientStateStore:
             if version < floor:
                 (self.directory / f"round-{version:06d}.pt").unlink(missing_ok=True)
 
-    def load(self, at_most_round: int) -> dict[str, torch.Tensor] | None:
-        """This run's newest state written at or before ``at_most_round``, or None."""
+    def newest(self, at_most_round: int) -> int | None:
+        """The round of this run's newest state written at or before ``at_most_round``, or None."""
         if not self._mine():
             return None
-        candidates = [v for v in self.versions() if v <= at_most_round]
-        if not candidates:
+        return max((v for v in self.versions() if v <= at_most_round), default=None)
+
+    def load(self, at_most_round: int) -> dict[str, torch.Tensor] | None:
+        """This run's newest state written at or before ``at_most_round``, or None."""
+        version = self.newest(at_most_round)
+        if version is None:
             return None
-        return torch.load(self.directory / f"round-{candidates[-1]:06d}.pt", weights_only=True)
+        return torch.load(self.directory / f"round-{version:06d}.pt", weights_only=True)
