@@ -102,6 +102,7 @@ def run(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = N
 
 def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | None = None) -> int:
     """A study (``study.arms``) or a sweep (``sweep.grid``): many runs, one report."""
+    from fedmtl.config.sections import ResourcesConfig
     from fedmtl.core.errors import FederationError
     from fedmtl.core.layout import REPORT_MD, SWEEP_MD
     from fedmtl.experiments import runner
@@ -110,6 +111,7 @@ def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | No
     from fedmtl.runfiles.rundir import RunDirectory
     from fedmtl.runtime.resources import backend_config
     from server.simulation import engine_session, federate
+    from server.study_pool import RayRunPool, concurrent_slots, study_pool
 
     backend_config(cfg.resources)  # resource errors before anything is written
     run_dir = RunDirectory.open(resume_dir)[0] if resume_dir else RunDirectory.create(cfg)
@@ -117,19 +119,22 @@ def run_study(cfg: ExperimentConfig, verbose: bool = False, resume_dir: str | No
     print(f"fedmtl: {kind} {cfg.name} -> {run_dir.path}", flush=True)
     quiet_frameworks(verbose)
 
-    with engine_session(cfg) as resources:  # workers stay up across the study's runs
+    concurrent = concurrent_slots(cfg) != 1
+    session = study_pool(cfg) if concurrent else engine_session(cfg)  # warm workers or a cluster's CPUs
+    with session as held:
+        pool = held if isinstance(held, RayRunPool) else None
 
         def federate_attached(arm_cfg: ExperimentConfig) -> None:
-            arm_cfg = replace(arm_cfg, resources=resources)
+            arm_cfg = replace(arm_cfg, resources=held) if isinstance(held, ResourcesConfig) else arm_cfg
             federate(arm_cfg, RunDirectory.create(arm_cfg), verbose=verbose, echo=lambda line: print(line, flush=True))
 
         try:
             if cfg.sweep.grid:
-                runner.run_sweep(cfg, run_dir.path, federate_attached, on_study_done=write_report)
+                runner.run_sweep(cfg, run_dir.path, federate_attached, on_study_done=write_report, pool=pool)
                 write_sweep_report(run_dir.path)
                 report = run_dir.path / SWEEP_MD
             else:
-                runner.run_study(cfg, run_dir.path, federate_attached, on_done=write_report)
+                runner.run_study(cfg, run_dir.path, federate_attached, on_done=write_report, pool=pool)
                 report = run_dir.path / REPORT_MD
         except FederationError as err:
             print(f"error: {err}; finished runs are kept (continue with --resume {run_dir.path})", file=sys.stderr)

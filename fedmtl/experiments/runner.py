@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -102,6 +102,41 @@ def pending_runs(manifest: dict[str, Any]) -> int:
 StudyDone = Callable[[Path], object]  # called with a study directory once its runs are done (writes its report)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One (arm, seed) of a study: its run (after its pretraining phase, if the arm has one). Picklable, so
+    that a pool can run it in another process or on another node of a cluster."""
+
+    arm: str
+    seed: int
+    cfg: ExperimentConfig  # the study's config at this seed
+    run_dir: Path
+    pretrain_dir: Path
+
+
+def run_job(job: Job, federate: Federate) -> None:
+    """Run ``job`` from scratch (whatever an interrupted or retried attempt left is removed first)."""
+    for stale in (job.run_dir, job.pretrain_dir):
+        if stale.exists():
+            shutil.rmtree(stale)
+    job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    spec = job.cfg.study.arm_spec(job.arm)
+    pretrained = None
+    if spec.pretrain is not None:  # the phase first; the arm starts from its encoder
+        job.pretrain_dir.parent.mkdir(parents=True, exist_ok=True)
+        federate(at(pretrain_config(job.cfg, spec), job.pretrain_dir))
+        pretrained = str(job.pretrain_dir / ENCODER_FILE)
+    federate(at(arm_config(job.cfg, spec, pretrained), job.run_dir))
+
+
+class RunPool(Protocol):
+    """Runs a study's jobs several at a time (server/study_pool.py: Ray tasks on a cluster's nodes)."""
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+        """Every job, each once; yields each as it finishes, with where and when it ran."""
+        ...
+
+
 def run_study(
     cfg: ExperimentConfig,
     study_dir: Path,
@@ -109,32 +144,35 @@ def run_study(
     echo: Callable[[str], None] = print,
     progress: Progress | None = None,
     on_done: StudyDone | None = None,
+    pool: RunPool | None = None,
 ) -> None:
-    """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir``, then call ``on_done``."""
+    """Run every unfinished (arm, seed) of ``cfg.study`` into ``study_dir`` (one after another, or through
+    ``pool``), then call ``on_done``."""
     manifest_path = study_dir / STUDY_FILE
     manifest = _read(manifest_path) or study_manifest(cfg)
     _write(manifest_path, manifest)
     progress = progress or Progress(pending_runs(manifest))
-    for entry in manifest["runs"]:
-        if entry["status"] == DONE:
-            continue
-        run_dir, pretrain_dir = study_dir / entry["dir"], study_dir / PRETRAIN_DIR / entry["dir"]
-        for stale in (run_dir, pretrain_dir):  # interrupted: start this run over
-            if stale.exists():
-                shutil.rmtree(stale)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        seeded, spec = replace(cfg, seed=entry["seed"]), cfg.study.arm_spec(entry["arm"])
-        pretrained = None
-        if spec.pretrain is not None:  # the phase first; the arm starts from its encoder
-            pretrain_dir.parent.mkdir(parents=True, exist_ok=True)
-            federate(at(pretrain_config(seeded, spec), pretrain_dir))
-            pretrained = str(pretrain_dir / ENCODER_FILE)
-        federate(at(arm_config(seeded, spec, pretrained), run_dir))
-        entry["status"] = DONE
+    entries = {(e["arm"], e["seed"]): e for e in manifest["runs"] if e["status"] != DONE}
+    jobs = [
+        Job(arm, seed, replace(cfg, seed=seed), study_dir / e["dir"], study_dir / PRETRAIN_DIR / e["dir"])
+        for (arm, seed), e in entries.items()
+    ]
+
+    def done(job: Job, seconds: float, placement: dict[str, Any]) -> None:
+        entry = entries[(job.arm, job.seed)]
+        entry.update(status=DONE, **placement)
         _write(manifest_path, manifest)
-        progress.finished(time.perf_counter() - started)
-        echo(f"{cfg.name}: {progress.line()} | {run_line(entry['arm'], entry['seed'], run_dir)}")
+        progress.finished(seconds)
+        echo(f"{cfg.name}: {progress.line()} | {run_line(job.arm, job.seed, job.run_dir)}")
+
+    if pool is None:
+        for job in jobs:
+            started = time.perf_counter()
+            run_job(job, federate)
+            done(job, time.perf_counter() - started, {})
+    else:
+        for job, placement in pool.run(jobs):
+            done(job, placement.get("finished_at", 0.0) - placement.get("started_at", 0.0), placement)
     if on_done is not None:
         on_done(study_dir)
 
@@ -145,6 +183,7 @@ def run_sweep(
     federate: Federate,
     echo: Callable[[str], None] = print,
     on_study_done: StudyDone | None = None,
+    pool: RunPool | None = None,
 ) -> None:
     """Run the study of every grid point of ``cfg.sweep`` into ``sweep_dir`` (``on_study_done`` after each)."""
     manifest_path = sweep_dir / SWEEP_FILE
@@ -172,6 +211,6 @@ def run_sweep(
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_dir / CONFIG_FILE, yaml.safe_dump(point.to_dict(), sort_keys=False))
         echo(f"sweep {cfg.name}: point {i}/{len(points)}: {', '.join(f'{k}={v}' for k, v in entry['values'].items())}")
-        run_study(point, study_dir, federate, echo, progress, on_study_done)
+        run_study(point, study_dir, federate, echo, progress, on_study_done, pool)
         entry["status"] = DONE
         _write(manifest_path, manifest)
