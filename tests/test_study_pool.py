@@ -1,13 +1,15 @@
-"""A study's runs several at a time (``study.max_concurrent_runs``, ``server/study_pool.py``): the same
-results as one after another, each run recorded once with where and when it ran; over a two-node Ray
-cluster on loopback (a head and a worker, one CPU each) the runs go to both nodes and overlap in time,
-and a worker node lost in the middle of the study has its run retried: every run present exactly once."""
+"""Ray clusters: a study's runs several at a time (``study.max_concurrent_runs``, ``server/study_pool.py``)
+give the results of runs one after another, each recorded once with where and when it ran. On a two-node
+Ray cluster on loopback (a head and a worker, one CPU each): one federation's clients run on both nodes
+(the direct engine's workers), a study's runs go to both nodes and overlap in time, and a worker node
+lost in the middle of a study has its run retried: every run present exactly once."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,27 @@ def cluster():
 def same_runs(reference: dict, study_dir: Path) -> dict:
     """The reference's runs of the (arm, seed)s the study at ``study_dir`` has."""
     return {key: reference[key] for key in runs_of(study_dir)}
+
+
+@pytest.mark.slow
+def test_one_federation_over_a_two_node_cluster_runs_its_clients_on_both_nodes(tmp_path, cluster):
+    import ray
+
+    from fedmtl.runfiles.rundir import RunDirectory
+    from server.engines import workers
+    from server.simulation import engine_session, federate
+
+    made, worker = cluster
+    overrides = [*tiny_overrides(4), "rounds=2", f"resources.ray_address={made.address}", f"output.run_dir={tmp_path}"]
+    cfg = load_config(None, overrides)
+    with engine_session(cfg) as resources:  # the direct engine's workers, kept to be asked where they ran
+        federate(replace(cfg, resources=resources), RunDirectory.create(cfg), echo=lambda line: None)
+        pool = workers.warm_pool()
+        assert pool is not None
+        placements = ray.get([actor.placement.remote() for actor in pool.actors])
+    used = {node for node, handled in placements if handled > 0}
+    assert used == {made.head_node.node_id, worker.node_id}, placements
+    assert len(read_rows(tmp_path / "server.jsonl")) == 2
 
 
 def overlapping(entries: list[dict]) -> bool:

@@ -43,9 +43,14 @@ class ClientWorker:
         import fedmtl.local.client  # noqa: F401
 
         self.app: tuple[str, ClientApp] | None = None  # (key, app) of the current run
+        self.handled = 0  # messages run, over every run of the pool
 
     def ready(self) -> int:
         return os.getpid()
+
+    def placement(self) -> tuple[str, int]:
+        """The Ray node this worker runs on, and how many messages it has run."""
+        return ray.get_runtime_context().get_node_id(), self.handled
 
     def load(self, key: str, app: ClientApp) -> None:
         """The current run's app (a message still running from an earlier run keeps its own)."""
@@ -54,6 +59,7 @@ class ClientWorker:
     def handle(self, key: str, message: Message, context: Context) -> tuple[Message, Context]:
         if self.app is None or self.app[0] != key:
             raise RuntimeError(f"no client app loaded for run {key}")
+        self.handled += 1
         return self.app[1](message, context), context
 
 
@@ -142,6 +148,11 @@ def worker_pool(backend: Mapping[str, Any]) -> WorkerPool:
         shutdown()
     if _warm is None:
         _warm = WorkerPool(spec)
+    return _warm
+
+
+def warm_pool() -> WorkerPool | None:
+    """The pool kept warm for a study or sweep (:func:`warm_workers`), if one is up."""
     return _warm
 
 
