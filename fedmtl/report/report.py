@@ -34,6 +34,7 @@ from fedmtl.report.deltas import CONFIDENCE, CORRECTION_NAMES, TEST_NAME, Paired
 from fedmtl.report.gates import gate_blocks
 from fedmtl.report.privacy import privacy_blocks
 from fedmtl.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from fedmtl.report.setup import setup_blocks
 
 NOT_AVAILABLE = "n/a"
 
@@ -308,7 +309,12 @@ def build_blocks(
     if data.skipped:
         skipped = ", ".join(f"{r.arm}/seed-{r.seed} ({r.status or 'no status'})" for r in data.skipped)
         intro += f" Skipped (not done): {skipped}."
-    blocks: list[Block] = [Heading(f"Study report: {study.name}", level=1), Paragraph(intro), *data_check_blocks(data)]
+    blocks: list[Block] = [
+        Heading(f"Study report: {study.name}", level=1),
+        Paragraph(intro),
+        *setup_blocks(study.path),
+        *data_check_blocks(data),
+    ]
     if "forest" in plot_paths:
         blocks.append(Image(plot_paths["forest"], CAPTIONS["forest"]))
     blocks += [

@@ -214,3 +214,31 @@ def test_other_arms_and_communication_saving(tmp_path: Path) -> None:
     markdown = (root / "report.md").read_text()
     assert "| fed_mtl vs fed_full |" in markdown
     assert "saves 62.5 % of the bytes" in markdown
+
+
+def test_the_report_shows_what_each_arm_changes_and_the_injected_data_issues(tmp_path):
+    import json
+
+    import yaml
+
+    from fedmtl.report.report import write_report
+    from tests.study._study import write_study
+
+    root = write_study(tmp_path / "s")
+    manifest = json.loads((root / "study.json").read_text())
+    manifest["arm_specs"] = {
+        "fed_mtl": {"base": "fed_mtl", "set": {"model.joint_heads": [["cls", "reg"]]}},
+        "local_stl": {"base": "local_stl", "set": {}, "pretrain": {"tasks": ["cls"], "rounds": 2}},
+    }
+    (root / "study.json").write_text(json.dumps(manifest))
+    issue = {"name": "leakage", "task": "reg", "clients": [1], "source": "cls", "strength": 2.0, "to": None}
+    (root / "config.yaml").write_text(yaml.safe_dump({"data_issues": [issue]}))
+    write_report(root)
+    text = (root / "report.md").read_text()
+    assert text.index("## Setup") < text.index("## Paired comparisons")
+    assert '| `fed_mtl` | `fed_mtl` | `model.joint_heads: [["cls", "reg"]]` | - |' in text
+    assert "| `local_stl` | `local_stl` | - | 2 rounds on cls |" in text
+    assert '| leakage | reg | 1 | `source: "cls"`; `strength: 2.0` |' in text
+    plain = write_study(tmp_path / "plain")  # a study.json without arm specs, no config: no setup section
+    write_report(plain)
+    assert "## Setup" not in (plain / "report.md").read_text()
