@@ -102,3 +102,32 @@ def test_a_store_serves_only_the_run_that_wrote_it(tmp_path):
     second.save(3, {"w": torch.zeros(1)}, 0)
     assert second.versions() == [3] and first.load(5) is None  # claimed: the old versions are gone
     assert ClientStateStore(tmp_path, 0).load(5)["w"].item() == 0.0  # no key: whatever is there
+
+
+class StrangerGrid(RestartingGrid):
+    """From the first training round on, a node is listed that never answers anything (another app's, or
+    a broken one)."""
+
+    def __init__(self, config, nodes: int, state_dir: Path) -> None:
+        super().__init__(config, nodes, state_dir, die_round=-1, partition=-1)  # nobody dies
+        self.stranger = max(self.contexts) + 1
+        self.sent_to_stranger = 0
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train" and self.stranger not in self.contexts:
+            first = next(iter(self.contexts.values()))  # it appears while the first round trains
+            self.contexts[self.stranger] = Context(first.run_id, self.stranger, {}, RecordDict(), {})
+            self.dead.add(self.stranger)
+        self.sent_to_stranger += sum(m.metadata.dst_node_id == self.stranger for m in messages)
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_new_node_that_never_answers_is_asked_once_and_costs_no_round(tmp_path):
+    overrides = (*tiny_overrides(2), "rounds=3", "eval_every=1", "server.fraction_fit=0.99",
+                 f"output.run_dir={tmp_path / 'run'}")  # fmt: skip
+    config = run_config(*overrides)
+    grid = StrangerGrid(config, 2, tmp_path / "state")
+    serve(grid, config)
+    rows = read_rows(tmp_path / "run" / "server.jsonl")
+    assert [r["failures"] for r in rows] == [0, 0, 0] and grid.sent_to_stranger == 1

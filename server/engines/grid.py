@@ -238,6 +238,7 @@ class GridEngine:
         self.secure, self.secure_weighted = secure, secure_weighted
         self.largest_examples: float | None = None  # asked of the participants before the first secure round
         self.silent: set[int] = set()  # nodes that missed a reply: places a rejoining SuperNode may take
+        self.asked: set[int] = set()  # new nodes asked who they are (answered or not)
 
     def connect(self, participants: int, interchangeable: bool) -> None:
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
@@ -294,10 +295,11 @@ class GridEngine:
         if self.capabilities.places_nodes:
             return
         current = set(self.grid.get_node_ids())
-        new = sorted(current - set(self.node_of.values()))
+        new = sorted(current - set(self.node_of.values()) - self.asked)
         if not new:
             return
         if self.known:
+            self.asked.update(new)  # a node that does not answer is not asked again every round
             answers = self._ask(new, tolerant=True, timeout_s=timeout_s)
             self.node_of.update({int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in answers})
         else:
