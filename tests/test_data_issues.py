@@ -140,6 +140,22 @@ def test_a_subsampled_task_leaks_the_label_of_its_own_examples():
         assert torch.allclose(data.train["geq5"].x[:, -1], 2 * data.train["digit"].y[:n].float() / 9 - 1)
 
 
+def test_a_fraction_of_the_clients_drawn_from_the_seed_carries_the_issue():
+    """fraction: 0.5 of 4 clients: two of them, the same two for the same seed, nested in a larger fraction."""
+    cfg = load_config(None, [*DIGITS, "clients.tasks_per_client=4"])
+    clean = {c: client_data(cfg, c) for c in range(4)}
+
+    def noisy_clients(fraction: float, seed: int = 0) -> set[int]:
+        issue = f"{{name: annotation, task: digit, fraction: {fraction}, shift: 1}}"
+        cfg = load_config(None, [*DIGITS, "clients.tasks_per_client=4", f"seed={seed}", f"data_issues=[{issue}]"])
+        return {c for c in range(4) if not same(client_data(cfg, c).train["digit"], clean[c].train["digit"])}
+
+    half = noisy_clients(0.5)
+    assert len(half) == 2 and noisy_clients(0.5) == half and half <= noisy_clients(0.75)
+    assert len(noisy_clients(0.75)) == 3 and len(noisy_clients(0.1)) == 1  # at least one
+    assert any(noisy_clients(0.5, seed) != half for seed in range(1, 6))  # another seed, another draw
+
+
 def test_issues_are_reproducible_from_the_seed():
     issue = "{name: label_noise, task: digit, rate: 0.3}"
     _, first = data_with(issue)
@@ -224,6 +240,8 @@ def test_a_run_evaluates_drifting_data_in_its_round(tmp_path):
         ("{name: label_noise, task: digit, clients: [9]}", "data_issues[0].clients[0]", "there is no client 9"),
         ("{name: label_noise, task: digit, to: 10}", "data_issues[0].to", "in [0, 10)"),
         ("{name: annotation, task: digit}", "data_issues[0].clients", "must name the clients"),
+        ("{name: label_noise, task: digit, fraction: 1.5}", "data_issues[0].fraction", "must be in [0, 1]"),
+        ("{name: label_noise, task: digit, clients: [1], fraction: 0.5}", "data_issues[0].fraction", "not both"),
         ("{name: annotation, task: digit, clients: [0]}", "data_issues[0].permute", "needs permute: true, merge"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1]]}", "data_issues[0].merge[0]", "two classes"),
         ("{name: annotation, task: digit, clients: [0], merge: [[1, 12]]}", "data_issues[0].merge[0]", "in [0, 10)"),

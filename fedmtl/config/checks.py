@@ -91,9 +91,10 @@ def check_consistency(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"data_issues[{i}].{found[0]}", found[1])
         if issue.label_task != issue.task:  # another task's label: only leakage's source reads one
             problem = shared_examples_problem(cfg, issue.label_task, (issue.task,))
+            named = issue.holders(cfg.seed, cfg.clients.count)
             holders = [
                 c
-                for c in issue.clients or range(cfg.clients.count)
+                for c in (sorted(named) if named is not None else range(cfg.clients.count))
                 if {issue.task, issue.label_task} <= set(cfg.clients.tasks_held(c, task_names))
             ]
             if not problem and not holders:

@@ -1,8 +1,9 @@
 """Data issues that multi-task learning amplifies, injected on chosen clients (config ``data_issues``).
 
 Each issue is a component applied to a client's data after the suite made it, so it works with every
-suite, seeded by ``(seed, issue index, client)`` and recorded in the run's config. Empty ``clients``
-means every client. A client that does not hold the issue's task is left as it is.
+suite, seeded by ``(seed, issue index, client)`` and recorded in the run's config. It sits on the named
+``clients``, or on a ``fraction`` of the clients drawn from the seed, else on every client. A client that
+does not hold the issue's task is left as it is.
 
 * ``label_noise`` (different noise regimes): training labels only; classification flips each label
   with probability ``rate``, uniformly to another class or to class ``to``; regression adds Gaussian
@@ -64,8 +65,21 @@ class DataIssue(Component):
     kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION, "regression")  # the task kinds it applies to
     drifts: ClassVar[bool] = False  # True: the issue depends on the round (:meth:`at_round`), not :meth:`apply`
 
-    def applies_to(self, client: int, data: ClientData) -> bool:
-        return (not self.clients or client in self.clients) and self.task in data.train
+    fraction: float
+
+    def holders(self, seed: int, count: int) -> frozenset[int] | None:
+        """The clients the issue sits on: the named ones, else ``floor(fraction * count)`` of them (at least
+        one) drawn from the seed, the same draw for every issue (a larger fraction adds clients to a smaller
+        one's), else None: every client."""
+        if self.clients:
+            return frozenset(self.clients)
+        if self.fraction > 0:
+            order = np.random.default_rng([seed, 104729]).permutation(count)
+            return frozenset(int(c) for c in order[: max(1, int(self.fraction * count))])
+        return None
+
+    def applies_to(self, client: int, data: ClientData, holders: frozenset[int] | None) -> bool:
+        return (holders is None or client in holders) and self.task in data.train
 
     @property
     def label_task(self) -> str:
@@ -96,6 +110,10 @@ class DataIssue(Component):
                 "task",
                 f"{self.task} is a {by_name[self.task].kind} task; {self.name} applies to {' and '.join(self.kinds)}",
             )
+        if not 0 <= self.fraction <= 1:
+            return "fraction", f"must be in [0, 1], got {self.fraction}"
+        if self.fraction > 0 and self.clients:
+            return "fraction", "set clients or a fraction of them, not both"
         for i, client in enumerate(self.clients):
             if client not in clients:
                 return f"clients[{i}]", f"there is no client {client} (clients.count is {len(clients)})"
@@ -118,6 +136,7 @@ class LabelNoise(DataIssue):
     name: ClassVar[str] = "label_noise"
     task: str = ""
     clients: tuple[int, ...] = ()
+    fraction: float = 0.0  # with clients empty: this share of the clients, drawn from the seed (0: every client)
     rate: float = 0.0  # classification: the probability that a training label is flipped
     to: int | None = None  # classification: flip to this class (default: uniformly to another class)
     scale: float = 0.0  # regression: noise std in units of the client's target std
@@ -156,6 +175,7 @@ class Annotation(DataIssue):
     name: ClassVar[str] = "annotation"
     task: str = ""
     clients: tuple[int, ...] = ()
+    fraction: float = 0.0  # with clients empty: this share of the clients, drawn from the seed (0: every client)
     permute: bool = False  # classification: classes permuted (one seeded permutation per client)
     merge: tuple[tuple[int, ...], ...] = ()  # classification: each group of classes becomes its first
     # classification with ordered classes (grades): every boundary between neighbouring classes moved by
@@ -165,7 +185,11 @@ class Annotation(DataIssue):
     offset: float = 0.0
 
     def __post_init__(self) -> None:
-        require(len(self.clients) >= 1, "clients", "must name the clients that annotate differently")
+        require(
+            len(self.clients) >= 1 or self.fraction > 0,
+            "clients",
+            "must name the clients that annotate differently (or set fraction: the share of them)",
+        )
         for i, group in enumerate(self.merge):
             require(len(group) >= 2, f"merge[{i}]", f"must name two classes or more, got {list(group)}")
 
@@ -214,6 +238,7 @@ class Leakage(DataIssue):
     name: ClassVar[str] = "leakage"
     task: str = ""
     clients: tuple[int, ...] = ()
+    fraction: float = 0.0  # with clients empty: this share of the clients, drawn from the seed (0: every client)
     strength: float = 1.0  # the code's scale in the input feature
     # the task whose label leaks into the task's inputs; empty: the task's own. Another task's needs a suite
     # whose tasks share their examples (digits, multimnist) and a source with at least the task's examples.
@@ -226,8 +251,8 @@ class Leakage(DataIssue):
     def label_task(self) -> str:
         return self.source or self.task
 
-    def applies_to(self, client: int, data: ClientData) -> bool:  # the source's label exists where it is held
-        return super().applies_to(client, data) and self.label_task in data.train
+    def applies_to(self, client: int, data: ClientData, holders: frozenset[int] | None) -> bool:
+        return super().applies_to(client, data, holders) and self.label_task in data.train  # where it is held
 
     def check(self, specs: Sequence[TaskSpec], clients: Sequence[int]) -> tuple[str, str] | None:
         problem = super().check(specs, clients)
@@ -285,6 +310,7 @@ class Drift(DataIssue):
     drifts: ClassVar[bool] = True
     task: str = ""
     clients: tuple[int, ...] = ()
+    fraction: float = 0.0  # with clients empty: this share of the clients, drawn from the seed (0: every client)
     per_round: float = 0.1  # classification: share relabelled added per round; regression: offset in target stds
     start_round: int = 1  # the first round whose data has drifted
 
@@ -315,25 +341,32 @@ class Drift(DataIssue):
 
 
 def apply_issues(
-    issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData
+    issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData, count: int
 ) -> ClientData:
-    """``data`` of ``client`` with every issue that applies to it, in config order."""
+    """``data`` of ``client`` (of ``count``) with every issue that applies to it, in config order."""
     by_name = {s.name: s for s in specs}
     for index, issue in enumerate(issues):
-        if issue.applies_to(client, data):
+        if issue.applies_to(client, data, issue.holders(seed, count)):
             data = issue.apply(data, by_name[issue.label_task], issue_generator(seed, index, client))
     return data
 
 
 def apply_drift(
-    issues: Sequence[DataIssue], specs: Sequence[TaskSpec], seed: int, client: int, data: ClientData, server_round: int
+    issues: Sequence[DataIssue],
+    specs: Sequence[TaskSpec],
+    seed: int,
+    client: int,
+    data: ClientData,
+    server_round: int,
+    count: int,
 ) -> ClientData:
-    """``data`` of ``client`` as it is in round ``server_round``: every drifting issue that applies to it."""
+    """``data`` of ``client`` (of ``count``) as it is in round ``server_round``: every drifting issue that
+    applies to it."""
     if not any(issue.drifts for issue in issues):  # every train and evaluate call passes here
         return data
     by_name = {s.name: s for s in specs}
     for index, issue in enumerate(issues):
-        if issue.drifts and issue.applies_to(client, data):
+        if issue.drifts and issue.applies_to(client, data, issue.holders(seed, count)):
             generator = issue_generator(seed, index, client)
             data = issue.at_round(data, by_name[issue.task], generator, server_round)
     return data

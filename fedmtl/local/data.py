@@ -44,11 +44,13 @@ def client_data(cfg: ExperimentConfig, client_id: int, server_round: int = 0) ->
         data = _data_cache[key]
     else:
         data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
-        data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data)
+        data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, cfg.clients.count)
         _data_cache[key] = data
         if len(_data_cache) > DATA_CACHE_SIZE:
             _data_cache.popitem(last=False)
-    return apply_drift(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, server_round)
+    return apply_drift(
+        cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, server_round, cfg.clients.count
+    )
 
 
 @dataclass(frozen=True)
