@@ -17,7 +17,10 @@ import json
 import os
 import signal
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -47,7 +50,7 @@ ROUNDS = (
 # a round waits this long for replies: the round with the dead node ends here; it must also cover a cold
 # SuperNode's first ClientApp (FAB installed, torch imported: 20 s on a loaded 2-core machine)
 DEAD_NODE_TIMEOUT = "server.round_timeout_s=45"
-NO_DEAD_NODE_TIMEOUT = "server.round_timeout_s=120"
+RESUMED = (*ROUNDS, "server.round_timeout_s=120", "checkpoint.every=1")  # no node dies there
 
 
 def steps(timeline: Path) -> list[dict]:
@@ -65,10 +68,14 @@ def kill_marked(marker: str) -> int:
     return killed
 
 
-@pytest.mark.slow
-def test_a_supernode_killed_mid_round_fails_the_round_and_its_restart_trains_with_its_heads(tmp_path):
-    fed = Federation(tmp_path / "fed")
-    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"  # supernode-1's timelines
+def serverapp_pids(tag: str) -> list[int]:
+    return [pid for pid in tagged_processes(tag) if "flwr-serverapp" in cmdline(pid)]
+
+
+def lose_a_supernode(root: Path) -> SimpleNamespace:
+    """Kill supernode-1 while its ClientApp waits to train round 2, then start it again."""
+    fed = Federation(root / "fed")
+    before, after = root / "before.jsonl", root / "after.jsonl"  # supernode-1's timelines
     marker = uuid.uuid4().hex
     try:
         fed.start_superlink()
@@ -88,39 +95,20 @@ def test_a_supernode_killed_mid_round_fails_the_round_and_its_restart_trains_wit
         outcome = run.outcome()
     finally:
         assert_stopped_cleanly(fed.procs)
-    assert outcome.returncode == 0 and outcome.status.get("status") == "finished:completed", outcome.explain()
-    rows = {r["round"]: r for r in read_rows(fed.root / "run" / "server.jsonl")}
-    assert sorted(rows) == [1, 2, 3]
-    assert rows[1]["failures"] == 0 and rows[3]["failures"] == 0 and rows[3]["replies"] == 2, rows
-    assert (
-        rows[2]["failures"] == 1 and "no reply from" in rows[2]["failed"][0] and "within 45 s" in rows[2]["failed"][0]
-    ), rows[2]
-    trained = {
-        (r["round"], r["client"]) for r in read_rows(fed.root / "run" / "metrics.jsonl") if r["split"] == "train"
-    }
-    assert {(1, 0), (1, 1), (2, 0), (3, 0), (3, 1)} <= trained and (2, 1) not in trained
-    # the restarted SuperNode's first training began from the heads saved after round 1
-    restored = [s for s in steps(after) if s["step"] == "state_restored"]
-    assert [(s["participant"], s["version"]) for s in restored] == [("client-1", 1)], steps(after)
-    assert ClientStateStore(fed.state_dir, 1).versions()[-1] == 3
+    return SimpleNamespace(fed=fed, outcome=outcome, after=after)
 
 
-def serverapp_pids(tag: str) -> list[int]:
-    return [pid for pid in tagged_processes(tag) if "flwr-serverapp" in cmdline(pid)]
-
-
-@pytest.mark.slow
-def test_a_serverapp_killed_mid_round_resumes_from_its_checkpoint_and_finishes_as_if_uninterrupted(tmp_path):
-    fed = Federation(tmp_path / "fed")
-    timeline = tmp_path / "timeline.jsonl"
-    overrides = (*ROUNDS, NO_DEAD_NODE_TIMEOUT, "checkpoint.every=1")
+def kill_the_serverapp(root: Path) -> SimpleNamespace:
+    """Kill the ServerApp once both replies of round 2 are back, then launch the run again with resume-dir."""
+    fed = Federation(root / "fed")
+    timeline = root / "timeline.jsonl"
     try:
         fed.start_superlink()
         fed.wait_superlink()
         for i in range(2):
             fed.start_supernode(f"supernode-{i}", i, 2, **{TIMELINE_VAR: str(timeline)})
         fed.wait_supernodes(2)
-        first = fed.launch(run_config_args(fed.root / "run", overrides=overrides))
+        first = fed.launch(run_config_args(fed.root / "run", overrides=RESUMED))
 
         def round_2_trained() -> bool:  # both replies of round 2 handed back: the server is about to aggregate
             assert first.running(), first.procs.log(first.name)[-3000:]
@@ -133,20 +121,52 @@ def test_a_serverapp_killed_mid_round_resumes_from_its_checkpoint_and_finishes_a
         assert killed, "no ServerApp process found"
         os.kill(fed.procs.started[first.name].pid, signal.SIGKILL)  # the CLI would stream the dead run's logs
         done = [r["round"] for r in read_rows(fed.root / "run" / "server.jsonl")]  # rounds written when killed
-        resumed = fed.launch(
-            [
-                *run_config_args(fed.root / "run", overrides=overrides),
-                "--run-config",
-                f"resume-dir='{fed.root / 'run'}'",
-            ],
-            name="flwr-run-resumed",
-        )
+        resume = ["--run-config", f"resume-dir='{fed.root / 'run'}'"]
+        resumed = fed.launch([*run_config_args(fed.root / "run", overrides=RESUMED), *resume], name="flwr-run-resumed")
         outcome = resumed.outcome()
     finally:
         assert_stopped_cleanly(fed.procs)
+    return SimpleNamespace(fed=fed, outcome=outcome, done=done)
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """Both scenarios side by side, each on its own SuperLink and SuperNodes: they mostly wait."""
+    with ThreadPoolExecutor(2) as pool:
+        yield {
+            "supernode": pool.submit(lose_a_supernode, tmp_path_factory.mktemp("supernode")),
+            "serverapp": pool.submit(kill_the_serverapp, tmp_path_factory.mktemp("serverapp")),
+        }
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_round_fails_the_round_and_its_restart_trains_with_its_heads(scenarios):
+    found = scenarios["supernode"].result()
+    fed, outcome = found.fed, found.outcome
+    assert outcome.returncode == 0 and outcome.status.get("status") == "finished:completed", outcome.explain()
+    rows = {r["round"]: r for r in read_rows(fed.root / "run" / "server.jsonl")}
+    assert sorted(rows) == [1, 2, 3]
+    assert rows[1]["failures"] == 0 and rows[3]["failures"] == 0 and rows[3]["replies"] == 2, rows
+    assert (
+        rows[2]["failures"] == 1 and "no reply from" in rows[2]["failed"][0] and "within 45 s" in rows[2]["failed"][0]
+    ), rows[2]
+    trained = {
+        (r["round"], r["client"]) for r in read_rows(fed.root / "run" / "metrics.jsonl") if r["split"] == "train"
+    }
+    assert {(1, 0), (1, 1), (2, 0), (3, 0), (3, 1)} <= trained and (2, 1) not in trained
+    # the restarted SuperNode's first training began from the heads saved after round 1
+    restored = [s for s in steps(found.after) if s["step"] == "state_restored"]
+    assert [(s["participant"], s["version"]) for s in restored] == [("client-1", 1)], steps(found.after)
+    assert ClientStateStore(fed.state_dir, 1).versions()[-1] == 3
+
+
+@pytest.mark.slow
+def test_a_serverapp_killed_mid_round_resumes_from_its_checkpoint_and_finishes_as_if_uninterrupted(scenarios, tmp_path):
+    found = scenarios["serverapp"].result()
+    run_dir = found.fed.root / "run"
     reference = tmp_path / "uninterrupted"
-    federate_in_process(load_config(None, [*overrides, f"output.run_dir={reference}"]))
-    assert_complete_run(outcome, fed.root / "run")
-    assert read_rows(fed.root / "run" / "metrics.jsonl") == read_rows(reference / "metrics.jsonl"), done
-    ours, theirs = (torch.load(d / "encoder.pt", weights_only=True) for d in (fed.root / "run", reference))
+    federate_in_process(load_config(None, [*RESUMED, f"output.run_dir={reference}"]))
+    assert_complete_run(found.outcome, run_dir)
+    assert read_rows(run_dir / "metrics.jsonl") == read_rows(reference / "metrics.jsonl"), found.done
+    ours, theirs = (torch.load(d / "encoder.pt", weights_only=True) for d in (run_dir, reference))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
