@@ -2,7 +2,8 @@
 
 Each run is one Ray task that runs the whole federation, pretraining phase included, on the in-process
 engine: its clients train one after another in the task's process (the engines give the same results:
-``tests/test_study_pool.py``), so a run needs one CPU and Ray is free to place runs on any node with one.
+``tests/test_study_pool.py``), so a run reserves what one client does (``resources.client_cpus``, one CPU
+by default, and ``client_gpus``) and Ray is free to place runs on any node that has it.
 Tasks write their run directories themselves, so the study directory must be on a filesystem that every
 node sees at the same path (one machine, or a shared mount). A task whose node is lost is run again by
 Ray (``MAX_RETRIES``) from scratch, and a run is recorded once, when its task returns: the study ends with
@@ -31,7 +32,6 @@ from fedmtl.runtime.resources import backend_config, ray_address
 from server.simulation import federate
 
 MAX_RETRIES = 3  # times Ray runs a task again after its worker or node died
-CPUS_PER_RUN = 1.0
 
 
 def federate_in_task(cfg: ExperimentConfig) -> None:
@@ -54,11 +54,13 @@ def _run_in_task(job: Job) -> dict[str, Any]:
 
 
 class RayRunPool:
-    """:class:`fedmtl.experiments.runner.RunPool` over the Ray cluster this process is connected to."""
+    """:class:`fedmtl.experiments.runner.RunPool` over the Ray cluster this process is connected to; each
+    run reserves what one client does (``resources.client_cpus``, ``client_gpus``): its clients train one
+    at a time."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, cpus: float = 1.0, gpus: float = 0.0) -> None:
         self.slots = slots
-        self.task = ray.remote(num_cpus=CPUS_PER_RUN, max_retries=MAX_RETRIES)(_run_in_task)
+        self.task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(_run_in_task)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
         waiting, running = list(jobs), dict[ray.ObjectRef, Job]()
@@ -96,7 +98,9 @@ def study_pool(cfg: ExperimentConfig) -> Iterator[RayRunPool]:
     os.environ.update(OFFLINE_ENV)  # inherited by the workers Ray starts on this machine
     ray.init(**backend_config(cfg.resources)["init_args"])
     try:
-        slots = cfg.study.max_concurrent_runs or max(1, int(ray.cluster_resources().get("CPU", 1) // CPUS_PER_RUN))
-        yield RayRunPool(slots)
+        cpus, gpus = cfg.resources.client_cpus, cfg.resources.client_gpus
+        totals = ray.cluster_resources()
+        fits = [totals.get("CPU", 0.0) / cpus] + ([totals.get("GPU", 0.0) / gpus] if gpus > 0 else [])
+        yield RayRunPool(cfg.study.max_concurrent_runs or max(1, int(min(fits))), cpus, gpus)
     finally:
         ray.shutdown()  # attached to a cluster: only disconnects

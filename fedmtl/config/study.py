@@ -76,9 +76,10 @@ class StudyConfig:
     # task: holm (Holm 1979, family-wise error) or bh (Benjamini-Hochberg 1995, false discovery rate).
     correction: Literal["holm", "bh"] = "holm"
     significance: float = 0.05  # a difference is flagged when its (corrected) p-value is below this
-    # How many of the study's runs go at once, each a Ray task (a whole federation, its clients in that
-    # task's process) on any node of the cluster: 0 = with resources.ray_address, as many as the
-    # cluster's CPUs allow, else 1 (one after another, the machine's cores for each run's clients).
+    # How many of the study's runs go at once, each a Ray task (a whole federation, its clients one at a
+    # time in that task's process, reserving resources.client_cpus/client_gpus) on any node of the
+    # cluster: 0 = with resources.ray_address, as many as the cluster fits, else 1 (one after another,
+    # the machine's cores for each run's clients).
     # The study directory must be on a filesystem every node sees at the same path (docs/STUDIES.md).
     max_concurrent_runs: int = 0
 
