@@ -9,7 +9,7 @@ Three workloads: the default config (a 2,640-parameter MLP encoder), a CNN encod
 parameters on the digits suite, and ``configs/fedhca2_small.yaml`` (a ResNet-18 encoder over four
 per-pixel tasks on the shapes suite).
 
-    python benchmarks/overhead.py [--rounds 10] [--workload default|cnn ...] [--no-write]
+    python benchmarks/overhead.py [--rounds 10] [--workload default|cnn|resnet18|many ...] [--no-write]
 
 Prints start-up seconds, steady-state seconds per round (median over rounds >= 2) and ratios to
 the plain loop; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
@@ -106,7 +106,15 @@ WORKLOADS = {
         "client.local_steps=5",
         "client.batch_size=16",
     ],
+    # 1,000 clients a round, one local step each: the per-client cost of an engine (issue #25)
+    "many": [
+        "clients.count=1000",
+        "clients.samples_per_task=32",
+        "clients.eval_samples_per_task=32",
+        "client.local_steps=1",
+    ],
 }
+WITHOUT_FLOWER = {"many"}  # Flower's engine polls every node every 0.1 s: O(N x messages) a pass at N = 1,000
 
 
 def encoder_parameters(cfg: ExperimentConfig) -> int:
@@ -116,8 +124,9 @@ def encoder_parameters(cfg: ExperimentConfig) -> int:
     )
 
 
-def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
-    """(side, start-up s, per-round s) for the plain loop and every engine, one after another."""
+def measure(cfg: ExperimentConfig, flower: bool = True) -> list[tuple[str, float, list[float]]]:
+    """(side, start-up s, per-round s) for the plain loop and every engine (Flower's with ``flower``),
+    one after another."""
     sides = [("plain in-process PyTorch loop", *time_inprocess(cfg))]
     sides.append(("`direct` engine, cold (starts Ray)", *time_simulation(with_engine(cfg, "direct"))))
     with private_ray_cluster(cfg.resources) as address:
@@ -128,7 +137,8 @@ def measure(cfg: ExperimentConfig) -> list[tuple[str, float, list[float]]]:
                 *time_simulation(replace(with_engine(cfg, "direct"), resources=attached)),
             )
         )
-    sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
+    if flower:
+        sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
     return sides
 
 
@@ -170,7 +180,7 @@ def main() -> None:
         config_file = CONFIG_FILES.get(name)
         path = Path(__file__).resolve().parents[1] / config_file if config_file else None
         cfg = load_config(path, [f"rounds={args.rounds}", *WORKLOADS[name], *args.set])
-        tables.append(table(name, cfg, measure(cfg)))
+        tables.append(table(name, cfg, measure(cfg, flower=name not in WITHOUT_FLOWER)))
         print(tables[-1], flush=True)
     text = "\n\n".join(
         [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from fedmtl.config.sections import (
@@ -60,15 +61,29 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
+    @cached_property
     def data_fingerprint(self) -> str:
-        """Stable hash of what the clients' data depends on (seed, data suite, clients): the key of the
-        per-process client-data cache, shared by every run of a study that uses the same data."""
+        """Stable hash of what the clients' data depends on (seed, data suite, the clients settings that
+        decide a client's data, data issues; not who trains): the key of the per-process client-data
+        cache, shared by every run of a study that uses the same data. Computed once per config object
+        (every message of a simulated federation asks)."""
         plain = self.to_dict()
-        return _digest({key: plain[key] for key in ("seed", "data", "clients", "data_issues")})
+        clients = {k: v for k, v in plain["clients"].items() if k not in NOT_DATA}
+        return _digest(
+            {"seed": plain["seed"], "data": plain["data"], "clients": clients, "data_issues": plain["data_issues"]}
+        )
 
     def participants(self) -> tuple[Participant, ...]:
-        """Who trains and evaluates, in node partition order (``clients.participants``)."""
+        """Who trains and evaluates, in node partition order (``clients.participants``); built once per
+        config object (every message of a simulated federation looks its participant up)."""
+        return self._participants
+
+    @cached_property
+    def _participants(self) -> tuple[Participant, ...]:
         return self.clients.layout(self.data.task_names())
+
+
+NOT_DATA = ("only_tasks", "members", "participants")  # clients settings that decide who trains, not the data
 
 
 def _digest(payload: Any) -> str:

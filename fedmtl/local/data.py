@@ -3,8 +3,6 @@ use in each process; a bounded cache keeps memory flat at scale)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,20 +17,12 @@ from fedmtl.data.suites import ClientData, TaskData
 
 DATA_CACHE_SIZE = 64
 _data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
-# clients settings that decide who trains, not what data a client holds
-_NOT_DATA = ("only_tasks", "members", "participants")
 
 
 def data_key(cfg: ExperimentConfig) -> str:
     """What a client's data depends on (seed, data suite, clients but not who trains): the cache key,
     shared by every arm and run of a study."""
-    plain = cfg.to_dict()
-    clients = {k: v for k, v in plain["clients"].items() if k not in _NOT_DATA}
-    payload = json.dumps(
-        {"seed": plain["seed"], "data": plain["data"], "clients": clients, "data_issues": plain["data_issues"]},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return cfg.data_fingerprint
 
 
 def client_data(cfg: ExperimentConfig, client_id: int, server_round: int = 0) -> ClientData:
