@@ -70,8 +70,15 @@ VARIANTS = [
     Spec({"name": "cagrad", "c": 0.0}, mean_when_no_conflict=True),
     Spec({"name": "cagrad", "c": 1.0, "rescale": 0}, extra_tolerance=1e-6, unique_if="hull"),
     Spec({"name": "upgrad", "solver": "nnls"}, conflict_free=True, mean_when_no_conflict=True, reg_eps=1e-4),
-    Spec({"name": "upgrad", "solver": "nnls", "reg_eps": 0.0}, conflict_free=True, mean_when_no_conflict=True),
-    Spec({"name": "upgrad", "reg_eps": 0.0}, conflict_free=True, mean_when_no_conflict=True),
+    # unregularised: on nearly dependent rows the projections are sensitive at 1e-7 of the row scale, and which
+    # tests ran earlier in the process moved a direction by that much (test_hypothesis, scaled rows)
+    Spec(
+        {"name": "upgrad", "solver": "nnls", "reg_eps": 0.0},
+        conflict_free=True,
+        mean_when_no_conflict=True,
+        extra_tolerance=1e-7,
+    ),
+    Spec({"name": "upgrad", "reg_eps": 0.0}, conflict_free=True, mean_when_no_conflict=True, extra_tolerance=1e-7),
     Spec({"name": "aligned_mtl", "scale_mode": "rmse"}),
     Spec({"name": "trimmed_mean", "beta": 0.0}, mean_when_no_conflict=True),
     Spec({"name": "trimmed_mean", "beta": 0.45}),
