@@ -186,6 +186,7 @@ def main() -> None:
         [
             f"Command: `python benchmarks/overhead.py --rounds {args.rounds} --workload {' '.join(args.workload)}"
             + "".join(f" --set {o}" for o in args.set)
+            + (f" --section {args.section}" if args.section != "overhead" else "")
             + f"`. Measured in one run on: {machine_info('cuda')}; "
             f"1-minute load average before the run: {load:.1f}.",
             *tables,
