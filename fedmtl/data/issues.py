@@ -34,6 +34,7 @@ does not hold the issue's task is left as it is.
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,8 +75,7 @@ class DataIssue(Component):
         if self.clients:
             return frozenset(self.clients)
         if self.fraction > 0:
-            order = np.random.default_rng([seed, 104729]).permutation(count)
-            return frozenset(int(c) for c in order[: max(1, int(self.fraction * count))])
+            return drawn_clients(self.fraction, seed, count)
         return None
 
     def applies_to(self, client: int, data: ClientData, holders: frozenset[int] | None) -> bool:
@@ -118,6 +118,14 @@ class DataIssue(Component):
             if client not in clients:
                 return f"clients[{i}]", f"there is no client {client} (clients.count is {len(clients)})"
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def drawn_clients(fraction: float, seed: int, count: int) -> frozenset[int]:
+    """``floor(fraction * count)`` clients (at least one) drawn from the seed; computed once, not for every
+    client's data (a permutation of all ``count`` clients)."""
+    order = np.random.default_rng([seed, 104729]).permutation(count)
+    return frozenset(int(c) for c in order[: max(1, int(fraction * count))])
 
 
 def with_task(

@@ -56,7 +56,3 @@ class ModelConfig:
 
     def num_encoder_blocks(self, input_dim: int, image_shape: tuple[int, int, int] | None) -> int:
         return self.encoder.num_blocks(self, input_dim, image_shape)
-
-    def joint_group(self, task: str) -> tuple[str, ...] | None:
-        """The joint head ``task`` reads a slice of, or None (its own head)."""
-        return next((group for group in self.joint_heads if task in group), None)

@@ -7,7 +7,7 @@ Parameter names are the contract with the wire format: ``encoder.<block>.*`` may
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import cast
 
@@ -145,6 +145,13 @@ class JointSlice(nn.Module):
         return self.joint(h)[:, self.start : self.stop]
 
 
+def held_joint_groups(cfg: ModelConfig, tasks: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The joint heads (``model.joint_heads``) of which a participant holding ``tasks`` holds two tasks or
+    more, each as the held tasks in the group's order."""
+    groups = (tuple(t for t in group if t in tasks) for group in cfg.joint_heads)
+    return tuple(held for held in groups if len(held) >= 2)
+
+
 def build_heads(
     cfg: ModelConfig, specs: list[TaskSpec], representation: tuple[int, ...], image_shape: ImageShape | None
 ) -> dict[str, nn.Module]:
@@ -152,17 +159,18 @@ def build_heads(
     classes of the group's tasks this participant holds, in the group's order (one held: its own head)."""
     by_name = {spec.name: spec for spec in specs}
     heads: dict[str, nn.Module] = {}
-    for group in cfg.joint_heads:
-        held = [by_name[t] for t in group if t in by_name]
-        if len(held) < 2:
-            continue
+    for group in held_joint_groups(cfg, list(by_name)):
+        held = [by_name[t] for t in group]
         joint_spec = replace(held[0], name="+".join(s.name for s in held), num_classes=sum(s.output_dim for s in held))
         joint = build_head(cfg, joint_spec, representation, image_shape)
         start = 0
         for spec in held:
             heads[spec.name] = JointSlice(joint, start, start + spec.output_dim)
             start += spec.output_dim
-    return {spec.name: heads.get(spec.name) or build_head(cfg, spec, representation, image_shape) for spec in specs}
+    for spec in specs:
+        if spec.name not in heads:
+            heads[spec.name] = build_head(cfg, spec, representation, image_shape)
+    return {spec.name: heads[spec.name] for spec in specs}
 
 
 class MultiTaskModel(nn.Module):
@@ -187,10 +195,7 @@ class MultiTaskModel(nn.Module):
             one_expert = cast(nn.Sequential, self.encoder[0]) if experts else self.encoder
             representation = representation_shape(one_expert, input_dim)
         self.heads = nn.ModuleDict(build_heads(cfg, specs, representation, image_shape))
-        # the held tasks of each joint head, which train on the same batch of examples
-        self.joint_groups = tuple(
-            held for group in cfg.joint_heads if len(held := tuple(t for t in group if t in self.heads)) >= 2
-        )
+        self.joint_groups = held_joint_groups(cfg, list(self.heads))  # they train on the same batches
         widths = cfg.encoder.block_widths(cfg, input_dim) if adapter_rank > 0 else []
         self.adapters = nn.ModuleDict(
             {

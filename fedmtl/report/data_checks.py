@@ -49,8 +49,13 @@ class ShortcutCheck:
         return 2 * self.flagged_seeds >= self.seeds and self.flagged_seeds > 0
 
 
+def margin(train: float, held_out: float, chance: float) -> float:
+    """How far the training share stands above the larger of the held-out and chance shares."""
+    return train - max(held_out, chance)
+
+
 def is_shortcut(train: float, held_out: float, chance: float) -> bool:
-    return train >= SHORTCUT_MIN and train - max(held_out, chance) >= SHORTCUT_DROP
+    return train >= SHORTCUT_MIN and margin(train, held_out, chance) >= SHORTCUT_DROP
 
 
 def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
@@ -74,7 +79,7 @@ def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
                 label = names[int(index)] if index is not None and 0 <= int(index) < len(names) else r["task"]
                 found = (float(r[TRAIN]), float(r[HELD_OUT]), float(r[CHANCE]), label)
                 key = (r["task"], int(r["client"]), result.run.seed)
-                if key not in strongest or margin(found) > margin(strongest[key]):
+                if key not in strongest or margin(*found[:3]) > margin(*strongest[key][:3]):
                     strongest[key] = found
     per_pair: dict[tuple[str, int], list[tuple[float, float, float, str]]] = {}
     for (task, client, _), found in sorted(strongest.items()):
@@ -87,11 +92,6 @@ def shortcut_checks(data: StudyData) -> list[ShortcutCheck]:
         label = max(set(labels), key=labels.count)
         checks.append(ShortcutCheck(task, client, train, held_out, chance, len(flagged), len(values), label))
     return checks
-
-
-def margin(found: tuple[float, float, float, str]) -> float:
-    """How far the training share stands above the larger of the held-out and chance shares."""
-    return found[0] - max(found[1], found[2])
 
 
 def data_check_blocks(data: StudyData) -> list[Block]:
