@@ -36,7 +36,8 @@ set_offline_env()
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.experiments import runner  # noqa: E402
-from server.study_pool import federate_in_task, study_pool  # noqa: E402
+from server.simulation import federate_in_process  # noqa: E402
+from server.study_pool import study_pool  # noqa: E402
 
 STUDY = (
     "clients.count=4",
@@ -60,9 +61,9 @@ def timed_study(overrides: list[str], pooled: bool) -> float:
         started = time.perf_counter()
         if pooled:
             with study_pool(cfg) as pool:
-                runner.run_study(cfg, study_dir, federate_in_task, echo=lambda line: None, pool=pool)
+                runner.run_study(cfg, study_dir, federate_in_process, echo=lambda line: None, pool=pool)
         else:
-            runner.run_study(cfg, study_dir, federate_in_task, echo=lambda line: None)
+            runner.run_study(cfg, study_dir, federate_in_process, echo=lambda line: None)
         return time.perf_counter() - started
     finally:
         shutil.rmtree(study_dir, ignore_errors=True)

@@ -11,13 +11,14 @@ import contextlib
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from clients.client_app import make_client_app
-from fedmtl.config.engines import EngineKind
+from fedmtl.config.engines import EngineKind, InProcessEngine
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.errors import FederationError, WorkerPoolDied
@@ -96,3 +97,10 @@ def federate(
                     f"fedmtl: {died}; restarting from the last checkpoint "
                     f"(restart {attempt} of {cfg.checkpoint.restarts})"
                 )
+
+
+def federate_in_process(cfg: ExperimentConfig) -> None:
+    """The run ``cfg`` describes, on the in-process engine (its clients one after another in this
+    process, no Ray), quietly: one run of a study inside a Ray task (server/study_pool.py)."""
+    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=InProcessEngine()))
+    federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)

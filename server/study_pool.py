@@ -17,27 +17,18 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import ray
 
-from fedmtl.config.engines import InProcessEngine
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.core.errors import FederationError
 from fedmtl.experiments.runner import Job, run_job
-from fedmtl.runfiles.rundir import RunDirectory
 from fedmtl.runtime.offline import OFFLINE_ENV
 from fedmtl.runtime.resources import backend_config, ray_address
-from server.simulation import federate
+from server.simulation import federate_in_process
 
 MAX_RETRIES = 3  # times Ray runs a task again after its worker or node died
-
-
-def federate_in_task(cfg: ExperimentConfig) -> None:
-    """One federation inside a Ray task: the in-process engine, quietly."""
-    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=InProcessEngine()))
-    federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)
 
 
 def _run_in_task(job: Job) -> dict[str, Any]:
@@ -48,7 +39,7 @@ def _run_in_task(job: Job) -> dict[str, Any]:
     attempts = int(counter.read_text()) + 1 if counter.exists() else 1
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     counter.write_text(str(attempts))
-    run_job(job, federate_in_task)
+    run_job(job, federate_in_process)
     counter.unlink(missing_ok=True)
     return {**placement, "finished_at": time.time(), "attempts": attempts}
 

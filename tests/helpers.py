@@ -129,11 +129,6 @@ RAY_PRIVATE_ENV = {"RAY_ADDRESS": "local"}  # OFFLINE_ENV already keeps Ray on l
 
 def federate_in_process(cfg) -> None:
     """A study's ``federate``: the run ``cfg`` describes, on the in-process engine (no Ray), quietly."""
-    from dataclasses import replace
+    from server.simulation import federate_in_process as quietly_in_process
 
-    from fedmtl.config.engines import InProcessEngine
-    from fedmtl.runfiles.rundir import RunDirectory
-    from server.simulation import federate
-
-    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=InProcessEngine()))
-    federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)
+    quietly_in_process(cfg)
