@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -e ".[test,mutation]"
     .venv/bin/python scripts/mutation.py --run      # mutate and test (about an hour on 2 cores), then report
+    .venv/bin/python scripts/mutation.py --resume   # go on with an interrupted run (mutants/ kept)
     .venv/bin/python scripts/mutation.py            # report the last run (mutants/) again
 
 What is mutated, and against which tests, is ``[tool.mutmut]`` in ``pyproject.toml``. Each mutant is
@@ -39,6 +40,7 @@ BEGIN, END = "<!-- mutation report: begin -->", "<!-- mutation report: end -->"
 
 # mutmut's exit codes per mutant (mutmut/stats.py)
 KILLED, SURVIVED, TIMEOUT, NO_TESTS = "killed", "survived", "timeout", "no tests"
+NOT_CHECKED = "not checked"  # an interrupted run's mutants not reached yet: left out of the score
 STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, 36: TIMEOUT, 24: TIMEOUT, -24: TIMEOUT}
 STATUS |= {152: TIMEOUT, 255: TIMEOUT, 37: KILLED}  # 37: caught by a type check
 
@@ -77,7 +79,7 @@ class Tally:
 
     @property
     def score(self) -> float:
-        counted = self.total - self.equivalent
+        counted = self.total - self.equivalent - self.counts[NOT_CHECKED]
         return self.detected / counted if counted else float("nan")
 
 
@@ -98,7 +100,7 @@ def read_results() -> dict[str, str]:
     results = {}
     for meta in sorted(MUTANTS.rglob("*.py.meta")):
         for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            results[key] = "not checked" if code is None else STATUS.get(code, "suspicious")
+            results[key] = NOT_CHECKED if code is None else STATUS.get(code, "suspicious")
     return results
 
 
@@ -109,18 +111,24 @@ def diff_of(key: str) -> str:
 
 
 def run_mutmut(max_children: int) -> float:
+    """Run (or go on with) mutmut; returns the seconds of all its runs on this mutants/ so far.
+
+    mutmut keeps each mutant's result in mutants/ and checks only the mutants without one (or whose
+    function changed), so an interrupted run goes on where it stopped.
+    """
     started = time.perf_counter()
     MUTANTS.mkdir(exist_ok=True)
+    before = json.loads(TIMING.read_text())["seconds"] if TIMING.is_file() else 0.0
     log = MUTANTS / "fedmtl-mutmut-run.log"
-    with log.open("w") as out:
+    with log.open("a") as out:
         code = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=ROOT, stdout=out,
             stderr=subprocess.STDOUT,
         ).returncode  # fmt: skip
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"mutmut run failed (exit {code}); see {log}")
+    seconds = before + time.perf_counter() - started
     TIMING.write_text(json.dumps({"seconds": seconds, "max_children": max_children}))
+    if code != 0:
+        raise SystemExit(f"mutmut run failed or was stopped (exit {code}); see {log}")
     return seconds
 
 
@@ -143,7 +151,7 @@ def added_line(diff: str) -> str:
 def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> str:
     by_module: dict[str, Tally] = defaultdict(Tally)
     by_group: dict[str, Tally] = defaultdict(Tally)
-    survivors = sorted(key for key, status in results.items() if status not in (KILLED, TIMEOUT))
+    survivors = sorted(key for key, status in results.items() if status not in (KILLED, TIMEOUT, NOT_CHECKED))
     diffs = {key: diff_of(key) for key in survivors}
     outdated = sorted(
         key
@@ -155,8 +163,9 @@ def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> 
         module = module_of(key)
         for tally in (by_module[module], by_group[group_of(module) or "other"]):
             tally.counts[status] += 1
-            tally.equivalent += key in equivalents and status not in (KILLED, TIMEOUT)
+            tally.equivalent += key in equivalents and status not in (KILLED, TIMEOUT, NOT_CHECKED)
     timing = json.loads(TIMING.read_text()) if TIMING.is_file() else None
+    unchecked = sum(status == NOT_CHECKED for status in results.values())
     lines = [
         f"Measured by `scripts/mutation.py --run` (mutmut 3.8.1, `[tool.mutmut]` in pyproject.toml): "
         f"{len(results)} mutants"
@@ -165,20 +174,24 @@ def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> 
             if timing
             else ""
         )
-        + ". Score = (killed + timed out) / (mutants - equivalent survivors).",
+        + ". Score = (killed + timed out) / (mutants checked - equivalent survivors)."
+        + (f" **Incomplete: {unchecked} mutants not checked yet** (`--resume` goes on)." if unchecked else ""),
         "",
-        "| group | goal | mutants | killed | timed out | survived | equivalent | no tests | score |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| group | goal | mutants | not checked | killed | timed out | survived | equivalent | no tests | score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, (_, goal) in GROUPS.items():
         t = by_group[group]
         lines.append(
-            f"| {group} | {goal:.0%} | {t.total} | {t.counts[KILLED]} | {t.counts[TIMEOUT]} | {t.counts[SURVIVED]} | "
+            f"| {group} | {goal:.0%} | {t.total} | {t.counts[NOT_CHECKED]} | {t.counts[KILLED]} | {t.counts[TIMEOUT]} | {t.counts[SURVIVED]} | "
             f"{t.equivalent} | {t.counts[NO_TESTS]} | **{t.score:.1%}** |"
         )
-    lines += ["", "| module | mutants | survived | equivalent | score |", "|---|---|---|---|---|"]
+    lines += ["", "| module | mutants | not checked | survived | equivalent | score |", "|---|---|---|---|---|---|"]
     for module, t in sorted(by_module.items()):
-        lines.append(f"| `{module}` | {t.total} | {t.total - t.detected} | {t.equivalent} | {t.score:.1%} |")
+        missed = t.total - t.detected - t.counts[NOT_CHECKED]
+        lines.append(
+            f"| `{module}` | {t.total} | {t.counts[NOT_CHECKED]} | {missed} | {t.equivalent} | {t.score:.1%} |"
+        )
     lines += ["", f"### Surviving mutants ({len(survivors)})", ""]
     for key in survivors:
         reason = equivalents.get(key, "**not explained**")
@@ -206,10 +219,14 @@ def write_section(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="store_true", help="run mutmut first (from scratch: mutants/ is replaced)")
+    parser.add_argument(
+        "--resume", action="store_true", help="run mutmut on the mutants not checked yet (mutants/ kept)"
+    )
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
     args = parser.parse_args()
     if args.run:
         subprocess.run(["rm", "-rf", str(MUTANTS)], check=True)
+    if args.run or args.resume:
         seconds = run_mutmut(args.max_children)
         print(f"mutmut ran for {seconds / 60:.1f} min")
     if not MUTANTS.is_dir():

@@ -20,6 +20,7 @@ from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError, FederationError
 from fedmtl.core.files import read_rows
 from fedmtl.local.client import LocalClient
+from fedmtl.model.networks import initial_shared_state
 from server.engines.secure import message_bytes
 from tests.helpers import TINY_OVERRIDES
 from tests.loopback import LoopbackGrid, run_config, serve
@@ -81,6 +82,12 @@ def test_a_secure_round_gives_plain_fedavgs_encoder_up_to_the_quantization(tmp_p
     [row] = read_rows(secure / "server.jsonl")
     assert row["secure_aggregation"]["contributors"] == 3 and row["secure_aggregation"]["clipped_values"] == 0
     assert row["clients"] is None and row["update_norms"] is None  # the server saw no client's update
+    assert row["secure_aggregation"]["clients"] == [0, 1, 2]  # who contributed, from their reports
+    cfg = load_config(secure / "config.yaml")
+    start, end = initial_shared_state(cfg.model, cfg.data.feature_dim(), cfg.seed), encoder(secure)
+    moved = torch.cat([(start[k] - end[k]).reshape(-1) for k in sorted(end)]).norm().item()  # server lr 1
+    recorded = row["secure_aggregation"]["mean_update_norm"]
+    assert recorded == pytest.approx(moved, abs=5e-7) and recorded == round(recorded, 6)
 
 
 def test_no_client_reply_carries_its_update_in_the_clear(tmp_path):

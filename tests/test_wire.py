@@ -126,7 +126,7 @@ def test_fedavg_over_encoder_deltas_is_the_example_weighted_mean(flower_identity
     for key in initial:
         expected = sum(n * c[key] for n, c in zip(counts, clients)) / sum(counts)
         assert torch.allclose(new[key], expected, atol=1e-6)
-    assert result.accepted == [0, 1, 2] and result.replies == 3 and result.sampled == 3
+    assert result.accepted == [0, 1, 2] and result.replies == 3
     assert result.cohorts[0].diagnostics.weights == pytest.approx([0.1, 0.3, 0.6])
 
 
@@ -190,3 +190,14 @@ def test_a_reply_speaks_once_and_only_for_its_own_participant(flower_identity):
     borrowed = _aggregate(_algorithm(), [_reply(request, update, 0, 5.0), _reply(request, update, 1, 5.0)], known=True)
     assert borrowed.accepted == [0]
     assert borrowed.rejected == [(1, "participant 1 does not belong to the node asked for participant 0")]
+
+
+def test_a_reply_without_metrics_is_rejected_without_a_client(flower_identity):
+    algorithm = _algorithm()
+    initial = algorithm.cohorts[0].global_state()
+    request = _train_message(initial, 1)
+    silent = Message(RecordDict({protocol.ARRAYS: ArrayRecord(_shifted(initial, 1.0))}), reply_to=request)
+    result = _aggregate(algorithm, [_reply(request, _shifted(initial, 1.0), 0, 5.0), silent])
+    assert result.accepted == [0]
+    [(client, why)] = result.rejected
+    assert client is None and why

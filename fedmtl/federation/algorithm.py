@@ -40,7 +40,6 @@ class CohortRound:
 class TrainResult:
     """One training round as the server saw it: replies screened, accepted updates aggregated."""
 
-    sampled: int = 0  # participants sent an instruction
     replies: int = 0  # replies received (failures included)
     failures: int = 0
     accepted: list[int] = field(default_factory=list)  # client ids whose update was aggregated
@@ -176,7 +175,7 @@ class ServerAlgorithm:
         secure aggregation, step the one cohort with the ``secure`` mean update."""
         if secure is not None:
             return self._aggregate_secure(sent, replies, secure)
-        result = TrainResult(sampled=len(sent))
+        result = TrainResult()
         accepted: list[Accepted] = []
         expected = self.cohorts[0].updater.layout.expected_shapes
         optional = self.heads.expected_shapes if self.heads else None
@@ -236,7 +235,7 @@ class ServerAlgorithm:
         allow nothing else under secure aggregation), weighted by every contributor's examples; federated
         heads average per task from their weighted sums."""
         (cohort,) = self.cohorts
-        result = TrainResult(sampled=len(sent))
+        result = TrainResult()
         contributed: list[dict[str, Any]] = []
         for reply in replies:
             if result.count(reply):

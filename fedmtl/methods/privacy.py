@@ -52,9 +52,9 @@ def update_noise_multiplier(noise_multiplier: float, count_noise: float) -> floa
     multiplier ``z_D = (z^-2 - (2 sigma_b)^-2)^(-1/2)``, so that the two releases together cost as one
     Gaussian mechanism of multiplier ``z``; ``inf`` when the count's noise alone costs it all."""
     if count_noise <= 0 or noise_multiplier <= 0:
-        return float("inf")
+        return math.inf
     remaining = noise_multiplier**-2 - (2 * count_noise) ** -2
-    return remaining**-0.5 if remaining > 0 else float("inf")
+    return remaining**-0.5 if remaining > 0 else math.inf
 
 
 class CentralMechanism:
@@ -69,9 +69,9 @@ class CentralMechanism:
         self,
         clip_norm: float,
         noise_multiplier: float,
-        target_quantile: float | None = None,
-        clip_lr: float = 0.2,
-        count_noise: float = 0.0,
+        target_quantile: float | None,
+        clip_lr: float,
+        count_noise: float,
     ) -> None:
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
         self.target_quantile, self.clip_lr, self.count_noise = target_quantile, clip_lr, count_noise
@@ -79,7 +79,7 @@ class CentralMechanism:
         self.update_multiplier = (
             update_noise_multiplier(noise_multiplier, count_noise) if adaptive else noise_multiplier
         )
-        self._within = 0
+        self._within = 0  # rows within the bound at the last clip (none before the first)
 
     def clip(self, matrix: torch.Tensor) -> float:
         """Clip the rows in place to the current bound; returns the bound used."""

@@ -7,6 +7,7 @@ import itertools
 import torch
 
 from fedmtl.methods.aggregation import AggregationInput, PCGrad
+from fedmtl.methods.aggregation.pcgrad import project_conflicts
 
 
 def published_pcgrad(rows: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
@@ -72,3 +73,11 @@ def test_each_rows_visiting_order_sorts_float64_uniform_draws_from_the_generator
     expected = [sorted((j for j in range(k) if j != i), key=lambda j: keys[i][j]) for i in range(k)]
     assert pcgrad_orders(k, torch.Generator().manual_seed(3)).tolist() == expected
     assert pcgrad_orders(3, None).tolist() == [[1, 2], [0, 2], [0, 1]]
+
+
+def test_a_row_whose_squared_norm_underflowed_to_zero_is_never_a_projection_target() -> None:
+    # a float32 Gramian of a row of entries ~1e-25 has 0 on its diagonal (1e-50 underflows) but not in
+    # its dot product with a row of ~1e20: that row is not projected onto it (no division by zero)
+    gram = torch.tensor([[1.0, -0.5], [-0.5, 0.0]], dtype=torch.float64)
+    coefficients = project_conflicts(gram, torch.tensor([[1], [0]]))
+    assert torch.equal(coefficients, torch.tensor([[1.0, 0.0], [0.5, 1.0]], dtype=torch.float64))
