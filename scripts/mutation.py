@@ -3,6 +3,7 @@
     .venv/bin/pip install -e ".[test,mutation]"
     .venv/bin/python scripts/mutation.py --run      # mutate and test (about an hour on 2 cores), then report
     .venv/bin/python scripts/mutation.py --resume   # go on with an interrupted run (mutants/ kept)
+    .venv/bin/python scripts/mutation.py --recheck  # check the survivors again after adding tests
     .venv/bin/python scripts/mutation.py            # report the last run (mutants/) again
 
 What is mutated, and against which tests, is ``[tool.mutmut]`` in ``pyproject.toml``. Each mutant is
@@ -110,7 +111,7 @@ def diff_of(key: str) -> str:
     return "\n".join(lines)
 
 
-def run_mutmut(max_children: int) -> float:
+def run_mutmut(max_children: int, names: list[str] | None = None) -> float:
     """Run (or go on with) mutmut; returns the seconds of all its runs on this mutants/ so far.
 
     mutmut keeps each mutant's result in mutants/ and checks only the mutants without one (or whose
@@ -122,7 +123,7 @@ def run_mutmut(max_children: int) -> float:
     log = MUTANTS / "fedmtl-mutmut-run.log"
     with log.open("a") as out:
         code = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=ROOT, stdout=out,
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(names or [])], cwd=ROOT, stdout=out,
             stderr=subprocess.STDOUT,
         ).returncode  # fmt: skip
     seconds = before + time.perf_counter() - started
@@ -222,6 +223,11 @@ def main() -> int:
     parser.add_argument(
         "--resume", action="store_true", help="run mutmut on the mutants not checked yet (mutants/ kept)"
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="check the surviving mutants again (after adding tests; mutmut keeps results)",
+    )
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
     args = parser.parse_args()
     if args.run:
@@ -229,6 +235,10 @@ def main() -> int:
     if args.run or args.resume:
         seconds = run_mutmut(args.max_children)
         print(f"mutmut ran for {seconds / 60:.1f} min")
+    if args.recheck:
+        survivors = [key for key, status in read_results().items() if status == SURVIVED]
+        seconds = run_mutmut(args.max_children, survivors)
+        print(f"{len(survivors)} survivors checked again; mutmut ran for {seconds / 60:.1f} min in all")
     if not MUTANTS.is_dir():
         print("error: no mutants/ directory: run with --run first", file=sys.stderr)
         return 2
