@@ -186,3 +186,13 @@ def test_projector_keeps_the_shape_and_dtype_it_is_given(projector_class) -> Non
     projected = projector(u, gram)
     assert projected.shape == (2,) and projected.dtype == torch.float32
     torch.testing.assert_close(projected, torch.tensor([0.5, 0.4]), rtol=0, atol=1e-6)
+
+
+def test_torchjds_projection_gramian_is_symmetrised_trace_normalised_and_regularised_in_float64() -> None:
+    from fedmtl.methods.aggregation.torchjd_methods import TORCHJD_NORM_EPS, torchjd_projection_gramian
+
+    G = torch.tensor([[2.0, 1.0], [0.0, 6.0]])  # noqa: N806 (torchjd's names); symmetrised: off-diagonal 0.5
+    expected = torch.tensor([[0.25 + 1e-4, 0.0625], [0.0625, 0.75 + 1e-4]], dtype=torch.float64)
+    assert torch.equal(torchjd_projection_gramian(G, 1e-4), expected)
+    tiny = torch.eye(2, dtype=torch.float64) * (TORCHJD_NORM_EPS / 3)  # trace below the threshold: zeroed
+    assert torch.equal(torchjd_projection_gramian(tiny, 1e-4), torch.eye(2, dtype=torch.float64) * 1e-4)
