@@ -345,3 +345,17 @@ def test_cuda_without_a_gpu_is_a_config_error_naming_the_key(monkeypatch):
 def test_cuda_with_a_gpu_is_accepted(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_a_restored_updater_continues_with_the_adaptive_clip_bound_it_had_moved_to():
+    from fedmtl.config.sections import PrivacyConfig
+
+    privacy = PrivacyConfig(clip_norm=1.0, noise_multiplier=0.5, target_quantile=0.5, count_noise=1.0)
+    initial = {"w": torch.zeros(3)}
+    updater = ServerUpdater(initial, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0, central_privacy=privacy)
+    updater.step([0, 1], [{"w": torch.full((3,), -2.0)}, {"w": torch.full((3,), 3.0)}], [1.0, 1.0])
+    moved = updater.privacy.clip_norm
+    assert moved != 1.0  # both rows are longer than 1: the bound moved
+    restored = ServerUpdater(initial, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0, central_privacy=privacy)
+    restored.load_state_dict(updater.state_dict())
+    assert restored.privacy.clip_norm == moved

@@ -13,6 +13,7 @@ from fedmtl.methods.aggregation import AGGREGATORS, AggregationInput, GramianAgg
 from fedmtl.methods.aggregation import gramian as gramian_module
 from fedmtl.methods.aggregation.gramian import (
     FLOAT32_MIN_EIGENVALUE,
+    centred_gramian,
     exact_gramian,
     full_float32_matmul,
     gramian,
@@ -141,3 +142,18 @@ def test_the_gramian_product_runs_without_tf32_and_restores_the_users_setting():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+def test_the_centred_gramian_accumulates_its_chunks_and_the_mean_norm_in_float64() -> None:
+    # one column per chunk: every float32 product is exact, but the sums 2^24 + 1 are not float32 numbers
+    rows = torch.tensor([[8192.0, 2.0], [0.0, 0.0]])  # mean (4096, 1), deviations +-(4096, 1)
+    centred, error_scale = centred_gramian(rows, chunk=1)
+    assert centred.dtype == torch.float64
+    assert torch.equal(centred, torch.tensor([[67108868.0, 0.0], [0.0, 0.0]], dtype=torch.float64))  # rows @ rows.T
+    assert error_scale == (2**24 + 1) + 2 * (2**24 + 1)  # max |d|^2 + 2 max |d| |m|, here |d| = |m|
+
+
+def test_the_centred_gramians_error_scale_below_one():
+    rows = torch.tensor([[1.5, 0.0], [0.5, 0.0]])  # mean (1, 0), deviations +-(0.5, 0): |d|^2 = 0.25
+    _, error_scale = centred_gramian(rows)
+    assert error_scale == 0.25 + 2 * (0.25 * 1.0) ** 0.5

@@ -104,3 +104,14 @@ def test_the_report_command_re_renders_every_points_report_and_the_sweep(tmp_pat
     for index in (0, 1):
         assert "## Verdict per task" in (root / "points" / str(index) / "report.md").read_text()
     assert (root / "sweep.md").is_file()
+
+
+def test_the_headline_keeps_the_comparisons_against_single_task_arms_or_all_when_there_are_none():
+    from types import SimpleNamespace
+
+    from fedmtl.report.analysis import headline
+
+    to_stl, to_fedavg, other = (SimpleNamespace(single_task=s) for s in (True, False, False))
+    assert headline([to_fedavg, to_stl]) == [to_stl]
+    assert headline((to_fedavg, other)) == [to_fedavg, other]
+    assert headline([]) == []

@@ -79,8 +79,8 @@ def centred_gramian(rows: torch.Tensor, chunk: int = CPU_CHUNK) -> tuple[torch.T
     with full_float32_matmul():
         for start in range(0, p, chunk):
             block = rows[:, start : start + chunk] - mean[start : start + chunk]
-            deviations += (block @ block.T).to(torch.float64)
-            cross += (block @ mean[start : start + chunk]).to(torch.float64)
+            deviations += block @ block.T  # float32 products, summed in the float64 accumulators
+            cross += block @ mean[start : start + chunk]
     mean64 = mean.to(torch.float64)
     mean_norm_sq = mean64 @ mean64
     largest_deviation_sq = float(deviations.diagonal().max().clamp_min(0))
