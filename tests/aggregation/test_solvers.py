@@ -196,3 +196,11 @@ def test_the_convergence_warning_points_at_the_callers_line(monkeypatch: pytest.
     _solvers.minimize_on_simplex(fun, jac, np.array([0.5, 0.5]), np.zeros(2), np.ones(2))
     [(args, kwargs)] = issued
     assert args[1:] == (RuntimeWarning,) and kwargs == {"stacklevel": 2}
+
+
+def test_to_numpy_gives_the_float64_symmetric_part() -> None:
+    from fedmtl.methods.aggregation._solvers import to_numpy
+
+    array = to_numpy(torch.tensor([[1.0, 3.0], [1.0, 0.1]]))  # float32 in, float64 out: 0.1 kept as float32's
+    assert array.dtype == np.float64
+    assert np.array_equal(array, np.array([[1.0, 2.0], [2.0, float(np.float32(0.1))]]))

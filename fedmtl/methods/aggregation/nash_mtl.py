@@ -29,7 +29,7 @@ from fedmtl.methods.aggregation.base import AggregationInput, GramianAggregator
 _MAX_NEWTON_STEPS = 200
 
 
-def nash_weights(gram: torch.Tensor, ridge: float = 1e-8, tolerance: float = 1e-12) -> torch.Tensor:
+def nash_weights(gram: torch.Tensor, ridge: float, tolerance: float = 1e-12) -> torch.Tensor:
     """Positive ``alpha`` with ``(M + ridge*tr(M)/K I) alpha = 1/alpha`` (float64 Newton iterations).
 
     Solved on the CPU (``K x K`` is tiny; each iteration would otherwise synchronise the device);
