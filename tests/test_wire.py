@@ -201,3 +201,12 @@ def test_a_reply_without_metrics_is_rejected_without_a_client(flower_identity):
     assert result.accepted == [0]
     [(client, why)] = result.rejected
     assert client is None and why
+
+
+def test_a_checkpoint_from_before_affinity_probes_restores_and_the_next_round_is_sent():
+    algorithm = _algorithm()
+    state = algorithm.state_dict()
+    del state["probes"]  # written by a version without client affinity
+    restored = _algorithm()
+    restored.load_state_dict(state)
+    assert len(restored.train_sends(2, {})) == len(algorithm.train_sends(2, {})) > 0
