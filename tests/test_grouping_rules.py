@@ -280,3 +280,10 @@ def test_complete_linkage_reads_the_matrix_as_distances_not_as_coordinates():
 def test_complete_linkage_refuses_more_groups_than_items():
     with pytest.raises(ValueError, match=r"^cannot cut 3 items into 4 groups$"):
         complete_linkage(torch.zeros(3, 3, dtype=torch.float64), 4)
+
+
+def test_the_adjusted_rand_index_of_labelings_of_different_lengths_says_both_lengths():
+    from fedmtl.methods.grouping.clustering import adjusted_rand_index
+
+    with pytest.raises(ValueError, match="3 labels against 2 true labels"):
+        adjusted_rand_index([0, 0, 1], [0, 1])
