@@ -157,3 +157,14 @@ def test_the_centred_gramians_error_scale_below_one():
     rows = torch.tensor([[1.5, 0.0], [0.5, 0.0]])  # mean (1, 0), deviations +-(0.5, 0): |d|^2 = 0.25
     _, error_scale = centred_gramian(rows)
     assert error_scale == 0.25 + 2 * (0.25 * 1.0) ** 0.5
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl"])
+def test_one_row_is_its_own_aggregate_with_weight_one_of_its_dtype_and_device(name: str) -> None:
+    aggregator = AGGREGATORS[name]()
+    row = torch.tensor([[0.5, -2.0]], dtype=torch.float64)
+    result = aggregator.aggregate(AggregationInput(matrix=row, num_examples=torch.ones(1)))
+    assert torch.equal(result.direction, row[0]) and torch.equal(result.weights, torch.ones(1, dtype=torch.float64))
+    assert result.weights.dtype == torch.float64
+    on_meta = AggregationInput(matrix=torch.empty(1, 2, device="meta"), num_examples=torch.ones(1))
+    assert aggregator.aggregate(on_meta).weights.device.type == "meta"
