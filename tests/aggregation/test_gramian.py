@@ -168,3 +168,10 @@ def test_one_row_is_its_own_aggregate_with_weight_one_of_its_dtype_and_device(na
     assert result.weights.dtype == torch.float64
     on_meta = AggregationInput(matrix=torch.empty(1, 2, device="meta"), num_examples=torch.ones(1))
     assert aggregator.aggregate(on_meta).weights.device.type == "meta"
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl"])
+def test_weights_solved_in_float64_are_returned_in_the_rows_dtype(name: str) -> None:
+    rows = torch.tensor([[1.0, 0.0], [-0.5, 1.0]])  # float32
+    weights = AGGREGATORS[name]().aggregate(AggregationInput(matrix=rows, num_examples=torch.ones(2))).weights
+    assert weights is not None and weights.dtype == torch.float32
