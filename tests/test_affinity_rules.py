@@ -196,3 +196,13 @@ def test_per_task_cohorts_name_the_first_participant_training_several_tasks():
         "needs participants that train one task each (clients.participants: client_tasks); "
         "participant 1 trains ['a', 'b']"
     )
+
+
+def test_affinity_drops_the_summed_updates_when_a_member_never_trained_in_the_warm_up():
+    regrouper = AffinityGrouping(warmup_rounds=1).start()
+    three_of_four = GroupRound(
+        members=(0, 1, 2, 3), clients=(0, 1, 2), gramian=OPPOSED_PAIRS[:3] @ OPPOSED_PAIRS[:3].T, min_size=1,
+        groups=1, updates=OPPOSED_PAIRS[:3],
+    )  # fmt: skip
+    assert regrouper.observe(1, three_of_four) is None  # nothing to compare client 3 by: no groups
+    assert regrouper.state_dict() == {"pairs": [], "updates": {}}  # and no N x P sums kept for the run

@@ -199,10 +199,10 @@ class _AffinityState(Regrouper):
             summed = (
                 torch.stack([self.updates.get(c, torch.zeros(0)) for c in members]) if self._complete(members) else None
             )
+            self.updates = {}  # needed no more: the warm-up ends with this round
             if summed is None:
                 return None  # a client never trained in the warm-up: nothing to compare it by
             similarity = cosines_from_gramian(summed @ summed.T)
-            self.updates = {}  # needed no more
         elif rule.signal == "cosines":
             n = len(members)
             similarity = torch.ones(n, n, dtype=torch.float64)
