@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from fedmtl.report.analysis import comparison_dict, comparisons, summarize
+from fedmtl.report.analysis import comparison_dict, comparisons, final_dict, summarize
 from fedmtl.report.collect import collect_study
 
 from ._study import default_final, write_study
@@ -42,3 +42,16 @@ def test_the_communication_saving_over_a_full_model_arm_that_sent_nothing_is_not
         server.write_text("".join(json.dumps({**r, "bytes_up": 0, "bytes_down": 0}) + "\n" for r in rows))
     saving = summarize(collect_study(root))["communication_saving"]
     assert all(math.isnan(saving[k]) for k in ("up", "down", "total"))
+
+
+def test_the_summary_names_every_field_a_reader_of_summary_json_relies_on(tmp_path: Path) -> None:
+    data = collect_study(write_study(tmp_path / "s"))
+    (comparison,) = comparisons(data)
+    entry = comparison_dict(comparison)
+    assert set(entry["clients"]["0"]) == {"tasks", "delta_m", "test", "p_adjusted", "verdict", "worst_task"}
+    assert set(entry["tasks"]["reg"]["clients"]["0"]) == {"delta", "per_seed", "test", "p_adjusted", "verdict"}
+    assert entry["clients"]["0"]["verdict"] in ("better", "worse", "no difference")
+    finals = final_dict(data)
+    assert finals["cls"]["metric"] == "accuracy" and finals["reg"]["metric"] == "mse"
+    assert (finals["cls"]["higher_is_better"], finals["reg"]["higher_is_better"]) == (True, False)
+    assert set(finals["cls"]["arms"]) == {"fed_mtl", "local_stl"}
