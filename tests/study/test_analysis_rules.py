@@ -55,3 +55,15 @@ def test_the_summary_names_every_field_a_reader_of_summary_json_relies_on(tmp_pa
     assert finals["cls"]["metric"] == "accuracy" and finals["reg"]["metric"] == "mse"
     assert (finals["cls"]["higher_is_better"], finals["reg"]["higher_is_better"]) == (True, False)
     assert set(finals["cls"]["arms"]) == {"fed_mtl", "local_stl"}
+
+
+def test_summary_json_opens_with_the_study_its_arms_and_its_test_settings(tmp_path: Path) -> None:
+    root = write_study(tmp_path / "s", seeds=range(3))
+    data = collect_study(root)
+    summary = summarize(data)
+    study = data.study
+    assert (summary["study"], summary["reference_arm"]) == (study.name, study.reference_arm)
+    assert (summary["arms"], summary["single_task_arms"]) == (["fed_mtl", "local_stl"], ["local_stl"])
+    assert summary["significance"] == study.significance == 0.05
+    assert summary["communication"]["fed_mtl"]["seeds"] == 3
+    assert all(set(task) == {"metric", "higher_is_better", "arms"} for task in summary["final"].values())
