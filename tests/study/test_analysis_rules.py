@@ -67,3 +67,18 @@ def test_summary_json_opens_with_the_study_its_arms_and_its_test_settings(tmp_pa
     assert summary["significance"] == study.significance == 0.05
     assert summary["communication"]["fed_mtl"]["seeds"] == 3
     assert all(set(task) == {"metric", "higher_is_better", "arms"} for task in summary["final"].values())
+
+
+def test_summary_json_has_exactly_its_documented_top_level_fields(tmp_path: Path) -> None:
+    summary = summarize(collect_study(write_study(tmp_path / "s", seeds=range(3))))
+    assert set(summary) == {
+        "study", "reference_arm", "pairs", "correction", "significance", "arms", "single_task_arms", "seeds",
+        "tasks", "runs_used", "runs_skipped", "flag_rule", "delta_sign", "final", "comparisons", "communication",
+        "communication_saving", "conflict",
+    }  # fmt: skip
+    assert summary["seeds"] == [0, 1, 2] and summary["pairs"] == [["fed_mtl", "local_stl"]]
+    assert summary["tasks"] == [
+        {"name": "cls", "metric": "accuracy", "higher_is_better": True},
+        {"name": "reg", "metric": "mse", "higher_is_better": False},
+    ]
+    assert summary["runs_used"][0] == {"arm": "fed_mtl", "seed": 0} and summary["runs_skipped"] == []
