@@ -198,3 +198,8 @@ def test_the_solver_follows_the_gramians_device_whatever_the_default_device() ->
     with torch.device("meta"):  # tensors created without a device would land on meta
         alpha = nash_weights(gram, ridge=1e-8)
     assert alpha.device.type == "cpu" and bool(torch.isfinite(alpha).all())
+
+
+def test_a_negative_ridge_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"ridge must be >= 0, got -0\.5"):
+        NashMTL(ridge=-0.5)
