@@ -1,7 +1,7 @@
 """Mutation testing of fedmtl's numerical core with mutmut, and its report.
 
     .venv/bin/pip install -e ".[test,mutation]"
-    .venv/bin/python scripts/mutation.py --run      # mutate and test (about an hour on 2 cores), then report
+    .venv/bin/python scripts/mutation.py --run      # mutate and test (several hours on 2 cores), then report
     .venv/bin/python scripts/mutation.py --resume   # go on with an interrupted run (mutants/ kept)
     .venv/bin/python scripts/mutation.py --recheck  # check the survivors again after adding tests
     .venv/bin/python scripts/mutation.py            # report the last run (mutants/) again
@@ -21,8 +21,8 @@ statistics, 80 % on the server update and the round rules.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import re
 import subprocess
 import sys
@@ -127,10 +127,8 @@ def run_mutmut(max_children: int, names: list[str] | None = None) -> float:
     before = json.loads(TIMING.read_text())["seconds"] if TIMING.is_file() else 0.0
     log = MUTANTS / "fedmtl-mutmut-run.log"
     with log.open("a") as out:
-        code = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(names or [])], cwd=ROOT, stdout=out,
-            stderr=subprocess.STDOUT,
-        ).returncode  # fmt: skip
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(names or [])]
+        code = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     seconds = before + time.perf_counter() - started
     TIMING.write_text(json.dumps({"seconds": seconds, "max_children": max_children}))
     if code != 0:

@@ -7,9 +7,10 @@ The Nash bargaining weights solve ``M alpha = 1 / alpha`` (elementwise) with ``M
 Newton's method: damped by a backtracking line search that keeps ``alpha`` positive while far from
 the solution, and full steps once the Newton decrement is below 1/4 (``f`` is self-concordant, so
 such a step stays positive and converges quadratically; Boyd & Vandenberghe, Convex Optimization,
-9.6), to a residual of ``tolerance`` relative to ``1 / alpha`` (the official code and torchjd approximate it by up to 20 sequential convex programs
-with cvxpy and stop at a residual of 1e-3). At the solution every row has a positive inner
-product with the direction: ``g_i . G^T alpha = (M alpha)_i = 1/alpha_i > 0``.
+9.6), to a residual of ``tolerance`` relative to ``1 / alpha``. The official code and torchjd
+approximate it by up to 20 sequential convex programs with cvxpy and stop at a residual of 1e-3.
+At the solution every row has a positive inner product with the direction:
+``g_i . G^T alpha = (M alpha)_i = 1/alpha_i > 0``.
 
 When ``M`` is singular a positive null vector can make ``f`` unbounded (no bargaining solution
 exists); ``ridge`` (relative to ``trace(M)/K``) adds ``ridge * I`` so that one always does.
