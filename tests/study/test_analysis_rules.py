@@ -82,3 +82,13 @@ def test_summary_json_has_exactly_its_documented_top_level_fields(tmp_path: Path
         {"name": "reg", "metric": "mse", "higher_is_better": False},
     ]
     assert summary["runs_used"][0] == {"arm": "fed_mtl", "seed": 0} and summary["runs_skipped"] == []
+
+
+def test_summary_json_lists_the_runs_it_skipped_with_their_status(tmp_path: Path) -> None:
+    root = write_study(tmp_path / "s", seeds=range(3))
+    study = json.loads((root / "study.json").read_text())
+    study["runs"][-1]["status"] = "failed"  # local_stl, seed 2
+    (root / "study.json").write_text(json.dumps(study))
+    summary = summarize(collect_study(root))
+    assert summary["runs_skipped"] == [{"arm": "local_stl", "seed": 2, "status": "failed"}]
+    assert {"arm": "local_stl", "seed": 2} not in summary["runs_used"] and len(summary["runs_used"]) == 5
