@@ -148,3 +148,13 @@ def test_dwa_settings():
         with pytest.raises(ValueError) as raised:
             DWA(temperature=temperature)
         assert str(raised.value) == f"temperature must be > 0, got {temperature}"
+
+
+def test_dwa_weighs_each_tasks_loss_by_its_own_weight():
+    state = {"dwa_loss_prev.a": torch.tensor(1.0), "dwa_loss_before.a": torch.tensor(2.0)}
+    state |= {"dwa_loss_prev.b": torch.tensor(2.0), "dwa_loss_before.b": torch.tensor(2.0)}
+    weights = 2 * torch.softmax(torch.tensor([0.5, 1.0]) / 2.0, dim=0)  # rates 0.5 and 1, T = 2
+    terms = DWA(temperature=2.0).start(["a", "b"], state).terms({"b": torch.tensor(3.0), "a": torch.tensor(5.0)})
+    assert terms["a"].item() == pytest.approx(weights[0].item() * 5.0) and terms["b"].item() == pytest.approx(
+        weights[1].item() * 3.0
+    )

@@ -196,3 +196,7 @@ def test_torchjds_projection_gramian_is_symmetrised_trace_normalised_and_regular
     assert torch.equal(torchjd_projection_gramian(G, 1e-4), expected)
     tiny = torch.eye(2, dtype=torch.float64) * (TORCHJD_NORM_EPS / 3)  # trace below the threshold: zeroed
     assert torch.equal(torchjd_projection_gramian(tiny, 1e-4), torch.eye(2, dtype=torch.float64) * 1e-4)
+
+
+def test_the_nnls_projector_names_its_class_and_regularisation() -> None:
+    assert repr(torchjd_methods.NNLSDualConeProjector(1e-4)) == "NNLSDualConeProjector(reg_eps=0.0001)"
