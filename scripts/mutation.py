@@ -84,6 +84,10 @@ class Tally:
         counted = self.total - self.equivalent - self.counts[NOT_CHECKED]
         return self.detected / counted if counted else float("nan")
 
+    @property
+    def shown(self) -> str:
+        return "–" if self.score != self.score else f"{self.score:.1%}"  # NaN: nothing checked yet
+
 
 def module_of(key: str) -> str:
     match = _MUTANT.match(key)
@@ -188,14 +192,12 @@ def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> 
         t = by_group[group]
         lines.append(
             f"| {group} | {goal:.0%} | {t.total} | {t.counts[NOT_CHECKED]} | {t.counts[KILLED]} | {t.counts[TIMEOUT]} | {t.counts[SURVIVED]} | "
-            f"{t.equivalent} | {t.counts[NO_TESTS]} | **{t.score:.1%}** |"
+            f"{t.equivalent} | {t.counts[NO_TESTS]} | **{t.shown}** |"
         )
     lines += ["", "| module | mutants | not checked | survived | equivalent | score |", "|---|---|---|---|---|---|"]
     for module, t in sorted(by_module.items()):
         missed = t.total - t.detected - t.counts[NOT_CHECKED]
-        lines.append(
-            f"| `{module}` | {t.total} | {t.counts[NOT_CHECKED]} | {missed} | {t.equivalent} | {t.score:.1%} |"
-        )
+        lines.append(f"| `{module}` | {t.total} | {t.counts[NOT_CHECKED]} | {missed} | {t.equivalent} | {t.shown} |")
     lines += ["", f"### Surviving mutants ({len(survivors)})", ""]
     for key in survivors:
         reason = equivalents.get(key, "**not explained**")
