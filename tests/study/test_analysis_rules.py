@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from scipy import stats
 
 from fedmtl.report.analysis import comparison_dict, comparisons, final_dict, summarize
@@ -92,3 +93,27 @@ def test_summary_json_lists_the_runs_it_skipped_with_their_status(tmp_path: Path
     summary = summarize(collect_study(root))
     assert summary["runs_skipped"] == [{"arm": "local_stl", "seed": 2, "status": "failed"}]
     assert {"arm": "local_stl", "seed": 2} not in summary["runs_used"] and len(summary["runs_used"]) == 5
+
+
+def test_per_client_deltas_are_absolute_for_a_task_marked_so_and_tested_over_the_seeds(tmp_path: Path) -> None:
+    from fedmtl.report.analysis import compare_clients
+    from fedmtl.report.collect import StudyData, Task
+
+    data = collect_study(write_study(tmp_path / "s"))
+    absolute = (Task("cls", "accuracy", True, relative=False),)  # as calibration's ECE is compared
+    data = StudyData(replace(data.study, tasks=absolute), data.results, data.skipped)
+    clients = compare_clients(data, "fed_mtl", "local_stl", "cls")
+    # client 0: fed_mtl 0.8 + 0.01 s against local_stl 0.4 (default_final): absolute 0.4 + 0.01 s
+    assert clients[0].client == 0 and clients[0].per_seed == pytest.approx({0: 0.40, 1: 0.41, 2: 0.42})
+    assert (clients[0].test.unit, clients[0].test.pairs) == ("seeds", 3)
+
+
+def test_per_client_deltas_use_only_the_seeds_both_arms_finished(tmp_path: Path) -> None:
+    from fedmtl.report.analysis import compare_clients
+
+    root = write_study(tmp_path / "s", seeds=range(3))
+    study = json.loads((root / "study.json").read_text())
+    study["runs"][-1]["status"] = "failed"  # local_stl, seed 2
+    (root / "study.json").write_text(json.dumps(study))
+    clients = compare_clients(collect_study(root), "fed_mtl", "local_stl", "reg")
+    assert sorted(clients[1].per_seed) == [0, 1]
