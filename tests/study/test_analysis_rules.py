@@ -117,3 +117,29 @@ def test_per_client_deltas_use_only_the_seeds_both_arms_finished(tmp_path: Path)
     (root / "study.json").write_text(json.dumps(study))
     clients = compare_clients(collect_study(root), "fed_mtl", "local_stl", "reg")
     assert sorted(clients[1].per_seed) == [0, 1]
+
+
+def test_a_comparison_names_its_tasks_and_tests_delta_m_and_each_clients_over_the_seeds(tmp_path: Path) -> None:
+    (comparison,) = comparisons(collect_study(write_study(tmp_path / "s")))
+    assert [t.task for t in comparison.tasks.values()] == ["cls", "reg"]
+    assert comparison.delta_m_test.unit == "seeds"
+    client_0 = comparison.clients[0]  # +100 % + 2.5 % s on cls, -100 % on reg: Delta_m 0, 0.0125, 0.025
+    assert client_0.test.unit == "seeds" and client_0.test.pairs == 3
+    p = float(stats.ttest_1samp([0.0, 0.0125, 0.025], 0.0).pvalue)
+    assert client_0.verdict == ("better" if min(1.0, 2 * p) < 0.05 else "no difference")
+
+
+def test_an_arm_without_any_finished_run_is_left_out_of_the_comparisons(tmp_path: Path) -> None:
+    root = write_study(tmp_path / "s", seeds=range(3))
+    study = json.loads((root / "study.json").read_text())
+    for run in study["runs"]:
+        run["status"] = "failed" if run["arm"] == "local_stl" else run["status"]
+    (root / "study.json").write_text(json.dumps(study))
+    assert comparisons(collect_study(root)) == []
+
+
+def test_absolute_paired_deltas_keep_the_sign_when_higher_is_better_and_flip_it_otherwise() -> None:
+    from fedmtl.report.deltas import paired_deltas
+
+    assert paired_deltas({0: 0.5}, {0: 0.25}, True, relative=False) == {0: 0.25}
+    assert paired_deltas({0: 0.5}, {0: 0.25}, False, relative=False) == {0: -0.25}
