@@ -15,14 +15,7 @@ from fedmtl.core.errors import FieldError
 from fedmtl.data.participants import Participant
 from fedmtl.methods.cohorts import OneCohort, PerTask
 from fedmtl.methods.grouping import AffinityGrouping, ClusteredFL, GivenGroups, GroupRound, NoGrouping
-
-
-def round_of(rows: torch.Tensor, min_size: int = 1, groups: int = 1) -> GroupRound:
-    """Every client i (row i) aggregated, with its update rows."""
-    clients = tuple(range(len(rows)))
-    return GroupRound(
-        members=clients, clients=clients, gramian=rows @ rows.T, min_size=min_size, groups=groups, updates=rows
-    )
+from tests.group_rounds import round_of
 
 
 def rows_of(*values: list[float]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from fedmtl.methods.grouping.clustering import (
     cosines_from_gramian,
     silhouette,
 )
+from tests.group_rounds import round_of
 
 
 def clustered_rows(sizes, directions, noise=0.1, seed=0) -> torch.Tensor:
@@ -38,18 +39,6 @@ def axis(i: int, sign: float = 1.0) -> list[float]:
     v = [0.0] * 16
     v[i] = sign
     return v
-
-
-def round_of(rows: torch.Tensor, clients=None, members=None, min_size=1, groups=1) -> GroupRound:
-    clients = tuple(range(len(rows))) if clients is None else tuple(clients)
-    return GroupRound(
-        members=tuple(members if members is not None else clients),
-        clients=clients,
-        gramian=rows @ rows.T,
-        min_size=min_size,
-        groups=groups,
-        updates=rows,
-    )
 
 
 OPPOSED = clustered_rows([3, 3], [axis(0), axis(0, -1.0)])  # two clusters whose updates cancel

@@ -12,22 +12,11 @@ import pytest
 import torch
 
 from fedmtl.core.errors import FieldError
-from fedmtl.methods.grouping import AffinityGrouping, ClusteredFL, GivenGroups, GroupRound
+from fedmtl.methods.grouping import AffinityGrouping, ClusteredFL, GivenGroups
 from fedmtl.methods.grouping.affinity import best_cut, client_similarity, normalised_affinity, task_similarity
 from fedmtl.methods.grouping.cfl import split_evidence
 from fedmtl.methods.grouping.clustering import complete_linkage, cosines_from_gramian
-
-
-def round_of(rows: torch.Tensor, clients=None, members=None, min_size: int = 1, groups: int = 1) -> GroupRound:
-    clients = tuple(range(len(rows))) if clients is None else tuple(clients)
-    return GroupRound(
-        members=tuple(members if members is not None else clients),
-        clients=clients,
-        gramian=rows @ rows.T,
-        min_size=min_size,
-        groups=groups,
-        updates=rows,
-    )
+from tests.group_rounds import round_of
 
 
 def rows_of(*values: list[float]) -> torch.Tensor:
