@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from fedmtl.methods.privacy import CentralMechanism, privatise_update, update_noise_multiplier
+from fedmtl.methods.accounting import central_epsilon
+from fedmtl.methods.privacy import CentralMechanism, gaussian, privatise_update, update_noise_multiplier
 
 
 def generator(seed: int = 7) -> torch.Generator:
@@ -79,8 +80,6 @@ def test_before_any_clip_no_row_counts_as_within_the_bound():
 
 
 def test_noise_takes_the_dtype_and_device_of_what_it_is_added_to():
-    from fedmtl.methods.privacy import gaussian
-
     noise = gaussian(torch.zeros(3, dtype=torch.float64), 2.0, generator())
     assert noise.dtype == torch.float64
     assert torch.equal(noise, torch.randn(3, generator=generator(), dtype=torch.float64) * 2.0)
@@ -88,8 +87,6 @@ def test_noise_takes_the_dtype_and_device_of_what_it_is_added_to():
 
 
 def test_the_accountants_convergence_warnings_stay_out_of_the_log(caplog):
-    from fedmtl.methods.accounting import central_epsilon
-
     with caplog.at_level(logging.WARNING):
         epsilon = central_epsilon(1.1, 0.25, 30, 1e-5)  # the library warns for some Renyi orders here
     assert math.isfinite(epsilon) and not [r for r in caplog.records if r.name == "absl"]
