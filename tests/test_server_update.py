@@ -264,10 +264,11 @@ def test_losses_reach_the_aggregator_in_full_precision():
 
 def test_example_counts_beyond_float32_integers_are_weighted_exactly():
     """FedAvg's weights ``n_k / sum n`` from counts in float64: a count of 2^24 + 1 (not a float32)
-    gives client 1 the weight 3 / (2^24 + 4), to float32 rounding."""
+    gives client 1 the weight 3 / (2^24 + 4), to float32 rounding; the counts come as Python floats
+    (``step``'s type), which a float32 tensor would round to 2^24."""
     updater = ServerUpdater(INITIAL, FedAvg(), ServerOptimizerConfig(), seed=0)
     states, _ = ROUNDS[0]
-    result = updater.step([0, 1], [as_state(s) for s in states], [2**24 + 1, 3])
+    result = updater.step([0, 1], [as_state(s) for s in states], [float(2**24 + 1), 3.0])
     assert result.weights == (float(np.float32((2**24 + 1) / (2**24 + 4))), float(np.float32(3 / (2**24 + 4))))
 
 

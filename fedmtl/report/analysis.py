@@ -122,7 +122,7 @@ def summarize_clients(tasks: Mapping[str, TaskDelta], study: Study) -> dict[int,
     adjusted = _adjusted(tests, study)
     out = {}
     for c, test, p in zip(ids, tests, adjusted):
-        means = {t: tasks[t].clients[c].spread.mean for t in held[c] if tasks[t].clients[c].spread.n}
+        means = {t: tasks[t].clients[c].spread.mean for t in held[c]}  # NaN where no seed has a delta
         finite = {t: m for t, m in means.items() if not math.isnan(m)}
         out[c] = ClientSummary(
             client=c,
@@ -156,10 +156,9 @@ def compare(data: StudyData, arm: str, baseline: str) -> Comparison:
         spread = d.finite_spread(per_seed[name].values())
         verdict = d.verdict(test.mean, p, study.significance)  # the tested mean: over seeds, or clients
         tasks[name] = TaskDelta(name, per_seed[name], spread, test, p, verdict, clients[name])
-    complete = bool(tasks) and all(t.per_seed for t in tasks.values())
-    seeds = sorted(set.intersection(*(set(t.per_seed) for t in tasks.values()))) if complete else []
+    seeds = sorted(set.intersection(*(set(t.per_seed) for t in tasks.values())))  # a study has a task
     delta_m_per_seed = {seed: d.delta_m(t.per_seed[seed] for t in tasks.values()) for seed in seeds}
-    means = {name: t.spread.mean for name, t in tasks.items() if t.spread.n and not math.isnan(t.spread.mean)}
+    means = {name: t.spread.mean for name, t in tasks.items() if not math.isnan(t.spread.mean)}
     return Comparison(
         arm=arm,
         baseline=baseline,

@@ -245,6 +245,8 @@ def load_study(study_dir: str | Path) -> Study:
             tasks.append(Task(str(entry["name"]), str(entry["metric"]), bool(entry["higher_is_better"])))
         except (KeyError, TypeError):
             raise StudyError(path, f"tasks[{index}] needs name, metric and higher_is_better") from None
+    if not tasks:
+        raise StudyError(path, "'tasks' names no task")
     runs = []
     for index, entry in enumerate(_field(path, payload, "runs", list)):
         try:
@@ -255,10 +257,8 @@ def load_study(study_dir: str | Path) -> Study:
             raise StudyError(path, f"runs[{index}]: arm {runs[-1].arm!r} is not one of the arms {list(arms)}")
         if any((run.arm, run.seed) == (runs[-1].arm, runs[-1].seed) for run in runs[:-1]):
             raise StudyError(path, f"runs[{index}]: arm {runs[-1].arm!r} seed {runs[-1].seed} is listed twice")
-    single = payload.get("single_task_arms")
-    if single is None:
-        single = [arm for arm in DEFAULT_SINGLE_TASK_ARMS if arm in arms]
-    elif not isinstance(single, list) or any(arm not in arms for arm in single):
+    single = payload.get("single_task_arms", [arm for arm in DEFAULT_SINGLE_TASK_ARMS if arm in arms])
+    if not isinstance(single, list) or any(arm not in arms for arm in single):
         raise StudyError(path, f"single_task_arms must list arms among {list(arms)}")
     pairs = payload.get("pairs")
     if pairs is None:

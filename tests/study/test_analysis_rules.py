@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from fedmtl.report.analysis import comparison_dict, comparisons, final_dict, summarize
-from fedmtl.report.collect import collect_study
+from fedmtl.report.collect import StudyError, collect_study, load_study
 
 from ._study import default_final, write_study
 
@@ -143,3 +143,21 @@ def test_absolute_paired_deltas_keep_the_sign_when_higher_is_better_and_flip_it_
 
     assert paired_deltas({0: 0.5}, {0: 0.25}, True, relative=False) == {0: 0.25}
     assert paired_deltas({0: 0.5}, {0: 0.25}, False, relative=False) == {0: -0.25}
+
+
+def test_a_study_where_no_task_has_a_finite_delta_names_no_worst_task(tmp_path: Path) -> None:
+    # every baseline final is 0: every relative delta is NaN (a zero baseline gives none)
+    def finals(arm: str, seed: int, task: str, client: int) -> float:
+        return 0.0 if arm == "local_stl" else default_final(arm, seed, task, client)
+
+    (comparison,) = comparisons(collect_study(write_study(tmp_path / "s", final=finals)))
+    assert comparison.worst_task is None and comparison.delta_m.n == 0
+    assert [c.worst_task for c in comparison.clients.values()] == [None, None]
+
+
+def test_a_study_file_without_tasks_is_rejected(tmp_path: Path) -> None:
+    root = write_study(tmp_path / "s")
+    study = json.loads((root / "study.json").read_text())
+    (root / "study.json").write_text(json.dumps({**study, "tasks": []}))
+    with pytest.raises(StudyError, match=r"study.json: 'tasks' names no task$"):
+        load_study(root)
