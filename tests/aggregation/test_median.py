@@ -56,20 +56,6 @@ def test_example_counts_are_ignored() -> None:
     )
 
 
-def test_each_column_chunk_is_passed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(order_statistics, "CHUNK", 2)
-    matrix = torch.arange(15.0).reshape(3, 5)
-    shapes = []
-
-    def column_sums(columns: torch.Tensor) -> torch.Tensor:
-        shapes.append(tuple(columns.shape))
-        return columns.sum(dim=1)
-
-    out = order_statistics.map_column_chunks(matrix, column_sums)
-    assert shapes == [(2, 3), (2, 3), (1, 3)]  # [chunk, K] transposed chunks, ceil(5 / 2) passes
-    torch.testing.assert_close(out, matrix.sum(dim=0))
-
-
 def test_trimming_half_the_rows_or_more_is_refused() -> None:
     from fedmtl.methods.aggregation.order_statistics import column_trimmed_mean
 

@@ -1,26 +1,88 @@
 """Per-coordinate order statistics of a ``[K, P]`` matrix, the core of the median and the trimmed mean.
 
-Each column chunk is transposed to ``[chunk, K]`` (contiguous) so that the selection runs along the
-last, contiguous dimension, and only the needed ranks are selected (``torch.topk``) instead of
-sorting all K values: on the 2-core CPU at K = 50, P = 1e6 this is 3.3x faster than sorting along
-dimension 0 (`benchmarks/aggregation.py`).
+A comparator network sorts all P columns at once: each comparator is an elementwise minimum and
+maximum of two rows, so every column moves through the same steps at vector speed, with no per-column
+branching. The network is Batcher's odd-even merge sort (K. E. Batcher, "Sorting networks and their
+applications", AFIPS 1968; Knuth, TAOCP vol. 3, 5.3.4, algorithm M), cut to K wires and pruned to the
+comparators the wanted ranks depend on: the median of 50 rows needs 330 of them. The columns go
+through in chunks whose rows are copied contiguous (so a chunk's rows stay in the cache), spread over
+torch's threads on the CPU. On the 2-core CPU at K = 50, P = 1e6 the median takes 11.5x FedAvg's
+time, against 52x with ``torch.topk`` on transposed column chunks before (`benchmarks/aggregation.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-CHUNK = 2**16
-"""Columns per pass: the transposed copy and the selection buffers stay ``O(K chunk)``."""
+CHUNK = 2**15
+"""Columns per pass on the CPU: a chunk's K rows are copied (``O(K chunk)`` memory per thread)."""
 
 
-def map_column_chunks(matrix: torch.Tensor, per_chunk: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``per_chunk`` applied to every ``[chunk, K]`` transposed column chunk; the ``[P]`` results joined."""
-    out = torch.empty(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
-    for start in range(0, matrix.shape[1], CHUNK):
-        out[start : start + CHUNK] = per_chunk(matrix[:, start : start + CHUNK].T.contiguous())
+def batcher_network(rows: int) -> list[tuple[int, int]]:
+    """Comparators ``(low wire, high wire)`` of Batcher's odd-even merge sort on ``rows`` wires, in order.
+
+    Built for the next power of two and cut to ``rows`` wires: the missing wires stand for ``+inf``
+    values, which start above every real one and never move, so their comparators do nothing."""
+    wires = 1 << max(rows - 1, 0).bit_length()
+    pairs = []
+    merged = 1  # sorted runs of this length are merged into runs twice as long
+    while merged < wires:
+        gap = merged
+        while gap >= 1:
+            for start in range(gap % merged, wires - gap, 2 * gap):
+                for i in range(min(gap, wires - start - gap)):
+                    low, high = start + i, start + i + gap
+                    if low // (2 * merged) == high // (2 * merged) and high < rows:
+                        pairs.append((low, high))
+            gap //= 2
+        merged *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=64)
+def comparator_network(rows: int, ranks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The comparators after which wire ``r`` holds every column's ``r``-th smallest value (from 0),
+    for each ``r`` in ``ranks``: Batcher's network without the comparators no wanted wire depends on."""
+    needed, kept = set(ranks), []
+    for low, high in reversed(batcher_network(rows)):
+        if low in needed or high in needed:
+            kept.append((low, high))
+            needed |= {low, high}
+    return tuple(reversed(kept))
+
+
+def column_ranks(matrix: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
+    """``[len(ranks), P]``: row ``i`` holds every column's ``ranks[i]``-th smallest value (from 0)."""
+    k, p = matrix.shape
+    if any(not 0 <= r < k for r in ranks):
+        raise ValueError(f"ranks {list(ranks)} outside 0..{k - 1}")
+    network = comparator_network(k, tuple(ranks))
+    out = torch.empty(len(ranks), p, dtype=matrix.dtype, device=matrix.device)
+    chunk = CHUNK if matrix.device.type == "cpu" else max(p, 1)  # an accelerator takes all columns at once
+
+    def sort_chunk(start: int) -> None:
+        columns = matrix[:, start : start + chunk].clone(memory_format=torch.contiguous_format)
+        wires = list(columns.unbind(0))  # the input is never written
+        spare = torch.empty_like(wires[0])
+        for low, high in network:
+            torch.minimum(wires[low], wires[high], out=spare)
+            torch.maximum(wires[low], wires[high], out=wires[high])
+            wires[low], spare = spare, wires[low]
+        for i, rank in enumerate(ranks):
+            out[i, start : start + chunk] = wires[rank]
+
+    starts = range(0, p, chunk)
+    workers = min(torch.get_num_threads(), len(starts)) if matrix.device.type == "cpu" else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(sort_chunk, starts))  # list(): a chunk's exception is raised here
+    else:
+        for start in starts:
+            sort_chunk(start)
     return out
 
 
@@ -28,12 +90,8 @@ def column_median(matrix: torch.Tensor) -> torch.Tensor:
     """The median of every column (the mean of the two middle values when K is even)."""
     k = matrix.shape[0]
     lower, upper = (k - 1) // 2, k // 2  # the same rank when K is odd
-
-    def median(columns: torch.Tensor) -> torch.Tensor:
-        smallest = columns.topk(upper + 1, dim=1, largest=False, sorted=True).values
-        return (smallest[:, lower] + smallest[:, upper]) / 2
-
-    return map_column_chunks(matrix, median)
+    middle = column_ranks(matrix, (lower, upper))
+    return (middle[0] + middle[1]) / 2
 
 
 def column_trimmed_mean(matrix: torch.Tensor, trim: int) -> torch.Tensor:
@@ -41,12 +99,8 @@ def column_trimmed_mean(matrix: torch.Tensor, trim: int) -> torch.Tensor:
     k = matrix.shape[0]
     if not 0 <= 2 * trim < k:
         raise ValueError(f"cannot trim {trim} values off each end of {k}")
-
-    def trimmed(columns: torch.Tensor) -> torch.Tensor:
-        total = columns.sum(dim=1)
-        if trim:
-            total = total - columns.topk(trim, dim=1).values.sum(dim=1)
-            total = total - columns.topk(trim, dim=1, largest=False).values.sum(dim=1)
-        return total / (k - 2 * trim)
-
-    return map_column_chunks(matrix, trimmed)
+    total = matrix.sum(dim=0)
+    if trim:
+        ends = column_ranks(matrix, (*range(trim), *range(k - trim, k)))
+        total = total - ends.sum(dim=0)
+    return total / (k - 2 * trim)
