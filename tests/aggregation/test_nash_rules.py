@@ -197,9 +197,13 @@ def test_the_solver_follows_the_gramians_device_whatever_the_default_device() ->
     assert alpha.device.type == "cpu" and bool(torch.isfinite(alpha).all())
 
 
-def test_a_negative_ridge_is_refused_naming_it() -> None:
-    with pytest.raises(ValueError, match=r"ridge must be >= 0, got -0\.5"):
-        NashMTL(ridge=-0.5)
+def test_a_ridge_that_is_not_positive_is_refused_naming_it() -> None:
+    """Without a ridge, antiparallel rows have no bargaining solution: Newton's system turns singular."""
+    for ridge in (-0.5, 0.0):
+        with pytest.raises(ValueError, match=rf"ridge must be > 0, got {ridge}"):
+            NashMTL(ridge=ridge)
+    with pytest.raises(torch.linalg.LinAlgError):
+        nash_weights(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]), ridge=0.0)
 
 
 @pytest.mark.parametrize(

@@ -61,9 +61,7 @@ def nash_weights(gram: torch.Tensor, ridge: float, tolerance: float = 1e-12) -> 
         while bool((alpha + t * step <= 0).any()) or objective(alpha + t * step) > current + 1e-4 * t * float(
             gradient @ step
         ):
-            t *= 0.5
-            if t < 1e-12:
-                break
+            t *= 0.5  # ends by t = 0 at the latest: alpha itself passes both tests
         alpha = alpha + t * step
     return (alpha / scale**0.5).to(gram.device)
 
@@ -71,11 +69,11 @@ def nash_weights(gram: torch.Tensor, ridge: float, tolerance: float = 1e-12) -> 
 @dataclass(frozen=True)
 class NashMTL(GramianAggregator):
     name: ClassVar[str] = "nash_mtl"
-    ridge: float = 1e-8
+    ridge: float = 1e-8  # > 0; times trace(G G^T)/K on the diagonal, so that dependent rows still have a solution
 
     def __post_init__(self) -> None:
-        if self.ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        if self.ridge <= 0:  # with 0, linearly dependent rows can leave the problem without a solution
+            raise ValueError(f"ridge must be > 0, got {self.ridge}")
 
     def weights_from_gramian(self, gram: torch.Tensor, inputs: AggregationInput) -> torch.Tensor:
         alpha = nash_weights(gram, self.ridge)
