@@ -220,3 +220,13 @@ def test_nash_weights_are_found_by_a_few_safeguarded_newton_steps_to_the_toleran
     residual = gram @ alpha - 1.0 / alpha  # the Nash bargaining condition G alpha = 1 / alpha
     assert bool((alpha > 0).all()) and float(residual.norm()) <= 1e-11 * float((1.0 / alpha).norm())
     assert len(solves) <= 8  # Newton from alpha_i = 1 / sqrt(G_ii) converges quadratically here
+
+
+def test_a_full_newton_step_that_would_cross_zero_is_searched_instead() -> None:
+    """Antiparallel rows 1e-8 and -1e-2 without a ridge have no bargaining solution (the objective is
+    unbounded along the null direction). Rounding then gives small Newton decrements for steps that
+    leave the positive orthant; a full step there made the weights negative (-8e15 and -8e9), and a
+    negative weight would stall the line search. Such a step goes through the line search instead."""
+    rows = torch.tensor([1e-8, -1e-2], dtype=torch.float64)
+    alpha = nash_weights(torch.outer(rows, rows), ridge=0.0)
+    assert bool((alpha > 0).all())
