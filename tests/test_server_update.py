@@ -360,3 +360,22 @@ def test_a_restored_updater_continues_with_the_adaptive_clip_bound_it_had_moved_
     restored = ServerUpdater(initial, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0, central_privacy=privacy)
     restored.load_state_dict(updater.state_dict())
     assert restored.privacy.clip_norm == moved
+
+
+def test_central_noise_comes_from_the_servers_seeded_generator_not_the_global_one():
+    """The server's Gaussian noise (central DP) is drawn from its own generator, seeded by the run: the
+    same seed gives the same noised step whatever torch's global generator did in between, and
+    another seed another step."""
+    from fedmtl.config.sections import PrivacyConfig
+
+    privacy = PrivacyConfig(clip_norm=10.0, noise_multiplier=1.0)
+    rows = [{"w": torch.full((4,), -1.0)}, {"w": torch.full((4,), 2.0)}]
+
+    def stepped(seed: int, global_seed: int) -> torch.Tensor:
+        updater = ServerUpdater({"w": torch.zeros(4)}, FedAvg(), ServerOptimizerConfig(), seed, central_privacy=privacy)
+        torch.manual_seed(global_seed)
+        updater.step([0, 1], rows, [1.0, 1.0])
+        return updater.param.detach().clone()
+
+    assert torch.equal(stepped(0, global_seed=1), stepped(0, global_seed=2))
+    assert not torch.equal(stepped(0, global_seed=1), stepped(1, global_seed=1))

@@ -140,7 +140,7 @@ class ServerUpdater:
         offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
         matrix = self.update_matrix(client_states, offsets)
         bound = None if self.privacy is None else self.privacy.clip(matrix)
-        before = None if self.personal is None else self.param.detach().clone()
+        personal = None if self.personal is None else (self.personal, self.param.detach().clone())
         inputs = AggregationInput(
             matrix=matrix,
             num_examples=torch.tensor(num_examples, dtype=torch.float64, device=self.device),
@@ -152,14 +152,14 @@ class ServerUpdater:
         direction = result.direction
         if self.privacy is not None:
             direction = self.privacy.noise(direction, len(client_ids), self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.param.grad = direction.to(self.param.dtype).reshape(self.param.shape).cpu()
+        self.param.grad = direction.reshape(self.param.shape).cpu()  # the rows' dtype: float32, as the encoder
         self.optimizer.step()
         gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
         diagnostics = replace(diagnose(client_ids, matrix, result.direction, result.weights, gram), clip_norm=bound)
-        if self.personal is None or before is None:  # no personalisation (both checks narrow the types)
+        if personal is None:
             return diagnostics
-        alphas = self.personal.observe(client_ids, matrix, before - self.param.detach())
+        tracker, before = personal
+        alphas = tracker.observe(client_ids, matrix, before - self.param.detach())
         return replace(diagnostics, personal_alphas=alphas)
 
     def update_matrix(
@@ -220,7 +220,7 @@ def diagnose(
     """``gram``: the rows' Gramian (the aggregator's own when it built one)."""
     cosines = cosine_matrix(gram)
     k = matrix.shape[0]
-    upper = cosines[torch.triu_indices(k, k, offset=1).unbind()] if k > 1 else cosines.new_zeros(0)
+    upper = cosines[torch.triu_indices(k, k, offset=1).unbind()]  # empty for one row
     return RoundDiagnostics(
         clients=tuple(int(c) for c in client_ids),
         # tolist(): one conversion in C; iterating a tensor makes a Python tensor per element (K = 1,000: 499,500)
