@@ -247,3 +247,16 @@ def test_attackers_without_an_attack_are_refused():
     assert (
         load_config(None, ["faults.attack=sign_flip", "faults.adversarial_fraction=0.0"]).faults.attack == "sign_flip"
     )
+
+
+def test_the_participants_are_listed_only_when_an_attack_needs_them():
+    """Every training call asks for the adversaries; without an attack it must not list a million clients."""
+    calls = []
+
+    def listing():
+        calls.append(1)
+        return range(8)
+
+    assert adversarial_clients(FaultsConfig(), 0, listing) == frozenset() and calls == []
+    attack = FaultsConfig(attack="scale", adversarial_fraction=0.25)
+    assert adversarial_clients(attack, 0, listing) == adversarial_clients(attack, 0, range(8)) and calls == [1]

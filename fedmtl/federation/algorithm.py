@@ -292,7 +292,7 @@ class ServerAlgorithm:
         return {
             "cohorts": {c.key: c.state_dict() for c in self.cohorts},
             "heads": None if self.heads is None else self.heads.state_dict(),
-            "groups": groups.membership(self.cohorts),
+            "groups": groups.membership(self.cohorts) if self.grouping.splits else None,  # fixed groups: the config's
             "regrouper": self.regrouper.state_dict(),
             "probes": self._probes,
         }

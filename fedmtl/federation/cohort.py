@@ -9,7 +9,7 @@ import torch
 
 from fedmtl.core import protocol
 from fedmtl.data.participants import Participant
-from fedmtl.federation.sampling import Sampler
+from fedmtl.federation.sampling import Sampler, in_client_order
 from fedmtl.federation.screening import Accepted
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
 
@@ -26,6 +26,9 @@ class Cohort:
     adopts: bool = False
     # the encoder as last sent, and the version of the flat parameter it was read at (moves with every step)
     _global: tuple[int, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.members = in_client_order(self.members)  # once: the sampler draws by position every round
 
     def global_state(self) -> dict[str, torch.Tensor]:
         """The cohort's encoder (one dict for every message of a round: engines serialise it once)."""

@@ -39,9 +39,16 @@ def client_order(participant: Participant) -> tuple[int, int]:
     return participant.client_id, participant.index
 
 
+def in_client_order(participants: Sequence[Participant]) -> tuple[Participant, ...]:
+    """What :func:`sample` expects (a cohort sorts its members once, not every round)."""
+    return tuple(sorted(participants, key=client_order))
+
+
 def sample(members: Sequence[Participant], fraction: float, rng: random.Random) -> list[Participant]:
-    ordered = sorted(members, key=client_order)
-    count = sample_size(len(ordered), fraction)
-    if count >= len(ordered):
-        return ordered
-    return sorted(rng.sample(ordered, count), key=client_order)
+    """``members`` in client order (:func:`in_client_order`); the sample keeps that order. Drawing
+    positions draws the same members as drawing from the sequence (``random.sample`` picks by
+    position), in time and memory that grow with the sample, not with the members."""
+    count = sample_size(len(members), fraction)
+    if count >= len(members):
+        return list(members)
+    return [members[i] for i in sorted(rng.sample(range(len(members)), count))]

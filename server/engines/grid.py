@@ -329,7 +329,7 @@ class GridEngine:
         timeline.mark("server_replies", round=round_)
         if worker_died(replies):
             raise WorkerPoolDied(f"round {round_}: a worker died")
-        participant_of = {node: p for p, node in self.node_of.items()} if self.known else {}
+        participant_of = {self.node_of[s.participant]: s.participant for s in sends} if self.known else {}
         converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
         answered = {m.metadata.src_node_id for m in replies}
         for send in sends:  # no reply within the timeout: a failure that names the node (and its participant)
