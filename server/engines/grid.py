@@ -28,6 +28,7 @@ from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
 from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
 from fedmtl.core.params import is_head
 from fedmtl.driver.engine import EngineCapabilities
+from server.engines.node_contexts import NodeContexts
 from server.engines.secure import secure_round
 
 NODE_WAIT_S = 120.0
@@ -44,30 +45,26 @@ class PlacedGrid(Grid):
 
     CAPABILITIES = EngineCapabilities(places_nodes=True, fixed_size=True)
     run_config: Mapping[str, Any]  # what the ServerApp's context carries (empty: the apps got their config)
-    contexts: dict[int, Context]  # node -> its Context, which persists across the node's messages
+    contexts: NodeContexts  # node -> its Context, which persists across the node's messages
     _run: Run
 
     def place(self, nodes: int, node_config: Mapping[str, Any] | None = None) -> None:
-        """Draw ``nodes`` node ids and a run id; give each node its context."""
-        rng = random.SystemRandom()
-        ids: dict[int, None] = {}  # insertion-ordered set
-        while len(ids) < nodes:
-            ids.setdefault(rng.getrandbits(63) | (1 << 62))  # never 0 or SUPERLINK_NODE_ID (1)
+        """Draw ``nodes`` node ids and a run id; each node gets its context when first read."""
+        rng = random.Random(random.SystemRandom().getrandbits(128))  # ids unpredictable, drawn fast
+        partitions: dict[int, int] = {}  # node -> partition, in partition order
+        while len(partitions) < nodes:
+            partitions.setdefault(rng.getrandbits(63) | (1 << 62), len(partitions))  # never 0 or 1 (SuperLink)
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
-        self.contexts = {
-            node: Context(
-                run_id=self._run.run_id,
-                node_id=node,
-                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})},
-                state=RecordDict(),
-                run_config=dict(self.run_config),
-            )
-            for partition, node in enumerate(ids)
-        }
+
+        def context(node: int, partition: int) -> Context:
+            config = {PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})}
+            return Context(self._run.run_id, node, config, RecordDict(), dict(self.run_config))
+
+        self.contexts = NodeContexts(partitions, context)
 
     def node_partitions(self) -> dict[int, int]:
         """node id -> the partition (participant) it plays."""
-        return {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in self.contexts.items()}
+        return self.contexts.partitions()
 
     def set_run(self, run: Run) -> None:
         self._run = run
