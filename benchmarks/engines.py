@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["direct", "flower"], choices=["direct", "flower"])
     parser.add_argument("--trained", type=int, default=10, help="clients trained (and evaluated) per round")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--section", default="engines", help="BENCHMARKS.md section to write (engines_million: the million-client rows)"
+    )
     add_run_arguments(parser, max_wait=120.0)
     args = parser.parse_args()
     if args.trained > min(args.clients):
@@ -79,7 +82,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # so that the runs are stopped on kill as on Ctrl-C
     load = os.getloadavg()[0]
     results = {(n, engine): run_for(n, engine, args) for n in sorted(set(args.clients)) for engine in args.engines}
-    command = f"python benchmarks/engines.py --clients {' '.join(map(str, sorted(set(args.clients))))} --engines {' '.join(args.engines)} --trained {args.trained} --rounds {args.rounds}"
+    command = (
+        f"python benchmarks/engines.py --clients {' '.join(map(str, sorted(set(args.clients))))} --engines {' '.join(args.engines)} --trained {args.trained} --rounds {args.rounds}"
+        + ("" if args.section == "engines" else f" --section {args.section}")
+    )
     text = "\n".join(
         [
             f"Command: `{command}`. Each run: `simulate.py` with the default model, {args.trained} clients trained and "
@@ -102,7 +108,8 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section("engines", f"## Engines at scale (`benchmarks/engines.py`)\n\n{text}")
+        title = "Engines at scale" + ("" if args.section == "engines" else f": {args.section}")
+        write_section(args.section, f"## {title} (`benchmarks/engines.py`)\n\n{text}")
 
 
 if __name__ == "__main__":
