@@ -13,7 +13,7 @@ import torch
 from fedmtl.config.loading import load_config
 from fedmtl.core.errors import FederationError
 from fedmtl.core.files import read_rows
-from fedmtl.driver.schedule import evaluation_rounds
+from fedmtl.driver.schedule import evaluation_rounds, updates_needed
 from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.local.client import LocalClient
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
@@ -154,3 +154,35 @@ def test_a_partial_evaluation_failure_is_logged_and_the_run_goes_on(tmp_path, mo
         run_dir = run_in_process(tmp_path, "run", *TINY, "rounds=1")
     assert {r["client"] for r in read_rows(run_dir / "metrics.jsonl") if r["split"] == "eval"} == {0, 2}
     assert any("evaluation failed" in m and "cannot be read" in m for m in caplog.messages)
+
+
+# ----------------------------------------------------------------------------- too few valid updates
+
+
+def test_a_round_short_of_valid_updates_stops_without_a_checkpoint_and_names_no_cohort_when_there_is_one(tmp_path):
+    """Every update is NaN (rejected): the round's row is written, no checkpoint of it is (the next run
+    resumes from the last good round), and the message names the shortfall; one cohort: no cohort key."""
+    overrides = (*TINY, "rounds=2", "checkpoint.every=1", "faults.client_nan_rate=1.0")
+    with pytest.raises(FederationError) as raised:
+        run_in_process(tmp_path, "run", *overrides)
+    assert str(raised.value) == (
+        "round 1: only 0 of 3 sampled clients sent a valid update (server.min_fit_fraction = 0.5); stopping. "
+        "Files up to round 0 are complete."
+    )
+    run_dir = tmp_path / "run"
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1]
+    assert load_server_checkpoint(RunDirectory.open(str(run_dir))[0]) is None
+
+
+def test_a_short_round_of_several_cohorts_names_the_first_short_one(tmp_path):
+    overrides = (*TINY, "rounds=1", "clients.participants=client_tasks", "server.cohorts=task")
+    with pytest.raises(FederationError, match=r"^round 1: only 0 of \d+ sampled clients of cohort \S+ sent a valid"):
+        run_in_process(tmp_path, "run", *overrides, "faults.client_nan_rate=1.0", nodes=6)  # a node per (client, task)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "sampled", "needed"), [(0.5, 3, 2), (0.5, 4, 2), (1.0, 4, 4), (0.25, 10, 3), (0.0, 5, 1), (0.1, 1, 1)]
+)
+def test_a_cohort_needs_min_fit_fraction_of_its_sampled_clients_rounded_up_and_at_least_one(fraction, sampled, needed):
+    cfg = load_config(None, [f"server.min_fit_fraction={fraction}"])
+    assert updates_needed(cfg, sampled) == needed
