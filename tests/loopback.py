@@ -10,7 +10,7 @@ from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import make_client_app
@@ -39,11 +39,11 @@ class LoopbackGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-def serve(grid: Grid, config: Mapping[str, Any]) -> None:
-    """``server.server_app.app`` as Flower calls it."""
+def serve(grid: Grid, config: Mapping[str, Any], app: ServerApp | None = None) -> None:
+    """``app`` (by default ``server.server_app.app``) as Flower calls it."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
-    make_server_app()(grid, context)
+    (app or make_server_app())(grid, context)
 
 
 def run_in_process(

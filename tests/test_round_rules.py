@@ -18,8 +18,9 @@ from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.local.client import LocalClient
 from fedmtl.runfiles.checkpoint import load_server_checkpoint
 from fedmtl.runfiles.rundir import RunDirectory
+from server.server_app import make_server_app
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
-from tests.loopback import run_in_process
+from tests.loopback import LoopbackGrid, run_config, run_in_process, serve
 
 TINY = tiny_overrides(3)
 
@@ -186,3 +187,21 @@ def test_a_short_round_of_several_cohorts_names_the_first_short_one(tmp_path):
 def test_a_cohort_needs_min_fit_fraction_of_its_sampled_clients_rounded_up_and_at_least_one(fraction, sampled, needed):
     cfg = load_config(None, [f"server.min_fit_fraction={fraction}"])
     assert updates_needed(cfg, sampled) == needed
+
+
+def test_a_restart_before_the_first_checkpoint_starts_the_run_over(tmp_path):
+    """A restart (attempt 1, after a dead worker) with no checkpoint yet: not an error as a user's resume
+    would be, but round 1 again from the start, the first try's rows dropped: the run ends as one
+    that never failed."""
+    common = (*TINY, "rounds=2", "checkpoint.every=5")
+    reference = run_in_process(tmp_path, "reference", *common)
+    with pytest.raises(ConnectionError):
+        run_in_process(tmp_path, "run", *common, fail_at_train=2)
+    run_dir = tmp_path / "run"
+    run = RunDirectory.open(str(run_dir))[0]
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1] and load_server_checkpoint(run) is None
+    config = run_config(*common, f"output.run_dir={run_dir}")
+    restart = make_server_app(load_config(None, list(common)), run, resume=True, attempt=1, echo=None)
+    serve(LoopbackGrid(config, 3, tmp_path / "run-state"), config, restart)
+    assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2]
+    assert read_rows(run_dir / "metrics.jsonl") == read_rows(reference / "metrics.jsonl")
