@@ -7,8 +7,9 @@ The Nash bargaining weights solve ``M alpha = 1 / alpha`` (elementwise) with ``M
 Newton's method: damped by a backtracking line search that keeps ``alpha`` positive while far from
 the solution, and full steps once the Newton decrement is below 1/4 (``f`` is self-concordant, so
 such a step stays positive and converges quadratically; Boyd & Vandenberghe, Convex Optimization,
-9.6; a step that rounding still takes across zero is line-searched instead), to a residual of ``tolerance`` relative to ``1 / alpha``. The official code and torchjd
-approximate it by up to 20 sequential convex programs with cvxpy and stop at a residual of 1e-3.
+9.6; a step that rounding still takes across zero is line-searched instead), to a residual of
+``tolerance`` relative to ``1 / alpha``. The official code and torchjd approximate it by up to 20
+sequential convex programs with cvxpy and stop at a residual of 1e-3.
 At the solution every row has a positive inner product with the direction:
 ``g_i . G^T alpha = (M alpha)_i = 1/alpha_i > 0``.
 
@@ -55,9 +56,10 @@ def nash_weights(gram: torch.Tensor, ridge: float, tolerance: float = 1e-12) -> 
             break
         step = torch.linalg.solve(m + torch.diag(alpha**-2), -gradient)
         decrement_squared = -float(gradient @ step)
+        # positive in exact arithmetic, checked all the same: rounding breaks it on ill-conditioned problems
         if decrement_squared < _FULL_STEP_DECREMENT**2 and bool((alpha + step > 0).all()):
             alpha = alpha + step  # near the solution the line search's decrease drowns in rounding
-            continue  # (positive in exact arithmetic; checked, as rounding can break it when ill-conditioned)
+            continue
         t, current = 1.0, objective(alpha)
         while bool((alpha + t * step <= 0).any()) or objective(alpha + t * step) > current + 1e-4 * t * float(
             gradient @ step
