@@ -205,3 +205,15 @@ def test_a_restart_before_the_first_checkpoint_starts_the_run_over(tmp_path):
     serve(LoopbackGrid(config, 3, tmp_path / "run-state"), config, restart)
     assert [r["round"] for r in read_rows(run_dir / "server.jsonl")] == [1, 2]
     assert read_rows(run_dir / "metrics.jsonl") == read_rows(reference / "metrics.jsonl")
+
+
+def test_a_checkpoint_the_config_cannot_restore_stops_the_resumed_run_with_the_reason(tmp_path):
+    common = (*TINY, "rounds=1")
+    run_dir = run_in_process(tmp_path, "run", *common)
+    config = run_config(*common, f"output.run_dir={run_dir}")
+    heads = load_config(None, [*common, "server.federate_heads=true"])
+    resumed = make_server_app(heads, RunDirectory.open(str(run_dir))[0], resume=True, echo=None)
+    with pytest.raises(
+        FederationError, match=r"^the checkpoint and server\.federate_heads disagree on federated heads"
+    ):
+        serve(LoopbackGrid(config, 3, tmp_path / "run-state"), config, resumed)
