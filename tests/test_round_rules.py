@@ -217,3 +217,25 @@ def test_a_checkpoint_the_config_cannot_restore_stops_the_resumed_run_with_the_r
         FederationError, match=r"^the checkpoint and server\.federate_heads disagree on federated heads"
     ):
         serve(LoopbackGrid(config, 3, tmp_path / "run-state"), config, resumed)
+
+
+def test_every_callback_is_closed_also_when_the_run_fails(tmp_path):
+    """``on_close`` (the TensorBoard writer's flush) runs after a failure as after a finished run."""
+    from fedmtl.driver.loop import Callback, RoundDriver, RunState
+    from fedmtl.runfiles.summary import EvalCurves
+
+    class NoFederation:
+        def connect(self, participants, interchangeable):
+            raise FederationError("no SuperNode connected")
+
+    class Closing(Callback):
+        closed = 0
+
+        def on_close(self, state):
+            Closing.closed += 1
+
+    cfg = load_config(None, [*TINY, f"output.run_dir={tmp_path / 'run'}"])
+    state = RunState(cfg, RunDirectory.create(cfg), ServerAlgorithm(cfg), EvalCurves(cfg.data.task_specs()))
+    with pytest.raises(FederationError, match="no SuperNode connected"):
+        RoundDriver(state, NoFederation(), [Closing(), Closing()]).run()  # type: ignore[arg-type]
+    assert Closing.closed == 2
