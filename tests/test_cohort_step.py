@@ -50,3 +50,14 @@ def test_the_losses_reach_the_aggregator_and_the_diagnostics_name_client_ids() -
 def test_without_every_loss_no_losses_are_given() -> None:
     with pytest.raises(ValueError, match="fedfv needs client losses"):
         cohort().step(accepted([2.0, None]))
+
+
+def test_one_cohort_of_everyone_answers_for_each_participant_without_a_table() -> None:
+    from fedmtl.federation.cohort import OnlyCohort
+
+    only = cohort()
+    index = OnlyCohort(only, 2)
+    assert index[0] is only and index[1] is only and list(index) == [0, 1] and len(index) == 2
+    for stranger in (-1, 2):  # a reply claiming a participant the federation does not have
+        with pytest.raises(KeyError):
+            index[stranger]

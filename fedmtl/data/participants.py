@@ -23,7 +23,7 @@ POOLED_CLIENT_ID = -1
 """The client id that a pooled participant's training rows carry (it trains for every client)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a federation may hold a million of them
 class Participant:
     """One node's part: the clients whose data it holds and the tasks it trains and evaluates."""
 

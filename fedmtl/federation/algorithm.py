@@ -9,7 +9,7 @@ returns what it computed (:class:`TrainResult`); the round driver owns the loop,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from fedmtl.core import protocol
 from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, SecureMean, Send
 from fedmtl.data.participants import Participant
 from fedmtl.federation import groups
-from fedmtl.federation.cohort import Cohort
+from fedmtl.federation.cohort import Cohort, OnlyCohort
 from fedmtl.federation.head_averaging import HeadAverager
 from fedmtl.federation.sampling import Sampler
 from fedmtl.federation.screening import Accepted, screen
@@ -115,7 +115,10 @@ class ServerAlgorithm:
         return groups.sampler_for(self.cfg.seed, key, server.fraction_fit, server.fraction_evaluate)
 
     def _index_cohorts(self) -> None:
-        self.cohort_of = {p.index: c for c in self.cohorts for p in c.members}
+        if len(self.cohorts) == 1 and len(self.cohorts[0].members) == len(self.participants):
+            self.cohort_of: Mapping[int, Cohort] = OnlyCohort(self.cohorts[0], len(self.participants))
+        else:
+            self.cohort_of = {p.index: c for c in self.cohorts for p in c.members}
 
     @property
     def interchangeable(self) -> bool:
