@@ -39,9 +39,14 @@ class LoopbackGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
+def as_server_task(grid: Grid) -> None:
+    """What Flower sets before it calls a ServerApp on ``grid`` (the grid's messages name the task)."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
+
+
 def serve(grid: Grid, config: Mapping[str, Any], app: ServerApp | None = None) -> None:
     """``app`` (by default ``server.server_app.app``) as Flower calls it."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
+    as_server_task(grid)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
     (app or make_server_app())(grid, context)
 

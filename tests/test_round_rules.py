@@ -20,7 +20,7 @@ from fedmtl.runfiles.checkpoint import load_server_checkpoint
 from fedmtl.runfiles.rundir import RunDirectory
 from server.server_app import make_server_app
 from tests.helpers import TINY_CLIENT_TASKS, tiny_overrides
-from tests.loopback import LoopbackGrid, run_config, run_in_process, serve
+from tests.loopback import LoopbackGrid, as_server_task, run_config, run_in_process, serve
 
 TINY = tiny_overrides(3)
 
@@ -239,3 +239,39 @@ def test_every_callback_is_closed_also_when_the_run_fails(tmp_path):
     with pytest.raises(FederationError, match="no SuperNode connected"):
         RoundDriver(state, NoFederation(), [Closing(), Closing()]).run()  # type: ignore[arg-type]
     assert Closing.closed == 2
+
+
+@pytest.mark.parametrize(
+    ("sampled", "interchangeable"), [("server.fraction_fit=1.0", True), ("server.fraction_fit=0.5", False)]
+)
+def test_the_driver_tells_the_engine_and_every_callback_what_they_need(tmp_path, sampled, interchangeable):
+    """The engine learns how many participants there are and whether they are interchangeable (every
+    one sent the same: true only without sampling, cohorts or personalisation); each callback gets
+    the run's state and the round number at every round start, and the state when it is closed."""
+    from fedmtl.driver.loop import Callback
+    from fedmtl.driver.run import run_rounds
+    from server.engines.grid import GridEngine
+
+    class Recording(GridEngine):
+        def connect(self, participants: int, interchangeable: bool) -> None:
+            self.connected = (participants, interchangeable)
+            super().connect(participants, interchangeable)
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.starts, self.closed = [], []
+
+        def on_round_start(self, state, server_round):
+            self.starts.append((state, server_round))
+
+        def on_close(self, state):
+            self.closed.append(state)
+
+    overrides = (*TINY, "rounds=2", sampled, f"output.run_dir={tmp_path / 'run'}")
+    cfg = load_config(None, list(overrides))
+    grid = LoopbackGrid(run_config(*overrides), 3, tmp_path / "state")
+    as_server_task(grid)
+    engine, recorder = Recording(grid), Recorder()
+    state = run_rounds(cfg, RunDirectory.create(cfg), engine, echo=None, extra=[recorder])
+    assert engine.connected == (3, interchangeable)
+    assert recorder.starts == [(state, 1), (state, 2)] and recorder.closed == [state]
