@@ -6,6 +6,7 @@ server optimizer."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -246,16 +247,23 @@ def test_every_callback_is_closed_also_when_the_run_fails(tmp_path):
 )
 def test_the_driver_tells_the_engine_and_every_callback_what_they_need(tmp_path, sampled, interchangeable):
     """The engine learns how many participants there are and whether they are interchangeable (every
-    one sent the same: true only without sampling, cohorts or personalisation); each callback gets
+    one sent the same: true only without sampling, cohorts or personalisation) and every exchange the
+    round timeout; each callback gets
     the run's state and the round number at every round start, and the state when it is closed."""
     from fedmtl.driver.loop import Callback
     from fedmtl.driver.run import run_rounds
     from server.engines.grid import GridEngine
 
     class Recording(GridEngine):
+        timeouts: list[tuple[str, float | None]] = []
+
         def connect(self, participants: int, interchangeable: bool) -> None:
             self.connected = (participants, interchangeable)
             super().connect(participants, interchangeable)
+
+        def exchange(self, sends, timeout_s):
+            self.timeouts.append((sends[0].kind, timeout_s))
+            return super().exchange(sends, timeout_s)
 
     class Recorder(Callback):
         def __init__(self):
@@ -267,11 +275,23 @@ def test_the_driver_tells_the_engine_and_every_callback_what_they_need(tmp_path,
         def on_close(self, state):
             self.closed.append(state)
 
-    overrides = (*TINY, "rounds=2", sampled, f"output.run_dir={tmp_path / 'run'}")
+    overrides = (*TINY, "rounds=2", "server.round_timeout_s=37", sampled, f"output.run_dir={tmp_path / 'run'}")
     cfg = load_config(None, list(overrides))
     grid = LoopbackGrid(run_config(*overrides), 3, tmp_path / "state")
     as_server_task(grid)
     engine, recorder = Recording(grid), Recorder()
     state = run_rounds(cfg, RunDirectory.create(cfg), engine, echo=None, extra=[recorder])
     assert engine.connected == (3, interchangeable)
+    assert engine.timeouts == [("evaluate", 37), *[("train", 37), ("evaluate", 37)] * 2]  # every exchange
     assert recorder.starts == [(state, 1), (state, 2)] and recorder.closed == [state]
+
+
+def test_when_every_evaluation_fails_the_message_quotes_one_failure_whole(tmp_path, monkeypatch):
+    def broken(self, shared, private, server_round=0):
+        raise RuntimeError(f"client {self.client_id}'s held-out data cannot be read")
+
+    monkeypatch.setattr(LocalClient, "evaluate", broken)
+    with pytest.raises(FederationError) as raised:
+        run_in_process(tmp_path, "run", *TINY, "rounds=1")
+    named = re.search(r"participant (\d+): .*client (\d+)'s held-out data", str(raised.value))
+    assert named is not None and named.group(1) == named.group(2)  # the participant and its own error
