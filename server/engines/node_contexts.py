@@ -1,9 +1,9 @@
 """The simulated nodes' Flower ``Context`` objects, made when a node first gets a message.
 
 A placed grid knows every node from the start (a million, at scale), but a round reaches only the few
-it samples; a ``Context`` with its ``RecordDict`` costs about a kilobyte and a few microseconds, so
-making all of them up front cost 6 s and over a gigabyte at a million nodes. Here a node is a key
-from the start and its context exists once it is read (or stored, when a node's messages come back).
+it samples; making every ``Context`` (with its ``RecordDict``) up front took 4-6 s and about 680 MB at
+a million nodes on the 2-core machine. Here a node is a key from the start and its context exists
+once it is read (or stored, when a node's messages come back).
 """
 
 from __future__ import annotations
