@@ -68,3 +68,9 @@ def test_ranks_outside_the_rows_are_refused() -> None:
         column_ranks(torch.zeros(3, 4), [0, 3])
     with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         column_ranks(torch.zeros(3, 4), [-1])
+
+
+def test_a_matrix_off_the_cpu_is_ranked_on_its_device() -> None:
+    """The accelerator path (large chunks, no threads), run on the meta device: shapes and device only."""
+    ranked = column_ranks(torch.empty(5, 3, device="meta"), [0, 4])
+    assert ranked.device.type == "meta" and ranked.shape == (2, 3)
