@@ -68,3 +68,12 @@ def test_a_round_that_sent_nothing_aggregates_nothing() -> None:
     algorithm = ServerAlgorithm(load_config(None, list(TINY_OVERRIDES)))
     result = algorithm.aggregate([], [])
     assert (result.replies, result.accepted, [c.accepted for c in result.cohorts]) == (0, [], [0])
+
+
+def test_a_group_split_off_finds_the_probes_of_its_nearest_ancestor() -> None:
+    algorithm = ServerAlgorithm(load_config(None, list(TINY_OVERRIDES)))
+    mine, parents, other = ({}, {}), ({}, {1: {}}), ({}, {2: {}})
+    algorithm._probes = {"g": parents, "g.0": mine, "h": other}
+    assert algorithm._probes_for("g.0.1") is mine and algorithm._probes_for("g.0") is mine
+    assert algorithm._probes_for("g.1") is parents and algorithm._probes_for("g") is parents
+    assert algorithm._probes_for("k.0") is None and algorithm._probes_for("gg") is None

@@ -158,10 +158,13 @@ class ServerAlgorithm:
         return sends
 
     def _probes_for(self, key: str) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]] | None:
-        """Last round's probes of cohort ``key``, or of the group it split from."""
-        while key not in self._probes and "." in key:
-            key = key.rsplit(".", 1)[0]
-        return self._probes.get(key)
+        """Last round's probes of cohort ``key``, or of the nearest group it split from (keys ``a.0.1``)."""
+        parts = key.split(".")
+        for length in range(len(parts), 0, -1):  # a bounded loop: no edit of it can spin forever
+            probes = self._probes.get(".".join(parts[:length]))
+            if probes is not None:
+                return probes
+        return None
 
     def train_sends(self, server_round: int, config: Config) -> list[Send]:
         return self.sends(TRAIN, server_round, config)
