@@ -116,3 +116,15 @@ def test_default_yaml_equals_builtin_defaults():
     from tests.helpers import ROOT
 
     assert load_config(ROOT / "configs" / "default.yaml") == load_config()
+
+
+def test_a_pickled_config_leaves_its_participants_to_be_built_again():
+    """A worker gets the config pickled: without the participants it built (a million would be pickled
+    object by object), and rebuilds the same ones when it needs them."""
+    import pickle
+
+    cfg = load_config(None, ["clients.count=5", "clients.tasks_per_client=2"])
+    built = cfg.participants()
+    back = pickle.loads(pickle.dumps(cfg))
+    assert "_participants" in vars(cfg) and "_participants" not in vars(back)
+    assert back == cfg and back.participants() == built
