@@ -38,6 +38,7 @@ def test_scale_invariance_of_the_normalised_weights():
     torch.testing.assert_close(small, large, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")  # cvxpy, via torchjd
 def test_agrees_with_torchjd_where_its_solver_converges():
     tjd = pytest.importorskip("torchjd.aggregation")
     pytest.importorskip("cvxpy")
