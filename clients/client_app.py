@@ -114,7 +114,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
             timeline.mark("clientapp_handler", process_started=timeline.process_started_at(), **node)
         client = _client(cfg, context, config)
         attempt = int(protocol.as_number(config.get(protocol.ATTEMPT, 0)))
-        adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.member_ids)
+        adversaries = adversarial_clients(client.cfg.faults, client.cfg.seed, client.cfg.clients.member_ids())
         # a pooled participant (client id -1) draws its faults as a client id nobody else has
         who = client.client_id if client.client_id >= 0 else client.cfg.clients.count
         faults = draw_faults(client.cfg.faults, client.cfg.seed, server_round, who, attempt, adversaries)

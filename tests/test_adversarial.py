@@ -18,6 +18,7 @@ from fedmtl.core import protocol
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.files import read_rows
 from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE
+from fedmtl.data.clients import ClientsConfig
 from fedmtl.driver.recording import attacking_clients
 from fedmtl.federation.server_update import ServerUpdater
 from fedmtl.local.faults import ATTACKS, adversarial_clients, attack_generator, attack_update, draw_faults
@@ -249,14 +250,10 @@ def test_attackers_without_an_attack_are_refused():
     )
 
 
-def test_the_participants_are_listed_only_when_an_attack_needs_them():
-    """Every training call asks for the adversaries; without an attack it must not list a million clients."""
-    calls = []
-
-    def listing():
-        calls.append(1)
-        return range(8)
-
-    assert adversarial_clients(FaultsConfig(), 0, listing) == frozenset() and calls == []
+def test_a_client_asks_for_the_adversaries_without_listing_a_million_members():
+    """Every training call asks; the members are a range when every client takes part, so that costs
+    nothing, and the draw over them is the one over the listed ids."""
+    members = ClientsConfig(count=1_000_000).member_ids()
+    assert members == range(1_000_000)
     attack = FaultsConfig(attack="scale", adversarial_fraction=0.25)
-    assert adversarial_clients(attack, 0, listing) == adversarial_clients(attack, 0, range(8)) and calls == [1]
+    assert adversarial_clients(attack, 0, range(8)) == adversarial_clients(attack, 0, tuple(range(8)))

@@ -49,9 +49,9 @@ class ClientsConfig:
             f"must be distinct client ids in [0, {self.count}), got {list(self.members)}",
         )
 
-    def member_ids(self) -> tuple[int, ...]:
-        """The client ids that take part, in order."""
-        return self.members or tuple(range(self.count))
+    def member_ids(self) -> Sequence[int]:
+        """The client ids that take part, in order (a ``range`` when all do: no million-entry tuple per call)."""
+        return self.members or range(self.count)
 
     def tasks_held(self, client_id: int, task_names: Sequence[str]) -> tuple[str, ...]:
         """The tasks client ``client_id`` holds (``tasks``, or ``tasks_per_client`` from task ``i mod T``),

@@ -38,19 +38,15 @@ class FaultDraw:
     attack: str = "none"  # faults.attack when this client is adversarial, else "none"
 
 
-def adversarial_clients(
-    faults: FaultsConfig, seed: int, participants: Sequence[int] | Callable[[], Sequence[int]]
-) -> frozenset[int]:
+def adversarial_clients(faults: FaultsConfig, seed: int, participants: Sequence[int]) -> frozenset[int]:
     """The clients that attack in every round: ``faults.adversarial_clients`` when listed, else the
     first ``floor(adversarial_fraction * len(participants))`` of a permutation of ``participants``
     drawn from ``seed``, so a larger fraction adds attackers to a smaller one's set. Empty when
-    ``faults.attack`` is ``none``. ``participants`` may be a function that lists them, called only
-    when they are needed (a client asks every round; a federation may have millions)."""
+    ``faults.attack`` is ``none``."""
     if faults.attack == "none":
         return frozenset()
     if faults.adversarial_clients:
         return frozenset(faults.adversarial_clients)
-    participants = participants() if callable(participants) else participants
     count = math.floor(faults.adversarial_fraction * len(participants) + 1e-9)
     order = np.random.default_rng([seed, _ADVERSARY_STREAM]).permutation(sorted(participants))
     return frozenset(int(c) for c in order[:count])

@@ -62,7 +62,7 @@ class PlacedGrid(Grid):
 
         self.contexts = NodeContexts(partitions, context)
 
-    def node_partitions(self) -> dict[int, int]:
+    def node_partitions(self) -> Mapping[int, int]:
         """node id -> the partition (participant) it plays."""
         return self.contexts.partitions()
 

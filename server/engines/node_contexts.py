@@ -8,7 +8,8 @@ once it is read (or stored, when a node's messages come back).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from types import MappingProxyType
 
 from flwr.app import Context
 from flwr.common.constant import PARTITION_ID_KEY
@@ -46,9 +47,9 @@ class NodeContexts(MutableMapping[int, Context]):
     def __len__(self) -> int:
         return len(self._partitions)
 
-    def partitions(self) -> dict[int, int]:
-        """node id -> the partition it plays, without making a context."""
-        return dict(self._partitions)
+    def partitions(self) -> Mapping[int, int]:
+        """node id -> the partition it plays, without making a context (a read-only view, not a copy)."""
+        return MappingProxyType(self._partitions)
 
     def made(self) -> int:
         """How many contexts exist (the nodes that got a message, or were given one)."""
