@@ -59,5 +59,6 @@ def test_one_cohort_of_everyone_answers_for_each_participant_without_a_table() -
     index = OnlyCohort(only, 2)
     assert index[0] is only and index[1] is only and list(index) == [0, 1] and len(index) == 2
     for stranger in (-1, 2):  # a reply claiming a participant the federation does not have
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError) as raised:
             index[stranger]
+        assert raised.value.args == (stranger,)  # the key named, as a dict would

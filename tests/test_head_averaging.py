@@ -95,3 +95,18 @@ def test_federated_heads_are_sent_with_the_encoder_and_a_checkpoint_must_agree_o
     for run, checkpoint in [(with_heads, plain), (plain, with_heads)]:
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             run.load_state_dict(checkpoint.state_dict())
+
+
+def test_every_instruction_carries_the_federated_heads_the_server_holds():
+    from fedmtl.core.messages import TRAIN
+    from fedmtl.federation.algorithm import ServerAlgorithm
+    from tests.helpers import tiny_overrides
+
+    algorithm = ServerAlgorithm(load_config(None, [*tiny_overrides(2), "server.federate_heads=true"]))
+    assert algorithm.heads is not None
+    expected = algorithm.heads.state_dict()
+    sends = algorithm.sends(TRAIN, 1, {})
+    assert len(sends) == 2
+    for send in sends:
+        for key, value in expected.items():
+            assert torch.equal(send.arrays[key], value)

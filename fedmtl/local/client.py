@@ -22,6 +22,7 @@ from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.config.sections import ClientConfig
 from fedmtl.core import protocol
 from fedmtl.core.params import is_head, task_of
+from fedmtl.core.seeding import seed_global
 from fedmtl.data.participants import Participant
 from fedmtl.data.suites import TaskData
 from fedmtl.local import dp_sgd, rollback
@@ -126,7 +127,7 @@ class LocalClient:
         self, shared: dict[str, torch.Tensor], private_model: dict[str, torch.Tensor], stream: int = _HEAD_INIT_STREAM
     ) -> MultiTaskModel:
         """Private parts are initialised from the participant's streams the first time, so eval and train agree."""
-        torch.manual_seed(self.streams.model(stream))
+        seed_global(self.streams.model(stream))
         model = MultiTaskModel(
             self.cfg.model,
             self.cfg.data.feature_dim(),

@@ -48,14 +48,17 @@ class ClientStateStore:
     def save(self, server_round: int, state: dict[str, torch.Tensor], durable_round: int) -> None:
         """Write the state after ``server_round``; prune versions no checkpoint after ``durable_round`` needs."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        versions = self.versions()  # listed once: a save per client per round
         if not self._mine():  # another run's versions: this run claims the directory
-            for version in self.versions():
+            for version in versions:
                 (self.directory / f"round-{version:06d}.pt").unlink(missing_ok=True)
+            versions = []
             atomic_write_text(self._owner, self.run_key)
         atomic_write(self.directory / f"round-{server_round:06d}.pt", lambda tmp: torch.save(state, tmp))
-        needed = [v for v in self.versions() if v <= durable_round]
+        versions = sorted({*versions, server_round})
+        needed = [v for v in versions if v <= durable_round]
         floor = needed[-1] if needed else 0
-        for version in self.versions():
+        for version in versions:
             if version < floor:
                 (self.directory / f"round-{version:06d}.pt").unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX, HEADS_PREFIX
+from fedmtl.core.seeding import seed_global
 from fedmtl.data.task_kinds import TaskSpec
 from fedmtl.model.config import ModelConfig
 from fedmtl.model.encoders import ACTIVATIONS, ImageShape, mlp
@@ -246,7 +247,7 @@ def initial_encoder_state(
 ) -> dict[str, torch.Tensor]:
     """The round-0 encoder, identical for every client (the server sends its shared part): drawn from
     ``seed``, or read from ``cfg.init_from``."""
-    torch.manual_seed(seed)
+    seed_global(seed)
     encoder = build_encoder(cfg, input_dim, image_shape)
     state = {ENCODER_PREFIX + k: v.detach().clone() for k, v in encoder.state_dict().items()}
     if cfg.init_from is None:
@@ -288,6 +289,6 @@ def initial_head_state(
     image_shape: ImageShape | None = None,
 ) -> dict[str, torch.Tensor]:
     """Round-0 heads of every task, identical for all clients (only when heads are federated)."""
-    torch.manual_seed(seed)
+    seed_global(seed)
     model = MultiTaskModel(cfg, input_dim, list(specs), 0, image_shape)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(HEADS_PREFIX)}

@@ -230,3 +230,19 @@ def test_a_full_newton_step_that_would_cross_zero_is_searched_instead() -> None:
     rows = torch.tensor([1e-8, -1e-2], dtype=torch.float64)
     alpha = nash_weights(torch.outer(rows, rows), ridge=0.0)
     assert bool((alpha > 0).all())
+
+
+@pytest.mark.parametrize("seed", [74, 127, 144])
+def test_rows_scaled_over_six_decades_reach_the_tolerance_by_full_steps_near_the_solution(seed: int) -> None:
+    """Weights below 1 in the scaled problem: the line search alone stalls once its Armijo decrease is
+    below the objective's rounding (residual 1e-9 to 1e-8 here); full steps there reach the tolerance."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(8, 10, generator=generator, dtype=torch.float64)
+    rows = rows * torch.logspace(-3, 3, 8, dtype=torch.float64).unsqueeze(1)
+    gram = rows @ rows.T
+    alpha = nash_weights(gram, ridge=1e-8)
+    scale = float(torch.trace(gram)) / 8
+    m = gram / scale + 1e-8 * torch.eye(8, dtype=torch.float64)  # the scaled problem the solver works on
+    scaled = alpha * scale**0.5
+    residual = m @ scaled - 1.0 / scaled
+    assert float(residual.norm()) <= 1e-12 * float((1.0 / scaled).norm())

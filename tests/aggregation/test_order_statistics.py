@@ -70,6 +70,30 @@ def test_ranks_outside_the_rows_are_refused() -> None:
         column_ranks(torch.zeros(3, 4), [-1])
 
 
+def test_ranks_keep_the_matrix_dtype() -> None:
+    matrix = torch.tensor([[1.0 + 1e-12, 3.0], [1.0, 2.0]], dtype=torch.float64)  # 1 + 1e-12 is 1 in float32
+    ranked = column_ranks(matrix, [0, 1])
+    assert ranked.dtype == torch.float64 and ranked[1, 0].item() == 1.0 + 1e-12
+
+
+def test_cpu_chunks_spread_over_threads_and_accelerator_chunks_go_one_after_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(order_statistics, "CHUNK", 10)
+    monkeypatch.setattr(order_statistics, "ACCELERATOR_CHUNK", 100)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert order_statistics.chunking(torch.device("cpu"), 25) == (range(0, 25, 10), 2)
+        torch.set_num_threads(8)
+        assert order_statistics.chunking(torch.device("cpu"), 25) == (range(0, 25, 10), 3)  # one thread a chunk
+        assert order_statistics.chunking(torch.device("cpu"), 5) == (range(0, 5, 10), 1)
+        for accelerator in ("cuda", "mps", "meta"):
+            assert order_statistics.chunking(torch.device(accelerator), 250) == (range(0, 250, 100), 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_matrix_off_the_cpu_is_ranked_on_its_device() -> None:
     """The accelerator path (large chunks, no threads), run on the meta device: shapes and device only."""
     ranked = column_ranks(torch.empty(5, 3, device="meta"), [0, 4])

@@ -64,7 +64,8 @@ def column_ranks(matrix: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"ranks {list(ranks)} outside 0..{k - 1}")
     network = comparator_network(k, tuple(ranks))
     out = torch.empty(len(ranks), p, dtype=matrix.dtype, device=matrix.device)
-    chunk = CHUNK if matrix.device.type == "cpu" else ACCELERATOR_CHUNK
+    starts, workers = chunking(matrix.device, p)
+    chunk = starts.step
 
     def sort_chunk(start: int) -> None:
         columns = matrix[:, start : start + chunk].clone(memory_format=torch.contiguous_format)
@@ -77,8 +78,6 @@ def column_ranks(matrix: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
         for i, rank in enumerate(ranks):
             out[i, start : start + chunk] = wires[rank]
 
-    starts = range(0, p, chunk)
-    workers = min(torch.get_num_threads(), len(starts)) if matrix.device.type == "cpu" else 1
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(sort_chunk, starts))  # list(): a chunk's exception is raised here
@@ -86,6 +85,16 @@ def column_ranks(matrix: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
         for start in starts:
             sort_chunk(start)
     return out
+
+
+def chunking(device: torch.device, columns: int) -> tuple[range, int]:
+    """The first column of every chunk, and how many threads sort the chunks: on the CPU chunks of
+    :data:`CHUNK` spread over torch's threads, on an accelerator chunks of :data:`ACCELERATOR_CHUNK`
+    one after another (each comparator already runs over the whole chunk in parallel there)."""
+    if device.type == "cpu":
+        starts = range(0, columns, CHUNK)
+        return starts, min(torch.get_num_threads(), len(starts))
+    return range(0, columns, ACCELERATOR_CHUNK), 1
 
 
 def column_median(matrix: torch.Tensor) -> torch.Tensor:
