@@ -118,6 +118,7 @@ def test_the_safeguard_keeps_alpha_positive_where_the_full_newton_step_would_not
     [
         0.25,  # positivity cuts the first step to t = 1/4 (see the test above)
         0.221504,  # the half step lowers f by only 3e-7 |g.step| (Armijo asks 5e-5): t = 1/4
+        0.2215035,  # by 2.1e-5 |g.step| (|g.step| = 6.57): above 5e-5 / |g.step|^2, still short of 5e-5: t = 1/4
         0.221501,  # the half step lowers f by 1.2e-4 |g.step|: enough for the Armijo test at t = 1/2
     ],
 )
