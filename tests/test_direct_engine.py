@@ -104,7 +104,7 @@ def test_a_run_that_ends_with_a_worker_still_busy_leaves_every_worker_to_the_nex
     grid = DirectGrid(pool, pool.load(counting_app()), num_nodes=3)
     assert ask(grid, sorted(grid.get_node_ids())[:1], "sleep", timeout=0.2) == []
     grid.close()  # the run ends while one worker still sleeps: it is replaced
-    assert len(pool.idle) == len(pool.actors) == 2
+    assert len(pool.actors) == 2 and grid.in_flight == {}
     following = DirectGrid(pool, pool.load(counting_app()), num_nodes=4)
     replies = ask(following, following.get_node_ids(), timeout=60)
     assert len(replies) == 4 and not any(m.has_error() for m in replies)
@@ -195,3 +195,17 @@ def test_a_study_attached_to_a_running_ray_cluster_runs_every_federation_on_it(t
             os.environ[TAG_VAR] = previous_tag
     assert (tmp_path / "study" / "report.md").exists()
     assert_no_leftover_processes(simulate_env)
+
+
+def test_an_actor_takes_a_second_message_only_while_more_wait_than_there_are_actors():
+    from server.engines.direct import SLOTS_PER_ACTOR, next_actor
+
+    assert SLOTS_PER_ACTOR == 2
+    a, b = "a", "b"
+    assert next_actor([a, b], {}, queued=1) == a  # idle actors first, in order
+    assert next_actor([a, b], {a: 1}, queued=1) == b
+    assert next_actor([a, b], {a: 1, b: 1}, queued=3) in (a, b)  # a long queue: each actor gets its second
+    assert next_actor([a, b], {a: 1, b: 1}, queued=2) is None  # the round's tail waits for a free actor
+    assert next_actor([a, b], {a: 2, b: 1}, queued=5) == b
+    assert next_actor([a, b], {a: 2, b: 2}, queued=5) is None  # every slot taken
+    assert next_actor([], {}, queued=3) is None  # no workers at all

@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +83,6 @@ class WorkerPool:
             start_ray(dict(spec.init_args))
         self.resources = dict(spec.client_resources)
         self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
-        self.idle: deque[Any] = deque(self.actors)
         self.app: tuple[str, ClientApp] | None = None  # (key, app) of the current run, for replacements
 
     def _new_actor(self) -> Any:
@@ -103,18 +101,20 @@ class WorkerPool:
         return key
 
     def replace(self, dead: Any) -> None:
-        """A fresh actor (with the current app) in place of ``dead``, which is killed if still there."""
+        """A fresh actor (with the current app) in place of ``dead``, which is killed if still there
+        (once: every message that was queued on it fails alike)."""
+        if dead not in self.actors:
+            return
         ray.kill(dead)
         fresh = self._new_actor()
         self.actors[self.actors.index(dead)] = fresh
         if self.app is not None:
             fresh.load.remote(*self.app)
-        self.idle.append(fresh)
 
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
-        self.actors, self.idle = [], deque()
+        self.actors = []
 
 
 def start_ray(init_args: dict[str, Any]) -> None:
