@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from fedmtl.core import protocol
@@ -17,6 +17,7 @@ from fedmtl.data.task_kinds import TASK_KINDS
 from fedmtl.driver.loop import Callback, RunState
 from fedmtl.federation.algorithm import TrainResult
 from fedmtl.federation.groups import client_affinity, mean_task_affinity
+from fedmtl.federation.server_update import RoundDiagnostics
 from fedmtl.local.data_checks import SHORTCUT_CHANCE, SHORTCUT_EVAL, SHORTCUT_SOURCE, SHORTCUT_TRAIN
 from fedmtl.local.gates import unpack
 from fedmtl.local.rollback import OPTIONS
@@ -207,5 +208,11 @@ def server_diagnostics(result: TrainResult) -> dict[str, Any]:
     (``cohorts``) with several; nothing for cohorts that aggregate nothing (local training)."""
     aggregated = [(c.key, c.diagnostics) for c in result.cohorts if c.diagnostics is not None]
     if len(result.cohorts) == 1:
-        return asdict(aggregated[0][1]) if aggregated else {}
-    return {"cohorts": [{"cohort": key, **asdict(d)} for key, d in aggregated]} if aggregated else {}
+        return _fields(aggregated[0][1]) if aggregated else {}
+    return {"cohorts": [{"cohort": key, **_fields(d)} for key, d in aggregated]} if aggregated else {}
+
+
+def _fields(diagnostics: RoundDiagnostics) -> dict[str, Any]:
+    """The diagnostics' fields as they are: ``asdict`` deep-copied every cosine (K = 300: 45,000 a round,
+    0.13 s of the driver's time)."""
+    return {f.name: getattr(diagnostics, f.name) for f in fields(diagnostics)}
