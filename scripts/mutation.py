@@ -3,7 +3,7 @@
     .venv/bin/pip install -e ".[test,mutation]"
     .venv/bin/python scripts/mutation.py --run      # mutate and test (several hours on 2 cores), then report
     .venv/bin/python scripts/mutation.py --resume   # go on with an interrupted run (mutants/ kept)
-    .venv/bin/python scripts/mutation.py --recheck  # check the survivors again after adding tests
+    .venv/bin/python scripts/mutation.py --recheck  # check the unexplained survivors again after adding tests
     .venv/bin/python scripts/mutation.py            # report the last run (mutants/) again
 
 What is mutated, and against which tests, is ``[tool.mutmut]`` in ``pyproject.toml``. Each mutant is
@@ -242,9 +242,15 @@ def main() -> int:
         seconds = run_mutmut(args.max_children)
         print(f"mutmut ran for {seconds / 60:.1f} min")
     if args.recheck:
-        survivors = [key for key, status in read_results().items() if status == SURVIVED]
+        explanations = load_equivalents()
+        survivors = [  # an explained survivor survives again by definition: only the others are rerun
+            key
+            for key, status in read_results().items()
+            if status == SURVIVED
+            and not (key in explanations and explanations[key]["change"].strip() == added_line(diff_of(key)))
+        ]
         seconds = run_mutmut(args.max_children, survivors)
-        print(f"{len(survivors)} survivors checked again; mutmut ran for {seconds / 60:.1f} min in all")
+        print(f"{len(survivors)} unexplained survivors checked again; mutmut ran for {seconds / 60:.1f} min in all")
     if not MUTANTS.is_dir():
         print("error: no mutants/ directory: run with --run first", file=sys.stderr)
         return 2
