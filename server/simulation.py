@@ -46,7 +46,7 @@ class SimulationEngine(Protocol):
 def engine_for(kind: EngineKind) -> SimulationEngine:
     """The engine named in ``simulation.engine`` (its class is imported when a run starts: Ray, Flower)."""
     module, _, name = kind.implementation.partition(":")
-    engine: SimulationEngine = getattr(importlib.import_module(module), name)()
+    engine: SimulationEngine = getattr(importlib.import_module(module), name)(**kind.engine_options())
     return engine
 
 
@@ -102,5 +102,7 @@ def federate(
 def federate_in_process(cfg: ExperimentConfig) -> None:
     """The run ``cfg`` describes, on the in-process engine (its clients one after another in this
     process, no Ray), quietly: one run of a study inside a Ray task (server/study_pool.py)."""
-    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=InProcessEngine()))
+    budget = cfg.simulation.engine.engine_options().get("state_budget_bytes")  # the user's memory budget stays
+    engine = InProcessEngine(state_memory_mb=None if budget is None else budget / 2**20)
+    cfg = replace(cfg, simulation=replace(cfg.simulation, engine=engine))
     federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)

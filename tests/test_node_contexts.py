@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 
@@ -50,3 +51,41 @@ def test_a_stored_context_replaces_the_made_one_and_unknown_nodes_are_not_made()
         contexts[13]
     del contexts[10]
     assert 10 not in contexts and len(contexts) == 2
+
+
+def with_state(node: int, partition: int, floats: int) -> Context:
+    from flwr.app import ArrayRecord
+
+    state = RecordDict({"private": ArrayRecord({"w": torch.zeros(floats)})}) if floats else RecordDict()
+    return Context(1, node, {PARTITION_ID_KEY: partition}, state, {})
+
+
+def test_past_the_budget_the_contexts_used_longest_ago_are_dropped_and_made_fresh_when_read() -> None:
+    from server.engines.node_contexts import state_bytes
+
+    one = state_bytes(with_state(0, 0, 100))  # 400 bytes of float32 and the array's header
+    assert 400 <= one < 600
+    contexts = NodeContexts(
+        {n: n for n in range(5)}, lambda node, partition: with_state(node, partition, 0), budget_bytes=2 * one
+    )
+    contexts[0] = with_state(0, 0, 100)
+    contexts[1] = with_state(1, 1, 100)
+    assert contexts.made() == 2 and contexts.held_bytes == 2 * one and contexts.dropped == 0
+    assert contexts[0].state.array_records  # read: node 0 is now the most recently used
+    contexts[2] = with_state(2, 2, 100)  # over the budget: node 1, used longest ago, goes
+    assert contexts.dropped == 1 and contexts.held_bytes == 2 * one
+    assert contexts[0].state.array_records and contexts[2].state.array_records
+    fresh = contexts[1]  # made again, without the dropped state
+    assert not fresh.state.array_records and fresh.node_config == {PARTITION_ID_KEY: 1}
+    assert contexts.partitions() == {n: n for n in range(5)} and len(contexts) == 5  # every node still known
+    contexts[3] = with_state(3, 3, 1000)  # larger than the whole budget: kept alone, the newest
+    assert contexts.held_bytes == state_bytes(contexts[3]) and contexts.made() == 1
+    contexts[3] = with_state(3, 3, 0)  # stored again, emptied: its bytes are counted anew
+    assert contexts.held_bytes == 0
+
+
+def test_without_a_budget_every_context_stays() -> None:
+    contexts = NodeContexts({n: n for n in range(50)}, lambda node, partition: with_state(node, partition, 0))
+    for n in range(50):
+        contexts[n] = with_state(n, n, 1000)
+    assert contexts.made() == 50 and contexts.dropped == 0

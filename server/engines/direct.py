@@ -73,6 +73,7 @@ class DirectGrid(PlacedGrid):
     app_key: str
     num_nodes: int
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    state_budget_bytes: int | None = None  # simulation.engine.state_memory_mb (node_contexts.py)
     queued: deque[str] = field(init=False, default_factory=deque)
     messages: dict[str, Message] = field(init=False, default_factory=dict)
     in_flight: dict[Any, _InFlight] = field(init=False, default_factory=dict)
@@ -80,7 +81,7 @@ class DirectGrid(PlacedGrid):
     busy_nodes: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self.place(self.num_nodes)
+        self.place(self.num_nodes, state_budget_bytes=self.state_budget_bytes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
@@ -202,11 +203,14 @@ class DirectGrid(PlacedGrid):
 class DirectEngine:
     """Runs a federation on :class:`DirectGrid`; within :meth:`session`, the workers stay up across runs."""
 
+    def __init__(self, state_budget_bytes: int | None = None) -> None:
+        self.state_budget_bytes = state_budget_bytes
+
     def run(
         self, server_app: ServerApp, client_app: ClientApp, nodes: int, backend: dict[str, Any], verbose: bool
     ) -> None:
         pool = workers.worker_pool(backend)
-        grid = DirectGrid(pool, pool.load(client_app), nodes)
+        grid = DirectGrid(pool, pool.load(client_app), nodes, state_budget_bytes=self.state_budget_bytes)
         try:
             run_server_app(server_app, grid)
         finally:

@@ -48,8 +48,11 @@ class PlacedGrid(Grid):
     contexts: NodeContexts  # node -> its Context, which persists across the node's messages
     _run: Run
 
-    def place(self, nodes: int, node_config: Mapping[str, Any] | None = None) -> None:
-        """Draw ``nodes`` node ids and a run id; each node gets its context when first read."""
+    def place(
+        self, nodes: int, node_config: Mapping[str, Any] | None = None, state_budget_bytes: int | None = None
+    ) -> None:
+        """Draw ``nodes`` node ids and a run id; each node gets its context when first read (and loses it,
+        past ``state_budget_bytes`` of private state held, when it is the one used longest ago)."""
         rng = random.Random(random.SystemRandom().getrandbits(128))  # ids unpredictable, drawn fast
         partitions: dict[int, int] = {}  # node -> partition, in partition order
         while len(partitions) < nodes:
@@ -60,7 +63,7 @@ class PlacedGrid(Grid):
             config = {PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})}
             return Context(self._run.run_id, node, config, RecordDict(), dict(self.run_config))
 
-        self.contexts = NodeContexts(partitions, context)
+        self.contexts = NodeContexts(partitions, context, state_budget_bytes)
 
     def node_partitions(self) -> Mapping[int, int]:
         """node id -> the partition (participant) it plays."""

@@ -29,10 +29,10 @@ class InProcessGrid(PlacedGrid):
 
     def __init__(
         self, client_app: ClientApp, nodes: int, run_config: Mapping[str, Any] | None = None,
-        node_config: Mapping[str, Any] | None = None,
+        node_config: Mapping[str, Any] | None = None, state_budget_bytes: int | None = None,
     ) -> None:  # fmt: skip
         self.client_app, self.run_config = client_app, dict(run_config or {})
-        self.place(nodes, node_config)
+        self.place(nodes, node_config, state_budget_bytes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("the in-process grid answers in send_and_receive")
@@ -53,22 +53,27 @@ class InProcessGrid(PlacedGrid):
             # Flower's workflow sends every node the same ones
             delivered = Message(copy.deepcopy(message.content), node, message.metadata.message_type)
             delivered.metadata.__dict__.update(message.metadata.__dict__)
+            context = self.contexts[node]
             try:
-                reply = self.client_app(delivered, self.contexts[node])
+                reply = self.client_app(delivered, context)
             except Exception as err:  # noqa: BLE001 - the ClientApp raised: an error reply, as Flower's engines make
                 reply = Message(
                     Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"), reply_to=message
                 )
+            self.contexts[node] = context  # its state as the client left it (counted against the budget)
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             replies.append(reply)
         return replies
 
 
 class InProcessEngine:
+    def __init__(self, state_budget_bytes: int | None = None) -> None:
+        self.state_budget_bytes = state_budget_bytes
+
     def run(
         self, server_app: ServerApp, client_app: ClientApp, nodes: int, backend: dict[str, Any], verbose: bool
     ) -> None:
-        run_server_app(server_app, InProcessGrid(client_app, nodes))
+        run_server_app(server_app, InProcessGrid(client_app, nodes, state_budget_bytes=self.state_budget_bytes))
 
     @contextlib.contextmanager
     def session(self, resources: ResourcesConfig) -> Iterator[ResourcesConfig]:

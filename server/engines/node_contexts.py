@@ -4,10 +4,15 @@ A placed grid knows every node from the start (a million, at scale), but a round
 it samples; making every ``Context`` (with its ``RecordDict``) up front took 4-6 s and about 680 MB at
 a million nodes on the 2-core machine. Here a node is a key from the start and its context exists
 once it is read (or stored, when a node's messages come back).
+
+With a memory budget (``simulation.engine.state_memory_mb``), the contexts of the nodes used longest
+ago are dropped once the private states they hold pass it: such a node's next message gets a fresh
+context, and its client reads its state back from its state directory.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from types import MappingProxyType
 
@@ -17,26 +22,52 @@ from flwr.common.constant import PARTITION_ID_KEY
 
 class NodeContexts(MutableMapping[int, Context]):
     """node id -> its ``Context``; ``partitions``: node id -> the partition it plays (every node);
-    ``make(node, partition)``: a fresh context for a node not read before."""
+    ``make(node, partition)``: a fresh context for a node not read before; ``budget_bytes``: the most
+    bytes of arrays the contexts' states may hold together (None: no limit)."""
 
-    def __init__(self, partitions: dict[int, int], make: Callable[[int, int], Context]) -> None:
+    def __init__(
+        self, partitions: dict[int, int], make: Callable[[int, int], Context], budget_bytes: int | None = None
+    ) -> None:
         self._partitions = partitions
         self._make = make
-        self._made: dict[int, Context] = {}
+        self._made: OrderedDict[int, Context] = OrderedDict()  # least recently used first
+        self._bytes: dict[int, int] = {}  # node -> bytes of arrays its context's state held when stored
+        self.budget_bytes = budget_bytes
+        self.held_bytes = 0
+        self.dropped = 0  # contexts dropped to keep within the budget
 
     def __getitem__(self, node: int) -> Context:
         context = self._made.get(node)
         if context is None:
             context = self._made[node] = self._make(node, self._partitions[node])  # KeyError: not a node
+        else:
+            self._made.move_to_end(node)
         return context
 
     def __setitem__(self, node: int, context: Context) -> None:
+        """A node's context after its message ran (its state as the client left it)."""
         self._made[node] = context
+        self._made.move_to_end(node)
         self._partitions[node] = int(context.node_config.get(PARTITION_ID_KEY, -1))
+        self.held_bytes += state_bytes(context) - self._bytes.get(node, 0)
+        self._bytes[node] = state_bytes(context)
+        if self.budget_bytes is not None:
+            self._keep_within(self.budget_bytes, node)
+
+    def _keep_within(self, budget: int, newest: int) -> None:
+        for node in list(self._made):  # oldest first; the node just stored stays
+            if self.held_bytes <= budget or node == newest:
+                break
+            self._forget(node)
+            self.dropped += 1
+
+    def _forget(self, node: int) -> None:
+        self._made.pop(node, None)
+        self.held_bytes -= self._bytes.pop(node, 0)
 
     def __delitem__(self, node: int) -> None:
         del self._partitions[node]
-        self._made.pop(node, None)
+        self._forget(node)
 
     def __contains__(self, node: object) -> bool:
         return node in self._partitions
@@ -54,3 +85,8 @@ class NodeContexts(MutableMapping[int, Context]):
     def made(self) -> int:
         """How many contexts exist (the nodes that got a message, or were given one)."""
         return len(self._made)
+
+
+def state_bytes(context: Context) -> int:
+    """Bytes of the arrays in a context's state (a client's private parameters, serialised)."""
+    return sum(len(array.data) for record in context.state.array_records.values() for array in record.values())
