@@ -110,3 +110,34 @@ def test_every_instruction_carries_the_federated_heads_the_server_holds():
     for send in sends:
         for key, value in expected.items():
             assert torch.equal(send.arrays[key], value)
+
+
+def test_federated_heads_of_an_image_workload_are_the_clients_heads():
+    """A CNN encoder needs the image's shape to build the model whose heads the server starts from."""
+    from fedmtl.federation.algorithm import ServerAlgorithm
+    from fedmtl.local.client import LocalClient
+
+    cfg = load_config(
+        None,
+        ["data.name=digits", "model.encoder=cnn", "model.conv_channels=[4,8]", "model.representation_dim=8",
+         "clients.count=2", "server.federate_heads=true"],
+    )  # fmt: skip
+    server = ServerAlgorithm(cfg)
+    assert server.heads is not None
+    client = LocalClient.for_client(cfg, 0)
+    model_heads = {k: v for k, v in client.build_model({}, {}).state_dict().items() if k.startswith("heads.")}
+    server_heads = server.heads.state_dict()
+    assert model_heads and set(model_heads) <= set(server_heads)
+    assert all(server_heads[k].shape == v.shape for k, v in model_heads.items())
+
+
+def test_heads_across_tasks_reach_the_servers_averager():
+    from fedmtl.federation.algorithm import ServerAlgorithm
+
+    overrides = ["data.name=digits", "data.tasks=[parity, geq5]", "clients.count=2", "server.federate_heads=true"]
+    per_task = ServerAlgorithm(load_config(None, overrides)).heads
+    shared = ServerAlgorithm(load_config(None, [*overrides, "server.heads_across_tasks=true"])).heads
+    assert per_task is not None and shared is not None
+    assert len(shared.groups) * 2 == len(per_task.groups)  # each parameter: one average over both tasks' copies
+    parity, geq5 = shared.state_dict()["heads.parity.0.weight"], shared.state_dict()["heads.geq5.0.weight"]
+    assert torch.equal(parity, geq5)  # one head from the start
