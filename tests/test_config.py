@@ -128,3 +128,8 @@ def test_a_pickled_config_leaves_its_participants_to_be_built_again():
     back = pickle.loads(pickle.dumps(cfg))
     assert "_participants" in vars(cfg) and "_participants" not in vars(back)
     assert back == cfg and back.participants() == built
+
+
+def test_a_negative_static_weight_is_refused_in_so_many_words():
+    err = error_for(["client.balancing.weights={anchor: -1}"])
+    assert (err.path, err.message) == ("client.balancing", "weights must be >= 0")
