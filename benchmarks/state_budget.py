@@ -76,8 +76,8 @@ def main() -> None:
             *lines,
             "",
             "Driver peak: `VmHWM` of simulate.py, the process that holds every node's Flower `Context` (and in it the "
-            "private state of each client that has trained). With a budget, the contexts used longest ago are dropped "
-            "past it and their clients read their state back from `client_state/` (written after every round they "
+            "private state of each client that has trained). With a budget, the private states of the nodes used longest ago "
+            "are dropped from their contexts past it and their clients read their state back from `client_state/` (written after every round they "
             "train either way); the results are the same (`tests/test_state_budget.py`).",
         ]
     )

@@ -60,7 +60,9 @@ def with_state(node: int, partition: int, floats: int) -> Context:
     return Context(1, node, {PARTITION_ID_KEY: partition}, state, {})
 
 
-def test_past_the_budget_the_contexts_used_longest_ago_are_dropped_and_made_fresh_when_read() -> None:
+def test_past_the_budget_the_states_used_longest_ago_lose_their_arrays_and_keep_the_rest() -> None:
+    from flwr.app import ConfigRecord
+
     from server.engines.node_contexts import state_bytes
 
     one = state_bytes(with_state(0, 0, 100))  # 400 bytes of float32 and the array's header
@@ -69,19 +71,23 @@ def test_past_the_budget_the_contexts_used_longest_ago_are_dropped_and_made_fres
         {n: n for n in range(5)}, lambda node, partition: with_state(node, partition, 0), budget_bytes=2 * one
     )
     contexts[0] = with_state(0, 0, 100)
-    contexts[1] = with_state(1, 1, 100)
-    assert contexts.made() == 2 and contexts.held_bytes == 2 * one and contexts.dropped == 0
+    second = with_state(1, 1, 100)
+    second.state["secaggplus"] = ConfigRecord({"stage": "share-keys"})  # e.g. SecAgg+ between its stages
+    contexts[1] = second
+    assert contexts.held_bytes == 2 * one and contexts.dropped == 0
     assert contexts[0].state.array_records  # read: node 0 is now the most recently used
-    contexts[2] = with_state(2, 2, 100)  # over the budget: node 1, used longest ago, goes
+    contexts[2] = with_state(2, 2, 100)  # over the budget: node 1's arrays, used longest ago, go
     assert contexts.dropped == 1 and contexts.held_bytes == 2 * one
     assert contexts[0].state.array_records and contexts[2].state.array_records
-    fresh = contexts[1]  # made again, without the dropped state
-    assert not fresh.state.array_records and fresh.node_config == {PARTITION_ID_KEY: 1}
+    assert contexts[1] is second and not second.state.array_records  # its client reads them back from disk
+    assert dict(second.state.config_records["secaggplus"]) == {"stage": "share-keys"}  # the rest stays
     assert contexts.partitions() == {n: n for n in range(5)} and len(contexts) == 5  # every node still known
     contexts[3] = with_state(3, 3, 1000)  # larger than the whole budget: kept alone, the newest
-    assert contexts.held_bytes == state_bytes(contexts[3]) and contexts.made() == 1
+    assert contexts.held_bytes == state_bytes(contexts[3]) and contexts.dropped == 3
     contexts[3] = with_state(3, 3, 0)  # stored again, emptied: its bytes are counted anew
     assert contexts.held_bytes == 0
+    del contexts[0]
+    assert contexts.held_bytes == 0 and 0 not in contexts
 
 
 def test_without_a_budget_every_context_stays() -> None:

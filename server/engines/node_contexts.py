@@ -5,9 +5,9 @@ it samples; making every ``Context`` (with its ``RecordDict``) up front took 4-6
 a million nodes on the 2-core machine. Here a node is a key from the start and its context exists
 once it is read (or stored, when a node's messages come back).
 
-With a memory budget (``simulation.engine.state_memory_mb``), the contexts of the nodes used longest
-ago are dropped once the private states they hold pass it: such a node's next message gets a fresh
-context, and its client reads its state back from its state directory.
+With a memory budget (``simulation.engine.state_memory_mb``), the arrays in the states of the nodes
+used longest ago are dropped once the private states held pass it: such a node's client finds no
+private state in its context and reads it back from its state directory.
 """
 
 from __future__ import annotations
@@ -30,44 +30,50 @@ class NodeContexts(MutableMapping[int, Context]):
     ) -> None:
         self._partitions = partitions
         self._make = make
-        self._made: OrderedDict[int, Context] = OrderedDict()  # least recently used first
-        self._bytes: dict[int, int] = {}  # node -> bytes of arrays its context's state held when stored
+        self._made: dict[int, Context] = {}
+        # node -> bytes of arrays its context's state holds, least recently used first
+        self._held: OrderedDict[int, int] = OrderedDict()
         self.budget_bytes = budget_bytes
         self.held_bytes = 0
-        self.dropped = 0  # contexts dropped to keep within the budget
+        self.dropped = 0  # states dropped to keep within the budget
 
     def __getitem__(self, node: int) -> Context:
         context = self._made.get(node)
         if context is None:
             context = self._made[node] = self._make(node, self._partitions[node])  # KeyError: not a node
-        else:
-            self._made.move_to_end(node)
+        elif node in self._held:
+            self._held.move_to_end(node)
         return context
 
     def __setitem__(self, node: int, context: Context) -> None:
         """A node's context after its message ran (its state as the client left it)."""
         self._made[node] = context
-        self._made.move_to_end(node)
         self._partitions[node] = int(context.node_config.get(PARTITION_ID_KEY, -1))
-        self.held_bytes += state_bytes(context) - self._bytes.get(node, 0)
-        self._bytes[node] = state_bytes(context)
+        self.held_bytes -= self._held.pop(node, 0)
+        held = state_bytes(context)
+        if held:
+            self._held[node] = held
+            self.held_bytes += held
         if self.budget_bytes is not None:
             self._keep_within(self.budget_bytes, node)
 
     def _keep_within(self, budget: int, newest: int) -> None:
-        for node in list(self._made):  # oldest first; the node just stored stays
-            if self.held_bytes <= budget or node == newest:
+        """Drop the arrays of the states used longest ago (the node just stored keeps its own); the
+        contexts stay, with whatever else their states hold (SecAgg+'s records between its stages)."""
+        while self.held_bytes > budget and self._held:
+            oldest = next(iter(self._held))
+            if oldest == newest:
                 break
-            self._forget(node)
+            state = self._made[oldest].state
+            for key in list(state.array_records):
+                del state[key]
+            self.held_bytes -= self._held.pop(oldest)
             self.dropped += 1
-
-    def _forget(self, node: int) -> None:
-        self._made.pop(node, None)
-        self.held_bytes -= self._bytes.pop(node, 0)
 
     def __delitem__(self, node: int) -> None:
         del self._partitions[node]
-        self._forget(node)
+        self._made.pop(node, None)
+        self.held_bytes -= self._held.pop(node, 0)
 
     def __contains__(self, node: object) -> bool:
         return node in self._partitions
