@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from clients.client_app import make_client_app
-from fedmtl.config.engines import EngineKind, InProcessEngine
+from fedmtl.config.engines import EngineKind, InProcessEngine, PlacedEngineKind
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.errors import FederationError, WorkerPoolDied
@@ -102,7 +102,7 @@ def federate(
 def federate_in_process(cfg: ExperimentConfig) -> None:
     """The run ``cfg`` describes, on the in-process engine (its clients one after another in this
     process, no Ray), quietly: one run of a study inside a Ray task (server/study_pool.py)."""
-    budget = cfg.simulation.engine.engine_options().get("state_budget_bytes")  # the user's memory budget stays
-    engine = InProcessEngine(state_memory_mb=None if budget is None else budget / 2**20)
+    chosen = cfg.simulation.engine  # its memory budget for private state stays
+    engine = InProcessEngine(state_memory_mb=chosen.state_memory_mb if isinstance(chosen, PlacedEngineKind) else None)
     cfg = replace(cfg, simulation=replace(cfg.simulation, engine=engine))
     federate(cfg, RunDirectory.create(cfg), echo=lambda line: None)
