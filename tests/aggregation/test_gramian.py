@@ -175,3 +175,17 @@ def test_weights_solved_in_float64_are_returned_in_the_rows_dtype(name: str) -> 
     rows = torch.tensor([[1.0, 0.0], [-0.5, 1.0]])  # float32
     weights = AGGREGATORS[name]().aggregate(AggregationInput(matrix=rows, num_examples=torch.ones(2))).weights
     assert weights is not None and weights.dtype == torch.float32
+
+
+def test_half_precision_rows_are_multiplied_in_float32() -> None:
+    """Rows in float16 or bfloat16 (a half-precision model's update) get the float32 product, not one
+    accumulated in their own 11 or 8 bits of mantissa."""
+    generator = torch.Generator().manual_seed(6)
+    rows = _well_conditioned(k=4, p=4_000)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = (rows + 0.01 * torch.randn(rows.shape, generator=generator).to(DEVICE)).to(dtype)
+        single = low.float()
+        with full_float32_matmul():
+            expected = (single @ single.T).double()
+        assert torch.equal(gramian(low), expected)
+        assert not torch.equal((low @ low.T).double(), expected)  # the product in half precision differs
