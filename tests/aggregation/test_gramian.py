@@ -189,3 +189,22 @@ def test_half_precision_rows_are_multiplied_in_float32() -> None:
             expected = (single @ single.T).double()
         assert torch.equal(gramian(low), expected)
         assert not torch.equal((low @ low.T).double(), expected)  # the product in half precision differs
+
+
+def test_cpu_passes_take_cache_sized_chunks_and_accelerators_large_ones() -> None:
+    from fedmtl.methods.aggregation.gramian import CPU_CHUNK, GPU_CHUNK, default_chunk
+
+    assert CPU_CHUNK < GPU_CHUNK
+    assert default_chunk(torch.device("cpu")) == CPU_CHUNK
+    for accelerator in ("cuda", "mps", "meta"):
+        assert default_chunk(torch.device(accelerator)) == GPU_CHUNK
+
+
+def test_inputs_whose_counts_or_losses_do_not_match_the_rows_are_refused_naming_both_shapes() -> None:
+    rows, counts = torch.zeros(3, 2), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^num_examples must have shape \(3,\), got \(2,\)$"):
+        AggregationInput(rows, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^losses must have shape \(3,\), got \(3, 1\)$"):
+        AggregationInput(rows, counts, torch.ones(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^matrix must be \[K, P\] with K >= 1, got shape \(0, 2\)$"):
+        AggregationInput(torch.zeros(0, 2), torch.ones(0, dtype=torch.float64))
