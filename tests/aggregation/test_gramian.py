@@ -208,3 +208,6 @@ def test_inputs_whose_counts_or_losses_do_not_match_the_rows_are_refused_naming_
         AggregationInput(rows, counts, torch.ones(3, 1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"^matrix must be \[K, P\] with K >= 1, got shape \(0, 2\)$"):
         AggregationInput(torch.zeros(0, 2), torch.ones(0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^matrix must be \[K, P\] with K >= 1, got shape \(3,\)$"):
+        AggregationInput(torch.zeros(3), counts)  # one vector is not K rows
+    AggregationInput(torch.zeros(3, 0), counts)  # rows of no parameters: nothing to aggregate, but well formed
