@@ -60,3 +60,11 @@ def test_an_updater_told_no_clients_per_round_counts_one() -> None:
         {"w": torch.zeros(2)}, FedAvg(weighted=False), ServerOptimizerConfig(), seed=0, central_privacy=privacy
     )
     assert updater.privacy is not None and updater.privacy.count_noise == 1 / 20
+
+
+def test_a_checkpoint_keeps_group_membership_only_when_groups_can_split() -> None:
+    """Fixed cohorts come from the config again on resume: a million clients' membership is not written."""
+    assert algorithm().state_dict()["groups"] is None
+    assert algorithm("server.cohorts={name: participant}").state_dict()["groups"] is None
+    splitting = algorithm("server.grouping={name: affinity, warmup_rounds: 1}", "server.client_affinity_every=1")
+    assert splitting.grouping.splits and splitting.state_dict()["groups"] == {"all": [0, 1, 2, 3]}
