@@ -178,7 +178,8 @@ def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> 
         f"Measured by `scripts/mutation.py --run` (mutmut 3.8.1, `[tool.mutmut]` in pyproject.toml): "
         f"{len(results)} mutants"
         + (
-            f", {timing['seconds'] / 60:.0f} min with {timing['max_children']} workers on this 2-core machine"
+            f", {timing['seconds'] / 60:.0f} min of mutmut recorded with {timing['max_children']} workers on this "
+            "2-core machine (a run stopped before it ended, e.g. with a session, is not counted)"
             if timing
             else ""
         )
