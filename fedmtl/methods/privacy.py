@@ -103,4 +103,5 @@ class CentralMechanism:
         return {"clip_norm": self.clip_norm}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """The clipping bound as checkpointed (adaptive clipping has moved it since the start)."""
         self.clip_norm = float(state["clip_norm"])

@@ -200,3 +200,7 @@ def test_torchjds_projection_gramian_is_symmetrised_trace_normalised_and_regular
 
 def test_the_nnls_projector_names_its_class_and_regularisation() -> None:
     assert repr(torchjd_methods.NNLSDualConeProjector(1e-4)) == "NNLSDualConeProjector(reg_eps=0.0001)"
+
+
+def test_the_nnls_projector_prints_as_torchjds_own_projectors_do() -> None:
+    assert repr(torchjd_methods.NNLSDualConeProjector(reg_eps=1e-4)) == "NNLSDualConeProjector(reg_eps=0.0001)"

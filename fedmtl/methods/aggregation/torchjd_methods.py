@@ -66,6 +66,7 @@ class NNLSDualConeProjector:
         self.reg_eps = reg_eps
 
     def __repr__(self) -> str:
+        """As torchjd's own projectors print (it shows in UPGrad's repr)."""
         return f"{type(self).__name__}(reg_eps={self.reg_eps})"
 
     def __call__(self, U: torch.Tensor, G: torch.Tensor) -> torch.Tensor:  # noqa: N803 (torchjd's names)

@@ -51,6 +51,7 @@ class _DWARound(BalancerRound):
         self.tasks, self.w, self._state = tasks, weights, state
 
     def terms(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's loss times its own weight (``w_k L_k``)."""
         return {t: self.w[self.tasks.index(t)] * loss for t, loss in losses.items()}
 
     def end_round(self, mean_losses: Mapping[str, float]) -> None:
