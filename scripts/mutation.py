@@ -156,16 +156,18 @@ def added_line(diff: str) -> str:
     return " ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+"))
 
 
+def explains(explanation: dict[str, str], diff: str) -> bool:
+    """Whether an explanation is still the mutant's: its ``change`` is the diff's changed line (mutmut
+    numbers mutants anew when the code moves)."""
+    return explanation["change"].strip() == added_line(diff)
+
+
 def report(results: dict[str, str], explanations: dict[str, dict[str, str]]) -> str:
     by_module: dict[str, Tally] = defaultdict(Tally)
     by_group: dict[str, Tally] = defaultdict(Tally)
     survivors = sorted(key for key, status in results.items() if status not in (KILLED, TIMEOUT, NOT_CHECKED))
     diffs = {key: diff_of(key) for key in survivors}
-    outdated = sorted(
-        key
-        for key in survivors
-        if key in explanations and explanations[key]["change"].strip() != added_line(diffs[key])
-    )
+    outdated = sorted(key for key in survivors if key in explanations and not explains(explanations[key], diffs[key]))
     equivalents = {key: entry["because"] for key, entry in explanations.items() if key not in outdated}
     for key, status in results.items():
         module = module_of(key)
@@ -247,8 +249,7 @@ def main() -> int:
         survivors = [  # an explained survivor survives again by definition: only the others are rerun
             key
             for key, status in read_results().items()
-            if status == SURVIVED
-            and not (key in explanations and explanations[key]["change"].strip() == added_line(diff_of(key)))
+            if status == SURVIVED and not (key in explanations and explains(explanations[key], diff_of(key)))
         ]
         seconds = run_mutmut(args.max_children, survivors)
         print(f"{len(survivors)} unexplained survivors checked again; mutmut ran for {seconds / 60:.1f} min in all")

@@ -28,7 +28,7 @@ class PlacedEngineKind(EngineKind):
     client's private state) in the driver process.
 
     ``state_memory_mb``: the most memory those private states take there. Past it, the states of the
-    nodes used longest ago are dropped from memory; their clients read them back from their state
+    nodes used longest ago are dropped from their contexts; their clients read them back from their state
     directory (written after every round they train) the next time they are sampled, so a run gives
     the same results with and without a budget. Unset: no limit (every client that has trained keeps
     its state in memory)."""
