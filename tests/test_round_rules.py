@@ -261,9 +261,9 @@ def test_the_driver_tells_the_engine_and_every_callback_what_they_need(tmp_path,
             self.connected = (participants, interchangeable)
             super().connect(participants, interchangeable)
 
-        def exchange(self, sends, timeout_s):
+        def exchange(self, sends, timeout_s, on_reply=None):
             self.timeouts.append((sends[0].kind, timeout_s))
-            return super().exchange(sends, timeout_s)
+            return super().exchange(sends, timeout_s, on_reply)
 
     class Recorder(Callback):
         def __init__(self):

@@ -9,11 +9,11 @@ fedmtl's engines (``server/engines/``) all carry Flower messages to the same Cli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fedmtl.core.messages import Exchange, Send
+from fedmtl.core.messages import Exchange, Reply, Send
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class Engine(Protocol):
         """Wait for the federation's nodes and learn which participant each plays (``interchangeable``:
         every participant is sent the same, so any node may stand for any participant)."""
 
-    def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+    def exchange(
+        self, sends: Sequence[Send], timeout_s: float, on_reply: Callable[[Reply], None] | None = None
+    ) -> Exchange:
         """Deliver ``sends`` and collect the replies until all are in or ``timeout_s`` passed; raise
-        :class:`~fedmtl.core.errors.WorkerPoolDied` when a worker died."""
+        :class:`~fedmtl.core.errors.WorkerPoolDied` when a worker died. ``on_reply`` is called with each
+        reply (the same object the exchange returns) as it arrives, or at the latest before returning."""

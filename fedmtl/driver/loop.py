@@ -133,7 +133,7 @@ class RoundDriver:
     def _train(self, server_round: int) -> None:
         state, cfg = self.state, self.state.cfg
         sends = state.algorithm.train_sends(server_round, state.round_config())
-        exchange = self.engine.exchange(sends, cfg.server.round_timeout_s)
+        exchange = self.engine.exchange(sends, cfg.server.round_timeout_s, on_reply=state.algorithm.on_reply)
         result = state.algorithm.aggregate(sends, exchange.replies, exchange.secure)
         self._each(lambda c: c.on_trained(state, server_round, result, exchange))
         short = [c for c in result.cohorts if c.accepted < updates_needed(cfg, c.sampled)]

@@ -22,6 +22,7 @@ from fedmtl.data.participants import Participant
 from fedmtl.federation import groups
 from fedmtl.federation.cohort import Cohort, OnlyCohort
 from fedmtl.federation.head_averaging import HeadAverager
+from fedmtl.federation.round_rows import RoundRows
 from fedmtl.federation.sampling import Sampler
 from fedmtl.federation.screening import Accepted, screen
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
@@ -90,6 +91,7 @@ class ServerAlgorithm:
         if server.shared_across_groups > 0:
             layout = self.cohorts[0].updater.layout
             self._shared_mask = groups.lower_blocks_mask(layout, server.shared_across_groups)
+        self._rows: RoundRows | None = None  # this training round's rows, taken as replies arrive
         self.heads = None
         if server.federate_heads:
             heads = initial_head_state(cfg.model, dim, cfg.data.task_specs(), cfg.seed, shape)
@@ -167,7 +169,17 @@ class ServerAlgorithm:
         return None
 
     def train_sends(self, server_round: int, config: Config) -> list[Send]:
-        return self.sends(TRAIN, server_round, config)
+        """The round's instructions; their replies' rows are then taken as they come (:meth:`on_reply`)."""
+        sends = self.sends(TRAIN, server_round, config)
+        secure = self.cfg.privacy.secure_aggregation.enabled  # the server sees no row
+        self._rows = None if secure else RoundRows(sends, self.cohort_of, lambda p: self.participants[p].client_id)
+        return sends
+
+    def on_reply(self, reply: Reply) -> None:
+        """A training reply as it arrives, before the round ends: its update row is written now
+        (:mod:`fedmtl.federation.round_rows`); it is screened with the others when the round ends."""
+        if self._rows is not None:
+            self._rows.take(reply)
 
     def evaluate_sends(self, server_round: int, config: Config) -> list[Send]:
         return self.sends(EVALUATE, server_round, config)
@@ -183,6 +195,7 @@ class ServerAlgorithm:
             return self._aggregate_secure(sent, replies, secure)
         result = TrainResult()
         accepted: list[Accepted] = []
+        origin: dict[int, Reply] = {}  # id(accepted update) -> its reply
         expected = self.cohorts[0].updater.layout.expected_shapes
         optional = self.heads.expected_shapes if self.heads else None
         for reply in replies:
@@ -196,6 +209,7 @@ class ServerAlgorithm:
                 result.rejected.append((_client_of(reply), outcome))
                 continue
             accepted.append(outcome)
+            origin[id(outcome)] = reply
         accepted.sort(key=lambda a: (a.client_id, a.participant))  # row order independent of arrival order
         result.accepted = [a.client_id for a in accepted]
         if self.heads is not None and accepted:
@@ -218,7 +232,8 @@ class ServerAlgorithm:
             rows = None  # the update rows, taken before the step moves the encoder, when the rule wants them
             if mine and self.regrouper.wants_updates(server_round):
                 rows = cohort.updater.update_matrix([a.encoder for a in mine]).cpu()
-            diagnostics = cohort.step(mine) if mine else None
+            streamed = self._rows.rows_for(cohort, mine, origin) if self._rows is not None and mine else None
+            diagnostics = cohort.step(mine, streamed) if mine else None
             result.cohorts.append(CohortRound(cohort.key, sampled_by_cohort[cohort.key], len(mine), diagnostics))
             stepped.append((cohort, diagnostics, [a.report for a in mine], rows))
         if self._shared_mask is not None:
@@ -230,6 +245,7 @@ class ServerAlgorithm:
         regrouped: list[Cohort] = []
         for cohort, diagnostics, reports, rows in stepped:
             regrouped += self._regroup(server_round, cohort, diagnostics, reports, result, rows)
+        self._rows = None
         if self.grouping.groups_clients:
             self.cohorts = regrouped
             self._index_cohorts()

@@ -12,6 +12,7 @@ from fedmtl.data.participants import Participant
 from fedmtl.federation.sampling import Sampler, in_client_order
 from fedmtl.federation.screening import Accepted
 from fedmtl.federation.server_update import RoundDiagnostics, ServerUpdater
+from fedmtl.methods.aggregation.gramian_stream import GramianStream
 
 
 @dataclass
@@ -49,8 +50,11 @@ class Cohort:
         current = self.updater.param.detach()
         return current if offset is None else current + offset
 
-    def step(self, accepted: Sequence[Accepted]) -> RoundDiagnostics | None:
-        """Aggregate the members' accepted updates (rows in client order) and move the encoder."""
+    def step(
+        self, accepted: Sequence[Accepted], streamed: tuple[GramianStream, Sequence[int]] | None = None
+    ) -> RoundDiagnostics | None:
+        """Aggregate the members' accepted updates (rows in client order) and move the encoder; ``streamed``:
+        their rows already written into a stream, at these slots (:mod:`fedmtl.federation.round_rows`)."""
         if self.adopts:
             (only,) = accepted
             with torch.no_grad():
@@ -63,6 +67,7 @@ class Cohort:
             client_states=[a.encoder for a in accepted],
             num_examples=[protocol.as_number(r[protocol.NUM_EXAMPLES]) for r in reports],
             losses=[protocol.as_number(r[protocol.TRAIN_LOSS]) for r in reports] if has_losses else None,
+            streamed=streamed,
         )
         return replace(diagnostics, clients=tuple(a.client_id for a in accepted))
 

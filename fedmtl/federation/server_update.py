@@ -18,6 +18,7 @@ from fedmtl.config.sections import PrivacyConfig, ServerOptimizerConfig
 from fedmtl.core.errors import ConfigError
 from fedmtl.methods.aggregation import AggregationInput, Aggregator
 from fedmtl.methods.aggregation.gramian import GramianPrecision, cosine_matrix, gramian
+from fedmtl.methods.aggregation.gramian_stream import GramianStream
 from fedmtl.methods.optimizers import OPTIMIZERS, OptimizerSettings
 from fedmtl.methods.personalisation import Personalisation
 from fedmtl.methods.privacy import CentralMechanism
@@ -134,11 +135,19 @@ class ServerUpdater:
         client_states: Sequence[Mapping[str, torch.Tensor]],
         num_examples: Sequence[float],
         losses: Sequence[float] | None = None,
+        streamed: tuple[GramianStream, Sequence[int]] | None = None,
     ) -> RoundDiagnostics:
         """Aggregate the clients' encoders (rows in ``client_ids`` order) and step the global one;
-        with personalisation, rows are taken against each client's own encoder and its offset moves."""
-        offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
-        matrix = self.update_matrix(client_states, offsets)
+        with personalisation, rows are taken against each client's own encoder and its offset moves.
+        ``streamed``: the rows were written into a stream as they arrived (:meth:`stream`), at these
+        slots, so they and most of their Gramian are there already."""
+        products = None
+        if streamed is not None:
+            stream, slots = streamed
+            matrix, products = stream.matrix(slots), stream.gramian(slots)
+        else:
+            offsets = None if self.personal is None else [self.personal.offset(c) for c in client_ids]
+            matrix = self.update_matrix(client_states, offsets)
         bound = None if self.privacy is None else self.privacy.clip(matrix)
         personal = None if self.personal is None else (self.personal, self.param.detach().clone())
         inputs = AggregationInput(
@@ -147,6 +156,7 @@ class ServerUpdater:
             losses=None if losses is None else torch.tensor(losses, dtype=torch.float64, device=self.device),
             generator=self.generator,
             gramian_precision=self.gramian_precision,
+            products=products,
         )
         result = self.aggregator(inputs)
         direction = result.direction
@@ -154,7 +164,9 @@ class ServerUpdater:
             direction = self.privacy.noise(direction, len(client_ids), self.generator)
         self.param.grad = direction.reshape(self.param.shape).cpu()  # the rows' dtype: float32, as the encoder
         self.optimizer.step()
-        gram = result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision)
+        gram = (
+            result.gramian if result.gramian is not None else gramian(matrix, self.gramian_precision, products=products)
+        )
         diagnostics = replace(diagnose(client_ids, matrix, result.direction, result.weights, gram), clip_norm=bound)
         if personal is None:
             return diagnostics
@@ -172,16 +184,31 @@ class ServerUpdater:
         current = self.param.detach().to(self.device)
         matrix = torch.empty(len(client_states), current.numel(), dtype=current.dtype, device=self.device)
         for k, (row, state) in enumerate(zip(matrix, client_states)):
-            offset = 0
-            for key in self.layout.keys:
-                value = state[key].detach().reshape(-1)
-                row[offset : offset + value.numel()].copy_(value)
-                offset += value.numel()
-            torch.sub(current, row, out=row)
+            self.write_row(row, state, current)
             own = None if offsets is None else offsets[k]
             if own is not None:
                 row.add_(own.to(self.device))
         return matrix
+
+    def write_row(self, row: torch.Tensor, state: Mapping[str, torch.Tensor], current: torch.Tensor) -> None:
+        """``row = current - flatten(state)``, in place (``current``: the flat encoder on ``row``'s device)."""
+        offset = 0
+        for key in self.layout.keys:
+            value = state[key].detach().reshape(-1)
+            row[offset : offset + value.numel()].copy_(value)
+            offset += value.numel()
+        torch.sub(current, row, out=row)
+
+    @property
+    def streams(self) -> bool:
+        """Whether rows may be taken as replies arrive (:meth:`stream`): each row is then the update
+        against the global encoder as it is, with nothing done to it before it is aggregated (no
+        personal encoders, no clipping for central privacy)."""
+        return self.personal is None and self.privacy is None
+
+    def stream(self, slots: int) -> GramianStream:
+        """A stream for ``slots`` rows this round, on the aggregation device, in ``server.gramian_precision``."""
+        return GramianStream(slots, self.param.numel(), self.device, self.gramian_precision)
 
     def state_dict(self) -> dict:
         state = {

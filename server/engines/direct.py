@@ -115,7 +115,10 @@ class DirectGrid(PlacedGrid):
         received: list[Message] = []
         while waiting:
             arrived = waiting & self.replies.keys()
-            received.extend(self.replies.pop(i) for i in arrived)
+            for message_id in arrived:
+                received.append(self.replies.pop(message_id))
+                if self.on_message is not None:  # while the workers go on with the rest
+                    self.on_message(received[-1])
             waiting -= arrived
             if not waiting:
                 break

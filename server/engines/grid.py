@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -44,6 +44,8 @@ class PlacedGrid(Grid):
     ids are random per grid, as Flower's are per run; partition ``i`` (participant ``i``) plays the i-th."""
 
     CAPABILITIES = EngineCapabilities(places_nodes=True, fixed_size=True)
+    # the grid calls on_message (when set) with each reply as it arrives, inside send_and_receive
+    on_message: Callable[[Message], None] | None = None
     run_config: Mapping[str, Any]  # what the ServerApp's context carries (empty: the apps got their config)
     contexts: NodeContexts  # node -> its Context, which persists across the node's messages
     _run: Run
@@ -84,6 +86,17 @@ class PlacedGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
+
+
+def received_together(
+    grid: Grid, messages: Iterable[Message], timeout: float | None, on_message: Callable[[Message], None] | None
+) -> list[Message]:
+    """``grid.send_and_receive``, then ``on_message`` with each reply."""
+    received = list(grid.send_and_receive(messages, timeout=timeout))
+    if on_message is not None:
+        for message in received:
+            on_message(message)
+    return received
 
 
 # What each kind of grid can do, declared once: fedmtl's own grids are placed; Flower's simulation grid
@@ -163,11 +176,23 @@ def federation_nodes(
 
 
 def exchange(
-    grid: Grid, messages: list[Message], timeout_s: float, pull_interval_s: float = PULL_INTERVAL_S
+    grid: Grid,
+    messages: list[Message],
+    timeout_s: float,
+    pull_interval_s: float = PULL_INTERVAL_S,
+    on_message: Callable[[Message], None] | None = None,
 ) -> list[Message]:
-    """``grid.send_and_receive``; against a deployed SuperLink, pulling replies every ``pull_interval_s``."""
+    """``grid.send_and_receive``; against a deployed SuperLink, pulling replies every ``pull_interval_s``.
+    ``on_message`` is called with each reply as it arrives (fedmtl's grids and a SuperLink; Flower's
+    simulation hands them over together at the end)."""
     if not isinstance(grid, HttpGrid):
-        return list(grid.send_and_receive(messages, timeout=timeout_s))
+        if not isinstance(grid, PlacedGrid):
+            return received_together(grid, messages, timeout_s, on_message)
+        grid.on_message = on_message
+        try:
+            return list(grid.send_and_receive(messages, timeout=timeout_s))
+        finally:
+            grid.on_message = None
     pending = set(grid.push_messages(messages))
     timeline.mark("server_pushed")
     deadline = time.monotonic() + timeout_s
@@ -176,6 +201,8 @@ def exchange(
         pulled = list(grid.pull_messages(pending))
         for message in pulled:
             timeline.mark("server_pulled", node=message.metadata.src_node_id)
+            if on_message is not None:
+                on_message(message)
         replies += pulled
         pending -= {m.metadata.reply_to_message_id for m in pulled}
         if not pending or time.monotonic() >= deadline:
@@ -308,7 +335,9 @@ class GridEngine:
             self.node_of.update(zip(places, new))
         self.silent -= set(self.node_of.values())
 
-    def exchange(self, sends: Sequence[Send], timeout_s: float) -> Exchange:
+    def exchange(
+        self, sends: Sequence[Send], timeout_s: float, on_reply: Callable[[Reply], None] | None = None
+    ) -> Exchange:
         self.rejoin(timeout_s)
         if self.secure is not None and sends and sends[0].kind == TRAIN:
             return self._secure_exchange(sends, timeout_s)
@@ -326,12 +355,19 @@ class GridEngine:
             )
         round_ = sends[0].config.get(protocol.SERVER_ROUND, "?") if sends else "?"
         timeline.mark("server_send", round=round_, kind=sends[0].kind if sends else "?")
-        replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s)
+        participant_of = {self.node_of[s.participant]: s.participant for s in sends} if self.known else {}
+        arrived: dict[int, Reply] = {}  # id(message) -> its reply, handed to on_reply as it came
+
+        def convert(message: Message) -> None:
+            reply = arrived[id(message)] = to_reply(message, participant_of.get(message.metadata.src_node_id))
+            if on_reply is not None:
+                on_reply(reply)
+
+        replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s, on_message=convert)
         timeline.mark("server_replies", round=round_)
         if worker_died(replies):
             raise WorkerPoolDied(f"round {round_}: a worker died")
-        participant_of = {self.node_of[s.participant]: s.participant for s in sends} if self.known else {}
-        converted = [to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
+        converted = [arrived.get(id(m)) or to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
         answered = {m.metadata.src_node_id for m in replies}
         for send in sends:  # no reply within the timeout: a failure that names the node (and its participant)
             node = self.node_of[send.participant]

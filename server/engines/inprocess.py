@@ -63,6 +63,8 @@ class InProcessGrid(PlacedGrid):
             self.contexts[node] = context  # its state as the client left it (counted against the budget)
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             replies.append(reply)
+            if self.on_message is not None:
+                self.on_message(reply)
         return replies
 
 

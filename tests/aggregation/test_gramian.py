@@ -122,7 +122,9 @@ def test_the_server_reuses_the_aggregators_gramian_for_its_diagnostics(name, bui
     from fedmtl.federation import server_update
 
     calls = []
-    monkeypatch.setattr(server_update, "gramian", lambda matrix, precision: calls.append(1) or exact_gramian(matrix))
+    monkeypatch.setattr(
+        server_update, "gramian", lambda matrix, precision, products=None: calls.append(1) or exact_gramian(matrix)
+    )
     initial = {"encoder.w": torch.zeros(50)}
     updater = server_update.ServerUpdater(
         initial, AGGREGATORS[name](), ServerOptimizerConfig(), seed=0, device=DEVICE.type

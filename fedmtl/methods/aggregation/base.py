@@ -33,6 +33,9 @@ class AggregationInput:
     ``losses``: optional ``[K]`` training losses (FedFV orders clients by loss).
     ``generator``: source of declared randomness (PCGrad's shuffle); seeded by the caller.
     ``gramian_precision``: how Gramian-based methods build ``G G^T`` (``fedmtl.methods.aggregation.gramian``).
+    ``products``: the rows' ``K x K`` products made already while they arrived (a server's
+    :class:`~fedmtl.methods.aggregation.gramian_stream.GramianStream`), which Gramian-based methods check
+    and use instead of a first product of their own.
     """
 
     matrix: torch.Tensor
@@ -40,6 +43,7 @@ class AggregationInput:
     losses: torch.Tensor | None = None
     generator: torch.Generator | None = None
     gramian_precision: GramianPrecision = "float32"
+    products: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.matrix.ndim != 2 or self.matrix.shape[0] == 0:
@@ -49,6 +53,8 @@ class AggregationInput:
             raise ValueError(f"num_examples must have shape ({k},), got {tuple(self.num_examples.shape)}")
         if self.losses is not None and self.losses.shape != (k,):
             raise ValueError(f"losses must have shape ({k},), got {tuple(self.losses.shape)}")
+        if self.products is not None and self.products.shape != (k, k):
+            raise ValueError(f"products must have shape ({k}, {k}), got {tuple(self.products.shape)}")
 
     @property
     def num_rows(self) -> int:
@@ -144,7 +150,7 @@ class GramianAggregator(Aggregator):
         if inputs.num_rows == 1:  # one row is its own aggregate, whatever the method's solver makes of it
             weights = torch.ones(1, dtype=inputs.matrix.dtype, device=inputs.matrix.device)
             return AggregationResult(direction=inputs.matrix[0].clone(), weights=weights)
-        gram = gramian(inputs.matrix, inputs.gramian_precision)
+        gram = gramian(inputs.matrix, inputs.gramian_precision, products=inputs.products)
         if not finite(gram):  # before any solver sees it
             raise NonFiniteAggregate(inputs.matrix)
         weights = self.weights_from_gramian(gram, inputs).to(inputs.matrix.dtype)

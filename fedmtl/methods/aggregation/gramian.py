@@ -50,22 +50,35 @@ def default_chunk(device: torch.device) -> int:
 FLOAT32_MIN_EIGENVALUE = 0.05
 
 
-def gramian(matrix: torch.Tensor, precision: GramianPrecision = "float32", chunk: int | None = None) -> torch.Tensor:
-    """``matrix @ matrix.T`` as a float64 ``K x K`` tensor (see the module docstring for ``precision``)."""
+def gramian(
+    matrix: torch.Tensor,
+    precision: GramianPrecision = "float32",
+    chunk: int | None = None,
+    products: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``matrix @ matrix.T`` as a float64 ``K x K`` tensor (see the module docstring for ``precision``).
+
+    ``products``: the rows' products made already, in ``precision`` (a
+    :class:`~fedmtl.methods.aggregation.gramian_stream.GramianStream`'s, built while the rows arrived):
+    used instead of the first product, and checked as it would be."""
     chunk = chunk or default_chunk(matrix.device)
-    if matrix.dtype == torch.float64:
-        return matrix @ matrix.T
-    if precision == "float32":
-        rows = matrix if matrix.dtype == torch.float32 else matrix.float()
+    if matrix.dtype == torch.float64 or precision == "float64":
+        if products is not None:
+            return products
+        return matrix @ matrix.T if matrix.dtype == torch.float64 else exact_gramian(matrix, chunk)
+    rows = matrix if matrix.dtype == torch.float32 else matrix.float()
+    if products is not None:
+        gram = products
+    else:
         with full_float32_matmul():
             gram = (rows @ rows.T).to(torch.float64)
-        if not bool(torch.isfinite(gram).all()):  # float32 overflow (or non-finite rows, which stay so)
-            return exact_gramian(matrix, chunk)
-        if smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
-            return gram
-        centred, error_scale = centred_gramian(rows, chunk)
-        if smallest_eigenvalue(centred) >= FLOAT32_MIN_EIGENVALUE * error_scale:
-            return centred
+    if not bool(torch.isfinite(gram).all()):  # float32 overflow (or non-finite rows, which stay so)
+        return exact_gramian(matrix, chunk)
+    if smallest_correlation_eigenvalue(gram) >= FLOAT32_MIN_EIGENVALUE:
+        return gram
+    centred, error_scale = centred_gramian(rows, chunk)
+    if smallest_eigenvalue(centred) >= FLOAT32_MIN_EIGENVALUE * error_scale:
+        return centred
     return exact_gramian(matrix, chunk)
 
 

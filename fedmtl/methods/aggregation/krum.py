@@ -106,7 +106,7 @@ class Krum(Aggregator):
     def aggregate(self, inputs: AggregationInput) -> AggregationResult:
         k = inputs.num_rows
         check_rows(k, self.f, self.m)
-        gram = gramian(inputs.matrix, inputs.gramian_precision)
+        gram = gramian(inputs.matrix, inputs.gramian_precision, products=inputs.products)
         if not finite(gram):  # the scores would rank a NaN row arbitrarily
             raise NonFiniteAggregate(inputs.matrix)
         ranking = torch.sort(krum_scores(gram, self.f), stable=True).indices
