@@ -209,3 +209,30 @@ def test_an_actor_takes_a_second_message_only_while_more_wait_than_there_are_act
     assert next_actor([a, b], {a: 2, b: 1}, queued=5) == b
     assert next_actor([a, b], {a: 2, b: 2}, queued=5) is None  # every slot taken
     assert next_actor([], {}, queued=3) is None  # no workers at all
+
+
+@pytest.mark.slow
+def test_replies_are_handed_over_as_they_arrive_while_slower_nodes_still_run(grid):
+    """One node sleeps 2 s: the first reply reaches ``on_message`` while it still sleeps."""
+    from server.engines.grid import exchange
+
+    nodes = sorted(grid.get_node_ids())
+    handed: list[int] = []
+    unfinished: list[int] = []  # messages still running or queued when each reply was handed over
+
+    def on_message(message: Message) -> None:
+        handed.append(message.metadata.src_node_id)
+        unfinished.append(len(grid.in_flight) + len(grid.queued))
+
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({"action": "sleep" if n == nodes[0] else ""})}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
+    replies = exchange(grid, messages, 60, on_message=on_message)
+    assert handed == [m.metadata.src_node_id for m in replies] and sorted(handed) == nodes  # each once, as returned
+    assert handed[0] != nodes[0] and unfinished[0] > 0  # handed over while the sleeper still ran
+    assert grid.on_message is None  # not left set on the grid

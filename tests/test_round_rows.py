@@ -1,4 +1,5 @@
-"""The server's rows taken as replies arrive (``ServerAlgorithm.on_reply``, ``RoundRows``): the round's
+"""The server's rows taken as replies arrive (``ServerAlgorithm.on_reply``, ``RoundRows``): engines hand
+each reply over as it comes (or, for a grid that cannot, at the end); the round's
 result is the same bit for bit whatever order the replies came in and whether the engine handed them
 over early or only at the end; a reply taken early and then rejected is left out; rows that the server
 changes before aggregating keep the one-shot path."""
@@ -9,13 +10,17 @@ import random
 
 import pytest
 import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from fedmtl.config.loading import load_config
 from fedmtl.core import protocol
-from fedmtl.core.messages import Reply
+from fedmtl.core.messages import TRAIN, Reply, Send
 from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.federation.screening import screen
 from fedmtl.methods.aggregation.gramian_stream import TILE_ROWS
+from server.engines.grid import GridEngine
+from server.engines.inprocess import InProcessGrid
 from tests.helpers import TINY_OVERRIDES
 
 CLIENTS = 2 * TILE_ROWS + 3  # several tiles, the last one short
@@ -121,3 +126,33 @@ def test_rows_the_server_changes_before_aggregating_are_not_streamed(setting):
     algorithm = ServerAlgorithm(load_config(None, [*SETTINGS, *setting]))
     algorithm.train_sends(1, {})
     assert algorithm._rows is not None and algorithm._rows.streams == {}
+
+
+class HandsOverAtTheEnd(InProcessGrid):
+    """A grid that gives its replies only when all are in (as Flower's simulation does)."""
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        on_message, self.on_message = self.on_message, None
+        try:
+            return super().send_and_receive(messages, timeout=timeout)
+        finally:
+            self.on_message = on_message
+
+
+@pytest.mark.parametrize(("grid", "seen"), [(InProcessGrid, [0, 1, 2]), (HandsOverAtTheEnd, [0, 0, 0])])
+def test_an_engine_hands_each_reply_to_on_reply_as_it_comes_or_at_the_latest_at_the_end(flower_identity, grid, seen):
+    handed: list[Reply] = []
+    when_handled: list[int] = []  # how many replies on_reply had when each client began
+    app = ClientApp()
+
+    @app.train()
+    def reply(msg: Message, context: Context) -> Message:
+        when_handled.append(len(handed))
+        return Message(RecordDict(), reply_to=msg)
+
+    engine = GridEngine(grid(app, 3))
+    engine.connect(3, interchangeable=True)
+    sends = [Send(p, TRAIN, {}, {protocol.SERVER_ROUND: 1}) for p in range(3)]
+    exchange = engine.exchange(sends, 10, on_reply=handed.append)
+    assert when_handled == seen
+    assert len(handed) == 3 and all(a is b for a, b in zip(handed, exchange.replies))  # the very replies returned

@@ -367,7 +367,10 @@ class GridEngine:
         timeline.mark("server_replies", round=round_)
         if worker_died(replies):
             raise WorkerPoolDied(f"round {round_}: a worker died")
-        converted = [arrived.get(id(m)) or to_reply(m, participant_of.get(m.metadata.src_node_id)) for m in replies]
+        for message in replies:  # a grid that handed nothing over as it came: each reply now
+            if id(message) not in arrived:
+                convert(message)
+        converted = [arrived[id(m)] for m in replies]
         answered = {m.metadata.src_node_id for m in replies}
         for send in sends:  # no reply within the timeout: a failure that names the node (and its participant)
             node = self.node_of[send.participant]
