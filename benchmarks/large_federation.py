@@ -165,10 +165,11 @@ def main() -> None:
     command_line = (
         f"python benchmarks/large_federation.py --clients {args.clients} --trained {args.trained} --rounds "
         f"{args.rounds} --budget {args.budget:g} --kill-after {args.kill_after}"
+        + "".join(f" --set {setting}" for setting in args.set)
     )
     text = "\n".join(
         [
-            f"Command: `{command_line}`. `simulate.py` on the direct engine with the default model: {args.clients:,} "
+            f"Command: `{command_line}`. `simulate.py` on the direct engine with the default model and data: {args.clients:,} "
             f"clients, {args.trained:,} trained a round for {args.rounds} rounds, {args.evaluated} evaluated at round 0 "
             f"and the last, checkpoints every round, `simulation.engine.state_memory_mb={args.budget:g}`. Machine: "
             f"{machine_info()}; 1-minute load average {load:.1f} before the runs.",
