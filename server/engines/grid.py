@@ -29,6 +29,7 @@ from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
 from fedmtl.core.params import is_head
 from fedmtl.driver.engine import EngineCapabilities
 from server.engines.node_contexts import NodeContexts
+from server.engines.node_ids import PartitionNodes, PlacedNodes
 from server.engines.secure import secure_round
 
 NODE_WAIT_S = 120.0
@@ -48,6 +49,7 @@ class PlacedGrid(Grid):
     on_message: Callable[[Message], None] | None = None
     run_config: Mapping[str, Any]  # what the ServerApp's context carries (empty: the apps got their config)
     contexts: NodeContexts  # node -> its Context, which persists across the node's messages
+    _nodes: PlacedNodes  # node id <-> partition of the nodes placed at the start
     _run: Run
 
     def place(
@@ -57,20 +59,25 @@ class PlacedGrid(Grid):
         ``state_budget_bytes`` of private state held, the states used longest ago lose their arrays
         (:class:`~server.engines.node_contexts.NodeContexts`)."""
         rng = random.Random(random.SystemRandom().getrandbits(128))  # ids unpredictable, drawn fast
-        partitions: dict[int, int] = {}  # node -> partition, in partition order
-        while len(partitions) < nodes:
-            partitions.setdefault(rng.getrandbits(63) | (1 << 62), len(partitions))  # never 0 or 1 (SuperLink)
+        partitions = PlacedNodes(nodes, rng.getrandbits(2 * 62))  # node -> partition, computed (never 0 or 1)
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
 
         def context(node: int, partition: int) -> Context:
             config = {PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: nodes, **(node_config or {})}
             return Context(self._run.run_id, node, config, RecordDict(), dict(self.run_config))
 
+        self._nodes = partitions
         self.contexts = NodeContexts(partitions, context, state_budget_bytes)
 
     def node_partitions(self) -> Mapping[int, int]:
         """node id -> the partition (participant) it plays."""
         return self.contexts.partitions()
+
+    def partition_nodes(self) -> Mapping[int, int]:
+        """partition -> the node that plays it: computed while the nodes are those placed, else a table."""
+        if self.contexts.unchanged():
+            return PartitionNodes(self._nodes)
+        return {partition: node for node, partition in self.node_partitions().items()}
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -261,7 +268,7 @@ class GridEngine:
         self.grid, self.pull_interval_s, self.node_timeout_s = grid, pull_interval_s, node_timeout_s
         self.count_key, self.query_config = count_key, dict(query_config or {})
         self.capabilities = capabilities or capabilities_of(grid)
-        self.node_of: dict[int, int] = {}  # participant -> node
+        self.node_of: Mapping[int, int] = {}  # participant -> node
         self.known = False  # whether node_of is known to be right (else replies are taken at their word)
         self.secure, self.secure_weighted = secure, secure_weighted
         self.largest_examples: float | None = None  # asked of the participants before the first secure round
@@ -269,11 +276,16 @@ class GridEngine:
         self.asked: set[int] = set()  # new nodes asked who they are (answered or not)
 
     def connect(self, participants: int, interchangeable: bool) -> None:
+        if self.capabilities.places_nodes and isinstance(self.grid, PlacedGrid):  # every node there, none to list
+            placed = len(self.grid.contexts)
+            if placed != participants:
+                raise ConfigError(
+                    self.count_key, f"gives {participants} participants but the grid placed {placed} nodes"
+                )
+            self.node_of, self.known = self.grid.partition_nodes(), True
+            return
         nodes = federation_nodes(self.grid, participants, self.capabilities, self.count_key, self.node_timeout_s)
-        if self.capabilities.places_nodes and isinstance(self.grid, PlacedGrid):
-            self.node_of = {partition: node for node, partition in self.grid.node_partitions().items()}
-            self.known = True
-        elif interchangeable:
+        if interchangeable:
             self.node_of, self.known = dict(enumerate(nodes)), False
         else:
             self.node_of, self.known = self.identify(nodes), True
@@ -329,10 +341,11 @@ class GridEngine:
         if self.known:
             self.asked.update(new)  # a node that does not answer is not asked again every round
             answers = self._ask(new, tolerant=True, timeout_s=timeout_s)
-            self.node_of.update({int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in answers})
+            found = {int(protocol.as_number(a[protocol.PARTICIPANT])): int(a["node"]) for a in answers}
+            self.node_of = {**self.node_of, **found}
         else:
             places = [p for p, node in self.node_of.items() if node not in current or node in self.silent]
-            self.node_of.update(zip(places, new))
+            self.node_of = {**self.node_of, **dict(zip(places, new))}
         self.silent -= set(self.node_of.values())
 
     def exchange(
