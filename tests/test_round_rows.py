@@ -156,3 +156,32 @@ def test_an_engine_hands_each_reply_to_on_reply_as_it_comes_or_at_the_latest_at_
     exchange = engine.exchange(sends, 10, on_reply=handed.append)
     assert when_handled == seen
     assert len(handed) == 3 and all(a is b for a, b in zip(handed, exchange.replies))  # the very replies returned
+
+
+def test_replies_that_carry_no_usable_row_are_left_to_the_screening():
+    algorithm = ServerAlgorithm(load_config(None, list(SETTINGS)))
+    algorithm.train_sends(1, {})
+    good = replies_for(algorithm)
+    ((_, stream, _),) = algorithm._rows.streams.values()
+    wrong_shape = {k: v.reshape(-1)[:1] for k, v in good[2].arrays.items()}
+    for reply in (
+        Reply(participant=0, error="the client crashed"),
+        Reply(participant=1, arrays=good[1].arrays, reports=good[1].reports, problem="two ArrayRecords"),
+        Reply(participant=2, arrays=wrong_shape, reports=good[2].reports),
+        Reply(participant=3, reports=good[3].reports),  # no arrays
+        Reply(participant=CLIENTS + 5, arrays=good[4].arrays, reports=good[4].reports),  # not sent this round
+        Reply(participant=None, arrays=good[5].arrays, reports=[]),  # says nobody
+    ):
+        algorithm.on_reply(reply)
+    assert not any(stream.settled)
+    algorithm.on_reply(Reply(participant=None, arrays=good[6].arrays, reports=good[6].reports))  # its own word
+    algorithm.on_reply(good[6])  # a second reply for the slot: left for the screening to judge
+    assert [s for s, done in enumerate(stream.settled) if done] == [6] and stream.source(6) is not good[6]
+
+
+def test_under_secure_aggregation_no_row_is_taken():
+    settings = [*SETTINGS, "server.aggregator={name: fedavg}", "privacy.secure_aggregation={enabled: true}"]
+    algorithm = ServerAlgorithm(load_config(None, settings))
+    algorithm.train_sends(1, {})
+    assert algorithm._rows is None
+    algorithm.on_reply(replies_for(algorithm)[0])  # nothing to write into
