@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def run_leg(command: list[str], run_dir: Path, log: Path, args: argparse.Namespa
             if tick - start > args.timeout:
                 raise SystemExit(f"simulate.py ran past --timeout {args.timeout:g} s; stopped (log: {log})")
             sample_once(proc.pid, sampled, start)
-            if kill_after is not None and server_file.exists() and len(read_rows(server_file)) >= kill_after:
+            if kill_after is not None and rounds_written(server_file) >= kill_after:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 killed = True
@@ -69,6 +70,13 @@ def run_leg(command: list[str], run_dir: Path, log: Path, args: argparse.Namespa
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"simulate.py exited with {proc.returncode}:\n{tail}")
     return Leg(wall, sampled, killed)
+
+
+def rounds_written(server_file: Path) -> int:
+    """Rows of ``server.jsonl`` written completely so far (the server may be writing the next one)."""
+    if not server_file.exists():
+        return 0
+    return server_file.read_bytes().count(b"\n")
 
 
 def settings(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -118,7 +126,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--timeout", type=float, default=3600.0, help="stop a process after this many seconds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="passed to every run")
-    parser.add_argument("--keep", metavar="DIR", help="keep both run directories under DIR")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep both run directories there")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     if not 0 < args.trained <= args.clients or not 0 < args.evaluated <= args.clients:
@@ -127,9 +135,12 @@ def main() -> None:
         parser.error("--kill-after must be between 1 and --rounds - 1")
     signal.signal(signal.SIGTERM, _interrupt)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="fedmtl-large-", dir=args.keep) as tmp:
-        root = Path(tmp)
+    root = Path(args.keep or tempfile.mkdtemp(prefix="fedmtl-large-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
         straight_dir, resumed_dir = root / "straight", root / "resumed"
+        if straight_dir.exists() or resumed_dir.exists():
+            raise SystemExit(f"--keep {root}: holds runs already; name an empty directory")
         print(
             f"large federation: {args.clients:,} clients, {args.trained:,} a round, {args.rounds} rounds ...",
             flush=True,
@@ -139,16 +150,17 @@ def main() -> None:
         first = run_leg(settings(args, resumed_dir), resumed_dir, root / "first.log", args, args.kill_after)
         if not first.killed:
             raise SystemExit(f"the second run ended before round {args.kill_after} was written")
-        killed_at = len(read_rows(resumed_dir / SERVER_FILE))
+        killed_at = rounds_written(resumed_dir / SERVER_FILE)
         print(f"  killed after round {killed_at}: {first.wall:.0f} s", flush=True)
         command = [sys.executable, "simulate.py", "--resume", str(resumed_dir)]
         second = run_leg(command, resumed_dir, root / "resumed.log", args, None)
         print(f"  resumed: {second.wall:.0f} s", flush=True)
         found = differences(straight_dir, resumed_dir)
         disk = state_on_disk(straight_dir)
-        if args.keep:
-            os.rename(tmp, Path(args.keep) / "large-federation")
-            os.makedirs(tmp)  # for TemporaryDirectory's clean-up
+        rejected = sum(len(row.get("rejected") or []) for row in read_rows(straight_dir / SERVER_FILE))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     verdict = (
         "equal bit for bit (metrics.jsonl, server.jsonl without timings, encoder.pt)" if not found else "; ".join(found)
     )
@@ -176,7 +188,8 @@ def main() -> None:
             "",
             *rows,
             "",
-            f"Private state on disk at the end: {disk / MIB:.0f} MiB. The run killed (SIGKILL to its process group) "
+            f"Private state on disk at the end: {disk / MIB:.0f} MiB; updates rejected by the server over the run: "
+            f"{rejected}. The run killed (SIGKILL to its process group) "
             f"and resumed with `simulate.py --resume` against the one never interrupted: **{verdict}**.",
         ]
     )
