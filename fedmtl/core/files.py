@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,47 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Read a metrics table back (CSV values converted to numbers where possible)."""
+    return list(iter_rows(path))
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """A metrics table's rows one at a time (a large run's ``server.jsonl`` holds gigabytes)."""
     if path.suffix == ".csv":
         with path.open(newline="") as handle:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+            for row in csv.DictReader(handle):
+                yield {k: _number(v) for k, v in row.items()}
+        return
     with path.open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def keep_rows(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite a metrics table atomically with only the rows ``keep`` accepts, one row at a time and each
+    kept row exactly as it was written; how many were kept."""
+    kept = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal kept
+        if path.suffix == ".csv":
+            with path.open(newline="") as source, tmp.open("w", newline="") as out:
+                reader, writer = csv.reader(source), csv.writer(out)
+                header = next(reader)
+                writer.writerow(header)
+                for fields in reader:
+                    if keep({k: _number(v) for k, v in zip(header, fields)}):
+                        writer.writerow(fields)
+                        kept += 1
+            return
+        with path.open() as source, tmp.open("w") as out:
+            for line in source:
+                if line.strip() and keep(json.loads(line)):
+                    out.write(line if line.endswith("\n") else line + "\n")
+                    kept += 1
+
+    atomic_write(path, write)
+    return kept
 
 
 def _number(text: str) -> Any:

@@ -5,7 +5,7 @@ run appends exactly what an uninterrupted one writes."""
 from __future__ import annotations
 
 from fedmtl.core.errors import FederationError
-from fedmtl.core.files import read_rows
+from fedmtl.core.files import iter_rows
 from fedmtl.core.layout import CLIENTS_FILE, ROLLBACK_FILE, SERVER_FILE
 from fedmtl.core.protocol import EVAL, PERSONAL
 from fedmtl.driver.loop import Callback, RunState
@@ -39,7 +39,7 @@ class Checkpointing(Callback):
             truncate_rows_after(table, done if checkpoint else -1)
         state.done = state.durable = done
         if done:
-            state.curves.add(r for r in read_rows(run.metrics_path) if r["split"] in (EVAL, PERSONAL))
+            state.curves.add(r for r in iter_rows(run.metrics_path) if r["split"] in (EVAL, PERSONAL))
 
     def on_round_end(self, state: RunState, server_round: int) -> None:
         if not state.failed and is_checkpoint_round(state.cfg, server_round):
