@@ -38,6 +38,7 @@ from fedmtl.methods.aggregation import AggregationInput, Aggregator  # noqa: E40
 from fedmtl.methods.aggregation.gramian import combine_rows, full_float32_matmul  # noqa: E402
 from fedmtl.methods.aggregation.gramian_stream import GramianStream  # noqa: E402
 
+NOTE = "What is left after the last reply is bounded below by one read of every row for the last tile's products (its 8 rows against all K) and one for the combining pass: about 2x FedAvg's call, which reads the rows once, plus the tile's arithmetic, which small [8, 65,536] x [65,536, 8] products do at a fraction of the machine's matrix-product rate. The solve is the rest (UPGrad, CAGrad at K = 200). Rows that mostly agree (`--rows similar`) fail the float32 products' precision check, and the centred Gramian is then computed from all rows at the end: streaming saves only the first product there."
 METHODS = ("mgda", "cagrad", "upgrad", "imtl_g", "nash_mtl", "aligned_mtl", "pcgrad", "fedfv")
 
 
@@ -131,6 +132,7 @@ def main() -> None:
             "call with the stream's products (checks, solve, combining pass).",
             "",
             *lines,
+            NOTE,
         ]
     )
     print(text)
