@@ -16,8 +16,9 @@ from fedmtl.core.files import read_rows
 from fedmtl.runtime.resources import backend_config, private_ray_cluster
 from server.engines import workers
 from server.engines.direct import DirectGrid
-from server.engines.grid import GridEngine, PlacedGrid
+from server.engines.grid import GridEngine
 from server.engines.inprocess import InProcessGrid
+from server.engines.placed import PlacedGrid
 from tests.helpers import TAG_VAR, assert_no_leftover_processes, set_args, simulate, stop_tagged, tiny_overrides
 
 

@@ -7,8 +7,8 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 
-from server.engines.grid import PlacedGrid
 from server.engines.node_contexts import NodeContexts
+from server.engines.placed import PlacedGrid
 
 
 class Placed(PlacedGrid):

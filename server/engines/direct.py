@@ -36,8 +36,8 @@ from flwr.serverapp import ServerApp
 
 from fedmtl.config.sections import ResourcesConfig
 from server.engines import workers
-from server.engines.grid import PlacedGrid
 from server.engines.launch import run_server_app
+from server.engines.placed import PlacedGrid
 from server.engines.workers import WorkerPool
 
 SLOTS_PER_ACTOR = 2

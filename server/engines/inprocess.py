@@ -20,8 +20,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import ServerApp
 
 from fedmtl.config.sections import ResourcesConfig
-from server.engines.grid import PlacedGrid
 from server.engines.launch import run_server_app
+from server.engines.placed import PlacedGrid
 
 
 class InProcessGrid(PlacedGrid):

@@ -7,7 +7,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.engines.grid import PlacedGrid
+from server.engines.placed import PlacedGrid
 
 
 def run_server_app(server_app: ServerApp, grid: PlacedGrid) -> None:
