@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine_info, write_section  # noqa: E402
-from benchmarks.scale import MIB, Sampled, _interrupt, launched, sample_once  # noqa: E402
+from benchmarks.scale import (  # noqa: E402
+    MIB,
+    Sampled,
+    _interrupt,
+    add_run_arguments,
+    launched,
+    sample_once,
+    wait_for_quiet,
+)
 from fedmtl.core.files import read_rows  # noqa: E402
 from fedmtl.core.layout import SERVER_FILE  # noqa: E402
 from fedmtl.runfiles.rundir import RunDirectory  # noqa: E402
@@ -123,18 +131,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--budget", type=float, default=64.0, help="simulation.engine.state_memory_mb (MB)")
     parser.add_argument("--kill-after", type=int, default=50, help="kill the second run once this round is written")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="stop a process after this many seconds")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="passed to every run")
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep both run directories there")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_run_arguments(parser, max_wait=120.0)
+    parser.set_defaults(interval=0.5, timeout=3600.0)  # each process runs for minutes
     args = parser.parse_args()
     if not 0 < args.trained <= args.clients or not 0 < args.evaluated <= args.clients:
         parser.error("--trained and --evaluated must be between 1 and --clients")
     if not 0 < args.kill_after < args.rounds:
         parser.error("--kill-after must be between 1 and --rounds - 1")
     signal.signal(signal.SIGTERM, _interrupt)
-    load = os.getloadavg()[0]
+    load = wait_for_quiet(args.max_load, args.max_wait)
     root = Path(args.keep or tempfile.mkdtemp(prefix="fedmtl-large-"))
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -28,8 +28,8 @@ def test_every_partition_has_its_own_node_id_and_the_id_gives_the_partition_back
 
 def test_ids_of_no_partition_are_not_nodes():
     nodes = PlacedNodes(1000, 12345)
-    for stranger in (0, 1, -3, 1 << 62, (1 << 63) - 1, 1 << 63, "node"):
-        assert stranger not in nodes or nodes[stranger] < 1000  # type: ignore[index]
+    for stranger in (0, 1, -3, (1 << 62) - 1, 1 << 63, "node"):  # outside [2^62, 2^63), or not an int
+        assert stranger not in nodes
     others = [random.Random(s).getrandbits(62) | (1 << 62) for s in range(20_000)]
     assert sum(o in nodes for o in others) <= 2  # 1,000 of 2^62 ids are nodes
     with pytest.raises(KeyError):

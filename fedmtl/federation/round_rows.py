@@ -60,8 +60,7 @@ class RoundRows:
             return  # a second reply for the slot: the screening decides which counts (rows_for)
         arrays, expected = reply.arrays, cohort.updater.layout.expected_shapes
         if all(key in arrays and arrays[key].shape == shape for key, shape in expected.items()):
-            cohort.updater.write_row(stream.row(place[1]), arrays, current)
-            stream.settle(place[1], source=reply)
+            _write(cohort, stream, place[1], arrays, current, reply)
 
     def rows_for(
         self, cohort: Cohort, accepted: Sequence[Accepted], origin: Mapping[int, Reply]
@@ -75,14 +74,22 @@ class RoundRows:
         _, stream, current = entry
         slots = []
         for update in accepted:
-            if self.slot_of.get(update.participant, ("", 0))[0] != cohort.key:
+            place = self.slot_of.get(update.participant)
+            if place is None or place[0] != cohort.key:
                 return None  # not sent this round as the cohort's (a node speaking for another participant)
-            slot = self.slot_of[update.participant][1]
-            source = stream.source(slot)
+            source = stream.source(place[1])
             if source is None:
-                cohort.updater.write_row(stream.row(slot), update.encoder, current)
-                stream.settle(slot, source=origin[id(update)])
+                _write(cohort, stream, place[1], update.encoder, current, origin[id(update)])
             elif source is not origin[id(update)]:
                 return None
-            slots.append(slot)
+            slots.append(place[1])
         return stream, slots
+
+
+def _write(
+    cohort: Cohort, stream: GramianStream, slot: int, state: Mapping[str, torch.Tensor], current: torch.Tensor,
+    reply: Reply,
+) -> None:  # fmt: skip
+    """Slot ``slot`` gets ``current - flatten(state)``, filled from ``reply``."""
+    cohort.updater.write_row(stream.row(slot), state, current)
+    stream.settle(slot, source=reply)

@@ -33,7 +33,8 @@ class PlacedGrid(Grid):
     def place(
         self, nodes: int, node_config: Mapping[str, Any] | None = None, state_budget_bytes: int | None = None
     ) -> None:
-        """Draw ``nodes`` node ids and a run id; each node gets its context when first read. Past
+        """Draw the key of ``nodes`` node ids (computed from their partitions: :mod:`server.engines.node_ids`)
+        and a run id; each node gets its context when first read. Past
         ``state_budget_bytes`` of private state held, the states used longest ago lose their arrays
         (:class:`~server.engines.node_contexts.NodeContexts`)."""
         rng = random.Random(random.SystemRandom().getrandbits(128))  # ids unpredictable, drawn fast

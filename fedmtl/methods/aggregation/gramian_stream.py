@@ -12,7 +12,8 @@ is computed the same way whichever came first (the lower tile on the left, summe
 column chunks in the same order, float32 products of :data:`CHUNK` columns accumulated in float64),
 so a run is reproducible whatever its clients' timing. It is not the one-shot :func:`gramian`'s
 single matrix product, which sums each entry in float32 over all P columns: the two agree to float32
-rounding (the chunked sum is the more accurate), and the same precision checks apply to both
+rounding (largest error 1.6-3.2e-6 of ``|g_i| |g_j|`` against 0.6-3.1e-6 for the single product, on
+Gaussian rows at K = 20-50, P = 1e5-1e6), and the same precision checks apply to both
 (:func:`fedmtl.methods.aggregation.gramian.gramian`'s ``products``).
 """
 
