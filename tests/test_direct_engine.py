@@ -49,7 +49,11 @@ def pool():
     os.environ[TAG_VAR] = tag  # Ray's processes inherit it: leftovers are found by tag
     try:
         with workers.warm_workers():
-            yield workers.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+            warm = workers.worker_pool(backend_config(ResourcesConfig(num_cpus=2)))
+            # started here, untimed: the tests' timeouts are for messages, not for a cold start of Ray's
+            # workers (60 s was once not enough on the shared 2-core CI machine, busy with a Ray cluster)
+            warm.wait_ready()
+            yield warm
         assert not stop_tagged(tag), "Ray processes needed SIGKILL after the pool shut down"
     finally:
         del os.environ[TAG_VAR]
@@ -106,6 +110,7 @@ def test_a_run_that_ends_with_a_worker_still_busy_leaves_every_worker_to_the_nex
     assert ask(grid, sorted(grid.get_node_ids())[:1], "sleep", timeout=0.2) == []
     grid.close()  # the run ends while one worker still sleeps: it is replaced
     assert len(pool.actors) == 2 and grid.in_flight == {}
+    pool.wait_ready()  # the replacement's cold start is not what the timeout below is for
     following = DirectGrid(pool, pool.load(counting_app()), num_nodes=4)
     replies = ask(following, following.get_node_ids(), timeout=60)
     assert len(replies) == 4 and not any(m.has_error() for m in replies)
@@ -117,6 +122,7 @@ def test_a_dead_worker_is_reported_as_such_and_replaced(grid, pool):
     before = set(pool.wait_ready())
     [died] = ask(grid, sorted(grid.get_node_ids())[:1], "die")
     assert died.has_error() and "ActorDiedError" in died.error.reason  # the round driver restarts on this marker
+    pool.wait_ready()  # the replacement has started (untimed), then takes messages
     replies = ask(grid, sorted(grid.get_node_ids()))
     assert not any(m.has_error() for m in replies)
     after = set(pool.wait_ready())
