@@ -67,22 +67,35 @@ def test_batches_hold_as_many_problems_as_block_bytes_allow_and_cover_each_probl
     gram = gramian(k, 15, seed=4)
     lower = torch.randn(problems, k, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     expected = nnls_rows(gram, lower)
-    batches: list[torch.Tensor] = []
-    real = dual_cone_batched._newton
-    monkeypatch.setattr(dual_cone_batched, "_newton", lambda g, low: batches.append(low) or real(g, low))
-    # one problem's free-set block is at most k x k float64 numbers: 8 k^2 bytes
-    for block_bytes, per_batch in [
-        (8 * k * k * 3, 3),
-        (8 * k * k * 3 + 8 * k * k - 1, 3),
-        (1, 1),
-        (8 * k * k * 50, 20),
-    ]:
+    batches: list[tuple[torch.Tensor, int]] = []  # (the batch's G u rows, the widest free set of its step)
+    steps: list[tuple[torch.Tensor, int]] = []
+    real_step, real_batch = dual_cone_batched._solve_on_free_sets, dual_cone_batched._cholesky_on_free_sets
+
+    def step(gram_, linear, free):
+        steps.append((linear, int(free.sum(dim=1).max())))
+        return real_step(gram_, linear, free)
+
+    monkeypatch.setattr(dual_cone_batched, "_solve_on_free_sets", step)
+    monkeypatch.setattr(
+        dual_cone_batched, "_cholesky_on_free_sets", lambda g, lin, f: batches.append(lin) or real_batch(g, lin, f)
+    )
+    for block_bytes in (1, 8 * 9 * 3, 8 * 25 * 3 - 1, 8 * 49 * 50):  # one problem a batch ... every problem in one
         batches.clear()
+        steps.clear()
         monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", block_bytes)
-        solution = project_rows(gram, lower)
-        sizes = [batch.shape[0] for batch in batches]
-        assert sizes == [per_batch] * (problems // per_batch) + ([problems % per_batch] if problems % per_batch else [])
-        assert torch.equal(torch.cat(batches), lower)  # in order, each problem once
+        solution = dual_cone_batched.project_rows(gram, lower)
+        seen = 0
+        for linear, width in steps:  # each step's problems split in order into batches of f x f float64 blocks
+            per_batch = max(1, block_bytes // (8 * width * width)) if width else linear.shape[0]
+            sizes = [per_batch] * (linear.shape[0] // per_batch) + [linear.shape[0] % per_batch] * bool(
+                linear.shape[0] % per_batch
+            )
+            mine = batches[seen : seen + len(sizes)] if width else []
+            assert [b.shape[0] for b in mine] == (sizes if width else [])
+            if width:
+                assert torch.equal(torch.cat(mine), linear)  # in order, each problem once
+            seen += len(mine)
+        assert seen == len(batches) and steps
         np.testing.assert_allclose(solution.numpy(), expected, rtol=0, atol=1e-7 * np.abs(expected).max())
     assert fallback_calls == []
 
@@ -115,12 +128,36 @@ def test_problems_settle_independently_of_the_others_in_their_batch(monkeypatch,
     assert float((solution[1] - lower[1]).min()) >= 0
 
 
+def power_bound(gram: np.ndarray, steps: int = 20) -> float:
+    """1.1 times the Rayleigh quotient after ``steps`` power iterations from the all-ones vector, at most
+    the largest absolute row sum (Gershgorin)."""
+    vector = np.ones(gram.shape[0])
+    for _ in range(steps):
+        image = gram @ vector
+        estimate = float(vector @ image / (vector @ vector))
+        vector = image / np.linalg.norm(image)
+    return min(float(np.abs(gram).sum(axis=1).max()), 1.1 * estimate)
+
+
+def test_the_step_bound_is_about_the_largest_eigenvalue_and_never_above_gershgorin() -> None:
+    for k, p, seed in [(12, 5, 12), (40, 400, 3), (200, 20_000, 4)]:
+        gram = gramian(k, p, seed)
+        bound = dual_cone_batched.largest_eigenvalue_bound(gram)
+        largest = float(torch.linalg.eigvalsh(gram)[-1])
+        assert largest <= bound <= min(1.1 * largest, float(gram.abs().sum(dim=1).max()))
+        assert bound == pytest.approx(power_bound(gram.numpy()), rel=1e-12)
+    rows = torch.randn(1000, 100_000, generator=torch.Generator().manual_seed(0)) / 100_000**0.5
+    gram = (rows @ rows.T).double()  # many nearly orthogonal rows: Gershgorin's bound is far too large
+    assert dual_cone_batched.largest_eigenvalue_bound(gram) < 0.5 * float(gram.abs().sum(dim=1).max())
+    assert dual_cone_batched.largest_eigenvalue_bound(torch.zeros(3, 3, dtype=torch.float64)) == 0
+
+
 def fista_free_sets(gram: np.ndarray, linear: np.ndarray, steps: int, check_every: int | None = None) -> np.ndarray:
     """FISTA (Beck & Teboulle 2009) on ``min_{z >= 0} z^T G z / 2 + z^T (G u)`` for every row ``G u`` of
-    ``linear``, from ``z = 0`` with step ``1 / L``, ``L`` the largest absolute row sum of ``G`` (Gershgorin):
-    where ``z > 0`` after ``steps``, or earlier once the sets of all problems are the same at two
-    consecutive checks, one every ``check_every`` steps."""
-    step = 1.0 / np.abs(gram).sum(axis=1).max()
+    ``linear``, from ``z = 0`` with step ``1 / L``, ``L`` from :func:`power_bound`: where ``z > 0`` after
+    ``steps``, or earlier once the sets of all problems are the same at two consecutive checks, one every
+    ``check_every`` steps."""
+    step = 1.0 / power_bound(gram)
     previous = np.zeros_like(linear)
     extrapolated = previous
     t, checked = 1.0, None
@@ -145,9 +182,15 @@ def guess_inputs(k: int, p: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     return gram, torch.cat([lower, torch.zeros(1, k, dtype=torch.float64)]) @ gram
 
 
-def test_the_free_set_guess_is_the_fista_iterate_after_the_allowed_steps(monkeypatch) -> None:
+@pytest.fixture
+def float64_guess(monkeypatch) -> None:
+    """The guess in float64, so that it can be compared exactly with the NumPy restatement."""
+    monkeypatch.setattr(dual_cone_batched, "GUESS_DTYPE", torch.float64)
+
+
+def test_the_free_set_guess_is_the_fista_iterate_after_the_allowed_steps(monkeypatch, float64_guess) -> None:
     gram, linear = guess_inputs(12, 5, seed=12)
-    assert float(gram.abs().sum(dim=1).max()) < 1  # a step 1 / L above 1
+    assert power_bound(gram.numpy()) < 1  # a step 1 / L above 1
     monkeypatch.setattr(dual_cone_batched, "GUESS_CHECK_EVERY", 10**6)  # no early stop: exactly the cap
     moved = set()
     for steps in range(1, 25):
@@ -158,11 +201,11 @@ def test_the_free_set_guess_is_the_fista_iterate_after_the_allowed_steps(monkeyp
     assert len(moved) > 5  # the guess moves with the number of steps, so the cap is exercised
 
 
-@pytest.mark.parametrize(("check_every", "cap"), [(3, 24), (8, 64)])  # (8, 64): the defaults
+@pytest.mark.parametrize(("check_every", "cap"), [(3, 24), (4, 64)])  # (4, 64): the defaults
 def test_the_free_set_guess_stops_when_its_sets_repeat_from_one_check_to_the_next(
-    monkeypatch, check_every, cap
+    monkeypatch, float64_guess, check_every, cap
 ) -> None:
-    gram, linear = guess_inputs(8, 3, seed=25)
+    gram, linear = guess_inputs(8, 3, seed=21)
     monkeypatch.setattr(dual_cone_batched, "GUESS_CHECK_EVERY", check_every)
     monkeypatch.setattr(dual_cone_batched, "MAX_GUESS_STEPS", cap)
     expected = fista_free_sets(gram.numpy(), linear.numpy(), cap, check_every)

@@ -1,0 +1,63 @@
+"""Many linear solves on sub-blocks of one Gramian, by conjugate gradients run on all of them at once.
+
+Each problem ``b`` solves ``G_FF z_F = r_F`` on its own index set ``F`` (``z = 0`` off it), with one shared
+``[K, K]`` matrix ``G``. Gathering and factorizing every ``f x f`` block costs ``B f^3 / 3`` flops in many
+small batched Cholesky factorizations, which run far below the machine's matrix-product rate (UPGrad's
+projections at K = 1,000: free sets of about 550, a 2.7 s floor on 2 CPU cores). Conjugate gradients
+(Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems", J. Res. NBS 49(6), 1952)
+only multiply by ``G``: masking each problem's iterate and product to its set makes one ``[B, K] x [K, K]``
+product per step serve every problem, at that rate. On a well-conditioned block (unit diagonal, rows
+far from dependent) the residual falls below ``1e-12`` of the right-hand side in a few steps, from a warm
+start in fewer; problems that have not converged after ``max_steps`` are reported so that the caller
+solves them exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def solve_on_free_sets(
+    gram: torch.Tensor,
+    rhs: torch.Tensor,
+    free: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    tolerance: float,
+    max_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` (``[B, K]``) with ``G_FF z_F = rhs_F`` and ``z = 0`` off each problem's ``free`` set, iterated
+    from ``start``; and which problems converged (residual norm ``<= tolerance * |rhs_F|``). ``gram`` is
+    symmetric positive semi-definite; a problem whose block is singular along its residual stops unconverged."""
+    mask = free.to(gram.dtype)
+    z = start * mask
+    residual = (rhs - z @ gram) * mask
+    target = tolerance**2 * (rhs * mask).square().sum(dim=1)
+    squared = residual.square().sum(dim=1)
+    converged = squared <= target
+    running = torch.nonzero(~converged).flatten()  # problems still iterating, compacted as they finish
+    direction, squared, target, mask = residual[running], squared[running], target[running], mask[running]
+    iterate, residual = z[running], residual[running]
+    for _ in range(max_steps):
+        if running.numel() == 0:
+            break
+        product = (direction @ gram) * mask
+        curvature = (direction * product).sum(dim=1)
+        breakdown = curvature <= 0  # a singular direction: no step, reported unconverged
+        step = torch.where(breakdown, 0.0, squared / torch.where(breakdown, 1.0, curvature))
+        iterate = iterate + step[:, None] * direction
+        residual = residual - step[:, None] * product
+        following = residual.square().sum(dim=1)
+        done = following <= target
+        z[running[done]] = iterate[done]
+        converged[running[done]] = True
+        keep = ~done & ~breakdown
+        direction = residual + (following / torch.where(squared > 0, squared, 1.0))[:, None] * direction
+        if not bool(keep.all()):
+            z[running[~keep]] = iterate[~keep]
+            running, direction, iterate, residual = running[keep], direction[keep], iterate[keep], residual[keep]
+            following, target, mask = following[keep], target[keep], mask[keep]
+        squared = following
+    if running.numel():
+        z[running] = iterate
+    return z, converged

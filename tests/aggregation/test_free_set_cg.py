@@ -1,0 +1,110 @@
+"""Conjugate gradients on many free-set blocks of one Gramian (UPGrad's solver for wide free sets), against
+dense solves of each block, and the batched dual-cone projections that use it against per-row NNLS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedmtl.methods.aggregation import dual_cone_batched, free_set_cg
+from fedmtl.methods.aggregation.free_set_cg import solve_on_free_sets
+from tests.aggregation.test_dual_cone_batched import assert_kkt, gramian, nnls_rows
+
+
+def block_solutions(gram: torch.Tensor, rhs: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """The reference: each problem's block solved densely, zero off its set."""
+    expected = torch.zeros_like(rhs)
+    for b in range(rhs.shape[0]):
+        index = torch.nonzero(free[b]).flatten()
+        if index.numel():
+            expected[b, index] = torch.linalg.solve(gram[index][:, index], rhs[b, index])
+    return expected
+
+
+def unit_diagonal(gram: torch.Tensor) -> torch.Tensor:
+    scale = gram.diagonal().sqrt()
+    return gram / scale[:, None] / scale[None, :]
+
+
+@pytest.mark.parametrize(("k", "p", "seed"), [(30, 300, 0), (80, 2000, 1), (50, 40, 2)])
+def test_each_problem_solves_its_own_block_from_a_cold_or_a_warm_start(k, p, seed) -> None:
+    gram = unit_diagonal(gramian(k, p, seed))
+    generator = torch.Generator().manual_seed(seed)
+    rhs = torch.randn(12, k, generator=generator, dtype=torch.float64)
+    free = torch.rand(12, k, generator=generator) < torch.linspace(0, 1, 12)[:, None]  # empty to (nearly) full
+    free[0] = False
+    expected = block_solutions(gram, rhs, free)
+    for start in (torch.zeros_like(rhs), expected + 1e-3 * torch.randn(12, k, generator=generator).double()):
+        z, converged = solve_on_free_sets(gram, rhs, free, start, tolerance=1e-12, max_steps=200)
+        assert bool(converged.all())
+        assert torch.equal(z[~free], torch.zeros_like(z[~free]))  # nothing off the sets, whatever the start
+        residual = ((rhs - z @ gram) * free).norm(dim=1)
+        assert bool((residual <= 1e-12 * (rhs * free).norm(dim=1)).all())
+        torch.testing.assert_close(z, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
+
+
+def test_an_exact_start_takes_no_step_and_too_few_steps_are_reported() -> None:
+    gram = unit_diagonal(gramian(40, 400, 3))
+    rhs = torch.randn(5, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    free = torch.ones(5, 40, dtype=torch.bool)
+    exact = torch.linalg.solve(gram, rhs.T).T
+    z, converged = solve_on_free_sets(gram, rhs, free, exact, tolerance=1e-10, max_steps=0)
+    assert bool(converged.all()) and torch.equal(z, exact)
+    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=2)
+    assert not bool(converged.any())  # two steps cannot solve a 40 x 40 system to 1e-12
+    assert torch.isfinite(z).all()
+
+
+def test_a_singular_block_stops_unconverged_while_the_others_converge() -> None:
+    row = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    rows = torch.stack([row, row, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)])
+    gram = rows @ rows.T  # rows 0 and 1 identical: the block {0, 1} is singular
+    rhs = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)  # outside the block's range
+    free = torch.tensor([[True, True, False], [False, False, True]])
+    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=10)
+    assert converged.tolist() == [False, True]
+    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64))
+
+
+@pytest.fixture
+def cg_calls(monkeypatch) -> list[int]:
+    """The widest free set of each CG solve of the projections."""
+    calls: list[int] = []
+    real = free_set_cg.solve_on_free_sets
+
+    def counting(gram, rhs, free, start, **kwargs):
+        calls.append(int(free.sum(dim=1).max()))
+        return real(gram, rhs, free, start, **kwargs)
+
+    monkeypatch.setattr(free_set_cg, "solve_on_free_sets", counting)
+    return calls
+
+
+@pytest.mark.parametrize(("k", "p", "seed", "shared"), [(120, 5000, 0, 0.0), (90, 60, 1, 0.0), (100, 3000, 2, 0.01)])
+def test_projections_with_wide_free_sets_go_through_cg_and_equal_nnls(k, p, seed, shared, cg_calls) -> None:
+    gram = gramian(k, p, seed, shared)
+    lower = torch.eye(k, dtype=torch.float64) / k
+    solution = dual_cone_batched.project_rows(gram, lower)
+    assert cg_calls and max(cg_calls) > dual_cone_batched.CHOLESKY_MAX_WIDTH
+    expected = nnls_rows(gram, lower)
+    np.testing.assert_allclose(solution.numpy(), expected, rtol=0, atol=1e-7 * np.abs(expected).max())
+    assert_kkt(gram, lower, solution)
+    assert bool((solution >= lower).all())  # exactly, after the rescaling
+
+
+def test_problems_cg_does_not_converge_take_the_cholesky_solve_with_the_same_answer(monkeypatch, cg_calls) -> None:
+    gram = gramian(100, 3000, seed=5)
+    lower = torch.eye(100, dtype=torch.float64) / 100
+    expected = dual_cone_batched.project_rows(gram, lower)
+    cholesky_widths: list[int] = []
+    real = dual_cone_batched._solve_on_free_sets
+    monkeypatch.setattr(
+        dual_cone_batched,
+        "_solve_on_free_sets",
+        lambda g, lin, free: cholesky_widths.append(int(free.sum(dim=1).max())) or real(g, lin, free),
+    )
+    monkeypatch.setattr(dual_cone_batched, "CG_MAX_STEPS", 1)  # no wide block converges in one step
+    solution = dual_cone_batched.project_rows(gram, lower)
+    assert max(cholesky_widths) > dual_cone_batched.CHOLESKY_MAX_WIDTH and cg_calls
+    torch.testing.assert_close(solution, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
