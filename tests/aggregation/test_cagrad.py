@@ -152,6 +152,7 @@ def test_slsqp_receives_the_gradient_of_the_inner_objective(monkeypatch: pytest.
         return start
 
     monkeypatch.setattr(cagrad, "minimize_on_simplex", spy)
+    monkeypatch.setattr(cagrad, "active_set_weights", lambda *args: None)  # as when its steps do not settle
     gram = np.array([[2.0, -0.5, 0.3], [-0.5, 1.0, -0.2], [0.3, -0.2, 1.5]])
     cagrad.conflict_averse_weights(gram, 0.4)
     v = np.array([0.2, 0.5, 0.3])
@@ -171,3 +172,59 @@ def test_bad_settings_say_what_is_valid() -> None:
         with pytest.raises(ValueError) as raised:
             CAGrad(**settings)
         assert str(raised.value) == message
+
+
+def slsqp_weights(gram: np.ndarray, radius: float) -> np.ndarray:
+    from fedmtl.methods.aggregation import cagrad
+
+    k = gram.shape[0]
+    uniform = np.full(k, 1 / k)
+    towards_mean = gram @ uniform
+    return cagrad.minimize_on_simplex(
+        lambda w: float(w @ towards_mean + radius * np.sqrt(w @ gram @ w + cagrad.SQRT_EPS)),
+        lambda w: towards_mean + radius * (gram @ w) / np.sqrt(w @ gram @ w + cagrad.SQRT_EPS),
+        uniform,
+        np.zeros(k),
+        np.ones(k),
+    )
+
+
+@pytest.mark.parametrize(
+    ("k", "p", "shared", "seed"), [(8, 30, 0.0, 0), (40, 400, 0.0, 1), (60, 2000, 0.9, 2), (30, 200, 0.5, 3)]
+)
+def test_the_active_set_steps_settle_on_the_slsqp_solution_and_its_optimality_conditions(k, p, shared, seed) -> None:
+    from fedmtl.methods.aggregation.cagrad import active_set_weights
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = random_rows(k, p, seed) * (1 - shared) ** 0.5 + shared**0.5 * torch.randn(1, p, generator=generator).double()
+    gram = (rows @ rows.T).numpy()
+    gram = gram / (np.trace(gram) / k)
+    radius = 0.4 * np.sqrt(gram.mean())
+    w = active_set_weights(gram, radius)
+    assert w is not None and w.min() >= 0 and abs(w.sum() - 1) < 1e-12
+    reference = slsqp_weights(gram, radius)
+    value = lambda v: float(v @ gram @ np.full(k, 1 / k) + radius * np.sqrt(v @ gram @ v))  # noqa: E731
+    assert value(w) <= value(reference) + 1e-12
+    np.testing.assert_allclose(w, reference, rtol=0, atol=1e-5)
+    condition = gram @ np.full(k, 1 / k) + radius * gram @ w / np.sqrt(w @ gram @ w)
+    support = w > 0
+    assert np.ptp(condition[support]) < 1e-10 and condition.min() >= condition[support].min() - 1e-10
+    if shared:
+        assert 0 < support.sum() < k  # the support is a proper subset: the steps had to find it
+
+
+def test_the_active_set_steps_give_way_to_slsqp_where_they_cannot_settle(monkeypatch) -> None:
+    from fedmtl.methods.aggregation import cagrad
+
+    dependent = (lambda r: r @ r.T)(random_rows(6, 3, seed=4).numpy())  # rank 3: G_SS singular for |S| > 3
+    assert cagrad.active_set_weights(dependent / np.trace(dependent) * 6, 0.4) is None
+    opposed = np.array([[1.0, -1.0], [-1.0, 1.0]])  # c = 1.5 with the origin in the hull: the minimum has s = 0
+    assert cagrad.active_set_weights(opposed, 1.5) is None
+    slsqp_calls = []
+    real = cagrad.minimize_on_simplex
+    monkeypatch.setattr(cagrad, "minimize_on_simplex", lambda *a: slsqp_calls.append(1) or real(*a))
+    w = cagrad.conflict_averse_weights(dependent, 0.4)
+    assert slsqp_calls and w.min() >= 0 and abs(w.sum() - 1) < 1e-9
+    monkeypatch.setattr(cagrad, "MAX_ACTIVE_SET_STEPS", 0)
+    gram = (lambda r: r @ r.T)(random_rows(5, 20, seed=5).numpy())
+    assert cagrad.active_set_weights(gram, 0.4) is None

@@ -25,11 +25,19 @@ SQRT_EPS = 1e-14
 NORM_FLOOR = 1e-24
 
 
+# Primal-dual active-set steps before SLSQP takes over (converging problems need a few: 1-8 on the benchmark's)
+MAX_ACTIVE_SET_STEPS = 30
+
+
 def conflict_averse_weights(gram: np.ndarray, radius: float) -> np.ndarray:
-    """``argmin_{w in simplex} w^T gram 1/K + radius * sqrt(w^T gram w)`` by SLSQP from the uniform point."""
+    """``argmin_{w in simplex} w^T gram 1/K + radius * sqrt(w^T gram w)``: by :func:`active_set_weights`
+    where its steps settle, else by SLSQP from the uniform point."""
     k = gram.shape[0]
     if k == 1:
         return np.ones(1)
+    settled = active_set_weights(gram, radius)
+    if settled is not None:
+        return settled
     uniform = np.full(k, 1.0 / k)
     towards_mean = gram @ uniform
 
@@ -42,13 +50,68 @@ def conflict_averse_weights(gram: np.ndarray, radius: float) -> np.ndarray:
     return minimize_on_simplex(objective, gradient, uniform, np.zeros(k), np.ones(k))
 
 
+def active_set_weights(gram: np.ndarray, radius: float) -> np.ndarray | None:
+    """The inner problem's exact solution by primal-dual active-set steps (the strategy of Hintermüller, Ito
+    & Kunisch, SIAM J. Optim. 13(3), 2002, on this problem's optimality conditions), or None where they do
+    not settle.
+
+    With ``b = G 1/K``, ``s = sqrt(w^T G w) > 0`` and support ``S``, optimality is ``b_S + r G_SS w_S / s =
+    mu 1`` on ``S``, ``b_i + r (G w)_i / s >= mu`` off it, ``w_S > 0`` and ``sum w = 1``. Given ``S``, with
+    ``x = G_SS^-1 1`` and ``y = G_SS^-1 b_S``: ``w_S = (s / r)(mu x - y)``, and ``w^T G w = s^2`` is the
+    quadratic ``mu^2 1.x - 2 mu 1.y + b_S.y = r^2``, whose larger root gives ``mu`` and then
+    ``s = r / (mu 1.x - 1.y)`` from the sum: two solves with one Cholesky factor a step. The next support
+    keeps the positive ``w_i`` and adds every ``i`` whose condition fails; when it repeats, every condition
+    holds (a stationary point of the convex objective where it is differentiable: the minimum). Where the
+    quadratic has no such root (the objective is unbounded below on the support's affine hull, as on the
+    first, full support when few rows are nearly dependent) the step solves the same equations with ``s``
+    fixed at the last iterate's ``sqrt(w^T G w)`` (the quadratic program ``min b.w + r w^T G w / (2 s)``
+    on the face), which only moves the support; only an exact step can end the iteration. None
+    where ``G_SS`` has no Cholesky factor, the quadratic has no root with ``s > 0`` (e.g. ``c >= 1`` with
+    the origin in the rows' hull, where the minimum has ``s = 0``), or the support does not settle in
+    :data:`MAX_ACTIVE_SET_STEPS`.
+    """
+    from scipy.linalg import cho_solve  # imported when the solver first runs
+
+    k = gram.shape[0]
+    towards_mean = gram @ np.full(k, 1.0 / k)
+    support = np.ones(k, dtype=bool)
+    norm = math.sqrt(max(float(towards_mean.mean()), 0.0)) or 1.0  # s's first estimate: the mean row's norm
+    for _ in range(MAX_ACTIVE_SET_STEPS):
+        try:
+            factor = np.linalg.cholesky(gram[np.ix_(support, support)])
+        except np.linalg.LinAlgError:
+            return None
+        solved = cho_solve((factor, True), np.stack([np.ones(int(support.sum())), towards_mean[support]], axis=1))
+        x, y = solved[:, 0], solved[:, 1]
+        a, b, c = x.sum(), y.sum(), towards_mean[support] @ y
+        if a <= 0:
+            return None
+        discriminant = b * b - a * (c - radius * radius)
+        exact = discriminant > 0
+        if exact:
+            mu = (b + math.sqrt(discriminant)) / a
+            norm = radius / (mu * a - b)  # s, > 0 by the larger root
+        else:  # the objective is unbounded below on this support's affine hull: step as the QP with s fixed
+            mu = (radius / norm + b) / a
+        w = np.zeros(k)
+        w[support] = norm / radius * (mu * x - y)
+        condition = towards_mean + radius * (gram @ w) / norm
+        following = np.where(support, w > 0, condition < mu)
+        if exact and np.array_equal(following, support):
+            return w / w.sum()  # sums to 1 up to rounding
+        support = following
+        norm = math.sqrt(max(float(w @ gram @ w), 0.0)) or norm
+    return None
+
+
 @dataclass(frozen=True)
 class CAGrad(GramianAggregator):
     """CAGrad (Liu, Liu, Jin, Stone, Liu; NeurIPS 2021), official-code variant, on the Gramian.
 
     With ``g0`` the mean row and ``||g0||^2 = mean(G G^T)`` (the official ``GG.mean()``):
     ``w = argmin_{w in simplex} g_w . g0 + c ||g0|| ||g_w||`` where ``g_w = w @ G``,
-    ``lambda = c ||g0|| / ||g_w||``, ``d = g0 + lambda g_w``. The inner problem is solved like the
+    ``lambda = c ||g0|| / ||g_w||``, ``d = g0 + lambda g_w``. The inner problem is solved exactly by
+    active-set steps (:func:`active_set_weights`) where they settle; otherwise like the
     official code, by SLSQP over the simplex (bounds ``[0, 1]``, ``sum w = 1``), here in float64
     with an analytic gradient and ``ftol`` 1e-15 on a Gramian rescaled to unit mean diagonal; the
     official ``+1e-8`` safeguards are replaced by a ``1e-14`` term under the square root (relative
