@@ -204,3 +204,41 @@ def test_to_numpy_gives_the_float64_symmetric_part() -> None:
     array = to_numpy(torch.tensor([[1.0, 3.0], [1.0, 0.1]]))  # float32 in, float64 out: 0.1 kept as float32's
     assert array.dtype == np.float64
     assert np.array_equal(array, np.array([[1.0, 2.0], [2.0, float(np.float32(0.1))]]))
+
+
+def nnls_min_norm(gram: np.ndarray) -> np.ndarray:
+    """The NNLS route of :func:`_solvers.min_norm_simplex`, with the active-set steps switched off."""
+    from unittest import mock
+
+    with mock.patch.object(_solvers, "min_norm_active_set", lambda *args: None):
+        return _solvers.min_norm_simplex(gram)
+
+
+@pytest.mark.parametrize(
+    ("k", "p", "shared", "seed"), [(6, 20, 0.0, 0), (50, 400, 0.0, 1), (80, 3000, 0.9, 2), (30, 100, 0.6, 3)]
+)
+def test_the_min_norm_active_set_settles_on_the_nnls_solution(k, p, shared, seed) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(k, p)) * np.sqrt(1 - shared) + np.sqrt(shared) * rng.normal(size=(1, p))
+    rows *= np.exp(rng.normal(size=(k, 1)))
+    gram = rows @ rows.T
+    gram /= _solvers.mean_diagonal_scale(gram)
+    w = _solvers.min_norm_active_set(gram)
+    assert w is not None and w.min() >= 0 and abs(w.sum() - 1) < 1e-12
+    reference = nnls_min_norm(gram)
+    assert w @ gram @ w <= reference @ gram @ reference * (1 + 1e-12)
+    np.testing.assert_allclose(w, reference, rtol=0, atol=1e-8)
+    support = w > 0
+    assert np.ptp((gram @ w)[support]) < 1e-12 and (gram @ w).min() >= (gram @ w)[support].min() - 1e-12
+    if shared:
+        assert 0 < support.sum() < k  # a proper support: the steps had to find it
+
+
+def test_the_min_norm_active_set_gives_way_to_nnls_where_it_cannot_settle(monkeypatch) -> None:
+    rows = np.random.default_rng(4).normal(size=(6, 3))
+    dependent = rows @ rows.T  # rank 3: the full support's block has no Cholesky factor
+    assert _solvers.min_norm_active_set(dependent) is None
+    assert _solvers.min_norm_active_set(np.diag([1.0, 2.0]), max_steps=0) is None
+    w = _solvers.min_norm_simplex(dependent)  # through NNLS
+    np.testing.assert_allclose(w, nnls_min_norm(dependent), rtol=0, atol=1e-12)
+    assert np.abs(w @ dependent).max() < 1e-6  # this seed: the origin lies in the hull of the 6 rows
