@@ -142,10 +142,12 @@ def _guess(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
     linear, gram = linear[conflicted].to(GUESS_DTYPE), gram.to(GUESS_DTYPE)
     z = torch.zeros_like(linear)
     momentum, t, guess = z, 1.0, None
+    scaled_linear = step * linear
     for done in range(1, MAX_GUESS_STEPS + 1):
-        following = torch.clamp(momentum - step * (momentum @ gram + linear), min=0)
+        # clamp(momentum - step (momentum G + G u), 0), with the product and its sum fused
+        following = torch.addmm(momentum - scaled_linear, momentum, gram, alpha=-step).clamp_(min=0)
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        momentum = following + ((t - 1) / t_next) * (following - z)
+        momentum = torch.sub(following, z).mul_((t - 1) / t_next).add_(following)
         z, t = following, t_next
         if done % GUESS_CHECK_EVERY == 0:  # stop once the guessed sets no longer move
             previous, guess = guess, z > 0

@@ -37,22 +37,22 @@ def solve_on_free_sets(
     converged = squared <= target
     running = torch.nonzero(~converged).flatten()  # problems still iterating, compacted as they finish
     direction, squared, target, mask = residual[running], squared[running], target[running], mask[running]
-    iterate, residual = z[running], residual[running]
+    iterate, residual = z[running], residual[running]  # copies: updated in place below
     for _ in range(max_steps):
         if running.numel() == 0:
             break
-        product = (direction @ gram) * mask
-        curvature = (direction * product).sum(dim=1)
+        product = torch.mm(direction, gram).mul_(mask)
+        curvature = torch.linalg.vecdot(direction, product)
         breakdown = curvature <= 0  # a singular direction: no step, reported unconverged
-        step = torch.where(breakdown, 0.0, squared / torch.where(breakdown, 1.0, curvature))
-        iterate = iterate + step[:, None] * direction
-        residual = residual - step[:, None] * product
-        following = residual.square().sum(dim=1)
+        step = torch.where(breakdown, 0.0, squared / torch.where(breakdown, 1.0, curvature))[:, None]
+        iterate.addcmul_(step, direction)
+        residual.addcmul_(step, product, value=-1.0)
+        following = torch.linalg.vecdot(residual, residual)
         done = following <= target
         z[running[done]] = iterate[done]
         converged[running[done]] = True
         keep = ~done & ~breakdown
-        direction = residual + (following / torch.where(squared > 0, squared, 1.0))[:, None] * direction
+        direction.mul_((following / torch.where(squared > 0, squared, 1.0))[:, None]).add_(residual)
         if not bool(keep.all()):
             z[running[~keep]] = iterate[~keep]
             running, direction, iterate, residual = running[keep], direction[keep], iterate[keep], residual[keep]
