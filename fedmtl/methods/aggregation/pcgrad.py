@@ -22,27 +22,29 @@ def project_conflicts(gram: torch.Tensor, orders: torch.Tensor, frozen: torch.Te
 
     Every current dot product ``g_i' . g_j`` is kept (``coefficients @ gram``, ``[K, K]``) and only the
     rows that project at a step are updated (``- shrink_i * gram[j]``): a step costs ``K`` numbers per
-    projecting row, not ``K^2`` (K = 1,000 Gaussian rows, about half projecting per step: 0.5 s; rows
-    that rarely conflict: tens of ms).
+    projecting row, not ``K^2`` (K = 1,000 Gaussian rows, about half projecting per step: 0.4-0.45 s;
+    rows that rarely conflict: tens of ms).
     """
     k = gram.shape[0]
     coefficients = torch.eye(k, dtype=gram.dtype, device=gram.device)
     dots = gram.clone()  # dots[i, j] = g_i' . g_j for the current g_i' = coefficients[i] @ G
-    rows = torch.arange(k, device=gram.device)
-    squared_norms = gram.diagonal()
     movable = torch.ones(k, dtype=torch.bool, device=gram.device) if frozen is None else ~frozen
+    # per step s (rows of these [K-1, K] tables): each row's target, where its dot sits in the flattened
+    # tables, the target's squared norm, and whether the row may project onto it at all
+    targets = orders.T.contiguous()
+    flat = (torch.arange(k, device=gram.device) * k + targets).contiguous()
+    norms = gram.diagonal()[targets]
+    usable = (norms > 0) & movable
+    flat_dots, flat_coefficients = dots.view(-1), coefficients.view(-1)
     for step in range(k - 1):
-        targets = orders[:, step]
-        current = dots[rows, targets]
-        target_norms = squared_norms[targets]
-        projecting = torch.nonzero((current < 0) & (target_norms > 0) & movable).flatten()
+        current = flat_dots.take(flat[step])
+        projecting = torch.nonzero((current < 0) & usable[step]).flatten()
         if projecting.numel() == 0:
             continue
-        onto = targets[projecting]
-        shrink = current[projecting] / target_norms[projecting]
-        coefficients[projecting, onto] -= shrink
-        update = gram[onto]  # a copy, scaled in place and added in one pass (half the time of `-=` on an index)
-        dots.index_add_(0, projecting, update.mul_(-shrink[:, None]))
+        shrink = current.index_select(0, projecting).div_(norms[step].index_select(0, projecting)).neg_()
+        flat_coefficients.index_add_(0, flat[step].index_select(0, projecting), shrink)
+        update = gram.index_select(0, targets[step].index_select(0, projecting))  # scaled in place, added in one pass
+        dots.index_add_(0, projecting, update.mul_(shrink[:, None]))
     return coefficients
 
 
