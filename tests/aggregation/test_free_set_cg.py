@@ -108,3 +108,33 @@ def test_problems_cg_does_not_converge_take_the_cholesky_solve_with_the_same_ans
     solution = dual_cone_batched.project_rows(gram, lower)
     assert max(cholesky_widths) > dual_cone_batched.CHOLESKY_MAX_WIDTH and cg_calls
     torch.testing.assert_close(solution, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
+
+
+def test_free_sets_up_to_the_cholesky_width_are_solved_by_cholesky_and_wider_ones_by_cg(monkeypatch, cg_calls) -> None:
+    # many problems with narrow free sets: the widest set decides, not how many free coordinates all have
+    gram = gramian(44, 2000, seed=6)
+    lower = torch.eye(44, dtype=torch.float64) / 44
+    widest = int((dual_cone_batched.project_rows(gram, lower) > lower).sum(dim=1).max())
+    assert 1 < widest and cg_calls == []  # the default width (32) is above this Gramian's widest set
+    monkeypatch.setattr(dual_cone_batched, "CHOLESKY_MAX_WIDTH", widest)  # the widest set is still Cholesky's
+    dual_cone_batched.project_rows(gram, lower)
+    assert cg_calls == []
+    monkeypatch.setattr(dual_cone_batched, "CHOLESKY_MAX_WIDTH", widest - 1)
+    solution = dual_cone_batched.project_rows(gram, lower)
+    assert cg_calls and max(cg_calls) == widest
+    np.testing.assert_allclose(
+        solution.numpy(), nnls_rows(gram, lower), rtol=0, atol=1e-7 * float(solution.abs().max())
+    )
+
+
+def test_a_batch_whose_free_sets_are_all_empty_is_solved_by_z_equal_to_zero(monkeypatch) -> None:
+    gram = unit_diagonal(gramian(6, 20, seed=7))
+    linear = torch.randn(3, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    free = torch.tensor([[False] * 6, [True, True, False, True, False, False], [False] * 6])
+    monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", 1)  # one problem a batch: two batches are empty
+    z, solvable = dual_cone_batched._solve_on_free_sets(gram, linear, free)
+    assert solvable.tolist() == [True, True, True]
+    torch.testing.assert_close(z, block_solutions(gram, -linear, free), rtol=0, atol=1e-12)
+    assert torch.equal(z[[0, 2]], torch.zeros(2, 6, dtype=torch.float64))
+    empty, none_solvable = dual_cone_batched._solve_on_free_sets(gram, linear[:0], free[:0])
+    assert empty.shape == (0, 6) and none_solvable.shape == (0,)

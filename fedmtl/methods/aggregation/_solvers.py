@@ -80,7 +80,7 @@ def min_norm_active_set(gram: np.ndarray, max_steps: int = MAX_ACTIVE_SET_STEPS)
     and ``w`` is the minimum. One Cholesky solve a step, from the full support (a few steps on 1,000 rows)."""
     from scipy.linalg import cho_solve  # imported when the solver first runs
 
-    k = gram.shape[0]
+    k = len(gram)
     support = np.ones(k, dtype=bool)
     for _ in range(max_steps):
         try:
@@ -88,9 +88,7 @@ def min_norm_active_set(gram: np.ndarray, max_steps: int = MAX_ACTIVE_SET_STEPS)
         except np.linalg.LinAlgError:
             return None
         x = cho_solve((factor, True), np.ones(int(support.sum())))
-        total = float(x.sum())
-        if not total > 0:
-            return None
+        total = float(x.sum())  # > 0: G_SS is positive definite
         w = np.zeros(k)
         w[support] = x / total
         following = np.where(support, w > 0, gram @ w < 1.0 / total)

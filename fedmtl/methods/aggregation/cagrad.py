@@ -72,7 +72,7 @@ def active_set_weights(gram: np.ndarray, radius: float) -> np.ndarray | None:
     """
     from scipy.linalg import cho_solve  # imported when the solver first runs
 
-    k = gram.shape[0]
+    k = len(gram)
     towards_mean = gram @ np.full(k, 1.0 / k)
     support = np.ones(k, dtype=bool)
     norm = math.sqrt(max(float(towards_mean.mean()), 0.0)) or 1.0  # s's first estimate: the mean row's norm
@@ -83,22 +83,19 @@ def active_set_weights(gram: np.ndarray, radius: float) -> np.ndarray | None:
             return None
         solved = cho_solve((factor, True), np.stack([np.ones(int(support.sum())), towards_mean[support]], axis=1))
         x, y = solved[:, 0], solved[:, 1]
-        a, b, c = x.sum(), y.sum(), towards_mean[support] @ y
-        if a <= 0:
-            return None
+        a, b, c = x.sum(), y.sum(), towards_mean[support] @ y  # a > 0: G_SS is positive definite
         discriminant = b * b - a * (c - radius * radius)
         exact = discriminant > 0
-        if exact:
-            mu = (b + math.sqrt(discriminant)) / a
-            norm = radius / (mu * a - b)  # s, > 0 by the larger root
-        else:  # the objective is unbounded below on this support's affine hull: step as the QP with s fixed
-            mu = (radius / norm + b) / a
+        # the larger root; or, where there is none (the objective is unbounded below on this support's affine
+        # hull), the QP step with s fixed at ``norm``
+        mu = (b + math.sqrt(discriminant)) / a if exact else (radius / norm + b) / a
+        inverse_norm = (mu * a - b) / radius  # 1 / s: positive for the larger root, and for the QP step
         w = np.zeros(k)
-        w[support] = norm / radius * (mu * x - y)
-        condition = towards_mean + radius * (gram @ w) / norm
+        w[support] = (mu * x - y) / (mu * a - b)  # (s / r)(mu x - y), which sums to 1
+        condition = towards_mean + radius * inverse_norm * (gram @ w)
         following = np.where(support, w > 0, condition < mu)
         if exact and np.array_equal(following, support):
-            return w / w.sum()  # sums to 1 up to rounding
+            return w
         support = following
         norm = math.sqrt(max(float(w @ gram @ w), 0.0)) or norm
     return None

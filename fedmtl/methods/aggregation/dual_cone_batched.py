@@ -69,9 +69,9 @@ def _project_unit_diagonal(gram: torch.Tensor, lower: torch.Tensor) -> torch.Ten
     unsettled = ~settled
     rows = torch.arange(lower.shape[0], device=lower.device)
     if bool(unsettled.any()):
-        root = psd_sqrt(gram.detach().to("cpu", torch.float64).numpy())
+        root = psd_sqrt(gram.detach().cpu().numpy())  # float64 already (project_rows)
         for b in rows[unsettled].tolist():
-            exact = nonneg_shift_qp(root, lower[b].detach().to("cpu", torch.float64).numpy())
+            exact = nonneg_shift_qp(root, lower[b].detach().cpu().numpy())
             solution[b] = torch.as_tensor(np.asarray(exact), dtype=solution.dtype, device=solution.device)
     return solution
 
@@ -185,11 +185,9 @@ def _solve_on_free_sets(
     problems' blocks had a Cholesky factor. Problems are solved in batches whose blocks fit :data:`BLOCK_BYTES`."""
     problems = linear.shape[0]
     width = int(free.sum(dim=1).max()) if problems else 0
-    if width == 0:
-        return torch.zeros_like(linear), torch.ones(problems, dtype=torch.bool, device=linear.device)
     z = torch.empty_like(linear)
     solvable = torch.empty(problems, dtype=torch.bool, device=linear.device)
-    for start, stop in _chunks(width, problems):
+    for start, stop in _chunks(max(width, 1), problems):
         z[start:stop], solvable[start:stop] = _cholesky_on_free_sets(gram, linear[start:stop], free[start:stop])
     return z, solvable
 
@@ -200,9 +198,7 @@ def _cholesky_on_free_sets(
     """:func:`_solve_on_free_sets` for one batch: the blocks, padded to the widest, factorized together."""
     problems, k = linear.shape
     counts = free.sum(dim=1)
-    width = int(counts.max())
-    if width == 0:
-        return torch.zeros_like(linear), torch.ones(problems, dtype=torch.bool, device=linear.device)
+    width = int(counts.max())  # may be 0 in a batch: empty blocks, z = 0
     # Padding without masks: slot j past a problem's free indices points at coordinate k + j of a Gramian
     # extended by an identity block (and a zero right-hand side), so a gathered block is [[G_FF, 0], [0, I]].
     extended = torch.zeros(k + width, k + width, dtype=gram.dtype, device=gram.device)
