@@ -150,6 +150,9 @@ def test_the_step_bound_is_about_the_largest_eigenvalue_and_never_above_gershgor
     gram = (rows @ rows.T).double()  # many nearly orthogonal rows: Gershgorin's bound is far too large
     assert dual_cone_batched.largest_eigenvalue_bound(gram) < 0.5 * float(gram.abs().sum(dim=1).max())
     assert dual_cone_batched.largest_eigenvalue_bound(torch.zeros(3, 3, dtype=torch.float64)) == 0
+    # orthogonal rows: Gershgorin's bound is the largest eigenvalue itself, below 1.1 times the estimate
+    diagonal = torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))
+    assert dual_cone_batched.largest_eigenvalue_bound(diagonal) == 3.0
 
 
 def fista_free_sets(gram: np.ndarray, linear: np.ndarray, steps: int, check_every: int | None = None) -> np.ndarray:

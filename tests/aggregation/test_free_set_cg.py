@@ -64,6 +64,7 @@ def test_a_singular_block_stops_unconverged_while_the_others_converge() -> None:
     free = torch.tensor([[True, True, False], [False, False, True]])
     z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=10)
     assert converged.tolist() == [False, True]
+    assert torch.equal(z[0], torch.zeros(3, dtype=torch.float64))  # no step along a direction of zero curvature
     torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64))
 
 
@@ -138,3 +139,49 @@ def test_a_batch_whose_free_sets_are_all_empty_is_solved_by_z_equal_to_zero(monk
     assert torch.equal(z[[0, 2]], torch.zeros(2, 6, dtype=torch.float64))
     empty, none_solvable = dual_cone_batched._solve_on_free_sets(gram, linear[:0], free[:0])
     assert empty.shape == (0, 6) and none_solvable.shape == (0,)
+
+
+def test_cg_stops_once_the_residual_is_within_the_tolerance_not_at_machine_precision() -> None:
+    gram = unit_diagonal(gramian(60, 600, 9))
+    rhs = torch.randn(8, 60, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    free = torch.ones(8, 60, dtype=torch.bool)
+    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-6, max_steps=200)
+    relative = ((rhs - z @ gram).norm(dim=1) / rhs.norm(dim=1)).tolist()
+    assert bool(converged.all()) and max(relative) <= 1e-6
+    assert min(relative) > 1e-10  # it stopped at the tolerance: a few more steps would reach ~1e-16
+
+
+def test_on_a_well_conditioned_gramian_one_newton_step_with_cg_settles_every_problem(monkeypatch, cg_calls) -> None:
+    calls: list[int] = []
+    real = dual_cone_batched.nonneg_shift_qp
+    monkeypatch.setattr(dual_cone_batched, "nonneg_shift_qp", lambda *a: calls.append(1) or real(*a))
+    cholesky: list[int] = []
+    real_cholesky = dual_cone_batched._solve_on_free_sets
+    monkeypatch.setattr(
+        dual_cone_batched, "_solve_on_free_sets", lambda g, lin, f: cholesky.append(1) or real_cholesky(g, lin, f)
+    )
+    monkeypatch.setattr(dual_cone_batched, "MAX_NEWTON_STEPS", 1)
+    gram = gramian(150, 20_000, seed=13)
+    lower = torch.eye(150, dtype=torch.float64) / 150
+    solution = dual_cone_batched.project_rows(gram, lower)
+    assert cg_calls and max(cg_calls) > dual_cone_batched.CHOLESKY_MAX_WIDTH
+    assert calls == [] and cholesky == []  # CG converged and its first Newton step settled every problem
+    np.testing.assert_allclose(
+        solution.numpy(), nnls_rows(gram, lower), rtol=0, atol=1e-7 * float(solution.abs().max())
+    )
+
+
+def test_no_problems_and_a_single_row() -> None:
+    gram = gramian(5, 20, seed=14)
+    assert dual_cone_batched.project_rows(gram, torch.zeros(0, 5, dtype=torch.float64)).shape == (0, 5)
+    one = torch.tensor([[4.0]], dtype=torch.float64)
+    assert torch.equal(dual_cone_batched.project_rows(one, torch.tensor([[0.5]], dtype=torch.float64)), one / 8)
+
+
+def test_batches_of_problems_fit_the_block_bytes(monkeypatch) -> None:
+    monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", 8 * 25 * 3)  # three 5 x 5 float64 blocks
+    assert dual_cone_batched._chunks(5, 10) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", 8 * 25 * 3 - 1)
+    assert dual_cone_batched._chunks(5, 5) == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", 1)  # at least one problem a batch
+    assert dual_cone_batched._chunks(5, 2) == [(0, 1), (1, 2)]
