@@ -153,6 +153,9 @@ def test_the_step_bound_is_about_the_largest_eigenvalue_and_never_above_gershgor
     # orthogonal rows: Gershgorin's bound is the largest eigenvalue itself, below 1.1 times the estimate
     diagonal = torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))
     assert dual_cone_batched.largest_eigenvalue_bound(diagonal) == 3.0
+    # two opposed rows: G 1 = 0, so the power steps from the all-ones vector see nothing; Gershgorin's 2 is exact
+    opposed = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    assert dual_cone_batched.largest_eigenvalue_bound(opposed) == 2.0
 
 
 def fista_free_sets(gram: np.ndarray, linear: np.ndarray, steps: int, check_every: int | None = None) -> np.ndarray:
