@@ -148,7 +148,7 @@ def test_cg_stops_once_the_residual_is_within_the_tolerance_not_at_machine_preci
     z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-6, max_steps=200)
     relative = ((rhs - z @ gram).norm(dim=1) / rhs.norm(dim=1)).tolist()
     assert bool(converged.all()) and max(relative) <= 1e-6
-    assert min(relative) > 1e-10  # it stopped at the tolerance: a few more steps would reach ~1e-16
+    assert min(relative) > 1e-7  # it stopped at the tolerance (here 3e-7 to 5e-7): more steps would reach ~1e-16
 
 
 def test_on_a_well_conditioned_gramian_one_newton_step_with_cg_settles_every_problem(monkeypatch, cg_calls) -> None:
