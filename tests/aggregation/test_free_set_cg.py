@@ -185,3 +185,22 @@ def test_batches_of_problems_fit_the_block_bytes(monkeypatch) -> None:
     assert dual_cone_batched._chunks(5, 5) == [(0, 2), (2, 4), (4, 5)]
     monkeypatch.setattr(dual_cone_batched, "BLOCK_BYTES", 1)  # at least one problem a batch
     assert dual_cone_batched._chunks(5, 2) == [(0, 1), (1, 2)]
+
+
+def test_with_cg_a_multiplier_of_exactly_zero_keeps_its_coordinate_out_of_the_free_set(monkeypatch, cg_calls) -> None:
+    # 80 Gaussian rows and one orthogonal to all of them: projecting any other row leaves its multiplier
+    # exactly 0, which must not free it (freed, it would solve to exactly 0, leave, and cycle)
+    rows = torch.zeros(81, 2001, dtype=torch.float64)
+    rows[:80, :2000] = torch.randn(80, 2000, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    rows[80, 2000] = 3.0
+    gram = rows @ rows.T
+    lower = torch.eye(81, dtype=torch.float64) / 81
+    calls: list[int] = []
+    real = dual_cone_batched.nonneg_shift_qp
+    monkeypatch.setattr(dual_cone_batched, "nonneg_shift_qp", lambda *a: calls.append(1) or real(*a))
+    solution = dual_cone_batched.project_rows(gram, lower)
+    assert cg_calls and max(cg_calls) > dual_cone_batched.CHOLESKY_MAX_WIDTH and calls == []
+    assert torch.equal(solution[:80, 80], torch.zeros(80, dtype=torch.float64))
+    np.testing.assert_allclose(
+        solution.numpy(), nnls_rows(gram, lower), rtol=0, atol=1e-7 * float(solution.abs().max())
+    )
