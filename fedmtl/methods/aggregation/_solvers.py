@@ -17,7 +17,7 @@ import torch
 SLSQP_FTOL = 1e-15
 SLSQP_MAXITER = 2000
 NNLS_MAXITER_PER_ROW = 50
-MAX_ACTIVE_SET_STEPS = 30  # primal-dual active-set steps before an exact fallback (converging problems need a few)
+MAX_ACTIVE_SET_STEPS = 30  # primal-dual active-set steps (MGDA, CAGrad) before the fallback (converging problems: 1-8)
 
 
 def to_numpy(gram: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,13 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from fedmtl.methods.aggregation._solvers import mean_diagonal_scale, minimize_on_simplex, to_numpy, to_weights
+from fedmtl.methods.aggregation._solvers import (
+    MAX_ACTIVE_SET_STEPS,
+    mean_diagonal_scale,
+    minimize_on_simplex,
+    to_numpy,
+    to_weights,
+)
 from fedmtl.methods.aggregation.base import AggregationInput, GramianAggregator
 
 # The official code's three output scalings of d = g0 + lambda g_w, as functions of c.
@@ -23,10 +29,6 @@ RESCALE_DIVISORS: dict[int, Callable[[float], float]] = {
 SQRT_EPS = 1e-14
 # Floor on ||g_w||^2 / rms^2 when forming lambda: lambda * g_w then has norm <= c ||g0||.
 NORM_FLOOR = 1e-24
-
-
-# Primal-dual active-set steps before SLSQP takes over (converging problems need a few: 1-8 on the benchmark's)
-MAX_ACTIVE_SET_STEPS = 30
 
 
 def conflict_averse_weights(gram: np.ndarray, radius: float) -> np.ndarray:
@@ -65,10 +67,10 @@ def active_set_weights(gram: np.ndarray, radius: float) -> np.ndarray | None:
     quadratic has no such root (the objective is unbounded below on the support's affine hull, as on the
     first, full support when few rows are nearly dependent) the step solves the same equations with ``s``
     fixed at the last iterate's ``sqrt(w^T G w)`` (the quadratic program ``min b.w + r w^T G w / (2 s)``
-    on the face), which only moves the support; only an exact step can end the iteration. None
-    where ``G_SS`` has no Cholesky factor, the quadratic has no root with ``s > 0`` (e.g. ``c >= 1`` with
-    the origin in the rows' hull, where the minimum has ``s = 0``), or the support does not settle in
-    :data:`MAX_ACTIVE_SET_STEPS`.
+    on the face), which only moves the support; only an exact step can end the iteration. None where
+    ``G_SS`` has no Cholesky factor (dependent rows) or the support does not settle in
+    :data:`MAX_ACTIVE_SET_STEPS` steps (e.g. ``c >= 1`` with the origin in the rows' hull: the minimum has
+    ``s = 0``, where no exact step exists).
     """
     from scipy.linalg import cho_solve  # imported when the solver first runs
 
@@ -89,10 +91,10 @@ def active_set_weights(gram: np.ndarray, radius: float) -> np.ndarray | None:
         # the larger root; or, where there is none (the objective is unbounded below on this support's affine
         # hull), the QP step with s fixed at ``norm``
         mu = (b + math.sqrt(discriminant)) / a if exact else (radius / norm + b) / a
-        inverse_norm = (mu * a - b) / radius  # 1 / s: positive for the larger root, and for the QP step
+        r_over_s = mu * a - b  # positive: sqrt(discriminant) for the larger root, r / norm for the QP step
         w = np.zeros(k)
-        w[support] = (mu * x - y) / (mu * a - b)  # (s / r)(mu x - y), which sums to 1
-        condition = towards_mean + radius * inverse_norm * (gram @ w)
+        w[support] = (mu * x - y) / r_over_s  # (s / r)(mu x - y), which sums to 1
+        condition = towards_mean + r_over_s * (gram @ w)
         following = np.where(support, w > 0, condition < mu)
         if exact and np.array_equal(following, support):
             return w
