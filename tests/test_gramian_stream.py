@@ -91,6 +91,23 @@ def test_a_slot_is_settled_once():
         stream.row(0)
     with pytest.raises(ValueError, match="at least one slot and one parameter, got 0 x 3"):
         GramianStream(0, 3)
+    with pytest.raises(ValueError, match="at least one slot and one parameter, got 2 x 0"):
+        GramianStream(2, 0)
+    single = GramianStream(1, 1)  # the smallest stream: one slot of one parameter
+    single.row(0).fill_(3.0)
+    single.settle(0)
+    assert single.gramian().tolist() == [[9.0]]
+
+
+def test_a_tile_completes_when_its_own_slots_are_in_whatever_the_earlier_tiles():
+    matrix, stream = rows(), GramianStream(K, P)
+    for slot in range(TILE_ROWS, 2 * TILE_ROWS):  # the second tile only
+        stream.row(slot).copy_(matrix[slot])
+        stream.settle(slot)
+    assert stream.tile_done == [False, True, False]
+    second = slice(TILE_ROWS, 2 * TILE_ROWS)
+    assert scaled_error(stream.products[second, second], exact_gramian(matrix[second])) < 1e-5
+    assert not stream.products[:TILE_ROWS].any()
 
 
 @pytest.mark.parametrize("method", [MGDA(), UPGrad()], ids=["mgda", "upgrad"])

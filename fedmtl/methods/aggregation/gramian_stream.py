@@ -70,8 +70,8 @@ class GramianStream:
             self._complete(tile)
 
     def source(self, slot: int) -> object | None:
-        """What slot ``slot`` was filled from (None while it is not)."""
-        return self.sources[slot] if self.settled[slot] else None
+        """What slot ``slot`` was filled from (None while it is not: :meth:`settle` sets it)."""
+        return self.sources[slot]
 
     def finish(self) -> None:
         """Compute every product still missing (tiles with slots never filled count those rows as zeros)."""
