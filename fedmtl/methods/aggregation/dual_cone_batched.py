@@ -125,17 +125,12 @@ def _step(
     return z, solvable, slack
 
 
-def _guess_free_sets(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
-    """Where ``z > 0`` after some accelerated projected-gradient steps from ``z = 0`` (FISTA; Beck &
-    Teboulle, SIAM J. Imaging Sci. 2009), all problems at once by matrix products. Only a starting guess:
-    on well-conditioned Gramians it is usually the final free set, so one Newton step settles; elsewhere
-    the Newton steps correct it."""
-    return _guess(gram, linear) > 0
-
-
 def _guess(gram: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
-    """The FISTA iterate behind :func:`_guess_free_sets` (in :data:`GUESS_DTYPE`, returned in ``gram``'s),
-    with step ``1 /`` :func:`largest_eigenvalue_bound`; CG's warm start."""
+    """``z`` after some accelerated projected-gradient steps from ``z = 0`` (FISTA; Beck & Teboulle, SIAM J.
+    Imaging Sci. 2009), all problems at once by matrix products, in :data:`GUESS_DTYPE` (returned in
+    ``gram``'s), with step ``1 /`` :func:`largest_eigenvalue_bound`. Only a starting guess: where ``z > 0``
+    is, on well-conditioned Gramians, usually the final free set, so one Newton step settles; elsewhere the
+    Newton steps correct it. Also CG's warm start."""
     guessed = torch.zeros_like(linear)
     conflicted = (linear < 0).any(dim=1)  # a problem without any is solved by z = 0 (its multipliers G u >= 0)
     if not bool(conflicted.any()):
@@ -163,8 +158,9 @@ def largest_eigenvalue_bound(gram: torch.Tensor) -> float:
     """About the largest eigenvalue of the symmetric PSD ``gram``, from above when the estimate is good: 1.1
     times the Rayleigh quotient after :data:`POWER_STEPS` power iterations from the all-ones vector, capped by
     the largest absolute row sum (Gershgorin's bound, which is never below it). The cap alone, FISTA's safe
-    step, is several times too large on many nearly orthogonal rows (3.5 against 1.4 for 1,000 Gaussian
-    rows), and FISTA then needs several times the steps."""
+    step, is several times too large on many nearly orthogonal rows (1,000 Gaussian rows of 100,000 numbers,
+    unit diagonal: 3.78 against a largest eigenvalue of 1.21; this bound gives 1.28), and FISTA then needs
+    several times the steps."""
     gershgorin = float(gram.abs().sum(dim=1).max())
     vector = torch.ones_like(gram[0])
     estimate = 0.0

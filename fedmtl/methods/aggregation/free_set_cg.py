@@ -49,11 +49,10 @@ def solve_on_free_sets(
         residual.addcmul_(step, product, value=-1.0)
         following = torch.linalg.vecdot(residual, residual)
         done = following <= target
-        z[running[done]] = iterate[done]
         converged[running[done]] = True
         keep = ~done & ~breakdown
         direction.mul_((following / torch.where(squared > 0, squared, 1.0))[:, None]).add_(residual)
-        if not bool(keep.all()):
+        if not bool(keep.all()):  # converged or broken down: the iterate is the answer, the problem leaves
             z[running[~keep]] = iterate[~keep]
             running, direction, iterate, residual = running[keep], direction[keep], iterate[keep], residual[keep]
             following, target, mask = following[keep], target[keep], mask[keep]
