@@ -174,13 +174,13 @@ def test_affinity_drops_the_summed_updates_once_the_groups_form():
 
 def test_one_cohort_puts_every_participant_in_the_cohort_named_all():
     participants = [Participant(0, (0,), ("a",)), Participant(3, (1,), ("a", "b"))]
-    assert OneCohort().assign(participants) == {0: "all", 3: "all"}
+    assert OneCohort().split(participants) == {"all": participants}
 
 
 def test_per_task_cohorts_accept_participants_training_one_task_each():
     participants = [Participant(0, (0,), ("a",)), Participant(1, (0,), ("b",))]
     assert PerTask().check(participants) is None
-    assert PerTask().assign(participants) == {0: "a", 1: "b"}
+    assert PerTask().split(participants) == {"a": (participants[0],), "b": (participants[1],)}
 
 
 def test_per_task_cohorts_name_the_first_participant_training_several_tasks():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.params import ENCODER_PREFIX
 from fedmtl.core.typed import parse_dataclass
-from fedmtl.data.participants import Participant
+from fedmtl.data.participants import Participant, client_ids, task_sets
 from fedmtl.methods.balancing import Static
 from fedmtl.methods.cohorts import OneCohort
 from fedmtl.model.encoders import ENCODERS
@@ -106,8 +105,8 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if problem:
         raise ConfigError("server.cohorts", problem)
     check_grouping(cfg, participants)
-    cohort_sizes = Counter(cfg.server.cohorts.assign(participants).values()).values()
-    per_round = min(sample_size(size, cfg.server.fraction_fit) for size in cohort_sizes)
+    cohorts = cfg.server.cohorts.split(participants)
+    per_round = min(sample_size(len(members), cfg.server.fraction_fit) for members in cohorts.values())
     if not cfg.server.cohorts.adopts and per_round < cfg.server.aggregator.min_rows():
         raise ConfigError(
             "server.aggregator",
@@ -115,7 +114,7 @@ def check_consistency(cfg: ExperimentConfig) -> None:
             f"the server samples {per_round} (clients x server.fraction_fit)",
         )
     surgery = cfg.client.surgery  # runs in clients that train more than one task
-    several = [len(p.tasks) for p in participants if len(p.tasks) > 1]
+    several = [len(tasks) for tasks in task_sets(participants) if len(tasks) > 1]
     if surgery is not None and several and min(several) < surgery.min_rows():
         raise ConfigError(
             "client.surgery",
@@ -135,11 +134,10 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     problem = cfg.data.check_clients(cfg.clients.count)
     if problem:
         raise ConfigError("clients.count", problem)
-    for client in cfg.clients.member_ids():
-        problem = cfg.data.check_client_tasks(client, cfg.clients.tasks_held(client, task_names))
-        if problem:
-            where = f"clients.tasks[{client}]" if cfg.clients.tasks else "clients.tasks"
-            raise ConfigError(where, problem)
+    refused = cfg.data.check_client_tasks(cfg.clients.member_ids(), lambda c: cfg.clients.tasks_held(c, task_names))
+    if refused:
+        client, problem = refused
+        raise ConfigError(f"clients.tasks[{client}]" if cfg.clients.tasks else "clients.tasks", problem)
     for i, client in enumerate(cfg.faults.adversarial_clients):
         if client not in cfg.clients.member_ids():
             raise ConfigError(
@@ -270,11 +268,11 @@ def check_grouping(cfg: ExperimentConfig, participants: Sequence[Participant]) -
     unmet = grouping.check_settings(lambda path: _setting(cfg, path))
     if unmet is not None:
         raise ConfigError(f"server.grouping.{unmet[0]}", unmet[1])
-    problem = grouping.check([p.client_id for p in participants], cfg.server.fraction_fit)
+    problem = grouping.check(client_ids(participants).tolist(), cfg.server.fraction_fit)
     if problem:
         key, why = problem
         raise ConfigError(f"server.grouping.{key}", why)
-    smallest = min(len(g) for g in grouping.initial([p.client_id for p in participants]))
+    smallest = min(len(g) for g in grouping.initial(client_ids(participants).tolist()))
     if sample_size(smallest, cfg.server.fraction_fit) < cfg.server.aggregator.min_rows():
         raise ConfigError(
             "server.grouping",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -73,13 +74,13 @@ class ExperimentConfig:
             {"seed": plain["seed"], "data": plain["data"], "clients": clients, "data_issues": plain["data_issues"]}
         )
 
-    def participants(self) -> tuple[Participant, ...]:
+    def participants(self) -> Sequence[Participant]:
         """Who trains and evaluates, in node partition order (``clients.participants``); built once per
         config object (every message of a simulated federation looks its participant up)."""
         return self._participants
 
     @cached_property
-    def _participants(self) -> tuple[Participant, ...]:
+    def _participants(self) -> Sequence[Participant]:
         return self.clients.layout(self.data.task_names())
 
     def __getstate__(self) -> dict[str, Any]:

@@ -6,8 +6,10 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fedmtl.core.errors import require
-from fedmtl.data.participants import ByClient, Participant, ParticipantLayout
+from fedmtl.data.participants import ByClient, Members, Participant, ParticipantLayout, TaskSet
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,20 @@ class ClientsConfig:
         held = self.tasks_held(client_id, task_names)
         return tuple(t for t in held if t in self.only_tasks) if self.only_tasks else held
 
-    def layout(self, task_names: Sequence[str]) -> tuple[Participant, ...]:
+    def layout(self, task_names: Sequence[str]) -> Sequence[Participant]:
         """The participants of the federation, in partition order (``participants``)."""
-        return self.participants.layout([(c, self.tasks_of(c, task_names)) for c in self.member_ids()], task_names)
+        return self.participants.layout(self.members_with_tasks(task_names), task_names)
+
+    def members_with_tasks(self, task_names: Sequence[str]) -> Members:
+        """The members and the tasks each trains, as columns: with ``tasks`` empty, a client's tasks depend
+        only on its id modulo the number of tasks, so a million members need no per-client Python work."""
+        clients = np.array(self.members, dtype=np.int64) if self.members else np.arange(self.count, dtype=np.int64)
+        if self.tasks:
+            interned: dict[TaskSet, int] = {}
+            task_set_of = [interned.setdefault(self.tasks_of(c, task_names), len(interned)) for c in clients.tolist()]
+            return Members(clients, tuple(interned), np.array(task_set_of, dtype=np.int64))
+        task_sets = tuple(self.tasks_of(first, task_names) for first in range(len(task_names)))
+        return Members(clients, task_sets, clients % len(task_names))
 
 
 @functools.lru_cache(maxsize=1024)

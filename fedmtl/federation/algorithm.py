@@ -18,7 +18,7 @@ import torch
 from fedmtl.config.experiment import ExperimentConfig, sample_size
 from fedmtl.core import protocol
 from fedmtl.core.messages import EVALUATE, TRAIN, Config, Kind, Reply, SecureMean, Send
-from fedmtl.data.participants import Participant
+from fedmtl.data.participants import Participant, client_ids
 from fedmtl.federation import groups
 from fedmtl.federation.cohort import Cohort, OnlyCohort
 from fedmtl.federation.head_averaging import HeadAverager
@@ -74,15 +74,12 @@ class ServerAlgorithm:
         self.regrouper = server.grouping.start()
         self.min_group = groups.smallest_group(server.aggregator.min_rows(), server.fraction_fit)
         if not server.grouping.groups_clients:
-            assignment = server.cohorts.assign(self.participants)
-            keyed = {
-                key: [p for p in self.participants if assignment[p.index] == key] for key in set(assignment.values())
-            }
+            keyed = server.cohorts.split(self.participants)
         else:
-            initial = server.grouping.initial([p.client_id for p in self.participants])
+            initial = server.grouping.initial(client_ids(self.participants).tolist())
             keys = groups.initial_keys(initial)
-            keyed = {key: list(groups.members_of(self.participants, g)) for key, g in zip(keys, initial)}
-        self.cohorts = [self._new_cohort(key, tuple(keyed[key])) for key in sorted(keyed)]
+            keyed = {key: groups.members_of(self.participants, g) for key, g in zip(keys, initial)}
+        self.cohorts = [self._new_cohort(key, keyed[key]) for key in sorted(keyed)]
         self._index_cohorts()
         # server.client_affinity_every: cohort key -> (the encoder it sent, client id -> the encoder
         # that client trained from it) of the last round, probed by the cohort's clients this round
@@ -97,7 +94,7 @@ class ServerAlgorithm:
             heads = initial_head_state(cfg.model, dim, cfg.data.task_specs(), cfg.seed, shape)
             self.heads = HeadAverager(heads, across_tasks=server.heads_across_tasks)
 
-    def _new_cohort(self, key: str, members: tuple[Participant, ...]) -> Cohort:
+    def _new_cohort(self, key: str, members: Sequence[Participant]) -> Cohort:
         server, adopts = self.cfg.server, self.cfg.server.cohorts.adopts
         updater = ServerUpdater(
             self._initial,

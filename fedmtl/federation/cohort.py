@@ -21,7 +21,7 @@ class Cohort:
     encoder becomes the cohort's exactly, with no aggregator and no server optimizer."""
 
     key: str
-    members: tuple[Participant, ...]
+    members: Sequence[Participant]  # in client order (a table for a million members)
     sampler: Sampler
     updater: ServerUpdater
     adopts: bool = False

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 
 from fedmtl.config.experiment import sample_size
-from fedmtl.data.participants import Participant
+from fedmtl.data.participants import Participant, ParticipantTable
 
 
 class Sampler:
@@ -39,8 +39,11 @@ def client_order(participant: Participant) -> tuple[int, int]:
     return participant.client_id, participant.index
 
 
-def in_client_order(participants: Sequence[Participant]) -> tuple[Participant, ...]:
-    """What :func:`sample` expects (a cohort sorts its members once, not every round)."""
+def in_client_order(participants: Sequence[Participant]) -> Sequence[Participant]:
+    """What :func:`sample` expects (a cohort sorts its members once, not every round); a table sorts its
+    columns, and is returned as it is when already in order (the default federation's)."""
+    if isinstance(participants, ParticipantTable):
+        return participants.in_client_order()
     return tuple(sorted(participants, key=client_order))
 
 

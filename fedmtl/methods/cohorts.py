@@ -32,8 +32,9 @@ class Cohorts(Component):
     adopts: ClassVar[bool] = False
 
     @abstractmethod
-    def assign(self, participants: Sequence[Participant]) -> dict[int, CohortKey]:
-        """Participant index -> the key of its cohort (keys sort in the order cohorts are reported)."""
+    def split(self, participants: Sequence[Participant]) -> dict[CohortKey, Sequence[Participant]]:
+        """The key of each cohort (keys sort in the order cohorts are reported) -> its members, in the
+        order of ``participants``."""
 
     def check(self, participants: Sequence[Participant]) -> str | None:
         """Why this rule cannot group these participants, or None."""
@@ -46,8 +47,8 @@ class OneCohort(Cohorts):
 
     name: ClassVar[str] = "one"
 
-    def assign(self, participants: Sequence[Participant]) -> dict[int, CohortKey]:
-        return {p.index: "all" for p in participants}
+    def split(self, participants: Sequence[Participant]) -> dict[CohortKey, Sequence[Participant]]:
+        return {"all": participants}  # as given: a million participants stay one table, not one list
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,11 @@ class PerTask(Cohorts):
 
     name: ClassVar[str] = "task"
 
-    def assign(self, participants: Sequence[Participant]) -> dict[int, CohortKey]:
-        return {p.index: p.tasks[0] for p in participants}
+    def split(self, participants: Sequence[Participant]) -> dict[CohortKey, Sequence[Participant]]:
+        members: dict[CohortKey, list[Participant]] = {}
+        for p in participants:
+            members.setdefault(p.tasks[0], []).append(p)
+        return {task: tuple(ps) for task, ps in members.items()}
 
     def check(self, participants: Sequence[Participant]) -> str | None:
         several = next((p for p in participants if len(p.tasks) != 1), None)
@@ -73,9 +77,9 @@ class PerParticipant(Cohorts):
     name: ClassVar[str] = "participant"
     adopts: ClassVar[bool] = True
 
-    def assign(self, participants: Sequence[Participant]) -> dict[int, CohortKey]:
+    def split(self, participants: Sequence[Participant]) -> dict[CohortKey, Sequence[Participant]]:
         width = len(str(max(len(participants) - 1, 0)))
-        return {p.index: f"participant-{p.index:0{width}d}" for p in participants}
+        return {f"participant-{p.index:0{width}d}": (p,) for p in participants}
 
 
 COHORT_RULES = Cohorts.REGISTRY

@@ -54,6 +54,10 @@ def test_each_part_serves_its_own_clients_with_its_own_split(tmp_path):
             ["clients.count=4", "clients.tasks=[[nyud_depth], [shapes_edges], [nyud_depth], [nyud_depth]]"],
             "clients.tasks[0]",
         ),
+        (
+            ["clients.count=4", "clients.tasks=[[shapes_edges], [shapes_edges], [shapes_edges], [nyud_depth]]"],
+            "clients.tasks[2]",
+        ),
         (["clients.count=3", "clients.tasks=[[shapes_edges], [shapes_edges], [nyud_depth]]"], "clients.count"),
     ],
 )

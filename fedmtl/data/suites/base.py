@@ -7,6 +7,7 @@ registered by ``name``. The training loop sees only :class:`TaskSpec` and :class
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,8 +83,11 @@ class TaskSuite(Component):
         """Why this suite cannot serve ``count`` clients (e.g. too few natural partitions), or None."""
         return None
 
-    def check_client_tasks(self, client_id: int, tasks: tuple[str, ...]) -> str | None:
-        """Why client ``client_id`` cannot hold ``tasks`` (e.g. they belong to another client's dataset), or None."""
+    def check_client_tasks(
+        self, clients: Iterable[int], tasks_held: Callable[[int], tuple[str, ...]]
+    ) -> tuple[int, str] | None:
+        """The first of ``clients`` that cannot hold its tasks (e.g. they belong to another client's dataset),
+        and why; None when every one can. A suite that accepts any tasks looks at no client (a million)."""
         return None
 
     def task_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ part must give inputs of one size (and one image shape), so that one encoder rea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -88,12 +89,18 @@ class CompositeSuite(TaskSuite):
                 return problem
         return None
 
-    def check_client_tasks(self, client_id: int, tasks: tuple[str, ...]) -> str | None:
-        index, part, _ = self.part_of(client_id)
-        own = {part.prefix + t for t in part.suite.task_names()}
-        foreign = [t for t in tasks if t not in own]
-        if foreign:
-            return f"client {client_id} belongs to data.parts[{index}], whose tasks are {sorted(own)}; not {foreign}"
+    def check_client_tasks(
+        self, clients: Iterable[int], tasks_held: Callable[[int], tuple[str, ...]]
+    ) -> tuple[int, str] | None:
+        for client_id in clients:
+            index, part, _ = self.part_of(client_id)
+            own = {part.prefix + t for t in part.suite.task_names()}
+            foreign = [t for t in tasks_held(client_id) if t not in own]
+            if foreign:
+                return (
+                    client_id,
+                    f"client {client_id} belongs to data.parts[{index}], whose tasks are {sorted(own)}; not {foreign}",
+                )
         return None
 
     def client_data(self, seed: int, plan: ClientPlan) -> ClientData:
