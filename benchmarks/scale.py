@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import machine_info, write_section  # noqa: E402
 from fedmtl.core.files import read_rows  # noqa: E402
 from fedmtl.core.layout import CLIENTS_FILE, SERVER_FILE  # noqa: E402
-from fedmtl.local.data import DATA_CACHE_SIZE  # noqa: E402
+from fedmtl.local.data import DATA_CACHE_BYTES  # noqa: E402
 from fedmtl.runfiles.rundir import RunDirectory  # noqa: E402
 
 PAGE_BYTES, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
@@ -578,8 +578,8 @@ def memory_model(results: list[RunResult], p: int) -> str:
         f"client that has trained keeps its private state file (`client_state/`, {large.client_state_bytes / MIB:.1f} "
         f"MiB at N={large.clients} after {len(large.round_seconds)} rounds). Client data is never held by the "
         "driver: a Ray worker generates a client's data when that client is called (`fedmtl/local/client.py`, "
-        f"`client_data` -> `SyntheticSuite.client_data`) and keeps the last {DATA_CACHE_SIZE} clients' data in an LRU cache per "
-        "worker (`DATA_CACHE_SIZE`), so worker memory is bounded and does not grow with N. "
+        f"`client_data` -> `SyntheticSuite.client_data`) and keeps recently used clients' data in an LRU cache of at most "
+        f"{DATA_CACHE_BYTES / MIB:.0f} MiB of tensors per worker (`DATA_CACHE_BYTES`), so worker memory is bounded and does not grow with N. "
         "(2) *Parameters P and sampled clients K*: per round the server holds the K replies, their state dicts and the "
         "K x P float32 update matrix (`fedmtl/federation/server_update.py`, `ServerUpdater.step`), plus the O(K^2) Gramian and "
         f"cosines of the diagnostics (`diagnose`); here P = {p:,} and K = {k}, {k * p * 4 / MIB:.1f} MiB per copy, "

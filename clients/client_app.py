@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import PARTITION_ID_KEY
 
+from clients.arrays import to_record, to_state
 from clients.secure import secure_reply, secure_request, secure_train_mod
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.config.run_config import config_from_run_config
@@ -61,7 +62,7 @@ def _private_state(
     newest saved state at or before ``at_most_round`` (none in round 1 of a fresh run)."""
     record = context.state.array_records.get(protocol.PRIVATE_STATE)
     if record is not None:
-        return dict(record.to_torch_state_dict())
+        return to_state(record)
     version = store.newest(at_most_round) if store is not None and at_most_round > 0 else None
     if store is None or version is None:
         return None
@@ -125,11 +126,11 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         if faults.error:
             raise InjectedFault(f"client {client.client_id}: injected error in round {server_round}")
         store = _store(context, config, client.participant.index)
-        shared = secure[1] if secure else dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+        shared = secure[1] if secure else to_state(msg.content.array_records[protocol.ARRAYS])
         timeline.mark("train_start", **node)
         outcome = client.train(shared, _private_state(context, store, server_round - 1), server_round)
         timeline.mark("train_end", **node)
-        context.state[protocol.PRIVATE_STATE] = ArrayRecord(outcome.private)
+        context.state[protocol.PRIVATE_STATE] = to_record(outcome.private)
         if store is not None:
             store.save(server_round, outcome.private, int(protocol.as_number(config.get(protocol.DURABLE_ROUND, 0))))
         sent, attacked = outcome.shared, {}
@@ -143,7 +144,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
             metrics = {**outcome.metrics, **attacked}
             return secure_reply(msg, config, shared, sent, [metrics], metrics[protocol.NUM_EXAMPLES])
         reply = RecordDict(
-            {protocol.ARRAYS: ArrayRecord(sent), protocol.METRICS: MetricRecord({**outcome.metrics, **attacked})}
+            {protocol.ARRAYS: to_record(sent), protocol.METRICS: MetricRecord({**outcome.metrics, **attacked})}
         )
         timeline.mark("clientapp_reply", **node)
         return Message(reply, reply_to=msg)
@@ -154,7 +155,7 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         config = msg.content.config_records[protocol.CONFIG]
         client = _client(cfg, context, config)
         store = _store(context, config, client.participant.index)
-        shared = dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+        shared = to_state(msg.content.array_records[protocol.ARRAYS])
         server_round = int(protocol.as_number(config.get(protocol.SERVER_ROUND, 0)))
         reports = client.evaluate(shared, _private_state(context, store, server_round), server_round)
         return Message(_reports(reports), reply_to=msg)

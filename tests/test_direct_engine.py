@@ -219,6 +219,40 @@ def test_an_actor_takes_a_second_message_only_while_more_wait_than_there_are_act
 
 
 @pytest.mark.slow
+def test_an_actor_takes_the_first_free_message_at_home_on_it_else_the_first_free_one(grid):
+    """A partition's messages go to the same actor (its caches serve the client again) unless that would
+    leave an actor idle; a node running a message is skipped, as before."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from server.engines.direct import HOME_WINDOW, home_of
+
+    nodes = sorted(grid.get_node_ids(), key=grid.contexts.partition_of)  # partitions 0..4 in order
+    ids = [f"m{p}" for p in range(5)]
+    grid.messages = {i: SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n)) for i, n in zip(ids, nodes)}
+    grid.queued = deque(reversed(ids))  # partitions 4, 3, 2, 1, 0
+    grid.pool = SimpleNamespace(actors=["a", "b"])
+    assert home_of(3, grid.pool.actors) == "b" and HOME_WINDOW * 2 >= 5
+    assert grid._next_for("a") == 0 and grid._next_for("b") == 1  # partition 4 is a's, 3 is b's
+    grid.busy_nodes = {nodes[4]}
+    assert grid._next_for("a") == 2  # partition 4's node is busy: the next of a's, partition 2
+    grid.pool = SimpleNamespace(actors=list("abcdefg"))
+    assert grid._next_for("g") == 1  # no partition 6 queued: the first free message
+    grid.busy_nodes = set(nodes)
+    assert grid._next_for("a") is None
+    grid.busy_nodes, grid.pool = set(), SimpleNamespace(actors=["a", "b"])
+    for home_at, expected in ((HOME_WINDOW * 2 - 1, HOME_WINDOW * 2 - 1), (HOME_WINDOW * 2, 0)):
+        others = [f"b{i}" for i in range(home_at)]  # b's messages (partitions 1 and 3) before a's one
+        grid.messages = {
+            i: SimpleNamespace(metadata=SimpleNamespace(dst_node_id=nodes[1 + 2 * (k % 2)]))
+            for k, i in enumerate(others)
+        }
+        grid.messages["home"] = SimpleNamespace(metadata=SimpleNamespace(dst_node_id=nodes[0]))
+        grid.queued = deque([*others, "home"])
+        assert grid._next_for("a") == expected  # looked for within the window only
+    grid.messages, grid.queued = {}, deque()
+
+
 def test_replies_are_handed_over_as_they_arrive_while_slower_nodes_still_run(grid):
     """One node sleeps 2 s: the first reply reaches ``on_message`` while it still sleeps."""
     from server.engines.grid import exchange

@@ -1,5 +1,5 @@
 """The data a participant trains and evaluates on, from the clients' data (generated or loaded on first
-use in each process; a bounded cache keeps memory flat at scale)."""
+use in each process; a cache bounded in bytes keeps memory flat at scale)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ from fedmtl.data.participants import Participant
 from fedmtl.data.partition import client_plan
 from fedmtl.data.suites import ClientData, TaskData
 
-DATA_CACHE_SIZE = 64
-_data_cache: OrderedDict[tuple[str, int], ClientData] = OrderedDict()
+DATA_CACHE_BYTES = 128 * 2**20
+"""Tensor bytes of clients' data a process keeps (least recently used dropped first; the newest client's
+always): a worker that meets a thousand small clients every round keeps them all (the synthetic clients of
+``benchmarks/overhead.py``'s ``many`` workload take 12 KB each), one of large image clients a few."""
+_data_cache: OrderedDict[tuple[str, int], tuple[ClientData, int]] = OrderedDict()  # (data, its bytes)
+_cached_bytes = 0
 
 
 def data_key(cfg: ExperimentConfig) -> str:
@@ -28,19 +32,27 @@ def data_key(cfg: ExperimentConfig) -> str:
 def client_data(cfg: ExperimentConfig, client_id: int, server_round: int = 0) -> ClientData:
     """Every task client ``client_id`` holds, train and eval, as it is in round ``server_round`` (a task's
     data never depends on which other tasks a participant trains; only a ``drift`` issue on the round)."""
+    global _cached_bytes
     key = (data_key(cfg), client_id)
     if key in _data_cache:
         _data_cache.move_to_end(key)
-        data = _data_cache[key]
+        data = _data_cache[key][0]
     else:
         data = cfg.data.client_data(cfg.seed, client_plan(cfg.clients, cfg.data, cfg.seed, client_id))
         data = apply_issues(cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, cfg.clients.count)
-        _data_cache[key] = data
-        if len(_data_cache) > DATA_CACHE_SIZE:
-            _data_cache.popitem(last=False)
+        size = data_bytes(data)
+        _data_cache[key] = (data, size)
+        _cached_bytes += size
+        while _cached_bytes > DATA_CACHE_BYTES and len(_data_cache) > 1:
+            _cached_bytes -= _data_cache.popitem(last=False)[1][1]
     return apply_drift(
         cfg.data_issues, cfg.data.task_specs(), cfg.seed, client_id, data, server_round, cfg.clients.count
     )
+
+
+def data_bytes(data: ClientData) -> int:
+    """The bytes of a client's tensors, train and eval."""
+    return sum(t.x.nbytes + t.y.nbytes for split in (data.train, data.eval) for t in split.values())
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 from flwr.superlink.grid.http_grid import HttpGrid
 
+from clients.arrays import to_record, to_state
 from fedmtl.config.sections import SecureAggregationConfig
 from fedmtl.core import protocol, timeline
 from fedmtl.core.errors import ConfigError, FederationError, WorkerPoolDied
@@ -184,7 +185,7 @@ def to_reply(message: Message, participant: int | None) -> Reply:
     if set(arrays_records) - {protocol.ARRAYS}:
         problem = f"expected exactly one ArrayRecord '{protocol.ARRAYS}', got {sorted(arrays_records)}"
     record = arrays_records.get(protocol.ARRAYS)
-    arrays = dict(record.to_torch_state_dict()) if record is not None and problem is None else None
+    arrays = to_state(record) if record is not None and problem is None else None
     return Reply(participant, arrays, metric_reports(message), problem=problem, payload_bytes=payload_bytes([message]))
 
 
@@ -299,7 +300,7 @@ class GridEngine:
         for send in sends:
             record = records.get(id(send.arrays))
             if record is None:
-                record = records[id(send.arrays)] = ArrayRecord(dict(send.arrays))
+                record = records[id(send.arrays)] = to_record(send.arrays)
             content = RecordDict({protocol.ARRAYS: record, protocol.CONFIG: ConfigRecord(dict(send.config))})
             messages.append(
                 Message(
