@@ -1,8 +1,9 @@
 """Tensors to and from Flower's :class:`ArrayRecord`, in exactly the bytes Flower writes.
 
 Flower serialises each array with ``np.save`` and reads it back with ``np.load`` (``Array.from_numpy_ndarray``,
-``Array.numpy``): a file header built and parsed (``ast.literal_eval``) per array, about 55 us each, so
-2-3 ms of every message of the default model (encoder in, private heads in and out, encoder out). The
+``Array.numpy``): a file header built and parsed (``ast.literal_eval``) per array, 30-55 us each on the
+2-core machine, about 1 ms of a training message of the default model (encoder in, private heads in and
+out, encoder out: 24 arrays); this module's are 3-12 us. The
 header depends only on the dtype, shape and memory order, so it is built once for each and reused: an
 array's bytes are that header and the raw data, as ``np.save`` writes them (``tests/test_arrays.py`` checks them
 byte for byte against Flower's). Anything else (another serialisation type, a header this module did not
@@ -38,7 +39,9 @@ def to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
         array = tensor.detach().cpu().numpy()
         fortran = array.flags.f_contiguous and not array.flags.c_contiguous  # as np.save decides
         shape = tuple(array.shape)
-        data = npy_header(array.dtype, shape, fortran) + array.tobytes(order="F" if fortran else "C")
+        # the raw data in the header's order, read in place where it lies so: join copies it once
+        raw = (array.T if fortran else array).data if array.flags.forc else array.tobytes()
+        data = b"".join((npy_header(array.dtype, shape, fortran), raw))
         record[key] = Array(dtype=str(array.dtype), shape=shape, stype=NUMPY, data=data)
     return record
 

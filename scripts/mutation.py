@@ -52,6 +52,7 @@ GROUPS = {  # group -> (module prefixes, goal)
     "server update": (("fedmtl.federation.server_update",), 0.80),
     "round rules": (
         (
+            "fedmtl.data.participants",
             "fedmtl.federation.algorithm",
             "fedmtl.federation.cohort",
             "fedmtl.federation.sampling",

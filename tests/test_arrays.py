@@ -60,3 +60,10 @@ def test_a_truncated_array_is_refused_as_flower_refuses_it() -> None:
     record["x"] = Array(dtype=whole.dtype, shape=whole.shape, stype=whole.stype, data=whole.data[:-4])
     with pytest.raises(ValueError):
         to_state(record)
+
+
+def test_bytes_after_the_array_are_left_to_flower_which_ignores_them() -> None:
+    whole = to_record({"x": torch.randn(8)})["x"]
+    record = ArrayRecord()
+    record["x"] = Array(dtype=whole.dtype, shape=whole.shape, stype=whole.stype, data=whole.data + b"\0" * 4)
+    assert torch.equal(to_state(record)["x"], torch.from_numpy(record["x"].numpy()))

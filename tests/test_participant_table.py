@@ -61,8 +61,9 @@ def test_a_table_reads_like_a_tuple() -> None:
     assert table[-1] == table[2] == Participant(2, (4,), ("a",))
     assert table[1:] == (Participant(1, (1,), ("a",)), Participant(2, (4,), ("a",)))
     assert len(table) == 3 and table.task_sets() == {("a",), ("a", "b")}
+    assert table[-3] == table[0] == Participant(0, (4,), ("a", "b"))
     for outside in (3, -4):
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match=f"participant {outside} of 3"):
             table[outside]
     with pytest.raises(ValueError):
         client_ids(table)[0] = 7  # the column is read-only
@@ -74,7 +75,24 @@ def test_sorting_by_client_keeps_partitions_in_order_within_a_client_and_leaves_
     table = ParticipantTable(np.array(clients), (("a",),), np.zeros(60, dtype=np.int64))
     ordered = table.in_client_order()
     assert tuple(ordered) == tuple(sorted(table, key=client_order))
+    assert [ordered[i] for i in range(60)] == list(ordered)  # read one by one: partitions from the column
     assert ordered.in_client_order() is ordered
+
+
+@pytest.mark.parametrize(
+    ("clients", "partitions", "expected"),
+    [
+        ([0, 2, 1], [7, 8, 9], [(7, 0), (9, 1), (8, 2)]),  # the first is the smallest, the rest are not in order
+        ([0, 1, 1], [9, 5, 2], [(9, 0), (2, 1), (5, 1)]),  # one client twice, its partitions the wrong way round
+        ([1, 1, 0], [5, 2, 9], [(9, 0), (2, 1), (5, 1)]),
+    ],
+)
+def test_a_table_with_its_own_partitions_sorts_by_client_then_partition(clients, partitions, expected) -> None:
+    tasks = np.zeros(3, dtype=np.int64)
+    table = ParticipantTable(np.array(clients), (("a",),), tasks, np.array(partitions))
+    ordered = table.in_client_order()
+    assert [(p.index, p.client_id) for p in ordered] == expected
+    assert [(ordered[i].index, ordered[i].client_id) for i in range(3)] == expected
 
 
 def test_a_pooled_participant_is_every_member_with_the_tasks_any_holds() -> None:

@@ -47,7 +47,7 @@ class Participant:
         return POOLED_CLIENT_ID if self.pooled else self.clients[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value to compare by
 class Members:
     """The clients that take part, in member order, with the tasks each trains: ``task_sets[task_set_of[m]]``
     for member ``m`` (a task set is stored once, however many clients hold it)."""
@@ -98,7 +98,7 @@ class ParticipantTable(Sequence[Participant]):
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
-    __hash__ = None  # type: ignore[assignment]  # mutable-free but compared by content, like a list
+    __hash__ = None  # type: ignore[assignment]  # compared by content, so unhashable, like a list
 
     def __repr__(self) -> str:
         return f"ParticipantTable({len(self)} participants)"
