@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from fedmtl.config.loading import load_config
-from fedmtl.data.participants import POOLED_CLIENT_ID, Participant, ParticipantTable, client_ids, task_sets
+from fedmtl.data.participants import (
+    POOLED_CLIENT_ID,
+    Participant,
+    ParticipantTable,
+    client_ids,
+    participants_of_client,
+    task_sets,
+)
 from fedmtl.federation.algorithm import ServerAlgorithm
 from fedmtl.federation.sampling import client_order, in_client_order
 
@@ -118,3 +125,13 @@ def test_a_million_clients_take_megabytes_in_the_config_checks_and_the_server() 
     assert len(cohort.members) == 1_000_000 and cohort.members is cfg.participants()
     trained = cohort.sampler.train(cohort.members)
     assert len(trained) == 10 and [p.client_id for p in trained] == sorted(p.client_id for p in trained)
+
+
+def test_the_participants_of_a_client_are_found_in_its_column_and_a_pooled_one_is_nobodys() -> None:
+    split = load_config(None, ["clients.count=4", "clients.participants=client_tasks", "server.aggregator.name=fedavg"])
+    found = participants_of_client(split.participants(), 2)
+    assert [(p.client_id, p.tasks) for p in found] == [
+        (2, (t,)) for t in split.clients.tasks_of(2, split.data.task_names())
+    ]
+    pooled = load_config(None, ["clients.count=4", "clients.participants=pooled", "server.cohorts=participant"])
+    assert participants_of_client(pooled.participants(), POOLED_CLIENT_ID) == []

@@ -131,6 +131,12 @@ def client_ids(participants: Sequence[Participant]) -> np.ndarray:
     return np.array([p.client_id for p in participants], dtype=np.int64)
 
 
+def participants_of_client(participants: Sequence[Participant], client_id: int) -> list[Participant]:
+    """The participants that hold client ``client_id`` alone (not pooled), found in the client-id column."""
+    at = np.flatnonzero(client_ids(participants) == client_id).tolist()
+    return [p for i in at if not (p := participants[i]).pooled]
+
+
 def task_sets(participants: Sequence[Participant]) -> set[TaskSet]:
     """The task sets some participant trains (a table's, without building its participants)."""
     if isinstance(participants, ParticipantTable):

@@ -23,7 +23,7 @@ from fedmtl.config.sections import ClientConfig
 from fedmtl.core import protocol
 from fedmtl.core.params import is_head, task_of
 from fedmtl.core.seeding import seed_global
-from fedmtl.data.participants import Participant, client_ids
+from fedmtl.data.participants import Participant, participants_of_client
 from fedmtl.data.suites import TaskData
 from fedmtl.local import dp_sgd, rollback
 from fedmtl.local.affinity import client_lookahead_affinity
@@ -109,9 +109,7 @@ class LocalClient:
     @classmethod
     def for_client(cls, cfg: ExperimentConfig, client_id: int) -> LocalClient:
         """The participant that is client ``client_id`` with every task it trains (``clients.participants: clients``)."""
-        participants = cfg.participants()
-        at = np.flatnonzero(client_ids(participants) == client_id).tolist()  # without building a million
-        found = [participants[i] for i in at if not participants[i].pooled]
+        found = participants_of_client(cfg.participants(), client_id)
         if len(found) != 1:
             raise ValueError(f"client {client_id} is not one participant in this layout ({len(found)} match)")
         return cls(cfg, found[0])
