@@ -379,3 +379,45 @@ def test_central_noise_comes_from_the_servers_seeded_generator_not_the_global_on
 
     assert torch.equal(stepped(0, global_seed=1), stepped(0, global_seed=2))
     assert not torch.equal(stepped(0, global_seed=1), stepped(1, global_seed=1))
+
+
+class Recording:
+    """An aggregator that notes the products it was handed."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.products = inner, []
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def __call__(self, inputs: AggregationInput):  # type: ignore[no-untyped-def]
+        self.products.append(inputs.products)
+        return self.inner(inputs)
+
+
+@pytest.mark.parametrize("aggregator", [MGDA(), FedAvg()], ids=["gramian-method", "fedavg"])
+def test_a_streamed_step_hands_the_streams_products_to_the_aggregator_and_the_diagnostics(aggregator, monkeypatch):
+    """Rows written into a stream as the replies came have their products made already: the aggregator
+    is given them, and the diagnostics of a method that builds no Gramian (FedAvg) use them too."""
+    import fedmtl.federation.server_update as server_update
+
+    made = []
+
+    def recording_gramian(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(kwargs.get("products"))
+        return gramian(*args, **kwargs)
+
+    monkeypatch.setattr(server_update, "gramian", recording_gramian)
+    updater = ServerUpdater(INITIAL, aggregator, ServerOptimizerConfig(), seed=0)
+    updater.aggregator = recording = Recording(updater.aggregator)
+    states, counts = ROUNDS[0]
+    stream, current = updater.stream(2), updater.param.detach().reshape(-1)
+    for slot, flat in enumerate(states):
+        updater.write_row(stream.row(slot), as_state(flat), current)
+        stream.settle(slot, source=("reply", slot))
+    updater.step([0, 1], [as_state(s) for s in states], counts, streamed=(stream, [0, 1]))
+    (given,) = recording.products
+    assert given is not None and torch.equal(given, stream.gramian([0, 1]))
+    if aggregator.name == "fedavg":
+        (diagnosed,) = made
+        assert diagnosed is not None and torch.equal(diagnosed, stream.gramian([0, 1]))
