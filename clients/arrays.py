@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -56,14 +57,7 @@ def _numpy(array: Array) -> np.ndarray:
         dtype, shape = np.dtype(array.dtype), tuple(array.shape)
         for order in ("C", "F"):
             header = npy_header(dtype, shape, order == "F")
-            if array.data.startswith(header) and len(array.data) == len(header) + dtype.itemsize * _size(shape):
+            if array.data.startswith(header) and len(array.data) == len(header) + dtype.itemsize * math.prod(shape):
                 flat = np.frombuffer(array.data, dtype=dtype, offset=len(header))
                 return flat.reshape(shape, order=order).copy(order="K")  # writable, in its own memory
     return array.numpy()
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for n in shape:
-        size *= n
-    return size

@@ -85,7 +85,8 @@ class ExperimentConfig:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for a worker, a study task) without the participants it built: a receiver that needs
-        them builds them again, which beats pickling a million of them object by object (9 s per worker)."""
+        them builds them again from the clients settings (at a million clients about 25 ms, config checks
+        included), rather than receive their columns (two int64 columns, 16 MB) with every config."""
         return {k: v for k, v in self.__dict__.items() if k != "_participants"}
 
 

@@ -57,6 +57,11 @@ class Members:
     task_set_of: np.ndarray  # int64 positions in task_sets, one per member
 
 
+def used_task_sets(task_sets: tuple[TaskSet, ...], task_set_of: np.ndarray) -> set[TaskSet]:
+    """The task sets that ``task_set_of`` points at (each looked at once, however many point at it)."""
+    return {task_sets[i] for i in np.unique(task_set_of).tolist()}
+
+
 class ParticipantTable(Sequence[Participant]):
     """Participants of one client each, as columns: the client id and the task set of each, and the node
     partition when not in partition order. A participant is built when it is read; a million of them
@@ -112,7 +117,7 @@ class ParticipantTable(Sequence[Participant]):
 
     def task_sets(self) -> set[TaskSet]:
         """The task sets some participant trains."""
-        return {self._task_sets[i] for i in np.unique(self._task_set_of).tolist()}
+        return used_task_sets(self._task_sets, self._task_set_of)
 
     def in_client_order(self) -> ParticipantTable:
         """The same participants sorted by (client id, partition); this table when already so."""
@@ -186,7 +191,7 @@ class Pooled(ParticipantLayout):
     name: ClassVar[str] = "pooled"
 
     def layout(self, members: Members, task_names: Sequence[str]) -> Sequence[Participant]:
-        held = {task for i in np.unique(members.task_set_of).tolist() for task in members.task_sets[i]}
+        held = {task for task_set in used_task_sets(members.task_sets, members.task_set_of) for task in task_set}
         tasks = tuple(task for task in task_names if task in held)
         return (Participant(0, tuple(members.clients.tolist()), tasks, pooled=True),)
 
