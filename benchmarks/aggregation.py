@@ -193,11 +193,12 @@ def report(
         "plain product and the float64 one. `median` and `trimmed_mean` select order statistics per coordinate "
         "(`fedmtl/methods/aggregation/order_statistics.py`) with a comparator network run on all coordinates at "
         "once (Batcher's odd-even merge sort pruned to the needed ranks: 29 comparators for the median of 10 rows,"
-        " 330 of 50, 2,392 of 200), each comparator an elementwise minimum and maximum over a cache-sized chunk of"
-        " columns: no Gramian, but about K log^2 K / 2 passes over each chunk, so the ratio to FedAvg's one read "
-        "grows with K. Each pass reads two rows of a chunk and writes one (on the 2-core CPU about 4.7 us per "
-        "32,768-value minimum, 1.1 us of it torch's per-call overhead), so passes, not arithmetic, set the cost; "
-        "nearing FedAvg's single read would take a fused kernel that keeps each column in registers.",
+        " 330 of 50, 2,392 of 200): no Gramian. On the CPU the network is compiled to native code "
+        "(`fedmtl/methods/aggregation/native_network.py`: each column's values held in vector registers, every "
+        "value read once), so the cost is the comparators' arithmetic, about K log^2 K / 4 vector minimum and "
+        "maximum pairs per 8 coordinates, and the ratio to FedAvg's one read still grows with K; without a C++ "
+        "compiler, and on a GPU, each comparator is a torch elementwise minimum and maximum over a chunk of "
+        "columns (`benchmarks/order_statistics.py` times both).",
     ]
     if skipped:
         lines += ["", f"Skipped (matrix over the `--max-bytes` budget): {'; '.join(skipped)}."]
