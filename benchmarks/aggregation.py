@@ -195,8 +195,8 @@ def report(
         "once (Batcher's odd-even merge sort pruned to the needed ranks: 29 comparators for the median of 10 rows,"
         " 330 of 50, 2,392 of 200): no Gramian. On the CPU the network is compiled to native code "
         "(`fedmtl/methods/aggregation/native_network.py`: each column's values held in vector registers, every "
-        "value read once), so the cost is the comparators' arithmetic, about K log^2 K / 4 vector minimum and "
-        "maximum pairs per 8 coordinates, and the ratio to FedAvg's one read still grows with K; without a C++ "
+        "value read once), so the cost is the comparators' arithmetic, one vector minimum and maximum per comparator "
+        "for every 8 float32 coordinates, and the ratio to FedAvg's one read still grows with K; without a C++ "
         "compiler, and on a GPU, each comparator is a torch elementwise minimum and maximum over a chunk of "
         "columns (`benchmarks/order_statistics.py` times both).",
     ]
