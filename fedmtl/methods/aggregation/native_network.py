@@ -2,15 +2,16 @@
 
 Run with torch, every comparator of :func:`.order_statistics.comparator_network` is an elementwise
 minimum and maximum over a chunk of columns: the median of 50 rows makes 330 passes over each chunk,
-11-20x FedAvg's single read of the matrix at K = 50, P = 1e6 on the 2-core CPU. Here the network
+12-15x FedAvg's single read of the matrix at K = 50, P = 1e6 on the 2-core CPU. Here the network
 becomes straight-line C++: each wire is a local variable holding one 32-byte vector of columns (8
 float32 or 4 float64), each comparator a vector ``min`` and ``max`` (GCC's vector extensions, so no
 instruction set is named), and the compiler keeps the wires in registers or the L1 cache. Every value
-is read once from the matrix and only the wanted ranks are written: 3.3-3.6x FedAvg at K = 50, P = 1e6
-(`benchmarks/aggregation.py`). ``torch.compile`` fuses the same network, but took 36 s to compile it
-and ran at 6.2x; numba's loop over a comparator table ran at 17-20x (neither vectorised the wires).
+is read once from the matrix and only the outputs are written: 2.9x FedAvg's time for the median and
+3.1-3.2x for the trimmed mean at K = 50, P = 1e6 (BENCHMARKS.md ``order_statistics``). ``torch.compile``
+fuses the same network, but took 36 s to build it and ran at 6.2x; numba's loop over a table of
+comparators ran at 17-20x (one-off measurements while choosing, not benchmark rows).
 
-A network is compiled once per (rows, ranks, dtype) by the system's C++ compiler (``$CXX``, else
+A network is compiled once per (rows, network, outputs, dtype) by the system's C++ compiler (``$CXX``, else
 ``c++``), in about 0.2 s for K = 50 and 3 s for K = 200, and kept in a cache folder
 (``$FEDMTL_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/fedmtl/kernels``, else ``~/.cache/fedmtl/kernels``)
 under a name that hashes the source, the flags, the compiler and the CPU's features, so another
