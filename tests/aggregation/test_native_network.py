@@ -168,6 +168,12 @@ def test_the_source_sums_each_output_in_order_and_divides_only_means() -> None:
     assert source.count("a < b ? a : b") == 3
 
 
+def test_a_matrix_with_strided_columns_is_read_as_its_values() -> None:
+    matrix = torch.randn(40, 11, generator=torch.Generator().manual_seed(4)).T  # [11, 40], column stride 40
+    assert matrix.stride(1) != 1
+    assert torch.equal(column_median(matrix), matrix.sort(dim=0).values[5])
+
+
 def test_the_median_is_the_same_with_either_network(monkeypatch: pytest.MonkeyPatch) -> None:
     matrix = torch.randn(50, 1000, generator=torch.Generator().manual_seed(3))
     native = column_median(matrix)

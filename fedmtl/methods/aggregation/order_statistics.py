@@ -10,10 +10,10 @@ values, in any order, so the network is pruned either to that range or to the ra
 whichever is shorter, and the range's wires are summed where they lie.
 
 On the CPU the network runs as native code (:mod:`.native_network`: wires in registers, each value read
-once, 3.0-3.3x FedAvg's time for the median at K = 50, P = 1e6 on the 2-core CPU, 15x with the torch
-network; `benchmarks/order_statistics.py`); elsewhere, or without a C++ compiler, with torch's
-elementwise minimum and maximum on chunks of columns copied contiguous. Chunks are spread over torch's
-threads on the CPU.
+once: 2.8-2.9x FedAvg's time for the median at K = 50, P = 1e6 on the 2-core CPU, against 12-15x with
+the torch network; BENCHMARKS.md ``order_statistics`` and ``aggregation``); elsewhere, or without a
+C++ compiler, with torch's elementwise minimum and maximum on chunks of columns copied contiguous.
+Chunks are spread over torch's threads on the CPU.
 """
 
 from __future__ import annotations
