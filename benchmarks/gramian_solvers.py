@@ -4,11 +4,13 @@ Gramian product and before the combine pass (``weights_from_gramian``).
 The Gramian of ``K`` float32 rows of ``P = 1e5`` (Gaussian rows, cosines about 0, or ``--rows similar``,
 cosines about 0.97) is built once, untimed, as the aggregators build it; then each method's solve is
 timed: one untimed warm-up call, the median of ``--repeats`` calls. A method is not timed at the next K
-when its time there, extrapolated as K cubed, would exceed ``--budget-s`` (listed). IMTL-G, a closed-form solve (one
-pseudo-inverse), is the yardstick: each row shows its ratio to IMTL-G's time.
+when its time there, extrapolated as K cubed, would exceed ``--budget-s`` (listed). IMTL-G, a
+closed-form solve (one pseudo-inverse), is the yardstick: each row shows its ratio to IMTL-G's time.
+Then every method's whole call on the same rows (``--whole-repeats``; Gramian product, checks, solve,
+combining pass), the methods alternating call by call, against IMTL-G's whole call.
 
     python benchmarks/gramian_solvers.py [--k 50 200 1000] [--rows gaussian|similar] [--repeats 3]
-                                         [--budget-s 20] [--no-write]
+                                         [--budget-s 20] [--whole-repeats 5] [--no-write]
 
 Prints a table and writes it to BENCHMARKS.md between ``<!-- gramian_solvers[_similar]:start -->`` and
 ``... :end -->``. Nothing here is asserted in tests.
@@ -62,6 +64,20 @@ def seconds(method: Method, gram: torch.Tensor, inputs, repeats: int) -> float:
 PRODUCT = "one K x K by K x K float64 matrix product"
 
 
+def whole_calls(to_time: list[Method], inputs, repeats: int) -> dict[str, float]:
+    """Median seconds of each method's whole call ``aggregator(inputs)`` (Gramian product, checks, solve,
+    combine), the methods alternating call by call after one warm-up each."""
+    for method in to_time:
+        method.aggregator(inputs)
+    times: dict[str, list[float]] = {method.label: [] for method in to_time}
+    for _ in range(repeats):
+        for method in to_time:
+            start = time.perf_counter()
+            method.aggregator(inputs)
+            times[method.label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 def largest_free_set(gram: torch.Tensor) -> int:
     """The largest free set UPGrad's K projections end with (CG solves them above 32, Cholesky below)."""
     k = gram.shape[0]
@@ -91,12 +107,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=30.0, help="skip a K where a solve would take longer")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--whole-repeats", type=int, default=5, help="whole calls per method and K (0: none)")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     to_time, unavailable = gramian_methods()
     times: dict[tuple[str, int], float] = {}
     over_budget: dict[str, int] = {}
     free_sizes: dict[int, int] = {}
+    whole: dict[int, dict[str, float]] = {}
+    default_methods = [m for m in to_time if "[" not in m.label]  # the solver variants are timed in the solve table
     ks = sorted(args.k)
     for k, next_k in zip(ks, [*ks[1:], None]):
         inputs = make_inputs(k, P, torch.device("cpu"), args.rows)
@@ -110,6 +129,9 @@ def main() -> None:
                 over_budget[method.label] = next_k
         times[PRODUCT, k], free_sizes[k] = product_s(k, args.repeats), largest_free_set(gram)
         print(f"K={k} {PRODUCT}: {times[PRODUCT, k] * 1e3:.1f} ms (f = {free_sizes[k]})", flush=True)
+        if args.whole_repeats:
+            whole[k] = whole_calls(default_methods, inputs, args.whole_repeats)
+            print(f"K={k} whole calls: " + ", ".join(f"{m} {v * 1e3:.0f} ms" for m, v in whole[k].items()), flush=True)
     lines = [
         f"Machine: {machine_info()}; load average {load:.2f} at start. Rows: {args.rows}, P = {P:,}; "
         f"median of {args.repeats} calls after a warm-up (one call when it took over 2 s; the product row: the "
@@ -144,6 +166,22 @@ def main() -> None:
         "of the support's block each); `pcgrad` and `fedfv` keep every current inner product and update the rows "
         "that project, K - 1 sequential steps.",
     ]
+    if whole:
+        lines += [
+            "",
+            f"The whole call `aggregator(inputs)` (float32 Gramian product, checks, solve, combining pass) on the "
+            f"same rows, median of {args.whole_repeats} calls, the methods alternating call by call; ratio to "
+            f"`{YARDSTICK}`'s whole call at the same K:",
+            "",
+            "| method | " + " | ".join(f"K = {k}" for k in whole) + " |",
+            "|---|" + "---|" * len(whole),
+        ]
+        for method in default_methods:
+            cells = [
+                f"{whole[k][method.label] * 1e3:.0f} ms ({whole[k][method.label] / whole[k][YARDSTICK]:.2f}x)"
+                for k in whole
+            ]
+            lines.append(f"| `{method.label}` | " + " | ".join(cells) + " |")
     if over_budget:
         slow = ", ".join(f"`{m}` at K = {k} (extrapolated over {args.budget_s:g} s)" for m, k in over_budget.items())
         lines += ["", f"Not timed at larger K: {slow}."]
