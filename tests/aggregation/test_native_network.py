@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fedmtl.methods.aggregation.order_statistics import (
     column_rank_mean,
     column_trimmed_mean,
     comparator_network,
+    rank_range_network,
     torch_network,
 )
 
@@ -30,9 +32,10 @@ needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on
 @pytest.fixture
 def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty cache folder, and no kernel loaded in this process."""
-    monkeypatch.setenv("FEDMTL_KERNEL_CACHE", str(tmp_path / "kernels"))
+    folder = tmp_path / "cache" / "fedmtl" / "kernels"  # made with its parents
+    monkeypatch.setenv("FEDMTL_KERNEL_CACHE", str(folder))
     compiled_network.cache_clear()
-    yield tmp_path / "kernels"
+    yield folder
     compiled_network.cache_clear()
 
 
@@ -88,12 +91,15 @@ def test_a_rank_mean_equals_the_mean_of_the_sorted_range(rows: int, low: int, hi
     torch.testing.assert_close(column_rank_mean(matrix, low, high), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_a_rank_mean_prunes_to_the_shorter_side() -> None:
+def test_a_rank_range_is_pruned_to_the_shorter_side() -> None:
     """The trimmed mean of 50 with 5 off each end needs its 10 ends fixed (323 comparators), not its 40
     middle ranks; the median its 2 middle ones (330), not the 48 others."""
     ends = (*range(5), *range(45, 50))
     assert len(comparator_network(50, ends)) < len(comparator_network(50, tuple(range(5, 45))))
+    assert rank_range_network(50, 5, 45) == comparator_network(50, ends)
     assert len(comparator_network(50, (24, 25))) < len(comparator_network(50, (*range(24), *range(26, 50))))
+    assert rank_range_network(50, 24, 26) == comparator_network(50, (24, 25))
+    assert rank_range_network(8, 0, 8) == ()  # every rank: no comparator is needed to sum them all
 
 
 def test_rank_means_outside_the_rows_are_refused() -> None:
@@ -148,6 +154,48 @@ def test_a_built_kernel_is_loaded_from_the_cache_folder_without_compiling(
     assert compiled_network(6, comparator_network(6, (2, 3)), ((2, 3),), torch.float32) is not None
     assert torch.equal(column_median(matrix), expected)
     assert list(kernel_cache.glob("network-*.so")) == built
+
+
+def test_a_compiler_that_says_nothing_is_named_by_its_exit_status(
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    silent = tmp_path / "silent-c++"
+    silent.write_text("#!/bin/sh\nexit 3\n")
+    silent.chmod(0o755)
+    monkeypatch.setenv("CXX", str(silent))
+    with caplog.at_level(logging.WARNING, logger=native_network.__name__):
+        assert not native_network.available()
+    assert "(the build failed: exit status 3)" in caplog.text
+
+
+def test_a_compiler_that_hangs_is_given_up_on(
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    hanging = tmp_path / "hanging-c++"
+    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    monkeypatch.setenv("CXX", str(hanging))
+    monkeypatch.setattr(native_network, "COMPILE_TIMEOUT_S", 0.5)
+    with caplog.at_level(logging.WARNING, logger=native_network.__name__):
+        assert not native_network.available()
+    assert "timed out after 0.5 seconds" in caplog.text
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    assert native_network._one_line(OSError()) == "OSError"
+    assert native_network._one_line(OSError("first\nsecond")) == "first"
+
+
+@needs_compiler
+def test_the_build_happens_inside_the_cache_folder(
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Built beside its final place, so that the rename into the cache is atomic (one filesystem)."""
+    elsewhere = tmp_path / "system-temp"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    assert native_network.available()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

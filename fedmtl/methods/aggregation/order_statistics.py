@@ -79,10 +79,16 @@ def column_rank_mean(matrix: torch.Tensor, low: int, high: int) -> torch.Tensor:
     k = matrix.shape[0]
     if not 0 <= low < high <= k:
         raise ValueError(f"ranks {low}..{high - 1} outside 0..{k - 1}")
+    return run_network(matrix, rank_range_network(k, low, high), (tuple(range(low, high)),))[0]
+
+
+def rank_range_network(rows: int, low: int, high: int) -> Network:
+    """The comparators after which wires ``low`` to ``high - 1`` hold the ranks ``low`` to ``high - 1``, in
+    some order: the network pruned to those ranks, or to the ranks outside them (once those are in place,
+    the rest are the range's), whichever is shorter."""
     inside = tuple(range(low, high))
-    outside = tuple(r for r in range(k) if not low <= r < high)  # fixed, they leave the range on its wires
-    network = min(comparator_network(k, inside), comparator_network(k, outside), key=len)
-    return run_network(matrix, network, (inside,))[0]
+    outside = tuple(r for r in range(rows) if not low <= r < high)
+    return min(comparator_network(rows, inside), comparator_network(rows, outside), key=len)
 
 
 def run_network(matrix: torch.Tensor, network: Network, outputs: Outputs) -> torch.Tensor:
