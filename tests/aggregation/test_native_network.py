@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,15 +186,18 @@ def test_an_error_without_a_message_is_named_by_its_type() -> None:
 
 
 @needs_compiler
-def test_the_build_happens_inside_the_cache_folder(
-    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_the_build_happens_inside_the_cache_folder(kernel_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Built beside its final place, so that the rename into the cache is atomic (one filesystem)."""
-    elsewhere = tmp_path / "system-temp"
-    elsewhere.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    folders: list[Path] = []
+    run = subprocess.run
+
+    def recording_run(*args: object, **kwargs: object) -> object:
+        folders.append(Path(str(kwargs["cwd"])))
+        return run(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
     assert native_network.available()
-    assert list(elsewhere.iterdir()) == []
+    assert [folder.parent for folder in folders] == [kernel_cache]
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
