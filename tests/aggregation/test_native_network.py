@@ -180,6 +180,23 @@ def test_a_compiler_that_hangs_is_given_up_on(
     assert "timed out after 0.5 seconds" in caplog.text
 
 
+def test_a_network_over_the_limit_stays_on_torch_without_a_build(
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/c++")  # a build would be tried, and would log a warning
+    monkeypatch.setattr(native_network, "MAX_COMPARATORS", 2)
+    assert compiled_network(3, ((0, 1), (1, 2), (0, 1)), ((1,),), torch.float32) is None
+    monkeypatch.setattr(native_network, "MAX_COMPARATORS", 3)
+    assert compiled_network(3, ((0, 1), (1, 2), (0, 1)), ((0,),), torch.float32) is None  # tried: no compiler
+    matrix = torch.randn(241, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(column_median(matrix), matrix.sort(dim=0).values[120])  # 3,000+ comparators, on torch
+
+
+def test_the_median_of_240_rows_and_the_trimmed_mean_of_230_are_built_natively() -> None:
+    assert len(rank_range_network(240, 119, 121)) <= native_network.MAX_COMPARATORS
+    assert len(rank_range_network(230, 23, 207)) <= native_network.MAX_COMPARATORS  # beta = 0.1
+
+
 def test_an_error_without_a_message_is_named_by_its_type() -> None:
     assert native_network._one_line(OSError()) == "OSError"
     assert native_network._one_line(OSError("first\nsecond")) == "first"

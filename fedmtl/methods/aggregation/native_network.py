@@ -16,7 +16,8 @@ A network is compiled once per (rows, network, outputs, dtype) by the system's C
 (``$FEDMTL_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/fedmtl/kernels``, else ``~/.cache/fedmtl/kernels``)
 under a name that hashes the source, the flags, the compiler and the CPU's features, so another
 machine sharing the folder compiles its own. Without a compiler, or when the build fails, the caller
-keeps the torch network (:func:`compiled_network` returns ``None`` and logs why once).
+keeps the torch network (:func:`compiled_network` returns ``None`` and logs why once); so do networks
+over :data:`MAX_COMPARATORS` (the median of more than 240 rows), whose build would take tens of seconds.
 
 The flags ``-ffinite-math-only -fno-signed-zeros`` let GCC emit ``minps``/``maxps`` for ``a < b ? a :
 b``, which is exactly that instruction's rule; the matrix is finite (:meth:`.Aggregator.__call__`
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 VECTOR_BYTES = 32
 FLAGS = ("-O3", "-march=native", "-ffinite-math-only", "-fno-signed-zeros", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 300
+MAX_COMPARATORS = 3000
+"""Larger networks stay on torch: the build of straight-line code grows faster than its length (K = 200,
+2,392 comparators: 3.3 s; K = 300 and 500, 4,426 and 7,989: 35 s and 38 s with the machine busy), and a
+first aggregation should not wait for it. 3,000 covers the median up to K = 240 and the trimmed mean
+(beta = 0.1) up to K = 230."""
 C_TYPES = {torch.float32: "float", torch.float64: "double"}
 
 Network = tuple[tuple[int, int], ...]
@@ -100,9 +106,17 @@ extern "C" void ranks(const scalar *m, int64_t row_stride, int64_t start, int64_
 @functools.lru_cache(maxsize=64)
 def compiled_network(rows: int, network: Network, outputs: Outputs, dtype: torch.dtype) -> RankKernel | None:
     """The native kernel of ``network`` on ``rows`` wires followed by the means ``outputs``, or ``None``
-    when this machine cannot build it (no compiler, a failed build, a dtype without a C type)."""
+    when this machine cannot build it (no compiler, a failed build, a dtype without a C type) or the
+    network is over :data:`MAX_COMPARATORS`."""
     c_type = C_TYPES.get(dtype)
     if c_type is None:
+        return None
+    if len(network) > MAX_COMPARATORS:
+        log.info(
+            "order statistics: %d comparators, over %d for a native build; using the torch network",
+            len(network),
+            MAX_COMPARATORS,
+        )
         return None
     compiler = os.environ.get("CXX") or "c++"
     try:
