@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -35,3 +36,20 @@ def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def alternating_times(
+    calls: Mapping[str, Callable[[], object]], repeats: int, warm_up: bool = True
+) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of each, the calls alternating round by round so that the machine's
+    noise hits all alike; with ``warm_up``, one untimed call of each first."""
+    if warm_up:
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times

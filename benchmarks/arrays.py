@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import machine_info, write_section  # noqa: E402
+from benchmarks._report import alternating_times, machine_info, write_section  # noqa: E402
 from clients.arrays import to_record, to_state  # noqa: E402
 from fedmtl.config.loading import load_config  # noqa: E402
 from fedmtl.model.networks import initial_encoder_state, initial_head_state  # noqa: E402
@@ -52,13 +51,8 @@ def states() -> dict[str, dict]:
 
 def median_us(calls: list[Callable[[], object]], repeats: int) -> list[float]:
     """Median microseconds of each call, the calls alternating so that the machine's noise hits all alike."""
-    times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for i, call in enumerate(calls):
-            start = time.perf_counter()
-            call()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e6 for t in times]
+    times = alternating_times({str(i): call for i, call in enumerate(calls)}, repeats, warm_up=False)
+    return [statistics.median(t) * 1e6 for t in times.values()]
 
 
 def main() -> None:

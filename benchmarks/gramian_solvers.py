@@ -23,13 +23,14 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import machine_info, write_section  # noqa: E402
+from benchmarks._report import alternating_times, machine_info, write_section  # noqa: E402
 from benchmarks.aggregation import ROWS, Method, make_inputs, methods  # noqa: E402
 from fedmtl.methods.aggregation import AGGREGATORS  # noqa: E402
 from fedmtl.methods.aggregation.base import GramianAggregator  # noqa: E402
@@ -67,15 +68,8 @@ PRODUCT = "one K x K by K x K float64 matrix product"
 def whole_calls(to_time: list[Method], inputs, repeats: int) -> dict[str, float]:
     """Median seconds of each method's whole call ``aggregator(inputs)`` (Gramian product, checks, solve,
     combine), the methods alternating call by call after one warm-up each."""
-    for method in to_time:
-        method.aggregator(inputs)
-    times: dict[str, list[float]] = {method.label: [] for method in to_time}
-    for _ in range(repeats):
-        for method in to_time:
-            start = time.perf_counter()
-            method.aggregator(inputs)
-            times[method.label].append(time.perf_counter() - start)
-    return {label: statistics.median(values) for label, values in times.items()}
+    calls = {method.label: partial(method.aggregator, inputs) for method in to_time}
+    return {label: statistics.median(values) for label, values in alternating_times(calls, repeats).items()}
 
 
 def largest_free_set(gram: torch.Tensor) -> int:
@@ -98,6 +92,11 @@ def product_s(k: int, repeats: int) -> float:
         return time.perf_counter() - start
 
     return min(timed() for _ in range(max(repeats, 7)))
+
+
+def table_head(ks: list[int]) -> list[str]:
+    """A markdown table's header rows: a method column, then one column per K."""
+    return ["| method | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
 
 
 def main() -> None:
@@ -138,8 +137,7 @@ def main() -> None:
         f"fastest of at least 7). "
         f"Ratio: to `{YARDSTICK}` at the same K.",
         "",
-        "| method | " + " | ".join(f"K = {k}" for k in ks) + " |",
-        "|---|" + "---|" * len(ks),
+        *table_head(ks),
     ]
     for label in [m.label for m in to_time] + [PRODUCT]:
         cells = []
@@ -173,8 +171,7 @@ def main() -> None:
             f"same rows, median of {args.whole_repeats} calls, the methods alternating call by call; ratio to "
             f"`{YARDSTICK}`'s whole call at the same K:",
             "",
-            "| method | " + " | ".join(f"K = {k}" for k in whole) + " |",
-            "|---|" + "---|" * len(whole),
+            *table_head(list(whole)),
         ]
         for method in default_methods:
             cells = [

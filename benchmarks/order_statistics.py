@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import machine_info, write_section  # noqa: E402
+from benchmarks._report import alternating_times, machine_info, write_section  # noqa: E402
 from benchmarks.aggregation import make_inputs  # noqa: E402
 from fedmtl.core.typed import parse  # noqa: E402
 from fedmtl.methods.aggregation import (  # noqa: E402
@@ -41,30 +40,16 @@ from fedmtl.methods.aggregation import (  # noqa: E402
 
 def torch_network_median(matrix: torch.Tensor) -> torch.Tensor:
     """The median as before the native kernel: the torch network over the same chunks and threads."""
-    with_native = order_statistics.compiled_network
-    order_statistics.compiled_network = lambda *args: None  # type: ignore[assignment]
-    try:
-        return order_statistics.column_median(matrix)
-    finally:
-        order_statistics.compiled_network = with_native
+    k = matrix.shape[0]
+    low, high = (k - 1) // 2, k // 2 + 1
+    network = order_statistics.rank_range_network(k, low, high)
+    return order_statistics.run_network(matrix, network, (tuple(range(low, high)),), native=False)[0]
 
 
 def sort_median(matrix: torch.Tensor) -> torch.Tensor:
     ordered = matrix.sort(dim=0).values
     k = matrix.shape[0]
     return (ordered[(k - 1) // 2] + ordered[k // 2]) / 2
-
-
-def timings(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    for call in calls.values():
-        call()  # warm-up: builds or loads the native kernel
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def size_rows(k: int, p: int, repeats: int) -> list[str]:
@@ -74,7 +59,7 @@ def size_rows(k: int, p: int, repeats: int) -> list[str]:
     calls["median, torch network"] = lambda: torch_network_median(inputs.matrix)
     if k * p <= 50 * 1_000_000:
         calls["median, `torch.sort`"] = lambda: sort_median(inputs.matrix)
-    times = timings(calls, repeats)
+    times = alternating_times(calls, repeats)  # the warm-up builds the native kernel, or finds it cached
     base_min, base_median = min(times["`fedavg`"]), statistics.median(times["`fedavg`"])
     rows = []
     for name, values in times.items():

@@ -38,6 +38,14 @@ def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     compiled_network.cache_clear()
 
 
+def fake_compiler(folder: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$CXX`` set to a shell script standing in for the compiler."""
+    compiler = folder / "fake-c++"
+    compiler.write_text(f"#!/bin/sh\n{script}\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+
+
 @needs_compiler
 def test_a_machine_with_a_compiler_builds_kernels_for_both_float_types(kernel_cache: Path) -> None:
     assert native_network.available(torch.float32) and native_network.available(torch.float64)
@@ -125,10 +133,7 @@ def test_without_a_compiler_the_torch_network_answers_and_says_why_once(
 def test_a_failed_build_falls_back_with_the_compilers_first_line(
     kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    broken = tmp_path / "broken-c++"
-    broken.write_text("#!/bin/sh\necho 'network.cpp:1: error: out of luck' >&2\necho second line >&2\nexit 1\n")
-    broken.chmod(0o755)
-    monkeypatch.setenv("CXX", str(broken))
+    fake_compiler(tmp_path, "echo 'network.cpp:1: error: out of luck' >&2\necho second line >&2\nexit 1", monkeypatch)
     matrix = torch.randn(4, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with caplog.at_level(logging.WARNING, logger=native_network.__name__):
         torch.testing.assert_close(column_trimmed_mean(matrix, 1), matrix.sort(dim=0).values[1:3].mean(dim=0))
@@ -158,10 +163,7 @@ def test_a_built_kernel_is_loaded_from_the_cache_folder_without_compiling(
 def test_a_compiler_that_says_nothing_is_named_by_its_exit_status(
     kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    silent = tmp_path / "silent-c++"
-    silent.write_text("#!/bin/sh\nexit 3\n")
-    silent.chmod(0o755)
-    monkeypatch.setenv("CXX", str(silent))
+    fake_compiler(tmp_path, "exit 3", monkeypatch)
     with caplog.at_level(logging.WARNING, logger=native_network.__name__):
         assert not native_network.available()
     assert "(the build failed: exit status 3)" in caplog.text
@@ -170,10 +172,7 @@ def test_a_compiler_that_says_nothing_is_named_by_its_exit_status(
 def test_a_compiler_that_hangs_is_given_up_on(
     kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    hanging = tmp_path / "hanging-c++"
-    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
-    hanging.chmod(0o755)
-    monkeypatch.setenv("CXX", str(hanging))
+    fake_compiler(tmp_path, "exec sleep 30", monkeypatch)
     monkeypatch.setattr(native_network, "COMPILE_TIMEOUT_S", 0.5)
     with caplog.at_level(logging.WARNING, logger=native_network.__name__):
         assert not native_network.available()
@@ -181,13 +180,20 @@ def test_a_compiler_that_hangs_is_given_up_on(
 
 
 def test_a_network_over_the_limit_stays_on_torch_without_a_build(
-    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("CXX", "/nonexistent/c++")  # a build would be tried, and would log a warning
+    monkeypatch.setenv("CXX", "/nonexistent/c++")  # a build that is tried fails, with a warning
+    network = ((0, 1), (1, 2), (0, 1))
     monkeypatch.setattr(native_network, "MAX_COMPARATORS", 2)
-    assert compiled_network(3, ((0, 1), (1, 2), (0, 1)), ((1,),), torch.float32) is None
+    with caplog.at_level(logging.INFO, logger=native_network.__name__):
+        assert compiled_network(3, network, ((1,),), torch.float32) is None
+    assert [record.levelname for record in caplog.records] == ["INFO"]  # over the limit: no build tried
+    assert "3 comparators, over 2 for a native build" in caplog.text
+    caplog.clear()
     monkeypatch.setattr(native_network, "MAX_COMPARATORS", 3)
-    assert compiled_network(3, ((0, 1), (1, 2), (0, 1)), ((0,),), torch.float32) is None  # tried: no compiler
+    with caplog.at_level(logging.INFO, logger=native_network.__name__):
+        assert compiled_network(3, network, ((0,),), torch.float32) is None
+    assert "no C++ compiler" in caplog.text  # at the limit: the build was tried
     matrix = torch.randn(241, 7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(column_median(matrix), matrix.sort(dim=0).values[120])  # 3,000+ comparators, on torch
 

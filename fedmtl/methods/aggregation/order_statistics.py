@@ -91,21 +91,21 @@ def rank_range_network(rows: int, low: int, high: int) -> Network:
     return min(comparator_network(rows, inside), comparator_network(rows, outside), key=len)
 
 
-def run_network(matrix: torch.Tensor, network: Network, outputs: Outputs) -> torch.Tensor:
+def run_network(matrix: torch.Tensor, network: Network, outputs: Outputs, native: bool = True) -> torch.Tensor:
     """``[len(outputs), P]``: ``network`` run on every column of ``matrix`` (left as it was), natively on the
-    CPU when a kernel can be built, else with torch."""
+    CPU when a kernel can be built and ``native`` allows it, else with torch (the same bits)."""
     k, p = matrix.shape
     out = torch.empty(len(outputs), p, dtype=matrix.dtype, device=matrix.device)
     starts, workers = chunking(matrix.device, p)
     chunk = starts.step
-    native = compiled_network(k, network, outputs, matrix.dtype) if matrix.device.type == "cpu" else None
-    if native is not None and matrix.stride(1) != 1:
+    kernel = compiled_network(k, network, outputs, matrix.dtype) if native and matrix.device.type == "cpu" else None
+    if kernel is not None and matrix.stride(1) != 1:
         matrix = matrix.contiguous()  # the kernel reads each row's columns contiguous; rows may be strided
 
     def sort_chunk(start: int) -> None:
         stop = min(start + chunk, p)
-        if native is not None:
-            native(matrix, out, start, stop)
+        if kernel is not None:
+            kernel(matrix, out, start, stop)
         else:
             out[:, start:stop] = torch_network(matrix[:, start:stop], network, outputs)
 
