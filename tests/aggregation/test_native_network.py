@@ -4,16 +4,13 @@ when no kernel can be built."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedmtl.methods.aggregation import native_network, order_statistics
+from fedmtl.methods.aggregation import native_build, native_network, order_statistics
 from fedmtl.methods.aggregation.native_network import compiled_network, kernel_source
 from fedmtl.methods.aggregation.order_statistics import (
     column_median,
@@ -23,27 +20,7 @@ from fedmtl.methods.aggregation.order_statistics import (
     rank_range_network,
     torch_network,
 )
-
-HAS_COMPILER = shutil.which(os.environ.get("CXX") or "c++") is not None
-needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on this machine")
-
-
-@pytest.fixture
-def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty cache folder, and no kernel loaded in this process."""
-    folder = tmp_path / "cache" / "fedmtl" / "kernels"  # made with its parents
-    monkeypatch.setenv("FEDMTL_KERNEL_CACHE", str(folder))
-    compiled_network.cache_clear()
-    yield folder
-    compiled_network.cache_clear()
-
-
-def fake_compiler(folder: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``$CXX`` set to a shell script standing in for the compiler."""
-    compiler = folder / "fake-c++"
-    compiler.write_text(f"#!/bin/sh\n{script}\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
+from tests.aggregation._kernels import fake_compiler, needs_compiler
 
 
 @needs_compiler
@@ -173,7 +150,7 @@ def test_a_compiler_that_hangs_is_given_up_on(
     kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     fake_compiler(tmp_path, "exec sleep 30", monkeypatch)
-    monkeypatch.setattr(native_network, "COMPILE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(native_build, "COMPILE_TIMEOUT_S", 0.5)
     with caplog.at_level(logging.WARNING, logger=native_network.__name__):
         assert not native_network.available()
     assert "timed out after 0.5 seconds" in caplog.text
@@ -204,8 +181,8 @@ def test_the_median_of_240_rows_and_the_trimmed_mean_of_230_are_built_natively()
 
 
 def test_an_error_without_a_message_is_named_by_its_type() -> None:
-    assert native_network._one_line(OSError()) == "OSError"
-    assert native_network._one_line(OSError("first\nsecond")) == "first"
+    assert native_build.one_line(OSError()) == "OSError"
+    assert native_build.one_line(OSError("first\nsecond")) == "first"
 
 
 @needs_compiler
@@ -225,12 +202,12 @@ def test_the_build_happens_inside_the_cache_folder(kernel_cache: Path, monkeypat
 
 def test_the_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FEDMTL_KERNEL_CACHE", str(tmp_path / "mine"))
-    assert native_network.cache_folder() == tmp_path / "mine"
+    assert native_build.cache_folder() == tmp_path / "mine"
     monkeypatch.delenv("FEDMTL_KERNEL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert native_network.cache_folder() == tmp_path / "xdg" / "fedmtl" / "kernels"
+    assert native_build.cache_folder() == tmp_path / "xdg" / "fedmtl" / "kernels"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert native_network.cache_folder() == Path.home() / ".cache" / "fedmtl" / "kernels"
+    assert native_build.cache_folder() == Path.home() / ".cache" / "fedmtl" / "kernels"
 
 
 def test_the_source_sums_each_output_in_order_and_divides_only_means() -> None:

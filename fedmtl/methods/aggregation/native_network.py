@@ -11,13 +11,10 @@ is read once from the matrix and only the outputs are written: 2.9x FedAvg's tim
 fuses the same network, but took 36 s to build it and ran at 6.2x; numba's loop over a table of
 comparators ran at 17-20x (one-off measurements while choosing, not benchmark rows).
 
-A network is compiled once per (rows, network, outputs, dtype) by the system's C++ compiler (``$CXX``, else
-``c++``), in about 0.2 s for K = 50 and 3 s for K = 200, and kept in a cache folder
-(``$FEDMTL_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/fedmtl/kernels``, else ``~/.cache/fedmtl/kernels``)
-under a name that hashes the source, the flags, the compiler and the CPU's features, so another
-machine sharing the folder compiles its own. Without a compiler, or when the build fails, the caller
-keeps the torch network (:func:`compiled_network` returns ``None`` and logs why once); so do networks
-over :data:`MAX_COMPARATORS` (the median of more than 240 rows), whose build would take tens of seconds.
+A network is compiled once per (rows, network, outputs, dtype), in about 0.2 s for K = 50 and 3 s for
+K = 200, and cached on disk (:mod:`.native_build`). Without a compiler, or when the build fails, the caller
+keeps the torch network (:func:`compiled_network` returns ``None`` and logs why once); so do networks over
+:data:`MAX_COMPARATORS` (the median of more than 240 rows), whose build would take tens of seconds.
 
 The flags ``-ffinite-math-only -fno-signed-zeros`` let GCC emit ``minps``/``maxps`` for ``a < b ? a :
 b``, which is exactly that instruction's rule; the matrix is finite (:meth:`.Aggregator.__call__`
@@ -29,24 +26,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from fedmtl.methods.aggregation.native_build import load_or_warn
 
 log = logging.getLogger(__name__)
 
 VECTOR_BYTES = 32
-FLAGS = ("-O3", "-march=native", "-ffinite-math-only", "-fno-signed-zeros", "-shared", "-fPIC")
-COMPILE_TIMEOUT_S = 300
+FLAGS = ("-O3", "-march=native", "-ffinite-math-only", "-fno-signed-zeros")
 MAX_COMPARATORS = 3000
 """Larger networks stay on torch: the build of straight-line code grows faster than its length (K = 200,
 2,392 comparators: 3.3 s; K = 300 and 500, 4,426 and 7,989: 35 s and 38 s with the machine busy), and a
@@ -61,8 +51,6 @@ Outputs = tuple[tuple[int, ...], ...]
 RankKernel = Callable[[torch.Tensor, torch.Tensor, int, int], None]
 """``kernel(matrix, out, start, stop)`` writes the outputs of columns ``start:stop`` of ``matrix`` into
 ``out[:, start:stop]`` (rows may be strided; columns contiguous)."""
-
-_build_lock = threading.Lock()
 
 
 def kernel_source(rows: int, network: Network, outputs: Outputs, c_type: str) -> str:
@@ -118,11 +106,9 @@ def compiled_network(rows: int, network: Network, outputs: Outputs, dtype: torch
             MAX_COMPARATORS,
         )
         return None
-    compiler = os.environ.get("CXX") or "c++"
-    try:
-        library = _load(kernel_source(rows, network, outputs, c_type), compiler)
-    except (OSError, subprocess.SubprocessError) as error:
-        log.warning("order statistics: no native kernel (%s); using the torch network", _one_line(error))
+    source = kernel_source(rows, network, outputs, c_type)
+    library = load_or_warn(source, FLAGS, "network", log, "order statistics", "the torch network")
+    if library is None:
         return None
     function = library.ranks
     function.argtypes = [
@@ -146,60 +132,3 @@ def compiled_network(rows: int, network: Network, outputs: Outputs, dtype: torch
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this machine builds native networks for ``dtype`` (tried once, on a two-wire network)."""
     return compiled_network(2, ((0, 1),), ((0,),), dtype) is not None
-
-
-def _load(source: str, compiler: str) -> ctypes.CDLL:
-    """The library built from ``source``: from the cache folder, else compiled there (atomically, so
-    processes that build it at once each leave a whole file)."""
-    executable = shutil.which(compiler)
-    if executable is None:
-        raise FileNotFoundError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
-    key = hashlib.sha256("\0".join((source, *FLAGS, executable, _cpu_identity())).encode()).hexdigest()[:24]
-    folder = cache_folder()
-    library = folder / f"network-{key}.so"
-    with _build_lock:
-        if not library.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as scratch:
-                (Path(scratch) / "network.cpp").write_text(source)
-                built = Path(scratch) / "network.so"
-                subprocess.run(
-                    [executable, *FLAGS, "network.cpp", "-o", built.name],
-                    cwd=scratch,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    timeout=COMPILE_TIMEOUT_S,
-                )
-                os.replace(built, library)
-    return ctypes.CDLL(str(library))
-
-
-def cache_folder() -> Path:
-    """Where compiled networks are kept: ``$FEDMTL_KERNEL_CACHE``, else the user's cache folder."""
-    explicit = os.environ.get("FEDMTL_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedmtl" / "kernels"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_identity() -> str:
-    """The machine and its CPU's feature flags: ``-march=native`` code runs only where they match."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        flags = platform.processor()
-    return f"{platform.machine()} {flags}"
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, subprocess.CalledProcessError):
-        lines = (error.stderr or "").strip().splitlines()
-        return f"the build failed: {lines[0] if lines else f'exit status {error.returncode}'}"
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
