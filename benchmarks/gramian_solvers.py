@@ -158,11 +158,12 @@ def main() -> None:
         f"f, the largest free set of UPGrad's K projections: {sizes}. UPGrad's batched solver (`upgrad`) "
         "works on all K projections at once in products like the last row's: a power iteration for FISTA's step, "
         "FISTA steps in float32 that guess the free sets (one product each, about half the row's time), then "
-        "primal-dual active-set steps whose linear solves are batched conjugate-gradient steps (one product each) "
-        "where the free sets are wider than 32, and batched Cholesky factorizations of the free-set blocks below. "
-        "`mgda` and `cagrad` take primal-dual active-set steps on their own optimality conditions (one Cholesky solve "
-        "of the support's block each); `pcgrad` and `fedfv` keep every current inner product and update the rows "
-        "that project, K - 1 sequential steps.",
+        "primal-dual active-set steps whose linear solves are batched conjugate-gradient steps (one product each, "
+        "which also give the multipliers) where the free sets are wider than 32, and batched Cholesky factorizations "
+        "of the free-set blocks below. `mgda` and `cagrad` take primal-dual active-set steps on their own optimality "
+        "conditions (one Cholesky solve of the support's block each); `pcgrad` and `fedfv` run each row's K - 1 "
+        "sequential projections in native code where a C++ compiler is present "
+        "(`fedmtl/methods/aggregation/native_projection.py`), the row's inner products kept in the L1 cache.",
     ]
     if whole:
         lines += [

@@ -36,12 +36,15 @@ def test_each_problem_solves_its_own_block_from_a_cold_or_a_warm_start(k, p, see
     free[0] = False
     expected = block_solutions(gram, rhs, free)
     for start in (torch.zeros_like(rhs), expected + 1e-3 * torch.randn(12, k, generator=generator).double()):
-        z, converged = solve_on_free_sets(gram, rhs, free, start, tolerance=1e-12, max_steps=200)
+        z, converged, image = solve_on_free_sets(gram, rhs, free, start, tolerance=1e-12, max_steps=200)
         assert bool(converged.all())
         assert torch.equal(z[~free], torch.zeros_like(z[~free]))  # nothing off the sets, whatever the start
         residual = ((rhs - z @ gram) * free).norm(dim=1)
         assert bool((residual <= 1e-12 * (rhs * free).norm(dim=1)).all())
         torch.testing.assert_close(z, expected, rtol=0, atol=1e-9 * float(expected.abs().max()))
+        # the image the steps accumulated is z's, on every coordinate (off the sets: the multipliers)
+        fresh = z @ gram
+        torch.testing.assert_close(image, fresh, rtol=0, atol=1e-13 * float(fresh.abs().max()))
 
 
 def test_an_exact_start_takes_no_step_and_too_few_steps_are_reported() -> None:
@@ -49,9 +52,9 @@ def test_an_exact_start_takes_no_step_and_too_few_steps_are_reported() -> None:
     rhs = torch.randn(5, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     free = torch.ones(5, 40, dtype=torch.bool)
     exact = torch.linalg.solve(gram, rhs.T).T
-    z, converged = solve_on_free_sets(gram, rhs, free, exact, tolerance=1e-10, max_steps=0)
-    assert bool(converged.all()) and torch.equal(z, exact)
-    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=2)
+    z, converged, image = solve_on_free_sets(gram, rhs, free, exact, tolerance=1e-10, max_steps=0)
+    assert bool(converged.all()) and torch.equal(z, exact) and torch.equal(image, exact @ gram)
+    z, converged, _ = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=2)
     assert not bool(converged.any())  # two steps cannot solve a 40 x 40 system to 1e-12
     assert torch.isfinite(z).all()
 
@@ -62,7 +65,7 @@ def test_a_singular_block_stops_unconverged_while_the_others_converge() -> None:
     gram = rows @ rows.T  # rows 0 and 1 identical: the block {0, 1} is singular
     rhs = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)  # outside the block's range
     free = torch.tensor([[True, True, False], [False, False, True]])
-    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=10)
+    z, converged, _ = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-12, max_steps=10)
     assert converged.tolist() == [False, True]
     assert torch.equal(z[0], torch.zeros(3, dtype=torch.float64))  # no step along a direction of zero curvature
     torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64))
@@ -145,7 +148,7 @@ def test_cg_stops_once_the_residual_is_within_the_tolerance_not_at_machine_preci
     gram = unit_diagonal(gramian(60, 600, 9))
     rhs = torch.randn(8, 60, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     free = torch.ones(8, 60, dtype=torch.bool)
-    z, converged = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-6, max_steps=200)
+    z, converged, _ = solve_on_free_sets(gram, rhs, free, torch.zeros_like(rhs), tolerance=1e-6, max_steps=200)
     relative = ((rhs - z @ gram).norm(dim=1) / rhs.norm(dim=1)).tolist()
     assert bool(converged.all()) and max(relative) <= 1e-6
     assert min(relative) > 1e-7  # it stopped at the tolerance (here 3e-7 to 5e-7): more steps would reach ~1e-16
@@ -205,3 +208,13 @@ def test_with_cg_a_multiplier_of_exactly_zero_keeps_its_coordinate_out_of_the_fr
     np.testing.assert_allclose(
         solution.numpy(), nnls_rows(gram, lower), rtol=0, atol=1e-7 * float(solution.abs().max())
     )
+
+
+def test_a_diagonal_lower_bound_scales_the_gramians_rows_to_the_products_numbers() -> None:
+    gram = gramian(30, 300, 7)
+    diagonal = torch.diag(torch.rand(30, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+    assert torch.equal(dual_cone_batched._times_gram(diagonal, gram), diagonal @ gram)
+    diagonal[3, 4] = 0.5  # no longer diagonal: the product
+    assert torch.equal(dual_cone_batched._times_gram(diagonal, gram), diagonal @ gram)
+    rows = torch.eye(30, dtype=torch.float64)[:5]  # not square: the product
+    assert torch.equal(dual_cone_batched._times_gram(rows, gram), gram[:5])
