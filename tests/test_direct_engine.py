@@ -10,6 +10,7 @@ import uuid
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedmtl.config.sections import ResourcesConfig
 from fedmtl.core.files import read_rows
@@ -127,6 +128,61 @@ def test_a_dead_worker_is_reported_as_such_and_replaced(grid, pool):
     assert not any(m.has_error() for m in replies)
     after = set(pool.wait_ready())
     assert len(after) == len(before) == 2 and len(after & before) == 1
+
+
+def query(node: int, action: str = "") -> Message:
+    return Message(
+        RecordDict({"config": ConfigRecord({"action": action})}), dst_node_id=node, message_type=MessageType.QUERY
+    )
+
+
+def collect(grid, ids: list[str]) -> list[Message]:
+    """The replies to ``ids`` (pushed already), in their order, once all are in."""
+    while not set(ids) <= grid.replies.keys():
+        grid._collect(timeout=60)
+    return [grid.replies.pop(i) for i in ids]
+
+
+@pytest.mark.slow
+def test_a_long_queue_goes_out_in_batches_and_a_raising_client_fails_only_its_own_message(pool, flower_identity):
+    grid = DirectGrid(pool, pool.load(counting_app()), num_nodes=40)
+    nodes = sorted(grid.get_node_ids())
+    ids = list(grid.push_messages([query(n, "raise" if n == nodes[7] else "") for n in nodes]))
+    # 40 queued over 2 actors with 2 slots: batches of 40 // 16 = 2, four calls at once
+    assert sorted(len(job.messages) for job in grid.in_flight.values()) == [2, 2, 2, 2]
+    replies = collect(grid, ids)
+    assert [m.metadata.src_node_id for m in replies if not m.has_error()] == nodes[:7] + nodes[8:]
+    [failed] = [m for m in replies if m.has_error()]
+    assert failed.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert failed.error.reason == "RuntimeError: client exploded" and failed.metadata.reply_to_message_id == ids[7]
+    again = collect(grid, list(grid.push_messages([query(n) for n in nodes])))
+    calls = [int(m.content["metrics"]["calls"]) for m in again]
+    assert calls == [2] * 7 + [1] + [2] * 32  # every context kept, the failed call's left as it was
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_every_message_it_held_and_names_each_node(pool, flower_identity):
+    grid = DirectGrid(pool, pool.load(counting_app()), num_nodes=40)
+    nodes = sorted(grid.get_node_ids())
+    pool.wait_ready()
+    ids = list(grid.push_messages([query(n, "die" if n == nodes[0] else "") for n in nodes]))
+    held = next(job for job in grid.in_flight.values() if nodes[0] in [m.metadata.dst_node_id for m in job.messages])
+    lost = {m.metadata.dst_node_id for job in grid.in_flight.values() if job.actor is held.actor for m in job.messages}
+    replies = collect(grid, ids)
+    failed = {m.metadata.src_node_id: m.error for m in replies if m.has_error()}
+    assert len(replies) == 40 and nodes[0] in failed and set(failed) <= lost | {nodes[0]}
+    for node, error in failed.items():
+        assert error.code == ErrorCode.UNKNOWN
+        assert error.reason.startswith("ActorDiedError (") and f"worker lost while running node {node}:" in error.reason
+    pool.wait_ready()  # replaced
+
+
+def test_a_call_carries_up_to_16_messages_and_fewer_as_the_queue_shortens():
+    from server.engines.direct import MAX_BATCH, batch_size
+
+    assert MAX_BATCH == 16
+    assert [batch_size(q, 2) for q in (1000, 256, 255, 100, 16, 15, 1)] == [16, 16, 15, 6, 1, 1, 1]
+    assert batch_size(100, 1) == 12 and batch_size(5, 0) == 1  # no actors: still one
 
 
 @pytest.mark.slow

@@ -55,11 +55,20 @@ class ClientWorker:
         """The current run's app (a message still running from an earlier run keeps its own)."""
         self.app = (key, app)
 
-    def handle(self, key: str, message: Message, context: Context) -> tuple[Message, Context]:
+    def handle(self, key: str, batch: list[tuple[Message, Context]]) -> list[tuple[Message | str, Context | None]]:
+        """Each ``(message, context)`` through the ClientApp, in order: ``(reply, context)``, or, where the
+        ClientApp raised, ``("<error type>: <error>", None)`` (the context as it was before, kept by the
+        caller) while the rest of the batch goes on."""
         if self.app is None or self.app[0] != key:
             raise RuntimeError(f"no client app loaded for run {key}")
-        self.handled += 1
-        return self.app[1](message, context), context
+        results: list[tuple[Message | str, Context | None]] = []
+        for message, context in batch:
+            self.handled += 1
+            try:
+                results.append((self.app[1](message, context), context))
+            except Exception as error:  # noqa: BLE001 - one client's error is its own reply, not the batch's
+                results.append((f"{type(error).__name__}: {error}", None))
+        return results
 
 
 @dataclass(frozen=True)
