@@ -10,14 +10,13 @@ Replies are pulled every ``pull_interval_s`` (0.1 s) from a deployed SuperLink: 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.superlink.grid import InMemoryGrid
-from flwr.superlink.grid.http_grid import HttpGrid
 
 from clients.arrays import to_record, to_state
 from fedmtl.config.sections import SecureAggregationConfig
@@ -54,10 +53,20 @@ SIMULATED = EngineCapabilities(places_nodes=False, fixed_size=True)
 DEPLOYED = EngineCapabilities(places_nodes=False, fixed_size=False)
 
 
+def is_flower_grid(grid: Grid, module: str, name: str) -> bool:
+    """Whether ``grid`` is an instance of Flower's class ``module.name``, without importing ``module``: a grid
+    of that class exists only once whoever made it imported the module. Importing ``flwr.superlink.grid``
+    (its link state and SQL object store) took about 0.9 s of every start of the simulation engines, which
+    never make such grids."""
+    loaded = sys.modules.get(module)
+    cls = getattr(loaded, name, None) if loaded is not None else None
+    return cls is not None and isinstance(grid, cls)
+
+
 def capabilities_of(grid: Grid) -> EngineCapabilities:
     if isinstance(grid, PlacedGrid):
         return grid.CAPABILITIES
-    return SIMULATED if isinstance(grid, InMemoryGrid) else DEPLOYED
+    return SIMULATED if is_flower_grid(grid, "flwr.superlink.grid", "InMemoryGrid") else DEPLOYED
 
 
 def worker_died(replies: list[Message]) -> bool:
@@ -133,7 +142,7 @@ def exchange(
     """``grid.send_and_receive``; against a deployed SuperLink, pulling replies every ``pull_interval_s``.
     ``on_message`` is called with each reply as it arrives (fedmtl's grids and a SuperLink; Flower's
     simulation hands them over together at the end)."""
-    if not isinstance(grid, HttpGrid):
+    if not is_flower_grid(grid, "flwr.superlink.grid.http_grid", "HttpGrid"):
         if not isinstance(grid, PlacedGrid):
             return received_together(grid, messages, timeout_s, on_message)
         grid.on_message = on_message

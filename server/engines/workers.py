@@ -18,7 +18,6 @@ from typing import Any
 import ray
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
 
 # Creating the first torch optimizer in a process imports torch._dynamo (about 1.8 s on a 2-core
 # machine). Imported in a background thread, it overlaps Ray's start (driver) and the round-0
@@ -71,6 +70,26 @@ class ClientWorker:
         return results
 
 
+def actors_that_fit(nodes: Iterable[Mapping[str, Any]], client_resources: Mapping[str, float]) -> int:
+    """How many actors reserving ``client_resources`` fit on the Ray cluster's ``nodes`` (``ray.nodes()``),
+    node by node: as ``flwr.simulation``'s ``pool_size_from_resources`` counts them, without importing
+    Flower's simulation package (its link state and SQL store), which took about 1 s of every start, in
+    the driver and in each worker. Raises ``ValueError`` when none fits."""
+    total = 0
+    for node in nodes:
+        resources = node["Resources"]
+        if not resources:  # a node that left stays listed, without resources
+            continue
+        fit = int(resources.get("CPU", 0) / client_resources["num_cpus"])
+        if client_resources.get("num_gpus", 0) > 0:
+            gpus = resources.get("GPU", 0)
+            fit = min(fit, int(gpus / client_resources["num_gpus"])) if gpus else 0
+        total += fit
+    if total == 0:
+        raise ValueError(f"no Ray node fits a client worker reserving {dict(client_resources)}; lower the resources")
+    return total
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """What a pool is built for: how Ray is initialised and what each actor reserves."""
@@ -91,7 +110,7 @@ class WorkerPool:
         if not ray.is_initialized():
             start_ray(dict(spec.init_args))
         self.resources = dict(spec.client_resources)
-        self.actors = [self._new_actor() for _ in range(pool_size_from_resources(self.resources))]
+        self.actors = [self._new_actor() for _ in range(actors_that_fit(ray.nodes(), self.resources))]
         self.app: tuple[str, ClientApp] | None = None  # (key, app) of the current run, for replacements
 
     def _new_actor(self) -> Any:
