@@ -24,3 +24,14 @@ def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     _forget_kernels()
     yield folder
     _forget_kernels()
+
+
+@pytest.fixture(params=["native", "torch"])
+def both_projection_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """PCGrad's and FedFV's tests run on the native projection (where a compiler is present) and on the torch
+    loop, which machines without a compiler and GPUs run."""
+    if request.param == "torch":
+        from fedmtl.methods.aggregation import pcgrad
+
+        monkeypatch.setattr(pcgrad, "project_conflicts_native", lambda *args: None)
+    return str(request.param)

@@ -11,6 +11,8 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.typed import parse
 from fedmtl.methods.aggregation import AggregationInput, Aggregator, FedFV
 
+pytestmark = pytest.mark.usefixtures("both_projection_loops")  # the native kernel and the torch loop
+
 # Losses rank the clients a < b < c. Dots: a.b = -1, a.c = 1, b.c = -1.5; squared norms 1, 2, 1.25.
 A, B, C = [1.0, 0.0], [-1.0, 1.0], [1.0, -0.5]
 

@@ -218,3 +218,23 @@ def test_a_diagonal_lower_bound_scales_the_gramians_rows_to_the_products_numbers
     assert torch.equal(dual_cone_batched._times_gram(diagonal, gram), diagonal @ gram)
     rows = torch.eye(30, dtype=torch.float64)[:5]  # not square: the product
     assert torch.equal(dual_cone_batched._times_gram(rows, gram), gram[:5])
+
+
+def test_a_newton_step_on_wide_free_sets_reports_cg_slack_where_cg_converged_and_none_after_cholesky(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``_step``'s contract: where CG converged, multipliers count as zero down to its tolerance relative to
+    ``|G u|``; where it did not (one CG step here), the exact Cholesky solve leaves no slack. ``z @ G`` either way."""
+    k = 40
+    gram = unit_diagonal(gramian(k, 400, 9))
+    linear = torch.randn(6, k, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    free = torch.ones(6, k, dtype=torch.bool)  # wider than CHOLESKY_MAX_WIDTH: CG
+    exact = torch.linalg.solve(gram, -linear.T).T
+    previous = torch.cat([exact[:3], torch.zeros(3, k, dtype=torch.float64)])  # exact starts converge at once
+    monkeypatch.setattr(dual_cone_batched, "CG_MAX_STEPS", 1)
+    z, image, solvable, slack = dual_cone_batched._step(gram, linear, free, previous)
+    assert bool(solvable.all())
+    torch.testing.assert_close(z, exact, rtol=0, atol=1e-10)
+    torch.testing.assert_close(image, z @ gram, rtol=0, atol=1e-12)
+    expected = dual_cone_batched.CG_TOLERANCE * linear.abs().amax(dim=1)
+    assert torch.equal(slack[:3], expected[:3]) and torch.equal(slack[3:], torch.zeros(3, dtype=torch.float64))

@@ -26,7 +26,8 @@ def conflicting_gram(k: int, seed: int, zero_rows: int = 0) -> torch.Tensor:
 def test_the_kernel_gives_the_torch_loops_bits(k: int, kernel_cache: Path) -> None:
     gram = conflicting_gram(k, seed=k, zero_rows=min(2, k - 1))
     frozen = torch.rand(k, generator=torch.Generator().manual_seed(1)) < 0.3
-    for orders in (pcgrad_orders(k, torch.Generator().manual_seed(k)), orders_skipping_self(-gram)):
+    random_orders = pcgrad_orders(k, torch.Generator().manual_seed(k))
+    for orders in (random_orders, orders_skipping_self(-gram), random_orders.int()):  # int32 orders: widened
         for rows_frozen in (None, frozen):
             expected = project_conflicts(gram, orders, rows_frozen, native=False)
             assert k < 7 or not torch.equal(expected, torch.eye(k, dtype=torch.float64))  # rows project
@@ -52,7 +53,11 @@ def test_rows_split_over_threads_give_the_same_bits(kernel_cache: Path, monkeypa
 
     monkeypatch.setattr(native_projection.torch, "empty", recording_empty)
     assert torch.equal(project_conflicts_native(gram, orders, torch.ones(k, dtype=torch.bool)), expected)
-    assert threads == [3]  # three threads' scratch rows
+    few = gram[:10, :10]  # 10 rows, 4 a thread: two threads
+    few_orders = pcgrad_orders(10, torch.Generator().manual_seed(6))
+    expected = project_conflicts(few, few_orders, native=False)
+    assert torch.equal(project_conflicts_native(few, few_orders, torch.ones(10, dtype=torch.bool)), expected)
+    assert threads == [3, 2]  # each thread's scratch row
 
 
 @needs_compiler

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from fedmtl.methods.aggregation import AggregationInput, PCGrad
 from fedmtl.methods.aggregation.pcgrad import project_conflicts
+
+pytestmark = pytest.mark.usefixtures("both_projection_loops")  # the native kernel and the torch loop
 
 
 def published_pcgrad(rows: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
