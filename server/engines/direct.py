@@ -216,9 +216,7 @@ class DirectGrid(PlacedGrid):
         code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # of the errors the worker reports, one per message
         try:
             results = ray.get(future)
-        except (
-            ray.exceptions.RayTaskError
-        ) as err:  # the handler itself raised (the ClientApp's errors come per message)
+        except ray.exceptions.RayTaskError as err:  # the handler raised; a ClientApp's own errors come per message
             results = [(f"{type(err.cause).__name__}: {err.cause}", None)] * len(nodes)
         except ray.exceptions.RayError as err:  # the worker died or was lost (killed, OOM, node gone): replace it
             self.pool.replace(job.actor)
