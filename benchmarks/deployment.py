@@ -1,18 +1,22 @@
 """Where a deployed round's time goes: a SuperLink and 2 SuperNodes on 127.0.0.1 (insecure), the tiny
-default model, the same federation running the same experiment twice in one go:
+default model, the same experiment on two federations one after the other:
 
-* ``pull-interval=3``: the ServerApp pulls replies every 3 s, as Flower's ``HttpGrid.send_and_receive`` does;
-* ``pull-interval=0.1``: fedmtl's default since this benchmark (``server.loop.exchange``).
+* cold: Flower's process isolation as it comes, a fresh ClientApp process per message that imports torch
+  and fedmtl (``warm-clientapp=false``, the SuperNodes' default);
+* warm: ``--node-config "... warm-clientapp=true"``, each message handed to the node's warm ClientApp host
+  (``clients/deployed_app.py``).
 
     python benchmarks/deployment.py [--rounds 8] [--no-write]
 
 Per round (median over the training-only rounds) it reports the wall seconds the ServerApp recorded
-(``server.jsonl``), and, for the run at pull-interval 0.1 s, splits them into parts from timestamps taken on
-fedmtl's side (``fedmtl/core/timeline.py``: the ServerApp's send, push and pulls, each ClientApp process's
-start, its handler, training's start and end, its reply), along the last client to reply. The SuperNodes
-run with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1`` (docs/DEPLOYMENT.md), as the deployment tests do.
+(``server.jsonl``) and splits them into parts from timestamps taken on fedmtl's side
+(``fedmtl/core/timeline.py``: the ServerApp's send, push and pulls, each ClientApp process's start and entry,
+the handler, training's start and end, the reply), along the last client to reply. The ServerApp pulls every
+0.1 s (run-config ``pull-interval``, fedmtl's default); the SuperNodes run with
+``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1`` (docs/DEPLOYMENT.md), as the deployment tests do.
 
-Writes the figures and the ratio between the two runs to BENCHMARKS.md. Nothing here is asserted in tests.
+Writes the figures and the ratio between the two federations to BENCHMARKS.md. Nothing here is asserted in
+tests.
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ TINY = (
     "model.head_hidden=[]",
 )
 SUPEREXEC_POLL_S = "0.1"  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL on the SuperNodes (Flower's default: 1 s)
+PULL_INTERVAL_S = 0.1  # the ServerApp's (run-config pull-interval; fedmtl's default)
+FLOORS = (
+    "Flower sets the floors that remain, not fedmtl: the SuperNode sleeps a hard-coded 3 s after a pull that "
+    "found no message (`flwr/supernode/start_client_internal.py`, `time.sleep(3)`; no `flower-supernode` flag), "
+    "so a pushed message waits 0-3 s to be seen; every message starts a fresh `flwr-clientapp` process (Flower's "
+    "process isolation takes one token per process), which pays Python's start-up and Flower's imports before "
+    "fedmtl's ClientApp is reached; and the wait for the message's data retries after a hard-coded 1 s "
+    "(`flwr/supercore/constant.py`). The warm host removes fedmtl's part of the start: importing torch and "
+    "fedmtl in every message's process, and torch's lazy `torch._dynamo` import at each fresh process's first "
+    "optimizer step (docs/DEPLOYMENT.md)."
+)
 
 
 def free_port() -> int:
@@ -64,8 +79,8 @@ def free_port() -> int:
 class Federation:
     """SuperLink + SuperNodes as process groups of their own; :meth:`stop` ends them all."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, warm: bool) -> None:
+        self.root, self.port, self.warm = root, free_port(), warm
         self.timeline = root / "timeline.jsonl"
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(root / "flwr-home"), "RAY_ADDRESS": "local",
@@ -93,7 +108,8 @@ class Federation:
             }
             self.start(f"supernode-{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
                        f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(free_port()),
-                       "--node-config", f"partition-id={i} num-partitions={CLIENTS}"], env)  # fmt: skip
+                       "--node-config", f"partition-id={i} num-partitions={CLIENTS} warm-clientapp={str(self.warm).lower()}"],
+                       env)  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             answer = self.flwr("supernode", "ls", "bench", "--format", "json")
@@ -138,8 +154,13 @@ PARTS = (  # (label, from step, to step) along the last client to reply; server_
         "process_started",
     ),
     (
-        "ClientApp process start to its handler (Python, imports, FAB, Flower's ClientApp load)",
+        "ClientApp process start to fedmtl's ClientApp (Python, Flower's imports, FAB, ClientApp load)",
         "process_started",
+        "clientapp_entry",
+    ),
+    (
+        "to fedmtl's handler (cold: importing torch and fedmtl here; warm: the hand-over to the host)",
+        "clientapp_entry",
         "clientapp_handler",
     ),
     ("handler to training (config, data, model)", "clientapp_handler", "train_start"),
@@ -169,11 +190,18 @@ def round_steps(timeline: list[dict], server_rows: list[dict]) -> list[dict[str,
         client = [line for line in window if line.get("round") == round_ and "partition" in line]
         last = max((line for line in client if line["step"] == "clientapp_reply"), key=lambda line: line["t"])
         own = {line["step"]: line for line in client if line["partition"] == last["partition"]}
+        # the ClientApp process that took this training message: the node's last entry before its handler
+        entry = max(
+            (line for line in window if line["step"] == "clientapp_entry" and line["partition"] == last["partition"]
+             and line["t"] <= own["clientapp_handler"]["t"]),
+            key=lambda line: line["t"],
+        )  # fmt: skip
         seconds = next(row["seconds"] for row in server_rows if row["round"] == round_)
         steps = {
             "server_send": send["t"],
             "server_pushed": next(line["t"] for line in window if line["step"] == "server_pushed"),
-            "process_started": own["clientapp_handler"]["process_started"],
+            "process_started": entry["process_started"],
+            "clientapp_entry": entry["t"],
             **{step: own[step]["t"] for step in ("clientapp_handler", "train_start", "train_end", "clientapp_reply")},
             "server_replies": replies["t"],
             "seconds": seconds,
@@ -191,60 +219,66 @@ def round_seconds(run_dir: Path, rounds: int) -> float:
     return statistics.median(r["seconds"] for r in server_rows(run_dir) if r["round"] < rounds)  # the last evaluates
 
 
+MODES = {False: "cold (a process per message)", True: "warm host (`warm-clientapp=true`)"}
+
+
+def measure(root: Path, warm: bool, rounds: int) -> tuple[float, float, list[dict[str, float]]]:
+    """(median training-round seconds, whole ``flwr run`` seconds, per-round steps) on a fresh federation."""
+    fed = Federation(root, warm)
+    try:
+        fed.up()
+        run_dir = root / "run"
+        total, timeline = fed.run(run_dir, rounds, PULL_INTERVAL_S)
+    finally:
+        fed.stop()
+    steps = [r for r in round_steps(timeline, server_rows(run_dir)) if r["round"] < rounds]
+    return round_seconds(run_dir, rounds), total, steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    results: dict[float, tuple[float, float]] = {}
-    steps: list[dict[str, float]] = []
+    results: dict[bool, tuple[float, float, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fedmtl-deploy-bench-") as tmp:
-        fed = Federation(Path(tmp))
-        try:
-            fed.up()
-            for interval in (3.0, 0.1):
-                run_dir = Path(tmp) / f"run-{interval}"
-                total, timeline = fed.run(run_dir, args.rounds, interval)
-                results[interval] = (round_seconds(run_dir, args.rounds), total)
-                print(f"pull-interval {interval}: {results[interval][0]:.2f} s a round, flwr run {total:.1f} s")
-            steps = [r for r in round_steps(timeline, server_rows(run_dir)) if r["round"] < args.rounds]
-        finally:
-            fed.stop()
-    before, after = results[3.0][0], results[0.1][0]
-    parts = [(label, statistics.median(r[end] - r[begin] for r in steps)) for label, begin, end in PARTS]
-    own = statistics.median(r["seconds"] - (r["server_replies"] - r["server_send"]) for r in steps)
+        for mode in MODES:
+            results[mode] = measure(Path(tmp) / ("warm" if mode else "cold"), mode, args.rounds)
+            print(f"{MODES[mode]}: {results[mode][0]:.2f} s a round, flwr run {results[mode][1]:.1f} s")
+    cold, warm = results[False][0], results[True][0]
+    parts = {
+        mode: [(label, statistics.median(r[end] - r[begin] for r in steps)) for label, begin, end in PARTS]
+        for mode, (_, _, steps) in results.items()
+    }
+    own = {
+        mode: statistics.median(r["seconds"] - (r["server_replies"] - r["server_send"]) for r in steps)
+        for mode, (_, _, steps) in results.items()
+    }
     lines = [
         f"Machine: {machine_info()}. flwr 1.41, a SuperLink and {CLIENTS} SuperNodes on 127.0.0.1 (insecure, "
-        f"`FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL_S}`), the tiny default model, {args.rounds} rounds "
-        f"(evaluated at 0 and {args.rounds}), both runs on the same federation one after the other. A training "
-        "round = one message to each SuperNode and its reply.",
+        f"`FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL_S}`, the ServerApp's pull interval "
+        f"{PULL_INTERVAL_S} s), the tiny default model, {args.rounds} rounds (evaluated at 0 and {args.rounds}); "
+        "the cold federation, then the warm one. A training round = one message to each SuperNode and its reply.",
         "",
-        "| | pull-interval 3 s (Flower's send_and_receive) | pull-interval 0.1 s (fedmtl's default) |",
+        f"| | {MODES[False]} | {MODES[True]} |",
         "|---|---:|---:|",
-        f"| seconds per training round (median, `server.jsonl`) | {before:.2f} | {after:.2f} |",
-        f"| whole `flwr run` (s) | {results[3.0][1]:.1f} | {results[0.1][1]:.1f} |",
+        f"| seconds per training round (median, `server.jsonl`) | {cold:.2f} | {warm:.2f} |",
+        f"| whole `flwr run` (s) | {results[False][1]:.1f} | {results[True][1]:.1f} |",
         "",
-        f"After / before: **{after / before:.2f}** of the round time ({before - after:.2f} s less a round).",
+        f"Warm / cold: **{warm / cold:.2f}** of the round time ({cold - warm:.2f} s less a round).",
         "",
-        f"One training round at pull-interval 0.1 s, split by timestamps taken in the ServerApp and the ClientApp "
-        f"processes (`fedmtl/core/timeline.py`), along the client whose reply came last; median over the "
-        f"{len(steps)} training-only rounds (the parts' medians need not add up exactly):",
+        "One training round split by timestamps taken in the ServerApp and the ClientApp processes "
+        "(`fedmtl/core/timeline.py`), along the client whose reply came last; medians over the "
+        f"{len(results[False][2])} and {len(results[True][2])} training-only rounds (the parts' medians need "
+        "not add up exactly):",
         "",
-        "| part | seconds |",
-        "|---|---:|",
-        *(f"| {label} | {value:.2f} |" for label, value in parts),
-        f"| {OWN_WORK} | {own:.2f} |",
-        f"| **the round** (`server.jsonl`) | **{after:.2f}** |",
+        f"| part | {MODES[False]} | {MODES[True]} |",
+        "|---|---:|---:|",
+        *(f"| {label} | {c:.2f} | {w:.2f} |" for (label, c), (_, w) in zip(parts[False], parts[True])),
+        f"| {OWN_WORK} | {own[False]:.2f} | {own[True]:.2f} |",
+        f"| **the round** (`server.jsonl`) | **{cold:.2f}** | **{warm:.2f}** |",
         "",
-        "Flower sets the floors here, not fedmtl: the SuperNode sleeps a hard-coded 3 s after a pull that found "
-        "no message (`flwr/supernode/start_client_internal.py`, `time.sleep(3)`; no `flower-supernode` flag), "
-        "so a pushed message waits 0-3 s to be seen; every message starts a fresh ClientApp process (Flower's "
-        "process isolation; `flwr-clientapp` takes one token and exits), which pays Python's start-up and the "
-        "imports; and the wait for the message's data retries after a hard-coded 1 s "
-        "(`flwr/supercore/constant.py`). fedmtl's parts are the pull interval (now 0.1 s, run-config "
-        "`pull-interval`), the ClientApp's imports (the DP accountant is imported lazily) and the training, of "
-        "which about 1 s is torch importing `torch._dynamo` for the fresh process's first optimizer "
-        "(docs/DEPLOYMENT.md).",
+        FLOORS,
     ]
     text = "\n".join(lines)
     print(text)

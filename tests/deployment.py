@@ -308,12 +308,14 @@ class Federation:
         assert result.returncode == 0 and "registered successfully" in result.stdout, result.stdout + result.stderr
 
     def start_supernode(
-        self, name: str, partition: int, partitions: int, key: Path | None = None, **extra_env: str
+        self, name: str, partition: int, partitions: int, key: Path | None = None, warm: bool = True, **extra_env: str
     ) -> None:
+        """``warm``: its ClientApps hand their messages to a warm host (``clients.deployed_app``)."""
         security = ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
         if key is not None:
             security += ["--auth-supernode-private-key", str(key)]
         node_config = f'partition-id={partition} num-partitions={partitions} state-dir="{self.state_dir}"'
+        node_config += f" warm-clientapp={str(warm).lower()}"
         argv = [str(VENV_BIN / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
                 "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port())]  # fmt: skip
         # each SuperNode gets its own FLWR_HOME: it installs the FAB there; its SuperExec looks for work
@@ -326,9 +328,9 @@ class Federation:
         """Where the SuperNodes persist their clients' private state (one client-<id>/ each)."""
         return self.root / "client-state"
 
-    def start_supernodes(self, count: int, keys: list[Path] | None = None) -> None:
+    def start_supernodes(self, count: int, keys: list[Path] | None = None, warm: bool = True) -> None:
         for i in range(count):
-            self.start_supernode(f"supernode-{i}", i, count, keys[i] if keys else None)
+            self.start_supernode(f"supernode-{i}", i, count, keys[i] if keys else None, warm)
 
     def wait_supernodes(self, count: int) -> list[str]:
         nodes: list[str] = []

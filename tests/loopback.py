@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
@@ -26,8 +27,12 @@ def run_config(*overrides: str, **keys: Any) -> dict[str, Any]:
 class LoopbackGrid(InProcessGrid):
     """``fail_at_train``: the server's n-th training exchange raises."""
 
-    def __init__(self, run_config: Mapping[str, Any], nodes: int, state_dir: Path, fail_at_train: int = 0) -> None:
-        super().__init__(make_client_app(), nodes, run_config, node_config={"state-dir": str(state_dir)})
+    def __init__(
+        self, run_config: Mapping[str, Any], nodes: int, state_dir: Path, fail_at_train: int = 0,
+        client_app: ClientApp | None = None, node_config: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        node_config = {"state-dir": str(state_dir), **(node_config or {})}
+        super().__init__(client_app or make_client_app(), nodes, run_config, node_config=node_config)
         self.fail_at_train, self.trains = fail_at_train, 0
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -52,10 +57,13 @@ def serve(grid: Grid, config: Mapping[str, Any], app: ServerApp | None = None) -
 
 
 def run_in_process(
-    tmp_path: Path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0, **keys: Any
-) -> Path:
-    """Serve one run of ``overrides`` (plus ``output.run_dir``) over a :class:`LoopbackGrid`; its run directory."""
+    tmp_path: Path, name: str, *overrides: str, nodes: int = 3, fail_at_train: int = 0,
+    client_app: ClientApp | None = None, node_config: Mapping[str, Any] | None = None, **keys: Any,
+) -> Path:  # fmt: skip
+    """Serve one run of ``overrides`` (plus ``output.run_dir``) over a :class:`LoopbackGrid` (``client_app`` and
+    ``node_config`` as it takes them); its run directory."""
     run_dir = tmp_path / name
     config = run_config(*overrides, f"output.run_dir={run_dir}", **keys)
-    serve(LoopbackGrid(config, nodes, tmp_path / f"{name}-state", fail_at_train), config)
+    grid = LoopbackGrid(config, nodes, tmp_path / f"{name}-state", fail_at_train, client_app, node_config)
+    serve(grid, config)
     return run_dir

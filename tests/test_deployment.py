@@ -222,7 +222,7 @@ def runs(tmp_path_factory) -> Iterator[Runs]:
         insecure.start_superlink()
         secure.start_superlink()
         insecure.wait_superlink()
-        insecure.start_supernodes(2)
+        insecure.start_supernodes(2, warm=False)  # Flower's process per message; the others run warm hosts
         secure.wait_superlink()
         for key in keys[:2]:
             secure.register(key.with_suffix(".pub"))

@@ -157,6 +157,10 @@ def test_a_supernode_killed_mid_round_fails_the_round_and_its_restart_trains_wit
     # the restarted SuperNode's first training began from the heads saved after round 1
     restored = [s for s in steps(found.after) if s["step"] == "state_restored"]
     assert [(s["participant"], s["version"]) for s in restored] == [("client-1", 1)], steps(found.after)
+    # its messages went through one warm host (clients.deployed_app): one handler process, not the ClientApps'
+    handlers = {s["pid"] for s in steps(found.after) if s["step"] == "clientapp_handler"}
+    entries = {s["pid"] for s in steps(found.after) if s["step"] == "clientapp_entry"}
+    assert len(handlers) == 1 and len(entries) >= 2 and not handlers & entries, steps(found.after)
     assert ClientStateStore(fed.state_dir, 1).versions()[-1] == 3
 
 
