@@ -3,11 +3,12 @@
 hands each message to the node's warm ClientApp host (``clients.warm_host``).
 
 Why: Flower 1.41's process isolation starts a fresh ``flwr-clientapp`` process for every message, which
-then imports torch and fedmtl (about 2.4 s on this 2-core machine) and pays torch's lazy ``torch._dynamo``
-import at its first optimizer step (about 1 s): BENCHMARKS.md ``deployment``. This module imports neither.
+then imports torch and fedmtl (2.5 s on this 2-core machine) and pays a fresh process's first training
+steps, torch's lazy ``torch._dynamo`` import among them (1.7 s against 0.01 s warm): BENCHMARKS.md
+``deployment``. This module imports neither.
 A warm host is one long-lived process per SuperNode (per ``flwr-clientapp`` parent: the SuperNode's
 SuperExec) and installed app; the first message starts it, later ones reuse it. It serves one message at a
-time over a Unix socket in a directory only this user can read, authenticated by a key file only this user
+time (messages that arrive together wait their turn) over a Unix socket in a directory only this user can read, authenticated by a key file only this user
 can read (``multiprocessing.connection``: HMAC challenge, then pickles), and exits when the SuperExec is
 gone or after ``warm-idle-s`` seconds (default 300) without a message. The handler, its private state and
 its replies are the same in either mode: the host calls the same ClientApp on the same (message, context).
@@ -21,7 +22,6 @@ Node config (``flower-supernode --node-config "... warm-clientapp=true warm-idle
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import secrets
@@ -45,6 +45,7 @@ IDLE = "warm-idle-s"
 DEFAULT_IDLE_S = 300.0
 START_TIMEOUT_S = 120.0  # importing torch and fedmtl on a loaded 2-core machine: 3-20 s
 APP_DIR = Path(__file__).resolve().parents[1]  # the installed app (its FAB's hash is in the path)
+HOST_MODULE = "clients.warm_host"
 
 
 def warm_settings(node_config: dict[str, Any]) -> tuple[bool, float]:
@@ -88,6 +89,8 @@ class HostFiles:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        import fcntl  # noqa: PLC0415 - POSIX only, as Unix sockets are: a cold ClientApp never needs it
+
         with open(self.lock, "a") as lock:  # one starter at a time; the others then find its host
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
@@ -141,7 +144,7 @@ class DeployedClientApp(ClientApp):
         files.socket.unlink(missing_ok=True)
         files.new_key()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the app as loaded here
-        argv = [sys.executable, "-m", "clients.warm_host", str(files.socket), str(files.key), str(self.owner())]
+        argv = [sys.executable, "-m", HOST_MODULE, str(files.socket), str(files.key), str(self.owner())]
         with open(files.log, "ab") as log:
             host = subprocess.Popen(
                 [*argv, str(idle_s)], cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

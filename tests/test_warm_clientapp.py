@@ -116,6 +116,15 @@ def test_a_killed_host_is_replaced_and_strangers_are_refused(warm_app):
     assert len(warm_app.started) == 2 and warm_app.started[1].poll() is None
 
 
+def test_a_host_that_cannot_start_fails_the_message_in_one_line_naming_its_log(warm_app, monkeypatch):
+    monkeypatch.setattr(deployed_app, "HOST_MODULE", "clients.no_such_host")  # a broken installation
+    files = HostFiles(os.getpid())
+    with pytest.raises(RuntimeError) as raised:
+        warm_app.connect(files, idle_s=600)
+    assert str(raised.value) == f"the warm ClientApp host did not start (exit code 1); its log: {files.log}"
+    assert "No module named clients.no_such_host" in files.log.read_text()
+
+
 def test_the_host_directory_is_private(tmp_path, monkeypatch):
     monkeypatch.setattr(deployed_app.tempfile, "gettempdir", lambda: str(tmp_path))
     assert deployed_app.private_directory().stat().st_mode & 0o777 == 0o700
