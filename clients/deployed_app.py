@@ -6,12 +6,14 @@ Why: Flower 1.41's process isolation starts a fresh ``flwr-clientapp`` process f
 then imports torch and fedmtl (2.5 s on this 2-core machine) and pays a fresh process's first training
 steps, torch's lazy ``torch._dynamo`` import among them (1.7 s against 0.01 s warm): BENCHMARKS.md
 ``deployment``. This module imports neither.
+
 A warm host is one long-lived process per SuperNode (per ``flwr-clientapp`` parent: the SuperNode's
 SuperExec) and installed app; the first message starts it, later ones reuse it. It serves one message at a
-time (messages that arrive together wait their turn) over a Unix socket in a directory only this user can read, authenticated by a key file only this user
-can read (``multiprocessing.connection``: HMAC challenge, then pickles), and exits when the SuperExec is
-gone or after ``warm-idle-s`` seconds (default 300) without a message. The handler, its private state and
-its replies are the same in either mode: the host calls the same ClientApp on the same (message, context).
+time (messages that arrive together wait their turn) over a Unix socket in a directory only this user can
+read, authenticated by a key file only this user can read (``multiprocessing.connection``: an HMAC
+challenge, then pickles). It exits when the SuperExec is gone, on SIGTERM, or after ``warm-idle-s``
+seconds (default 300) without a message. The handler, its private state and its replies are the same in
+either mode: the host calls the same ClientApp on the same (message, context).
 
 Node config (``flower-supernode --node-config "... warm-clientapp=true warm-idle-s=600"``):
 

@@ -1,8 +1,8 @@
 """A SuperNode's warm ClientApp host: one long-lived process that runs fedmtl's ClientApp on the
 (message, context) pairs ``clients.deployed_app`` hands it, one at a time, so that torch and fedmtl are
 imported once per node instead of once per message (``clients/deployed_app.py`` says why and how to turn it
-on). It exits when its owner (the SuperNode's SuperExec) is gone or after its idle time, and removes its
-socket and key on the way out.
+on). It exits when its owner (the SuperNode's SuperExec) is gone, on SIGTERM or after its idle time, and
+removes its socket, key, log and lock on the way out.
 
     python -m clients.warm_host SOCKET KEY OWNER_PID IDLE_S     (started by clients.deployed_app)
 """
