@@ -147,9 +147,9 @@ def test_a_supernode_killed_mid_round_fails_the_round_and_its_restart_trains_wit
     rows = {r["round"]: r for r in read_rows(fed.root / "run" / "server.jsonl")}
     assert sorted(rows) == [1, 2, 3]
     assert rows[1]["failures"] == 0 and rows[3]["failures"] == 0 and rows[3]["replies"] == 2, rows
-    assert (
-        rows[2]["failures"] == 1 and "no reply from" in rows[2]["failed"][0] and "within 45 s" in rows[2]["failed"][0]
-    ), rows[2]
+    # one failure for the dead node: its silence, or the SuperLink's word once its heartbeats stopped
+    [failed] = rows[2]["failed"]
+    assert rows[2]["failures"] == 1 and ("within 45 s" in failed or ": Error: Node Unavailable" in failed), rows[2]
     trained = {
         (r["round"], r["client"]) for r in read_rows(fed.root / "run" / "metrics.jsonl") if r["split"] == "train"
     }

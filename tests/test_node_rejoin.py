@@ -6,11 +6,13 @@ scenario with real processes is in ``tests/test_deployment_faults.py``."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
 from fedmtl.core.files import read_rows
 from fedmtl.driver.engine import EngineCapabilities
@@ -87,6 +89,32 @@ def test_a_node_lost_mid_round_is_a_failure_and_its_restart_trains_later_with_it
     # it started from the heads client 1 saved after round 1, not from fresh ones
     assert loads == [("client-1", 1)]
     assert ClientStateStore(tmp_path / "state", 1).versions()[-1] == 3
+
+
+class UnavailableGrid(RestartingGrid):
+    """As :class:`RestartingGrid`, but a message to the dead node gets the reply a SuperLink makes once the
+    node's heartbeats have stopped: an error from the SuperLink itself (``src_node_id`` is the SuperLink's)."""
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        for message in (m for m in messages if m.metadata.dst_node_id in self.dead):
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink set it when pushed
+            reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, "Node Unavailable: no heartbeat"), reply_to=message)
+            reply.metadata.__dict__.update(_src_node_id=SUPERLINK_NODE_ID, _dst_node_id=SUPERLINK_NODE_ID)
+            replies.append(reply)
+        return replies
+
+
+def test_the_superlinks_reply_for_a_dead_node_is_that_nodes_one_failure(tmp_path):
+    overrides = (*tiny_overrides(2), "rounds=3", "eval_every=3", f"output.run_dir={tmp_path / 'run'}")
+    config = run_config(*overrides)
+    grid = UnavailableGrid(config, 2, tmp_path / "state", die_round=2, partition=1)
+    serve(grid, config)
+    rows = {r["round"]: r for r in read_rows(tmp_path / "run" / "server.jsonl")}
+    [dead] = grid.dead
+    assert rows[2]["failures"] == 1 and rows[2]["failed"] == [f"node {dead}: Node Unavailable: no heartbeat"]
+    assert rows[3]["failures"] == 0 and rows[3]["replies"] == 2
 
 
 def test_a_store_serves_only_the_run_that_wrote_it(tmp_path):

@@ -10,6 +10,7 @@ Replies are pulled every ``pull_interval_s`` (0.1 s) from a deployed SuperLink: 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from fedmtl.core.messages import EVALUATE, TRAIN, Exchange, Reply, Send
 from fedmtl.core.params import is_head
 from fedmtl.driver.engine import EngineCapabilities
 from server.engines.placed import PlacedGrid
+from server.engines.replies import RequestedNodes
 from server.engines.secure import secure_round
 
 NODE_WAIT_S = 120.0
@@ -155,9 +157,10 @@ def exchange(
     deadline = time.monotonic() + timeout_s
     replies: list[Message] = []
     while pending:
+        pull_started = time.monotonic()
         pulled = list(grid.pull_messages(pending))
-        for message in pulled:
-            timeline.mark("server_pulled", node=message.metadata.src_node_id)
+        for message in pulled:  # pull_s: Flower's pull waits 1 s, 2 s, ... for objects not yet uploaded
+            timeline.mark("server_pulled", node=message.metadata.src_node_id, pull_s=time.monotonic() - pull_started)
             if on_message is not None:
                 on_message(message)
         replies += pulled
@@ -320,12 +323,21 @@ class GridEngine:
         timeline.mark("server_send", round=round_, kind=sends[0].kind if sends else "?")
         participant_of = {self.node_of[s.participant]: s.participant for s in sends} if self.known else {}
         arrived: dict[int, Reply] = {}  # id(message) -> its reply, handed to on_reply as it came
+        requested = RequestedNodes(messages)
 
         def convert(message: Message) -> None:
-            reply = arrived[id(message)] = to_reply(message, participant_of.get(message.metadata.src_node_id))
+            node = requested.node_of(message)
+            reply = to_reply(message, participant_of.get(node))
+            if node != message.metadata.src_node_id:  # the SuperLink's word that the node is unreachable:
+                # it is replaced by a node that joins, as a silent one is
+                self.silent.add(node)
+                reply = dataclasses.replace(reply, error=f"node {node}: {reply.error}")
+            arrived[id(message)] = reply
+            answered.add(node)
             if on_reply is not None:
                 on_reply(reply)
 
+        answered: set[int] = set()  # the nodes a reply came from, or came for
         replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s, on_message=convert)
         timeline.mark("server_replies", round=round_)
         if worker_died(replies):
@@ -334,7 +346,6 @@ class GridEngine:
             if id(message) not in arrived:
                 convert(message)
         converted = [arrived[id(m)] for m in replies]
-        answered = {m.metadata.src_node_id for m in replies}
         for send in sends:  # no reply within the timeout: a failure that names the node (and its participant)
             node = self.node_of[send.participant]
             if node not in answered:

@@ -39,6 +39,7 @@ from fedmtl.core import protocol
 from fedmtl.core.logs import quieted
 from fedmtl.core.messages import Reply, SecureMean, Send
 from fedmtl.core.params import is_head
+from server.engines.replies import RequestedNodes
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ class _Carrier:
         messages = list(messages)
         self.bytes_down += sum(message_bytes(m) for m in messages)
         replies = self._exchange(messages, timeout)
+        requested = RequestedNodes(messages)
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = requested.node_of(reply)
             self.bytes_up[node] = self.bytes_up.get(node, 0) + message_bytes(reply)
             if reply.has_error():
                 self.errors.setdefault(node, reply.error.reason or f"error code {reply.error.code}")
