@@ -63,10 +63,11 @@ FLOORS = (
     "found no message (`flwr/supernode/start_client_internal.py`, `time.sleep(3)`; no `flower-supernode` flag), "
     "so a pushed message waits 0-3 s to be seen; every message starts a fresh `flwr-clientapp` process (Flower's "
     "process isolation takes one token per process), which pays Python's start-up and Flower's imports before "
-    "fedmtl's ClientApp is reached; and the wait for the message's data retries after a hard-coded 1 s "
-    "(`flwr/supercore/constant.py`). The warm host removes fedmtl's part of the start: importing torch and "
-    "fedmtl in every message's process, and torch's lazy `torch._dynamo` import at each fresh process's first "
-    "optimizer step (docs/DEPLOYMENT.md)."
+    "fedmtl's ClientApp is reached; and the SuperNode looks for a finished reply, and for each of its objects, "
+    "every 0.5 s (`_push_messages`, same file) before it uploads the message and then its arrays. fedmtl's parts "
+    "are the warm host (no torch and fedmtl imports, no first-step costs in every message's process) and the "
+    "ServerApp's pull, which retries a reply whose arrays are still uploading after 0.05 s instead of Flower's "
+    "1 s (`server/engines/superlink_pull.py`; `flwr/supercore/constant.py`)."
 )
 
 

@@ -29,6 +29,7 @@ from fedmtl.driver.engine import EngineCapabilities
 from server.engines.placed import PlacedGrid
 from server.engines.replies import RequestedNodes
 from server.engines.secure import secure_round
+from server.engines.superlink_pull import pull_replies
 
 NODE_WAIT_S = 120.0
 SETTLE_S = 2.0  # a federation's node count is taken once it has not changed for this long
@@ -158,7 +159,7 @@ def exchange(
     replies: list[Message] = []
     while pending:
         pull_started = time.monotonic()
-        pulled = list(grid.pull_messages(pending))
+        pulled = pull_replies(grid, pending)
         for message in pulled:  # pull_s: Flower's pull waits 1 s, 2 s, ... for objects not yet uploaded
             timeline.mark("server_pulled", node=message.metadata.src_node_id, pull_s=time.monotonic() - pull_started)
             if on_message is not None:
