@@ -325,6 +325,7 @@ class GridEngine:
         participant_of = {self.node_of[s.participant]: s.participant for s in sends} if self.known else {}
         arrived: dict[int, Reply] = {}  # id(message) -> its reply, handed to on_reply as it came
         requested = RequestedNodes(messages)
+        answered: set[int] = set()  # the nodes a reply came from, or came for
 
         def convert(message: Message) -> None:
             node = requested.node_of(message)
@@ -338,7 +339,6 @@ class GridEngine:
             if on_reply is not None:
                 on_reply(reply)
 
-        answered: set[int] = set()  # the nodes a reply came from, or came for
         replies = exchange(self.grid, messages, timeout_s, self.pull_interval_s, on_message=convert)
         timeline.mark("server_replies", round=round_)
         if worker_died(replies):
