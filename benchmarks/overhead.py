@@ -12,7 +12,8 @@ per-pixel tasks on the shapes suite).
     python benchmarks/overhead.py [--rounds 10] [--workload default|cnn|resnet18|many ...] [--no-write]
 
 Prints start-up seconds, steady-state seconds per round (median over rounds >= 2) and ratios to
-the plain loop; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
+the plain loop, and the floor that the engines' workers (one per core) cannot beat, computed from the plain
+loop's own per-client times; writes them to BENCHMARKS.md. Nothing here is asserted in tests.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ from fedmtl.local.client import LocalClient  # noqa: E402
 from fedmtl.model.networks import initial_shared_state  # noqa: E402
 from fedmtl.runtime.resources import private_ray_cluster  # noqa: E402
 
+WORKERS = os.cpu_count() or 1  # the engines' workers: one per core (resources.client_cpus = 1)
 
-def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
-    """Start-up seconds (data + round-0 eval) and per-round seconds of a sequential plain loop."""
+
+def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float], list[float]]:
+    """Start-up seconds (data + round-0 eval), per-round seconds of a sequential plain loop, and per round the
+    :func:`parallel_bound` of its own per-client times."""
     t0 = time.perf_counter()
     updater = ServerAlgorithm(cfg).cohorts[0].updater  # the server's own encoder, aggregator and optimizer
     clients = [LocalClient.for_client(cfg, c) for c in range(cfg.clients.count)]
@@ -55,20 +59,35 @@ def time_inprocess(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     for client in clients:
         client.evaluate(updater.global_state(), None)
     startup = time.perf_counter() - t0
-    rounds = []
+    rounds, bounds = [], []
     for server_round in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         shared = updater.global_state()
-        outcomes = [client.train(shared, private[client.client_id], server_round) for client in clients]
+        outcomes, trained = [], []
+        for client in clients:
+            outcomes.append(client.train(shared, private[client.client_id], server_round))
+            trained.append(time.perf_counter())
         for client, outcome in zip(clients, outcomes):
             private[client.client_id] = outcome.private
+        stepped = time.perf_counter()
         updater.step(
             [c.client_id for c in clients], [o.shared for o in outcomes], [o.metrics["num-examples"] for o in outcomes]
         )
+        evaluated = [time.perf_counter()]
         for client in clients:
             client.evaluate(updater.global_state(), private[client.client_id])
-        rounds.append(time.perf_counter() - start)
-    return startup, rounds
+            evaluated.append(time.perf_counter())
+        rounds.append(evaluated[-1] - start)
+        train_times = [b - a for a, b in zip([start, *trained], trained)]
+        eval_times = [b - a for a, b in zip(evaluated, evaluated[1:])]
+        bounds.append(parallel_bound(train_times) + (evaluated[0] - stepped) + parallel_bound(eval_times))
+    return startup, rounds, bounds
+
+
+def parallel_bound(seconds: list[float], workers: int = WORKERS) -> float:
+    """No schedule of these client times over ``workers`` workers ends sooner: the larger of their sum / workers
+    and the longest one (a lower bound; the best schedule may take a little longer)."""
+    return max(sum(seconds) / workers, max(seconds, default=0.0))
 
 
 def time_simulation(cfg: ExperimentConfig) -> tuple[float, list[float]]:
@@ -124,10 +143,11 @@ def encoder_parameters(cfg: ExperimentConfig) -> int:
     )
 
 
-def measure(cfg: ExperimentConfig, flower: bool = True) -> list[tuple[str, float, list[float]]]:
+def measure(cfg: ExperimentConfig, flower: bool = True) -> tuple[list[tuple[str, float, list[float]]], list[float]]:
     """(side, start-up s, per-round s) for the plain loop and every engine (Flower's with ``flower``),
-    one after another."""
-    sides = [("plain in-process PyTorch loop", *time_inprocess(cfg))]
+    one after another; and the plain loop's per-round :func:`parallel_bound`."""
+    startup, rounds, bounds = time_inprocess(cfg)
+    sides = [("plain in-process PyTorch loop", startup, rounds)]
     sides.append(("`direct` engine, cold (starts Ray)", *time_simulation(with_engine(cfg, "direct"))))
     with private_ray_cluster(cfg.resources) as address:
         attached = replace(cfg.resources, ray_address=address, num_cpus=None, num_gpus=None)
@@ -139,16 +159,17 @@ def measure(cfg: ExperimentConfig, flower: bool = True) -> list[tuple[str, float
         )
     if flower:
         sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
-    return sides
+    return sides, bounds
 
 
 def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
     return replace(cfg, simulation=replace(cfg.simulation, engine=ENGINE_KINDS[engine]()))
 
 
-def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]]) -> str:
+def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]], bounds: list[float]) -> str:
     _, plain_startup, plain_rounds = sides[0]
     plain_round = steady(plain_rounds)
+    bound = statistics.median(b / r for b, r in zip(bounds[1:] or bounds, plain_rounds[1:] or plain_rounds))
     lines = [
         f"**{name}**: {cfg.data.name} suite, {cfg.clients.count} clients, {cfg.model.encoder} encoder of "
         f"{encoder_parameters(cfg):,} parameters, {cfg.client.local_steps} local steps of batch {cfg.client.batch_size}, "
@@ -161,6 +182,11 @@ def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[f
         lines.append(
             f"| {side} | {startup:.2f} | {startup - plain_startup:+.2f} | {steady(rounds):.3f} | {steady(rounds) / plain_round:.2f}x | {startup + sum(rounds):.1f} |"
         )
+    lines += [
+        "",
+        f"The floor for {WORKERS} workers, from the plain loop's own per-client times: **{bound:.2f}x** of its round "
+        "(median over rounds 2..; per round, training's and evaluation's `parallel_bound`, plus the server's step).",
+    ]
     return "\n".join(lines)
 
 
@@ -180,7 +206,7 @@ def main() -> None:
         config_file = CONFIG_FILES.get(name)
         path = Path(__file__).resolve().parents[1] / config_file if config_file else None
         cfg = load_config(path, [f"rounds={args.rounds}", *WORKLOADS[name], *args.set])
-        tables.append(table(name, cfg, measure(cfg, flower=name not in WITHOUT_FLOWER)))
+        tables.append(table(name, cfg, *measure(cfg, flower=name not in WITHOUT_FLOWER)))
         print(tables[-1], flush=True)
     text = "\n\n".join(
         [
