@@ -157,11 +157,13 @@ def _delivered(message: Message) -> Message:
     return message
 
 
-def test_replies_from_a_deployed_superlink_are_pulled_at_the_configured_interval(monkeypatch):
+def test_replies_from_a_deployed_superlink_are_pulled_at_the_configured_interval(monkeypatch, flower_identity):
     """Between pulls the ServerApp sleeps ``pull_interval_s`` (Flower's own send_and_receive sleeps 3 s),
     and it stops pulling as soon as every reply is in."""
     sleeps: list[float] = []
     monkeypatch.setattr("server.engines.grid.time.sleep", sleeps.append)
+    # the grid stands in for the SuperLink's API: pull through it (tests/test_superlink_pull.py tests the pull)
+    monkeypatch.setattr("server.engines.grid.pull_replies", lambda grid, ids: list(grid.pull_messages(ids)))
     grid = ReplyAfter(ready_at=4)
     messages = [Message(RecordDict(), dst_node_id=7, message_type="train")]
     replies = exchange(grid, messages, timeout_s=10, pull_interval_s=0.05)
