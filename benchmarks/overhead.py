@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import multiprocessing
 import os
 import statistics
 import sys
@@ -28,6 +29,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,6 +92,44 @@ def parallel_bound(seconds: list[float], workers: int = WORKERS) -> float:
     return max(sum(seconds) / workers, max(seconds, default=0.0))
 
 
+def concurrent_slowdown(cfg: ExperimentConfig, seconds: float = 4.0) -> float:
+    """How much longer one client's training takes while :data:`WORKERS` processes train at once than while
+    one does (median per call over ``seconds`` of training): what the machine's shared cores, caches and
+    memory cost the engines' workers, which the plain loop does not pay."""
+    alone = statistics.median(train_in_processes(cfg, 1, seconds))
+    return statistics.median(train_in_processes(cfg, WORKERS, seconds)) / alone
+
+
+def train_in_processes(cfg: ExperimentConfig, processes: int, seconds: float) -> list[float]:
+    """Seconds of every training call made by ``processes`` fresh processes that train together for ``seconds``."""
+    context = multiprocessing.get_context("spawn")
+    start, found = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=train_repeatedly, args=(cfg, i % cfg.clients.count, seconds, start, found))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    calls = [call for _ in workers for call in found.get(timeout=600)]
+    for worker in workers:
+        worker.join()
+    return calls
+
+
+def train_repeatedly(cfg: ExperimentConfig, client_id: int, seconds: float, start: Any, found: Any) -> None:
+    client = LocalClient.for_client(cfg, client_id)
+    shared = ServerAlgorithm(cfg).cohorts[0].updater.global_state()
+    client.train(shared, None, 1)  # data made, first-call costs paid
+    start.wait()
+    calls: list[float] = []
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        called = time.perf_counter()
+        client.train(shared, None, 2)
+        calls.append(time.perf_counter() - called)
+    found.put(calls)
+
+
 def time_simulation(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     """Start-up seconds (until round 1 starts: Ray, workers, round-0 eval) and per-round seconds."""
     import simulate
@@ -143,9 +183,11 @@ def encoder_parameters(cfg: ExperimentConfig) -> int:
     )
 
 
-def measure(cfg: ExperimentConfig, flower: bool = True) -> tuple[list[tuple[str, float, list[float]]], list[float]]:
+def measure(
+    cfg: ExperimentConfig, flower: bool = True
+) -> tuple[list[tuple[str, float, list[float]]], list[float], float]:
     """(side, start-up s, per-round s) for the plain loop and every engine (Flower's with ``flower``),
-    one after another; and the plain loop's per-round :func:`parallel_bound`."""
+    one after another; the plain loop's per-round :func:`parallel_bound`; the :func:`concurrent_slowdown`."""
     startup, rounds, bounds = time_inprocess(cfg)
     sides = [("plain in-process PyTorch loop", startup, rounds)]
     sides.append(("`direct` engine, cold (starts Ray)", *time_simulation(with_engine(cfg, "direct"))))
@@ -159,14 +201,16 @@ def measure(cfg: ExperimentConfig, flower: bool = True) -> tuple[list[tuple[str,
         )
     if flower:
         sides.append(("`flower` engine (Flower's run_simulation), cold", *time_simulation(with_engine(cfg, "flower"))))
-    return sides, bounds
+    return sides, bounds, concurrent_slowdown(cfg)
 
 
 def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
     return replace(cfg, simulation=replace(cfg.simulation, engine=ENGINE_KINDS[engine]()))
 
 
-def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]], bounds: list[float]) -> str:
+def table(
+    name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[float]]], bounds: list[float], slowdown: float
+) -> str:
     _, plain_startup, plain_rounds = sides[0]
     plain_round = steady(plain_rounds)
     bound = statistics.median(b / r for b, r in zip(bounds[1:] or bounds, plain_rounds[1:] or plain_rounds))
@@ -185,7 +229,9 @@ def table(name: str, cfg: ExperimentConfig, sides: list[tuple[str, float, list[f
     lines += [
         "",
         f"The floor for {WORKERS} workers, from the plain loop's own per-client times: **{bound:.2f}x** of its round "
-        "(median over rounds 2..; per round, training's and evaluation's `parallel_bound`, plus the server's step).",
+        "(median over rounds 2..; per round, training's and evaluation's `parallel_bound`, plus the server's step). "
+        f"One client's training takes **{slowdown:.2f}x** as long while {WORKERS} processes train at once as while one "
+        "does (`concurrent_slowdown`; the engines' workers share the machine so, the plain loop does not).",
     ]
     return "\n".join(lines)
 
