@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -125,12 +126,12 @@ class Federation:
         return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip
 
-    def run(self, run_dir: Path, rounds: int, pull_interval: float) -> tuple[float, list[dict]]:
+    def run(self, run_dir: Path, rounds: int) -> tuple[float, list[dict]]:
         """The run's wall seconds and its timeline lines."""
         overrides = ";".join((*TINY, f"rounds={rounds}", f"eval_every={rounds}", f"output.run_dir={run_dir}"))
         started, wall_started = time.monotonic(), time.time()
         result = self.flwr("run", ".", "bench", "--stream", "--run-config",
-                           f"config-overrides='{overrides}' pull-interval={pull_interval}", timeout=900)  # fmt: skip
+                           f"config-overrides='{overrides}' pull-interval={PULL_INTERVAL_S}", timeout=900)  # fmt: skip
         if not (run_dir / "summary.md").is_file():
             raise RuntimeError(f"the run failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
         lines = [json.loads(line) for line in self.timeline.read_text().splitlines()] if self.timeline.is_file() else []
@@ -223,17 +224,31 @@ def round_seconds(run_dir: Path, rounds: int) -> float:
 MODES = {False: "cold (a process per message)", True: "warm host (`warm-clientapp=true`)"}
 
 
-def measure(root: Path, warm: bool, rounds: int) -> tuple[float, float, list[dict[str, float]]]:
-    """(median training-round seconds, whole ``flwr run`` seconds, per-round steps) on a fresh federation."""
+class Measured(NamedTuple):
+    round_s: float  # median training round (server.jsonl)
+    total_s: float  # the whole flwr run
+    rounds: int  # training-only rounds split into parts
+    parts: list[float]  # median seconds of each of PARTS
+    own_s: float  # the ServerApp's own work
+
+
+def measure(root: Path, warm: bool, rounds: int) -> Measured:
+    """One fresh federation's run of ``rounds`` rounds: its training rounds' seconds and their parts."""
     fed = Federation(root, warm)
     try:
         fed.up()
         run_dir = root / "run"
-        total, timeline = fed.run(run_dir, rounds, PULL_INTERVAL_S)
+        total, timeline = fed.run(run_dir, rounds)
     finally:
         fed.stop()
     steps = [r for r in round_steps(timeline, server_rows(run_dir)) if r["round"] < rounds]
-    return round_seconds(run_dir, rounds), total, steps
+    return Measured(
+        round_seconds(run_dir, rounds),
+        total,
+        len(steps),
+        [statistics.median(r[end] - r[begin] for r in steps) for _, begin, end in PARTS],
+        statistics.median(r["seconds"] - (r["server_replies"] - r["server_send"]) for r in steps),
+    )
 
 
 def main() -> None:
@@ -241,20 +256,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    results: dict[bool, tuple[float, float, list[dict[str, float]]]] = {}
+    results: dict[bool, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="fedmtl-deploy-bench-") as tmp:
         for mode in MODES:
             results[mode] = measure(Path(tmp) / ("warm" if mode else "cold"), mode, args.rounds)
-            print(f"{MODES[mode]}: {results[mode][0]:.2f} s a round, flwr run {results[mode][1]:.1f} s")
-    cold, warm = results[False][0], results[True][0]
-    parts = {
-        mode: [(label, statistics.median(r[end] - r[begin] for r in steps)) for label, begin, end in PARTS]
-        for mode, (_, _, steps) in results.items()
-    }
-    own = {
-        mode: statistics.median(r["seconds"] - (r["server_replies"] - r["server_send"]) for r in steps)
-        for mode, (_, _, steps) in results.items()
-    }
+            print(f"{MODES[mode]}: {results[mode].round_s:.2f} s a round, flwr run {results[mode].total_s:.1f} s")
+    cold, warm = results[False], results[True]
     lines = [
         f"Machine: {machine_info()}. flwr 1.41, a SuperLink and {CLIENTS} SuperNodes on 127.0.0.1 (insecure, "
         f"`FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL_S}`, the ServerApp's pull interval "
@@ -263,21 +270,22 @@ def main() -> None:
         "",
         f"| | {MODES[False]} | {MODES[True]} |",
         "|---|---:|---:|",
-        f"| seconds per training round (median, `server.jsonl`) | {cold:.2f} | {warm:.2f} |",
-        f"| whole `flwr run` (s) | {results[False][1]:.1f} | {results[True][1]:.1f} |",
+        f"| seconds per training round (median, `server.jsonl`) | {cold.round_s:.2f} | {warm.round_s:.2f} |",
+        f"| whole `flwr run` (s) | {cold.total_s:.1f} | {warm.total_s:.1f} |",
         "",
-        f"Warm / cold: **{warm / cold:.2f}** of the round time ({cold - warm:.2f} s less a round).",
+        f"Warm / cold: **{warm.round_s / cold.round_s:.2f}** of the round time "
+        f"({cold.round_s - warm.round_s:.2f} s less a round).",
         "",
         "One training round split by timestamps taken in the ServerApp and the ClientApp processes "
         "(`fedmtl/core/timeline.py`), along the client whose reply came last; medians over the "
-        f"{len(results[False][2])} and {len(results[True][2])} training-only rounds (the parts' medians need "
+        f"{cold.rounds} and {warm.rounds} training-only rounds (the parts' medians need "
         "not add up exactly):",
         "",
         f"| part | {MODES[False]} | {MODES[True]} |",
         "|---|---:|---:|",
-        *(f"| {label} | {c:.2f} | {w:.2f} |" for (label, c), (_, w) in zip(parts[False], parts[True])),
-        f"| {OWN_WORK} | {own[False]:.2f} | {own[True]:.2f} |",
-        f"| **the round** (`server.jsonl`) | **{cold:.2f}** | **{warm:.2f}** |",
+        *(f"| {label} | {c:.2f} | {w:.2f} |" for (label, _, _), c, w in zip(PARTS, cold.parts, warm.parts)),
+        f"| {OWN_WORK} | {cold.own_s:.2f} | {warm.own_s:.2f} |",
+        f"| **the round** (`server.jsonl`) | **{cold.round_s:.2f}** | **{warm.round_s:.2f}** |",
         "",
         FLOORS,
     ]

@@ -213,7 +213,7 @@ def table(
 ) -> str:
     _, plain_startup, plain_rounds = sides[0]
     plain_round = steady(plain_rounds)
-    bound = statistics.median(b / r for b, r in zip(bounds[1:] or bounds, plain_rounds[1:] or plain_rounds))
+    bound = steady([b / r for b, r in zip(bounds, plain_rounds)])
     lines = [
         f"**{name}**: {cfg.data.name} suite, {cfg.clients.count} clients, {cfg.model.encoder} encoder of "
         f"{encoder_parameters(cfg):,} parameters, {cfg.client.local_steps} local steps of batch {cfg.client.batch_size}, "

@@ -72,16 +72,24 @@ def private_directory() -> Path:
 
 
 class HostFiles:
-    """A host's socket, key, log and lock files, named by (owner pid, app directory, Python): a socket path
-    must stay short (108 bytes on Linux), so they sit in :func:`private_directory` under a digest."""
+    """A host's socket, key, log and lock files: ``stem`` with four suffixes."""
 
-    def __init__(self, owner: int) -> None:
-        digest = hashlib.sha256(f"{owner}\0{APP_DIR}\0{sys.executable}".encode()).hexdigest()[:20]
-        stem = private_directory() / digest
+    def __init__(self, stem: Path) -> None:
         self.socket, self.key, self.log, self.lock = (stem.with_suffix(s) for s in (".sock", ".key", ".log", ".lock"))
 
-    def read_key(self) -> bytes:
-        return self.key.read_bytes()
+    @classmethod
+    def of_owner(cls, owner: int) -> HostFiles:
+        """The files of ``owner``'s host for this app and Python: a socket path must stay short (108 bytes on
+        Linux), so they sit in :func:`private_directory` under a digest of the three."""
+        digest = hashlib.sha256(f"{owner}\0{APP_DIR}\0{sys.executable}".encode()).hexdigest()[:20]
+        return cls(private_directory() / digest)
+
+    def all(self) -> tuple[Path, ...]:
+        return self.socket, self.key, self.log, self.lock
+
+    def dial(self) -> Connection:
+        """A connection to the host listening on the socket (OSError when none does)."""
+        return Client(str(self.socket), family="AF_UNIX", authkey=self.key.read_bytes())
 
     def new_key(self) -> None:
         self.key.unlink(missing_ok=True)
@@ -116,8 +124,9 @@ class DeployedClientApp(ClientApp):
             from clients.client_app import app  # noqa: PLC0415 - torch and fedmtl only when used here
 
             return app(message, context)
-        files = HostFiles(self.owner())
-        with self.connect(files, idle_s) as host:
+        owner = self.owner()
+        files = HostFiles.of_owner(owner)
+        with self.connect(files, owner, idle_s) as host:
             host.send((message, context))
             try:
                 answer = host.recv()
@@ -129,27 +138,27 @@ class DeployedClientApp(ClientApp):
         reply, context.state = answer[1], answer[2]  # Flower pushes this context back to the SuperNode
         return reply
 
-    def connect(self, files: HostFiles, idle_s: float) -> Connection:
+    def connect(self, files: HostFiles, owner: int, idle_s: float) -> Connection:
         with files.locked():
             with contextlib.suppress(OSError):  # none yet, or one that died: start one
-                return Client(str(files.socket), family="AF_UNIX", authkey=files.read_key())
-            host = self.start(files, idle_s)
+                return files.dial()
+            host = self.start(files, owner, idle_s)
             deadline = time.monotonic() + START_TIMEOUT_S
             while host.poll() is None and time.monotonic() < deadline:
                 with contextlib.suppress(OSError):
-                    return Client(str(files.socket), family="AF_UNIX", authkey=files.read_key())
+                    return files.dial()
                 time.sleep(0.05)
             host.kill()
             raise RuntimeError(f"the warm ClientApp host did not start (exit code {host.poll()}); its log: {files.log}")
 
-    def start(self, files: HostFiles, idle_s: float) -> subprocess.Popen:
+    def start(self, files: HostFiles, owner: int, idle_s: float) -> subprocess.Popen:
         files.socket.unlink(missing_ok=True)
         files.new_key()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the app as loaded here
-        argv = [sys.executable, "-m", HOST_MODULE, str(files.socket), str(files.key), str(self.owner())]
+        argv = [sys.executable, "-m", HOST_MODULE, str(files.socket), str(owner), str(idle_s)]
         with open(files.log, "ab") as log:
             host = subprocess.Popen(
-                [*argv, str(idle_s)], cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                argv, cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,  # not in the ClientApp's process group: it outlives this process
             )  # fmt: skip
         self.started.append(host)

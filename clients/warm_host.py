@@ -4,7 +4,7 @@ imported once per node instead of once per message (``clients/deployed_app.py`` 
 on). It exits when its owner (the SuperNode's SuperExec) is gone, on SIGTERM or after its idle time, and
 removes its socket, key, log and lock on the way out.
 
-    python -m clients.warm_host SOCKET KEY OWNER_PID IDLE_S     (started by clients.deployed_app)
+    python -m clients.warm_host SOCKET OWNER_PID IDLE_S     (started by clients.deployed_app)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 from clients.client_app import app
+from clients.deployed_app import HostFiles
 
 log = logging.getLogger(__name__)
 WATCH_EVERY_S = 0.5
@@ -47,10 +48,10 @@ def answer(connection: Connection) -> None:
     connection.send((True, reply, context.state))
 
 
-def serve(socket: Path, key: Path, owner: int, idle_s: float) -> None:
-    """Answer messages until the owner is gone or ``idle_s`` pass without one; then remove the host's files
-    (socket, key, log, lock: beside the socket). A host that crashed leaves them: its log says why."""
-    listener = Listener(str(socket), family="AF_UNIX", authkey=key.read_bytes())
+def serve(files: HostFiles, owner: int, idle_s: float) -> None:
+    """Answer messages until the owner is gone or ``idle_s`` pass without one; then remove the host's files.
+    A host that crashed leaves them: its log says why."""
+    listener = Listener(str(files.socket), family="AF_UNIX", authkey=files.key.read_bytes())
     handling = threading.Lock()  # a message is never cut off: the exit waits for it
     last_message = [time.monotonic()]
 
@@ -62,7 +63,7 @@ def serve(socket: Path, key: Path, owner: int, idle_s: float) -> None:
                     stop()
 
     def stop(*_: object) -> None:  # also on SIGTERM (a SuperNode's shutdown, a test's clean-up)
-        for path in (socket, key, socket.with_suffix(".log"), socket.with_suffix(".lock")):
+        for path in files.all():
             path.unlink(missing_ok=True)
         os._exit(0)
 
@@ -84,5 +85,5 @@ def serve(socket: Path, key: Path, owner: int, idle_s: float) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    socket_path, key_path, owner_pid, idle = sys.argv[1:5]
-    serve(Path(socket_path), Path(key_path), int(owner_pid), float(idle))
+    socket_path, owner_pid, idle = sys.argv[1:4]
+    serve(HostFiles(Path(socket_path).with_suffix("")), int(owner_pid), float(idle))

@@ -41,11 +41,11 @@ def warm_app():
     app = DeployedClientApp(owner=os.getpid)
     yield app
     app.stop_hosts()
-    forget(HostFiles(os.getpid()))
+    forget(HostFiles.of_owner(os.getpid()))
 
 
 def forget(files: HostFiles) -> None:
-    for path in (files.socket, files.key, files.log, files.lock):
+    for path in files.all():
         path.unlink(missing_ok=True)
 
 
@@ -83,16 +83,16 @@ def test_a_host_that_dies_mid_message_fails_that_message_in_one_line_and_the_nex
 def test_the_host_ends_with_its_owner_and_when_idle_and_removes_its_socket_and_key():
     owner = subprocess.Popen(["sleep", "60"])
     app, idle = DeployedClientApp(owner=lambda: owner.pid), DeployedClientApp(owner=os.getpid)
-    files, idle_files = HostFiles(owner.pid), HostFiles(os.getpid())
+    files, idle_files = HostFiles.of_owner(owner.pid), HostFiles.of_owner(os.getpid())
     try:
-        app.connect(files, idle_s=600).close()  # started; a connection that sends nothing is dropped
+        app.connect(files, owner.pid, idle_s=600).close()  # started; a connection that sends nothing is dropped
         [host] = app.started
         assert files.socket.exists() and files.key.stat().st_mode & 0o777 == 0o600
         owner.kill()
         owner.wait()
         assert wait_for(lambda: host.poll() is not None) and host.returncode == 0
         assert not files.socket.exists() and not files.key.exists()
-        idle.connect(idle_files, idle_s=0.5).close()
+        idle.connect(idle_files, os.getpid(), idle_s=0.5).close()
         assert wait_for(lambda: idle.started[0].poll() is not None) and not idle_files.socket.exists()
     finally:
         owner.kill()
@@ -103,24 +103,24 @@ def test_the_host_ends_with_its_owner_and_when_idle_and_removes_its_socket_and_k
 
 
 def test_a_killed_host_is_replaced_and_strangers_are_refused(warm_app):
-    files = HostFiles(os.getpid())
-    warm_app.connect(files, idle_s=600).close()
+    files = HostFiles.of_owner(os.getpid())
+    warm_app.connect(files, os.getpid(), idle_s=600).close()
     first = warm_app.started[0]
     with pytest.raises(AuthenticationError):
         Client(str(files.socket), family="AF_UNIX", authkey=b"not the key")
-    warm_app.connect(files, idle_s=600).close()  # the host served on after the stranger
+    warm_app.connect(files, os.getpid(), idle_s=600).close()  # the host served on after the stranger
     assert len(warm_app.started) == 1
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    warm_app.connect(files, idle_s=600).close()  # a stale socket: a new host
+    warm_app.connect(files, os.getpid(), idle_s=600).close()  # a stale socket: a new host
     assert len(warm_app.started) == 2 and warm_app.started[1].poll() is None
 
 
 def test_a_host_that_cannot_start_fails_the_message_in_one_line_naming_its_log(warm_app, monkeypatch):
     monkeypatch.setattr(deployed_app, "HOST_MODULE", "clients.no_such_host")  # a broken installation
-    files = HostFiles(os.getpid())
+    files = HostFiles.of_owner(os.getpid())
     with pytest.raises(RuntimeError) as raised:
-        warm_app.connect(files, idle_s=600)
+        warm_app.connect(files, os.getpid(), idle_s=600)
     assert str(raised.value) == f"the warm ClientApp host did not start (exit code 1); its log: {files.log}"
     assert "No module named clients.no_such_host" in files.log.read_text()
 

@@ -160,7 +160,7 @@ def exchange(
     while pending:
         pull_started = time.monotonic()
         pulled = pull_replies(grid, pending)
-        for message in pulled:  # pull_s: Flower's pull waits 1 s, 2 s, ... for objects not yet uploaded
+        for message in pulled:  # pull_s: a pull waits for a reply's arrays still uploading (superlink_pull)
             timeline.mark("server_pulled", node=message.metadata.src_node_id, pull_s=time.monotonic() - pull_started)
             if on_message is not None:
                 on_message(message)
